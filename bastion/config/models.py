@@ -1,0 +1,259 @@
+"""The root of `bastion.yaml`: one pydantic model per section.
+
+```yaml
+version: 1
+gateway:    {listeners: [{port: 8080}], admin: {port: 9901}, trusted_proxies: [10.0.0.0/8]}
+classes:    {public: {identity: {required: true}}, internal: {...}}
+providers:  {jwt: [...]}
+consumers:  [...]
+apis:       [{name: orders, owner: team@example.com, class: public, upstream: http://127.0.0.1:9000}]
+exceptions: [{id: EXC-1, target: {api: orders}, controls: [identity], owner: ..., expires: ...}]
+```
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from bastion.config.base import Duration, Model, Size
+from bastion.stages.identity.config import ConsumerConfig, IdentityPolicy, ProvidersConfig
+from bastion.stages.traffic.config import TrafficPolicy
+from bastion.stages.transport import TransportPolicy
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class Baseline(Model):
+    """The controls of a class. Every section is optional; a missing section has the secure defaults."""
+
+    transport: TransportPolicy = TransportPolicy()
+    identity: IdentityPolicy = IdentityPolicy()
+    traffic: TrafficPolicy = TrafficPolicy()
+
+
+SECTIONS: tuple[str, ...] = tuple(Baseline.model_fields)
+
+
+def control_ids() -> set[str]:
+    """Every control id an exception may name: a section (`identity`) or one field (`identity.required`)."""
+    ids: set[str] = set()
+    for section, info in Baseline.model_fields.items():
+        ids.add(section)
+        model = info.annotation
+        ids.update(f"{section}.{name}" for name in model.model_fields)  # type: ignore[union-attr]
+    return ids
+
+
+class ClassConfig(Baseline):
+    """A security class (`public`, `partner`, `internal`, ...): the baseline every route of its APIs inherits."""
+
+    description: str = ""
+
+
+class TlsListenerConfig(Model):
+    """TLS on a listener: `tls: {cert: certs/gw.pem, key: certs/gw.key, client_ca: certs/ca.pem}`"""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = Field(None, description="CA bundle to verify client certificates (mTLS).")
+    client_cert: Literal["none", "optional", "required"] = Field(
+        "optional", description="Ask for a client certificate; classes decide whether it is required."
+    )
+
+
+class ListenerConfig(Model):
+    """`{address: 0.0.0.0, port: 8443, tls: {...}}`"""
+
+    address: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    tls: TlsListenerConfig | None = None
+
+
+class AdminConfig(Model):
+    """The admin listener: health, readiness, metrics, reload. Loopback by default."""
+
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    port: int = Field(9901, ge=0, le=65535)
+
+
+class ServerLimits(Model):
+    """Limits of the HTTP/1.1 server that apply before any route is known."""
+
+    header_timeout: Duration = Field(10.0, description="Time to receive a complete request head (408 after).")
+    body_idle_timeout: Duration = Field(30.0, description="Longest pause between two body reads (408 after).")
+    keepalive_timeout: Duration = Field(75.0, description="Idle keep-alive connections are closed after this.")
+    max_header_bytes: Size = Field(16 * 1024, description="Largest request head (431 above).")
+    max_headers: int = Field(100, ge=1, description="Most header fields in a request (431 above).")
+    upstream_pool_size: int = Field(256, ge=1, description="Most pooled connections per upstream.")
+    drain_timeout: Duration = Field(30.0, description="How long a graceful shutdown waits for requests.")
+
+
+class AuditSinkConfig(Model):
+    """`{type: file, path: /var/log/bastion/audit.jsonl}` or `{type: stdout}`"""
+
+    type: Literal["file", "stdout"] = "file"
+    path: Path | None = None
+
+    @model_validator(mode="after")
+    def _path_for_file(self) -> AuditSinkConfig:
+        if self.type == "file" and self.path is None:
+            raise ValueError("a file sink needs `path`")
+        return self
+
+
+class AuditConfig(Model):
+    sinks: list[AuditSinkConfig] = Field(default_factory=list)
+    queue_size: int = Field(65536, ge=16)
+
+
+DEFAULT_IDENTITY_HEADERS = (
+    "x-bastion-*", "x-user-*", "x-consumer-*", "x-client-*", "x-forwarded-user", "x-credential-*",
+)
+
+
+class GatewayConfig(Model):
+    """Process-level settings: listeners, admin, proxies, shared state, audit."""
+
+    listeners: list[ListenerConfig] = Field(default_factory=lambda: [ListenerConfig(port=8080)], min_length=1)
+    admin: AdminConfig = AdminConfig()
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=list,
+        description="Peers whose X-Forwarded-For/Forwarded hops are believed (walked from the right).",
+    )
+    identity_headers: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_IDENTITY_HEADERS),
+        description="Inbound headers always stripped (`*` suffix = prefix match): only Bastion sets them.",
+    )
+    limits: ServerLimits = ServerLimits()
+    state: str = Field("memory", description="`memory` (one process) or `redis://host:6379/0`.")
+    audit: AuditConfig = AuditConfig()
+    max_exception_days: int = Field(90, ge=1, description="Longest allowed exception lifetime.")
+    workers: int = Field(1, ge=1, le=64)
+
+    @field_validator("identity_headers")
+    @classmethod
+    def _lower(cls, value: list[str]) -> list[str]:
+        return [name.lower() for name in value]
+
+
+class RouteConfig(Model):
+    """A route listed in config. With an OpenAPI document, `operation` names an operationId to tighten."""
+
+    name: str | None = Field(None, pattern=_NAME)
+    operation: str | None = None
+    path: str | None = None
+    methods: list[str] = Field(default_factory=list)
+    admin: bool = False
+    policy: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str]) -> list[str]:
+        upper = [m.upper() for m in value]
+        for method in upper:
+            if method not in HTTP_METHODS:
+                raise ValueError(f"unknown HTTP method {method!r}")
+        return upper
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("a route path starts with '/'")
+        return value
+
+    @model_validator(mode="after")
+    def _what(self) -> RouteConfig:
+        if self.operation is None and (self.path is None or not self.methods):
+            raise ValueError("a route needs `path` and `methods`, or `operation` naming an OpenAPI operationId")
+        return self
+
+
+class ApiConfig(Model):
+    """An API behind the gateway: who owns it, its class, where it lives and its routes."""
+
+    name: str = Field(pattern=_NAME)
+    owner: str | None = Field(None, description="Team or person accountable (required).")
+    klass: str = Field(alias="class")
+    upstream: str = Field(description="`http://host:port` or `https://host:port`, optionally with a path.")
+    base_path: str = "/"
+    hosts: list[str] = Field(default_factory=list)
+    openapi: Path | None = None
+    policy: dict[str, Any] = Field(default_factory=dict, description="Tightens the class for the whole API.")
+    routes: list[RouteConfig] = Field(default_factory=list)
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+            raise ValueError("upstream must be an http:// or https:// URL")
+        return value
+
+    @field_validator("base_path")
+    @classmethod
+    def _base(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("base_path starts with '/'")
+        return value.rstrip("/") or "/"
+
+
+class ExceptionTarget(Model):
+    api: str
+    route: str | None = None
+
+
+class ExceptionConfig(Model):
+    """A time-bound waiver of named controls for one API or route. It stops applying at `expires`."""
+
+    id: str = Field(pattern=_NAME)
+    target: ExceptionTarget
+    controls: list[str] = Field(min_length=1, description="Control ids, e.g. `identity.required`; never `all`.")
+    owner: str = Field(min_length=1)
+    reason: str = Field(min_length=1)
+    evidence: str = Field(min_length=1, description="A link to the ticket or risk acceptance.")
+    created: datetime
+    expires: datetime
+
+    @field_validator("controls")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        known = control_ids()
+        for item in value:
+            if item in ("all", "*"):
+                raise ValueError("an exception names the controls it waives; 'all' is not allowed")
+            if item not in known:
+                raise ValueError(f"unknown control {item!r} (known: {', '.join(sorted(known))})")
+        return value
+
+    @field_validator("created", "expires")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("give a time zone, e.g. 2026-12-31T00:00:00Z")
+        return value
+
+    @model_validator(mode="after")
+    def _order(self) -> ExceptionConfig:
+        if self.expires <= self.created:
+            raise ValueError("`expires` must be after `created`")
+        return self
+
+
+class BastionConfig(Model):
+    """The whole `bastion.yaml`."""
+
+    version: Literal[1] = 1
+    gateway: GatewayConfig = GatewayConfig()
+    classes: dict[str, ClassConfig] = Field(min_length=1)
+    providers: ProvidersConfig = ProvidersConfig()
+    consumers: list[ConsumerConfig] = Field(default_factory=list)
+    apis: list[ApiConfig] = Field(default_factory=list)
+    exceptions: list[ExceptionConfig] = Field(default_factory=list)

@@ -1,0 +1,148 @@
+"""The values a request carries through the pipeline: the request, the caller's identity and the decisions.
+
+A stage reads the `RequestContext` and answers with a `Decision` value; a "no" is a value, never an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A verified caller. Built only by identity stages, never from client-sent headers."""
+
+    method: str  # "jwt", "api_key", "mtls", "introspection", "anonymous"
+    subject: str | None = None
+    consumer: str | None = None
+    issuer: str | None = None
+    claims: dict[str, Any] = field(default_factory=dict)
+    scopes: frozenset[str] = frozenset()
+    roles: frozenset[str] = frozenset()
+    credential_id: str | None = None  # jti, key id or certificate fingerprint; never the secret itself
+
+
+@dataclass(frozen=True, slots=True)
+class Continue:
+    """The stage allows the request to go on to the next stage."""
+
+    policy_id: str = ""
+    exception_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    """The stage refuses the request.
+
+    `reason` is a stable snake_case code shared by the audit event and the metric label (never shown to the
+    client beyond the status); `detail` is a safe sentence for the problem document; `log_detail` is the full
+    reason for the operator's audit event.
+    """
+
+    status: int
+    reason: str
+    policy_id: str
+    detail: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    log_detail: str | None = None
+    close: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NotResponsible:
+    """An authenticator saw no credential of its kind: the next authenticator may try."""
+
+
+Decision = Continue | Deny
+
+CONTINUE = Continue()
+
+
+@dataclass(frozen=True, slots=True)
+class ControlRecord:
+    """What one control decided for one request, for the audit event and metrics."""
+
+    control: str
+    outcome: str  # "allow", "deny", "waived"
+    policy_id: str
+    reason: str = ""
+    exception_id: str | None = None
+
+
+class RequestContext:
+    """Everything a stage may read about one request, and the few things stages hand to later stages.
+
+    Mutable only in the fields stages fill in (`identity`, `path_params` is set by the router); the request's own
+    values never change once parsed.
+    """
+
+    __slots__ = (
+        "api",
+        "body",
+        "client_ip",
+        "drop_upstream_headers",
+        "finalizers",
+        "headers",
+        "identity",
+        "method",
+        "path",
+        "path_params",
+        "peer_cert",
+        "query",
+        "raw_target",
+        "records",
+        "request_id",
+        "response_headers",
+        "route",
+        "start",
+        "tls",
+        "upstream_headers",
+    )
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        raw_target: str,
+        path: str,
+        query: str,
+        headers: list[tuple[str, str]],
+        client_ip: str,
+        request_id: str,
+        start: float,
+        tls: bool = False,
+        peer_cert: bytes | None = None,
+    ) -> None:
+        self.method = method
+        self.raw_target = raw_target
+        self.path = path
+        self.query = query
+        # lower-cased names, in order; identity headers from the client are already stripped
+        self.headers = headers
+        self.client_ip = client_ip
+        self.request_id = request_id
+        self.start = start
+        self.tls = tls
+        self.peer_cert = peer_cert  # DER of a verified client certificate
+        self.api = ""
+        self.route = ""
+        self.path_params: dict[str, str] = {}
+        self.identity: Identity | None = None
+        self.body: bytes | None = None  # only when a stage asked for the body to be buffered
+        self.records: list[ControlRecord] = []
+        self.upstream_headers: list[tuple[str, str]] = []  # set by stages, sent upstream only
+        self.response_headers: list[tuple[str, str]] = []  # set by stages, sent to the client
+        self.drop_upstream_headers: set[str] = set()  # e.g. the credential, once verified
+        self.finalizers: list[Callable[[int], None]] = []  # called once with the final status (release slots)
+
+    def header(self, name: str) -> str | None:
+        """The first value of header `name` (lower-case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def header_values(self, name: str) -> list[str]:
+        return [value for key, value in self.headers if key == name]

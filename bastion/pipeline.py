@@ -1,0 +1,53 @@
+"""The order of the pipeline, in one place, and the loop that runs it.
+
+Cheap network checks come before identity (they protect the identity provider), rate limits after identity
+and authorisation (so they can count per consumer), input inspection last (it may read the body).
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bastion import stages
+from bastion.context import ControlRecord, Deny, RequestContext
+from bastion.stages import identity, traffic, transport
+from bastion.stages.base import RouteInfo, Services, Stage
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """One step of the pipeline: the Baseline section it reads and how to build it for a route."""
+
+    section: str
+    build: Callable[[Any, RouteInfo, Any], Stage | None]
+    prepare: Callable[[Any, Services], Any] | None = None
+
+
+PIPELINE: tuple[StageSpec, ...] = (
+    StageSpec("transport", transport.build),
+    StageSpec("traffic", traffic.build_ip_rules, traffic.prepare),
+    StageSpec("identity", identity.build, identity.prepare),
+    StageSpec("traffic", traffic.build_rate_limits, traffic.prepare),
+)
+
+__all__ = ["PIPELINE", "StageSpec", "run", "stages"]
+
+
+async def run(chain: tuple[Stage, ...], ctx: RequestContext) -> Deny | None:
+    """Run the route's stages in order; the first Deny ends the request. A stage that raises is a deny."""
+    for stage in chain:
+        try:
+            decision = await stage.check(ctx)
+        except Exception as exc:  # fail closed: a bug in a control never lets a request through
+            detail = "".join(traceback.format_exception_only(exc)).strip()
+            decision = Deny(500, "stage_error", f"{ctx.api}/{ctx.route}/{stage.control}",
+                            log_detail=f"{detail}\n{traceback.format_exc(limit=6)}")
+        if decision.__class__ is Deny:
+            ctx.records.append(ControlRecord(stage.control, "deny", decision.policy_id, decision.reason))  # type: ignore[union-attr]
+            return decision  # type: ignore[return-value]
+        ctx.records.append(ControlRecord(stage.control, "allow", decision.policy_id, "",
+                                         decision.exception_id))  # type: ignore[union-attr]
+    return None

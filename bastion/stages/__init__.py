@@ -1,0 +1,1 @@
+"""One module (or package) per control. Each exposes `build(policy, route, shared) -> Stage | None`."""
