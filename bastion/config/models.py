@@ -185,6 +185,7 @@ class ApiConfig(Model):
     klass: str = Field(alias="class")
     upstream: str = Field(description="`http://host:port` or `https://host:port`, optionally with a path.")
     base_path: str = "/"
+    strip_base_path: bool = Field(False, description="Forward `/orders/1` under base_path `/orders` as `/1`.")
     hosts: list[str] = Field(default_factory=list)
     openapi: Path | None = None
     policy: dict[str, Any] = Field(default_factory=dict, description="Tightens the class for the whole API.")

@@ -1,0 +1,1 @@
+"""Audit events (OCSF-shaped), their queue and their sinks."""

@@ -1,0 +1,84 @@
+"""The `bastion` command: parse arguments, call one function per verb. Exit codes: 0 ok, 1 invalid, 2 usage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from bastion import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bastion", description="Bastion API security gateway")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("validate", help="check a config and its OpenAPI files (exit 0 valid, 1 invalid)")
+    p.add_argument("-c", "--config", required=True)
+
+    p = verbs.add_parser("serve", help="run the gateway")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--workers", type=int, default=None, help="worker processes sharing the ports")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+
+    p = verbs.add_parser("reload", help="ask a running gateway to reload its config (admin listener)")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--admin", help="admin URL, default from the config (http://127.0.0.1:9901)")
+
+    p = verbs.add_parser("explain", help="show each route's effective policy and where each control comes from")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("route", nargs="?", help="API/route, API name, or a path such as /orders/{id}")
+    p.add_argument("--json", action="store_true")
+
+    p = verbs.add_parser("demo", help="run the demo: gateway, identity provider and upstream on 127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+
+    p = verbs.add_parser("keys", help="API keys")
+    keys = p.add_subparsers(dest="keys_verb", required=True, metavar="ACTION")
+    k = keys.add_parser("new", help="print a fresh API key once, and the config line with its hash")
+    k.add_argument("consumer")
+
+    verbs.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    verb = args.verb
+    if verb == "version":
+        print(f"bastion {__version__}")
+        return 0
+    if verb == "validate":
+        from bastion.commands import validate
+
+        return validate(args.config)
+    if verb == "explain":
+        from bastion.commands import explain
+
+        return explain(args.config, args.route, as_json=args.json)
+    if verb == "serve":
+        from bastion.config.loader import ConfigError
+        from bastion.server.app import serve, worker_main
+
+        try:
+            return worker_main(args.config) if args.worker else serve(args.config, args.workers)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+    if verb == "reload":
+        from bastion.commands import reload
+
+        return reload(args.config, args.admin)
+    if verb == "demo":
+        from bastion.demo.run import main as demo_main
+
+        return demo_main(args.port)
+    if verb == "keys":
+        from bastion.commands import new_key
+
+        return new_key(args.consumer)
+    print(json.dumps({"error": f"unknown verb {verb}"}), file=sys.stderr)
+    return 2

@@ -1,0 +1,124 @@
+"""The CLI verbs that are more than one call: validate, explain, reload, keys."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from typing import Any
+
+from bastion.compile import CompiledRoute, compile_config
+from bastion.config.loader import ConfigError, load_config
+from bastion.config.models import SECTIONS
+
+
+def validate(path: str) -> int:
+    try:
+        compiled = compile_config(load_config(path), build_stages=False)
+    except ConfigError as exc:
+        for diagnostic in exc.diagnostics:
+            print(diagnostic, file=sys.stderr)
+        errors = sum(1 for d in exc.diagnostics if d.severity == "error")
+        print(f"{path}: invalid ({errors} error(s))", file=sys.stderr)
+        return 1
+    for diagnostic in compiled.warnings:
+        print(diagnostic, file=sys.stderr)
+    print(f"{path}: valid ({len(compiled.routes)} routes, config hash {compiled.config_hash})")
+    return 0
+
+
+def _iso(ts: float) -> str:
+    return "never" if math.isinf(ts) else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def route_policy(route: CompiledRoute) -> dict[str, Any]:
+    """The effective policy of a route now, each control with its value and source."""
+    plan = route.plan_at_compile if hasattr(route, "plan_at_compile") else route.plans[0]
+    info = route.info
+    controls: dict[str, Any] = {}
+    for section in SECTIONS:
+        policy = getattr(plan.policy, section)
+        waived = dict(plan.waived).get(section)
+        for name, value in policy.model_dump(mode="json").items():
+            control = f"{section}.{name}"
+            source = info.sources.get(control) or info.sources.get(section) or f"class:{info.klass}"
+            entry: dict[str, Any] = {"value": value, "source": source}
+            if waived:
+                entry = {"value": "waived", "source": f"exception:{waived}"}
+            controls[control] = entry
+    return {
+        "route": info.route_id, "api": info.api, "class": info.klass, "path": info.path,
+        "methods": sorted(info.methods), "administrative": route.admin,
+        "upstream": f"{route.upstream.scheme}://{route.upstream.authority}{route.upstream.path_prefix}",
+        "exceptions": [{"id": e, "expires": _iso(plan.valid_until)} for e in plan.exceptions],
+        "policy_changes_at": _iso(plan.valid_until),
+        "controls": controls,
+    }
+
+
+def explain(path: str, selector: str | None, *, as_json: bool = False) -> int:
+    try:
+        compiled = compile_config(load_config(path), build_stages=False)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    routes = [r for r in compiled.routes if _selected(r, selector)]
+    if selector and not routes:
+        print(f"no route matches {selector!r}", file=sys.stderr)
+        return 1
+    docs = [route_policy(r) for r in routes]
+    if as_json:
+        print(json.dumps(docs, indent=2))
+        return 0
+    for doc in docs:
+        admin = "  [administrative]" if doc["administrative"] else ""
+        print(f"{doc['route']}  {' '.join(doc['methods'])} {doc['path']}  class={doc['class']}{admin}")
+        print(f"  upstream: {doc['upstream']}")
+        for exc in doc["exceptions"]:
+            print(f"  exception in force: {exc['id']} (this plan ends {exc['expires']})")
+        for control, entry in doc["controls"].items():
+            print(f"  {control:34} {json.dumps(entry['value']):28} <- {entry['source']}")
+        print()
+    return 0
+
+
+def _selected(route: CompiledRoute, selector: str | None) -> bool:
+    if not selector:
+        return True
+    info = route.info
+    return selector in (info.route_id, info.api, info.path, info.route)
+
+
+def reload(path: str, admin: str | None) -> int:
+    if admin is None:
+        try:
+            cfg = load_config(path).model
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        admin = f"http://{cfg.gateway.admin.address}:{cfg.gateway.admin.port}"
+    request = urllib.request.Request(admin.rstrip("/") + "/reload", method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            print(response.read().decode())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(exc.read().decode(), file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot reach the admin listener at {admin}: {exc}", file=sys.stderr)
+        return 1
+
+
+def new_key(consumer: str) -> int:
+    try:
+        from bastion.stages.identity.apikeys import new_api_key  # type: ignore[import-not-found]
+    except ImportError:
+        print("API keys are not available in this build", file=sys.stderr)
+        return 1
+    key, line = new_api_key(consumer)
+    print(f"API key for {consumer} (shown once, store it now):\n  {key}\n\nAdd to the consumer's credentials:\n  {line}")
+    return 0

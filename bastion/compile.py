@@ -1,0 +1,373 @@
+"""Config + OpenAPI -> frozen per-route policy objects, built once per (re)load.
+
+For every route this computes the effective policy (class baseline tightened by API and route, loosened only
+by an exception in force) and a schedule of plans: the plan in force now, then the plan that takes over the
+instant the next exception expires. The request path only compares the clock with `valid_until`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+
+from bastion.config.loader import (
+    ConfigError,
+    Diagnostic,
+    LoadedConfig,
+    Positions,
+    pydantic_diagnostics,
+    read_yaml,
+)
+from bastion.config.models import HTTP_METHODS, SECTIONS, ApiConfig, Baseline, ExceptionConfig
+from bastion.governance.baseline import Weakening, merge, restore, weakenings
+from bastion.pipeline import PIPELINE
+from bastion.router import Router
+from bastion.stages.base import RouteInfo, Services, Stage
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where an API's requests go."""
+
+    name: str
+    scheme: str
+    host: str
+    port: int
+    path_prefix: str  # prepended to the forwarded path ("" when the upstream URL has no path)
+
+    @property
+    def authority(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        return self.host if self.port == default else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The controls of one route during one interval of time."""
+
+    valid_until: float  # epoch seconds; math.inf when nothing expires
+    policy: Baseline
+    stages: tuple[Stage, ...]  # run on the request head
+    body_stages: tuple[Stage, ...]  # run once the body is read
+    exceptions: tuple[str, ...]  # exception ids in force
+    waived: tuple[tuple[str, str], ...]  # (control, exception id) switched off entirely
+
+
+@dataclass(slots=True)
+class CompiledRoute:
+    info: RouteInfo
+    upstream: Upstream
+    strip_prefix: str
+    plans: list[Plan]
+    admin: bool = False
+
+    def plan(self, now: float) -> Plan:
+        """The plan in force at `now`: an expired exception stops applying at its instant, not at a reload."""
+        plans = self.plans
+        while now >= plans[0].valid_until and len(plans) > 1:
+            plans.pop(0)
+        return plans[0]
+
+
+@dataclass(slots=True)
+class CompiledGateway:
+    """Everything the data plane needs, built from one config."""
+
+    config: LoadedConfig
+    router: Router
+    routes: list[CompiledRoute]
+    config_hash: str
+    loaded_at: float
+    shared: dict[str, Any] = field(default_factory=dict)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity != "error"]
+
+
+@dataclass(slots=True)
+class _RouteDecl:
+    name: str
+    path: str  # relative to the API's base path
+    methods: list[str]
+    policy: dict[str, Any]
+    loc: tuple[str | int, ...]
+    operation: dict[str, Any] | None = None
+    admin: bool = False
+
+
+def parse_upstream(api: ApiConfig) -> Upstream:
+    url = urlsplit(api.upstream)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return Upstream(api.name, url.scheme, url.hostname or "", port, url.path.rstrip("/"))
+
+
+_NAME_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def _openapi_routes(api: ApiConfig, base_dir: Path, api_loc: tuple[str | int, ...],
+                    diags: list[Diagnostic], positions: Positions) -> tuple[list[_RouteDecl], str]:
+    """The operations of the API's OpenAPI document, as routes named by operationId."""
+    if api.openapi is None:
+        return [], ""
+    path = api.openapi if api.openapi.is_absolute() else base_dir / api.openapi
+    try:
+        doc, _ = read_yaml(path)
+    except ConfigError as exc:
+        diags.extend(exc.diagnostics)
+        return [], ""
+    if not isinstance(doc, dict) or not isinstance(doc.get("paths"), dict):
+        diags.append(Diagnostic(str(path), 1, 1, "paths", "an OpenAPI document needs a `paths` mapping"))
+        return [], ""
+    version = str(doc.get("openapi", ""))
+    if not version.startswith(("3.0", "3.1")):
+        diags.append(Diagnostic(str(path), 1, 1, "openapi", f"OpenAPI 3.0 or 3.1 expected, got {version!r}"))
+    decls = []
+    for template, item in doc["paths"].items():
+        if not isinstance(item, dict):
+            continue
+        for method, operation in item.items():
+            if method.upper() not in HTTP_METHODS or not isinstance(operation, dict):
+                continue
+            op_id = operation.get("operationId") or f"{method}-{template}"
+            name = _NAME_SAFE.sub("-", str(op_id)).strip("-")
+            op = dict(operation)
+            if "parameters" in item:  # path-item parameters apply to every operation
+                op["parameters"] = [*item["parameters"], *operation.get("parameters", [])]
+            decls.append(_RouteDecl(name, template, [method.upper()], {}, api_loc, op,
+                                    bool(operation.get("x-bastion-admin", False))))
+    return decls, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _route_decls(api: ApiConfig, index: int, base_dir: Path, diags: list[Diagnostic],
+                 positions: Positions) -> tuple[list[_RouteDecl], str]:
+    api_loc: tuple[str | int, ...] = ("apis", index)
+    decls, spec_hash = _openapi_routes(api, base_dir, api_loc, diags, positions)
+    by_name = {d.name: d for d in decls}
+    for r_index, route in enumerate(api.routes):
+        loc = (*api_loc, "routes", r_index)
+        if route.operation is not None:
+            target = by_name.get(route.operation)
+            if target is None:
+                diags.append(positions.diagnostic((*loc, "operation"),
+                                                  f"no operationId {route.operation!r} in {api.openapi}"))
+                continue
+            target.policy, target.loc, target.admin = route.policy, loc, route.admin or target.admin
+            if route.name:
+                target.name = route.name
+            continue
+        assert route.path is not None  # guaranteed by RouteConfig's validator
+        name = route.name or _NAME_SAFE.sub("-", f"{'-'.join(route.methods)}{route.path}").strip("-")
+        if name in by_name:
+            diags.append(positions.diagnostic((*loc, "name"), f"route name {name!r} is used twice in API"))
+            continue
+        decl = _RouteDecl(name, route.path, route.methods, route.policy, loc, None, route.admin)
+        by_name[name] = decl
+        decls.append(decl)
+    return decls, spec_hash
+
+
+def _join(base: str, path: str) -> str:
+    return (base.rstrip("/") + "/" + path.lstrip("/")).rstrip("/") or "/"
+
+
+def _exception_diagnostics(exc: ExceptionConfig, index: int, max_days: int, now: float,
+                           positions: Positions, diags: list[Diagnostic]) -> None:
+    loc = ("exceptions", index)
+    lifetime = (exc.expires - exc.created).total_seconds() / 86400
+    if lifetime > max_days:
+        diags.append(positions.diagnostic((*loc, "expires"),
+                                          f"exception {exc.id} lasts {lifetime:.0f} days; the maximum is "
+                                          f"{max_days} (gateway.max_exception_days)"))
+    if exc.expires.timestamp() <= now:
+        diags.append(positions.diagnostic((*loc, "expires"),
+                                          f"exception {exc.id} expired at {exc.expires.isoformat()}; its "
+                                          "controls are enforced again. Remove it or renew it", "warning"))
+
+
+def compile_config(loaded: LoadedConfig, services: Services | None = None, *, now: float | None = None,
+                   build_stages: bool = True) -> CompiledGateway:
+    """Compile a validated config. Raises ConfigError listing every error; warnings stay on the result."""
+    services = services or Services()
+    now = services.wall_clock() if now is None else now
+    cfg = loaded.model
+    positions = loaded.positions
+    base_dir = loaded.path.parent
+    diags: list[Diagnostic] = []
+    hasher = hashlib.sha256(loaded.text_hash.encode())
+
+    for i, exc in enumerate(cfg.exceptions):
+        _exception_diagnostics(exc, i, cfg.gateway.max_exception_days, now, positions, diags)
+    ids = [e.id for e in cfg.exceptions]
+    for i, exc_id in enumerate(ids):
+        if ids.index(exc_id) != i:
+            diags.append(positions.diagnostic(("exceptions", i, "id"), f"exception id {exc_id!r} is used twice"))
+
+    shared: dict[str, Any] = {}
+    if build_stages:
+        for spec in PIPELINE:
+            if spec.prepare is not None and spec.prepare not in shared:
+                shared[spec.prepare] = spec.prepare(cfg, services)  # type: ignore[index]
+
+    router = Router()
+    routes: list[CompiledRoute] = []
+    seen_apis: set[str] = set()
+    used_exceptions: set[str] = set()
+    route_names: dict[str, set[str]] = {}
+    for a_index, api in enumerate(cfg.apis):
+        api_loc = ("apis", a_index)
+        if api.name in seen_apis:
+            diags.append(positions.diagnostic((*api_loc, "name"), f"API name {api.name!r} is used twice"))
+            continue
+        seen_apis.add(api.name)
+        if not api.owner:
+            diags.append(positions.diagnostic(api_loc, f"API {api.name!r} has no `owner`: every API needs an "
+                                              "accountable owner; its routes are not served"))
+            continue
+        klass = cfg.classes.get(api.klass)
+        if klass is None:
+            diags.append(positions.diagnostic((*api_loc, "class"),
+                                              f"unknown class {api.klass!r} (classes: {', '.join(cfg.classes)})"))
+            continue
+        decls, spec_hash = _route_decls(api, a_index, base_dir, diags, positions)
+        hasher.update(spec_hash.encode())
+        route_names[api.name] = {d.name for d in decls}
+        baseline_model = Baseline.model_validate(klass.model_dump(include=set(SECTIONS)))
+        baseline = baseline_model.model_dump(mode="python")
+        upstream = parse_upstream(api)
+        for decl in decls:
+            compiled = _compile_route(api, decl, baseline, baseline_model, cfg.exceptions, now, positions,
+                                      diags, used_exceptions, upstream, shared, build_stages)
+            if compiled is None:
+                continue
+            routes.append(compiled)
+            full = _join(api.base_path, decl.path)
+            for method in decl.methods:
+                clash = router.add(api.hosts, full, method, compiled)
+                if clash is not None:
+                    diags.append(positions.diagnostic(decl.loc, f"{method} {full} is already routed to "
+                                                      f"{clash.info.route_id}"))
+
+    for i, exc in enumerate(cfg.exceptions):
+        loc = ("exceptions", i, "target")
+        if exc.target.api not in route_names:
+            diags.append(positions.diagnostic((*loc, "api"), f"exception {exc.id} targets unknown API "
+                                              f"{exc.target.api!r}"))
+        elif exc.target.route is not None and exc.target.route not in route_names[exc.target.api]:
+            diags.append(positions.diagnostic((*loc, "route"), f"exception {exc.id} targets unknown route "
+                                              f"{exc.target.api}/{exc.target.route}"))
+        elif exc.id not in used_exceptions and exc.expires.timestamp() > now:
+            diags.append(positions.diagnostic(("exceptions", i, "controls"), f"exception {exc.id} relaxes "
+                                              "nothing: no targeted route weakens these controls", "warning"))
+
+    errors = [d for d in diags if d.severity == "error"]
+    if errors:
+        raise ConfigError(diags)
+    return CompiledGateway(loaded, router, routes, hasher.hexdigest()[:16], now, shared, diags)
+
+
+def _covers(exc: ExceptionConfig, control: str) -> bool:
+    section = control.split(".", 1)[0]
+    return control in exc.controls or section in exc.controls
+
+
+def _compile_route(api: ApiConfig, decl: _RouteDecl, baseline: dict[str, Any], baseline_model: Baseline,
+                   exceptions: list[ExceptionConfig], now: float, positions: Positions,
+                   diags: list[Diagnostic], used: set[str], upstream: Upstream,
+                   shared: dict[Any, Any], build_stages: bool) -> CompiledRoute | None:
+    route_id = f"{api.name}/{decl.name}"
+    layers = [(f"api:{api.name}", api.policy), (f"route:{route_id}", decl.policy)]
+    declared_data, sources = merge(baseline, *layers)
+    try:
+        declared = Baseline.model_validate(declared_data)
+    except ValidationError as exc:
+        # point at the layer that set the bad value: the route's policy if it has one, else the API's
+        where = (*decl.loc, "policy") if decl.policy else ("apis", decl.loc[1], "policy")
+        diags.extend(pydantic_diagnostics(exc, positions, where))
+        return None
+
+    mine = [e for e in exceptions
+            if e.target.api == api.name and e.target.route in (None, decl.name)]
+    weak = weakenings(baseline_model, declared, sources)
+    for w in weak:
+        covering = [e for e in mine if _covers(e, w.control)]
+        if not covering:
+            diags.append(positions.diagnostic(_loc_of(w, decl), _weak_message(w, route_id, api.klass)))
+        elif all(e.expires.timestamp() <= now for e in covering):
+            diags.append(positions.diagnostic(_loc_of(w, decl), f"route {route_id} sets {w.control} weaker than "
+                                              f"class {api.klass!r}, but its exception expired: the class "
+                                              "baseline is enforced", "warning"))
+        used.update(e.id for e in covering)
+    for e in mine:  # a whole-section waiver is used by every route it targets
+        if any("." not in c for c in e.controls):
+            used.add(e.id)
+
+    # every instant at which an exception starts or stops applying splits the timeline into plans
+    points = sorted({t for e in mine for t in (e.created.timestamp(), e.expires.timestamp()) if t > now})
+    starts = [now, *points]
+    ends = [*points, math.inf]
+    path = _join(api.base_path, decl.path)
+    params = tuple(p[1:-1] for p in path.split("/") if p.startswith("{") and p.endswith("}"))
+    info_sources = dict(sources)
+    plans: list[Plan] = []
+    infos: list[RouteInfo] = []
+    for start, end in zip(starts, ends, strict=True):
+        active = [e for e in mine if e.created.timestamp() <= start < e.expires.timestamp()]
+        relaxed = {w.control for w in weak if any(_covers(e, w.control) for e in active)}
+        data = restore(declared_data, baseline, {w.control for w in weak} - relaxed)
+        policy = Baseline.model_validate(data)
+        waived_sections = {c: e.id for e in active for c in e.controls if "." not in c}
+        srcs = dict(info_sources)
+        for control in relaxed:
+            exc_id = next(e.id for e in active if _covers(e, control))
+            srcs[control] = f"exception:{exc_id}"
+        for section, exc_id in waived_sections.items():
+            srcs[section] = f"exception:{exc_id}"
+        info = RouteInfo(api=api.name, route=decl.name, klass=api.klass, path=path,
+                         methods=frozenset(decl.methods), path_params=params, operation=decl.operation,
+                         sources=srcs)
+        head: list[Stage] = []
+        body: list[Stage] = []
+        if build_stages:
+            for spec in PIPELINE:
+                if spec.section in waived_sections:
+                    continue
+                stage = spec.build(getattr(policy, spec.section), info,
+                                   shared.get(spec.prepare) if spec.prepare else None)
+                if stage is not None:
+                    (body if getattr(stage, "needs_body", False) else head).append(stage)
+        plans.append(Plan(end, policy, tuple(head), tuple(body), tuple(e.id for e in active),
+                          tuple(sorted(waived_sections.items()))))
+        infos.append(info)
+    strip = api.base_path if api.strip_base_path else ""
+    return CompiledRoute(infos[0], upstream, strip, plans, decl.admin)
+
+
+def _loc_of(w: Weakening, decl: _RouteDecl) -> tuple[str | int, ...]:
+    section, name = w.control.split(".", 1)
+    if w.origin.startswith("route:"):
+        return (*decl.loc, "policy", section, name)
+    return ("apis", decl.loc[1], "policy", section, name)
+
+
+def _weak_message(w: Weakening, route_id: str, klass: str) -> str:
+    return (f"route {route_id} sets {w.control} = {w.declared!r}, weaker than its class {klass!r} "
+            f"({w.baseline!r}); tighten it, or add an exception (owner, reason, evidence, expires) that names "
+            f"{w.control}")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

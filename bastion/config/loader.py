@@ -1,0 +1,158 @@
+"""Load `bastion.yaml`: YAML -> plain data with a position index -> pydantic models.
+
+Every error is reported like a compiler's: `file:line:col: field.path: message`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from bastion.config.models import BastionConfig
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """One finding about a config: an error refuses the config, a warning is reported."""
+
+    file: str
+    line: int
+    col: int
+    field: str
+    message: str
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.col}"
+        label = "" if self.severity == "error" else f"{self.severity}: "
+        return f"{where}: {label}{self.field}: {self.message}" if self.field else f"{where}: {label}{self.message}"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; carries every diagnostic found."""
+
+    def __init__(self, diagnostics: list[Diagnostic]) -> None:
+        super().__init__("\n".join(str(d) for d in diagnostics))
+        self.diagnostics = diagnostics
+
+
+@dataclass(slots=True)
+class Positions:
+    """Maps a field path inside a YAML document to its line and column (1-based)."""
+
+    file: str
+    index: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+
+    def of(self, loc: Loc) -> tuple[int, int]:
+        # the deepest known ancestor: a missing field points at its parent mapping
+        for cut in range(len(loc), -1, -1):
+            pos = self.index.get(tuple(loc[:cut]))
+            if pos:
+                return pos
+        return (1, 1)
+
+    def diagnostic(self, loc: Loc, message: str, severity: str = "error") -> Diagnostic:
+        line, col = self.of(loc)
+        return Diagnostic(self.file, line, col, dotted(loc), message, severity)
+
+
+def dotted(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _plain(node: Any, loc: Loc, positions: Positions) -> Any:
+    """ruamel's round-trip nodes -> dict/list/scalars, recording where each key and item starts."""
+    if isinstance(node, CommentedMap):
+        out: dict[Any, Any] = {}
+        for key, value in node.items():
+            line, col = node.lc.key(key)
+            positions.index[(*loc, key)] = (line + 1, col + 1)
+            out[str(key)] = _plain(value, (*loc, str(key)), positions)
+        return out
+    if isinstance(node, CommentedSeq):
+        items = []
+        for i, value in enumerate(node):
+            line, col = node.lc.item(i)
+            positions.index[(*loc, i)] = (line + 1, col + 1)
+            items.append(_plain(value, (*loc, i), positions))
+        return items
+    if node is None or isinstance(node, bool | int | float | str):
+        return node
+    return node  # dates and timestamps stay as parsed; pydantic checks them
+
+
+def read_yaml(path: Path) -> tuple[Any, Positions]:
+    """Parse a YAML file into plain data and its position index; raise ConfigError with the YAML mark."""
+    positions = Positions(str(path))
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = False  # a duplicated key silently replacing a control is a config bug
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Diagnostic(str(path), 1, 1, "", f"cannot read: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Diagnostic(str(path), 1, 1, "", "not valid UTF-8")]) from None
+    try:
+        data = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise ConfigError([Diagnostic(str(path), line, col, "", f"YAML: {exc.problem or exc}")]) from None
+    except Exception as exc:  # ruamel raises a few unmarked errors (e.g. duplicate anchors)
+        raise ConfigError([Diagnostic(str(path), 1, 1, "", f"YAML: {exc}")]) from None
+    positions.index[()] = (1, 1)
+    return _plain(data, (), positions), positions
+
+
+def pydantic_diagnostics(exc: ValidationError, positions: Positions, prefix: Loc = ()) -> list[Diagnostic]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = (*prefix, *(part for part in err["loc"] if not _is_union_tag(part)))
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling: unknown fields are errors, never ignored)"
+        out.append(positions.diagnostic(loc, message))
+    return out
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic adds the union member's type name to `loc` (e.g. 'IPv4Network'); it names no YAML field
+    return isinstance(part, str) and part[:1].isupper()
+
+
+@dataclass(slots=True)
+class LoadedConfig:
+    """A validated config, where it came from and how to point at its fields."""
+
+    path: Path
+    model: BastionConfig
+    positions: Positions
+    raw: dict[str, Any]
+    text_hash: str
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    """Read and validate the root model; cross-section rules are checked by `compile`."""
+    import hashlib
+
+    path = Path(path)
+    data, positions = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError([positions.diagnostic((), "the config must be a YAML mapping")])
+    try:
+        model = BastionConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(pydantic_diagnostics(exc, positions)) from None
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return LoadedConfig(path, model, positions, data, digest)

@@ -1,0 +1,1 @@
+"""Baselines, exceptions and (later) inventory and posture reports."""

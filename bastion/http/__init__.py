@@ -1,0 +1,1 @@
+"""Sans-IO HTTP helpers: framing checks, header hygiene, problem documents. No sockets here."""

@@ -1,0 +1,128 @@
+"""Header hygiene: hop-by-hop removal, identity-header stripping, client address, request id and trace context."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+import re
+from collections.abc import Iterable
+
+# RFC 9110 §7.6.1: connection-specific fields a proxy must not forward. Content-Length is re-framed by us.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "trailer",
+    "proxy-authorization", "proxy-authenticate", "content-length",
+})
+# Forwarding headers are rebuilt by Bastion from what it verified, never passed through as sent.
+FORWARDING = frozenset({"x-forwarded-for", "forwarded", "x-forwarded-proto", "x-forwarded-host", "x-real-ip"})
+
+
+class HeaderNames:
+    """A set of header names with `*`-suffixed prefixes, matched without regexes on the hot path."""
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        patterns = [p.lower() for p in patterns]
+        self.exact = frozenset(p for p in patterns if not p.endswith("*"))
+        self.prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.exact or (bool(self.prefixes) and name.startswith(self.prefixes))
+
+
+def connection_tokens(headers: list[tuple[str, str]]) -> set[str]:
+    """Field names listed in Connection, which are hop-by-hop for this hop only."""
+    tokens: set[str] = set()
+    for name, value in headers:
+        if name == "connection":
+            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TrustedProxies:
+    """Peers whose forwarding headers are believed. The client address is found walking from the right."""
+
+    def __init__(self, networks: Iterable[Network]) -> None:
+        self.networks = tuple(networks)
+
+    def trusts(self, address: str) -> bool:
+        if not self.networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.networks)
+
+    def client_ip(self, peer: str, headers: list[tuple[str, str]]) -> str:
+        """The first address, from the right, that is not a trusted proxy (RFC 7239 / XFF practice)."""
+        if not self.trusts(peer):
+            return peer
+        hops: list[str] = []
+        for name, value in headers:
+            if name == "x-forwarded-for":
+                hops.extend(h.strip() for h in value.split(","))
+        if not hops:
+            for name, value in headers:
+                if name == "forwarded":
+                    hops.extend(_forwarded_for(value))
+        address = peer
+        for hop in reversed(hops):
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                return address  # a malformed hop ends the walk: trust nothing left of it
+            address = hop
+            if not self.trusts(hop):
+                return hop
+        return address
+
+
+def _forwarded_for(value: str) -> list[str]:
+    out = []
+    for element in value.split(","):
+        for pair in element.split(";"):
+            key, _, val = pair.strip().partition("=")
+            if key.lower() == "for":
+                val = val.strip('"')
+                if val.startswith("["):
+                    val = val[1:].split("]", 1)[0]
+                elif val.count(":") == 1:
+                    val = val.split(":", 1)[0]
+                out.append(val)
+    return out
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+class RequestIds:
+    """Unique, cheap request ids: a random per-process prefix and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex()
+        self._counter = itertools.count(1)
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._counter):010x}"
+
+
+def valid_request_id(value: str) -> bool:
+    return bool(_REQUEST_ID.match(value))
+
+
+def next_traceparent(incoming: str | None) -> str:
+    """W3C Trace Context: keep a valid incoming trace id, with the gateway's own span as the new parent."""
+    span = os.urandom(8).hex()
+    if incoming:
+        match = _TRACEPARENT.match(incoming.strip())
+        if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
+            return f"00-{match.group(1)}-{span}-{match.group(3)}"
+    return f"00-{os.urandom(16).hex()}-{span}-01"
+
+
+def forwarded_for(client: str) -> str:
+    return f'"[{client}]"' if ":" in client else client

@@ -1,0 +1,502 @@
+"""HTTP/1.1 server connection: parsing (httptools/llhttp, strict), framing checks, timeouts, response writing.
+
+One `Http1Connection` per client connection runs one task that handles its requests in order. A request is
+handed to the handler as an `Exchange` as soon as its head is parsed; its body is streamed on demand, with
+back-pressure, and bounded by the limit the handler sets once it knows the route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import httptools
+
+from bastion.http.framing import FramingError, check_head
+from bastion.http.problem import problem_body, status_phrase
+
+_READ_HIGH_WATER = 256 * 1024  # buffered request body above this pauses reading from the client
+
+
+@dataclass(slots=True)
+class ServerLimits:
+    header_timeout: float = 10.0
+    body_idle_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 100
+
+
+class BodyTooLarge(Exception):
+    """The request body passed the route's limit."""
+
+
+class BodyTimeout(Exception):
+    """The client stopped sending its body."""
+
+
+class ClientGone(Exception):
+    """The client closed the connection."""
+
+
+class BodyMalformed(Exception):
+    """The request body's framing was invalid (e.g. a bad chunk size)."""
+
+    def __init__(self, error: FramingError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class Exchange:
+    """One request and its response on a client connection."""
+
+    __slots__ = (
+        "_body_done", "_body_error", "_body_seen", "_chunks", "_conn", "_waiter", "body_limit", "chunked",
+        "closed_after", "content_length", "expect_continue", "headers", "keep_alive", "method", "response_started",
+        "status", "target", "version",
+    )
+
+    def __init__(self, conn: Http1Connection, method: str, target: str, version: str,
+                 headers: list[tuple[str, str]], keep_alive: bool) -> None:
+        self._conn = conn
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers  # lower-case names
+        self.keep_alive = keep_alive
+        self.content_length: int | None = None
+        self.chunked = False
+        self.expect_continue = False
+        self.body_limit: int | None = None
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._body_done = False
+        self._body_seen = 0
+        self._body_error: Exception | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self.response_started = False
+        self.status = 0
+        self.closed_after = False
+
+    # ---- request body -------------------------------------------------------------------------------------
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    @property
+    def body_complete(self) -> bool:
+        return self._body_done and not self._chunks
+
+    def _feed(self, data: bytes) -> None:
+        self._body_seen += len(data)
+        if self.body_limit is not None and self._body_seen > self.body_limit:
+            self._fail(BodyTooLarge())
+            return
+        self._chunks.append(data)
+        self._wake()
+
+    def _finish(self) -> None:
+        self._body_done = True
+        self._wake()
+
+    def _fail(self, error: Exception) -> None:
+        if self._body_error is None:
+            self._body_error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def read_chunk(self) -> bytes:
+        """The next piece of the body, or b"" at its end. Raises BodyTooLarge, BodyTimeout or ClientGone."""
+        if self.expect_continue and not self.response_started:
+            self.expect_continue = False
+            self._conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        while True:
+            if self._body_error is not None:
+                raise self._body_error
+            if self._chunks:
+                data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+                self._chunks.clear()
+                self._conn.body_drained()
+                return data
+            if self._body_done:
+                return b""
+            self._waiter = self._conn.loop.create_future()
+            self._conn.arm_body_timer()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def read_body(self) -> bytes:
+        """The whole body (bounded by `body_limit`)."""
+        parts = []
+        while chunk := await self.read_chunk():
+            parts.append(chunk)
+        return b"".join(parts)
+
+    # ---- response -----------------------------------------------------------------------------------------
+
+    def start_response(self, status: int, headers: list[tuple[str, str]], *, length: int | None,
+                       close: bool = False) -> bool:
+        """Write the status line and headers. `length=None` means the body is chunked. Returns chunked."""
+        self.response_started = True
+        self.status = status
+        if close or not self.keep_alive:
+            self.keep_alive = False
+        chunked = length is None and self.version == "1.1" and status not in (204, 304) and self.method != "HEAD"
+        if length is None and not chunked and status not in (204, 304) and self.method != "HEAD":
+            self.keep_alive = False  # HTTP/1.0 client: the body ends when the connection closes
+        lines = [f"HTTP/1.1 {status} {status_phrase(status)}\r\n"]
+        for name, value in headers:
+            lines.append(f"{name}: {value}\r\n")
+        if length is not None:
+            lines.append(f"content-length: {length}\r\n")
+        elif chunked:
+            lines.append("transfer-encoding: chunked\r\n")
+        if not self.keep_alive:
+            lines.append("connection: close\r\n")
+        elif self.version == "1.0":
+            lines.append("connection: keep-alive\r\n")
+        lines.append("\r\n")
+        self._conn.write("".join(lines).encode("latin-1"))
+        return chunked
+
+    def write(self, data: bytes) -> None:
+        self._conn.write(data)
+
+    def respond(self, status: int, headers: list[tuple[str, str]], body: bytes, *, close: bool = False) -> None:
+        """A complete response in one write."""
+        self.start_response(status, headers, length=len(body), close=close)
+        if body and self.method != "HEAD":
+            self._conn.write(body)
+
+    def problem(self, status: int, detail: str | None, request_id: str,
+                headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (), *, close: bool = False) -> None:
+        body = problem_body(status, detail, request_id)
+        self.respond(status, [("content-type", "application/problem+json"), ("x-request-id", request_id),
+                              ("cache-control", "no-store"), *headers], body, close=close)
+
+    @property
+    def writable(self) -> bool:
+        return self._conn.writable
+
+    async def drain(self) -> None:
+        await self._conn.drain()
+
+    @property
+    def peer(self) -> str:
+        return self._conn.peer
+
+    @property
+    def tls(self) -> bool:
+        return self._conn.tls
+
+    @property
+    def peer_cert(self) -> bytes | None:
+        return self._conn.peer_cert
+
+
+Handler = Callable[[Exchange], Awaitable[None]]
+ErrorHook = Callable[[str, FramingError, str], str]  # (peer, error, target) -> request id
+
+
+class Http1Connection(asyncio.Protocol):
+    """A client connection: parse requests, hand each to the handler, write responses."""
+
+    def __init__(self, handler: Handler, limits: ServerLimits, registry: set[Http1Connection],
+                 on_error: ErrorHook | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._handler = handler
+        self._limits = limits
+        self._registry = registry
+        self._on_error = on_error
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._ready: collections.deque[Exchange] = collections.deque()
+        self._ready_waiter: asyncio.Future[None] | None = None
+        self._current: Exchange | None = None  # the exchange whose body the parser is feeding
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._paused_reading = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._in_request = False  # a request has begun and its head is not complete
+        self._busy = False  # the handler is working on a request
+        self._broken = False  # unparseable input arrived while busy: close after the current response
+        self.peer = ""
+        self.tls = False
+        self.peer_cert: bytes | None = None
+
+    # ---- asyncio.Protocol ---------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+        ssl_object: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.tls = True
+            self.peer_cert = ssl_object.getpeercert(binary_form=True)
+        self._registry.add(self)
+        self._set_timer(self._limits.keepalive_timeout, self._idle_timeout)
+        self._task = self.loop.create_task(self._serve())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._registry.discard(self)
+        self._cancel_timer()
+        gone = ClientGone()
+        for exchange in (self._current, *self._ready):
+            if exchange is not None:
+                exchange._fail(gone)
+        waiter = self._ready_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        drain = self._drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_exception(ClientGone())
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject(FramingError(400, "upgrade_not_supported", "protocol upgrade requested"))
+        except httptools.HttpParserError as exc:
+            if self._closed:
+                return
+            self._reject(FramingError(400, "malformed_request", f"parser: {exc}"))
+        except _HeadTooLarge as exc:
+            self._reject(FramingError(431, "header_too_large", str(exc)))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # ---- httptools callbacks ------------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+        self._in_request = True
+        if not self._busy:
+            self._set_timer(self._limits.header_timeout, self._header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._count(len(name) + len(value) + 4)
+        if len(self._headers) > self._limits.max_headers:
+            raise _HeadTooLarge(f"more than {self._limits.max_headers} header fields")
+
+    def _count(self, n: int) -> None:
+        self._head_bytes += n
+        if self._head_bytes > self._limits.max_header_bytes:
+            raise _HeadTooLarge(f"request head over {self._limits.max_header_bytes} bytes")
+
+    def on_headers_complete(self) -> None:
+        self._in_request = False
+        parser = self._parser
+        version = parser.get_http_version()
+        error = check_head(version, self._headers)
+        if error is not None:
+            self._reject(error)
+            return
+        headers = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in self._headers]
+        exchange = Exchange(self, parser.get_method().decode("ascii"), self._url.decode("latin-1"), version,
+                            headers, parser.should_keep_alive())
+        for name, value in headers:
+            if name == "content-length":
+                exchange.content_length = int(value)
+            elif name == "transfer-encoding":
+                exchange.chunked = True
+            elif name == "expect" and value.lower() == "100-continue" and version == "1.1":
+                exchange.expect_continue = True
+        if not exchange.has_body:
+            exchange._body_done = True
+        self._current = exchange
+        self._ready.append(exchange)
+        if not self._busy:
+            self._cancel_timer()
+        if len(self._ready) > 1:
+            self._pause_reading()  # pipelined requests wait; we do not buffer without bound
+        waiter = self._ready_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self._current
+        if exchange is not None:
+            exchange._feed(body)
+            if self._timer is not None and exchange is not None and self._busy:
+                self.arm_body_timer()
+            if len(exchange._chunks) and sum(map(len, exchange._chunks)) > _READ_HIGH_WATER:
+                self._pause_reading()
+
+    def on_message_complete(self) -> None:
+        exchange = self._current
+        if exchange is not None:
+            exchange._finish()
+            self._current = None
+        if self._busy:
+            self._cancel_timer()
+
+    # ---- the request loop ---------------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        try:
+            while not self._closed:
+                if not self._ready:
+                    self._ready_waiter = self.loop.create_future()
+                    await self._ready_waiter
+                    self._ready_waiter = None
+                    continue
+                exchange = self._ready.popleft()
+                self._busy = True
+                try:
+                    await self._handler(exchange)
+                except (ClientGone, ConnectionError):
+                    self.close()
+                    return
+                except Exception:  # the handler's own guard failed: never leave the client hanging
+                    if not exchange.response_started and not self._closed:
+                        exchange.problem(500, None, "", close=True)
+                    self.close()
+                    return
+                finally:
+                    self._busy = False
+                if self._closed:
+                    return
+                if self._broken or not exchange.keep_alive or not exchange.body_complete:
+                    # an unread body would be parsed as the next request: close instead
+                    self.close()
+                    return
+                self._resume_reading()
+                if not self._ready and not self._in_request:
+                    self._set_timer(self._limits.keepalive_timeout, self._idle_timeout)
+                elif self._in_request:
+                    self._set_timer(self._limits.header_timeout, self._header_timeout)
+        except asyncio.CancelledError:
+            self.close()
+            raise
+
+    # ---- output and flow control --------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not self._closed and self._transport is not None:
+            self._transport.write(data)
+
+    @property
+    def writable(self) -> bool:
+        return not self._write_paused
+
+    async def drain(self) -> None:
+        if self._closed:
+            raise ClientGone()
+        if self._write_paused:
+            self._drain_waiter = self.loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    def body_drained(self) -> None:
+        self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._paused_reading and self._transport is not None and not self._closed:
+            self._paused_reading = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._paused_reading and self._transport is not None and not self._closed and len(self._ready) <= 1:
+            self._paused_reading = False
+            self._transport.resume_reading()
+
+    def close(self) -> None:
+        if not self._closed and self._transport is not None:
+            self._closed = True
+            self._cancel_timer()
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._closed = True
+            self._transport.abort()
+
+    @property
+    def idle(self) -> bool:
+        return not self._busy and not self._ready and not self._in_request
+
+    # ---- timers and rejections ----------------------------------------------------------------------------
+
+    def _set_timer(self, delay: float, callback: Callable[[], None]) -> None:
+        self._cancel_timer()
+        self._timer = self.loop.call_later(delay, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def arm_body_timer(self) -> None:
+        self._set_timer(self._limits.body_idle_timeout, self._body_timeout)
+
+    def _idle_timeout(self) -> None:
+        self._timer = None
+        if self.idle:
+            self.close()
+
+    def _header_timeout(self) -> None:
+        self._timer = None
+        self._reject(FramingError(408, "header_timeout", "request head not received in time"))
+
+    def _body_timeout(self) -> None:
+        self._timer = None
+        if self._current is not None:
+            self._current._fail(BodyTimeout())
+
+    def _reject(self, error: FramingError) -> None:
+        """Answer a request we will not parse further, and close: its framing cannot be trusted."""
+        if self._closed:
+            return
+        if self._busy:
+            # the handler owns the connection's response: fail the body it may read, close once it is done
+            self._broken = True
+            self._pause_reading()
+            if self._current is not None:
+                self._current._fail(BodyMalformed(error))
+            return
+        request_id = ""
+        if self._on_error is not None:
+            request_id = self._on_error(self.peer, error, self._url.decode("latin-1")[:200])
+        body = problem_body(error.status, None, request_id)
+        head = (f"HTTP/1.1 {error.status} {status_phrase(error.status)}\r\n"
+                "content-type: application/problem+json\r\ncache-control: no-store\r\n"
+                f"x-request-id: {request_id}\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
+        self.write(head + body)
+        self.close()
+
+
+class _HeadTooLarge(Exception):
+    pass

@@ -1,0 +1,49 @@
+"""Prometheus metrics of the data plane (OpenTelemetry semantic-convention names where one exists)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """The gateway's metrics, on a registry of its own (tests create as many gateways as they like)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_duration = Histogram(
+            "http_server_request_duration_seconds", "Duration of requests through the gateway.",
+            ["http_request_method", "http_route", "http_response_status_code", "bastion_api", "bastion_class"],
+            buckets=_BUCKETS, registry=r,
+        )
+        self.decisions = Counter(
+            "bastion_decisions_total", "Security decisions by control, outcome and reason.",
+            ["control", "outcome", "reason"], registry=r,
+        )
+        self.upstream_errors = Counter(
+            "bastion_upstream_errors_total", "Upstream failures by reason.", ["reason"], registry=r,
+        )
+        self.config_info = Gauge("bastion_config_info", "The running config (hash label).", ["hash"], registry=r)
+        self.config_reloads = Counter("bastion_config_reloads_total", "Config reloads.", ["result"], registry=r)
+        self.exceptions_active = Gauge("bastion_exceptions_active", "Exceptions in force.", registry=r)
+        self.connections = Gauge("bastion_connections_open", "Open client connections.", registry=r)
+        self._durations: dict[tuple[str, str, int, str, str], object] = {}
+        self._decisions: dict[tuple[str, str, str], object] = {}
+
+    def observe(self, method: str, route: str, status: int, api: str, klass: str, seconds: float) -> None:
+        key = (method, route, status, api, klass)
+        child = self._durations.get(key)
+        if child is None:
+            if len(self._durations) > 50_000:  # label sets are bounded by routes x statuses; be safe anyway
+                self._durations.clear()
+            child = self._durations[key] = self.request_duration.labels(method, route, str(status), api, klass)
+        child.observe(seconds)  # type: ignore[attr-defined]
+
+    def decision(self, control: str, outcome: str, reason: str) -> None:
+        key = (control, outcome, reason)
+        child = self._decisions.get(key)
+        if child is None:
+            child = self._decisions[key] = self.decisions.labels(control, outcome, reason)
+        child.inc()  # type: ignore[attr-defined]

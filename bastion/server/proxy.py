@@ -1,0 +1,446 @@
+"""The gateway's request handler: route, run the pipeline, forward, answer, audit.
+
+This is the whole life of a request in one readable function (`Gateway.handle`); the controls themselves live
+in the stages, the wire format in `http1` and `upstream`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import httptools
+
+from bastion.compile import CompiledGateway, CompiledRoute, Plan, Upstream
+from bastion.context import ControlRecord, Deny, RequestContext
+from bastion.http.framing import FramingError
+from bastion.http.headers import (
+    FORWARDING,
+    HOP_BY_HOP,
+    HeaderNames,
+    RequestIds,
+    TrustedProxies,
+    connection_tokens,
+    forwarded_for,
+    next_traceparent,
+    valid_request_id,
+)
+from bastion.pipeline import run
+from bastion.router import AmbiguousPath, split_request_path
+from bastion.server.http1 import BodyMalformed, BodyTimeout, BodyTooLarge, ClientGone, Exchange
+from bastion.server.metrics import Metrics
+from bastion.server.upstream import UpstreamConnection, UpstreamError, UpstreamPool
+from bastion.stages.base import Services
+
+# Response headers that describe the upstream's software: an attacker's map, never forwarded.
+_RESPONSE_DROP = frozenset({"server", "x-powered-by", "x-aspnet-version", "x-aspnetmvc-version"})
+
+
+class Gateway:
+    """Holds the compiled config (swapped atomically on reload) and handles requests against it."""
+
+    def __init__(self, compiled: CompiledGateway, services: Services, metrics: Metrics) -> None:
+        self.services = services
+        self.metrics = metrics
+        self.audit = services.audit
+        self.request_ids = RequestIds()
+        self.pools: dict[Upstream, UpstreamPool] = {}
+        self.in_flight = 0
+        self.install(compiled)
+
+    def install(self, compiled: CompiledGateway) -> None:
+        """Make `compiled` the config that serves the next request. In-flight requests finish on the old one."""
+        gw = compiled.config.model.gateway
+        self.compiled = compiled
+        self.trusted = TrustedProxies(gw.trusted_proxies)
+        self.identity_headers = HeaderNames(gw.identity_headers)
+        pool_size = gw.limits.upstream_pool_size
+        wanted = {r.upstream for r in compiled.routes}
+        for upstream in wanted - self.pools.keys():
+            self.pools[upstream] = UpstreamPool(upstream, pool_size, _client_ssl(upstream))
+        for upstream in self.pools.keys() - wanted:
+            self.pools.pop(upstream).close()
+        for old in self.metrics.config_info.collect()[0].samples:
+            self.metrics.config_info.remove(old.labels["hash"])
+        self.metrics.config_info.labels(compiled.config_hash).set(1)
+
+    # ---- protocol errors ----------------------------------------------------------------------------------
+
+    def on_protocol_error(self, peer: str, error: FramingError, target: str) -> str:
+        request_id = self.request_ids.new()
+        self.metrics.decision("http", "deny", error.reason)
+        if self.audit is not None:
+            self.audit.protocol_error(peer, error.reason, f"{error.message} (target {target!r})", request_id,
+                                      error.status)
+        return request_id
+
+    # ---- the request --------------------------------------------------------------------------------------
+
+    async def handle(self, ex: Exchange) -> None:
+        started = time.perf_counter()
+        compiled = self.compiled  # one config for the whole request, even across a reload
+        services = self.services
+        peer = ex.peer
+        trusted_peer = self.trusted.trusts(peer) if self.trusted.networks else False
+
+        # request id: a trusted proxy's is kept, anything else is ours
+        request_id = ""
+        if trusted_peer:
+            sent = _first(ex.headers, "x-request-id")
+            if sent and valid_request_id(sent):
+                request_id = sent
+        request_id = request_id or self.request_ids.new()
+
+        identity_headers = self.identity_headers
+        headers = [(n, v) for n, v in ex.headers if n not in identity_headers]
+        target = ex.target
+        if target.startswith("/"):
+            path, _, query = target.partition("?")
+            host = _first(headers, "host") or ""
+        else:
+            try:  # RFC 9112 §3.2.2: absolute-form; its authority replaces Host
+                url = httptools.parse_url(target.encode("latin-1"))
+                path = (url.path or b"/").decode("latin-1")
+                query = (url.query or b"").decode("latin-1")
+                host = (url.host or b"").decode("latin-1")
+            except httptools.HttpParserInvalidURLError:
+                path, query, host = target, "", ""
+        host = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else host.split("]")[0] + "]"
+        ctx = RequestContext(
+            method=ex.method, raw_target=target, path=path, query=query, headers=headers,
+            client_ip=self.trusted.client_ip(peer, headers) if trusted_peer else peer,
+            request_id=request_id, start=services.wall_clock(), tls=ex.tls, peer_cert=ex.peer_cert,
+        )
+        traceparent = next_traceparent(_first(headers, "traceparent"))
+        deny: Deny | None = None
+        status = 0
+        plan: Plan | None = None
+        route: CompiledRoute | None = None
+        upstream_status: int | None = None
+        try:
+            if not path.startswith("/"):
+                deny = Deny(400, "bad_request_target", "gateway/request-target")
+            else:
+                try:
+                    segments = split_request_path(path)
+                except (AmbiguousPath, UnicodeDecodeError) as exc:
+                    segments = None
+                    deny = Deny(400, "ambiguous_path", "gateway/path-normalisation", log_detail=str(exc))
+                if segments is not None:
+                    table, params = compiled.router.match(host, segments)
+                    if table is None:
+                        deny = Deny(404, "unknown_route", "gateway/default-deny")
+                    else:
+                        route = table.get(ex.method) or (table.get("GET") if ex.method == "HEAD" else None)
+                        if route is None:
+                            allow = ", ".join(sorted(table))
+                            deny = Deny(405, "method_not_allowed", "gateway/default-deny",
+                                        headers=(("allow", allow),))
+                        else:
+                            ctx.path_params = params
+            if deny is None and route is not None:
+                info = route.info
+                ctx.api, ctx.route = info.api, info.route
+                plan = route.plan(ctx.start)
+                deny = await self._enforce(ex, ctx, plan)
+                if deny is None:
+                    try:
+                        upstream_status = await self._forward(ex, ctx, route, plan, traceparent)
+                        status = ex.status
+                    except _UpstreamDeny as exc:
+                        err = exc.error
+                        deny = Deny(err.status, err.reason, f"api:{info.api}/{info.route_id}/upstream",
+                                    log_detail=str(err))
+                    except _StageDeny as exc:
+                        deny = exc.deny
+            if deny is not None:
+                status = deny.status
+                if ex.response_started:
+                    ex.keep_alive = False
+                else:
+                    close = deny.close or (ex.has_body and not ex.body_complete)
+                    ex.problem(deny.status, deny.detail, request_id,
+                               [*deny.headers, ("traceparent", traceparent), *ctx.response_headers], close=close)
+        except ClientGone:
+            status = status or 499
+            raise
+        except Exception as exc:  # a gateway bug: fail closed, tell the operator everything, the client nothing
+            deny = Deny(500, "gateway_error", "gateway/internal", log_detail=repr(exc))
+            status = 500
+            if not ex.response_started:
+                ex.problem(500, None, request_id, close=True)
+            else:
+                ex.keep_alive = False
+        finally:
+            for finalizer in ctx.finalizers:
+                try:
+                    finalizer(status)
+                except Exception:  # a finalizer must never mask the response
+                    pass
+            self._account(ctx, route, plan, status, deny, time.perf_counter() - started, upstream_status)
+
+    async def _enforce(self, ex: Exchange, ctx: RequestContext, plan: Plan) -> Deny | None:
+        limit = plan.policy.traffic.max_body_bytes
+        if ex.content_length is not None and ex.content_length > limit:
+            return Deny(413, "body_too_large", ctx.route and f"{ctx.api}/{ctx.route}/traffic.max_body_bytes",
+                        log_detail=f"Content-Length {ex.content_length} > {limit}", close=True)
+        ex.body_limit = limit
+        for control, exception_id in plan.waived:
+            ctx.records.append(ControlRecord(control, "waived", f"exception:{exception_id}", "",
+                                             exception_id))
+        if plan.stages:
+            deny = await run(plan.stages, ctx)
+            if deny is not None:
+                return deny
+        if plan.body_stages:
+            try:
+                ctx.body = await ex.read_body()
+            except BodyTooLarge:
+                return Deny(413, "body_too_large", f"{ctx.api}/{ctx.route}/traffic.max_body_bytes", close=True)
+            except BodyTimeout:
+                return Deny(408, "body_timeout", "gateway/limits.body_idle_timeout", close=True)
+            except BodyMalformed as exc:
+                return Deny(400, exc.error.reason, "gateway/framing", log_detail=exc.error.message, close=True)
+            return await run(plan.body_stages, ctx)
+        return None
+
+    # ---- forwarding ---------------------------------------------------------------------------------------
+
+    def _request_head(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, traceparent: str,
+                      framing: str) -> bytes:
+        up = route.upstream
+        path = ctx.path
+        if route.strip_prefix and path.startswith(route.strip_prefix):
+            path = path[len(route.strip_prefix):] or "/"
+        target = up.path_prefix + path + (f"?{ctx.query}" if ctx.query else "")
+        drop = connection_tokens(ctx.headers)
+        if ctx.drop_upstream_headers:
+            drop |= ctx.drop_upstream_headers
+        lines = [f"{ex.method} {target} HTTP/1.1\r\nhost: {up.authority}\r\n"]
+        prior_xff = ""
+        host = ""
+        for name, value in ctx.headers:
+            if name in HOP_BY_HOP or name in drop or name == "expect" or name == "traceparent":
+                continue
+            if name in FORWARDING:
+                if name == "x-forwarded-for" and ctx.client_ip != ex.peer:
+                    prior_xff = f"{prior_xff}, {value}" if prior_xff else value
+                continue
+            if name == "host":
+                host = value
+                continue
+            if name == "x-request-id":
+                continue
+            lines.append(f"{name}: {value}\r\n")
+        for name, value in ctx.upstream_headers:
+            lines.append(f"{name}: {value}\r\n")
+        xff = f"{prior_xff}, {ex.peer}" if prior_xff else ex.peer
+        proto = "https" if ex.tls else "http"
+        lines.append(f"x-forwarded-for: {xff}\r\nx-forwarded-proto: {proto}\r\n")
+        if host:
+            lines.append(f"x-forwarded-host: {host}\r\n")
+        lines.append(f"forwarded: for={forwarded_for(ctx.client_ip)};proto={proto}\r\n")
+        lines.append(f"x-request-id: {ctx.request_id}\r\ntraceparent: {traceparent}\r\n")
+        lines.append(framing)
+        lines.append("\r\n")
+        return "".join(lines).encode("latin-1")
+
+    async def _forward(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, plan: Plan,
+                       traceparent: str) -> int | None:
+        limits = plan.policy.traffic
+        pool = self.pools[route.upstream]
+        body = ctx.body
+        streaming = body is None and ex.has_body and not ex.body_complete
+        if body is None and ex.has_body and ex.body_complete and not ex.chunked:
+            body = await ex.read_body()  # already here: send it in the same write as the head
+        if body is not None:
+            framing = f"content-length: {len(body)}\r\n" if body or ex.method in ("POST", "PUT", "PATCH") else ""
+        elif ex.chunked:
+            framing = "transfer-encoding: chunked\r\n"
+        elif ex.content_length:
+            framing = f"content-length: {ex.content_length}\r\n"
+        else:
+            framing = ""
+        head = self._request_head(ex, ctx, route, traceparent, framing)
+        for attempt in (0, 1):
+            conn = await pool.acquire(limits.upstream_connect_timeout, fresh=attempt == 1)
+            sink = _ResponseSink(ex, ctx, traceparent)
+            head_fut, done_fut = conn.begin(sink, ex.method == "HEAD")
+            try:
+                if body is not None:
+                    conn.write(head + body if body else head)
+                else:
+                    conn.write(head)
+                    if ex.has_body:
+                        await self._stream_body(ex, conn)
+                await _wait(head_fut, limits.upstream_timeout, "upstream_timeout", "no response headers in time")
+                await _wait_progress(done_fut, sink, limits.upstream_timeout)
+                pool.release(conn)
+                return sink.status
+            except UpstreamError as err:
+                conn.close()
+                pool.release(conn)
+                if err.retryable and attempt == 0 and not streaming and not ex.response_started:
+                    continue  # a pooled connection the upstream had already closed: try a fresh one
+                self.metrics.upstream_errors.labels(err.reason).inc()
+                if ex.response_started:
+                    ex.keep_alive = False
+                    raise ClientGone() from None
+                raise _UpstreamDeny(err) from None
+            except BaseException:
+                conn.close()
+                pool.release(conn)
+                raise
+        return None
+
+    async def _stream_body(self, ex: Exchange, conn: UpstreamConnection) -> None:
+        chunked = ex.chunked
+        while True:
+            try:
+                data = await ex.read_chunk()
+            except BodyTooLarge:
+                raise _StageDeny(Deny(413, "body_too_large", "traffic.max_body_bytes", close=True)) from None
+            except BodyTimeout:
+                raise _StageDeny(Deny(408, "body_timeout", "gateway/limits.body_idle_timeout", close=True)) from None
+            except BodyMalformed as exc:
+                raise _StageDeny(Deny(400, exc.error.reason, "gateway/framing", close=True)) from None
+            if not data:
+                if chunked:
+                    conn.write(b"0\r\n\r\n")
+                return
+            conn.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+            await conn.drain()
+
+    # ---- accounting ---------------------------------------------------------------------------------------
+
+    def _account(self, ctx: RequestContext, route: CompiledRoute | None, plan: Plan | None, status: int,
+                 deny: Deny | None, seconds: float, upstream_status: int | None) -> None:
+        metrics = self.metrics
+        info = route.info if route is not None else None
+        metrics.observe(ctx.method, info.path if info else "_unmatched", status, ctx.api, info.klass if info else "",
+                        seconds)
+        if deny is not None:
+            control = ctx.records[-1].control if ctx.records and ctx.records[-1].outcome == "deny" else "gateway"
+            metrics.decision(control, "deny", deny.reason)
+        elif ctx.records:
+            for record in ctx.records:
+                metrics.decision(record.control, record.outcome, record.reason)
+        if self.audit is not None and self.audit.enabled:
+            self.audit.request(ctx, status, deny, seconds, plan.exceptions if plan else (), upstream_status)
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+
+
+class _UpstreamDeny(Exception):
+    def __init__(self, error: UpstreamError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _StageDeny(Exception):
+    def __init__(self, deny: Deny) -> None:
+        super().__init__(deny.reason)
+        self.deny = deny
+
+
+class _ResponseSink:
+    """Streams one upstream response to the client as it is parsed."""
+
+    __slots__ = ("_chunked", "_ctx", "_ex", "_trace", "progress", "status")
+
+    def __init__(self, ex: Exchange, ctx: RequestContext, traceparent: str) -> None:
+        self._ex = ex
+        self._ctx = ctx
+        self._trace = traceparent
+        self._chunked = False
+        self.status = 0
+        self.progress = 0
+
+    def on_head(self, status: int, raw: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+        self.status = status
+        headers: list[tuple[str, str]] = []
+        length: int | None = None
+        drop: set[str] = set()
+        decoded = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in raw]
+        for name, value in decoded:
+            if name == "connection":
+                drop.update(t.strip().lower() for t in value.split(","))
+        for name, value in decoded:
+            if name == "content-length":
+                length = int(value) if value.isdigit() else None
+                continue
+            if name in HOP_BY_HOP or name in drop or name in _RESPONSE_DROP or name == "x-request-id":
+                continue
+            headers.append((name, value))
+        if self._ex.method == "HEAD" or status in (204, 304):
+            if length is not None:
+                headers.append(("content-length", str(length)))
+            length = 0 if status in (204, 304) or length is None else None
+        headers.append(("x-request-id", self._ctx.request_id))
+        headers.append(("traceparent", self._trace))
+        headers.extend(self._ctx.response_headers)
+        if self._ex.method == "HEAD" and length is None:
+            self._ex.start_response(status, headers, length=None)
+            return
+        self._chunked = self._ex.start_response(status, headers, length=length)
+
+    def on_body(self, data: bytes) -> None:
+        self.progress += len(data)
+        if self._chunked:
+            self._ex.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self._ex.write(data)
+
+    def on_end(self) -> None:
+        if self._chunked:
+            self._ex.write(b"0\r\n\r\n")
+
+
+def _first(headers: list[tuple[str, str]], name: str) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+async def _wait(fut: asyncio.Future[int], timeout: float, reason: str, detail: str) -> None:
+    if fut.done():
+        fut.result()
+        return
+    loop = asyncio.get_running_loop()
+    handle = loop.call_later(timeout, _expire, fut, reason, detail)
+    try:
+        await fut
+    finally:
+        handle.cancel()
+
+
+async def _wait_progress(fut: asyncio.Future[None], sink: _ResponseSink, idle: float) -> None:
+    """Wait for the end of the response body; fail only when no byte arrived for `idle` seconds."""
+    while not fut.done():
+        seen = sink.progress
+        done, _ = await asyncio.wait((fut,), timeout=idle)
+        if not done and sink.progress == seen:
+            raise UpstreamError("upstream_body_timeout", "upstream body stalled", status=504)
+    fut.result()
+
+
+def _expire(fut: asyncio.Future[int], reason: str, detail: str) -> None:
+    if not fut.done():
+        fut.set_exception(UpstreamError(reason, detail, status=504))
+
+
+def _client_ssl(upstream: Upstream) -> object:
+    if upstream.scheme != "https":
+        return None
+    import ssl
+
+    context = ssl.create_default_context()  # verification on, system CAs, SNI from the upstream host
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+__all__ = ["Callable", "Gateway"]

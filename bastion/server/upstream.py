@@ -1,0 +1,257 @@
+"""The upstream client: a bounded pool of keep-alive HTTP/1.1 connections per upstream.
+
+Responses are parsed with httptools and streamed straight to the client connection from the parser's
+callbacks: no task and no copy per chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+from collections.abc import Callable
+
+import httptools
+
+from bastion.compile import Upstream
+
+
+class UpstreamError(Exception):
+    """The upstream could not be used; `reason` is the stable code (`upstream_connect_failed`, ...)."""
+
+    def __init__(self, reason: str, detail: str, *, status: int = 502, retryable: bool = False) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.status = status
+        self.retryable = retryable
+
+
+class ResponseSink:
+    """Where a response goes: implemented by the proxy for one exchange."""
+
+    def on_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None: ...
+    def on_body(self, data: bytes) -> None: ...
+    def on_end(self) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to an upstream; carries one request at a time."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._pool = pool
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._sink: ResponseSink | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_waiter: asyncio.Future[int] | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._received_any = False
+        self._head_only = False
+        self.closed = False
+        self.reusable = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+
+    # ---- protocol -----------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.reusable = False
+        self._pool._forget(self)
+        if self._done is not None and not self._done.done():
+            try:  # a close-delimited body ends with the connection
+                self._parser.feed_data(b"")
+            except httptools.HttpParserError:
+                pass
+        error = UpstreamError("upstream_closed", "upstream closed the connection",
+                              retryable=not self._received_any)
+        for fut in (self._head_waiter, self._done):
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(error)
+
+    def data_received(self, data: bytes) -> None:
+        self._received_any = True
+        if self._sink is None:  # bytes nobody asked for: the connection cannot be trusted any more
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError("upstream_bad_response", f"malformed upstream response: {exc}"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    # ---- httptools callbacks ------------------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:  # interim responses are not forwarded (we never send Expect upstream)
+            self._headers = []
+            return
+        sink = self._sink
+        if sink is not None:
+            sink.on_head(status, self._headers, self._parser.should_keep_alive())
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(status)
+        if self._head_only or status in (204, 304):
+            # no body follows; the parser cannot know that for HEAD, so this connection is not reused
+            self._complete(reusable=status in (204, 304) and self._parser.should_keep_alive())
+
+    def on_body(self, body: bytes) -> None:
+        if self._sink is not None and not self._head_only:
+            self._sink.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._complete(reusable=self._parser.should_keep_alive())
+
+    # ---- use ----------------------------------------------------------------------------------------------
+
+    def _complete(self, *, reusable: bool) -> None:
+        self.reusable = reusable and not self.closed
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.on_end()
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def _fail(self, error: UpstreamError) -> None:
+        self.reusable = False
+        for fut in (self._head_waiter, self._done):
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+        self.close()
+
+    def begin(self, sink: ResponseSink, head_only: bool) -> tuple[asyncio.Future[int], asyncio.Future[None]]:
+        """Prepare for one response; returns futures for its head (status) and its end."""
+        self._sink = sink
+        self._headers = []
+        self._head_only = head_only
+        self._received_any = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_waiter = self.loop.create_future()
+        self._done = self.loop.create_future()
+        return self._head_waiter, self._done
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._write_paused and not self.closed:
+            self._drain_waiter = self.loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+
+class UpstreamPool:
+    """At most `size` connections to one upstream; idle ones are reused most-recent first."""
+
+    def __init__(self, upstream: Upstream, size: int, ssl_context: ssl.SSLContext | None = None,
+                 idle_timeout: float = 30.0) -> None:
+        self.upstream = upstream
+        self.size = size
+        self._ssl = ssl_context
+        self._idle: collections.deque[tuple[UpstreamConnection, float]] = collections.deque()
+        self._open = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._idle_timeout = idle_timeout
+        self._clock: Callable[[], float] = _loop_time
+
+    async def acquire(self, connect_timeout: float, fresh: bool = False) -> UpstreamConnection:
+        now = self._clock()
+        while self._idle and not fresh:
+            conn, since = self._idle.pop()
+            if not conn.closed and now - since < self._idle_timeout:
+                return conn
+            conn.close()
+        while self._open >= self.size:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, connect_timeout)
+            except TimeoutError:
+                raise UpstreamError("upstream_pool_exhausted", "no upstream connection free in time",
+                                    status=503) from None
+            if self._idle and not fresh:
+                conn, _ = self._idle.pop()
+                if not conn.closed:
+                    return conn
+        self._open += 1
+        loop = asyncio.get_running_loop()
+        up = self.upstream
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamConnection(self), up.host, up.port, ssl=self._ssl,
+                                       server_hostname=up.host if self._ssl else None),
+                connect_timeout,
+            )
+        except TimeoutError:
+            self._open -= 1
+            self._wake()
+            raise UpstreamError("upstream_connect_timeout", f"connect to {up.host}:{up.port} timed out",
+                                status=504) from None
+        except (OSError, ssl.SSLError) as exc:
+            self._open -= 1
+            self._wake()
+            raise UpstreamError("upstream_connect_failed", f"connect to {up.host}:{up.port}: {exc}") from None
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if conn.reusable and not conn.closed:
+            self._idle.append((conn, self._clock()))
+        else:
+            conn.close()
+        self._wake()
+
+    def _forget(self, conn: UpstreamConnection) -> None:
+        self._open -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def close(self) -> None:
+        while self._idle:
+            conn, _ = self._idle.pop()
+            conn.close()
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
