@@ -1,0 +1,237 @@
+"""Verification of JWT access tokens (RFC 7519, RFC 8725 BCP, RFC 9068 profile) with joserfc.
+
+The unverified payload is read for one thing only: its `iss`, to pick the provider. Everything used after that
+is checked: the algorithm against the provider's allowlist and the key's type, the signature, the header
+parameters, and every time and audience claim against an injected clock.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jws import JWSRegistry
+
+from bastion.stages.identity.config import JwtProviderConfig
+from bastion.stages.identity.jwks import JwksCache, JwksUnavailable
+
+
+class TokenRejected(Exception):
+    """A credential failed a check. `reason` is the stable code; `log_detail` is for the audit event only."""
+
+    def __init__(self, reason: str, log_detail: str = "", status: int = 401) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.log_detail = log_detail or reason
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    """A token whose signature and claims were verified; cached by token hash until `expires`."""
+
+    provider: str
+    issuer: str
+    claims: dict[str, Any]
+    subject: str | None
+    scopes: frozenset[str]
+    roles: frozenset[str]
+    expires: float
+    jti: str | None
+    issued_at: float | None
+    client_id: str | None
+    cnf_x5t: str | None = None
+    headers: tuple[tuple[str, str], ...] = field(default=())  # claim_to_headers, rendered once
+    method: str = "jwt"
+
+
+# RFC 7515 §7.1: compact JWS is three base64url segments; JWE compact (RFC 7516 §7.1) has five.
+_JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
+# RFC 8725 §3.10: keys are never located through the token itself.
+_FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c")
+_MAX_KID = 256
+
+
+def _number(claims: dict[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TokenRejected("jwt_malformed", f"claim {name} is not a number")
+    return float(value)
+
+
+def _normalize_typ(value: str) -> str:
+    """RFC 7515 §4.1.9: `application/` may be omitted, and media types compare case-insensitively."""
+    lowered = value.lower()
+    return lowered[len("application/"):] if lowered.startswith("application/") else lowered
+
+
+def string_set(value: Any, *, split: bool) -> frozenset[str]:
+    """A space-separated string (RFC 8693 `scope`) or a list of strings -> a set; anything else -> empty."""
+    if isinstance(value, str):
+        return frozenset(value.split()) if split else frozenset((value,))
+    if isinstance(value, list):
+        return frozenset(v for v in value if isinstance(v, str))
+    return frozenset()
+
+
+def header_value(value: Any) -> str | None:
+    """A claim rendered for an upstream header, or None if it cannot be sent safely."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        text = ",".join(value)
+    elif isinstance(value, bool | int | float):
+        text = json.dumps(value)
+    else:
+        return None
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text) or len(text) > 4096:
+        return None
+    return text
+
+
+class ProviderVerifier:
+    """The checks of one JWT provider, prepared once per config load."""
+
+    def __init__(self, config: JwtProviderConfig, jwks: JwksCache) -> None:
+        self.config = config
+        self.jwks = jwks
+        self.registry = JWSRegistry(algorithms=list(config.algorithms), strict_check_header=False)
+        self._typ = frozenset(_normalize_typ(t) for t in config.typ)
+        self._audiences = frozenset(config.audiences)
+        self._required = tuple(config.required_claims)
+
+    async def verify(self, token: str, obj: jws.CompactSignature, header: dict[str, Any],
+                     claims: dict[str, Any], now: float) -> VerifiedToken:
+        cfg = self.config
+        if len(token) > cfg.max_token_bytes:
+            raise TokenRejected("jwt_too_large", f"token of {len(token)} bytes for provider {cfg.name}")
+        alg = header["alg"]
+        if alg not in cfg.algorithms:
+            raise TokenRejected("jwt_alg_not_allowed", f"alg {alg!r} not allowed by provider {cfg.name}")
+        typ = header.get("typ")
+        if typ is None:
+            if not cfg.allow_missing_typ:
+                raise TokenRejected("jwt_bad_typ", "token has no typ header")
+        elif not isinstance(typ, str) or _normalize_typ(typ) not in self._typ:
+            raise TokenRejected("jwt_bad_typ", f"typ {typ!r} not accepted by provider {cfg.name}")
+        kid = header.get("kid")
+        if kid is not None and (not isinstance(kid, str) or not kid or len(kid) > _MAX_KID):
+            raise TokenRejected("jwt_malformed", "kid is not a short string")
+        try:
+            keys = await self.jwks.keys_for(kid, alg)
+        except JwksUnavailable as exc:
+            raise TokenRejected("jwks_unavailable", str(exc), status=503) from exc
+        if not keys:
+            raise TokenRejected("jwt_unknown_kid", f"no {alg} key with kid {kid!r} for provider {cfg.name}")
+        if not any(self._signature_ok(obj, key) for key in keys):
+            raise TokenRejected("jwt_bad_signature", f"signature does not verify (kid {kid!r})")
+        return self._claims(claims, now, header)
+
+    def _signature_ok(self, obj: jws.CompactSignature, key: Any) -> bool:
+        try:
+            return jws.validate_compact(obj, key, registry=self.registry)
+        except JoseError:
+            return False
+
+    def _claims(self, claims: dict[str, Any], now: float, header: dict[str, Any]) -> VerifiedToken:
+        cfg = self.config
+        leeway = cfg.leeway
+        exp = _number(claims, "exp")
+        if exp is None:
+            raise TokenRejected("jwt_missing_claim", "claim exp is missing")  # RFC 9068 §2.2
+        if now >= exp + leeway:
+            raise TokenRejected("jwt_expired", f"expired at {exp:.0f}, now {now:.0f}")
+        nbf = _number(claims, "nbf")
+        if nbf is not None and nbf > now + leeway:
+            raise TokenRejected("jwt_not_yet_valid", f"nbf {nbf:.0f} is in the future (now {now:.0f})")
+        iat = _number(claims, "iat")
+        if iat is not None and iat > now + leeway:
+            raise TokenRejected("jwt_not_yet_valid", f"iat {iat:.0f} is in the future (now {now:.0f})")
+        aud = claims.get("aud")
+        if not string_set(aud, split=False) & self._audiences:  # RFC 8725 §3.9
+            raise TokenRejected("jwt_bad_audience", f"aud {aud!r} does not name this gateway")
+        for name in self._required:
+            if claims.get(name) is None:
+                raise TokenRejected("jwt_missing_claim", f"claim {name} is missing")
+        if exp - (iat if iat is not None else now) > cfg.max_lifetime:
+            raise TokenRejected("jwt_lifetime_too_long", f"lifetime exceeds {cfg.max_lifetime:.0f}s")
+        sub = claims.get("sub")
+        jti = claims.get("jti")
+        if (sub is not None and not isinstance(sub, str)) or (jti is not None and not isinstance(jti, str)):
+            raise TokenRejected("jwt_malformed", "sub or jti is not a string")
+        client = claims.get(cfg.consumer_claim, claims.get("azp"))
+        cnf = claims.get("cnf")
+        x5t = cnf.get("x5t#S256") if isinstance(cnf, dict) else None
+        if cnf is not None and not isinstance(x5t, str):
+            raise TokenRejected("jwt_malformed", "cnf claim without a usable x5t#S256")
+        headers = []
+        for item in cfg.claim_to_headers:
+            value = header_value(claims.get(item.claim))
+            if value is not None:
+                headers.append((item.header, value))
+        return VerifiedToken(
+            provider=cfg.name, issuer=cfg.issuer, claims=claims, subject=sub,
+            scopes=string_set(claims.get(cfg.scope_claim), split=True),
+            roles=string_set(claims.get(cfg.roles_claim), split=False) if cfg.roles_claim else frozenset(),
+            expires=exp, jti=jti, issued_at=iat,
+            client_id=client if isinstance(client, str) else None, cnf_x5t=x5t, headers=tuple(headers),
+        )
+
+
+class JwtVerifier:
+    """Picks the provider by exact `iss` and runs its checks."""
+
+    def __init__(self, providers: Iterable[ProviderVerifier],
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.by_issuer = {p.config.issuer: p for p in providers}
+        self._clock = wall_clock
+        self.max_bytes = max((p.config.max_token_bytes for p in self.by_issuer.values()), default=8192)
+        algorithms = sorted({a for p in self.by_issuer.values() for a in p.config.algorithms})
+        self._peek_registry = JWSRegistry(algorithms=algorithms or ["ES256"], strict_check_header=False)
+        self._peek_registry.max_payload_length = self.max_bytes
+        self._peek_registry.max_header_length = 2048
+
+    async def verify(self, token: str) -> VerifiedToken:
+        """Verify `token` or raise TokenRejected with the reason."""
+        if len(token) > self.max_bytes:
+            raise TokenRejected("jwt_too_large", f"token of {len(token)} bytes")
+        if token.count(".") == 4:
+            raise TokenRejected("jwe_unsupported", "encrypted (JWE) tokens are not accepted")
+        if not _JWS.match(token):
+            raise TokenRejected("jwt_malformed", "not a compact JWS")
+        try:
+            obj = jws.extract_compact(token.encode("ascii"), registry=self._peek_registry)
+            header = obj.headers()
+        except (JoseError, ValueError, TypeError) as exc:
+            raise TokenRejected("jwt_malformed", f"cannot decode token: {exc}") from exc
+        self._check_header(header)
+        try:
+            claims = json.loads(obj.payload)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise TokenRejected("jwt_malformed", "payload is not JSON") from exc
+        if not isinstance(claims, dict):
+            raise TokenRejected("jwt_malformed", "payload is not a JSON object")
+        iss = claims.get("iss")
+        provider = self.by_issuer.get(iss) if isinstance(iss, str) else None
+        if provider is None:  # RFC 8725 §3.8: exact issuer match, no normalisation
+            raise TokenRejected("jwt_bad_issuer", f"no provider for issuer {str(iss)[:200]!r}")
+        return await provider.verify(token, obj, header, claims, self._clock())
+
+    @staticmethod
+    def _check_header(header: dict[str, Any]) -> None:
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg.lower() == "none":  # RFC 8725 §3.1
+            raise TokenRejected("jwt_alg_not_allowed", f"alg {alg!r}")
+        if "crit" in header or "b64" in header:  # RFC 7515 §4.1.11: we understand no extension
+            raise TokenRejected("jwt_crit_unsupported", f"crit {header.get('crit')!r}")
+        for name in _FORBIDDEN_HEADERS:
+            if name in header:
+                raise TokenRejected("jwt_header_not_allowed", f"header parameter {name!r} is never used")

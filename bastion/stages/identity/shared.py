@@ -1,0 +1,89 @@
+"""What the identity stages of all routes share for one config load: key caches, verifiers, the consumer
+index, token caches and the revocation list. Built by `prepare`, started and closed by the server."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+from collections.abc import Iterable
+from typing import Any
+
+from bastion.stages.base import Services
+from bastion.stages.identity.config import ConsumerConfig, ProvidersConfig, check_consumers
+from bastion.stages.identity.consumers import ConsumerIndex
+from bastion.stages.identity.jwks import JwksCache
+from bastion.stages.identity.jwt import JwtVerifier, ProviderVerifier, VerifiedToken
+from bastion.stages.identity.mtls import CertParser
+from bastion.stages.identity.revocation import MemoryRevocationList, RevocationList
+from bastion.stages.identity.tokencache import TokenCache
+
+DEFAULT_PROTECTED = (
+    "x-bastion-*", "x-user-*", "x-consumer-*", "x-client-*", "x-forwarded-user", "x-credential-*",
+)
+
+
+def _protected(header: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(header, p) if p.endswith("*") else header == p for p in patterns)
+
+
+class IdentityShared:
+    """Process-wide identity state for one config. Call `await start()` after loading, `await close()` after
+    the config is replaced or the server stops."""
+
+    def __init__(
+        self,
+        providers: ProvidersConfig,
+        consumers: list[ConsumerConfig],
+        services: Services | None = None,
+        *,
+        identity_headers: Iterable[str] = DEFAULT_PROTECTED,
+        token_cache_size: int = 10_000,
+    ) -> None:
+        services = services or Services()
+        errors = check_consumers(consumers)
+        patterns = tuple(identity_headers)
+        for provider in [*providers.jwt, *providers.introspection]:
+            for item in provider.claim_to_headers:
+                if not _protected(item.header, patterns):
+                    errors.append(f"providers: {provider.name}: claim_to_headers header {item.header!r} is "
+                                  "not in gateway.identity_headers, so a client could send it too")
+        if errors:
+            raise ValueError("; ".join(errors))
+        self.wall_clock = services.wall_clock
+        self.monotonic = services.monotonic
+        fetcher = services.extra.get("identity_fetcher")
+        extra: dict[str, Any] = {"fetcher": fetcher} if fetcher is not None else {}
+        self.jwks: dict[str, JwksCache] = {
+            p.name: JwksCache(
+                p.name, p.jwks_cache, jwks_uri=p.jwks_uri, discovery_issuer=p.issuer if p.discovery else None,
+                jwks_file=p.jwks_file, monotonic=services.monotonic, **extra)
+            for p in providers.jwt
+        }
+        self.verifier = JwtVerifier([ProviderVerifier(p, self.jwks[p.name]) for p in providers.jwt],
+                                    services.wall_clock)
+        self.token_cache: TokenCache[VerifiedToken] = TokenCache(token_cache_size)
+        self.consumers = ConsumerIndex(consumers)
+        self.certs = CertParser()
+        revocations = services.extra.get("revocations")
+        self.revocations: RevocationList = revocations or MemoryRevocationList(services.wall_clock)
+        self.introspection: Any = None
+        if providers.introspection:
+            from bastion.stages.identity.introspection import Introspector
+
+            self.introspection = Introspector(providers.introspection, services, **extra)
+
+    @property
+    def jwks_fetch_count(self) -> int:
+        """JWKS documents fetched so far, over all providers."""
+        return sum(cache.fetch_count for cache in self.jwks.values())
+
+    async def start(self) -> None:
+        """Fetch every provider's keys once and start their background refresh."""
+        await asyncio.gather(*(cache.start() for cache in self.jwks.values()))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(cache.close() for cache in self.jwks.values()))
+
+    def ready(self) -> bool:
+        """True when every JWT provider has a usable key set (for `/readyz`)."""
+        return all(cache.snapshot()["ready"] for cache in self.jwks.values())

@@ -1,0 +1,239 @@
+"""The identity stage of one route: find the credential, verify it, map it to a consumer, check revocation,
+and hand a verified `Identity` (and upstream headers) to the rest of the pipeline.
+
+Errors follow RFC 6750 §3: 401 with `WWW-Authenticate: Bearer realm="bastion", error="invalid_token"`, no
+`error` attribute when no credential was sent (§3.1), 400 `invalid_request` for a malformed or duplicated
+credential, 403 for a valid identity that may not call (unknown or disabled consumer).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from urllib.parse import parse_qsl
+
+from bastion.context import Continue, Decision, Deny, Identity, RequestContext
+from bastion.stages.base import RouteInfo
+from bastion.stages.identity.config import IdentityPolicy
+from bastion.stages.identity.consumers import Consumer
+from bastion.stages.identity.jwt import TokenRejected, VerifiedToken, header_value
+from bastion.stages.identity.metrics import TOKEN_CACHE
+from bastion.stages.identity.mtls import bound_to
+from bastion.stages.identity.shared import IdentityShared
+from bastion.stages.identity.tokencache import token_key
+
+REALM = "bastion"
+# RFC 6750 §2.1: b64token
+_BEARER = re.compile(r"^Bearer +([A-Za-z0-9\-._~+/]+=*) *$", re.IGNORECASE)
+_DETAIL = {
+    400: "The request carries a malformed credential.",
+    401: "The credential is missing or invalid.",
+    403: "The caller is not allowed to use this API.",
+    503: "The identity provider is unavailable; try again later.",
+}
+
+
+class IdentityStage:
+    """Authenticates the caller of one route with the methods its effective policy accepts."""
+
+    control = "identity"
+
+    def __init__(self, policy: IdentityPolicy, route: RouteInfo, shared: IdentityShared) -> None:
+        self._shared = shared
+        self._methods = frozenset(policy.methods)
+        self._jwt = "jwt" in self._methods
+        self._introspect = "introspection" in self._methods and shared.introspection is not None
+        self._bearer = self._jwt or "introspection" in self._methods
+        self._api_key = "api_key" in self._methods
+        self._mtls = "mtls" in self._methods
+        self._required = policy.required
+        self._require_consumer = policy.require_consumer
+        self._query_token = policy.allow_query_token
+        self._query_key = policy.allow_query_api_key
+        self._forward = policy.forward_credential
+        self._require_bound = policy.require_bound_tokens
+        self._key_header = policy.api_key_header
+        self._policy = route.policy_id("identity")
+        self._pid = {name: route.policy_id(f"identity.{name}") for name in IdentityPolicy.model_fields}
+        self._scheme = "ApiKey" if self._api_key and not self._bearer else "Bearer"
+
+    # --- responses
+
+    def _deny(self, status: int, reason: str, policy: str, log_detail: str = "") -> Deny:
+        headers: tuple[tuple[str, str], ...] = ()
+        if status == 401:
+            error = ', error="invalid_token"' if reason not in _MISSING else ""
+            headers = (("www-authenticate", f'{self._scheme} realm="{REALM}"{error}'),)
+        elif status == 400:
+            headers = (("www-authenticate", f'{self._scheme} realm="{REALM}", error="invalid_request"'),)
+        return Deny(status, reason, self._pid.get(policy, self._policy), _DETAIL.get(status),
+                    headers, log_detail or reason)
+
+    def _rejected(self, exc: TokenRejected) -> Deny:
+        return self._deny(exc.status, exc.reason, "methods", exc.log_detail)
+
+    # --- extraction
+
+    def _extract(self, ctx: RequestContext) -> tuple[str, str, str] | Deny | None:
+        """(kind, value, source) of the one credential sent, a 400 Deny, or None when none was sent."""
+        found: list[tuple[str, str, str]] = []
+        if self._bearer:
+            values = ctx.header_values("authorization")
+            if len(values) > 1:
+                return self._deny(400, "credential_duplicate", "methods", "several Authorization headers")
+            for value in values:
+                match = _BEARER.match(value)
+                if match:
+                    found.append(("bearer", match.group(1), "header"))
+                elif value.lstrip().lower().startswith("bearer"):
+                    return self._deny(400, "credential_malformed", "methods", "bad Bearer syntax")
+        if self._api_key:
+            keys = ctx.header_values(self._key_header)
+            if len(keys) > 1:
+                return self._deny(400, "credential_duplicate", "methods", "several API key headers")
+            found += [("api_key", k.strip(), "header") for k in keys]
+        query = ctx.query
+        if query and ("access_token" in query or "api_key" in query):
+            for name, value in parse_qsl(query, keep_blank_values=True):
+                if name == "access_token" and self._bearer:
+                    if not self._query_token:  # RFC 6750 §5.3: tokens in URLs end up in logs
+                        return self._deny(400, "query_token_not_allowed", "allow_query_token")
+                    found.append(("bearer", value, "query"))
+                elif name == "api_key" and self._api_key:
+                    if not self._query_key:
+                        return self._deny(400, "query_api_key_not_allowed", "allow_query_api_key")
+                    found.append(("api_key", value, "query"))
+        if len(found) > 1:  # RFC 6750 §2: a client MUST NOT use more than one method per request
+            return self._deny(400, "credential_duplicate", "methods",
+                              "credentials in: " + ", ".join(f"{k}/{s}" for k, _, s in found))
+        return found[0] if found else None
+
+    # --- check
+
+    async def check(self, ctx: RequestContext) -> Decision:
+        found = self._extract(ctx)
+        if isinstance(found, Deny):
+            return found
+        if found is None:
+            if self._mtls and ctx.peer_cert is not None:
+                return await self._certificate(ctx)
+            if not self._required:
+                ctx.identity = Identity(method="anonymous")
+                ctx.upstream_headers.append(("x-bastion-auth-method", "anonymous"))
+                return Continue(self._policy)
+            reason = "jwt_missing" if self._methods == {"jwt"} else "credential_missing"
+            return self._deny(401, reason, "required")
+        kind, value, source = found
+        if kind == "api_key":
+            return await self._key(ctx, value, source)
+        return await self._token(ctx, value, source)
+
+    async def _token(self, ctx: RequestContext, token: str, source: str) -> Decision:
+        shared = self._shared
+        now = shared.wall_clock()
+        try:
+            verified = await self._verify(token, now)
+        except TokenRejected as exc:
+            return self._rejected(exc)
+        # RFC 8705 §3: a bound token is only good over a connection with that very certificate
+        if verified.cnf_x5t is not None:
+            if not bound_to(verified.cnf_x5t, ctx.peer_cert):
+                return self._deny(401, "token_binding_mismatch", "methods",
+                                  "cnf.x5t#S256 does not match the connection's client certificate")
+        elif self._require_bound:
+            return self._deny(401, "token_not_bound", "require_bound_tokens")
+        consumer, revoked = shared.consumers.for_token(verified.provider, verified.client_id,
+                                                       verified.subject)
+        if revoked:
+            return self._deny(401, "credential_revoked", "methods", f"consumer {consumer and consumer.name} "
+                              "credential mapping is revoked")
+        identity = Identity(
+            method=verified.method, subject=verified.subject, consumer=consumer.name if consumer else None,
+            issuer=verified.issuer, claims=verified.claims, scopes=verified.scopes,
+            roles=verified.roles | consumer.roles if consumer else verified.roles, credential_id=verified.jti,
+        )
+        return await self._finish(ctx, identity, consumer, verified.issued_at, "authorization" if
+                                  source == "header" else None, verified.headers)
+
+    async def _verify(self, token: str, now: float) -> VerifiedToken:
+        shared = self._shared
+        if self._jwt:
+            key = token_key(token)
+            cached = shared.token_cache.get(key, now)
+            if cached is not None:
+                TOKEN_CACHE.labels("hit").inc()
+                return cached
+            TOKEN_CACHE.labels("miss").inc()
+            try:
+                verified = await shared.verifier.verify(token)
+            except TokenRejected as exc:
+                # an opaque token, or a JWT of an issuer we only know through introspection
+                if not self._introspect or exc.reason not in ("jwt_malformed", "jwt_bad_issuer"):
+                    raise
+            else:
+                shared.token_cache.put(key, verified, now, verified.expires)
+                return verified
+        if self._introspect:
+            return await shared.introspection.verify(token)  # type: ignore[no-any-return]
+        raise TokenRejected("introspection_unavailable", "no introspection provider configured", 503)
+
+    async def _key(self, ctx: RequestContext, key: str, source: str) -> Decision:
+        shared = self._shared
+        match = shared.consumers.api_key(key, datetime.fromtimestamp(shared.wall_clock(), UTC))
+        if match.consumer is None:
+            return self._deny(401, match.reason, "methods", f"{match.reason} (key id {match.key_id})")
+        consumer = match.consumer
+        identity = Identity(method="api_key", subject=consumer.name, consumer=consumer.name,
+                            roles=consumer.roles, credential_id=match.key_id)
+        return await self._finish(ctx, identity, consumer, None,
+                                  self._key_header if source == "header" else None, ())
+
+    async def _certificate(self, ctx: RequestContext) -> Decision:
+        shared = self._shared
+        if self._require_bound:
+            return self._deny(401, "token_not_bound", "require_bound_tokens", "a client certificate alone "
+                              "is not a bound token")
+        info = shared.certs.parse(ctx.peer_cert or b"")
+        consumer, revoked = shared.consumers.for_certificate(info)
+        if revoked:
+            return self._deny(401, "credential_revoked", "methods", f"certificate {info.x5t_s256} is revoked")
+        if consumer is None:
+            return self._deny(403, "consumer_unknown", "methods",
+                              f"no consumer for certificate {info.subject} ({info.x5t_s256})")
+        identity = Identity(method="mtls", subject=info.subject, consumer=consumer.name, roles=consumer.roles,
+                            credential_id=info.x5t_s256)
+        return await self._finish(ctx, identity, consumer, None, None, ())
+
+    async def _finish(self, ctx: RequestContext, identity: Identity, consumer: Consumer | None,
+                      issued_at: float | None, credential_header: str | None,
+                      claim_headers: tuple[tuple[str, str], ...]) -> Decision:
+        if consumer is not None:
+            if consumer.disabled:
+                return self._deny(403, "consumer_disabled", "require_consumer", f"consumer {consumer.name}")
+            if not consumer.allows_ip(ctx.client_ip):
+                return self._deny(403, "consumer_network_denied", "require_consumer",
+                                  f"consumer {consumer.name} from {ctx.client_ip}")
+        elif self._require_consumer:
+            return self._deny(403, "consumer_unknown", "require_consumer",
+                              f"no consumer for {identity.method} subject {identity.subject!r}")
+        # checked on every request, cache hit or not
+        if await self._shared.revocations.is_revoked(identity.credential_id, identity.subject,
+                                                     identity.consumer, issued_at):
+            return self._deny(401, "credential_revoked", "methods",
+                              f"revoked: jti={identity.credential_id} sub={identity.subject} "
+                              f"consumer={identity.consumer}")
+        ctx.identity = identity
+        headers = ctx.upstream_headers
+        headers.append(("x-bastion-auth-method", identity.method))
+        if identity.consumer is not None:
+            headers.append(("x-bastion-consumer", identity.consumer))
+        subject = header_value(identity.subject)
+        if subject is not None:
+            headers.append(("x-bastion-subject", subject))
+        headers.extend(claim_headers)
+        if credential_header is not None and not self._forward:
+            ctx.drop_upstream_headers.add(credential_header)
+        return Continue(self._policy)
+
+
+_MISSING = frozenset({"jwt_missing", "credential_missing"})

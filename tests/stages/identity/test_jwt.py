@@ -1,0 +1,196 @@
+"""Hostile and valid JWT access tokens against a real JWKS server (RFC 8725 / RFC 9068 checks)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import AUDIENCE, ISSUER, NOW, Clock, JwksServer, Keys, Minter, b64, make_ctx, sign
+from joserfc.jwk import ECKey
+
+from bastion.context import Continue, Deny
+from bastion.stages.base import RouteInfo, Services
+from bastion.stages.identity import IdentityPolicy, IdentityShared, build
+from bastion.stages.identity.config import JwtProviderConfig, ProvidersConfig
+
+
+def provider(url: str, **overrides: Any) -> JwtProviderConfig:
+    base: dict[str, Any] = {"name": "corp", "issuer": ISSUER, "audiences": [AUDIENCE],
+                            "algorithms": ["ES256", "RS256"], "jwks_uri": f"{url}/jwks.json",
+                            "claim_to_headers": [{"claim": "client_id", "header": "x-client-id"}]}
+    base.update(overrides)
+    return JwtProviderConfig.model_validate(base)
+
+
+async def shared_for(*providers: JwtProviderConfig, clock: Clock | None = None) -> IdentityShared:
+    clock = clock or Clock()
+    shared = IdentityShared(ProvidersConfig(jwt=list(providers)), [], Services(wall_clock=clock))
+    await shared.start()
+    return shared
+
+
+def attacker_pem_hs256(m: Minter, k: Keys) -> str:
+    # RFC 8725 §2.1: the RSA public key (as its PEM bytes) used as an HMAC secret. joserfc itself refuses to
+    # build such a key, so the attacker's token is made by hand.
+    header = b64(json.dumps({"alg": "HS256", "typ": "at+jwt", "kid": "rsa-1"}).encode())
+    payload = b64(json.dumps(m.claims()).encode())
+    mac = hmac.new(k.rsa.as_pem(private=False), f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{b64(mac)}"
+
+
+def injected_jwk(m: Minter, k: Keys) -> str:
+    attacker = ECKey.generate_key("P-256")
+    header = {"alg": "ES256", "typ": "at+jwt", "jwk": attacker.as_dict(private=False)}
+    return sign(attacker, m.claims(), header)
+
+
+def injected_jku(m: Minter, k: Keys) -> str:
+    return m.token(header={"jku": "https://evil.example/jwks.json"})
+
+
+def jwe_like(m: Minter, k: Keys) -> str:
+    return ".".join([b64(json.dumps({"alg": "RSA-OAEP", "enc": "A256GCM"}).encode()), "a", "b", "c", "d"])
+
+
+Builder = Callable[[Minter, Keys], str]
+CASES: list[tuple[str, Builder, int, str]] = [
+    ("valid ES256", lambda m, k: m.token(), 200, ""),
+    ("valid RS256", lambda m, k: m.token(k.rsa), 200, ""),
+    ("typ with application/ prefix", lambda m, k: m.token(header={"typ": "application/AT+JWT"}), 200, ""),
+    ("aud list containing ours", lambda m, k: m.token(aud=["other", AUDIENCE]), 200, ""),
+    ("expired within leeway", lambda m, k: m.token(exp=int(NOW) - 10), 200, ""),
+    ("alg none", lambda m, k: sign(None, m.claims(), {"alg": "none", "typ": "at+jwt", "kid": "ec-1"}),
+     401, "jwt_alg_not_allowed"),
+    ("alg None mixed case", lambda m, k: sign(None, m.claims(), {"alg": "nOnE", "typ": "at+jwt"}),
+     401, "jwt_alg_not_allowed"),
+    ("HS256 signed with the RSA public key PEM", attacker_pem_hs256, 401, "jwt_alg_not_allowed"),
+    ("alg outside the allowlist", lambda m, k: m.token(
+        ECKey.generate_key("P-384", parameters={"kid": "p384"}), header={"alg": "ES384"}),
+     401, "jwt_alg_not_allowed"),
+    ("RS256 token naming the EC key", lambda m, k: m.token(k.rsa, header={"kid": "ec-1"}),
+     401, "jwt_unknown_kid"),
+    ("wrong key, same kid", lambda m, k: m.token(k.other_ec), 401, "jwt_bad_signature"),
+    ("stripped signature", lambda m, k: m.token().rsplit(".", 1)[0] + ".", 401, "jwt_bad_signature"),
+    ("tampered payload", lambda m, k: ".".join([m.token().split(".")[0], b64(json.dumps(m.claims(
+        sub="root")).encode()), m.token().split(".")[2]]), 401, "jwt_bad_signature"),
+    ("expired", lambda m, k: m.token(exp=int(NOW) - 100, iat=int(NOW) - 400), 401, "jwt_expired"),
+    ("future nbf", lambda m, k: m.token(nbf=int(NOW) + 120), 401, "jwt_not_yet_valid"),
+    ("future iat", lambda m, k: m.token(iat=int(NOW) + 120), 401, "jwt_not_yet_valid"),
+    ("wrong iss", lambda m, k: m.token(iss="https://evil.test"), 401, "jwt_bad_issuer"),
+    ("iss with trailing slash", lambda m, k: m.token(iss=ISSUER + "/"), 401, "jwt_bad_issuer"),
+    ("wrong aud", lambda m, k: m.token(aud="api://payments"), 401, "jwt_bad_audience"),
+    ("missing aud", lambda m, k: m.token(aud=None), 401, "jwt_bad_audience"),
+    ("missing exp", lambda m, k: m.token(exp=None), 401, "jwt_missing_claim"),
+    ("exp not a number", lambda m, k: m.token(exp=str(int(NOW) + 60)), 401, "jwt_malformed"),
+    ("missing sub", lambda m, k: m.token(sub=None), 401, "jwt_missing_claim"),
+    ("lifetime too long", lambda m, k: m.token(exp=int(NOW) + 3 * 86400), 401, "jwt_lifetime_too_long"),
+    ("injected jwk header", injected_jwk, 401, "jwt_header_not_allowed"),
+    ("injected jku header", injected_jku, 401, "jwt_header_not_allowed"),
+    ("x5u header", lambda m, k: m.token(header={"x5u": "https://evil.example/c.pem"}), 401,
+     "jwt_header_not_allowed"),
+    ("kid traversal", lambda m, k: m.token(header={"kid": "../../etc/passwd"}), 401, "jwt_unknown_kid"),
+    ("kid not a string", lambda m, k: m.token(header={"kid": 7}), 401, "jwt_malformed"),
+    ("wrong typ", lambda m, k: m.token(header={"typ": "JWT"}), 401, "jwt_bad_typ"),
+    ("missing typ", lambda m, k: m.token(header={"typ": None}), 401, "jwt_bad_typ"),
+    ("oversized", lambda m, k: m.token(pad="x" * 9000), 401, "jwt_too_large"),
+    ("unknown crit", lambda m, k: m.token(header={"crit": ["exp"], "exp": 1}), 401, "jwt_crit_unsupported"),
+    ("JWE", jwe_like, 401, "jwe_unsupported"),
+    ("garbage", lambda m, k: "not-a-token", 401, "jwt_malformed"),
+    ("header without alg", lambda m, k: f"{b64(b'{}')}.{b64(b'{}')}.{b64(b'sig')}", 401, "jwt_malformed"),
+    ("payload not JSON", lambda m, k: b64(json.dumps({"alg": "ES256"}).encode()) + ".bm9wZQ.c2ln", 401,
+     "jwt_malformed"),
+]
+
+
+@pytest.mark.parametrize(("name", "builder", "status", "reason"), CASES, ids=[c[0] for c in CASES])
+async def test_tokens(jwks_server: JwksServer, keys: Keys, minter: Minter, route: RouteInfo,
+                      name: str, builder: Builder, status: int, reason: str) -> None:
+    shared = await shared_for(provider(jwks_server.url))
+    try:
+        stage = build(IdentityPolicy(), route, shared)
+        assert stage is not None
+        ctx = make_ctx([("authorization", f"Bearer {builder(minter, keys)}")])
+        decision = await stage.check(ctx)
+        if status == 200:
+            assert isinstance(decision, Continue), decision
+            assert ctx.identity is not None and ctx.identity.subject == "alice"
+        else:
+            assert isinstance(decision, Deny)
+            assert (decision.status, decision.reason) == (status, reason), decision.log_detail
+            challenge = 'Bearer realm="bastion", error="invalid_token"'
+            assert decision.headers == (("www-authenticate", challenge),)
+            assert ctx.identity is None
+            # the client learns the RFC error code only, never which check failed
+            assert reason not in (decision.detail or "")
+    finally:
+        await shared.close()
+
+
+async def test_hmac_allowed_but_key_is_rsa(tmp_path: Path, keys: Keys, minter: Minter,
+                                           route: RouteInfo) -> None:
+    """Even a provider that allows HS256 never uses an RSA key as the HMAC secret."""
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(keys.public_jwks(keys.rsa)))
+    cfg = JwtProviderConfig(name="file", issuer=ISSUER, audiences=[AUDIENCE], algorithms=["RS256", "HS256"],
+                            jwks_file=jwks)
+    shared = await shared_for(cfg)
+    stage = build(IdentityPolicy(), route, shared)
+    assert stage is not None
+    decision = await stage.check(make_ctx([("authorization", f"Bearer {attacker_pem_hs256(minter, keys)}")]))
+    assert isinstance(decision, Deny) and decision.reason == "jwt_unknown_kid"
+    ok = await stage.check(make_ctx([("authorization", f"Bearer {minter.token(keys.rsa)}")]))
+    assert isinstance(ok, Continue)
+    await shared.close()
+
+
+async def test_typ_override_and_missing_typ(jwks_server: JwksServer, minter: Minter,
+                                            route: RouteInfo) -> None:
+    shared = await shared_for(provider(jwks_server.url, typ="JWT", allow_missing_typ=True))
+    stage = build(IdentityPolicy(), route, shared)
+    assert stage is not None
+    cases = (({"typ": "JWT"}, Continue), ({"typ": None}, Continue), ({"typ": "at+jwt"}, Deny))
+    for header, expected in cases:
+        decision = await stage.check(make_ctx([("authorization", f"Bearer {minter.token(header=header)}")]))
+        assert isinstance(decision, expected), (header, decision)
+    await shared.close()
+
+
+async def test_two_providers_matched_by_exact_issuer(jwks_server: JwksServer, keys: Keys,
+                                                     route: RouteInfo) -> None:
+    other = JwksServer(keys.public_jwks(keys.other_ec))
+    await other.start()
+    try:
+        shared = await shared_for(provider(jwks_server.url),
+                                  provider(other.url, name="partner", issuer="https://partner.test"))
+        stage = build(IdentityPolicy(), route, shared)
+        assert stage is not None
+        partner = Minter(keys).token(keys.other_ec, iss="https://partner.test")
+        decision = await stage.check(make_ctx([("authorization", f"Bearer {partner}")]))
+        assert isinstance(decision, Continue)
+        # the partner's key does not verify a token claiming the corporate issuer
+        forged = Minter(keys).token(keys.other_ec)
+        decision = await stage.check(make_ctx([("authorization", f"Bearer {forged}")]))
+        assert isinstance(decision, Deny) and decision.reason == "jwt_bad_signature"
+        await shared.close()
+    finally:
+        await other.close()
+
+
+async def test_jwks_unavailable_is_503(keys: Keys, minter: Minter, route: RouteInfo) -> None:
+    dead = JwksServer(keys.public_jwks(keys.ec))
+    await dead.start()
+    url = dead.url
+    await dead.close()  # nothing listens there any more
+    shared = await shared_for(provider(url))
+    stage = build(IdentityPolicy(), route, shared)
+    assert stage is not None
+    decision = await stage.check(make_ctx([("authorization", f"Bearer {minter.token()}")]))
+    assert isinstance(decision, Deny)
+    assert (decision.status, decision.reason) == (503, "jwks_unavailable")
+    assert not shared.ready()
+    await shared.close()
