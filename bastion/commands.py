@@ -120,5 +120,6 @@ def new_key(consumer: str) -> int:
         print("API keys are not available in this build", file=sys.stderr)
         return 1
     key, line = new_api_key(consumer)
-    print(f"API key for {consumer} (shown once, store it now):\n  {key}\n\nAdd to the consumer's credentials:\n  {line}")
+    print(f"API key for {consumer} (shown once, store it now):\n  {key}\n")
+    print(f"Add to the consumer's credentials:\n  {line}")
     return 0

@@ -331,6 +331,8 @@ def _compile_route(api: ApiConfig, decl: _RouteDecl, baseline: dict[str, Any], b
         policy = Baseline.model_validate(data)
         waived_sections = {c: e.id for e in active for c in e.controls if "." not in c}
         srcs = dict(info_sources)
+        for control in {w.control for w in weak} - relaxed:  # restored: the class enforces it again
+            srcs[control] = f"class:{api.klass}"
         for control in relaxed:
             exc_id = next(e.id for e in active if _covers(e, control))
             srcs[control] = f"exception:{exc_id}"

@@ -6,9 +6,12 @@ the upstream (dot segments, encoded slashes or backslashes, NUL) are refused bef
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 class AmbiguousPath(ValueError):
@@ -38,6 +41,8 @@ def split_request_path(path: str) -> list[str]:
             lowered = raw.lower()
             if "%2f" in lowered or "%5c" in lowered or "%00" in lowered or "%25" in lowered:
                 raise AmbiguousPath("encoded '/', '\\', '%' or NUL in path")
+            if _BAD_ESCAPE.search(raw):
+                raise AmbiguousPath("invalid percent-encoding in path")
             seg = unquote(raw, errors="strict")
         else:
             seg = raw

@@ -90,6 +90,13 @@ class Exchange:
     def body_complete(self) -> bool:
         return self._body_done and not self._chunks
 
+    def limit_body(self, limit: int) -> None:
+        """Refuse the body once it passes `limit` bytes (including what already arrived)."""
+        self.body_limit = limit
+        if self._body_seen > limit:
+            self._chunks.clear()
+            self._fail(BodyTooLarge())
+
     def _feed(self, data: bytes) -> None:
         self._body_seen += len(data)
         if self.body_limit is not None and self._body_seen > self.body_limit:
@@ -275,9 +282,11 @@ class Http1Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if self._closed:
                 return
-            self._reject(FramingError(400, "malformed_request", f"parser: {exc}"))
-        except _HeadTooLarge as exc:
-            self._reject(FramingError(431, "header_too_large", str(exc)))
+            cause = exc.__context__  # httptools wraps an exception raised in a callback
+            if isinstance(cause, _HeadTooLarge):
+                self._reject(FramingError(431, "header_too_large", str(cause)))
+            else:
+                self._reject(FramingError(400, "malformed_request", f"parser: {exc}"))
 
     def pause_writing(self) -> None:
         self._write_paused = True

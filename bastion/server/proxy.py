@@ -7,6 +7,7 @@ in the stages, the wire format in `http1` and `upstream`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -174,10 +175,8 @@ class Gateway:
                 ex.keep_alive = False
         finally:
             for finalizer in ctx.finalizers:
-                try:
+                with contextlib.suppress(Exception):  # a finalizer must never mask the response
                     finalizer(status)
-                except Exception:  # a finalizer must never mask the response
-                    pass
             self._account(ctx, route, plan, status, deny, time.perf_counter() - started, upstream_status)
 
     async def _enforce(self, ex: Exchange, ctx: RequestContext, plan: Plan) -> Deny | None:
@@ -185,7 +184,7 @@ class Gateway:
         if ex.content_length is not None and ex.content_length > limit:
             return Deny(413, "body_too_large", ctx.route and f"{ctx.api}/{ctx.route}/traffic.max_body_bytes",
                         log_detail=f"Content-Length {ex.content_length} > {limit}", close=True)
-        ex.body_limit = limit
+        ex.limit_body(limit)
         for control, exception_id in plan.waived:
             ctx.records.append(ControlRecord(control, "waived", f"exception:{exception_id}", "",
                                              exception_id))
@@ -264,7 +263,11 @@ class Gateway:
             framing = ""
         head = self._request_head(ex, ctx, route, traceparent, framing)
         for attempt in (0, 1):
-            conn = await pool.acquire(limits.upstream_connect_timeout, fresh=attempt == 1)
+            try:
+                conn = await pool.acquire(limits.upstream_connect_timeout, fresh=attempt == 1)
+            except UpstreamError as err:
+                self.metrics.upstream_errors.labels(err.reason).inc()
+                raise _UpstreamDeny(err) from None
             sink = _ResponseSink(ex, ctx, traceparent)
             head_fut, done_fut = conn.begin(sink, ex.method == "HEAD")
             try:
@@ -431,6 +434,7 @@ async def _wait_progress(fut: asyncio.Future[None], sink: _ResponseSink, idle: f
 def _expire(fut: asyncio.Future[int], reason: str, detail: str) -> None:
     if not fut.done():
         fut.set_exception(UpstreamError(reason, detail, status=504))
+        fut.exception()
 
 
 def _client_ssl(upstream: Upstream) -> object:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ssl
 from collections.abc import Callable
 
@@ -63,17 +64,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.reusable = False
         self._pool._forget(self)
         if self._done is not None and not self._done.done():
-            try:  # a close-delimited body ends with the connection
+            with contextlib.suppress(httptools.HttpParserError):  # a close-delimited body ends with the connection
                 self._parser.feed_data(b"")
-            except httptools.HttpParserError:
-                pass
         error = UpstreamError("upstream_closed", "upstream closed the connection",
                               retryable=not self._received_any)
-        for fut in (self._head_waiter, self._done):
-            if fut is not None and not fut.done():
-                fut.set_exception(error)
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_exception(error)
+        for fut in (self._head_waiter, self._done, self._drain_waiter):
+            _set_error(fut, error)
 
     def data_received(self, data: bytes) -> None:
         self._received_any = True
@@ -134,8 +130,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _fail(self, error: UpstreamError) -> None:
         self.reusable = False
         for fut in (self._head_waiter, self._done):
-            if fut is not None and not fut.done():
-                fut.set_exception(error)
+            _set_error(fut, error)
         self.close()
 
     def begin(self, sink: ResponseSink, head_only: bool) -> tuple[asyncio.Future[int], asyncio.Future[None]]:
@@ -251,6 +246,13 @@ class UpstreamPool:
         while self._idle:
             conn, _ = self._idle.pop()
             conn.close()
+
+
+def _set_error(fut: asyncio.Future[object] | None, error: Exception) -> None:
+    """Fail a future that may or may not be awaited any more, without 'exception never retrieved' noise."""
+    if fut is not None and not fut.done():
+        fut.set_exception(error)
+        fut.exception()  # marks it retrieved; an awaiting caller still gets the error
 
 
 def _loop_time() -> float:

@@ -1,0 +1,75 @@
+"""Config errors point at file:line:col and the field, like a compiler."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from bastion.config.loader import ConfigError, load_config
+
+
+def _load(tmp_path, text):
+    path = tmp_path / "bastion.yaml"
+    path.write_text(textwrap.dedent(text))
+    return load_config(path)
+
+
+def _errors(tmp_path, text) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, text)
+    return [str(d) for d in info.value.diagnostics]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("classes:\n  open:\n    identity: {requird: true}\n", ":3:16: classes.open.identity.requird: unknown field"),
+    ("classes:\n  open: {}\napis:\n  - name: a\n    class: open\n    upstream: ftp://x\n",
+     ":6:5: apis[0].upstream: Value error, upstream must be an http:// or https:// URL"),
+    ("classes:\n  open:\n    traffic: {max_body_bytes: lots}\n", ":3:15: classes.open.traffic.max_body_bytes"),
+    ("classes: {}\n", ":1:1: classes: Dictionary should have at least 1 item"),
+    ("classes:\n  a: {}\n  a: {}\n", ":3:3: YAML"),
+    ("classes: [unclosed\n", ":2:1: YAML"),
+    ("- a list\n", ":1:1: the config must be a YAML mapping"),
+])
+def test_errors_name_file_line_column_and_field(tmp_path, text, expected):
+    errors = _errors(tmp_path, text)
+    assert any(expected in e for e in errors), errors
+    assert all(e.startswith(str(tmp_path / "bastion.yaml")) for e in errors)
+
+
+def test_durations_and_sizes_parse(tmp_path):
+    loaded = _load(tmp_path, """
+        gateway: {limits: {header_timeout: 250ms, drain_timeout: 1m}}
+        classes:
+          c: {traffic: {max_body_bytes: 64KiB, upstream_timeout: 2s}}
+    """)
+    assert loaded.model.gateway.limits.header_timeout == 0.25
+    assert loaded.model.gateway.limits.drain_timeout == 60
+    assert loaded.model.classes["c"].traffic.max_body_bytes == 65536
+
+
+def test_exception_needs_every_field_and_never_all(tmp_path):
+    errors = _errors(tmp_path, """
+        classes: {c: {}}
+        exceptions:
+          - id: EXC-1
+            target: {api: a}
+            controls: [all]
+            created: 2026-01-01T00:00:00Z
+            expires: 2026-02-01T00:00:00Z
+    """)
+    text = "\n".join(errors)
+    assert "exceptions[0].controls[0]" not in text or "'all' is not allowed" in text
+    assert "'all' is not allowed" in text
+    for missing in ("owner", "reason", "evidence"):
+        assert f"exceptions[0].{missing}: Field required" in text
+
+
+def test_exception_needs_time_zone_and_order(tmp_path):
+    errors = _errors(tmp_path, """
+        classes: {c: {}}
+        exceptions:
+          - {id: E, target: {api: a}, controls: [identity], owner: o, reason: r, evidence: e,
+             created: 2026-03-01T00:00:00, expires: 2026-02-01T00:00:00Z}
+    """)
+    assert any("give a time zone" in e for e in errors)

@@ -1,0 +1,116 @@
+"""Test helpers: run a real gateway in-process on loopback, and talk raw HTTP to it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from bastion.demo.upstream import start_upstream
+from bastion.server.app import Runtime
+from bastion.stages.base import Services
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@asynccontextmanager
+async def upstream_server() -> AsyncIterator[int]:
+    server = await start_upstream("127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+@asynccontextmanager
+async def running_gateway(tmp_path: Path, config: str, services: Services | None = None) -> AsyncIterator[Runtime]:
+    """Write `config` (dedented; `{upstream}` is replaced by a live echo upstream's URL) and serve it."""
+    async with upstream_server() as up_port:
+        path = tmp_path / "bastion.yaml"
+        path.write_text(textwrap.dedent(config).replace("{upstream}", f"http://127.0.0.1:{up_port}"))
+        runtime = Runtime(path, services=services)
+        await runtime.start()
+        try:
+            yield runtime
+        finally:
+            await runtime.stop(drain_timeout=1.0)
+
+
+async def exchange(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:
+    """Send raw bytes, return everything the server sends until it closes (or `timeout`)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    chunks = []
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await reader.read(65536):
+                chunks.append(chunk)
+    except TimeoutError:
+        pass
+    writer.close()
+    return b"".join(chunks)
+
+
+async def request(port: int, method: str, path: str, headers: dict[str, str] | None = None,
+                  body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """One request with `Connection: close`; returns status, headers (lower-case) and body."""
+    head = [f"{method} {path} HTTP/1.1", "Host: gateway.test", "Connection: close"]
+    for name, value in (headers or {}).items():
+        head.append(f"{name}: {value}")
+    if body:
+        head.append(f"Content-Length: {len(body)}")
+    raw = await exchange(port, ("\r\n".join(head) + "\r\n\r\n").encode() + body)
+    return parse_response(raw)
+
+
+def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1]) if lines and lines[0].startswith("HTTP/") else 0
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding") == "chunked":
+        body = dechunk(body)
+    return status, headers, body
+
+
+def dechunk(data: bytes) -> bytes:
+    out = []
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out.append(rest[:size])
+        data = rest[size + 2:]
+    return b"".join(out)
+
+
+BASIC = """
+version: 1
+gateway:
+  listeners: [{address: 127.0.0.1, port: 0}]
+  admin: {address: 127.0.0.1, port: 0}
+classes:
+  open:
+    identity: {required: false}
+apis:
+  - name: shop
+    owner: team-shop@example.com
+    class: open
+    upstream: {upstream}
+    base_path: /shop
+    routes:
+      - {name: list-items, path: /items, methods: [GET, POST]}
+      - {name: get-item, path: "/items/{id}", methods: [GET, PUT]}
+"""

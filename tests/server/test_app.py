@@ -1,0 +1,132 @@
+"""The running gateway: reload, admin endpoints, exceptions expiring under load, header hygiene."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from bastion.stages.base import Services
+from tests.helpers import BASIC, request, running_gateway
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_admin_health_ready_metrics_config(tmp_path):
+    async with running_gateway(tmp_path, BASIC) as gw:
+        admin = gw.admin_bound[1]
+        await request(gw.bound[0][1], "GET", "/shop/items")
+        await request(gw.bound[0][1], "GET", "/nowhere")
+        assert (await request(admin, "GET", "/healthz"))[0] == 200
+        assert (await request(admin, "GET", "/readyz"))[0] == 200
+        status, _, body = await request(admin, "GET", "/metrics")
+        text = body.decode()
+        assert status == 200
+        assert 'http_server_request_duration_seconds_count{bastion_api="shop"' in text
+        assert 'bastion_decisions_total{control="gateway",outcome="deny",reason="unknown_route"} 1.0' in text
+        assert "bastion_config_info{hash=" in text
+        doc = json.loads((await request(admin, "GET", "/config"))[2])
+        assert doc["routes"] == 2 and len(doc["config_hash"]) == 16
+
+
+async def test_reload_swaps_config_and_a_bad_one_is_refused(tmp_path):
+    async with running_gateway(tmp_path, BASIC) as gw:
+        port, admin = gw.bound[0][1], gw.admin_bound[1]
+        path = tmp_path / "bastion.yaml"
+        original = path.read_text()
+        before = gw.gateway.compiled.config_hash
+        path.write_text(original.replace("/items/{id}", "/things/{id}"))
+        status, _, body = await request(admin, "POST", "/reload")
+        assert status == 200 and json.loads(body)["reloaded"] is True
+        assert (await request(port, "GET", "/shop/things/1"))[0] == 200
+        assert (await request(port, "GET", "/shop/items/1"))[0] == 404
+        assert gw.gateway.compiled.config_hash != before
+
+        path.write_text(original.replace("owner: team-shop@example.com", "owner: x\n    bogus: 1"))
+        status, _, body = await request(admin, "POST", "/reload")
+        assert status == 422 and "unknown field" in json.loads(body)["message"]
+        assert (await request(port, "GET", "/shop/things/1"))[0] == 200  # still the last good config
+
+
+TLS_CLASS = """
+version: 1
+gateway:
+  listeners: [{address: 127.0.0.1, port: 0}]
+  admin: {address: 127.0.0.1, port: 0}
+  audit: {sinks: [{type: file, path: audit.jsonl}]}
+classes:
+  internal:
+    transport: {tls: required}
+    identity: {required: false}
+apis:
+  - name: legacy
+    owner: team-legacy@example.com
+    class: internal
+    upstream: {upstream}
+    routes:
+      - {name: ping, path: /ping, methods: [GET], policy: {transport: {tls: optional}}}
+      - {name: pong, path: /pong, methods: [GET]}
+exceptions:
+  - id: EXC-42
+    target: {api: legacy, route: ping}
+    controls: [transport.tls]
+    owner: bob@example.com
+    reason: health checker cannot speak TLS until Q1
+    evidence: https://tickets.example.com/SEC-42
+    created: 2026-11-01T00:00:00Z
+    expires: 2026-12-01T00:00:00Z
+"""
+
+
+async def test_exception_stops_applying_at_its_instant_without_reload(tmp_path):
+    expires = datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+    clock = {"now": expires - 5}
+    services = Services(wall_clock=lambda: clock["now"])
+    async with running_gateway(tmp_path, TLS_CLASS, services) as gw:
+        port = gw.bound[0][1]
+        assert (await request(port, "GET", "/ping"))[0] == 200  # waived over plaintext
+        assert (await request(port, "GET", "/pong"))[0] == 403  # same class, no exception
+        clock["now"] = expires - 0.001
+        assert (await request(port, "GET", "/ping"))[0] == 200
+        clock["now"] = expires
+        status, _, body = await request(port, "GET", "/ping")
+        assert status == 403 and json.loads(body)["detail"] == "This API must be called over HTTPS."
+    events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    requests = [e for e in events if e["class_uid"] == 6003 and "request_id" in e["unmapped"]["bastion"]]
+    allowed = [e for e in requests if e["unmapped"]["bastion"]["route"] == "ping" and e["action_id"] == 1]
+    assert allowed and allowed[0]["unmapped"]["bastion"]["exceptions"] == ["EXC-42"]
+    denied = [e for e in requests if e["action_id"] == 2]
+    assert {e["unmapped"]["bastion"]["reason"] for e in denied} == {"tls_required"}
+    assert any(e["policy"]["uid"].startswith("class:internal/legacy/ping/transport.tls") for e in denied)
+
+
+HYGIENE = BASIC.replace("admin: {address: 127.0.0.1, port: 0}",
+                        "admin: {address: 127.0.0.1, port: 0}\n  trusted_proxies: [127.0.0.0/8]")
+
+
+async def test_identity_headers_are_stripped_and_forwarding_is_rebuilt(tmp_path):
+    async with running_gateway(tmp_path, HYGIENE) as gw:
+        status, headers, body = await request(gw.bound[0][1], "GET", "/shop/items?q=1", {
+            "X-Bastion-Consumer": "admin", "X-User-Id": "1", "X-Forwarded-User": "root",
+            "X-Consumer-Name": "evil", "X-Forwarded-For": "198.51.100.7", "X-Request-ID": "from-proxy-1",
+            "Connection": "x-drop-me", "X-Drop-Me": "1", "Keep-Alive": "timeout=5", "Proxy-Authorization": "x",
+        })
+        seen = json.loads(body)["headers"]
+        for name in ("x-bastion-consumer", "x-user-id", "x-forwarded-user", "x-consumer-name", "x-drop-me",
+                     "keep-alive", "proxy-authorization"):
+            assert name not in seen, name
+        assert seen["x-forwarded-for"] == "198.51.100.7, 127.0.0.1"
+        assert seen["forwarded"] == "for=198.51.100.7;proto=http"
+        assert seen["x-request-id"] == "from-proxy-1" == headers["x-request-id"]
+        assert json.loads(body)["target"] == "/shop/items?q=1"
+        assert headers["traceparent"] == seen["traceparent"]
+
+
+async def test_untrusted_peer_cannot_choose_its_address_or_request_id(tmp_path):
+    async with running_gateway(tmp_path, BASIC) as gw:
+        _, headers, body = await request(gw.bound[0][1], "GET", "/shop/items", {
+            "X-Forwarded-For": "198.51.100.7", "X-Request-ID": "chosen"})
+        seen = json.loads(body)["headers"]
+        assert seen["x-forwarded-for"] == "127.0.0.1"
+        assert headers["x-request-id"] != "chosen"

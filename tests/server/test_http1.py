@@ -1,0 +1,170 @@
+"""The data plane over real sockets: framing (request smuggling), limits, timeouts, streaming, keep-alive."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.helpers import BASIC, exchange, parse_response, request, running_gateway
+
+pytestmark = pytest.mark.asyncio
+
+GET = b"GET /shop/items HTTP/1.1\r\nHost: a\r\n"
+
+# Each of these must get 400 (or the given status) and a closed connection, never reach the upstream.
+SMUGGLING = [
+    ("cl_and_te", b"POST /shop/items HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ("differing_cl", b"POST /shop/items HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+    ("repeated_same_cl", b"POST /shop/items HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400),
+    ("malformed_cl", b"POST /shop/items HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc", 400),
+    ("te_not_chunked", b"POST /shop/items HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+    ("te_chunked_not_last", b"POST /shop/items HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
+    ("te_gzip_chunked", b"POST /shop/items HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400),
+    ("te_http10", b"POST /shop/items HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ("bad_chunk_size", b"POST /shop/items HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
+    ("obs_fold", GET + b"X-A: one\r\n two\r\n\r\n", 400),
+    ("space_before_colon", b"GET /shop/items HTTP/1.1\r\nHost : a\r\n\r\n", 400),
+    ("nul_in_value", GET + b"X-A: a\x00b\r\n\r\n", 400),
+    ("bare_cr_in_value", GET + b"X-A: a\rb\r\n\r\n", 400),
+    ("missing_host", b"GET /shop/items HTTP/1.1\r\n\r\n", 400),
+    ("repeated_host", GET + b"Host: b\r\n\r\n", 400),
+    ("http2_preface_version", b"GET /shop/items HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+    ("bad_method_token", b"G@T /shop/items HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("upgrade", GET + b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 400),
+]
+
+
+@pytest.mark.parametrize(("name", "raw", "status"), SMUGGLING, ids=[c[0] for c in SMUGGLING])
+async def test_ambiguous_framing_is_refused_and_closed(tmp_path, name, raw, status):
+    async with running_gateway(tmp_path, BASIC) as gw:
+        port = gw.bound[0][1]
+        # a valid request follows on the same connection: it must never be answered
+        reply = await exchange(port, raw + b"GET /shop/items HTTP/1.1\r\nHost: a\r\n\r\n", timeout=2)
+        assert reply.startswith(f"HTTP/1.1 {status} ".encode()), reply[:80]
+        assert reply.count(b"HTTP/1.1 ") == 1, "the connection must close after a framing error"
+        code, headers, body = parse_response(reply)
+        assert headers["content-type"] == "application/problem+json"
+        assert headers["connection"] == "close"
+        assert json.loads(body)["status"] == status
+
+
+async def test_oversized_header_section_gets_431(tmp_path):
+    async with running_gateway(tmp_path, BASIC) as gw:
+        port = gw.bound[0][1]
+        raw = GET + b"X-Big: " + b"a" * 20000 + b"\r\n\r\n"
+        status, _, _ = parse_response(await exchange(port, raw))
+        assert status == 431
+        many = GET + b"".join(b"X-H%d: v\r\n" % i for i in range(150)) + b"\r\n"
+        status, _, _ = parse_response(await exchange(port, many))
+        assert status == 431
+
+
+async def test_keep_alive_and_pipelining_answer_in_order(tmp_path):
+    async with running_gateway(tmp_path, BASIC) as gw:
+        port = gw.bound[0][1]
+        raw = (b"GET /shop/items/1 HTTP/1.1\r\nHost: a\r\n\r\n"
+               b"GET /shop/items/2 HTTP/1.1\r\nHost: a\r\n\r\n"
+               b"GET /shop/items/3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        reply = await exchange(port, raw)
+        assert reply.count(b"HTTP/1.1 200 OK") == 3
+        assert reply.index(b"/shop/items/1") < reply.index(b"/shop/items/2") < reply.index(b"/shop/items/3")
+
+
+async def test_chunked_request_is_reframed_for_the_upstream(tmp_path):
+    async with running_gateway(tmp_path, BASIC) as gw:
+        raw = (b"POST /shop/items HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+               b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        status, _, body = parse_response(await exchange(gw.bound[0][1], raw))
+        assert status == 200
+        seen = json.loads(body)
+        assert seen["body_bytes"] == 11
+        assert seen["headers"]["transfer-encoding"] == "chunked"
+
+
+async def test_body_over_limit_refused_before_reading(tmp_path):
+    config = BASIC.replace("identity: {required: false}", "identity: {required: false}\n    traffic: {max_body_bytes: 16}")
+    async with running_gateway(tmp_path, config) as gw:
+        port = gw.bound[0][1]
+        status, headers, _ = await request(port, "POST", "/shop/items", body=b"x" * 17)
+        assert status == 413
+        status, _, _ = await request(port, "POST", "/shop/items", body=b"x" * 16)
+        assert status == 200
+        # chunked: refused the moment the body passes the limit
+        raw = (b"POST /shop/items HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"10\r\n" + b"y" * 16 + b"\r\n10\r\n" + b"y" * 16 + b"\r\n0\r\n\r\n")
+        status, headers, _ = parse_response(await exchange(port, raw))
+        assert status == 413
+        assert headers["connection"] == "close"
+
+
+async def test_header_timeout_gets_408(tmp_path):
+    config = BASIC.replace("admin: {address: 127.0.0.1, port: 0}",
+                           "admin: {address: 127.0.0.1, port: 0}\n  limits: {header_timeout: 200ms}")
+    async with running_gateway(tmp_path, config) as gw:
+        reply = await exchange(gw.bound[0][1], b"GET /shop/items HTTP/1.1\r\nHost: a\r\n", timeout=3)
+        assert reply.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_body_idle_timeout_gets_408(tmp_path):
+    config = BASIC.replace("admin: {address: 127.0.0.1, port: 0}",
+                           "admin: {address: 127.0.0.1, port: 0}\n  limits: {body_idle_timeout: 200ms}")
+    async with running_gateway(tmp_path, config) as gw:
+        raw = b"POST /shop/items HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc"
+        reply = await exchange(gw.bound[0][1], raw, timeout=3)
+        assert reply.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_unknown_route_404_and_method_405_are_problems(tmp_path):
+    async with running_gateway(tmp_path, BASIC) as gw:
+        port = gw.bound[0][1]
+        status, headers, body = await request(port, "GET", "/nowhere")
+        doc = json.loads(body)
+        assert status == 404 and headers["content-type"] == "application/problem+json"
+        assert set(doc) >= {"type", "title", "status", "detail", "request_id"}
+        assert doc["request_id"] == headers["x-request-id"]
+        status, headers, _ = await request(port, "DELETE", "/shop/items/1")
+        assert status == 405 and headers["allow"] == "GET, PUT"
+
+
+@pytest.mark.parametrize("path", ["/shop/items/%2e%2e/x", "/shop/items/..", "/shop/items/a%2Fb",
+                                  "/shop/items/a%5Cb", "/shop/%00", "/shop/items/%zz"])
+async def test_ambiguous_paths_are_refused(tmp_path, path):
+    async with running_gateway(tmp_path, BASIC) as gw:
+        status, _, _ = await request(gw.bound[0][1], "GET", path)
+        assert status == 400
+
+
+async def test_upstream_down_is_502_and_slow_is_504(tmp_path):
+    config = BASIC.replace("identity: {required: false}",
+                           "identity: {required: false}\n    traffic: {upstream_timeout: 300ms}")
+    async with running_gateway(tmp_path, config) as gw:
+        status, _, _ = await request(gw.bound[0][1], "GET", "/shop/items/slow")
+        assert status == 504
+    dead = BASIC.replace("upstream: {upstream}", "upstream: http://127.0.0.1:1")
+    async with running_gateway(tmp_path, dead) as gw:
+        status, _, body = await request(gw.bound[0][1], "GET", "/shop/items")
+        assert status == 502
+        assert b"127.0.0.1:1" not in body  # no upstream address leaks
+
+
+async def test_expect_100_continue(tmp_path):
+    async with running_gateway(tmp_path, BASIC) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.bound[0][1])
+        writer.write(b"POST /shop/items HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        assert interim.startswith(b"HTTP/1.1 100 Continue")
+        writer.write(b"hello")
+        final = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        assert final.startswith(b"HTTP/1.1 200 ")
+        writer.close()
+
+
+async def test_upstream_error_body_and_server_headers_do_not_leak(tmp_path):
+    async with running_gateway(tmp_path, BASIC) as gw:
+        status, headers, body = await request(gw.bound[0][1], "GET", "/shop/items/fail")
+        assert status == 500
+        assert "server" not in headers
+        assert headers["x-request-id"]
