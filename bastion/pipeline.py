@@ -13,7 +13,7 @@ from typing import Any
 
 from bastion import stages
 from bastion.context import ControlRecord, Deny, RequestContext
-from bastion.stages import identity, traffic, transport
+from bastion.stages import authz, identity, traffic, transport
 from bastion.stages.base import RouteInfo, Services, Stage
 
 
@@ -30,6 +30,7 @@ PIPELINE: tuple[StageSpec, ...] = (
     StageSpec("transport", transport.build),
     StageSpec("traffic", traffic.build_ip_rules, traffic.prepare),
     StageSpec("identity", identity.build, identity.prepare),
+    StageSpec("authz", authz.build, authz.prepare),
     StageSpec("traffic", traffic.build_rate_limits, traffic.prepare),
 )
 

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import orjson
 
 from bastion import __version__
+from bastion.audit.config import AuditConfig
 from bastion.context import Deny, RequestContext
 
 OCSF_VERSION = "1.3.0"
@@ -25,6 +26,16 @@ _PRODUCT = {"name": "Bastion", "vendor_name": "Bastion", "version": __version__}
 
 class AuditLog:
     """Builds events and hands them to the writer; `enabled` is False when no sink is configured."""
+
+    @classmethod
+    def from_config(cls, config: AuditConfig, base_dir: Path) -> AuditLog:
+        sinks: list[TextIO | Path] = []
+        for sink in config.sinks:
+            if sink.type == "stdout":
+                sinks.append(sys.stdout)
+            elif sink.path is not None:
+                sinks.append(sink.path if sink.path.is_absolute() else base_dir / sink.path)
+        return cls(sinks, config.queue_size)
 
     def __init__(self, sinks: list[TextIO | Path] | None = None, queue_size: int = 65536) -> None:
         self._targets = sinks or []

@@ -21,7 +21,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from bastion.audit.config import AuditConfig
 from bastion.config.base import Duration, Model, Size
+from bastion.stages.authz.config import AuthzPolicy
 from bastion.stages.identity.config import ConsumerConfig, IdentityPolicy, ProvidersConfig
 from bastion.stages.traffic.config import TrafficPolicy
 from bastion.stages.transport import TransportPolicy
@@ -35,6 +37,7 @@ class Baseline(Model):
 
     transport: TransportPolicy = TransportPolicy()
     identity: IdentityPolicy = IdentityPolicy()
+    authz: AuthzPolicy = AuthzPolicy()
     traffic: TrafficPolicy = TrafficPolicy()
 
 
@@ -94,24 +97,6 @@ class ServerLimits(Model):
     max_headers: int = Field(100, ge=1, description="Most header fields in a request (431 above).")
     upstream_pool_size: int = Field(256, ge=1, description="Most pooled connections per upstream.")
     drain_timeout: Duration = Field(30.0, description="How long a graceful shutdown waits for requests.")
-
-
-class AuditSinkConfig(Model):
-    """`{type: file, path: /var/log/bastion/audit.jsonl}` or `{type: stdout}`"""
-
-    type: Literal["file", "stdout"] = "file"
-    path: Path | None = None
-
-    @model_validator(mode="after")
-    def _path_for_file(self) -> AuditSinkConfig:
-        if self.type == "file" and self.path is None:
-            raise ValueError("a file sink needs `path`")
-        return self
-
-
-class AuditConfig(Model):
-    sinks: list[AuditSinkConfig] = Field(default_factory=list)
-    queue_size: int = Field(65536, ge=16)
 
 
 DEFAULT_IDENTITY_HEADERS = (

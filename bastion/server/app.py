@@ -130,10 +130,8 @@ class Runtime:
     async def start(self) -> None:
         loaded = load_config(self.config_path)
         gw = loaded.model.gateway
-        sinks: list[Any] = [sys.stdout if s.type == "stdout" else _resolve_path(self.config_path.parent, s.path)
-                            for s in gw.audit.sinks]
         if self.services.audit is None:
-            self.services.audit = AuditLog(sinks, gw.audit.queue_size)
+            self.services.audit = AuditLog.from_config(gw.audit, self.config_path.parent)
         await self.services.audit.start()
         compiled = await self._compile()
         self.gateway = Gateway(compiled, self.services, self.metrics)
@@ -194,11 +192,6 @@ class Runtime:
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)
         await self._stopping.wait()
         await self.stop()
-
-
-def _resolve_path(base: Path, path: Path | None) -> Path:
-    assert path is not None
-    return path if path.is_absolute() else base / path
 
 
 def install_uvloop() -> None:
