@@ -119,6 +119,8 @@ async def _exchange(host: str, port: int, context: ssl.SSLContext | None, reques
                 parser.feed_data(data)
             except httptools.HttpParserUpgrade as exc:
                 raise FetchError("unexpected protocol upgrade") from exc
+            except httptools.HttpParserCallbackError as exc:  # our own size cap, raised inside a callback
+                raise FetchError(f"response larger than {max_bytes} bytes") from exc
         if not collector.complete:
             # A body delimited by the connection close is complete at EOF; anything else is truncated.
             delimited = "content-length" in collector.headers or "chunked" in collector.headers.get(

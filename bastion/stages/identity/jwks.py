@@ -171,7 +171,7 @@ class JwksCache:
             log.warning("JWKS fetch for provider %s failed: %s", self.provider, exc)
             raise
         JWKS_FETCH.labels(self.provider, "success").inc()
-        ttl = self._ttl(response.headers.get("cache-control", ""))
+        ttl = self.ttl_for(response.headers.get("cache-control", ""))
         self._keys = keys
         self._usable_until = self._now() + ttl + self.config.stale_grace
         self._next_delay = max(ttl * 0.8, 0.05)  # refresh before expiry
@@ -197,7 +197,7 @@ class JwksCache:
         self._jwks_uri = uri
         return uri
 
-    def _ttl(self, cache_control: str) -> float:
+    def ttl_for(self, cache_control: str) -> float:
         """RFC 9111 §5.2.2.1 max-age, bounded by [min_ttl, max_ttl]; no-store/no-cache count as min_ttl."""
         lowered = cache_control.lower()
         match = _MAX_AGE.search(cache_control)
