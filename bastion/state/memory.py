@@ -1,0 +1,70 @@
+"""In-memory state: one process, no I/O. Atomic because `hit` never awaits between reading and writing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from bastion.state import Hit, Outcome
+from bastion.state.algorithms import ALGORITHMS, State
+
+
+class MemoryState:
+    """Limits and blocks in a dict. Expired entries are swept at most every `sweep_interval` seconds."""
+
+    name = "memory"
+
+    def __init__(self, clock: Callable[[], float] = time.time, sweep_interval: float = 10.0) -> None:
+        self._clock = clock
+        self._limits: dict[str, tuple[State, float]] = {}  # key -> (state, expires at)
+        self._blocks: dict[tuple[str, str], float] = {}
+        self._sweep_interval = sweep_interval
+        self._next_sweep = 0.0
+
+    async def hit(self, hits: Sequence[Hit], now: float) -> list[Outcome]:
+        return self.hit_now(hits, now)
+
+    def hit_now(self, hits: Sequence[Hit], now: float) -> list[Outcome]:
+        """The synchronous core of `hit`, for callers that cannot await (local fallback, benchmarks)."""
+        if now >= self._next_sweep:
+            self._sweep(now)
+        limits = self._limits
+        outcomes: list[Outcome] = []
+        writes: list[tuple[str, State, float]] = []
+        admitted = True
+        for hit in hits:
+            entry = limits.get(hit.key)
+            state = entry[0] if entry is not None and entry[1] > now else None
+            outcome, new_state, ttl = ALGORITHMS[hit.kind](hit, state, now)
+            outcomes.append(outcome)
+            writes.append((hit.key, new_state, now + ttl))
+            admitted = admitted and outcome.allowed
+        if admitted:  # all or nothing: a refused request charges no limit
+            for key, new_state, expires in writes:
+                limits[key] = (new_state, expires)
+            return outcomes
+        return [replace(o, granted=0) if o.granted else o for o in outcomes]  # nothing was taken
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + self._sweep_interval
+        for key in [k for k, (_, expires) in self._limits.items() if expires <= now]:
+            del self._limits[key]
+        for bkey in [k for k, until in self._blocks.items() if until <= now]:
+            del self._blocks[bkey]
+
+    async def block(self, kind: str, key: str, until: float) -> None:
+        self._blocks[(kind, key)] = until
+
+    async def unblock(self, kind: str, key: str) -> None:
+        self._blocks.pop((kind, key), None)
+
+    async def is_blocked(self, kind: str, key: str, now: float | None = None) -> float | None:
+        until = self._blocks.get((kind, key))
+        if until is None:
+            return None
+        return until if until > (self._clock() if now is None else now) else None
+
+    async def close(self) -> None:
+        self._limits.clear()
+        self._blocks.clear()

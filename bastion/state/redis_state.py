@@ -1,0 +1,169 @@
+"""Redis (or Valkey) state shared by every worker and gateway instance (redis-py asyncio, hiredis parser).
+
+- Every request's limits are checked and charged by one Lua script (EVALSHA; loaded again on NOSCRIPT),
+  so updates are atomic and cost one round trip.
+- Unreachable Redis never blocks the event loop: socket and connect timeouts are short, redis-py's own retries
+  are off, and after a failure calls fail at once with `StateUnavailable` for `retry_interval` seconds; the
+  next call after that reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from redis import exceptions as rexc
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+
+from bastion.state import Hit, Outcome, StateUnavailable
+from bastion.state.scripts import HIT, KIND_CODES
+
+_UNAVAILABLE = (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, rexc.MasterDownError,
+                OSError, TimeoutError)
+
+
+class RedisState:
+    """The Redis backend. Keys are prefixed `bastion:` (`bastion:<limit key>`, `bastion:blk:<kind>:<key>`)."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 0.25,
+        retry_interval: float = 0.5,
+        max_connections: int = 32,
+        prefix: str = "bastion:",
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.retry_interval = retry_interval
+        self.max_connections = int(max_connections)
+        self.prefix = prefix
+        self._clock = clock
+        self._monotonic = monotonic
+        self._redis: Redis | None = None
+        self._sha = hashlib.sha1(HIT.encode()).hexdigest()
+        self._down_until = 0.0
+        self._last_error = ""
+
+    # -- connection -----------------------------------------------------------------------------------------
+
+    def _client(self) -> Redis:
+        if self._redis is None:
+            options: dict[str, Any] = {
+                "socket_timeout": self.timeout,
+                "socket_connect_timeout": self.timeout,
+                "retry": Retry(NoBackoff(), 0),  # we fail fast and let the caller choose; no hidden waits
+                "health_check_interval": 0,
+            }
+            # A bounded pool that waits (within the deadline) for a free connection instead of failing.
+            pool = {"max_connections": self.max_connections, "timeout": self.timeout}
+            self._redis = _connect(self.url, options, pool)
+        return self._redis
+
+    async def _call(self, operation: Callable[[Redis], Any]) -> Any:
+        """Run one Redis operation under a deadline; map every transport failure to StateUnavailable."""
+        if self._down_until and self._monotonic() < self._down_until:
+            raise StateUnavailable(f"redis unavailable: {self._last_error}")
+        try:
+            async with asyncio.timeout(2 * self.timeout):
+                result = await operation(self._client())
+        except _UNAVAILABLE as exc:
+            if "No connection available" in str(exc):  # our own pool is busy: overload, Redis is fine
+                raise StateUnavailable("redis connection pool exhausted") from exc
+            self._last_error = f"{type(exc).__name__}: {exc}"[:200]
+            self._down_until = self._monotonic() + self.retry_interval
+            raise StateUnavailable(f"redis unavailable: {self._last_error}") from exc
+        self._down_until = 0.0
+        return result
+
+    @property
+    def available(self) -> bool:
+        """False while calls fail fast after a failure (for /readyz and metrics)."""
+        return not (self._down_until and self._monotonic() < self._down_until)
+
+    # -- limits ---------------------------------------------------------------------------------------------
+
+    async def hit(self, hits: Sequence[Hit], now: float) -> list[Outcome]:
+        keys = [self.prefix + hit.key for hit in hits]
+        args: list[Any] = [repr(float(now))]
+        for hit in hits:
+            args += [KIND_CODES[hit.kind], repr(float(hit.limit)), repr(float(hit.period)), hit.cost,
+                     hit.take, repr(float(hit.anchor))]
+        sha = self._sha
+
+        async def run(redis: Redis) -> Any:
+            try:
+                return await redis.evalsha(sha, len(keys), *keys, *args)
+            except rexc.NoScriptError:  # first call on this server, or after a restart / SCRIPT FLUSH
+                return await redis.eval(HIT, len(keys), *keys, *args)
+
+        raw = await self._call(run)
+        return [
+            Outcome(bool(raw[i]), int(raw[i + 1]), float(raw[i + 2]), float(raw[i + 3]), int(raw[i + 4]))
+            for i in range(0, len(raw), 5)
+        ]
+
+    # -- blocks (revocations, temporary blocks) -------------------------------------------------------------
+
+    def _block_key(self, kind: str, key: str) -> str:
+        return f"{self.prefix}blk:{kind}:{key}"
+
+    async def block(self, kind: str, key: str, until: float) -> None:
+        ttl_ms = int((until - self._clock()) * 1000)
+        name = self._block_key(kind, key)
+        if ttl_ms <= 0:
+            await self._call(lambda redis: redis.delete(name))
+        else:
+            await self._call(lambda redis: redis.set(name, repr(float(until)), px=ttl_ms))
+
+    async def unblock(self, kind: str, key: str) -> None:
+        name = self._block_key(kind, key)
+        await self._call(lambda redis: redis.delete(name))
+
+    async def is_blocked(self, kind: str, key: str, now: float | None = None) -> float | None:
+        name = self._block_key(kind, key)
+        value = await self._call(lambda redis: redis.get(name))
+        if value is None:
+            return None
+        until = float(value)
+        return until if until > (self._clock() if now is None else now) else None
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            redis, self._redis = self._redis, None
+            await redis.aclose()
+            await redis.connection_pool.disconnect()  # a pool passed in is not closed by aclose()
+
+
+def _connect(url: str, options: dict[str, Any], pool: dict[str, Any]) -> Redis:
+    """A client for `redis://`, `rediss://`, `unix://`, `valkey://` or `redis+sentinel://h1:p1,h2:p2/svc/db`."""
+    parts = urlsplit(url)
+    if parts.scheme == "redis+sentinel":
+        netloc = parts.netloc.rpartition("@")[2]
+        hosts = []
+        for item in netloc.split(","):
+            host, _, port = item.rpartition(":")
+            hosts.append((host.strip("[]") or "localhost", int(port or 26379)))
+        path = [p for p in parts.path.split("/") if p]
+        if not path:
+            raise ValueError("redis+sentinel:// needs a service name: redis+sentinel://h:26379/mymaster/0")
+        db = int(path[1]) if len(path) > 1 else 0
+        password = unquote(parts.password) if parts.password else None
+        sentinel = Sentinel(hosts, **options)
+        return sentinel.master_for(path[0], db=db, password=password, max_connections=pool["max_connections"],
+                                   **options)
+    if parts.scheme.startswith("valkey"):
+        url = "redis" + url[len("valkey"):]
+    return Redis(connection_pool=BlockingConnectionPool.from_url(url, **pool, **options))

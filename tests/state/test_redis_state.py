@@ -1,0 +1,114 @@
+"""The Redis backend against a real redis-server: failure, reconnection, script reload and global accuracy."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bastion.state import Hit, StateUnavailable
+from bastion.state.redis_state import RedisState
+from tests.state.redis_server import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_unreachable_fails_fast_then_fails_at_once() -> None:
+    state = RedisState(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2, retry_interval=5)
+    started = time.monotonic()
+    with pytest.raises(StateUnavailable):
+        await state.hit([Hit("k", "token_bucket", 5, 5)], 0.0)
+    with pytest.raises(StateUnavailable):  # within retry_interval: no new connection attempt
+        await state.is_blocked("ip", "x")
+    assert time.monotonic() - started < 1.0
+    assert not state.available
+    await state.close()
+
+
+async def test_blackholed_server_times_out_without_blocking_the_loop() -> None:
+    # A listener that accepts and never answers: the socket timeout, not the OS, ends the wait.
+    accepted: list[asyncio.StreamWriter] = []
+    server = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    state = RedisState(f"redis://127.0.0.1:{port}/0", timeout=0.2)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    started = time.monotonic()
+    with pytest.raises(StateUnavailable):
+        await state.hit([Hit("k", "token_bucket", 5, 5)], 0.0)
+    elapsed = time.monotonic() - started
+    task.cancel()
+    assert elapsed < 1.0
+    assert ticks >= 5  # the event loop kept running meanwhile
+    await state.close()
+    for writer in accepted:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_restart_reconnects_and_reloads_the_script(redis_server: RedisServer) -> None:
+    state = RedisState(redis_server.url, timeout=0.2, retry_interval=0.1)
+    hit = Hit("k", "sliding_window", 100, 60)
+    [outcome] = await state.hit([hit], 1.0)
+    assert outcome.allowed
+    redis_server.stop()
+    with pytest.raises(StateUnavailable):
+        await state.hit([hit], 1.0)
+    redis_server.start()  # same port, empty data, empty script cache (NOSCRIPT -> EVAL)
+    await asyncio.sleep(0.15)
+    [outcome] = await state.hit([hit], 1.0)
+    assert outcome.allowed and outcome.remaining == 99
+    assert state.available
+    await state.close()
+
+
+async def _hammer(url: str, hit: Hit, requests: int) -> int:
+    state = RedisState(url, timeout=1.0)
+    admitted = 0
+
+    async def one() -> None:
+        nonlocal admitted
+        [outcome] = await state.hit([hit], 5.0)
+        admitted += outcome.allowed
+
+    await asyncio.gather(*(one() for _ in range(requests)))
+    await state.close()
+    return admitted
+
+
+@pytest.mark.parametrize("kind", ["sliding_window", "token_bucket"])
+async def test_two_clients_admit_exactly_the_limit(redis_server: RedisServer, kind: str) -> None:
+    hit = Hit("shared", kind, limit=137, period=3600)  # type: ignore[arg-type]
+    a, b = await asyncio.gather(_hammer(redis_server.url, hit, 200), _hammer(redis_server.url, hit, 200))
+    assert a + b == 137
+    assert a > 0 and b > 0
+
+
+CHILD = """
+import asyncio, sys
+from bastion.state import Hit
+from tests.state.test_redis_state import _hammer
+hit = Hit("procs", "sliding_window", limit=int(sys.argv[2]), period=3600)
+print(asyncio.run(_hammer(sys.argv[1], hit, int(sys.argv[3]))))
+"""
+
+
+def test_two_processes_admit_exactly_the_limit(redis_server: RedisServer) -> None:
+    limit, each = 250, 300
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, redis_server.url, str(limit), str(each)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    counts = [int(p.communicate(timeout=30)[0].strip()) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum(counts) == limit
