@@ -1,0 +1,156 @@
+"""The identity stage: credential extraction, RFC 6750 answers, forwarding, consumers, caches, revocation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from conftest import AUDIENCE, ISSUER, Clock, JwksServer, Minter, make_ctx
+
+from bastion.context import Continue, Deny
+from bastion.stages.base import RouteInfo, Services
+from bastion.stages.identity import IdentityPolicy, IdentityShared, build
+from bastion.stages.identity.config import ConsumerConfig, JwtProviderConfig, ProvidersConfig
+from bastion.stages.identity.stage import IdentityStage
+
+
+@pytest.fixture
+async def shared(jwks_server: JwksServer, clock: Clock) -> AsyncIterator[IdentityShared]:
+    provider = JwtProviderConfig(name="corp", issuer=ISSUER, audiences=[AUDIENCE], jwks_uri=f"{jwks_server.url}"
+                                 "/jwks.json", claim_to_headers=[{"claim": "scope", "header": "x-user-scope"}])
+    consumers = [
+        ConsumerConfig(name="web", roles=["reader"], credentials=[{"type": "jwt", "client_id": "web-app"}]),
+        ConsumerConfig(name="office", networks=["10.0.0.0/8"],
+                       credentials=[{"type": "jwt", "sub": "office-bot"}]),
+        ConsumerConfig(name="gone", disabled=True, credentials=[{"type": "jwt", "client_id": "old-app"}]),
+    ]
+    state = IdentityShared(ProvidersConfig(jwt=[provider]), consumers, Services(wall_clock=clock))
+    await state.start()
+    yield state
+    await state.close()
+
+
+def stage(shared: IdentityShared, route: RouteInfo, **policy: Any) -> IdentityStage:
+    built = build(IdentityPolicy(**policy), route, shared)
+    assert built is not None
+    return built
+
+
+def bearer(token: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}")]
+
+
+async def test_valid_token_sets_identity_and_upstream_headers(shared: IdentityShared, route: RouteInfo,
+                                                             minter: Minter) -> None:
+    ctx = make_ctx(bearer(minter.token()))
+    decision = await stage(shared, route).check(ctx)
+    assert decision == Continue("class:public/orders/list/identity")
+    identity = ctx.identity
+    assert identity is not None
+    assert (identity.method, identity.subject, identity.consumer, identity.issuer, identity.credential_id) == (
+        "jwt", "alice", "web", ISSUER, "jti-1")
+    assert identity.scopes == {"orders:read", "orders:write"} and identity.roles == {"reader"}
+    assert ctx.upstream_headers == [("x-bastion-auth-method", "jwt"), ("x-bastion-consumer", "web"),
+                                    ("x-bastion-subject", "alice"), ("x-user-scope", "orders:read orders:write")]
+    assert ctx.drop_upstream_headers == {"authorization"}
+
+
+async def test_forward_credential_keeps_authorization(shared: IdentityShared, route: RouteInfo,
+                                                     minter: Minter) -> None:
+    ctx = make_ctx(bearer(minter.token()))
+    assert isinstance(await stage(shared, route, forward_credential=True).check(ctx), Continue)
+    assert ctx.drop_upstream_headers == set()
+
+
+@pytest.mark.parametrize(("headers", "query", "policy", "status", "reason", "challenge"), [
+    ([], "", {}, 401, "jwt_missing", 'Bearer realm="bastion"'),
+    ([("authorization", "Basic dXNlcjpwYXNz")], "", {}, 401, "jwt_missing", 'Bearer realm="bastion"'),
+    ([("authorization", "Bearer")], "", {}, 400, "credential_malformed",
+     'Bearer realm="bastion", error="invalid_request"'),
+    ([("authorization", "Bearer a b")], "", {}, 400, "credential_malformed",
+     'Bearer realm="bastion", error="invalid_request"'),
+    ([("authorization", "Bearer TOKEN"), ("authorization", "Bearer TOKEN")], "", {}, 400,
+     "credential_duplicate", 'Bearer realm="bastion", error="invalid_request"'),
+    ([("authorization", "Bearer TOKEN")], "access_token=TOKEN", {"allow_query_token": True}, 400,
+     "credential_duplicate", 'Bearer realm="bastion", error="invalid_request"'),
+    ([], "access_token=TOKEN", {}, 400, "query_token_not_allowed",
+     'Bearer realm="bastion", error="invalid_request"'),
+    ([("authorization", "Bearer TOKEN"), ("x-api-key", "bsk_abcd_0123456789abcdef")], "",
+     {"methods": ["jwt", "api_key"]}, 400, "credential_duplicate",
+     'Bearer realm="bastion", error="invalid_request"'),
+    ([], "", {"methods": ["jwt", "api_key"]}, 401, "credential_missing", 'Bearer realm="bastion"'),
+    ([], "", {"methods": ["api_key"]}, 401, "credential_missing", 'ApiKey realm="bastion"'),
+])
+async def test_rfc6750_answers(shared: IdentityShared, route: RouteInfo, headers: list[tuple[str, str]],
+                               query: str, policy: dict[str, Any], status: int, reason: str,
+                               challenge: str) -> None:
+    decision = await stage(shared, route, **policy).check(make_ctx(headers, query))
+    assert isinstance(decision, Deny)
+    assert (decision.status, decision.reason) == (status, reason)
+    assert decision.headers == (("www-authenticate", challenge),)
+
+
+async def test_query_token_when_the_route_allows_it(shared: IdentityShared, route: RouteInfo,
+                                                   minter: Minter) -> None:
+    ctx = make_ctx(query=f"page=2&access_token={minter.token()}")
+    assert isinstance(await stage(shared, route, allow_query_token=True).check(ctx), Continue)
+    assert "authorization" not in ctx.drop_upstream_headers
+
+
+async def test_optional_identity(shared: IdentityShared, route: RouteInfo, minter: Minter) -> None:
+    optional = stage(shared, route, required=False)
+    ctx = make_ctx()
+    assert isinstance(await optional.check(ctx), Continue)
+    assert ctx.identity is not None and ctx.identity.method == "anonymous"
+    # a credential that is sent is still verified
+    bad = await optional.check(make_ctx(bearer(minter.token(aud="other"))))
+    assert isinstance(bad, Deny) and bad.reason == "jwt_bad_audience"
+
+
+@pytest.mark.parametrize(("claims", "client_ip", "policy", "status", "reason"), [
+    ({"client_id": "stranger"}, "127.0.0.1", {"require_consumer": True}, 403, "consumer_unknown"),
+    ({"client_id": "stranger"}, "127.0.0.1", {}, 200, ""),
+    ({"client_id": "old-app"}, "127.0.0.1", {}, 403, "consumer_disabled"),
+    ({"client_id": None, "sub": "office-bot"}, "192.0.2.1", {}, 403, "consumer_network_denied"),
+    ({"client_id": None, "sub": "office-bot"}, "10.1.2.3", {"require_consumer": True}, 200, ""),
+])
+async def test_consumers(shared: IdentityShared, route: RouteInfo, minter: Minter, claims: dict[str, Any],
+                         client_ip: str, policy: dict[str, Any], status: int, reason: str) -> None:
+    ctx = make_ctx(bearer(minter.token(**claims)), client_ip=client_ip)
+    decision = await stage(shared, route, **policy).check(ctx)
+    if status == 200:
+        assert isinstance(decision, Continue)
+    else:
+        assert isinstance(decision, Deny) and (decision.status, decision.reason) == (status, reason)
+        assert decision.headers == ()
+
+
+async def test_verified_token_cache_and_revocation_on_hit(shared: IdentityShared, route: RouteInfo,
+                                                         minter: Minter, clock: Clock) -> None:
+    check = stage(shared, route)
+    token = minter.token(exp=int(clock.now) + 60)
+    assert isinstance(await check.check(make_ctx(bearer(token))), Continue)
+    assert len(shared.token_cache) == 1
+    assert isinstance(await check.check(make_ctx(bearer(token))), Continue)  # served from the cache
+    await shared.revocations.revoke("jti", "jti-1", clock.now + 3600)
+    revoked = await check.check(make_ctx(bearer(token)))
+    assert isinstance(revoked, Deny) and (revoked.status, revoked.reason) == (401, "credential_revoked")
+    # the cache never outlives exp
+    other = minter.token(exp=int(clock.now) + 60, jti="jti-2")
+    assert isinstance(await check.check(make_ctx(bearer(other))), Continue)
+    clock.now += 100  # past exp and the leeway
+    expired = await check.check(make_ctx(bearer(other)))
+    assert isinstance(expired, Deny) and expired.reason == "jwt_expired"
+
+
+async def test_subject_revocation_spares_later_tokens(shared: IdentityShared, route: RouteInfo,
+                                                     minter: Minter, clock: Clock) -> None:
+    check = stage(shared, route)
+    old = minter.token(iat=int(clock.now) - 10)
+    await shared.revocations.revoke("sub", "alice", clock.now + 3600, issued_before=clock.now)
+    assert isinstance(await check.check(make_ctx(bearer(old))), Deny)
+    clock.now += 5
+    fresh = Minter(minter.keys, now=clock.now).token(jti="fresh")
+    assert isinstance(await check.check(make_ctx(bearer(fresh))), Continue)
+
