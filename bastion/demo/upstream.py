@@ -37,3 +37,21 @@ async def start_upstream(host: str = "127.0.0.1", port: int = 0) -> asyncio.base
     connections: set[Http1Connection] = set()
     limits = ServerLimits()
     return await loop.create_server(lambda: Http1Connection(_echo, limits, connections), host, port)
+
+
+def main() -> None:
+    """`python -m bastion.demo.upstream PORT`: run the echo upstream on its own (tests, benchmarks)."""
+    import sys
+
+    from bastion.server.app import install_uvloop
+
+    async def serve(port: int) -> None:
+        await start_upstream("127.0.0.1", port)
+        await asyncio.Event().wait()
+
+    install_uvloop()
+    asyncio.run(serve(int(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    main()

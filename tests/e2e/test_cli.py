@@ -1,0 +1,174 @@
+"""The `bastion` command as a user runs it: real processes, real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import free_port
+
+BASTION = [sys.executable, "-m", "bastion"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*BASTION, *args], capture_output=True, text=True, timeout=60)
+
+
+def write_config(tmp_path: Path, port: int, admin: int, upstream: int, extra: str = "") -> Path:
+    path = tmp_path / "bastion.yaml"
+    path.write_text(textwrap.dedent(f"""
+        version: 1
+        gateway:
+          listeners: [{{address: 127.0.0.1, port: {port}}}]
+          admin: {{address: 127.0.0.1, port: {admin}}}
+          limits: {{drain_timeout: 10s}}
+        classes:
+          open: {{identity: {{required: false}}}}
+        apis:
+          - name: shop
+            owner: team-shop@example.com
+            class: open
+            upstream: http://127.0.0.1:{upstream}
+            routes:
+              - {{name: items, path: /items, methods: [GET]}}
+              - {{name: slow, path: /slow, methods: [GET]}}
+        """) + extra)
+    return path
+
+
+def wait_http(url: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"{url} not ready")
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.fixture
+def upstream():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bastion.demo.upstream", str(port)])
+    yield port
+    proc.kill()
+    proc.wait()
+
+
+def test_version_and_usage():
+    assert run("version").stdout.startswith("bastion ")
+    assert run("validate").returncode == 2  # usage: -c is required
+    assert run("frobnicate").returncode == 2
+
+
+def test_validate_exit_codes_and_error_format(tmp_path):
+    good = write_config(tmp_path, 8080, 9901, 9000)
+    result = run("validate", "-c", str(good))
+    assert result.returncode == 0 and "valid (2 routes" in result.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text().replace("owner: team-shop@example.com", "owner: team-shop@example.com\n    colour: red"))
+    result = run("validate", "-c", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}:12:5: apis[0].colour: unknown field" in result.stderr
+    result = run("validate", "-c", str(tmp_path / "missing.yaml"))
+    assert result.returncode == 1 and "cannot read" in result.stderr
+
+
+def test_explain_shows_sources_and_exception_expiry(tmp_path):
+    path = write_config(tmp_path, 8080, 9901, 9000, textwrap.dedent("""
+        exceptions:
+          - id: EXC-9
+            target: {api: shop, route: slow}
+            controls: [identity]
+            owner: ops@example.com
+            reason: load test
+            evidence: https://tickets.example.com/9
+            created: 2026-11-20T00:00:00Z
+            expires: 2099-01-01T00:00:00Z
+        """))
+    result = run("explain", "-c", str(path), "shop/slow", "--json")
+    assert result.returncode == 1 and "lasts" in result.stderr  # 90-day maximum
+    path.write_text(path.read_text().replace("2099-01-01", "2027-01-01"))
+    doc = json.loads(run("explain", "-c", str(path), "shop/slow", "--json").stdout)[0]
+    assert doc["controls"]["identity.required"] == {"value": "waived", "source": "exception:EXC-9"}
+    assert doc["controls"]["traffic.max_body_bytes"]["source"] == "class:open"
+    assert doc["exceptions"] == [{"id": "EXC-9", "expires": "2027-01-01T00:00:00Z"}]
+    text = run("explain", "-c", str(path)).stdout
+    assert "shop/items  GET /items  class=open" in text
+
+
+def test_workers_share_the_port_reload_and_drain_gracefully(tmp_path, upstream):
+    port, admin = free_port(), free_port()
+    path = write_config(tmp_path, port, admin, upstream)
+    proc = subprocess.Popen([*BASTION, "serve", "-c", str(path), "--workers", "2"])
+    try:
+        wait_http(f"http://127.0.0.1:{admin}/readyz")
+        wait_http(f"http://127.0.0.1:{port}/items")
+        for _ in range(40):
+            assert get(f"http://127.0.0.1:{port}/items")[0] == 200
+        time.sleep(0.2)
+        metrics = get(f"http://127.0.0.1:{admin}/metrics")[1].decode()
+        served = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                     if line.startswith("http_server_request_duration_seconds_count{"))
+        assert served >= 41
+        workers = json.loads(get(f"http://127.0.0.1:{admin}/config")[1])["workers"]
+        assert len(workers) == 2
+
+        path.write_text(path.read_text().replace("path: /items", "path: /goods"))
+        reload = run("reload", "-c", str(path))
+        assert reload.returncode == 0, reload.stderr
+        deadline = time.monotonic() + 5
+        while get(f"http://127.0.0.1:{port}/goods")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in range(10):  # every worker reloaded
+            assert get(f"http://127.0.0.1:{port}/goods")[0] == 200
+
+        # graceful shutdown: an in-flight slow request (2 s upstream) completes
+        result: dict[str, int] = {}
+        thread = threading.Thread(target=lambda: result.update(status=get(f"http://127.0.0.1:{port}/slow")[0]))
+        thread.start()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        thread.join(10)
+        assert result.get("status") == 200
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_refuses_an_invalid_config(tmp_path):
+    path = write_config(tmp_path, 8080, 9901, 9000).read_text().replace("class: open", "class: closed")
+    (tmp_path / "b.yaml").write_text(path)
+    result = run("serve", "-c", str(tmp_path / "b.yaml"))
+    assert result.returncode == 1 and "unknown class 'closed'" in result.stderr
+
+
+def test_reload_reports_unreachable_admin(tmp_path):
+    path = write_config(tmp_path, 8080, free_port(), 9000)
+    result = run("reload", "-c", str(path))
+    assert result.returncode == 1 and "cannot reach the admin listener" in result.stderr
+
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
