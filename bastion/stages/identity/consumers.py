@@ -35,9 +35,9 @@ def new_api_key(consumer: str) -> tuple[str, str]:
     """A fresh random API key for `consumer` (shown once) and the YAML credential line for its config."""
     if not _CONSUMER.match(consumer):
         raise ValueError(f"invalid consumer name {consumer!r}")
-    key_id = secrets.token_hex(6)
+    key_id = "k" + secrets.token_hex(6)  # starts with a letter: YAML never reads it as a number
     key = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
-    line = f"- {{type: api_key, id: {key_id}, key_sha256: {hash_key(key)}}}  # consumer {consumer}"
+    line = f'- {{type: api_key, id: "{key_id}", key_sha256: "{hash_key(key)}"}}  # consumer {consumer}'
     return key, line
 
 
