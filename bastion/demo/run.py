@@ -18,11 +18,12 @@ UPSTREAM_PORT = 8082
 ADMIN_PORT = 9901
 
 
-def render_config(directory: Path, port: int, issuer: str, upstream: str, now: datetime) -> Path:
+def render_config(directory: Path, port: int, issuer: str, upstream: str, now: datetime,
+                  admin_port: int = ADMIN_PORT) -> Path:
     """Write the demo config, with an exception created now and expiring in 30 days."""
     text = resources.files("bastion.demo").joinpath("bastion.yaml").read_text()
     fields = {
-        "{port}": str(port), "{admin_port}": str(ADMIN_PORT), "{issuer}": issuer, "{upstream}": upstream,
+        "{port}": str(port), "{admin_port}": str(admin_port), "{issuer}": issuer, "{upstream}": upstream,
         "{created}": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "{expires}": (now + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
@@ -33,14 +34,15 @@ def render_config(directory: Path, port: int, issuer: str, upstream: str, now: d
     return path
 
 
-def instructions(port: int, issuer: str, config: Path) -> str:
+def instructions(port: int, issuer: str, config: Path, upstream_port: int = UPSTREAM_PORT,
+                 admin_port: int = ADMIN_PORT) -> str:
     gw = f"http://127.0.0.1:{port}"
     return f"""
 Bastion demo is running.
   gateway   {gw}          (config: {config})
   IdP       {issuer}     (JWKS at {issuer}/jwks.json)
-  upstream  http://127.0.0.1:{UPSTREAM_PORT}     (echoes what reached it)
-  admin     http://127.0.0.1:{ADMIN_PORT}     (/healthz /readyz /metrics /config)
+  upstream  http://127.0.0.1:{upstream_port}     (echoes what reached it)
+  admin     http://127.0.0.1:{admin_port}     (/healthz /readyz /metrics /config)
   audit     {config.parent / 'audit.jsonl'}
 
 Try:
@@ -70,15 +72,19 @@ Ctrl-C stops the demo.
 """
 
 
-async def run_demo(port: int, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
-    idp = await start_idp("127.0.0.1", IDP_PORT)
-    upstream = await start_upstream("127.0.0.1", UPSTREAM_PORT)
+async def run_demo(port: int, *, idp_port: int = IDP_PORT, upstream_port: int = UPSTREAM_PORT,
+                   admin_port: int = ADMIN_PORT, ready: asyncio.Event | None = None,
+                   stop: asyncio.Event | None = None, info: dict[str, object] | None = None) -> None:
+    idp = await start_idp("127.0.0.1", idp_port)
+    upstream = await start_upstream("127.0.0.1", upstream_port)
     with tempfile.TemporaryDirectory(prefix="bastion-demo-") as tmp:
-        config = render_config(Path(tmp), port, idp.issuer, f"http://127.0.0.1:{UPSTREAM_PORT}",
-                               datetime.now(UTC))
+        config = render_config(Path(tmp), port, idp.issuer, f"http://127.0.0.1:{upstream_port}",
+                               datetime.now(UTC), admin_port)
         runtime = Runtime(config)
         await runtime.start()
-        print(instructions(port, idp.issuer, config), flush=True)
+        print(instructions(port, idp.issuer, config, upstream_port, admin_port), flush=True)
+        if info is not None:
+            info.update(config=config, issuer=idp.issuer, runtime=runtime)
         if ready is not None:
             ready.set()
         try:
