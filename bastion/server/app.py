@@ -71,6 +71,7 @@ class Runtime:
         self.connections: set[Http1Connection] = set()
         self.admin_connections: set[Http1Connection] = set()
         self.bound: list[tuple[str, int]] = []  # actual (host, port) of each data-plane listener
+        self.tls_contexts: list[ssl.SSLContext | None] = []  # one per listener, kept to reload certificates
         self.admin_bound: tuple[str, int] | None = None
         self._stopping = asyncio.Event()
         self._ready = False
@@ -110,12 +111,26 @@ class Runtime:
                 self.metrics.config_reloads.labels("refused").inc()
                 audit.admin("config.reload", "failure", peer=peer, errors=[repr(exc)])
                 return False, repr(exc)
+            try:
+                self._reload_certificates(compiled)
+            except (OSError, ssl.SSLError) as exc:
+                await self._close_shared(compiled)
+                self.metrics.config_reloads.labels("refused").inc()
+                audit.admin("config.reload", "failure", peer=peer, errors=[f"TLS certificate: {exc}"])
+                return False, f"TLS certificate: {exc}"
             old = self.gateway.compiled
             self.gateway.install(compiled)
             await self._close_shared(old)
             self.metrics.config_reloads.labels("accepted").inc()
             audit.admin("config.reload", "success", peer=peer, config_hash=compiled.config_hash)
             return True, f"config {compiled.config_hash} loaded"
+
+    def _reload_certificates(self, compiled: CompiledGateway) -> None:
+        """New certificates and keys serve the next handshakes; listener addresses change only on restart."""
+        base = self.config_path.parent
+        for context, listener in zip(self.tls_contexts, compiled.config.model.gateway.listeners, strict=False):
+            if context is not None and listener.tls is not None:
+                context.load_cert_chain(_resolve(base, listener.tls.cert), _resolve(base, listener.tls.key))
 
     def info(self) -> dict[str, Any]:
         gateway = self.gateway
@@ -147,6 +162,7 @@ class Runtime:
             )
             self.servers.append(server)
             self.bound.append(server.sockets[0].getsockname()[:2])
+            self.tls_contexts.append(context)
         if gw.admin.enabled and self.serve_admin:
             admin = AdminApi(registry=self.metrics.registry, ready=lambda: self._ready, info=self.info,
                              reload=self.reload)

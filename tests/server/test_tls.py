@@ -97,3 +97,26 @@ async def test_listener_prefers_tls13_refuses_weak_ciphers_and_unknown_client_ca
         except (ssl.SSLError, ConnectionError):
             status = 0
         assert status == 0
+
+
+async def test_certificate_is_reloaded_without_restart(tmp_path, pki):
+    async with running_gateway(tmp_path, CONFIG) as gw:
+        tls = gw.bound[1][1]
+        client = ssl.create_default_context()
+        pki.configure_trust(client)
+        _, writer = await asyncio.open_connection("127.0.0.1", tls, ssl=client, server_hostname="127.0.0.1")
+        first = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        renewed = pki.issue_cert("127.0.0.1")
+        renewed.cert_chain_pems[0].write_to_path(tmp_path / "gw.pem")
+        renewed.private_key_pem.write_to_path(tmp_path / "gw.key")
+        ok, _ = await gw.reload("test")
+        assert ok
+        _, writer = await asyncio.open_connection("127.0.0.1", tls, ssl=client, server_hostname="127.0.0.1")
+        second = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        assert first != second
+        (tmp_path / "gw.key").write_text("not a key")
+        ok, message = await gw.reload("test")
+        assert not ok and "TLS certificate" in message
+        assert (await _get(tls, "/in/x", client))[0] == 200  # still serving with the previous certificate
