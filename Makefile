@@ -19,7 +19,7 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server; }
 
 lint: install
-	$(VENV)/bin/ruff check bastion tests bench
+	$(VENV)/bin/ruff check bastion tests $(wildcard bench)
 
 test: install system-deps lint
 	$(PY) -m pytest
