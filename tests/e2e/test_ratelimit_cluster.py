@@ -1,0 +1,108 @@
+"""Two gateway processes, one real Redis: a limit of L requests admits L in total, whatever the split."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.state.redis_server import RedisServer, free_port
+
+BASTION = [sys.executable, "-m", "bastion"]
+LIMIT = 37
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def config(tmp_path: Path, name: str, port: int, admin: int, upstream: int, state: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(textwrap.dedent(f"""
+        version: 1
+        gateway:
+          listeners: [{{address: 127.0.0.1, port: {port}}}]
+          admin: {{address: 127.0.0.1, port: {admin}}}
+          state: {state}
+        classes:
+          open:
+            identity: {{required: false}}
+            traffic:
+              rate_limits:
+                - {{name: per-route, limit: {LIMIT}, window: 1h, key: route}}
+        apis:
+          - name: shop
+            owner: team-shop@example.com
+            class: open
+            upstream: http://127.0.0.1:{upstream}
+            routes:
+              - {{name: items, path: /items, methods: [GET]}}
+        """))
+    return path
+
+
+def wait_ready(url: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"{url} not ready")
+
+
+def get(url: str) -> tuple[int, dict[str, str]]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}
+
+
+def test_two_gateways_share_one_limit(tmp_path: Path, redis_server: RedisServer) -> None:
+    up_port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "bastion.demo.upstream", str(up_port)])]
+    ports = []
+    try:
+        for name in ("a", "b"):
+            port, admin = free_port(), free_port()
+            path = config(tmp_path, name, port, admin, up_port, redis_server.url)
+            procs.append(subprocess.Popen([*BASTION, "serve", "-c", str(path)]))
+            ports.append(port)
+            wait_ready(f"http://127.0.0.1:{admin}/readyz")
+        # an uneven split: 3 of every 4 requests to gateway a, concurrently
+        urls = [f"http://127.0.0.1:{ports[0 if i % 4 else 1]}/items" for i in range(100)]
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(get, urls))
+        statuses = [status for status, _ in results]
+        assert set(statuses) <= {200, 429}
+        assert statuses.count(200) == LIMIT  # the promise is L +/- 1; atomic scripts make it exact
+        allowed = next(h for s, h in results if s == 200)
+        assert allowed["ratelimit-policy"] == f'"per-route";q={LIMIT};w=3600'
+        refused = next(h for s, h in results if s == 429)
+        assert int(refused["retry-after"]) >= 1 and refused["ratelimit"].startswith('"per-route";r=0;')
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
