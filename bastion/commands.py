@@ -17,7 +17,7 @@ from bastion.config.models import SECTIONS
 
 def validate(path: str) -> int:
     try:
-        compiled = compile_config(load_config(path), build_stages=False)
+        compiled = compile_config(load_config(path))
     except ConfigError as exc:
         for diagnostic in exc.diagnostics:
             print(diagnostic, file=sys.stderr)
@@ -114,11 +114,8 @@ def reload(path: str, admin: str | None) -> int:
 
 
 def new_key(consumer: str) -> int:
-    try:
-        from bastion.stages.identity.apikeys import new_api_key  # type: ignore[import-not-found]
-    except ImportError:
-        print("API keys are not available in this build", file=sys.stderr)
-        return 1
+    from bastion.stages.identity import new_api_key
+
     key, line = new_api_key(consumer)
     print(f"API key for {consumer} (shown once, store it now):\n  {key}\n")
     print(f"Add to the consumer's credentials:\n  {line}")

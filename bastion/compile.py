@@ -216,11 +216,15 @@ def compile_config(loaded: LoadedConfig, services: Services | None = None, *, no
         if ids.index(exc_id) != i:
             diags.append(positions.diagnostic(("exceptions", i, "id"), f"exception id {exc_id!r} is used twice"))
 
-    shared: dict[str, Any] = {}
+    shared: dict[Any, Any] = {}
     if build_stages:
         for spec in PIPELINE:
             if spec.prepare is not None and spec.prepare not in shared:
-                shared[spec.prepare] = spec.prepare(cfg, services)  # type: ignore[index]
+                try:
+                    shared[spec.prepare] = spec.prepare(cfg, services)
+                except ValueError as exc:  # a cross-section rule of that layer (e.g. duplicate consumers)
+                    diags.append(positions.diagnostic((), f"{spec.section}: {exc}"))
+                    build_stages = False
 
     router = Router()
     routes: list[CompiledRoute] = []
@@ -347,8 +351,12 @@ def _compile_route(api: ApiConfig, decl: _RouteDecl, baseline: dict[str, Any], b
             for spec in PIPELINE:
                 if spec.section in waived_sections:
                     continue
-                stage = spec.build(getattr(policy, spec.section), info,
-                                   shared.get(spec.prepare) if spec.prepare else None)
+                try:
+                    stage = spec.build(getattr(policy, spec.section), info,
+                                       shared.get(spec.prepare) if spec.prepare else None)
+                except ValueError as exc:  # e.g. a condition that does not compile
+                    diags.append(positions.diagnostic((*decl.loc, "policy", spec.section), str(exc)))
+                    continue
                 if stage is not None:
                     (body if getattr(stage, "needs_body", False) else head).append(stage)
         plans.append(Plan(end, policy, tuple(head), tuple(body), tuple(e.id for e in active),

@@ -82,6 +82,7 @@ class RequestContext:
         "api",
         "body",
         "client_ip",
+        "drop_query_params",
         "drop_upstream_headers",
         "finalizers",
         "headers",
@@ -135,6 +136,7 @@ class RequestContext:
         self.upstream_headers: list[tuple[str, str]] = []  # set by stages, sent upstream only
         self.response_headers: list[tuple[str, str]] = []  # set by stages, sent to the client
         self.drop_upstream_headers: set[str] = set()  # e.g. the credential, once verified
+        self.drop_query_params: set[str] = set()  # e.g. `access_token`, when a route allows query credentials
         self.finalizers: list[Callable[[int], None]] = []  # called once with the final status (release slots)
 
     def header(self, name: str) -> str | None:

@@ -149,3 +149,13 @@ def test_routes_from_openapi(tmp_path):
     assert routes["deleteOrder"].admin is True
     assert routes["getOrder"].info.path_params == ("id",)
     assert routes["getOrder"].info.operation["parameters"][0]["name"] == "id"
+
+
+def test_layer_rules_become_diagnostics(tmp_path):
+    """A layer's own cross-field rule (here: duplicate consumers) is reported by validate, not raised."""
+    text = BASE + "consumers:\n  - {name: acme}\n  - {name: acme}\n"
+    path = tmp_path / "bastion.yaml"
+    path.write_text(textwrap.dedent(text))
+    with pytest.raises(ConfigError) as info:
+        compile_config(load_config(path), now=NOW)
+    assert any("identity:" in str(d) and "acme" in str(d) for d in info.value.diagnostics)

@@ -132,6 +132,16 @@ class Runtime:
             if context is not None and listener.tls is not None:
                 context.load_cert_chain(_resolve(base, listener.tls.cert), _resolve(base, listener.tls.key))
 
+    def ready(self) -> bool:
+        """Listening, and every layer that needs remote material (e.g. JWKS) has it."""
+        if not self._ready or self.gateway is None:
+            return False
+        for shared in self.gateway.compiled.shared.values():
+            check = getattr(shared, "ready", None)
+            if callable(check) and not check():
+                return False
+        return True
+
     def info(self) -> dict[str, Any]:
         gateway = self.gateway
         if gateway is None:
@@ -164,7 +174,7 @@ class Runtime:
             self.bound.append(server.sockets[0].getsockname()[:2])
             self.tls_contexts.append(context)
         if gw.admin.enabled and self.serve_admin:
-            admin = AdminApi(registry=self.metrics.registry, ready=lambda: self._ready, info=self.info,
+            admin = AdminApi(registry=self.metrics.registry, ready=self.ready, info=self.info,
                              reload=self.reload)
             server = await loop.create_server(
                 lambda: Http1Connection(admin.handle, limits, self.admin_connections),
@@ -221,7 +231,7 @@ def install_uvloop() -> None:
 def serve(config_path: str, workers: int | None = None) -> int:
     """`bastion serve`: one process, or a supervisor of N workers."""
     loaded = load_config(config_path)  # fail fast, before forking anything
-    compile_config(loaded, build_stages=False)
+    compile_config(loaded)
     count = workers or loaded.model.gateway.workers
     install_uvloop()
     if count <= 1:
@@ -266,7 +276,7 @@ async def _supervisor(config_path: str, children: list[subprocess.Popen[bytes]])
 
     async def reload(peer: str) -> tuple[bool, str]:
         try:
-            compile_config(load_config(config_path), build_stages=False)
+            compile_config(load_config(config_path))
         except ConfigError as exc:
             return False, str(exc)
         for child in children:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from urllib.parse import unquote_plus
 
 import httptools
 
@@ -212,7 +213,8 @@ class Gateway:
         path = ctx.path
         if route.strip_prefix and path.startswith(route.strip_prefix):
             path = path[len(route.strip_prefix):] or "/"
-        target = up.path_prefix + path + (f"?{ctx.query}" if ctx.query else "")
+        query = _without_params(ctx.query, ctx.drop_query_params) if ctx.drop_query_params else ctx.query
+        target = up.path_prefix + path + (f"?{query}" if query else "")
         drop = connection_tokens(ctx.headers)
         if ctx.drop_upstream_headers:
             drop |= ctx.drop_upstream_headers
@@ -400,6 +402,12 @@ class _ResponseSink:
     def on_end(self) -> None:
         if self._chunked:
             self._ex.write(b"0\r\n\r\n")
+
+
+def _without_params(query: str, names: set[str]) -> str:
+    """The query string without the named parameters (compared after percent-decoding)."""
+    kept = [part for part in query.split("&") if unquote_plus(part.split("=", 1)[0]) not in names]
+    return "&".join(kept)
 
 
 def _first(headers: list[tuple[str, str]], name: str) -> str | None:

@@ -130,3 +130,18 @@ async def test_untrusted_peer_cannot_choose_its_address_or_request_id(tmp_path):
         seen = json.loads(body)["headers"]
         assert seen["x-forwarded-for"] == "127.0.0.1"
         assert headers["x-request-id"] != "chosen"
+
+
+async def test_query_credentials_never_reach_the_upstream(tmp_path):
+    """A route that accepts `?api_key=` still strips it before forwarding (keys end up in upstream logs)."""
+    from bastion.stages.identity import new_api_key
+
+    key, line = new_api_key("kiosk")
+    config = BASIC.replace("classes:", f"consumers:\n  - name: kiosk\n    credentials:\n      {line}\nclasses:")
+    config = config.replace("identity: {required: false}",
+                            "identity: {required: true, methods: [api_key], allow_query_api_key: true}")
+    async with running_gateway(tmp_path, config) as gw:
+        status, _, body = await request(gw.bound[0][1], "GET", f"/shop/items?a=1&api_key={key}&b=2")
+        assert status == 200
+        assert json.loads(body)["target"] == "/shop/items?a=1&b=2"
+        assert key not in body.decode()

@@ -99,10 +99,14 @@ class IdentityStage:
                     if not self._query_token:  # RFC 6750 §5.3: tokens in URLs end up in logs
                         return self._deny(400, "query_token_not_allowed", "allow_query_token")
                     found.append(("bearer", value, "query"))
+                    if not self._forward:
+                        ctx.drop_query_params.add(name)
                 elif name == "api_key" and self._api_key:
                     if not self._query_key:
                         return self._deny(400, "query_api_key_not_allowed", "allow_query_api_key")
                     found.append(("api_key", value, "query"))
+                    if not self._forward:
+                        ctx.drop_query_params.add(name)
         if len(found) > 1:  # RFC 6750 §2: a client MUST NOT use more than one method per request
             return self._deny(400, "credential_duplicate", "methods",
                               "credentials in: " + ", ".join(f"{k}/{s}" for k, _, s in found))
