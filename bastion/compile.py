@@ -284,8 +284,9 @@ def compile_config(loaded: LoadedConfig, services: Services | None = None, *, no
 
 
 def _covers(exc: ExceptionConfig, control: str) -> bool:
-    section = control.split(".", 1)[0]
-    return control in exc.controls or section in exc.controls
+    """An exception naming `traffic.ip` covers `traffic.ip.allow`; one naming `traffic` covers all of it."""
+    parts = control.split(".")
+    return any(".".join(parts[:i]) in exc.controls for i in range(1, len(parts) + 1))
 
 
 def _compile_route(api: ApiConfig, decl: _RouteDecl, baseline: dict[str, Any], baseline_model: Baseline,
@@ -367,10 +368,10 @@ def _compile_route(api: ApiConfig, decl: _RouteDecl, baseline: dict[str, Any], b
 
 
 def _loc_of(w: Weakening, decl: _RouteDecl) -> tuple[str | int, ...]:
-    section, name = w.control.split(".", 1)
+    parts = tuple(w.control.split("."))
     if w.origin.startswith("route:"):
-        return (*decl.loc, "policy", section, name)
-    return ("apis", decl.loc[1], "policy", section, name)
+        return (*decl.loc, "policy", *parts)
+    return ("apis", decl.loc[1], "policy", *parts)
 
 
 def _weak_message(w: Weakening, route_id: str, klass: str) -> str:

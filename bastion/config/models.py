@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from bastion.audit.config import AuditConfig
 from bastion.config.base import Duration, Model, Size
@@ -47,10 +47,17 @@ SECTIONS: tuple[str, ...] = tuple(Baseline.model_fields)
 def control_ids() -> set[str]:
     """Every control id an exception may name: a section (`identity`) or one field (`identity.required`)."""
     ids: set[str] = set()
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            ids.add(f"{prefix}.{name}")
+            nested = info.annotation
+            if isinstance(nested, type) and issubclass(nested, BaseModel):
+                walk(nested, f"{prefix}.{name}")
+
     for section, info in Baseline.model_fields.items():
         ids.add(section)
-        model = info.annotation
-        ids.update(f"{section}.{name}" for name in model.model_fields)  # type: ignore[union-attr]
+        walk(info.annotation, section)  # type: ignore[arg-type]
     return ids
 
 

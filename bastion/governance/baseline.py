@@ -6,6 +6,8 @@ per field by the `stricter=` annotation each control carries (see bastion.config
 
 from __future__ import annotations
 
+import copy
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,21 +27,30 @@ class Weakening:
 
 
 def merge(base: dict[str, Any], *layers: tuple[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
-    """Overlay policy layers on the baseline, section by section and field by field.
+    """Overlay policy layers on the baseline, section by section and field by field (nested models too).
 
     Returns the merged plain data and, for each control id a layer set, the layer's origin.
     """
-    merged = {section: dict(base.get(section, {})) for section in SECTIONS}
+    merged = {section: copy.deepcopy(base.get(section, {})) for section in SECTIONS}
     sources: dict[str, str] = {}
     for origin, layer in layers:
         for section, fields in layer.items():
             if section not in merged or not isinstance(fields, dict):
                 merged[section] = fields  # validation reports the unknown section or the wrong type
                 continue
-            for name, value in fields.items():
-                merged[section][name] = value
-                sources[f"{section}.{name}"] = origin
+            _overlay(merged[section], fields, section, origin, sources)
     return merged, sources
+
+
+def _overlay(target: dict[str, Any], layer: dict[str, Any], prefix: str, origin: str,
+             sources: dict[str, str]) -> None:
+    for name, value in layer.items():
+        control_id = f"{prefix}.{name}"
+        if isinstance(value, dict) and isinstance(target.get(name), dict):
+            _overlay(target[name], value, control_id, origin, sources)  # e.g. traffic.ip.allow
+        else:
+            target[name] = value
+            sources[control_id] = origin
 
 
 def _items(value: Any) -> list[Any]:
@@ -72,7 +83,7 @@ def is_weaker(stricter: str | None, baseline: Any, declared: Any, order: list[st
         return declared is None or (baseline is not None and declared > baseline)
     if stricter == "subset":  # an allowlist: every declared item must be allowed by the baseline
         allowed = _items(baseline)
-        return any(item not in allowed for item in _items(declared))
+        return any(item not in allowed and not _inside(item, allowed) for item in _items(declared))
     if stricter == "superset":  # requirements: every baseline item must still be there
         kept = _items(declared)
         return any(item not in kept for item in _items(baseline))
@@ -81,25 +92,56 @@ def is_weaker(stricter: str | None, baseline: Any, declared: Any, order: list[st
     return _freeze(baseline) != _freeze(declared)  # unannotated: must stay equal
 
 
+def _inside(item: Any, allowed: list[Any]) -> bool:
+    """A network allowed because a baseline network contains it (10.1.0.0/16 inside 10.0.0.0/8)."""
+    try:
+        net = ipaddress.ip_network(str(item), strict=False)
+    except ValueError:
+        return False
+    for other in allowed:
+        try:
+            outer = ipaddress.ip_network(str(other), strict=False)
+        except ValueError:
+            continue
+        if net.version == outer.version and net.subnet_of(outer):  # type: ignore[arg-type]
+            return True
+    return False
+
+
 def weakenings(baseline: Baseline, declared: Baseline, sources: dict[str, str]) -> list[Weakening]:
     """Every control `declared` sets weaker than `baseline`, with the layer that did it."""
-    found = []
+    found: list[Weakening] = []
     for section in SECTIONS:
-        base_section = getattr(baseline, section)
-        decl_section = getattr(declared, section)
-        for name, info in type(base_section).model_fields.items():
-            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            before, after = getattr(base_section, name), getattr(decl_section, name)
-            if is_weaker(extra.get("stricter"), before, after, extra.get("order")):  # type: ignore[arg-type]
-                control_id = f"{section}.{name}"
-                found.append(Weakening(control_id, sources.get(control_id, "class"), before, after))
+        _compare(getattr(baseline, section), getattr(declared, section), section, sources, found)
     return found
+
+
+def _compare(base: BaseModel, decl: BaseModel, prefix: str, sources: dict[str, str],
+             found: list[Weakening]) -> None:
+    for name, info in type(base).model_fields.items():
+        before, after = getattr(base, name), getattr(decl, name)
+        control_id = f"{prefix}.{name}"
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if isinstance(before, BaseModel) and "stricter" not in extra:
+            _compare(before, after, control_id, sources, found)  # a nested model: compare its own controls
+            continue
+        if is_weaker(extra.get("stricter"), before, after, extra.get("order")):  # type: ignore[arg-type]
+            origin = sources.get(control_id) or _origin_below(control_id, sources)
+            found.append(Weakening(control_id, origin, before, after))
+
+
+def _origin_below(control_id: str, sources: dict[str, str]) -> str:
+    prefix = control_id + "."
+    return next((origin for key, origin in sources.items() if key.startswith(prefix)), "class")
 
 
 def restore(declared: dict[str, Any], baseline: dict[str, Any], controls: set[str]) -> dict[str, Any]:
     """`declared` with the given controls put back to their baseline values (an exception not in force)."""
-    out = {section: dict(values) for section, values in declared.items()}
+    out = copy.deepcopy(declared)
     for control_id in controls:
-        section, name = control_id.split(".", 1)
-        out[section][name] = baseline[section][name]
+        path = control_id.split(".")
+        target, source = out, baseline
+        for part in path[:-1]:
+            target, source = target[part], source[part]
+        target[path[-1]] = copy.deepcopy(source[path[-1]])
     return out

@@ -28,6 +28,7 @@ from bastion.server.http1 import Http1Connection, ServerLimits
 from bastion.server.metrics import Metrics
 from bastion.server.proxy import Gateway
 from bastion.stages.base import Services
+from bastion.state import open_state
 
 
 def server_limits(gw: GatewayConfig) -> ServerLimits:
@@ -157,6 +158,8 @@ class Runtime:
         gw = loaded.model.gateway
         if self.services.audit is None:
             self.services.audit = AuditLog.from_config(gw.audit, self.config_path.parent)
+        if self.services.state is None:  # shared limits, blocks and revocations; lives as long as the process
+            self.services.state = open_state(gw.state)
         await self.services.audit.start()
         compiled = await self._compile()
         self.gateway = Gateway(compiled, self.services, self.metrics)
@@ -207,6 +210,9 @@ class Runtime:
         if gateway is not None:
             gateway.close()
             await self._close_shared(gateway.compiled)
+        if self.services.state is not None:
+            with contextlib.suppress(Exception):
+                await self.services.state.close()
         if self.services.audit is not None:
             self.services.audit.admin("gateway.stop", "success")
             await self.services.audit.close()

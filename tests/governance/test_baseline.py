@@ -36,3 +36,14 @@ def test_merge_tracks_origin_and_weakenings_name_the_layer():
     assert sources == {"traffic.max_body_bytes": "api:a", "identity.required": "route:a/r"}
     found = weakenings(Baseline(), declared, sources)
     assert [(w.control, w.origin) for w in found] == [("identity.required", "route:a/r")]
+
+
+def test_nested_controls_merge_deeply_and_compare_with_containment():
+    base = Baseline.model_validate({"traffic": {"ip": {"allow": ["10.0.0.0/8"], "deny": ["10.66.0.0/16"]}}})
+    tighter, sources = merge(base.model_dump(mode="json"), ("route:a/r", {"traffic": {"ip": {"allow": ["10.1.0.0/16"]}}}))
+    assert tighter["traffic"]["ip"]["deny"] == ["10.66.0.0/16"]  # untouched sibling kept
+    assert sources == {"traffic.ip.allow": "route:a/r"}
+    assert weakenings(base, Baseline.model_validate(tighter), sources) == []
+    wider, sources = merge(base.model_dump(mode="json"), ("api:a", {"traffic": {"ip": {"allow": ["0.0.0.0/0"], "deny": []}}}))
+    found = weakenings(base, Baseline.model_validate(wider), sources)
+    assert sorted((w.control, w.origin) for w in found) == [("traffic.ip.allow", "api:a"), ("traffic.ip.deny", "api:a")]
