@@ -99,6 +99,9 @@ class ServerLimits(Model):
 
     header_timeout: Duration = Field(10.0, description="Time to receive a complete request head (408 after).")
     body_idle_timeout: Duration = Field(30.0, description="Longest pause between two body reads (408 after).")
+    min_body_rate: Size = Field(512, description="Bytes/s a request body must average after the grace (408 "
+                                "below; 0 turns it off): trickling bodies cannot hold connections.")
+    min_body_rate_grace: Duration = Field(10.0, description="Time before the body rate is enforced.")
     keepalive_timeout: Duration = Field(75.0, description="Idle keep-alive connections are closed after this.")
     max_header_bytes: Size = Field(16 * 1024, description="Largest request head (431 above).")
     max_headers: int = Field(100, ge=1, description="Most header fields in a request (431 above).")

@@ -34,7 +34,7 @@ from bastion.state import open_state
 def server_limits(gw: GatewayConfig) -> ServerLimits:
     lim = gw.limits
     return ServerLimits(lim.header_timeout, lim.body_idle_timeout, lim.keepalive_timeout, lim.max_header_bytes,
-                        lim.max_headers)
+                        lim.max_headers, lim.min_body_rate, lim.min_body_rate_grace)
 
 
 def listener_ssl(listener: ListenerConfig, base: Path) -> ssl.SSLContext | None:

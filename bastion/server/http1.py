@@ -28,6 +28,8 @@ class ServerLimits:
     keepalive_timeout: float = 75.0
     max_header_bytes: int = 16 * 1024
     max_headers: int = 100
+    min_body_rate: int = 0  # bytes/s a body must average once `min_body_rate_grace` has passed (0: off)
+    min_body_rate_grace: float = 10.0
 
 
 class BodyTooLarge(Exception):
@@ -54,9 +56,9 @@ class Exchange:
     """One request and its response on a client connection."""
 
     __slots__ = (
-        "_body_done", "_body_error", "_body_seen", "_chunks", "_conn", "_waiter", "body_limit", "chunked",
-        "closed_after", "content_length", "expect_continue", "headers", "keep_alive", "method", "response_started",
-        "status", "target", "version",
+        "_body_done", "_body_error", "_body_seen", "_body_started", "_chunks", "_conn", "_waiter", "body_limit",
+        "chunked", "closed_after", "content_length", "expect_continue", "headers", "keep_alive", "method",
+        "response_started", "status", "target", "version",
     )
 
     def __init__(self, conn: Http1Connection, method: str, target: str, version: str,
@@ -74,6 +76,7 @@ class Exchange:
         self._chunks: collections.deque[bytes] = collections.deque()
         self._body_done = False
         self._body_seen = 0
+        self._body_started = 0.0
         self._body_error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
         self.response_started = False
@@ -356,6 +359,14 @@ class Http1Connection(asyncio.Protocol):
         exchange = self._current
         if exchange is not None:
             exchange._feed(body)
+            rate = self._limits.min_body_rate
+            if rate:  # slow-client protection: a trickled body is refused once the grace is over
+                now = self.loop.time()
+                if not exchange._body_started:
+                    exchange._body_started = now
+                elapsed = now - exchange._body_started
+                if elapsed > self._limits.min_body_rate_grace and exchange._body_seen < rate * elapsed:
+                    exchange._fail(BodyTimeout())
             if self._timer is not None and exchange is not None and self._busy:
                 self.arm_body_timer()
             if len(exchange._chunks) and sum(map(len, exchange._chunks)) > _READ_HIGH_WATER:

@@ -193,6 +193,8 @@ class UpstreamPool:
                 return conn
             conn.close()
         while self._open >= self.size:
+            if len(self._waiters) >= self.size:  # never an unbounded queue in front of a saturated upstream
+                raise UpstreamError("upstream_pool_exhausted", "upstream connection queue full", status=503)
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:

@@ -168,3 +168,46 @@ async def test_upstream_error_body_and_server_headers_do_not_leak(tmp_path):
         assert status == 500
         assert "server" not in headers
         assert headers["x-request-id"]
+
+
+async def test_trickled_body_is_refused_by_the_minimum_rate(tmp_path):
+    config = BASIC.replace("admin: {address: 127.0.0.1, port: 0}",
+                           "admin: {address: 127.0.0.1, port: 0}\n"
+                           "  limits: {min_body_rate: 100, min_body_rate_grace: 300ms, body_idle_timeout: 5s}")
+    async with running_gateway(tmp_path, config) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.bound[0][1])
+        writer.write(b"POST /shop/items HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n")
+        async def collect() -> bytes:
+            data = b""
+            try:
+                while chunk := await reader.read(65536):
+                    data += chunk
+            except ConnectionError:
+                pass
+            return data
+
+        replies = asyncio.create_task(collect())
+        for _ in range(20):  # one byte every 100 ms: 10 B/s, far below 100 B/s
+            if replies.done():
+                break
+            try:
+                writer.write(b"x")
+                await writer.drain()
+            except ConnectionError:
+                break  # the gateway answered and closed
+            await asyncio.sleep(0.1)
+        reply = await asyncio.wait_for(replies, 3)
+        assert reply.startswith(b"HTTP/1.1 408 ")
+        writer.close()
+
+
+async def test_saturated_upstream_pool_answers_503_without_queueing_forever(tmp_path):
+    config = BASIC.replace("admin: {address: 127.0.0.1, port: 0}",
+                           "admin: {address: 127.0.0.1, port: 0}\n  limits: {upstream_pool_size: 1}")
+    config = config.replace("identity: {required: false}",
+                            "identity: {required: false}\n    traffic: {upstream_connect_timeout: 200ms}")
+    async with running_gateway(tmp_path, config) as gw:
+        port = gw.bound[0][1]
+        results = await asyncio.gather(*(request(port, "GET", "/shop/items/slow") for _ in range(4)))
+        statuses = sorted(r[0] for r in results)
+        assert statuses[0] == 200 and set(statuses[1:]) == {503}
