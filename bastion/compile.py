@@ -24,10 +24,10 @@ from bastion.config.loader import (
     LoadedConfig,
     Positions,
     pydantic_diagnostics,
-    read_yaml,
 )
-from bastion.config.models import HTTP_METHODS, SECTIONS, ApiConfig, Baseline, ExceptionConfig
+from bastion.config.models import SECTIONS, ApiConfig, Baseline, ExceptionConfig
 from bastion.governance.baseline import Weakening, merge, restore, weakenings
+from bastion.openapi.loader import load_openapi
 from bastion.pipeline import PIPELINE
 from bastion.router import Router
 from bastion.stages.base import RouteInfo, Services, Stage
@@ -119,43 +119,31 @@ _NAME_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def _openapi_routes(api: ApiConfig, base_dir: Path, api_loc: tuple[str | int, ...],
-                    diags: list[Diagnostic], positions: Positions) -> tuple[list[_RouteDecl], str]:
-    """The operations of the API's OpenAPI document, as routes named by operationId."""
+                    diags: list[Diagnostic]) -> tuple[list[_RouteDecl], str]:
+    """The operations of the API's OpenAPI document ($refs resolved), as routes named by operationId."""
     if api.openapi is None:
         return [], ""
     path = api.openapi if api.openapi.is_absolute() else base_dir / api.openapi
     try:
-        doc, _ = read_yaml(path)
+        doc = load_openapi(path)
     except ConfigError as exc:
         diags.extend(exc.diagnostics)
         return [], ""
-    if not isinstance(doc, dict) or not isinstance(doc.get("paths"), dict):
-        diags.append(Diagnostic(str(path), 1, 1, "paths", "an OpenAPI document needs a `paths` mapping"))
-        return [], ""
-    version = str(doc.get("openapi", ""))
-    if not version.startswith(("3.0", "3.1")):
-        diags.append(Diagnostic(str(path), 1, 1, "openapi", f"OpenAPI 3.0 or 3.1 expected, got {version!r}"))
     decls = []
-    for template, item in doc["paths"].items():
-        if not isinstance(item, dict):
-            continue
-        for method, operation in item.items():
-            if method.upper() not in HTTP_METHODS or not isinstance(operation, dict):
-                continue
-            op_id = operation.get("operationId") or f"{method}-{template}"
-            name = _NAME_SAFE.sub("-", str(op_id)).strip("-")
-            op = dict(operation)
-            if "parameters" in item:  # path-item parameters apply to every operation
-                op["parameters"] = [*item["parameters"], *operation.get("parameters", [])]
-            decls.append(_RouteDecl(name, template, [method.upper()], {}, api_loc, op,
-                                    bool(operation.get("x-bastion-admin", False))))
-    return decls, hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for file in doc.files or (path,):
+        digest.update(file.read_bytes())
+    for op in doc.operations:
+        name = _NAME_SAFE.sub("-", op.operation_id or f"{op.method.lower()}-{op.path}").strip("-")
+        decls.append(_RouteDecl(name, op.path, [op.method], {}, api_loc, op.operation,
+                                bool(op.operation.get("x-bastion-admin", False))))
+    return decls, digest.hexdigest()
 
 
 def _route_decls(api: ApiConfig, index: int, base_dir: Path, diags: list[Diagnostic],
                  positions: Positions) -> tuple[list[_RouteDecl], str]:
     api_loc: tuple[str | int, ...] = ("apis", index)
-    decls, spec_hash = _openapi_routes(api, base_dir, api_loc, diags, positions)
+    decls, spec_hash = _openapi_routes(api, base_dir, api_loc, diags)
     by_name = {d.name: d for d in decls}
     for r_index, route in enumerate(api.routes):
         loc = (*api_loc, "routes", r_index)
