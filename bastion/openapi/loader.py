@@ -113,7 +113,7 @@ class _Resolver:
         if isinstance(node, list):
             return [self.resolve(item, file, (*loc, i), stack) for i, item in enumerate(node)]
         if not isinstance(node, dict):
-            return node
+            return _scalar(node)
         ref = node.get("$ref")
         if isinstance(ref, str):
             target_file, pointer = self.target(ref, file, (*loc, "$ref"))
@@ -132,7 +132,7 @@ class _Resolver:
                 return {**resolved, **{k: self.resolve(v, file, (*loc, k), stack) for k, v in siblings.items()}}
             return resolved
         named = bool(loc) and loc[-1] in _NAMED_MAPS
-        return {k: (v if k in _DATA_KEYS and not named else self.resolve(v, file, (*loc, k), stack))
+        return {k: (_data(v) if k in _DATA_KEYS and not named else self.resolve(v, file, (*loc, k), stack))
                 for k, v in node.items()}
 
     def key(self, file: Path, pointer: str) -> str:
@@ -143,6 +143,27 @@ class _Resolver:
         except ValueError:
             name = file.as_posix()
         return f"{name}#{pointer}"
+
+
+def _scalar(value: Any) -> Any:
+    """ruamel's scalar subclasses (ScalarInt, ScalarFloat, ...) -> the plain Python types validators expect."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def _data(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_data(v) for v in value]
+    return _scalar(value)
 
 
 def load_openapi(path: Path | str) -> OpenApiDocument:

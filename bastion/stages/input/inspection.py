@@ -99,7 +99,7 @@ def load_rules(path: Path = RULES_FILE) -> RuleSet:
 
 def decoded_forms(value: str) -> list[str]:
     """The value and what an upstream might turn it into: URL (repeatedly), %uXXXX, HTML entities, \\x and
-    \\u escapes, Unicode compatibility forms (fullwidth `＜script＞`), NUL removed, SQL comments as spaces."""
+    \\u escapes, Unicode compatibility forms (fullwidth U+FF1C for `<`), NUL removed, SQL comments as spaces."""
     forms = [value]
     current = value
     for _ in range(4):  # double and triple encoding

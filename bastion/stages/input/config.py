@@ -1,0 +1,91 @@
+"""Config model of the input layer: the request contract (OpenAPI) and injection inspection.
+
+Every field is a control of its own (`input.paranoia`, `input.undeclared`, ...), so an exception can relax one
+of them for one route without touching the others, and `validate` can tell a stricter value from a weaker one.
+
+```yaml
+classes:
+  public:
+    input:
+      contract: enforce          # validate parameters and bodies against the OpenAPI operation
+      undeclared: reject         # or strip: unknown query parameters and body properties
+      max_json_depth: 16
+      inspection: block          # block | detect | off
+      paranoia: 2                # 1..4
+```
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from bastion.config.base import Model, Size, control
+
+Category = Literal["sqli", "xss", "traversal", "cmdi", "ssrf"]
+CATEGORIES: tuple[Category, ...] = ("sqli", "xss", "traversal", "cmdi", "ssrf")
+
+DEFAULT_INSPECTED_HEADERS = ("user-agent", "referer", "origin", "x-forwarded-host")
+
+
+class InputPolicy(Model):
+    """`input: {contract: enforce, undeclared: reject, inspection: block, paranoia: 1}`"""
+
+    contract: Literal["off", "enforce"] = control(
+        "enforce", stricter="order", order=("off", "enforce"),
+        description="`enforce`: parameters, Content-Type and bodies must match the route's OpenAPI operation "
+                    "(400/415 otherwise). Routes without an operation only get the JSON limits and inspection.",
+    )
+    undeclared: Literal["allow", "strip", "reject"] = control(
+        "reject", stricter="order", order=("allow", "strip", "reject"),
+        description="Query parameters and JSON/form body properties the operation does not declare (and "
+                    "`readOnly` properties in requests): `reject` (400), `strip` (removed before the upstream "
+                    "sees the request: an injected `\"role\": \"admin\"` never arrives) or `allow`.",
+    )
+    max_json_depth: int = control(
+        32, stricter="lower", ge=1, description="Deepest nesting of arrays/objects in a JSON body (400 above).",
+    )
+    max_json_string: int = control(
+        64 * 1024, stricter="lower", ge=1, description="Longest JSON string value or key, in characters.",
+    )
+    max_json_array: int = control(
+        10_000, stricter="lower", ge=1, description="Most items in one JSON array.",
+    )
+    max_json_keys: int = control(
+        1_000, stricter="lower", ge=1, description="Most members in one JSON object.",
+    )
+    max_form_fields: int = control(
+        256, stricter="lower", ge=1, description="Most fields in an urlencoded body or parts in a multipart body.",
+    )
+    max_part_bytes: Size = control(
+        1024 * 1024, stricter="lower", description="Largest single multipart part (e.g. `256KiB`).",
+    )
+    inspection: Literal["off", "detect", "block"] = control(
+        "block", stricter="order", order=("off", "detect", "block"),
+        description="Injection inspection of parameter, header and body string values: `block` (400), "
+                    "`detect` (audited, let through) or `off`.",
+    )
+    paranoia: int = control(
+        1, stricter="higher", ge=1, le=4,
+        description="Inspection paranoia level 1-4: higher levels add rules that catch more evasions and "
+                    "raise more false positives (e.g. `paranoia: 2`).",
+    )
+    anomaly_threshold: int = control(
+        5, stricter="lower", ge=1,
+        description="Anomaly score of one value at which it counts as an attack (a critical rule scores 5).",
+    )
+    inspection_categories: list[Category] = control(
+        list(CATEGORIES), stricter="superset",
+        description="Attack classes inspected: sqli, xss, traversal, cmdi, ssrf.",
+    )
+    inspection_exclude: list[str] = control(
+        [], stricter="subset",
+        description="Values not inspected, as `query.NAME`, `path.NAME`, `header.NAME`, `cookie.NAME` or "
+                    "`body./json/pointer` (e.g. `[body./article/html]`); each is an exception-grade waiver.",
+    )
+    inspected_headers: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_INSPECTED_HEADERS),
+        json_schema_extra={"stricter": "superset"},
+        description="Request headers inspected besides the operation's declared header parameters.",
+    )
