@@ -1,0 +1,86 @@
+"""The posture verbs of the `bastion` command: probe, report, inventory, diff.
+
+`bastion/cli.py` calls `add_verbs(subparsers)` while building its parser and `dispatch(args)` before its own
+verbs; `dispatch` returns None for a verb that is not one of these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+VERBS = ("probe", "report", "inventory", "diff")
+
+
+def add_verbs(verbs: Any) -> None:
+    """Register the posture verbs on the `bastion` sub-command parser."""
+    p = verbs.add_parser("probe", help="attack a running gateway with what each route must refuse (exit 1 on "
+                                       "any failure)")
+    p.add_argument("-c", "--config", help="the approved config whose effective policies are probed")
+    p.add_argument("--target", default="http://127.0.0.1:8080", help="the gateway's data-plane URL")
+    p.add_argument("--plain-target", help="a plaintext listener, for the TLS-required check when --target is "
+                                          "https")
+    p.add_argument("--probe-provider", help="name of the JWT provider that trusts the probe key")
+    p.add_argument("--probe-key", help="the probe's private JWK (see --new-key)")
+    p.add_argument("--probe-subject", default="bastion-probe")
+    p.add_argument("--include-rate-limit", action="store_true", help="also burst past each rate limit "
+                                                                     "(spends quota)")
+    p.add_argument("--max-burst", type=int, default=1000, help="largest burst sent for a rate limit")
+    p.add_argument("--cacert", help="CA bundle to verify an https target")
+    p.add_argument("--insecure", action="store_true", help="do not verify the https target's certificate")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--json", action="store_true", help="print the JSON result (input for `report --probe`)")
+    p.add_argument("-o", "--output", help="also write the JSON result to this file")
+    p.add_argument("--new-key", metavar="DIR", help="write a fresh probe key pair (probe-key.jwk, "
+                                                    "probe-jwks.json) to DIR and exit")
+
+
+def dispatch(args: argparse.Namespace) -> int | None:
+    """Run a posture verb; None when `args.verb` is not one."""
+    if args.verb == "probe":
+        return _probe(args)
+    return None
+
+
+def _usage(message: str) -> int:
+    print(f"bastion: {message}", file=sys.stderr)
+    return 2
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from bastion.config.loader import ConfigError
+    from bastion.posture.probe import probe, results_of, table
+    from bastion.posture.tokens import ProbeIdentityConfig, new_probe_key
+
+    if args.new_key:
+        private, public = new_probe_key(Path(args.new_key))
+        print(f"probe private key: {private} (keep it secret)\nprobe public JWKS: {public}\n\n"
+              "Register the public key in bastion.yaml:\n  providers:\n    jwt:\n"
+              "      - {name: bastion-probe, issuer: \"urn:bastion:probe\", audiences: [<your audience>],\n"
+              f"         algorithms: [ES256], jwks_file: {public}}}")
+        return 0
+    if not args.config:
+        return _usage("probe needs -c FILE (or --new-key DIR)")
+    if bool(args.probe_key) != bool(args.probe_provider):
+        return _usage("--probe-key and --probe-provider go together")
+    identity = None
+    if args.probe_key:
+        identity = ProbeIdentityConfig(provider=args.probe_provider, key=Path(args.probe_key),
+                                       subject=args.probe_subject, client_id=args.probe_subject)
+    try:
+        doc = asyncio.run(probe(args.config, args.target, identity=identity, plain_url=args.plain_target,
+                                include_rate_limit=args.include_rate_limit, max_burst=args.max_burst,
+                                cafile=args.cacert, insecure=args.insecure, timeout=args.timeout))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as exc:
+        return _usage(str(exc))
+    if args.output:
+        Path(args.output).write_text(json.dumps(doc, indent=2))
+    print(json.dumps(doc, indent=2) if args.json else table(results_of(doc)))
+    return 1 if doc["summary"]["fail"] else 0

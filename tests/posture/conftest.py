@@ -1,0 +1,77 @@
+"""The demo (its config, identity provider and upstream) with a probe identity registered, served in-process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bastion.demo.idp import IdpServer, start_idp
+from bastion.demo.run import render_config
+from bastion.demo.upstream import start_upstream
+from bastion.posture.tokens import ProbeIdentityConfig, new_probe_key
+from bastion.server.app import Runtime
+
+PROBE_ISSUER = "urn:bastion:probe"
+
+
+@dataclass
+class Demo:
+    config: Path  # what the gateway runs
+    port: int
+    admin_port: int
+    idp: IdpServer
+    identity: ProbeIdentityConfig
+    runtime: Runtime
+
+    @property
+    def target(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def demo_config(directory: Path, issuer: str, upstream: str, mutate: Callable[[dict[str, Any]], None] | None = None,
+                name: str = "bastion.yaml") -> tuple[Path, ProbeIdentityConfig]:
+    """The demo config with the probe provider added (as an operator would), optionally weakened."""
+    rendered = render_config(directory, 0, issuer, upstream, datetime.now(UTC), 0)
+    doc = yaml.safe_load(rendered.read_text())
+    key, jwks = new_probe_key(directory, kid="probe-1")
+    doc["providers"]["jwt"].append({"name": "bastion-probe", "issuer": PROBE_ISSUER,
+                                    "audiences": ["api://demo"], "algorithms": ["ES256"],
+                                    "jwks_file": str(jwks)})
+    if mutate is not None:
+        mutate(doc)
+    path = directory / name
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    if path != rendered:
+        rendered.unlink()
+    return path, ProbeIdentityConfig(provider="bastion-probe", key=key)
+
+
+@asynccontextmanager
+async def running_demo(directory: Path, mutate: Callable[[dict[str, Any]], None] | None = None) -> AsyncIterator[Demo]:
+    idp = await start_idp("127.0.0.1", 0)
+    upstream = await start_upstream("127.0.0.1", 0)
+    up_port = upstream.sockets[0].getsockname()[1]
+    directory.mkdir(parents=True, exist_ok=True)
+    config, identity = demo_config(directory, idp.issuer, f"http://127.0.0.1:{up_port}", mutate)
+    runtime = Runtime(config)
+    await runtime.start()
+    try:
+        assert runtime.admin_bound is not None
+        yield Demo(config, runtime.bound[0][1], runtime.admin_bound[1], idp, identity, runtime)
+    finally:
+        await runtime.stop(drain_timeout=1.0)
+        upstream.close()
+        await idp.close()
+
+
+@pytest.fixture
+async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
+    async with running_demo(tmp_path / "demo") as d:
+        yield d
