@@ -121,7 +121,7 @@ class TokenForge:
 
     def _sign(self, key: Key, claims: dict[str, Any]) -> str:
         alg = _alg(key)
-        header = {"alg": alg, "typ": "at+jwt", "kid": key.kid}
+        header = {"alg": alg, "typ": "at+jwt", **({"kid": key.kid} if key.kid else {})}
         return jwt.encode(header, claims, key, algorithms=[alg])
 
     def valid(self, scopes: list[str] | tuple[str, ...] = (), **over: Any) -> str:
@@ -137,7 +137,7 @@ class TokenForge:
 
     def foreign_key(self, scopes: list[str] | tuple[str, ...] = ()) -> str:
         """Signed by a fresh key the JWKS does not hold, under the trusted key's kid."""
-        kid = self.public_keys[0].kid if self.public_keys else "probe"
+        kid = (self.public_keys[0].kid if self.public_keys else None) or "probe"
         key = ECKey.generate_key("P-256", parameters={"kid": kid, "alg": "ES256"})
         return self._sign(key, self.claims(scopes))
 
@@ -145,7 +145,8 @@ class TokenForge:
         """RFC 8725 §2.1 key confusion: HS256 with the issuer's public key (PEM) as the HMAC secret."""
         public = self.public_keys[0] if self.public_keys else ECKey.generate_key("P-256")
         secret = public.as_pem(private=False)
-        signing_input = _unsigned({"alg": "HS256", "typ": "at+jwt", "kid": public.kid}, self.claims(scopes))
+        header = {"alg": "HS256", "typ": "at+jwt", **({"kid": public.kid} if public.kid else {})}
+        signing_input = _unsigned(header, self.claims(scopes))
         mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
         return f"{signing_input}.{_b64(mac)}"
 
