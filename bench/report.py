@@ -100,6 +100,11 @@ def verdict(rows: dict[str, Row]) -> tuple[bool, str] | None:
             f"p99 {p99:.2f}{X} nginx (target ≤ {MAX_P99_FACTOR:g}{X}): "
             f"{'pass' if p99 <= MAX_P99_FACTOR else 'FAIL'}"
             + ("" if clean else f"; errors under load: {bastion.errors}"))
+    defaults = rows.get("nginx-defaults")
+    if defaults and defaults.samples:
+        text += (f" (against nginx with its default keepalive_requests: req/s "
+                 f"{bastion.median('rps') / defaults.median('rps'):.2f}{X}, p99 "
+                 f"{bastion.median('p99_us') / defaults.median('p99_us'):.2f}{X})")
     return ok, text
 
 

@@ -142,7 +142,7 @@ class Bench:
         self.children = children
         self.pids: dict[str, int] = {}
         self.ports = {"direct-upstream": scenarios.UPSTREAM_PORT, "nginx": scenarios.NGINX_PORT,
-                      "bastion": scenarios.LISTEN_PORT}
+                      "nginx-defaults": scenarios.NGINX_DEFAULTS_PORT, "bastion": scenarios.LISTEN_PORT}
         self.down: dict[str, str] = {}  # target -> why it cannot be measured
         self.prepared: dict[str, Prepared] = {}
         self.readiness = ""
@@ -160,12 +160,15 @@ class Bench:
         upstream = self.children.start("upstream", procs.pinned(args.load_cpu, nginx.command(conf)))
         procs.wait_port(upstream, self.ports["direct-upstream"])
         self.pids["direct-upstream"] = upstream.pid
-        if "nginx" in args.targets:
-            conf = nginx.write(self.tmp / "proxy", nginx.proxy_conf(self.tmp / "proxy", self.ports["nginx"],
-                                                                     self.ports["direct-upstream"]))
-            proxy = self.children.start("nginx-proxy", procs.pinned(args.proxy_cpu, nginx.command(conf)))
-            procs.wait_port(proxy, self.ports["nginx"])
-            self.pids["nginx"] = proxy.pid
+        for target, keepalive_requests in (("nginx", nginx.UNCAPPED), ("nginx-defaults", None)):
+            if target not in args.targets:
+                continue
+            text = nginx.proxy_conf(self.tmp / target, self.ports[target], self.ports["direct-upstream"],
+                                    keepalive_requests)
+            proxy = self.children.start(target, procs.pinned(args.proxy_cpu, nginx.command(
+                nginx.write(self.tmp / target, text))))
+            procs.wait_port(proxy, self.ports[target])
+            self.pids[target] = proxy.pid
         if "bastion" in args.targets:
             self._start_bastion()
 
@@ -305,11 +308,14 @@ def section_markdown(section: str, results: dict[str, dict[str, Row]], env: dict
         f"nginx {env['nginx']}, wrk {env['wrk']}.",
         f"- Method: upstream = nginx, 1 worker, answering a small JSON (GET) or reading the body and answering a "
         f"small JSON (POST), on CPU {args.load_cpu}; the proxy under test on CPU {args.proxy_cpu}: nginx as a "
-        f"reverse proxy (1 worker, upstream keepalive 64, HTTP/1.1) or Bastion (`{' '.join(bench.bastion_cmd)} "
+        f"reverse proxy (1 worker, upstream keepalive 64, HTTP/1.1, `keepalive_requests` lifted to "
+        f"{nginx.UNCAPPED:,} on both sides as Bastion has no such cap; *nginx-defaults* keeps nginx's default of "
+        "1000 requests per connection, which makes wrk and the pool reconnect every few ms) or Bastion (`{' '.join(bench.bastion_cmd)} "
         f"serve -c bastion.yaml`, one process, readiness: {bench.readiness or 'n/a'}); `wrk -t1 "
         f"-c{args.connections} -d{args.duration:g}s --latency` (keep-alive) on CPU {args.load_cpu}. "
         f"{args.rounds} rounds, each running every case in turn after a {args.warmup:g} s warm-up; figures are "
-        "medians over the rounds, errors are summed. \"direct-upstream\" is wrk against the upstream itself.",
+        "medians over the rounds, errors are summed. *direct-upstream* is wrk against the upstream itself; "
+        f"*{report.X}nginx* is relative to the *nginx* row.",
         "- Columns: *CPU µs/req (process)* = the target's own CPU time (utime+stime of its process tree, "
         "/proc/PID/stat) ÷ requests served; *CPU µs/req (core)* = busy time of the proxy's whole CPU "
         f"(CPU {args.proxy_cpu}, /proc/stat: includes the loopback network softirq work the kernel does not "

@@ -2,8 +2,8 @@
 
 A scenario is one request shape (method, path, wrk script, headers) plus what Bastion needs to serve it (a
 route entry, optionally a config fragment: classes, providers, gateway settings). Every scenario runs against
-Bastion, and against the baselines it lists (nginx as a plain reverse proxy, the upstream directly) on the same
-path, in the same round. Adding a control to the benchmark = appending one `Scenario` to `SCENARIOS`:
+Bastion, and against the baselines it lists (nginx as a plain reverse proxy, the same with nginx's default
+keepalive_requests, the upstream directly) on the same path, in the same round. Adding a control to the benchmark = appending one `Scenario` to `SCENARIOS`:
 
     Scenario(
         name="jwt-es256-cached", section="identity", path="/jwt/get",
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -35,8 +36,9 @@ LISTEN_PORT = 18080
 ADMIN_PORT = 19901
 UPSTREAM_PORT = 18081
 NGINX_PORT = 18082
+NGINX_DEFAULTS_PORT = 18083
 
-TARGETS = ("direct-upstream", "nginx", "bastion")
+TARGETS = ("direct-upstream", "nginx", "nginx-defaults", "bastion")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +62,7 @@ class Scenario:
     headers: tuple[str, ...] = ()
     route: dict[str, Any] = field(default_factory=dict)
     fragment: dict[str, Any] = field(default_factory=dict)
-    baselines: tuple[str, ...] = ("direct-upstream", "nginx")
+    baselines: tuple[str, ...] = ("direct-upstream", "nginx", "nginx-defaults")
     # checked against the issue's target: >= 60% of nginx's req/s and p99 within 2x of nginx's
     gated: bool = False
     prepare: Callable[[Path], Prepared] | None = None
@@ -138,9 +140,61 @@ def bastion_config(
     return config
 
 
+_PLAIN = re.compile(r"^[A-Za-z0-9_./@*-][A-Za-z0-9_./@* -]*$")
+_RESERVED = {"true", "false", "null", "yes", "no", "on", "off", "y", "n", "~"}
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    text = str(value)
+    plain = _PLAIN.match(text) and text.lower() not in _RESERVED and not re.match(r"^[-+.]?[0-9]", text)
+    return text if plain and not text.endswith(" ") else json.dumps(text)
+
+
+def _flow(value: Any) -> str | None:
+    """A one-line form for mappings and lists of scalars (`{address: 127.0.0.1, port: 18080}`)."""
+    if isinstance(value, dict):
+        if any(isinstance(v, dict | list) for v in value.values()):
+            return None
+        return "{" + ", ".join(f"{_scalar(k)}: {_scalar(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        if any(isinstance(v, dict | list) for v in value):
+            return None
+        return "[" + ", ".join(_scalar(v) for v in value) + "]"
+    return _scalar(value)
+
+
+def _block(value: Any, indent: int) -> list[str]:
+    pad = " " * indent
+    lines: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            flow = _flow(item)
+            if flow is not None and len(flow) + indent < 100:
+                lines.append(f"{pad}{_scalar(key)}: {flow}")
+            else:
+                lines.append(f"{pad}{_scalar(key)}:")
+                lines += _block(item, indent + 2)
+    else:
+        for item in value:
+            flow = _flow(item)
+            if flow is not None and len(flow) + indent < 100:
+                lines.append(f"{pad}- {flow}")
+            else:
+                nested = _block(item, indent + 2)
+                lines.append(f"{pad}- {nested[0].lstrip()}")
+                lines += nested[1:]
+    return lines
+
+
 def dump(config: dict[str, Any]) -> str:
-    """YAML text for a config. JSON is YAML 1.2, so this needs no YAML library in the bench runner."""
-    return json.dumps(config, indent=2) + "\n"
+    """YAML text for a config of mappings, lists and scalars (the bench runner needs no YAML library)."""
+    return "\n".join(_block(config, 0)) + "\n"
 
 
 def select(patterns: Iterable[str] | None) -> tuple[Scenario, ...]:

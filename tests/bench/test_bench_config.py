@@ -139,6 +139,9 @@ def test_nginx_configs_are_one_worker_with_a_keepalive_upstream_pool(tmp_path: P
     assert "listen 127.0.0.1:18082" in proxy and "server 127.0.0.1:18081;" in proxy
     for directive in ("keepalive 64;", "proxy_http_version 1.1;", 'proxy_set_header Connection "";'):
         assert directive in proxy
+    assert proxy.count("keepalive_requests 1000000;") == 2  # client side and upstream pool
+    defaults = nginx.proxy_conf(tmp_path / "defaults", 18083, 18081, keepalive_requests=None)
+    assert "keepalive_requests" not in defaults and "keepalive 64;" in defaults
     assert nginx.command(tmp_path / "proxy" / "nginx.conf")[:3] == ["nginx", "-p", str(tmp_path / "proxy")]
 
 
@@ -163,6 +166,10 @@ def test_verdict_against_the_issue_target(bastion_rps: float, bastion_p99: float
             "bastion": Row("bastion", [_sample(bastion_rps, bastion_p99, non_2xx)])}
     outcome = report.verdict(rows)
     assert outcome is not None and outcome[0] is passes
+    rows["nginx-defaults"] = Row("nginx-defaults", [_sample(25_000, 9_000)])
+    outcome = report.verdict(rows)
+    assert outcome is not None and outcome[0] is passes  # the verdict is against the uncapped nginx
+    assert "default keepalive_requests" in outcome[1]
 
 
 def test_table_reports_medians_and_ratio() -> None:
@@ -182,3 +189,13 @@ def test_results_sections_are_replaced_in_place(tmp_path: Path) -> None:
     assert text.startswith("# Results\n")
     assert "first" not in text and "second" in text and "jwt figures" in text
     assert text.index("<!-- bench:core -->") < text.index("<!-- bench:jwt -->")
+
+
+def test_yaml_dump_round_trips() -> None:
+    from ruamel.yaml import YAML
+
+    data = {
+        "a": {"b": [{"x": {"y": [1, "on", "1.5", "a: b", None, True, "#x", " lead"]}, "z": "http://h:1/p"}]},
+        "empty": [], "none": {}, "text": "plain words", "num": 2.5, "neg": -3, "str_num": "-3",
+    }
+    assert YAML(typ="safe").load(scenarios.dump(data)) == data
