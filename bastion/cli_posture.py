@@ -39,11 +39,66 @@ def add_verbs(verbs: Any) -> None:
                                                     "probe-jwks.json) to DIR and exit")
 
 
+    p = verbs.add_parser("report", help="posture report: coverage, exceptions, gaps, OWASP mapping, KPIs")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--audit", help="audit events (JSON lines) for denials by control")
+    p.add_argument("--probe", help="a `bastion probe --json` result to include")
+    p.add_argument("--previous", help="a previous `report --format json`, for the trend")
+    p.add_argument("--format", choices=("json", "md", "html"), default="md")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+
+
 def dispatch(args: argparse.Namespace) -> int | None:
     """Run a posture verb; None when `args.verb` is not one."""
     if args.verb == "probe":
         return _probe(args)
+    if args.verb == "report":
+        return _report(args)
     return None
+
+
+def _compiled(path: str) -> Any:
+    from bastion.compile import compile_config
+    from bastion.config.loader import load_config
+
+    return compile_config(load_config(path), build_stages=False)
+
+
+def _emit(data: str | bytes, output: str | None) -> None:
+    if output:
+        Path(output).write_bytes(data.encode() if isinstance(data, str) else data)
+    elif isinstance(data, bytes):
+        sys.stdout.buffer.write(data + b"\n")
+    else:
+        print(data)
+
+
+def _report(args: argparse.Namespace) -> int:
+    import time
+
+    from bastion.config.loader import ConfigError
+    from bastion.posture import auditlog, render
+    from bastion.posture.probe import load_probe
+    from bastion.posture.report import build
+
+    try:
+        compiled = _compiled(args.config)
+        events = list(auditlog.requests(auditlog.read(args.audit))) if args.audit else None
+        probe_doc = load_probe(args.probe) if args.probe else None
+        previous = json.loads(Path(args.previous).read_text()) if args.previous else None
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        return _usage(str(exc))
+    doc = build(compiled, time.time(), events=events, probe=probe_doc, previous=previous)
+    if args.format == "json":
+        _emit(json.dumps(doc, indent=2), args.output)
+    elif args.format == "md":
+        _emit(render.markdown(doc), args.output)
+    else:
+        _emit(render.to_html(doc), args.output)
+    return 0
 
 
 def _usage(message: str) -> int:

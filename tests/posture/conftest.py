@@ -75,3 +75,21 @@ async def running_demo(directory: Path, mutate: Callable[[dict[str, Any]], None]
 async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
     async with running_demo(tmp_path / "demo") as d:
         yield d
+
+
+def audit_event(path: str, *, api: str | None = None, route: str | None = None, decision: str = "allow",
+                reason: str | None = None, control: str | None = None, time: float = 0.0, ip: str = "10.0.0.1",
+                caller: str | None = None, method: str = "GET") -> dict[str, Any]:
+    """A request event shaped as bastion.audit.log.AuditLog.request() writes it."""
+    policy = "allow"
+    if decision == "deny":
+        policy = "gateway/default-deny" if control == "gateway" else f"class:x/{api}/{route}/{control}"
+    return {
+        "class_uid": 6003, "time": int(time * 1000), "actor": {"user": {"uid": caller, "name": caller}},
+        "src_endpoint": {"ip": ip}, "http_request": {"http_method": method, "url": {"path": path}},
+        "policy": {"uid": policy},
+        "unmapped": {"bastion": {
+            "route": route, "api": api, "decision": decision, "reason": reason, "request_id": "r",
+            "decisions": [{"control": control, "outcome": "deny"}] if decision == "deny" and control
+            and control != "gateway" else []}},
+    }

@@ -1,0 +1,79 @@
+"""Reading audit events (JSON lines, OCSF API Activity) back for reports and the inventory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEvent:
+    """The fields of one request event that posture needs."""
+
+    time: float  # epoch seconds
+    path: str
+    method: str
+    api: str | None
+    route: str | None
+    decision: str  # allow | deny
+    reason: str | None
+    control: str | None  # the control that denied (None when allowed)
+    client_ip: str | None
+    caller: str | None  # consumer name, else subject, else None
+    probe: bool = False
+
+
+def read(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Every event of a JSON-lines file; lines that are not JSON objects are skipped."""
+    with open(path, "rb") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                yield event
+
+
+def requests(events: Iterable[dict[str, Any]]) -> Iterator[RequestEvent]:
+    """The request events (not admin or protocol events), flattened."""
+    for event in events:
+        bastion = (event.get("unmapped") or {}).get("bastion") or {}
+        if event.get("class_uid") != 6003 or "admin_action" in bastion:
+            continue
+        http = event.get("http_request") or {}
+        user = (event.get("actor") or {}).get("user") or {}
+        decision = bastion.get("decision") or "allow"
+        yield RequestEvent(
+            time=float(event.get("time") or 0) / 1000.0,
+            path=str((http.get("url") or {}).get("path") or ""),
+            method=str(http.get("http_method") or ""),
+            api=bastion.get("api") or None,
+            route=bastion.get("route") or None,
+            decision=decision,
+            reason=bastion.get("reason"),
+            control=denying_control(event) if decision == "deny" else None,
+            client_ip=(event.get("src_endpoint") or {}).get("ip"),
+            caller=user.get("name") or user.get("uid"),
+            probe=bool(bastion.get("probe")),
+        )
+
+
+def denying_control(event: dict[str, Any]) -> str:
+    """The control that refused: the deny record of the pipeline, else the policy id's last part."""
+    bastion = (event.get("unmapped") or {}).get("bastion") or {}
+    for record in bastion.get("decisions") or []:
+        if isinstance(record, dict) and record.get("outcome") == "deny" and record.get("control"):
+            return str(record["control"])
+    policy = str((event.get("policy") or {}).get("uid") or "")
+    if policy.startswith("gateway/"):
+        return "gateway"  # unknown routes, framing, path normalisation
+    last = policy.rsplit("/", 1)[-1]
+    return last.split(".", 1)[0] if last else "unknown"

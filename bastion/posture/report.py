@@ -1,0 +1,177 @@
+"""`bastion report`: posture of every route from the config, the clock, and optionally audit events and the
+last probe, as one JSON document (rendered to Markdown or HTML by `render.py`).
+
+Baseline coverage is the share of routes whose effective policy is their class baseline (or stricter) with no
+exception relaxing any control right now.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from bastion.commands import route_policy
+from bastion.compile import CompiledGateway, CompiledRoute
+from bastion.config.models import ExceptionConfig
+from bastion.posture import owasp
+from bastion.posture.auditlog import RequestEvent
+from bastion.posture.controls import demands
+
+EXPIRY_WARNING_DAYS = 14
+DAY = 86400.0
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def exception_doc(exc: ExceptionConfig, now: float) -> dict[str, Any]:
+    created, expires = exc.created.timestamp(), exc.expires.timestamp()
+    state = "expired" if expires <= now else ("active" if created <= now else "scheduled")
+    return {
+        "id": exc.id, "api": exc.target.api, "route": exc.target.route, "controls": list(exc.controls),
+        "owner": exc.owner, "reason": exc.reason, "evidence": exc.evidence, "created": iso(created),
+        "expires": iso(expires), "state": state,
+        "days_to_expiry": math.floor((expires - now) / DAY) if state != "expired" else 0,
+        "expires_soon": state == "active" and expires - now <= EXPIRY_WARNING_DAYS * DAY,
+    }
+
+
+def _owasp(controls: dict[str, Any], need: Any) -> dict[str, list[str]]:
+    """Categories answered on this route, each with the controls that answer it (only controls that are on)."""
+    on: list[str] = []
+    for control, entry in controls.items():
+        value = entry["value"]
+        if value in ("waived", False, None, [], "off", "optional", "allow"):
+            continue
+        if control in ("identity.methods",) and not controls.get("identity.required", {}).get("value"):
+            continue
+        if control.startswith("identity.allow_") or control == "identity.forward_credential":
+            continue  # opt-ins to risk: on means weaker
+        if control == "identity.api_key_header":
+            continue
+        on.append(control)
+    if need.scopes:
+        on.append("authz.scopes")
+    if need.owner_rule:
+        on.append("authz.owner")
+    on.append("gateway.default_deny")  # undeclared paths and methods are refused on every API
+    out: dict[str, list[str]] = {}
+    for control in on:
+        for category in owasp.categories(control):
+            out.setdefault(category, []).append(control)
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0][3:].split(":")[0])))
+
+
+def route_doc(route: CompiledRoute, owner: str | None, exceptions: list[dict[str, Any]],
+              probe: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    plan = route.plans[0]
+    need = demands(route, plan)
+    policy = route_policy(route)
+    info = route.info
+    relaxed = sorted({c for c, e in policy["controls"].items() if str(e["source"]).startswith("exception:")})
+    mine = [e for e in exceptions if e["api"] == info.api and e["route"] in (None, info.route)]
+    results = probe.get(info.route_id, [])
+    return {
+        "route": info.route_id, "api": info.api, "name": info.route, "class": info.klass, "owner": owner,
+        "path": info.path, "methods": sorted(info.methods), "administrative": route.admin,
+        "controls": policy["controls"],
+        "meets_baseline": not relaxed, "relaxed_controls": relaxed,
+        "exceptions": [e for e in mine if e["state"] == "active"],
+        "expired_exceptions": [e for e in mine if e["state"] == "expired"],
+        "gaps": {
+            "no_scopes": not need.scopes,
+            "no_owner_rule": bool(info.path_params) and not need.owner_rule,
+            "no_rate_limit": not need.rate_limits,
+        },
+        "owasp": _owasp(policy["controls"], need),
+        "probe": {"pass": sum(r["result"] == "pass" for r in results),
+                  "fail": sum(r["result"] == "fail" for r in results),
+                  "skip": sum(r["result"] == "skip" for r in results),
+                  "failures": [r for r in results if r["result"] == "fail"]} if probe else None,
+    }
+
+
+def denials(events: Iterable[RequestEvent]) -> dict[str, Any]:
+    by_control: Counter[str] = Counter()
+    by_reason: Counter[str] = Counter()
+    first = last = None
+    total = 0
+    for event in events:
+        total += 1
+        first = event.time if first is None else min(first, event.time)
+        last = event.time if last is None else max(last, event.time)
+        if event.decision == "deny" and not event.probe:
+            by_control[event.control or "unknown"] += 1
+            by_reason[event.reason or "unknown"] += 1
+    return {"requests": total, "denied": sum(by_control.values()),
+            "from": iso(first) if first is not None else None, "to": iso(last) if last is not None else None,
+            "by_control": dict(by_control.most_common()), "by_reason": dict(by_reason.most_common())}
+
+
+def build(compiled: CompiledGateway, now: float, *, events: Iterable[RequestEvent] | None = None,
+          probe: dict[str, Any] | None = None, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The posture report as a JSON-ready dict."""
+    cfg = compiled.config.model
+    owners = {api.name: api.owner for api in cfg.apis}
+    exceptions = [exception_doc(e, now) for e in cfg.exceptions]
+    by_route: dict[str, list[dict[str, Any]]] = {}
+    for result in (probe or {}).get("results", []):
+        by_route.setdefault(result["route"], []).append(result)
+    routes = [route_doc(r, owners.get(r.info.api), exceptions, by_route if probe else {}) for r in compiled.routes]
+    apis = []
+    for api in cfg.apis:
+        mine = [r for r in routes if r["api"] == api.name]
+        if not mine:
+            continue
+        apis.append({"name": api.name, "owner": api.owner, "class": api.klass, "routes": len(mine),
+                     "meeting_baseline": sum(r["meets_baseline"] for r in mine),
+                     "coverage": _pct(sum(r["meets_baseline"] for r in mine), len(mine))})
+    active = [e for e in exceptions if e["state"] == "active"]
+    kpis: dict[str, Any] = {
+        "routes": len(routes),
+        "routes_meeting_baseline": sum(r["meets_baseline"] for r in routes),
+        "baseline_coverage": _pct(sum(r["meets_baseline"] for r in routes), len(routes)),
+        "active_exceptions": len(active),
+        "exceptions_expiring_14d": sum(e["expires_soon"] for e in active),
+        "expired_exceptions": sum(e["state"] == "expired" for e in exceptions),
+        "routes_without_scopes": sum(r["gaps"]["no_scopes"] for r in routes),
+        "routes_without_owner_rule": sum(r["gaps"]["no_owner_rule"] for r in routes),
+        "routes_without_rate_limit": sum(r["gaps"]["no_rate_limit"] for r in routes),
+    }
+    doc: dict[str, Any] = {
+        "kind": "bastion.report", "version": 1, "generated": iso(now), "config_hash": compiled.config_hash,
+        "config_file": str(compiled.config.path), "kpis": kpis, "apis": apis, "routes": routes,
+        "exceptions": exceptions, "owasp_categories": owasp.CATEGORIES,
+        "warnings": [str(d) for d in compiled.warnings],
+    }
+    if events is not None:
+        doc["denials"] = denials(events)
+        kpis["denied_requests"] = doc["denials"]["denied"]
+    if probe is not None:
+        doc["probe"] = {"target": probe.get("target"), "time": iso(float(probe.get("time", now))),
+                        "config_hash": probe.get("config_hash"), "summary": probe.get("summary"),
+                        "stale": probe.get("config_hash") != compiled.config_hash}
+        kpis["probe_failures"] = (probe.get("summary") or {}).get("fail", 0)
+    if previous is not None:
+        doc["trend"] = trend(kpis, previous)
+    return doc
+
+
+def trend(kpis: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    """Each numeric KPI's change since the previous report."""
+    before = previous.get("kpis") or {}
+    changes = {}
+    for name, value in kpis.items():
+        old = before.get(name)
+        if isinstance(value, int | float) and isinstance(old, int | float):
+            changes[name] = {"previous": old, "current": value, "delta": round(value - old, 2)}
+    return {"previous_generated": previous.get("generated"), "previous_config_hash": previous.get("config_hash"),
+            "kpis": changes}
+
+
+def _pct(part: int, whole: int) -> float:
+    return round(100.0 * part / whole, 1) if whole else 100.0
