@@ -47,6 +47,13 @@ def add_verbs(verbs: Any) -> None:
     p.add_argument("--format", choices=("json", "md", "html"), default="md")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
 
+    p = verbs.add_parser("inventory", help="APIs and routes with consumers and last use; idle routes; "
+                                           "undeclared paths still called")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--audit", required=True, help="audit events (JSON lines)")
+    p.add_argument("--idle-days", type=int, default=90, help="flag routes without traffic for this long")
+    p.add_argument("--json", action="store_true")
+
 
 def dispatch(args: argparse.Namespace) -> int | None:
     """Run a posture verb; None when `args.verb` is not one."""
@@ -54,6 +61,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
         return _probe(args)
     if args.verb == "report":
         return _report(args)
+    if args.verb == "inventory":
+        return _inventory(args)
     return None
 
 
@@ -139,3 +148,22 @@ def _probe(args: argparse.Namespace) -> int:
         Path(args.output).write_text(json.dumps(doc, indent=2))
     print(json.dumps(doc, indent=2) if args.json else table(results_of(doc)))
     return 1 if doc["summary"]["fail"] else 0
+
+
+def _inventory(args: argparse.Namespace) -> int:
+    import time
+
+    from bastion.config.loader import ConfigError
+    from bastion.posture import auditlog, inventory
+
+    try:
+        compiled = _compiled(args.config)
+        events = list(auditlog.requests(auditlog.read(args.audit)))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except OSError as exc:
+        return _usage(str(exc))
+    doc = inventory.build(compiled, events, time.time(), args.idle_days)
+    print(json.dumps(doc, indent=2) if args.json else inventory.text(doc))
+    return 0
