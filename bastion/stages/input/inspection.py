@@ -13,6 +13,7 @@ import ipaddress
 import re
 import socket
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +21,11 @@ from typing import Any
 from urllib.parse import unquote
 
 from ruamel.yaml import YAML
+
+try:
+    import re2  # google-re2: all rules in one linear-time pass
+except ImportError:  # pragma: no cover - the package is a dependency; the fallback keeps results identical
+    re2 = None
 
 RULES_FILE = Path(__file__).with_name("rules.yaml")
 _FLAGS = re.IGNORECASE | re.DOTALL
@@ -149,8 +155,7 @@ class Inspector:
         self.threshold = threshold
         self.paranoia = paranoia
         self.ssrf = ruleset.ssrf if "ssrf" in categories else None
-        combined = "|".join(f"(?:{r.pattern.pattern})" for r in self.rules) or r"(?!)"
-        self._any = re.compile(combined, _FLAGS)
+        self._set = _rule_set(self.rules)
 
     def inspect(self, value: str) -> Finding | None:
         """The strongest finding for one value, or None when it scores below the threshold everywhere."""
@@ -159,12 +164,13 @@ class Inspector:
         forms = decoded_forms(value)
         scores: dict[str, int] = {}
         matched: dict[str, list[str]] = {}
-        any_search = self._any.search
-        if any(any_search(form) for form in forms):
-            for rule in self.rules:
-                if any(rule.pattern.search(form) for form in forms):
-                    scores[rule.category] = scores.get(rule.category, 0) + rule.score
-                    matched.setdefault(rule.category, []).append(rule.id)
+        hits: set[int] = set()
+        for form in forms:
+            hits.update(self._set(form))
+        for index in sorted(hits):
+            rule = self.rules[index]
+            scores[rule.category] = scores.get(rule.category, 0) + rule.score
+            matched.setdefault(rule.category, []).append(rule.id)
         if self.ssrf is not None:
             for form in forms:
                 rule_id = ssrf_target(form, self.ssrf, self.paranoia)
@@ -178,6 +184,26 @@ class Inspector:
         if scores[category] < self.threshold:
             return None
         return Finding(category, scores[category], tuple(matched[category]))
+
+
+def _rule_set(rules: tuple[Rule, ...]) -> Callable[[str], list[int]]:
+    """A function returning the indices of the rules that match a string.
+
+    With RE2 (google-re2) every rule runs in one linear-time pass (a DFA over the whole set), whatever the
+    number of rules: ~1 µs for a short value instead of ~1 µs per rule and character with `re`. Without it,
+    each rule is searched in turn (the same results, slower)."""
+    if re2 is not None and rules:
+        options = re2.Options()
+        options.case_sensitive = False
+        options.dot_nl = True
+        rule_set = re2.Set.SearchSet(options)
+        for rule in rules:
+            rule_set.Add(rule.pattern.pattern)
+        rule_set.Compile()
+        match = rule_set.Match
+        return lambda text: match(text) or []
+    patterns = [rule.pattern.search for rule in rules]
+    return lambda text: [i for i, search in enumerate(patterns) if search(text)]
 
 
 # ---------------------------------------------------------------- SSRF targets

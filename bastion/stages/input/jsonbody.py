@@ -16,7 +16,7 @@ import orjson
 
 from bastion.stages.input.schema import pointer
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"(\s*:)?', re.DOTALL)
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"(\s*:)?', re.DOTALL)  # unrolled: no per-char alternation
 
 
 class JsonError(ValueError):
@@ -52,41 +52,69 @@ def parse(body: bytes, limits: JsonLimits) -> Any:
 
 
 def check_shape(doc: Any, limits: JsonLimits) -> int:
-    """Depth, string, array and object limits; returns the number of object members. Iterative: a deep
-    document cannot exhaust the Python stack."""
+    """Depth, string, array and object limits; returns the number of object members. Iterative (a deep
+    document cannot exhaust the Python stack) and path-free: the JSON pointer of a violation is only worked
+    out when there is one."""
     members = 0
-    stack: list[tuple[Any, int, tuple[str | int, ...]]] = [(doc, 1, ())]
-    max_string = limits.max_string
+    max_string, max_depth = limits.max_string, limits.max_depth
+    max_keys, max_array = limits.max_keys, limits.max_array
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    pop, push = stack.pop, stack.append
     while stack:
-        node, depth, path = stack.pop()
-        if isinstance(node, dict):
-            if depth > limits.max_depth:
-                raise _limit(path, f"is nested deeper than {limits.max_depth} levels")
-            if len(node) > limits.max_keys:
-                raise _limit(path, f"has more than {limits.max_keys} members")
+        node, depth = pop()
+        if node.__class__ is dict:
+            if depth > max_depth or len(node) > max_keys:
+                raise _locate(doc, limits)
             members += len(node)
             for key, value in node.items():
                 if len(key) > max_string:
-                    raise _limit(path, f"has a key longer than {max_string} characters")
-                if isinstance(value, str):
+                    raise _locate(doc, limits)
+                kind = value.__class__
+                if kind is str:
                     if len(value) > max_string:
-                        raise _limit((*path, key), f"is longer than {max_string} characters")
-                elif isinstance(value, dict | list):
-                    stack.append((value, depth + 1, (*path, key)))
-        elif isinstance(node, list):
-            if depth > limits.max_depth:
-                raise _limit(path, f"is nested deeper than {limits.max_depth} levels")
-            if len(node) > limits.max_array:
-                raise _limit(path, f"has more than {limits.max_array} items")
-            for i, value in enumerate(node):
-                if isinstance(value, str):
+                        raise _locate(doc, limits)
+                elif kind is dict or kind is list:
+                    push((value, depth + 1))
+        elif node.__class__ is list:
+            if depth > max_depth or len(node) > max_array:
+                raise _locate(doc, limits)
+            for value in node:
+                kind = value.__class__
+                if kind is str:
                     if len(value) > max_string:
-                        raise _limit((*path, i), f"is longer than {max_string} characters")
-                elif isinstance(value, dict | list):
-                    stack.append((value, depth + 1, (*path, i)))
-        elif isinstance(node, str) and len(node) > max_string:
-            raise _limit(path, f"is longer than {max_string} characters")
+                        raise _locate(doc, limits)
+                elif kind is dict or kind is list:
+                    push((value, depth + 1))
+        elif node.__class__ is str and len(node) > max_string:
+            raise _limit((), f"is longer than {max_string} characters")
     return members
+
+
+def _locate(doc: Any, limits: JsonLimits) -> JsonError:
+    """The same walk with paths, run only once a limit is broken, to name where."""
+    stack: list[tuple[Any, int, tuple[str | int, ...]]] = [(doc, 1, ())]
+    while stack:
+        node, depth, path = stack.pop()
+        if isinstance(node, dict | list) and depth > limits.max_depth:
+            return _limit(path, f"is nested deeper than {limits.max_depth} levels")
+        if isinstance(node, dict):
+            if len(node) > limits.max_keys:
+                return _limit(path, f"has more than {limits.max_keys} members")
+            items: list[tuple[str | int, Any]] = list(node.items())
+            for key, _ in items:
+                if len(str(key)) > limits.max_string:
+                    return _limit(path, f"has a key longer than {limits.max_string} characters")
+        elif isinstance(node, list):
+            if len(node) > limits.max_array:
+                return _limit(path, f"has more than {limits.max_array} items")
+            items = list(enumerate(node))
+        else:
+            continue
+        for key, value in items:
+            if isinstance(value, str) and len(value) > limits.max_string:
+                return _limit((*path, key), f"is longer than {limits.max_string} characters")
+            stack.append((value, depth + 1, (*path, key)))
+    return _limit((), "breaks a limit")
 
 
 def _limit(path: tuple[str | int, ...], why: str) -> JsonError:
@@ -94,27 +122,33 @@ def _limit(path: tuple[str | int, ...], why: str) -> JsonError:
     return JsonError("input_json_limits", f"The request body at {where} {why}.")
 
 
-def strings(doc: Any) -> list[tuple[str, str]]:
-    """Every string value (and object key) with its JSON pointer, for inspection."""
-    out: list[tuple[str, str]] = []
+def strings(doc: Any) -> dict[str, tuple[str | int, ...]]:
+    """Every distinct string value and object key, with the path of its first occurrence (for inspection:
+    a key repeated in every item of an array is inspected once)."""
+    out: dict[str, tuple[str | int, ...]] = {}
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(doc, ())]
     while stack:
         node, path = stack.pop()
-        if isinstance(node, dict):
+        if node.__class__ is dict:
             for key, value in node.items():
-                out.append((pointer(path), key))
-                if isinstance(value, str):
-                    out.append((pointer((*path, key)), value))
-                elif isinstance(value, dict | list):
+                if key not in out:
+                    out[key] = path
+                kind = value.__class__
+                if kind is str:
+                    if value not in out:
+                        out[value] = (*path, key)
+                elif kind is dict or kind is list:
                     stack.append((value, (*path, key)))
-        elif isinstance(node, list):
+        elif node.__class__ is list:
             for i, value in enumerate(node):
-                if isinstance(value, str):
-                    out.append((pointer((*path, i)), value))
-                elif isinstance(value, dict | list):
+                kind = value.__class__
+                if kind is str:
+                    if value not in out:
+                        out[value] = (*path, i)
+                elif kind is dict or kind is list:
                     stack.append((value, (*path, i)))
-        elif isinstance(node, str):
-            out.append(("", node))
+        elif node.__class__ is str:
+            out.setdefault(node, ())
     return out
 
 

@@ -82,14 +82,19 @@ class _Common:
             if self.excluded and self.is_excluded(key):
                 continue
             finding = inspector.inspect(value)
-            if finding is None:
-                continue
-            if self.block:
-                return Deny(400, f"input_injection_{finding.category}", self.pid_inspection,
-                            f"The {label} was refused by content inspection.",
-                            log_detail=_finding_log(key, finding))
-            ctx.records.append(ControlRecord("input.inspection", "detect", self.pid_inspection,
-                                             f"input_injection_{finding.category}"))
+            if finding is not None:
+                deny = self.report(ctx, key, label, finding)
+                if deny is not None:
+                    return deny
+        return None
+
+    def report(self, ctx: RequestContext, key: str, label: str, finding: Finding) -> Deny | None:
+        """Block: the 400 to return. Detect: a record for the audit event, and the request goes on."""
+        if self.block:
+            return Deny(400, f"input_injection_{finding.category}", self.pid_inspection,
+                        f"The {label} was refused by content inspection.", log_detail=_finding_log(key, finding))
+        ctx.records.append(ControlRecord("input.inspection", "detect", self.pid_inspection,
+                                         f"input_injection_{finding.category}"))
         return None
 
     def invalid(self, reason: str, detail: str, policy_id: str | None = None) -> Deny:
@@ -253,11 +258,26 @@ class BodyStage(_Common):
             if changed:
                 ctx.body = orjson.dumps(doc)
         if self.inspector is not None:
-            values = [(f"body.{ptr}", f"request body at {ptr or '/'}", s) for ptr, s in jsonbody.strings(doc)]
-            deny = self.inspect(ctx, values)
+            deny = self._inspect_json(ctx, doc)
             if deny is not None:
                 return deny
         return CONTINUE
+
+    def _inspect_json(self, ctx: RequestContext, doc: Any) -> Deny | None:
+        inspector = self.inspector
+        if inspector is None:
+            return None
+        for value, path in jsonbody.strings(doc).items():
+            finding = inspector.inspect(value)
+            if finding is None:
+                continue
+            where = pointer(path)
+            if self.excluded and self.is_excluded(f"body.{where}"):
+                continue
+            deny = self.report(ctx, f"body.{where}", f"request body at {where or '/'}", finding)
+            if deny is not None:
+                return deny
+        return None
 
     def _validate(self, doc: Any, validator: Any) -> tuple[Deny | None, bool]:
         """Reject the first error, or strip undeclared properties (then the rest must be valid).
