@@ -54,6 +54,16 @@ def add_verbs(verbs: Any) -> None:
     p.add_argument("--idle-days", type=int, default=90, help="flag routes without traffic for this long")
     p.add_argument("--json", action="store_true")
 
+    p = verbs.add_parser("diff", help="effective-policy changes between a config and another config or the "
+                                      "running gateway (exit 1 when they differ)")
+    p.add_argument("-c", "--config", required=True, help="the approved config (e.g. the one in git)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--against", help="another config file")
+    source.add_argument("--admin", help="a running gateway's admin URL, e.g. http://127.0.0.1:9901")
+    p.add_argument("--admin-token-env", default="BASTION_ADMIN_TOKEN",
+                   help="environment variable holding the admin bearer token")
+    p.add_argument("--json", action="store_true")
+
 
 def dispatch(args: argparse.Namespace) -> int | None:
     """Run a posture verb; None when `args.verb` is not one."""
@@ -63,6 +73,8 @@ def dispatch(args: argparse.Namespace) -> int | None:
         return _report(args)
     if args.verb == "inventory":
         return _inventory(args)
+    if args.verb == "diff":
+        return _diff(args)
     return None
 
 
@@ -167,3 +179,29 @@ def _inventory(args: argparse.Namespace) -> int:
     doc = inventory.build(compiled, events, time.time(), args.idle_days)
     print(json.dumps(doc, indent=2) if args.json else inventory.text(doc))
     return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    import os
+
+    from bastion.config.loader import ConfigError
+    from bastion.posture import diff
+
+    try:
+        approved = diff.effective_policies(_compiled(args.config))
+        if args.against:
+            other, name = diff.effective_policies(_compiled(args.against)), args.against
+        else:
+            other, name = diff.fetch(args.admin, os.environ.get(args.admin_token_env)), f"running {args.admin}"
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"bastion diff: {exc}", file=sys.stderr)
+        return 2
+    changes = diff.compare(approved, other)
+    if args.json:
+        print(json.dumps(diff.to_json(changes, approved, other), indent=2, default=str))
+    else:
+        print(diff.text(changes, approved, other, name))
+    return 1 if changes else 0
