@@ -1,165 +1,210 @@
 """The audit log: one event per request and per administrative action, never blocking the request path.
 
-Events are built as dicts and put on a bounded in-memory queue; a background task writes them to the sinks.
-A full queue drops the event and counts it (the request never waits on audit).
+`request()` builds the event (a dict, a few microseconds) and appends it to a bounded in-memory queue. On the
+next turn of the event loop the queue is serialised once per format and offered to every sink's channel, which
+delivers from memory, or spills to its disk spool when the sink is slow or down (`bastion.audit.delivery`).
+When the queue reaches `queue_size` it is dispatched at once instead of waiting: events are never dropped for a
+full queue and the request never waits for a sink.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import sys
 import time
-import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import orjson
+from prometheus_client import CollectorRegistry
 
-from bastion import __version__
-from bastion.audit.config import AuditConfig
+from bastion.audit.config import AuditConfig, sink_name
+from bastion.audit.delivery import Channel
+from bastion.audit.ecs import to_ecs
+from bastion.audit.events import (
+    OCSF_VERSION,
+    Ids,
+    admin_event,
+    finding_event,
+    protocol_error_event,
+    request_event,
+)
+from bastion.audit.metrics import AuditMetrics
+from bastion.audit.sinks import Sink, build_sink
+from bastion.audit.spool import Spool
 from bastion.context import Deny, RequestContext
 
-OCSF_VERSION = "1.3.0"
-_PRODUCT = {"name": "Bastion", "vendor_name": "Bastion", "version": __version__}
+__all__ = ["OCSF_VERSION", "AuditLog", "SinkSpec"]
+
+_DUMPS_OPTIONS = orjson.OPT_APPEND_NEWLINE
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSpec:
+    """A sink with its format and delivery settings; its channel and spool are opened by `start()`."""
+
+    sink: Sink
+    format: str = "ocsf"
+    memory_events: int = 10_000
+    batch_events: int = 500
+    batch_bytes: int = 1024 * 1024
 
 
 class AuditLog:
-    """Builds events and hands them to the writer; `enabled` is False when no sink is configured."""
+    """Builds events and hands them to the sinks' channels; `enabled` is False when no sink is configured."""
 
     @classmethod
-    def from_config(cls, config: AuditConfig, base_dir: Path) -> AuditLog:
-        sinks: list[TextIO | Path] = []
-        for sink in config.sinks:
-            if sink.type == "stdout":
-                sinks.append(sys.stdout)
-            elif sink.path is not None:
-                sinks.append(sink.path if sink.path.is_absolute() else base_dir / sink.path)
-        return cls(sinks, config.queue_size)
+    def from_config(cls, config: AuditConfig, base_dir: Path,
+                    registry: CollectorRegistry | None = None) -> AuditLog:
+        """The audit log of `gateway.audit`. Pass the gateway's metrics registry to export its metrics."""
+        specs = []
+        for index, sink_config in enumerate(config.sinks):
+            name = sink_name(sink_config, index)
+            specs.append(SinkSpec(build_sink(sink_config, name, base_dir), sink_config.format,
+                                  sink_config.memory_events, sink_config.batch_events, sink_config.batch_bytes))
+        spool_dir = config.spool_dir or Path("audit-spool")
+        return cls(specs, queue_size=config.queue_size,
+                   spool_dir=spool_dir if spool_dir.is_absolute() else base_dir / spool_dir,
+                   spool_max_bytes=config.spool_max_bytes, spool_segment_bytes=config.spool_segment_bytes,
+                   registry=registry)
 
-    def __init__(self, sinks: list[TextIO | Path] | None = None, queue_size: int = 65536) -> None:
-        self._targets = sinks or []
-        self.enabled = bool(self._targets)
-        self._queue: asyncio.Queue[dict[str, Any]] | None = None
+    def __init__(self, sinks: list[SinkSpec] | None = None, *, queue_size: int = 65536,
+                 spool_dir: Path | None = None, spool_max_bytes: int = 1024 ** 3,
+                 spool_segment_bytes: int = 16 * 1024 * 1024, registry: CollectorRegistry | None = None) -> None:
+        self._specs = list(sinks or [])
+        self.enabled = bool(self._specs)
+        self.metrics = AuditMetrics(registry)
+        self.ids = Ids()
+        self.channels: list[Channel] = []
         self._queue_size = queue_size
-        self._task: asyncio.Task[None] | None = None
-        self._files: list[TextIO] = []
-        self.dropped = 0
-        self.written = 0
+        self._spool_dir = spool_dir or Path("audit-spool")
+        self._spool_max_bytes = spool_max_bytes
+        self._segment_bytes = spool_segment_bytes
+        self._pending: list[dict[str, Any]] = []
+        self._running = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._formats: list[tuple[str, list[Channel]]] = []
+        self._ticker: asyncio.Task[None] | None = None
+        self._losses: dict[str, tuple[int, str]] = {}
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if not self.enabled:
+        """Open every sink's spool (replaying what a previous run left) and start the channels."""
+        if not self.enabled or self._running:
             return
-        self._queue = asyncio.Queue(self._queue_size)
-        for target in self._targets:
-            if isinstance(target, Path):
-                target.parent.mkdir(parents=True, exist_ok=True)
-                self._files.append(open(target, "a", encoding="utf-8"))  # noqa: SIM115 - closed in close()
-            else:
-                self._files.append(target)
-        self._task = asyncio.get_running_loop().create_task(self._drain())
+        self._loop = asyncio.get_running_loop()
+        by_format: dict[str, list[Channel]] = {}
+        for spec in self._specs:
+            spool = Spool(self._spool_dir / spec.sink.name, self._spool_max_bytes, self._segment_bytes)
+            channel = Channel(spec.sink, spool, memory_events=spec.memory_events, batch_events=spec.batch_events,
+                              batch_bytes=spec.batch_bytes, metrics=self.metrics, on_loss=self._on_loss)
+            channel.start()
+            self.channels.append(channel)
+            by_format.setdefault(spec.format, []).append(channel)
+        self._formats = list(by_format.items())
+        self._running = True
+        self._ticker = self._loop.create_task(self._tick())
+        if self._pending:
+            self._dispatch()
 
-    async def close(self) -> None:
-        if self._queue is not None and self._task is not None:
-            await self._queue.join()
-            self._task.cancel()
-        for f in self._files:
-            if f not in (sys.stdout, sys.stderr):
-                f.close()
+    async def close(self, timeout: float = 2.0) -> None:
+        """Hand over what is queued, give each sink `timeout` to take its memory, spool the rest."""
+        if not self._running:
+            return
+        self._dispatch()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        self._report_losses()
+        self._dispatch()
+        self._running = False
+        await asyncio.gather(*(channel.close(timeout) for channel in self.channels))
+        for channel in self.channels:
+            channel.refresh_metrics()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for channel in self.channels:
+                channel.refresh_metrics()
+            self._report_losses()
+
+    # ---- the queue ----------------------------------------------------------------------------------------
 
     def emit(self, event: dict[str, Any]) -> None:
-        if self._queue is None:
+        """Queue one event (any OCSF dict). Never blocks; a no-op when no sink is configured."""
+        if not self.enabled:
             return
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.dropped += 1
+        pending = self._pending
+        pending.append(event)
+        if not self._running:
+            return  # kept until start() (bounded by queue_size below)
+        if len(pending) == 1:
+            self._loop.call_soon(self._dispatch)  # type: ignore[union-attr]
+        elif len(pending) >= self._queue_size:
+            self._dispatch()
 
-    async def _drain(self) -> None:
-        assert self._queue is not None
-        while True:
-            event = await self._queue.get()
-            lines = [orjson.dumps(event)]
-            count = 1
-            while not self._queue.empty() and count < 512:  # write in batches
-                lines.append(orjson.dumps(self._queue.get_nowait()))
-                count += 1
-            data = (b"\n".join(lines) + b"\n").decode()
-            for f in self._files:
-                f.write(data)
-                f.flush()
-            self.written += count
-            for _ in range(count):
-                self._queue.task_done()
+    def _dispatch(self) -> None:
+        events = self._pending
+        if not events or not self._running:
+            return
+        self._pending = []
+        for fmt, channels in self._formats:
+            for event in events:
+                try:
+                    line = orjson.dumps(to_ecs(event) if fmt == "ecs" else event, default=str,
+                                        option=_DUMPS_OPTIONS)
+                except (TypeError, orjson.JSONEncodeError) as exc:  # a bug in a caller: say so, keep the record
+                    line = orjson.dumps({"class_uid": 0, "metadata": event.get("metadata"),
+                                         "unmapped": {"bastion": {"unserialisable": repr(exc)}}},
+                                        option=_DUMPS_OPTIONS)
+                for channel in channels:
+                    channel.offer(line)
+
+    # ---- loss ---------------------------------------------------------------------------------------------
+
+    def _on_loss(self, sink: str, count: int, reason: str) -> None:
+        before = self._losses.get(sink, (0, reason))[0]
+        self._losses[sink] = (before + count, reason)
+
+    def _report_losses(self) -> None:
+        """At most one alert per sink per second: a Detection Finding and a line on stderr."""
+        losses, self._losses = self._losses, {}
+        now = time.time()
+        for sink, (count, reason) in losses.items():
+            print(f"bastion: audit sink {sink}: {count} events lost ({reason})", file=sys.stderr, flush=True)
+            self.emit(finding_event(
+                self.ids.new(), detection="audit_events_lost", title=f"Audit events lost on sink {sink}",
+                description=f"{count} audit events could not be spooled for sink {sink} ({reason}); they are "
+                            "missing from that sink.",
+                severity_id=5, key_kind="sink", key=sink, count=count, window=1.0, threshold=1, first_seen=now,
+                last_seen=now, ip=None, subject=None, consumer=None, api=None, extra={"reason": reason}))
+
+    @property
+    def dropped(self) -> int:
+        return sum(channel.dropped for channel in self.channels)
+
+    @property
+    def delivered(self) -> int:
+        return sum(channel.delivered for channel in self.channels)
 
     # ---- event builders -----------------------------------------------------------------------------------
 
     def request(self, ctx: RequestContext, status: int, deny: Deny | None, duration: float,
                 exceptions: tuple[str, ...] = (), upstream_status: int | None = None) -> None:
-        if self._queue is None:
-            return
-        denied = deny is not None
-        identity = ctx.identity
-        event: dict[str, Any] = {
-            "class_uid": 6003, "category_uid": 6, "activity_id": _activity(ctx.method),
-            "type_uid": 600300 + _activity(ctx.method), "time": int(ctx.start * 1000),
-            "severity_id": 3 if denied else 1, "status_id": 2 if denied else 1,
-            "action_id": 2 if denied else 1, "disposition_id": 2 if denied else 1,
-            "metadata": {"version": OCSF_VERSION, "product": _PRODUCT, "uid": str(uuid.uuid4()),
-                         "correlation_uid": ctx.request_id, "profiles": ["security_control"]},
-            "actor": {"user": {"uid": identity.subject if identity else None,
-                               "name": identity.consumer if identity else None}},
-            "src_endpoint": {"ip": ctx.client_ip},
-            "api": {"operation": f"{ctx.method} {ctx.route}" if ctx.route else ctx.method,
-                    "service": {"name": ctx.api or None}},
-            "http_request": {"http_method": ctx.method, "url": {"path": ctx.path}},
-            "http_response": {"code": status},
-            "duration": round(duration * 1000, 3),
-            "policy": {"uid": deny.policy_id if deny else "allow"},
-            "unmapped": {"bastion": {
-                "request_id": ctx.request_id, "route": ctx.route, "api": ctx.api,
-                "decision": "deny" if denied else "allow",
-                "reason": deny.reason if deny else None,
-                "detail": deny.log_detail if deny else None,
-                "decisions": [{"control": r.control, "outcome": r.outcome, "policy": r.policy_id,
-                               "reason": r.reason or None, "exception_id": r.exception_id}
-                              for r in ctx.records],
-                "exceptions": list(exceptions),
-                "auth_method": identity.method if identity else None,
-                "credential_id": identity.credential_id if identity else None,
-                "upstream_status": upstream_status,
-            }},
-        }
-        self.emit(event)
+        """The request's event: API Activity (6003), or Authentication (3002) for an identity failure."""
+        if self.enabled:
+            self.emit(request_event(self.ids.new(), ctx, status, deny, duration, exceptions, upstream_status))
 
     def protocol_error(self, peer: str, reason: str, detail: str, request_id: str, status: int) -> None:
-        if self._queue is None:
-            return
-        self.emit({
-            "class_uid": 4002, "category_uid": 4, "activity_id": 99, "type_uid": 400299,
-            "time": int(time.time() * 1000), "severity_id": 3, "status_id": 2, "action_id": 2,
-            "disposition_id": 2, "metadata": {"version": OCSF_VERSION, "product": _PRODUCT,
-                                              "uid": str(uuid.uuid4()), "correlation_uid": request_id},
-            "src_endpoint": {"ip": peer}, "http_response": {"code": status},
-            "unmapped": {"bastion": {"request_id": request_id, "decision": "deny", "reason": reason,
-                                     "detail": detail}},
-        })
+        if self.enabled:
+            self.emit(protocol_error_event(self.ids.new(), peer, reason, detail, request_id, status))
 
     def admin(self, action: str, outcome: str, **detail: Any) -> None:
-        if self._queue is None:
-            return
-        self.emit({
-            "class_uid": 6003, "category_uid": 6, "activity_id": 3, "type_uid": 600303,
-            "time": int(time.time() * 1000), "severity_id": 2 if outcome == "success" else 4,
-            "status_id": 1 if outcome == "success" else 2,
-            "metadata": {"version": OCSF_VERSION, "product": _PRODUCT, "uid": str(uuid.uuid4())},
-            "actor": {"process": {"pid": os.getpid()}},
-            "api": {"operation": action, "service": {"name": "bastion-admin"}},
-            "src_endpoint": {"ip": detail.pop("peer", None)},
-            "unmapped": {"bastion": {"admin_action": action, "outcome": outcome, **detail}},
-        })
-
-
-def _activity(method: str) -> int:
-    # OCSF API Activity: 1 Create, 2 Read, 3 Update, 4 Delete
-    return {"POST": 1, "GET": 2, "HEAD": 2, "OPTIONS": 2, "PUT": 3, "PATCH": 3, "DELETE": 4}.get(method, 99)
+        """An administrative action: `admin("config.reload", "failure", peer=..., errors=[...])`."""
+        if self.enabled:
+            self.emit(admin_event(self.ids.new(), action, outcome, detail))

@@ -1,0 +1,72 @@
+"""Audit sinks: where serialised events go. A sink delivers a batch of JSON lines or raises `SinkError`;
+retries, spooling and ordering belong to the channel in front of it (`bastion.audit.delivery`)."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+from typing import Protocol
+
+from bastion.audit.config import AuditSinkConfig, TlsClientConfig
+
+
+class SinkError(Exception):
+    """A batch was not delivered (the receiver is down, slow, or refused it): the channel retries it later."""
+
+
+class Sink(Protocol):
+    """One destination. `deliver` either takes the whole batch or raises SinkError."""
+
+    name: str
+
+    async def deliver(self, lines: list[bytes]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def client_ssl(tls: TlsClientConfig | None, base_dir: Path) -> ssl.SSLContext:
+    """A verifying TLS 1.2+ client context, with the configured CA and client certificate."""
+    def resolve(path: Path) -> str:
+        return str(path if path.is_absolute() else base_dir / path)
+
+    context = ssl.create_default_context(cafile=resolve(tls.ca) if tls and tls.ca else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls is not None and tls.cert is not None and tls.key is not None:
+        context.load_cert_chain(resolve(tls.cert), resolve(tls.key))
+    return context
+
+
+def build_sink(config: AuditSinkConfig, name: str, base_dir: Path) -> Sink:
+    """The sink for one `gateway.audit.sinks` entry. Raises ValueError for a missing token."""
+    if config.type in ("file", "stdout"):
+        from bastion.audit.sinks.file import FileSink, StdoutSink
+
+        if config.type == "stdout":
+            return StdoutSink(name)
+        assert config.path is not None  # the model requires it
+        path = config.path if config.path.is_absolute() else base_dir / config.path
+        return FileSink(name, path, config.max_bytes, config.backups)
+    if config.type == "syslog":
+        from bastion.audit.sinks.syslog import SyslogSink
+
+        assert config.host is not None
+        context = client_ssl(config.tls, base_dir) if config.tls is not None else None
+        port = config.port or (6514 if context else 514)
+        return SyslogSink(name, config.host, port, context=context,
+                          server_name=config.tls.server_name if config.tls else None, app_name=config.app_name,
+                          facility=config.facility, timeout=config.timeout, resend_window=config.resend_window)
+    from bastion.audit.sinks.http import HttpSink
+
+    assert config.url is not None
+    token = None
+    if config.token_env:
+        token = os.environ.get(config.token_env)
+        if not token:
+            raise ValueError(f"audit sink {name}: environment variable {config.token_env} is not set")
+    elif config.token_file is not None:
+        path = config.token_file if config.token_file.is_absolute() else base_dir / config.token_file
+        token = path.read_text().strip()
+    context = client_ssl(config.tls, base_dir) if config.url.startswith("https:") else None
+    return HttpSink(name, config.url, token=token, scheme=config.auth_scheme, body=config.body,
+                    sourcetype=config.format, timeout=config.timeout, ssl_context=context)
