@@ -1,0 +1,110 @@
+"""The admin dashboard: server-rendered pages as pure functions of the posture data, returning HTML bytes.
+
+No JavaScript and no external resource: the pages work in any browser and behind any content security policy.
+The admin listener mounts `render(path, data)` under `/dashboard` (behind `AdminAuth`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bastion.posture import html
+from bastion.posture import render as report_render
+from bastion.posture.auditlog import RequestEvent
+from bastion.posture.html import span
+from bastion.posture.report import iso
+
+PREFIX = "/dashboard"
+NAV: tuple[tuple[str, str], ...] = (
+    (PREFIX, "Overview"), (f"{PREFIX}/routes", "Routes"), (f"{PREFIX}/exceptions", "Exceptions"),
+    (f"{PREFIX}/denials", "Denials"), (f"{PREFIX}/blocks", "Blocks"), (f"{PREFIX}/shadow", "Shadow endpoints"),
+)
+RECENT = 50
+
+
+@dataclass(slots=True)
+class DashboardData:
+    """What the pages show: the report (`report.build`), the inventory (`inventory.build`, optional), the
+    state backend's active blocks, and the most recent denied request events."""
+
+    report: dict[str, Any]
+    inventory: dict[str, Any] | None = None
+    blocks: list[dict[str, Any]] = field(default_factory=list)  # {key, reason, until (epoch s), source}
+    recent_denials: Sequence[RequestEvent] = ()
+
+
+def _page(title: str, body: str, data: DashboardData, current: str) -> bytes:
+    report = data.report
+    return html.page(f"Bastion · {title}", body, nav=NAV, current=current,
+                     subtitle=f"config {report['config_hash']} · generated {report['generated']}")
+
+
+def overview(data: DashboardData) -> bytes:
+    report = data.report
+    soon = [e for e in report["exceptions"] if e["state"] == "active"]
+    soon.sort(key=lambda e: e["expires"])
+    rows = [(e["id"], e["api"] + (f"/{e['route']}" if e["route"] else ""), e["owner"], e["expires"],
+             span(e["days_to_expiry"], "bad") if e["expires_soon"] else e["days_to_expiry"]) for e in soon]
+    body = (report_render.kpi_cards(report) + "<h2>Coverage per API</h2>" + report_render.coverage_table(report)
+            + "<h2>Active exceptions by expiry</h2>"
+            + html.table(("id", "target", "owner", "expires", "days left"), rows, test_id="expiring"))
+    return _page("Overview", body, data, PREFIX)
+
+
+def routes(data: DashboardData) -> bytes:
+    return _page("Routes", report_render.routes_table(data.report), data, f"{PREFIX}/routes")
+
+
+def exceptions(data: DashboardData) -> bytes:
+    return _page("Exceptions", report_render.exceptions_table(data.report), data, f"{PREFIX}/exceptions")
+
+
+def denials(data: DashboardData) -> bytes:
+    recent = sorted(data.recent_denials, key=lambda e: e.time, reverse=True)[:RECENT]
+    counts = Counter(e.control or "unknown" for e in data.recent_denials)
+    rows = [(iso(e.time), e.control, e.reason, f"{e.method} {e.path}", e.caller or e.client_ip) for e in recent]
+    body = ("<h2>Denials by control (report period)</h2>" + report_render.denials_table(data.report)
+            + "<h2>Recent denials by control</h2>"
+            + html.table(("control", "denials"), counts.most_common(), test_id="recent-by-control")
+            + f"<h2>Last {len(rows)} denied requests</h2>"
+            + html.table(("time", "control", "reason", "request", "caller"), rows, test_id="recent"))
+    return _page("Denials", body, data, f"{PREFIX}/denials")
+
+
+def blocks(data: DashboardData) -> bytes:
+    rows = [(b.get("key"), b.get("reason"), iso(float(b["until"])) if b.get("until") else "until removed",
+             b.get("source")) for b in data.blocks]
+    body = (f"<p>{len(rows)} active block(s).</p>"
+            + html.table(("blocked", "reason", "until", "source"), rows, test_id="blocks"))
+    return _page("Active blocks", body, data, f"{PREFIX}/blocks")
+
+
+def shadow(data: DashboardData) -> bytes:
+    inv = data.inventory
+    if inv is None:
+        body = '<p class="muted">No audit events: give the gateway an audit file sink.</p>'
+    else:
+        rows = [(s["request"], s["count"], s["first_seen"], s["last_seen"], ", ".join(s["callers"]))
+                for s in inv["shadow"]]
+        idle = [(r["route"], r["owner"], r["last_request"]) for r in inv["routes"] if r["idle"]]
+        body = ("<h2>Undeclared paths still called</h2>"
+                + html.table(("request (template)", "count", "first seen", "last seen", "callers"), rows,
+                             test_id="shadow")
+                + f"<h2>Routes without traffic for {inv['idle_days']} days</h2>"
+                + html.table(("route", "owner", "last request"), idle, test_id="idle"))
+    return _page("Shadow endpoints", body, data, f"{PREFIX}/shadow")
+
+
+PAGES: dict[str, Callable[[DashboardData], bytes]] = {
+    PREFIX: overview, f"{PREFIX}/": overview, f"{PREFIX}/routes": routes, f"{PREFIX}/exceptions": exceptions,
+    f"{PREFIX}/denials": denials, f"{PREFIX}/blocks": blocks, f"{PREFIX}/shadow": shadow,
+}
+
+
+def render(path: str, data: DashboardData) -> bytes | None:
+    """The page at `path` (query ignored), or None for a path that is not a dashboard page."""
+    page = PAGES.get(path.split("?", 1)[0])
+    return None if page is None else page(data)

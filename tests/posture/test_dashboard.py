@@ -1,0 +1,136 @@
+"""The admin dashboard in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright): each
+page opens, and the figures shown are the report's JSON figures. A screenshot goes to tests/posture/artifacts/."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Page, async_playwright
+
+from bastion.compile import compile_config
+from bastion.config.loader import load_config
+from bastion.posture import auditlog, dashboard, inventory
+from bastion.posture.dashboard import DashboardData
+from bastion.posture.report import build
+from tests.posture.test_inventory import _events
+from tests.posture.test_report import config_with_exceptions
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _data(tmp_path: Path) -> DashboardData:
+    compiled = compile_config(load_config(config_with_exceptions(tmp_path)), build_stages=False)
+    now = time.time()
+    events = list(auditlog.requests(_events(now)))
+    return DashboardData(
+        report=build(compiled, now, events=events),
+        inventory=inventory.build(compiled, events, now),
+        blocks=[{"key": "ip:203.0.113.9", "reason": "credential stuffing", "until": now + 3600,
+                 "source": "detection:auth-failures"}],
+        recent_denials=[e for e in events if e.decision == "deny"],
+    )
+
+
+async def _serve(data: DashboardData) -> asyncio.Server:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        path = head.split(" ", 2)[1]
+        body = dashboard.render(path, data)
+        status = b"200 OK" if body is not None else b"404 Not Found"
+        body = body or b"not found"
+        writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+@pytest.fixture
+async def browser_page() -> AsyncIterator[Page]:
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        yield page
+        await browser.close()
+        assert all(url.startswith("http://127.0.0.1:") for url in requests), requests  # nothing external
+
+
+async def _cells(page: Page, test_id: str) -> list[list[str]]:
+    rows = page.locator(f'table[data-test="{test_id}"] tbody tr')
+    return [[c.strip() for c in await rows.nth(i).locator("td").all_inner_texts()]
+            for i in range(await rows.count())]
+
+
+async def test_dashboard_pages_show_the_report_figures(tmp_path: Path, browser_page: Page):
+    data = _data(tmp_path)
+    report, inv = data.report, data.inventory
+    assert inv is not None
+    server = await _serve(data)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    page = browser_page
+    try:
+        response = await page.goto(f"{base}/dashboard")
+        assert response is not None and response.status == 200
+        assert await page.title() == "Bastion · Overview"
+        k = report["kpis"]
+        shown = {await c.get_attribute("data-kpi"): (await c.locator("b").inner_text())
+                 for c in await page.locator("[data-kpi]").all()}
+        assert shown["baseline_coverage"] == f"{k['baseline_coverage']:.1f}%" == "60.0%"
+        for name in ("routes", "active_exceptions", "exceptions_expiring_14d", "expired_exceptions",
+                     "denied_requests"):
+            assert shown[name] == str(k[name]), name
+        coverage = await _cells(page, "coverage")
+        assert [(r[0], r[3], r[4], r[5]) for r in coverage] == [
+            (a["name"], str(a["routes"]), str(a["meeting_baseline"]), f"{a['coverage']:.1f}%")
+            for a in report["apis"]]
+        expiring = await _cells(page, "expiring")
+        active = sorted((e for e in report["exceptions"] if e["state"] == "active"), key=lambda e: e["expires"])
+        assert [(r[0], r[4]) for r in expiring] == [(e["id"], str(e["days_to_expiry"])) for e in active]
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-overview.png"), full_page=True)
+
+        await page.click("nav >> text=Exceptions")
+        assert page.url == f"{base}/dashboard/exceptions"
+        rows = await _cells(page, "exceptions")
+        assert [(r[0], r[7], r[8]) for r in rows] == [
+            (e["id"], str(e["days_to_expiry"]), e["state"]) for e in report["exceptions"]]
+
+        await page.goto(f"{base}/dashboard/denials")
+        by_control = {r[0]: int(r[1]) for r in await _cells(page, "denials")}
+        assert by_control == report["denials"]["by_control"] == {"gateway": 4, "identity": 1}
+        assert len(await _cells(page, "recent")) == 5
+
+        await page.goto(f"{base}/dashboard/routes")
+        routes = await _cells(page, "routes")
+        assert [r[0] for r in routes] == [r["route"] for r in report["routes"]]
+        assert sum(r[4] == "yes" for r in routes) == k["routes_meeting_baseline"]
+
+        await page.goto(f"{base}/dashboard/blocks")
+        assert (await _cells(page, "blocks"))[0][:2] == ["ip:203.0.113.9", "credential stuffing"]
+
+        await page.goto(f"{base}/dashboard/shadow")
+        shadow = await _cells(page, "shadow")
+        assert [(r[0], int(r[1])) for r in shadow] == [(s["request"], s["count"]) for s in inv["shadow"]]
+        assert [r[0] for r in await _cells(page, "idle")] == inv["idle_routes"]
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-shadow.png"), full_page=True)
+
+        assert (await page.goto(f"{base}/dashboard/nope")).status == 404  # type: ignore[union-attr]
+    finally:
+        server.close()
+    assert (ARTIFACTS / "dashboard-overview.png").stat().st_size > 10_000
+
+
+def test_pages_escape_config_text(tmp_path: Path):
+    data = _data(tmp_path)
+    data.report["exceptions"][0]["reason"] = "<script>alert(1)</script>"
+    page = dashboard.render("/dashboard/exceptions", data)
+    assert page is not None and b"<script>" not in page and b"&lt;script&gt;" in page
