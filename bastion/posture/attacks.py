@@ -193,9 +193,11 @@ def plan_route(route: CompiledRoute, plan_index: int, forge: TokenForge | None, 
     skip_valid = "" if valid is not None else "needs a credential the gateway accepts (probe identity)"
     auth = valid or ()
     body_method = pick_method(info.methods, body=True)
-    # 413 comes before every stage (the Content-Length is checked first), so no credential is needed
+    # 413 comes before every stage (the Content-Length is checked first), so no credential is needed. The body
+    # is a valid document padded with JSON whitespace: if the limit is missing, nothing else refuses it.
     add("oversized_body", "traffic.max_body_bytes", 413, meth=body_method,
-        headers=(*auth, ("Content-Type", "application/json")), body=b" " * (need.max_body_bytes + 1))
+        headers=(*auth, ("Content-Type", "application/json")),
+        body=_padded(_json_body_schema(info.operation), need.max_body_bytes + 1))
     _input_attacks(add, route, need, auth, skip_valid, body_method, path)
 
     if need.rate_limits and options.include_rate_limit:
@@ -203,6 +205,12 @@ def plan_route(route: CompiledRoute, plan_index: int, forge: TokenForge | None, 
         skip = skip_valid or ("" if count <= options.max_burst else f"burst of {count} > --max-burst")
         add("rate_limit_burst", "traffic.rate_limits", 429, headers=auth, repeat=count, skip=skip)
     return attacks
+
+
+def _padded(schema: dict[str, Any] | None, size: int) -> bytes:
+    doc = sample(schema) if schema is not None else {}
+    head = json.dumps(doc if isinstance(doc, dict | list) else {}).encode()
+    return head[:-1] + b" " * max(size - len(head), 0) + head[-1:]
 
 
 def _valid_headers(need: Demands, forge: TokenForge | None) -> tuple[tuple[str, str], ...] | None:

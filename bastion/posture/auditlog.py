@@ -43,25 +43,29 @@ def read(path: str | Path) -> Iterator[dict[str, Any]]:
 
 
 def requests(events: Iterable[dict[str, Any]]) -> Iterator[RequestEvent]:
-    """The request events (not admin or protocol events), flattened."""
+    """The request events, flattened: API Activity (6003) and, for identity refusals, Authentication (3002)
+    events that carry a request id; admin and protocol events are left out."""
     for event in events:
         bastion = (event.get("unmapped") or {}).get("bastion") or {}
-        if event.get("class_uid") != 6003 or "admin_action" in bastion:
+        if "admin_action" in bastion or not bastion.get("request_id") or "decision" not in bastion:
+            continue
+        if (event.get("class_uid") not in (6003, 3002)) and not event.get("http_request"):
             continue
         http = event.get("http_request") or {}
         user = (event.get("actor") or {}).get("user") or {}
         decision = bastion.get("decision") or "allow"
+        caller = bastion.get("consumer") or user.get("name") or bastion.get("subject") or user.get("uid")
         yield RequestEvent(
             time=float(event.get("time") or 0) / 1000.0,
-            path=str((http.get("url") or {}).get("path") or ""),
+            path=str((http.get("url") or {}).get("path") or bastion.get("path") or ""),
             method=str(http.get("http_method") or ""),
             api=bastion.get("api") or None,
             route=bastion.get("route") or None,
             decision=decision,
             reason=bastion.get("reason"),
             control=denying_control(event) if decision == "deny" else None,
-            client_ip=(event.get("src_endpoint") or {}).get("ip"),
-            caller=user.get("name") or user.get("uid"),
+            client_ip=(event.get("src_endpoint") or {}).get("ip") or bastion.get("client_ip"),
+            caller=caller if isinstance(caller, str) and caller != "unknown" else None,
             probe=bool(bastion.get("probe")),
         )
 
