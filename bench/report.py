@@ -33,6 +33,17 @@ class Sample:
         return self.proxy_cpu_s / self.wrk.requests * 1e6 if self.wrk.requests else float("nan")
 
     @property
+    def target_busy(self) -> float:
+        """Share of the proxy's core used by the target itself (nan when the target runs on the load core)."""
+        return self.proxy_cpu_s / self.wrk.seconds if self.on_proxy_core and self.wrk.seconds else float("nan")
+
+    @property
+    def other_busy(self) -> float:
+        """Share of the proxy's core used by anything else: kernel softirq work, other processes."""
+        own = self.target_busy if self.on_proxy_core else 0.0
+        return max(0.0, self.proxy_core_busy - own)
+
+    @property
     def core_us_per_req(self) -> float:
         """Busy time of the proxy's whole core per request: includes the loopback softirq work."""
         if not self.on_proxy_core or not self.wrk.requests:
@@ -113,7 +124,7 @@ def table(rows: dict[str, Row]) -> list[str]:
     nginx_rps = rows["nginx"].median("rps") if "nginx" in rows and rows["nginx"].samples else float("nan")
     lines = [
         f"| target | req/s | {X}nginx | p50 | p99 | CPU µs/req (process) | CPU µs/req (core) "
-        "| proxy core busy | load core busy | errors | req/s per round |",
+        "| proxy core busy: target + other | load core busy | errors | req/s per round |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for name, row in rows.items():
@@ -126,10 +137,17 @@ def table(rows: dict[str, Row]) -> list[str]:
         lines.append(
             f"| {name} | {fmt_int(rps)} | {ratio} | {fmt_time(row.median('p50_us'))} "
             f"| {fmt_time(row.median('p99_us'))} | {fmt_num(row.median('cpu_us_per_req'))} "
-            f"| {fmt_num(row.median('core_us_per_req'))} | {fmt_pct(row.median('proxy_core_busy'))} "
+            f"| {fmt_num(row.median('core_us_per_req'))} "
+            f"| {fmt_pct(row.median('target_busy'))} + {fmt_pct(row.median('other_busy'))} "
             f"| {fmt_pct(row.median('load_core_busy'))} | {row.errors} | {rounds} |"
         )
     return lines
+
+
+def background(rows: list[Row]) -> tuple[float, float]:
+    """(median, max) share of the proxy's core used by others while direct-upstream ran (nothing of ours on it)."""
+    values = [s.other_busy for row in rows if row.target == "direct-upstream" for s in row.samples]
+    return (statistics.median(values), max(values)) if values else (float("nan"), float("nan"))
 
 
 def replace_section(document: str, section: str, body: str) -> str:

@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make `bench` importable 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import nginx, procs, report, scenarios, wrk
-from bench.report import Row, Sample
+from bench.report import Row, Sample, fmt_pct
 from bench.scenarios import Prepared, Scenario
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "`bastion` on PATH, or `python -m bastion`)")
     p.add_argument("--proxy-cpu", type=int, default=1, help="CPU for the proxy under test (default 1)")
     p.add_argument("--load-cpu", type=int, default=0, help="CPU for the upstream and wrk (default 0)")
+    p.add_argument("--quiet-wait", type=float, default=120.0,
+                   help="before each round, wait up to this many seconds for the machine to be quiet (default 120)")
     p.add_argument("--results", type=Path, default=RESULTS, help="markdown file to update")
     p.add_argument("--no-write", action="store_true", help="print the tables, leave RESULTS.md alone")
     p.add_argument("--keep-temp", action="store_true", help="keep the temp dir (configs and logs)")
@@ -148,6 +150,7 @@ class Bench:
         self.readiness = ""
         self.bastion_cmd = bastion_command(args.bastion)
         self.config_text = ""
+        self.quiet_before: list[float] = []  # busy share of the busier CPU just before each round
 
     # -- servers ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -257,6 +260,7 @@ class Bench:
                 with contextlib.suppress(RuntimeError, wrk.WrkOutputError):
                     self.measure(scenario, target, args.warmup)
         for round_no in range(1, args.rounds + 1):
+            self.quiet_before.append(wait_quiet((args.proxy_cpu, args.load_cpu), args.quiet_wait))
             for scenario, target in cases:
                 row = results[scenario.name][target]
                 if row.failure or not self.alive(target):
@@ -276,6 +280,27 @@ class Bench:
                 if not self.alive(target):
                     row.failure = self.down[target]
         return results
+
+
+def wait_quiet(cpus: tuple[int, ...], limit: float, threshold: float = 0.15) -> float:
+    """Wait (at most `limit` s) until other work leaves every CPU at most `threshold` busy over one second.
+
+    The machine may be shared; a round started while something else is busy measures that instead. Returns the
+    last busy share seen (the larger of the CPUs).
+    """
+    deadline = time.monotonic() + limit
+    warned = False
+    while True:
+        before = [procs.core_ticks(cpu) for cpu in cpus]
+        time.sleep(1.0)
+        share = max(busy(b, procs.core_ticks(cpu)) for b, cpu in zip(before, cpus, strict=True))
+        if share <= threshold or time.monotonic() >= deadline:
+            if share > threshold:
+                log(f"bench: the machine is still busy ({share:.0%} of a CPU used by other work); measuring anyway")
+            return share
+        if not warned:
+            log(f"bench: other work uses {share:.0%} of a CPU; waiting up to {limit:g}s for it to settle")
+            warned = True
 
 
 def busy(before: tuple[int, int], after: tuple[int, int]) -> float:
@@ -302,15 +327,16 @@ def section_markdown(section: str, results: dict[str, dict[str, Row]], env: dict
         f"## {scenarios.SECTION_TITLES.get(section, section)}",
         "",
         f"- Date: {env['date']}; commit {env['commit']}.",
-        f"- Machine: {env['nproc']} CPUs ({env['cpu']}), Linux {env['kernel']}; load average before the run "
-        f"{env['loadavg']}.",
+        f"- Machine: {env['nproc']} CPUs ({env['cpu']}), Linux {env['kernel']}; shared with other work (load "
+        f"average before / after the run: {env['loadavg']} / {env.get('loadavg_after', '?')}).",
         f"- Versions: Python {env['python']}, uvloop {env['uvloop']}, httptools {env['httptools']}, "
         f"nginx {env['nginx']}, wrk {env['wrk']}.",
         f"- Method: upstream = nginx, 1 worker, answering a small JSON (GET) or reading the body and answering a "
         f"small JSON (POST), on CPU {args.load_cpu}; the proxy under test on CPU {args.proxy_cpu}: nginx as a "
         f"reverse proxy (1 worker, upstream keepalive 64, HTTP/1.1, `keepalive_requests` lifted to "
         f"{nginx.UNCAPPED:,} on both sides as Bastion has no such cap; *nginx-defaults* keeps nginx's default of "
-        "1000 requests per connection, which makes wrk and the pool reconnect every few ms) or Bastion (`{' '.join(bench.bastion_cmd)} "
+        "1000 requests per connection, which makes wrk and the pool reconnect every few ms) or Bastion "
+        f"(`{' '.join(bench.bastion_cmd)} "
         f"serve -c bastion.yaml`, one process, readiness: {bench.readiness or 'n/a'}); `wrk -t1 "
         f"-c{args.connections} -d{args.duration:g}s --latency` (keep-alive) on CPU {args.load_cpu}. "
         f"{args.rounds} rounds, each running every case in turn after a {args.warmup:g} s warm-up; figures are "
@@ -319,8 +345,9 @@ def section_markdown(section: str, results: dict[str, dict[str, Row]], env: dict
         "- Columns: *CPU µs/req (process)* = the target's own CPU time (utime+stime of its process tree, "
         "/proc/PID/stat) ÷ requests served; *CPU µs/req (core)* = busy time of the proxy's whole CPU "
         f"(CPU {args.proxy_cpu}, /proc/stat: includes the loopback network softirq work the kernel does not "
-        "charge to the process, and anything else that ran there) ÷ requests; *proxy/load core busy* = how busy "
-        f"CPU {args.proxy_cpu} and CPU {args.load_cpu} were during the run (100% = saturated).",
+        "charge to the process, and anything else that ran there) ÷ requests; *proxy core busy* = how busy "
+        f"CPU {args.proxy_cpu} was, split into the target's own process and everything else (softirq, other "
+        f"processes); *load core busy* = the same for CPU {args.load_cpu} (100% = saturated).",
         "",
     ]
     for scenario in args.scenarios:
@@ -339,12 +366,17 @@ def section_markdown(section: str, results: dict[str, dict[str, Row]], env: dict
         for target, row in rows.items():
             if row.failure:
                 lines += [f"{target} could not be measured:", "", "```", row.failure.strip()[-3000:], "```", ""]
+    bg = report.background([row for rows in results.values() for row in rows.values()])
     lines += [
         f"Caution: this machine has {env['nproc']} CPUs. The load side (wrk and the upstream) shares CPU "
         f"{args.load_cpu}, and is itself near saturation during the nginx runs (see *load core busy*), so nginx's "
         "own ceiling is higher than measured and Bastion ÷ nginx ratios are upper bounds. The CPU µs/req "
-        "columns are the figures the load side cannot distort. Other work on the machine during the run (the "
-        "load average above) adds noise; the per-round figures show the spread.",
+        "(process) column is the figure the load side cannot distort. Other work on the machine adds noise: "
+        f"while nothing of the benchmark ran on CPU {args.proxy_cpu} (the direct-upstream runs), other processes "
+        f"kept it {fmt_pct(bg[0])} busy (median; max {fmt_pct(bg[1])}); just before each round, the busier CPU "
+        f"was {' / '.join(fmt_pct(q) for q in bench.quiet_before)} busy (each round waits up to "
+        f"{args.quiet_wait:g} s for ≤ 15%). The *other* share of the proxy core and the per-round figures show "
+        "how much each row was disturbed.",
         "",
     ]
     if bench.config_text and section == "core":
@@ -389,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"bench: temp dir kept: {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    env["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     verdicts: list[str] = []
     for section in dict.fromkeys(s.section for s in args.scenarios):
         body, found = section_markdown(section, results, env, bench)
