@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from ruamel.yaml import YAML
 
 from bastion.demo.idp import IdpServer, start_idp
 from bastion.demo.run import render_config
@@ -19,6 +20,16 @@ from bastion.posture.tokens import ProbeIdentityConfig, new_probe_key
 from bastion.server.app import Runtime
 
 PROBE_ISSUER = "urn:bastion:probe"
+
+
+def load_doc(text: str) -> Any:
+    """A config document as plain data (ruamel, the project's YAML library)."""
+    return YAML(typ="safe").load(text)
+
+
+def dump_doc(doc: Any) -> str:
+    """Plain data as config text: JSON is YAML, and timestamps become ISO 8601 strings."""
+    return json.dumps(doc, indent=1, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v))
 
 
 @dataclass
@@ -39,7 +50,7 @@ def demo_config(directory: Path, issuer: str, upstream: str, mutate: Callable[[d
                 name: str = "bastion.yaml") -> tuple[Path, ProbeIdentityConfig]:
     """The demo config with the probe provider added (as an operator would), optionally weakened."""
     rendered = render_config(directory, 0, issuer, upstream, datetime.now(UTC), 0)
-    doc = yaml.safe_load(rendered.read_text())
+    doc = load_doc(rendered.read_text())
     key, jwks = new_probe_key(directory, kid="probe-1")
     doc["providers"]["jwt"].append({"name": "bastion-probe", "issuer": PROBE_ISSUER,
                                     "audiences": ["api://demo"], "algorithms": ["ES256"],
@@ -47,7 +58,7 @@ def demo_config(directory: Path, issuer: str, upstream: str, mutate: Callable[[d
     if mutate is not None:
         mutate(doc)
     path = directory / name
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    path.write_text(dump_doc(doc))
     if path != rendered:
         rendered.unlink()
     return path, ProbeIdentityConfig(provider="bastion-probe", key=key)

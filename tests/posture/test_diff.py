@@ -6,13 +6,11 @@ import asyncio
 import json
 from pathlib import Path
 
-import yaml
-
 from bastion.cli_posture import dispatch
 from bastion.compile import compile_config
 from bastion.config.loader import load_config
 from bastion.posture.diff import compare, effective_policies, text
-from tests.posture.conftest import demo_config, running_demo
+from tests.posture.conftest import demo_config, dump_doc, load_doc, running_demo
 from tests.posture.test_cli import parse
 from tests.posture.test_probe import _weaken
 
@@ -26,10 +24,10 @@ def _drift(doc: dict) -> None:
 
 def _configs(tmp_path: Path) -> tuple[Path, Path]:
     approved, _ = demo_config(tmp_path / "a", "https://idp.example.com", "http://127.0.0.1:9")
-    doc = yaml.safe_load(approved.read_text())
+    doc = load_doc(approved.read_text())
     _drift(doc)
     other = tmp_path / "a" / "other.yaml"
-    other.write_text(yaml.safe_dump(doc, sort_keys=False))
+    other.write_text(dump_doc(doc))
     return approved, other
 
 
@@ -90,13 +88,13 @@ async def test_diff_cli_against_a_running_gateway(tmp_path: Path, capsys, monkey
         served = await _serve_policies(effective_policies(weak.runtime.gateway.compiled), "s3cret")
         admin = f"http://127.0.0.1:{served.sockets[0].getsockname()[1]}"
         try:
-            doc = yaml.safe_load(weak.config.read_text())
+            doc = load_doc(weak.config.read_text())
             doc["apis"][1]["routes"].pop()
             doc["apis"][1]["routes"][1]["policy"] = {"identity": {"required": False}}
             doc["apis"][0].pop("policy")
             doc["exceptions"] = doc["exceptions"][:1]
             approved = weak.config.parent / "approved.yaml"
-            approved.write_text(yaml.safe_dump(doc, sort_keys=False))
+            approved.write_text(dump_doc(doc))
             assert await asyncio.to_thread(dispatch, parse("diff", "-c", str(approved), "--admin", admin)) == 2
             assert "answered 401" in capsys.readouterr().err
             monkeypatch.setenv("BASTION_ADMIN_TOKEN", "s3cret")

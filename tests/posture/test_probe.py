@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from bastion.posture.probe import probe, table
-from tests.posture.conftest import Demo, running_demo
+from tests.posture.conftest import Demo, dump_doc, load_doc, running_demo
 
 
 async def test_probe_passes_against_the_demo(demo: Demo):
@@ -54,10 +52,10 @@ async def test_probe_reports_precise_failures_against_a_weakened_gateway(tmp_pat
         # the approved config: the demo's, with the same issuer and the same probe key
         strict = weak.config.parent / "approved.yaml"
         text = weak.config.read_text()
-        doc = yaml.safe_load(text)
+        doc = load_doc(text)
         doc["apis"][0].pop("policy")
         doc["exceptions"] = doc["exceptions"][:1]
-        strict.write_text(yaml.safe_dump(doc, sort_keys=False))
+        strict.write_text(dump_doc(doc))
         report = await probe(strict, weak.target, identity=weak.identity)
     failures = sorted((r["route"], r["attack"], r["expected"], r["observed"])
                       for r in report["results"] if r["result"] == "fail")
