@@ -14,6 +14,7 @@ from typing import Any
 from bastion import stages
 from bastion.context import ControlRecord, Deny, RequestContext
 from bastion.stages import authz, identity, traffic, transport
+from bastion.stages import input as input_stage
 from bastion.stages.base import RouteInfo, Services, Stage
 
 
@@ -32,6 +33,8 @@ PIPELINE: tuple[StageSpec, ...] = (
     StageSpec("identity", identity.build, identity.prepare),
     StageSpec("authz", authz.build, authz.prepare),
     StageSpec("traffic", traffic.build_rate_limits, traffic.prepare),
+    StageSpec("input", input_stage.build_head, input_stage.prepare),
+    StageSpec("input", input_stage.build_body, input_stage.prepare),  # needs_body: runs once the body is read
 )
 
 __all__ = ["PIPELINE", "StageSpec", "run", "stages"]

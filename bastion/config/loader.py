@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
-from bastion.config.models import BastionConfig
+if TYPE_CHECKING:
+    from bastion.config.models import BastionConfig
 
 Loc = tuple[str | int, ...]
 
@@ -136,7 +137,7 @@ class LoadedConfig:
     """A validated config, where it came from and how to point at its fields."""
 
     path: Path
-    model: BastionConfig
+    model: BastionConfig  # imported lazily at run time: stage config models import this module
     positions: Positions
     raw: dict[str, Any]
     text_hash: str
@@ -145,6 +146,8 @@ class LoadedConfig:
 def load_config(path: str | Path) -> LoadedConfig:
     """Read and validate the root model; cross-section rules are checked by `compile`."""
     import hashlib
+
+    from bastion.config.models import BastionConfig
 
     path = Path(path)
     data, positions = read_yaml(path)

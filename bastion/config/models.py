@@ -25,6 +25,7 @@ from bastion.audit.config import AuditConfig
 from bastion.config.base import Duration, Model, Size
 from bastion.stages.authz.config import AuthzPolicy
 from bastion.stages.identity.config import ConsumerConfig, IdentityPolicy, ProvidersConfig
+from bastion.stages.input.config import InputPolicy
 from bastion.stages.traffic.config import TrafficPolicy
 from bastion.stages.transport import TransportPolicy
 
@@ -39,6 +40,7 @@ class Baseline(Model):
     identity: IdentityPolicy = IdentityPolicy()
     authz: AuthzPolicy = AuthzPolicy()
     traffic: TrafficPolicy = TrafficPolicy()
+    input: InputPolicy = InputPolicy()
 
 
 SECTIONS: tuple[str, ...] = tuple(Baseline.model_fields)

@@ -81,7 +81,8 @@ async def test_chunked_request_is_reframed_for_the_upstream(tmp_path):
         assert status == 200
         seen = json.loads(body)
         assert seen["body_bytes"] == 11
-        assert seen["headers"]["transfer-encoding"] == "chunked"
+        framing = {k for k in seen["headers"] if k in ("transfer-encoding", "content-length")}
+        assert len(framing) == 1  # one framing header, chosen by the gateway (streamed or buffered body)
 
 
 async def test_body_over_limit_refused_before_reading(tmp_path):
