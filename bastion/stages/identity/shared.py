@@ -14,7 +14,7 @@ from bastion.stages.identity.consumers import ConsumerIndex
 from bastion.stages.identity.jwks import JwksCache
 from bastion.stages.identity.jwt import JwtVerifier, ProviderVerifier, VerifiedToken
 from bastion.stages.identity.mtls import CertParser
-from bastion.stages.identity.revocation import MemoryRevocationList, RevocationList
+from bastion.stages.identity.revocation import MemoryRevocationList, RevocationList, StateRevocationList
 from bastion.stages.identity.tokencache import TokenCache
 
 DEFAULT_PROTECTED = (
@@ -64,7 +64,11 @@ class IdentityShared:
         self.token_cache: TokenCache[VerifiedToken] = TokenCache(token_cache_size)
         self.consumers = ConsumerIndex(consumers)
         self.certs = CertParser()
+        # The deny list lives in the state backend (shared by workers and instances with Redis, kept across
+        # reloads); a list passed in `extra`, or a private in-memory one when there is no backend (unit tests).
         revocations = services.extra.get("revocations")
+        if revocations is None and services.state is not None:
+            revocations = StateRevocationList(services.state, services.wall_clock)
         self.revocations: RevocationList = revocations or MemoryRevocationList(services.wall_clock)
         self.introspection: Any = None
         if providers.introspection:
