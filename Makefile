@@ -13,10 +13,14 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Tests start a real Redis server; the benchmark needs nginx and wrk (Debian packages).
+# Tests start a real Redis server and drive the dashboard in headless Chromium (Debian packages);
+# the benchmark needs nginx and wrk.
+SYSTEM_PACKAGES := redis-server:redis-server chromium:chromium
 system-deps:
-	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server; }
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 
 lint: install
 	$(VENV)/bin/ruff check bastion tests $(wildcard bench)

@@ -40,12 +40,20 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("consumer")
 
     verbs.add_parser("version", help="print the version")
+    from bastion.cli_posture import add_verbs
+
+    add_verbs(verbs)  # probe, report, inventory, diff
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     verb = args.verb
+    from bastion.cli_posture import dispatch
+
+    posture = dispatch(args)
+    if posture is not None:
+        return posture
     if verb == "version":
         print(f"bastion {__version__}")
         return 0

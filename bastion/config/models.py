@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from bastion.audit.config import AuditConfig
 from bastion.config.base import Duration, Model, Size
+from bastion.posture.admin_auth import AdminAuthConfig
 from bastion.stages.authz.config import AuthzPolicy
 from bastion.stages.identity.config import ConsumerConfig, IdentityPolicy, ProvidersConfig
 from bastion.stages.input.config import InputPolicy
@@ -89,11 +90,23 @@ class ListenerConfig(Model):
 
 
 class AdminConfig(Model):
-    """The admin listener: health, readiness, metrics, reload. Loopback by default."""
+    """The admin listener: health, metrics, reload, policies, report, dashboard. Loopback by default.
+
+    `auth` (bearer tokens from an admin provider with an admin scope, static token hashes, client
+    certificates) is required when the listener is not on loopback.
+    """
 
     enabled: bool = True
     address: str = "127.0.0.1"
     port: int = Field(9901, ge=0, le=65535)
+    tls: TlsListenerConfig | None = Field(None, description="TLS (and client certificates) for the admin API.")
+    auth: AdminAuthConfig | None = None
+
+    @model_validator(mode="after")
+    def _auth_off_loopback(self) -> AdminConfig:
+        if self.enabled and self.auth is None and self.address not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError("an admin listener off loopback needs `auth` (admin tokens or client certificates)")
+        return self
 
 
 class ServerLimits(Model):

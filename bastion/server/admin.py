@@ -1,11 +1,15 @@
-"""The admin listener: health, readiness, Prometheus metrics, running config, reload.
+"""The admin listener: health, readiness, metrics, running config and policies, reload, posture pages.
 
-Loopback by default and on its own port: it is never reachable through the data-plane listeners.
+Loopback by default and on its own port: it is never reachable through the data-plane listeners. With
+`gateway.admin.auth` every call but the open paths needs an admin credential, and every call is audited.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -15,41 +19,127 @@ from prometheus_client.registry import CollectorRegistry
 from bastion.server.http1 import Exchange
 
 Json = dict[str, Any]
+# Scrapes and probes are not "actions": auditing them would drown the actions that matter.
+_UNAUDITED = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+@dataclass(slots=True)
+class AdminBackend:
+    """What the admin API reads and triggers, provided by the runtime (or the workers' supervisor)."""
+
+    registry: CollectorRegistry
+    ready: Callable[[], bool]
+    info: Callable[[], Json]
+    reload: Callable[[str], Awaitable[tuple[bool, str]]]
+    compiled: Callable[[], Any] = lambda: None  # the CompiledGateway serving now
+    events: Callable[[], Awaitable[list[Any]]] | None = None  # request events from the audit file, for posture
+    blocks: Callable[[], Awaitable[list[Json]]] | None = None
+    auth: Callable[[], Any] = lambda: None  # bastion.posture.admin_auth.AdminAuth, or None on loopback
+    audit: Any = None
+    extra_routes: dict[tuple[str, str], Callable[[Exchange, bytes], Awaitable[None]]] = field(default_factory=dict)
 
 
 class AdminApi:
-    """Routes admin requests to the runtime's callbacks."""
+    """Routes admin requests to the backend."""
 
-    def __init__(self, *, registry: CollectorRegistry, ready: Callable[[], bool], info: Callable[[], Json],
-                 reload: Callable[[str], Awaitable[tuple[bool, str]]]) -> None:
-        self._registry = registry
-        self._ready = ready
-        self._info = info
-        self._reload = reload
+    def __init__(self, backend: AdminBackend) -> None:
+        self._b = backend
 
     async def handle(self, ex: Exchange) -> None:
         path = ex.target.split("?", 1)[0]
+        ex.limit_body(1024 * 1024)
+        body = await ex.read_body() if ex.has_body else b""
+        principal = "loopback"
+        auth = self._b.auth()
+        if auth is not None:
+            decision = await auth.check(path, _header(ex, "authorization"), ex.peer_cert)
+            if not decision.allow:
+                self._audit(ex, path, "failure", reason=decision.reason)
+                return ex.problem(decision.status, None, "", decision.headers)
+            principal = decision.principal or "unknown"
+        ok = await self._route(ex, path, body)
+        if path not in _UNAUDITED:
+            self._audit(ex, path, "success" if ok else "failure", principal=principal, status=ex.status)
+
+    def _audit(self, ex: Exchange, path: str, outcome: str, **detail: Any) -> None:
+        if self._b.audit is not None:
+            self._b.audit.admin(f"admin.{ex.method} {path}", outcome, peer=ex.peer, **detail)
+
+    async def _route(self, ex: Exchange, path: str, body: bytes) -> bool:
         method = ex.method
-        if ex.has_body:
-            await ex.read_body()  # admin bodies are small and ignored; the limit below bounds them
-        if path == "/healthz" and method in ("GET", "HEAD"):
+        read = method in ("GET", "HEAD")
+        b = self._b
+        if path == "/healthz" and read:
             return _json(ex, 200, {"status": "ok"})
-        if path == "/readyz" and method in ("GET", "HEAD"):
-            ready = self._ready()
+        if path == "/readyz" and read:
+            ready = b.ready()
             return _json(ex, 200 if ready else 503, {"status": "ready" if ready else "not ready"})
-        if path == "/metrics" and method in ("GET", "HEAD"):
-            body = generate_latest(self._registry)
-            return ex.respond(200, [("content-type", CONTENT_TYPE_LATEST)], body)
-        if path == "/config" and method in ("GET", "HEAD"):
-            return _json(ex, 200, self._info())
+        if path == "/metrics" and read:
+            ex.respond(200, [("content-type", CONTENT_TYPE_LATEST)], generate_latest(b.registry))
+            return True
+        if path == "/config" and read:
+            return _json(ex, 200, b.info())
         if path == "/reload":
             if method != "POST":
-                return ex.problem(405, None, "", [("allow", "POST")])
-            ok, message = await self._reload(ex.peer)
-            return _json(ex, 200 if ok else 422, {"reloaded": ok, "message": message, **self._info()})
-        return ex.problem(404, "Unknown admin endpoint.", "")
+                ex.problem(405, None, "", [("allow", "POST")])
+                return False
+            ok, message = await b.reload(ex.peer)
+            return _json(ex, 200 if ok else 422, {"reloaded": ok, "message": message, **b.info()})
+        handler = b.extra_routes.get((method, path))
+        if handler is not None:
+            await handler(ex, body)
+            return ex.status < 400
+        compiled = b.compiled()
+        if compiled is not None and read:
+            if path == "/policies":
+                from bastion.posture.diff import effective_policies
+
+                return _json(ex, 200, effective_policies(compiled))
+            if path in ("/report", "/inventory") or path.startswith("/dashboard"):
+                return await self._posture(ex, path, compiled)
+        ex.problem(404, "Unknown admin endpoint.", "")
+        return False
+
+    async def _posture(self, ex: Exchange, path: str, compiled: Any) -> bool:
+        from bastion.posture import dashboard, inventory, report
+
+        events = await self._b.events() if self._b.events is not None else []
+        now = time.time()
+        doc = report.build(compiled, now, events=events)
+        if path == "/report":
+            return _json(ex, 200, doc)
+        inv = inventory.build(compiled, events, now)
+        if path == "/inventory":
+            return _json(ex, 200, inv)
+        blocks = await self._b.blocks() if self._b.blocks is not None else []
+        denied = [e for e in events if getattr(e, "decision", "") == "deny"][-dashboard.RECENT:]
+        page = dashboard.render(path, dashboard.DashboardData(doc, inv, blocks, denied))
+        if page is None:
+            ex.problem(404, "Unknown dashboard page.", "")
+            return False
+        ex.respond(200, [("content-type", "text/html; charset=utf-8"), ("cache-control", "no-store"),
+                         ("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'"),
+                         ("x-content-type-options", "nosniff"), ("x-frame-options", "DENY")], page)
+        return True
 
 
-def _json(ex: Exchange, status: int, doc: Json) -> None:
+def _header(ex: Exchange, name: str) -> str | None:
+    for key, value in ex.headers:
+        if key == name:
+            return value
+    return None
+
+
+def _json(ex: Exchange, status: int, doc: Any) -> bool:
     ex.respond(status, [("content-type", "application/json"), ("cache-control", "no-store")],
-               orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))
+               orjson.dumps(doc, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS))
+    return status < 400
+
+
+async def read_events(path: Any) -> list[Any]:
+    """Request events from an audit JSON-lines file, read off the event loop."""
+    from bastion.posture.auditlog import read, requests
+
+    if path is None or not path.exists():
+        return []
+    return await asyncio.to_thread(lambda: list(requests(read(path))))

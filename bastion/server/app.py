@@ -22,8 +22,8 @@ from typing import Any
 from bastion.audit.log import AuditLog
 from bastion.compile import CompiledGateway, compile_config
 from bastion.config.loader import ConfigError, load_config
-from bastion.config.models import GatewayConfig, ListenerConfig
-from bastion.server.admin import AdminApi
+from bastion.config.models import AdminConfig, GatewayConfig, ListenerConfig
+from bastion.server.admin import AdminApi, AdminBackend, read_events
 from bastion.server.http1 import Http1Connection, ServerLimits
 from bastion.server.metrics import Metrics
 from bastion.server.proxy import Gateway
@@ -37,7 +37,7 @@ def server_limits(gw: GatewayConfig) -> ServerLimits:
                         lim.max_headers, lim.min_body_rate, lim.min_body_rate_grace)
 
 
-def listener_ssl(listener: ListenerConfig, base: Path) -> ssl.SSLContext | None:
+def listener_ssl(listener: ListenerConfig | AdminConfig, base: Path) -> ssl.SSLContext | None:
     """TLS 1.2+ with TLS 1.3 preferred, forward-secret AEAD ciphers only, optional client certificates."""
     tls = listener.tls
     if tls is None:
@@ -55,6 +55,25 @@ def listener_ssl(listener: ListenerConfig, base: Path) -> ssl.SSLContext | None:
 
 def _resolve(base: Path, path: Path) -> str:
     return str(path if path.is_absolute() else base / path)
+
+
+def make_admin_auth(compiled: CompiledGateway) -> Any:
+    """The admin API's authenticator for this config, or None (loopback admin without `auth`)."""
+    cfg = compiled.config.model
+    if cfg.gateway.admin.auth is None:
+        return None
+    from bastion.posture.admin_auth import AdminAuth
+
+    return AdminAuth(cfg.gateway.admin.auth, cfg.providers.jwt)
+
+
+def audit_file_path(gw: GatewayConfig, base: Path) -> Path | None:
+    """The first file sink: the admin API's report, inventory and dashboard read their events there."""
+    for sink in gw.audit.sinks:
+        path = getattr(sink, "path", None)
+        if getattr(sink, "type", "") == "file" and path is not None:
+            return path if path.is_absolute() else base / path
+    return None
 
 
 class Runtime:
@@ -83,6 +102,9 @@ class Runtime:
     async def _compile(self) -> CompiledGateway:
         loaded = load_config(self.config_path)
         compiled = compile_config(loaded, self.services)
+        admin_auth = make_admin_auth(compiled)
+        if admin_auth is not None:
+            compiled.shared["admin_auth"] = admin_auth  # started, reloaded and closed with the layers
         for shared in compiled.shared.values():
             start = getattr(shared, "start", None)
             if start is not None:
@@ -177,11 +199,16 @@ class Runtime:
             self.bound.append(server.sockets[0].getsockname()[:2])
             self.tls_contexts.append(context)
         if gw.admin.enabled and self.serve_admin:
-            admin = AdminApi(registry=self.metrics.registry, ready=self.ready, info=self.info,
-                             reload=self.reload)
+            audit_file = audit_file_path(gw, base)
+            admin = AdminApi(AdminBackend(
+                registry=self.metrics.registry, ready=self.ready, info=self.info, reload=self.reload,
+                compiled=lambda: gateway.compiled, events=lambda: read_events(audit_file),
+                auth=lambda: gateway.compiled.shared.get("admin_auth"), audit=self.services.audit,
+            ))
+            admin_tls = listener_ssl(gw.admin, base) if gw.admin.tls is not None else None
             server = await loop.create_server(
                 lambda: Http1Connection(admin.handle, limits, self.admin_connections),
-                gw.admin.address, gw.admin.port,
+                gw.admin.address, gw.admin.port, ssl=admin_tls,
             )
             self.servers.append(server)
             self.admin_bound = server.sockets[0].getsockname()[:2]
@@ -281,8 +308,9 @@ async def _supervisor(config_path: str, children: list[subprocess.Popen[bytes]])
     audit = AuditLog()
 
     async def reload(peer: str) -> tuple[bool, str]:
+        nonlocal compiled
         try:
-            compile_config(load_config(config_path))
+            compiled = compile_config(load_config(config_path))
         except ConfigError as exc:
             return False, str(exc)
         for child in children:
@@ -292,14 +320,23 @@ async def _supervisor(config_path: str, children: list[subprocess.Popen[bytes]])
     def ready() -> bool:
         return all(child.poll() is None for child in children)
 
-    admin = AdminApi(registry=registry, ready=ready, info=lambda: {"workers": [c.pid for c in children]},
-                     reload=reload)
+    base = Path(config_path).parent
+    compiled = compile_config(loaded)
+    auth = make_admin_auth(compiled)
+    if auth is not None:
+        await auth.start()
+    audit_file = audit_file_path(gw, base)
+    admin = AdminApi(AdminBackend(
+        registry=registry, ready=ready, info=lambda: {"workers": [c.pid for c in children]}, reload=reload,
+        compiled=lambda: compiled, events=lambda: read_events(audit_file), auth=lambda: auth,
+    ))
     loop = asyncio.get_running_loop()
     connections: set[Http1Connection] = set()
     server = None
     if gw.admin.enabled:
+        admin_tls = listener_ssl(gw.admin, base) if gw.admin.tls is not None else None
         server = await loop.create_server(lambda: Http1Connection(admin.handle, server_limits(gw), connections),
-                                          gw.admin.address, gw.admin.port)
+                                          gw.admin.address, gw.admin.port, ssl=admin_tls)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload("SIGHUP")))
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     loop.add_signal_handler(signal.SIGINT, stopping.set)
