@@ -24,6 +24,7 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
+from hyperframe.frame import GoAwayFrame
 
 from bastion.http.framing import FramingError
 from bastion.http.problem import problem_body
@@ -412,8 +413,9 @@ class H2Connection(asyncio.Protocol):
         except h2.exceptions.DenialOfServiceError as exc:  # hpack: decoded header list over the limit
             return self._refuse("h2_header_list_too_large", str(exc), ErrorCodes.ENHANCE_YOUR_CALM, sent=True)
         except h2.exceptions.ProtocolError as exc:  # h2 has already queued GOAWAY with the right code
-            reason = "h2_continuation_flood" if "continuation" in str(exc).lower() else "h2_protocol_error"
-            return self._refuse(reason, str(exc), exc.error_code, sent=True)
+            if "continuation frames" in str(exc):  # h2's own cap (64 frames) met before ours: a flood all the same
+                return self._refuse("h2_continuation_flood", str(exc), ErrorCodes.ENHANCE_YOUR_CALM, sent=True)
+            return self._refuse("h2_protocol_error", str(exc), exc.error_code, sent=True)
         if not self._check_header_block():
             return False
         # in order, stopping at the first refusal
@@ -524,9 +526,9 @@ class H2Connection(asyncio.Protocol):
                 continue  # one content-length, re-added by whoever frames the body upstream
             headers.append((name, value))
         if size > lim.max_header_list_size or len(headers) > lim.max_headers:
-            self._h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
-            self._report("h2_header_list_too_large", f"header list of {size} bytes, {len(headers)} fields",
-                         target, 431)
+            request_id = self._report("header_too_large", f"header list of {size} bytes, {len(headers)} fields",
+                                      target, 431)
+            self._answer(stream_id, 431, request_id, event.stream_ended)
             return True
         if authority and not host_seen:
             headers.insert(0, ("host", authority))
@@ -540,6 +542,19 @@ class H2Connection(asyncio.Protocol):
         ex.task = self.loop.create_task(self._run(ex))
         ex.task.add_done_callback(lambda task: self._task_done(ex, task))
         return True
+
+    def _answer(self, stream_id: int, status: int, request_id: str, ended: bool) -> None:
+        """A problem response to a stream the handler never sees (as HTTP/1.1 answers an unparseable head)."""
+        body = problem_body(status, None, request_id)
+        fields = [(":status", str(status)), ("cache-control", "no-store"), ("x-request-id", request_id)]
+        if self._h2.local_flow_control_window(stream_id) < len(body):  # a client with no window gets no body
+            self._h2.send_headers(stream_id, [*fields, ("content-length", "0")], end_stream=True)
+        else:
+            fields += [("content-type", "application/problem+json"), ("content-length", str(len(body)))]
+            self._h2.send_headers(stream_id, fields)
+            self._h2.send_data(stream_id, body, end_stream=True)
+        if not ended:
+            self._h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
 
     def _reset_malformed(self, stream_id: int, reason: str, message: str, target: str) -> bool:
         # RFC 9113 §8.1.1: a malformed request is a stream error of type PROTOCOL_ERROR
@@ -569,10 +584,17 @@ class H2Connection(asyncio.Protocol):
             return False
         request_id = self._report(reason, message, "", 0)
         self._goaway = True
+        debug = request_id.encode("ascii", "replace")[:64]
         if not sent:
             self._h2.clear_outbound_data_buffer()  # e.g. thousands of PING ACKs the flood asked for
             with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._h2.close_connection(code, additional_data=request_id.encode("ascii", "replace")[:64])
+                self._h2.close_connection(code, additional_data=debug)
+        elif code == ErrorCodes.ENHANCE_YOUR_CALM:  # h2 queued its GOAWAY with another code: say what it was
+            self._h2.clear_outbound_data_buffer()
+            goaway = GoAwayFrame(0, last_stream_id=self._h2.highest_inbound_stream_id, error_code=code,
+                                 additional_data=debug)
+            if self._transport is not None:
+                self._transport.write(goaway.serialize())
         self._send()
         for ex in list(self._streams.values()):
             self._gone(ex)
@@ -747,6 +769,7 @@ class H2Connection(asyncio.Protocol):
             if ex.task is not None and not ex.task.done():
                 ex.task.cancel()
         if stalled and len(stalled) == len(self._streams):
+            self._send()  # the resets go before the GOAWAY
             self._refuse("h2_connection_stalled", "every stream stalled on a zero window",
                          ErrorCodes.ENHANCE_YOUR_CALM)
             return

@@ -52,6 +52,7 @@ class RawH2:
         self.goaway: h2.events.ConnectionTerminated | None = None
         self.closed = asyncio.Event()
         self.window_opened = asyncio.Event()
+        self.settled = asyncio.Event()  # the server's SETTINGS arrived (and our ACK went out)
         self.flush()
         self._task = asyncio.get_running_loop().create_task(self._read())
 
@@ -59,6 +60,11 @@ class RawH2:
         data = self.conn.data_to_send()
         if data and not self.writer.is_closing():
             self.writer.write(data)
+
+    async def settle(self) -> None:
+        """Let the SETTINGS exchange finish, so that raw frames are not interleaved with our ACK."""
+        await asyncio.wait_for(self.settled.wait(), 5)
+        await asyncio.sleep(0.01)
 
     def raw(self, data: bytes) -> None:
         """Bytes straight onto the socket, bypassing the client's state machine (attacks)."""
@@ -102,6 +108,7 @@ class RawH2:
             self.goaway = event
         if isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
             self.window_opened.set()
+            self.settled.set()
 
     def start(self, method: str, path: str, headers: list[tuple[str, str]] = (), body: bytes | None = b"",
               end: bool = True) -> int:
