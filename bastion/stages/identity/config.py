@@ -185,15 +185,73 @@ class IntrospectionProviderConfig(Model):
         return self
 
 
+CAEP_EVENT = "https://schemas.openid.net/secevent/caep/event-type/"
+RISC_EVENT = "https://schemas.openid.net/secevent/risc/event-type/"
+REVOKING_EVENTS = (CAEP_EVENT + "session-revoked", CAEP_EVENT + "credential-change",
+                   RISC_EVENT + "sessions-revoked")
+
+
+class SsfTransmitterConfig(Model):
+    """A Shared Signals (CAEP/RISC) transmitter that pushes Security Event Tokens to Bastion (RFC 8417,
+    RFC 8935). On a revoking event, the subject's tokens issued before the event are denied.
+
+    ```yaml
+    providers:
+      ssf:
+        - name: corp-caep
+          issuer: https://idp.example.com            # exact `iss` of the SETs
+          jwks_uri: https://idp.example.com/ssf/jwks.json
+          audience: https://gateway.example.com/ssf  # `aud` must contain one of these
+    ```
+    """
+
+    name: str = Field(pattern=_NAME)
+    issuer: str = Field(min_length=1, description="Exact `iss` of the transmitter's SETs.")
+    audience: Annotated[list[str], BeforeValidator(_as_list)] = Field(
+        min_length=1, description="The SET's `aud` must contain one of these (the receiver's own names).")
+    algorithms: list[Algorithm] = Field(["RS256", "ES256"], min_length=1, description="Allowed `alg` values.")
+    jwks_uri: str | None = Field(None, description="The transmitter's JWKS, e.g. `https://idp/ssf/jwks`.")
+    jwks_file: Path | None = Field(None, description="A local JWKS file instead (the only source for HS*).")
+    authorization_env: str | None = Field(
+        None, description="Environment variable holding the exact `Authorization` header value the "
+                          "transmitter sends with each push (SSF stream `delivery.authorization_header`).")
+    leeway: Duration = Field(30.0, le=300, description="Clock skew allowed for `iat` and `exp`.")
+    max_age: Duration = Field(
+        3600.0, gt=0, description="Oldest accepted SET (`iat`); its `jti` is remembered this long to refuse "
+                                  "replays.")
+    revoke_for: Duration | None = Field(
+        None, description="How long a revoked subject stays denied (default: the longest `max_lifetime` "
+                          "plus `leeway` of the JWT providers, or 1d).")
+    subject_issuers: list[str] = Field(
+        default_factory=list, description="Accept `iss_sub` subjects only of these issuers (empty: any).")
+    events: list[str] = Field(
+        list(REVOKING_EVENTS), min_length=1,
+        description="Event types that revoke the subject; other events are accepted and ignored.")
+    max_bytes: Size = Field(64 * 1024, ge=256, description="Largest SET accepted.")
+    allow_insecure_http: bool = Field(False, description="Allow an http:// JWKS URL off loopback.")
+    jwks_cache: JwksCacheConfig = JwksCacheConfig()
+
+    @model_validator(mode="after")
+    def _source(self) -> SsfTransmitterConfig:
+        if (self.jwks_uri is None) == (self.jwks_file is None):
+            raise ValueError(f"ssf transmitter {self.name!r}: set one of jwks_uri, jwks_file")
+        if self.jwks_uri is not None:
+            check_url(self.jwks_uri, self.allow_insecure_http, "jwks_uri")
+        if HMAC_ALGORITHMS.intersection(self.algorithms) and self.jwks_file is None:
+            raise ValueError(f"ssf transmitter {self.name!r}: HS* algorithms need a local jwks_file")
+        return self
+
+
 class ProvidersConfig(Model):
-    """`providers: {jwt: [...], introspection: [...]}`"""
+    """`providers: {jwt: [...], introspection: [...], ssf: [...]}`"""
 
     jwt: list[JwtProviderConfig] = Field(default_factory=list)
     introspection: list[IntrospectionProviderConfig] = Field(default_factory=list)
+    ssf: list[SsfTransmitterConfig] = Field(default_factory=list, description="Shared Signals transmitters.")
 
     @model_validator(mode="after")
     def _unique(self) -> ProvidersConfig:
-        names = [p.name for p in self.jwt] + [p.name for p in self.introspection]
+        names = [p.name for p in self.jwt] + [p.name for p in self.introspection] + [p.name for p in self.ssf]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"provider names must be unique: {', '.join(sorted(dup))}")
@@ -201,6 +259,10 @@ class ProvidersConfig(Model):
         dup = {i for i in issuers if issuers.count(i) > 1}
         if dup:
             raise ValueError(f"two JWT providers share the issuer {', '.join(sorted(dup))}")
+        issuers = [p.issuer for p in self.ssf]
+        dup = {i for i in issuers if issuers.count(i) > 1}
+        if dup:
+            raise ValueError(f"two ssf transmitters share the issuer {', '.join(sorted(dup))}")
         return self
 
 

@@ -14,8 +14,10 @@ from bastion.stages.identity.consumers import ConsumerIndex
 from bastion.stages.identity.jwks import JwksCache
 from bastion.stages.identity.jwt import JwtVerifier, ProviderVerifier, VerifiedToken
 from bastion.stages.identity.mtls import CertParser
-from bastion.stages.identity.revocation import MemoryRevocationList, RevocationList, StateRevocationList
+from bastion.stages.identity.revocation import RevocationList, StateRevocationList
+from bastion.stages.identity.ssf import DEFAULT_REVOKE_FOR, SetReceiver
 from bastion.stages.identity.tokencache import TokenCache
+from bastion.state.memory import MemoryState
 
 DEFAULT_PROTECTED = (
     "x-bastion-*", "x-user-*", "x-consumer-*", "x-client-*", "x-forwarded-user", "x-credential-*",
@@ -65,11 +67,17 @@ class IdentityShared:
         self.consumers = ConsumerIndex(consumers)
         self.certs = CertParser()
         # The deny list lives in the state backend (shared by workers and instances with Redis, kept across
-        # reloads); a list passed in `extra`, or a private in-memory one when there is no backend (unit tests).
-        revocations = services.extra.get("revocations")
-        if revocations is None and services.state is not None:
-            revocations = StateRevocationList(services.state, services.wall_clock)
-        self.revocations: RevocationList = revocations or MemoryRevocationList(services.wall_clock)
+        # reloads); without a backend (unit tests) in a private in-memory one. `extra["revocations"]` replaces it.
+        state = services.state if services.state is not None else MemoryState()
+        self.revocation_store = StateRevocationList(state, services.wall_clock)
+        self.revocations: RevocationList = services.extra.get("revocations") or self.revocation_store
+        # CAEP / Shared Signals receiver (POST /ssf/events on the admin listener), None without providers.ssf
+        self.ssf_receiver: SetReceiver | None = None
+        if providers.ssf:
+            revoke_for = max((p.max_lifetime + p.leeway for p in providers.jwt), default=DEFAULT_REVOKE_FOR)
+            self.ssf_receiver = SetReceiver(providers.ssf, self.revocations, self.revocation_store,
+                                            revoke_for=revoke_for, monotonic=services.monotonic,
+                                            fetcher=fetcher, audit=services.audit)
         self.introspection: Any = None
         if providers.introspection:
             from bastion.stages.identity.introspection import Introspector
@@ -83,11 +91,14 @@ class IdentityShared:
 
     async def start(self) -> None:
         """Fetch every provider's keys once and start their background refresh."""
-        await asyncio.gather(*(cache.start() for cache in self.jwks.values()))
+        await asyncio.gather(*(cache.start() for cache in self.jwks.values()),
+                             *([self.ssf_receiver.start()] if self.ssf_receiver is not None else []))
 
     async def close(self) -> None:
-        await asyncio.gather(*(cache.close() for cache in self.jwks.values()))
+        await asyncio.gather(*(cache.close() for cache in self.jwks.values()),
+                             *([self.ssf_receiver.close()] if self.ssf_receiver is not None else []))
 
     def ready(self) -> bool:
-        """True when every JWT provider has a usable key set (for `/readyz`)."""
+        """True when every JWT provider has a usable key set (for `/readyz`). SSF transmitter keys do not
+        count: a transmitter outage must not take the gateway out of rotation."""
         return all(cache.snapshot()["ready"] for cache in self.jwks.values())
