@@ -80,9 +80,25 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(name="get", section="core", path="/get", gated=True),
     Scenario(name="post-1k", section="core", path="/post", method="POST", script=POST_SCRIPT,
              body_file=PAYLOAD_1K, gated=True),
+    # the same POST on a route that keeps the input section's secure default (injection inspection of every
+    # JSON string, `block`): what a route of a class that does not opt out pays
+    Scenario(name="post-1k-inspected", section="defaults", path="/post-inspected", method="POST",
+             script=POST_SCRIPT, body_file=PAYLOAD_1K, route={"policy": {"input": {"inspection": "block"}}},
+             baselines=("nginx",)),
 )
 
-SECTION_TITLES = {"core": "Core: plain proxy path (every control off)"}
+SECTION_TITLES = {
+    "core": "Core: plain proxy path (every control off)",
+    "defaults": "Secure defaults: 1 KB JSON POST with the default input inspection (`inspection: block`)",
+}
+
+# The `open` class turns off every control that has an off switch: identity not required, no authorisation
+# requirement, no rate limit, and the input contract and inspection off (both on by default), so that no stage
+# buffers or parses the body. What remains is the proxy path itself.
+OPEN_CLASS: dict[str, Any] = {
+    "identity": {"required": False},
+    "input": {"contract": "off", "inspection": "off"},
+}
 
 BASE_CONFIG: dict[str, Any] = {
     "version": 1,
@@ -90,7 +106,7 @@ BASE_CONFIG: dict[str, Any] = {
         "listeners": [{"address": "127.0.0.1", "port": LISTEN_PORT}],
         "admin": {"address": "127.0.0.1", "port": ADMIN_PORT},
     },
-    "classes": {"open": {"identity": {"required": False}}},
+    "classes": {"open": OPEN_CLASS},
     "apis": [
         {
             "name": "bench",

@@ -79,11 +79,15 @@ def test_generated_bastion_config_validates(tmp_path: Path) -> None:
     path.write_text(scenarios.dump(scenarios.bastion_config(scenarios.SCENARIOS)))
     loaded = load_config(path)
     api = loaded.model.apis[0]
-    assert [(r.path, r.methods) for r in api.routes] == [("/get", ["GET"]), ("/post", ["POST"])]
+    assert [(r.path, r.methods) for r in api.routes][:2] == [("/get", ["GET"]), ("/post", ["POST"])]
     assert loaded.model.gateway.listeners[0].port == scenarios.LISTEN_PORT
     assert loaded.model.gateway.admin.port == scenarios.ADMIN_PORT
     compiled = compile_config(loaded)  # the checks `bastion validate` runs: baselines, routes, stages
-    assert len(compiled.routes) == 2
+    assert len(compiled.routes) == len(scenarios.SCENARIOS)
+    plain = {r.info.route: r.plans[0] for r in compiled.routes if r.info.route in ("get", "post-1k")}
+    for plan in plain.values():  # the plain proxy path: nothing buffers or inspects the request
+        assert not plan.body_stages
+        assert all(stage.control not in ("input", "traffic", "authz") for stage in plan.stages)
 
 
 def test_scenario_fragments_merge_into_the_config() -> None:
@@ -95,7 +99,8 @@ def test_scenario_fragments_merge_into_the_config() -> None:
     config = scenarios.bastion_config((*scenarios.SCENARIOS, extra))
     assert set(config["classes"]) == {"open", "partner"}
     assert config["apis"][0]["routes"][-1]["policy"] == {"identity": {"required": True}}
-    assert scenarios.BASE_CONFIG["classes"] == {"open": {"identity": {"required": False}}}  # not mutated
+    assert scenarios.BASE_CONFIG["classes"] == {"open": scenarios.OPEN_CLASS}  # not mutated
+    assert set(scenarios.OPEN_CLASS) == {"identity", "input"}
 
 
 def test_two_scenarios_on_one_route_are_refused() -> None:
@@ -105,8 +110,8 @@ def test_two_scenarios_on_one_route_are_refused() -> None:
 
 
 def test_only_selects_by_name_section_or_glob() -> None:
-    assert [s.name for s in scenarios.select(["post*"])] == ["post-1k"]
-    assert scenarios.select(["core"]) == scenarios.SCENARIOS
+    assert [s.name for s in scenarios.select(["post*"])] == ["post-1k", "post-1k-inspected"]
+    assert [s.name for s in scenarios.select(["core"])] == ["get", "post-1k"]
     assert scenarios.select([""]) == scenarios.SCENARIOS
     with pytest.raises(ValueError, match="matches no scenario"):
         scenarios.select(["nope"])
