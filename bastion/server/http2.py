@@ -232,8 +232,11 @@ class H2Exchange:
     # ---- response -----------------------------------------------------------------------------------------
 
     def start_response(self, status: int, headers: list[tuple[str, str]], *, length: int | None,
-                       close: bool = False) -> bool:
-        """Send the response headers. HTTP/2 frames the body itself: always returns False (never chunked)."""
+                       close: bool = False, defer: bool = False) -> bool:
+        """Send the response headers. HTTP/2 frames the body itself: always returns False (never chunked).
+
+        With `defer`, the HEADERS frame goes out with the first body bytes (or `flush`): one send, not two.
+        """
         self.response_started = True
         self.status = status
         fields = [(":status", str(status))]
@@ -245,7 +248,7 @@ class H2Exchange:
             fields.append(("content-length", str(length)))
         self._declared = length
         no_body = self.method == "HEAD" or status in (204, 304) or length == 0
-        self._conn.send_headers(self, fields, end_stream=no_body)
+        self._conn.send_headers(self, fields, end_stream=no_body, send=not defer)
         if no_body:
             self._declared = 0
         return False
@@ -259,6 +262,10 @@ class H2Exchange:
             self._end_pending = True  # the declared length is complete: END_STREAM with the last frame
         self._conn.flush(self)
 
+    def flush(self) -> None:
+        """Send a held-back HEADERS frame now."""
+        self._conn.send_queued()
+
     def send_trailers(self, trailers: list[tuple[str, str]]) -> None:
         """End the response with a trailer section (gRPC's status lives there)."""
         if self._ended or self._end_pending:
@@ -268,9 +275,10 @@ class H2Exchange:
         self._conn.flush(self)
 
     def respond(self, status: int, headers: list[tuple[str, str]], body: bytes, *, close: bool = False) -> None:
-        self.start_response(status, headers, length=len(body), close=close)
+        self.start_response(status, headers, length=len(body), close=close, defer=True)
         if body:
             self.write(body)
+        self.flush()
 
     def problem(self, status: int, detail: str | None, request_id: str,
                 headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (), *, close: bool = False) -> None:
@@ -672,7 +680,8 @@ class H2Connection(asyncio.Protocol):
 
     # ---- frames out ---------------------------------------------------------------------------------------
 
-    def send_headers(self, ex: H2Exchange, fields: list[tuple[str, str]], *, end_stream: bool) -> None:
+    def send_headers(self, ex: H2Exchange, fields: list[tuple[str, str]], *, end_stream: bool,
+                     send: bool = True) -> None:
         if ex._ended or self.closed:
             return
         try:
@@ -685,7 +694,8 @@ class H2Connection(asyncio.Protocol):
         if end_stream:
             ex._ended = True
             self._end_request_side(ex)
-        self._send()
+        if send:
+            self._send()
 
     def flush(self, ex: H2Exchange) -> None:
         """Send what the windows allow of `ex`'s pending response; end the stream once all is sent."""
@@ -746,6 +756,9 @@ class H2Connection(asyncio.Protocol):
             except h2.exceptions.H2Error:
                 return
             self._send()
+
+    def send_queued(self) -> None:
+        self._send()
 
     def _send(self) -> None:
         data = self._h2.data_to_send()
