@@ -118,7 +118,8 @@ class EnumerationRule(DetectionRule):
     """Distinct object ids answered 403/404 for one caller (BOLA scraping)."""
 
     threshold: int = Field(30, ge=1, description="Distinct object ids refused within `window`.")
-    block: list[BlockKind] = Field(default_factory=lambda: ["subject", "consumer", "ip"])
+    block: list[BlockKind] = Field(default_factory=lambda: ["subject"], description="The caller's subject "
+                                   "(its IP when it has none).")
 
 
 class UsageAnomalyRule(DetectionRule):
@@ -150,7 +151,7 @@ class DetectionsConfig(Model):
     enabled: bool = Field(True, description="Run the detectors at all.")
     credential_stuffing: CredentialStuffingRule = CredentialStuffingRule()
     enumeration: EnumerationRule = EnumerationRule()
-    usage_anomaly: UsageAnomalyRule = UsageAnomalyRule(block=[])
+    usage_anomaly: UsageAnomalyRule = UsageAnomalyRule()
     input_violations: InputViolationRule = InputViolationRule()
     forged_tokens: ForgedTokenRule = ForgedTokenRule()
     max_keys: int = Field(100_000, ge=100, description="Most tracked keys per detector (oldest evicted first), "

@@ -1,0 +1,212 @@
+"""Each detection against a scripted attack (and its response), and legitimate bursts that do not trigger."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from bastion.audit.blocks import BlockList
+from bastion.audit.config import (
+    AuditConfig,
+    CredentialStuffingRule,
+    DetectionsConfig,
+    UsageAnomalyRule,
+    WebhookConfig,
+)
+from bastion.audit.detect import Detector, Webhook
+from bastion.audit.log import AuditLog, SinkSpec
+from bastion.audit.ocsf import validate
+from bastion.audit.sinks.file import FileSink
+from bastion.context import Deny, Identity
+from tests.audit.helpers import ALICE, auth_deny, context, deny
+from tests.audit.receivers import HttpCollector
+
+T0 = 1_800_000_000.0
+ATTACKER = "198.51.100.66"
+
+
+class Harness:
+    """A detector over a real audit log (file sink) and a block list, on a scripted clock."""
+
+    def __init__(self, tmp_path, config: DetectionsConfig | None = None, webhook: Webhook | None = None) -> None:
+        self.path = tmp_path / "audit.jsonl"
+        self.audit = AuditLog([SinkSpec(FileSink("file", self.path, 1 << 30, 0))], spool_dir=tmp_path / "spool")
+        self.now = T0
+        self.blocks = BlockList(audit=self.audit, clock=lambda: self.now)
+        self.detector = Detector(config or DetectionsConfig(), self.audit, self.blocks, webhook)
+
+    def request(self, status: int, denial: Deny | None = None, dt: float = 0.1, **ctx_args):
+        self.now += dt
+        ctx = context(start=self.now, **ctx_args)
+        self.detector.observe(ctx, status, denial)
+        return ctx
+
+    async def findings(self) -> list[dict]:
+        await self.audit.close()
+        if not self.path.exists():
+            return []
+        events = [json.loads(line) for line in self.path.read_text().splitlines()]
+        return [e for e in events if e["class_uid"] == 2004]
+
+
+async def test_credential_stuffing_blocks_the_source(tmp_path):
+    h = Harness(tmp_path)
+    await h.audit.start()
+    record, bad_key = auth_deny("api_key_invalid")
+    for i in range(19):
+        h.request(401, bad_key, ip=ATTACKER, records=(record,), path=f"/orders/{i}")
+    assert h.blocks.is_blocked(ATTACKER) is None  # 19 failures: below the threshold
+    h.request(401, bad_key, ip=ATTACKER, records=(record,))
+    assert "credential_stuffing" in (h.blocks.is_blocked(ATTACKER) or "")
+    decision = await h.blocks.check(context(ip=ATTACKER, start=h.now))
+    assert isinstance(decision, Deny) and (decision.status, decision.reason) == (403, "blocked")
+    assert dict(decision.headers)["retry-after"] == "900"
+    assert isinstance(await h.blocks.check(context(ip="203.0.113.1", start=h.now)), type(None)) is False
+    assert h.blocks.is_blocked("203.0.113.1") is None  # others are not
+    # blocked requests do not feed the detectors again
+    h.detector.observe(context(ip=ATTACKER, start=h.now), 403, decision)
+    [finding] = await h.findings()
+    assert validate(finding) == []
+    bastion = finding["unmapped"]["bastion"]
+    assert (bastion["detection"], bastion["key_kind"], bastion["key"], bastion["count"]) == \
+        ("credential_stuffing", "ip", ATTACKER, 20)
+    assert bastion["responses"][0] == {"action": "block", "kind": "ip", "key": ATTACKER, "until": h.now + 900}
+    assert finding["finding_info"]["attacks"][0]["technique"]["uid"] == "T1110.004"
+    assert h.audit.metrics.registry.get_sample_value("bastion_detections_total",
+                                                     {"detection": "credential_stuffing"}) == 1
+    assert h.audit.metrics.registry.get_sample_value("bastion_blocks_active", {"kind": "ip"}) == 1
+
+
+async def test_brute_force_on_one_subject_from_many_addresses(tmp_path):
+    config = DetectionsConfig(credential_stuffing=CredentialStuffingRule(block=["subject"]))
+    h = Harness(tmp_path, config)
+    await h.audit.start()
+    record, revoked = auth_deny("credential_revoked")
+    victim = Identity(method="jwt", subject="bob")
+    for i in range(10):  # one failure each from ten addresses: no IP crosses its threshold
+        h.request(401, revoked, ip=f"203.0.113.{i}", identity=victim, records=(record,))
+    assert "credential_stuffing" in (h.blocks.is_blocked(None, subject="bob") or "")
+    [finding] = await h.findings()
+    assert finding["unmapped"]["bastion"]["key_kind"] == "subject"
+
+
+async def test_legitimate_burst_and_a_few_failures_do_not_trigger(tmp_path):
+    h = Harness(tmp_path)
+    await h.audit.start()
+    record, expired = auth_deny("jwt_expired")
+    _, missing = auth_deny("jwt_missing")
+    for i in range(2000):  # a busy client: 2000 requests in 20 s, its own objects
+        h.request(200, dt=0.01, ip="203.0.113.20", identity=ALICE, path=f"/orders/{i}")
+    for _ in range(5):  # tokens expire now and then; the client refreshes
+        h.request(401, expired, ip="203.0.113.20", records=(record,))
+    for _ in range(50):  # a misconfigured client without credentials is not an attack on credentials
+        h.request(401, missing, ip="203.0.113.21")
+    for i in range(10):  # a few objects that do not exist
+        h.request(404, ip="203.0.113.20", identity=ALICE, path=f"/orders/missing-{i}")
+    assert await h.findings() == []
+    assert h.blocks.is_blocked("203.0.113.20", "alice", "web-app") is None
+
+
+async def test_object_enumeration_blocks_the_caller(tmp_path):
+    h = Harness(tmp_path)
+    await h.audit.start()
+    record, forbidden = deny("authz", "object_forbidden", 403)
+    mallory = Identity(method="jwt", subject="mallory", consumer="web-app")
+    for i in range(29):
+        status, denial = (403, forbidden) if i % 2 else (404, None)  # authz 403s and upstream 404s
+        h.request(status, denial, identity=mallory, records=(record,) if denial else (), path=f"/orders/{1000 + i}")
+    for _ in range(10):  # the same object again and again is not enumeration
+        h.request(404, identity=mallory, path="/orders/1000")
+    assert h.blocks.is_blocked(None, subject="mallory") is None
+    h.request(404, identity=mallory, path="/orders/5000")
+    assert "enumeration" in (h.blocks.is_blocked(ATTACKER, subject="mallory") or "")
+    assert h.blocks.is_blocked(None, consumer="web-app") is None  # the partner app itself is not blocked
+    decision = await h.blocks.check(context(identity=mallory, start=h.now))
+    assert isinstance(decision, Deny) and decision.reason == "blocked"
+    [finding] = await h.findings()
+    assert validate(finding) == []
+    assert finding["unmapped"]["bastion"]["count"] == 30
+    assert finding["unmapped"]["bastion"]["responses"][0]["kind"] == "subject"
+
+
+async def test_usage_anomaly_against_the_callers_own_baseline(tmp_path):
+    rule = UsageAnomalyRule(threshold=300, window=60, factor=10, baseline=600, warmup=600)
+    h = Harness(tmp_path, DetectionsConfig(usage_anomaly=rule))
+    await h.audit.start()
+    steady = Identity(method="api_key", subject="billing", consumer="billing")
+    busy = Identity(method="api_key", subject="reports", consumer="reports")
+    for _ in range(1200):  # 20 minutes at 1 request/s each; `reports` is busy at 8/s all along
+        h.request(200, dt=1.0, identity=steady)
+        for _ in range(8):
+            h.request(200, dt=0.0, identity=busy)
+    assert await _findings_so_far(h) == []  # a high but usual rate is no anomaly
+    for _ in range(1500):  # then `billing` suddenly runs at 50/s
+        h.request(200, dt=0.02, identity=steady)
+    findings = await h.findings()
+    assert [f["unmapped"]["bastion"]["key"] for f in findings] == ["billing"]
+    assert findings[0]["unmapped"]["bastion"]["rate"] >= 10 * findings[0]["unmapped"]["bastion"]["baseline"]
+    assert h.blocks.is_blocked(None, subject="billing") is None  # alert only by default
+
+
+async def _findings_so_far(h: Harness) -> list[dict]:
+    await asyncio.sleep(0.05)
+    h.audit._dispatch()
+    await asyncio.sleep(0.05)
+    if not h.path.exists():
+        return []
+    return [e for e in map(json.loads, h.path.read_text().splitlines()) if e["class_uid"] == 2004]
+
+
+async def test_input_violation_burst_alerts(tmp_path):
+    h = Harness(tmp_path)
+    await h.audit.start()
+    record, invalid = deny("input", "input_invalid_body", 400)
+    for _ in range(20):
+        h.request(400, invalid, method="POST", ip=ATTACKER, identity=ALICE, records=(record,))
+    [finding] = await h.findings()
+    assert finding["unmapped"]["bastion"]["detection"] == "input_violations"
+    assert finding["unmapped"]["bastion"]["responses"] == []
+
+
+async def test_forged_tokens_block_and_call_the_webhook(tmp_path):
+    collector = await HttpCollector(token="hook-token").start()
+    try:
+        webhook = Webhook(WebhookConfig(url=f"http://127.0.0.1:{collector.port}/hook"), "hook-token")
+        h = Harness(tmp_path, webhook=webhook)
+        await h.audit.start()
+        record, forged = auth_deny("jwt_bad_signature")
+        _, none_alg = auth_deny("jwt_alg_not_allowed")
+        h.request(401, forged, ip=ATTACKER, records=(record,))
+        h.request(401, none_alg, ip=ATTACKER, records=(record,))
+        assert h.blocks.is_blocked(ATTACKER) is None
+        h.request(401, forged, ip=ATTACKER, records=(record,), dt=300)
+        assert "forged_tokens" in (h.blocks.is_blocked(ATTACKER) or "")
+        for _ in range(100):
+            if collector.raw:
+                break
+            await asyncio.sleep(0.02)
+        [posted] = collector.raw
+        assert posted["class_uid"] == 2004 and posted["unmapped"]["bastion"]["detection"] == "forged_tokens"
+        assert webhook.sent == 1
+        findings = await h.findings()
+        assert [f["unmapped"]["bastion"]["detection"] for f in findings] == ["forged_tokens"]
+    finally:
+        await collector.stop()
+
+
+async def test_never_block_list_and_from_config(tmp_path):
+    config = AuditConfig.model_validate({"detections": {"never_block": [ATTACKER]},
+                                         "responses": {"max_active_blocks": 5}})
+    h = Harness(tmp_path)
+    blocks = h.blocks
+    detector = Detector.from_config(config, h.audit, blocks)
+    assert blocks.max_blocks == 5
+    await h.audit.start()
+    record, bad = auth_deny("api_key_invalid")
+    for _ in range(20):
+        h.now += 0.1
+        detector.observe(context(ip=ATTACKER, records=(record,), start=h.now), 401, bad)
+    assert blocks.is_blocked(ATTACKER) is None
+    [finding] = await h.findings()
+    assert finding["unmapped"]["bastion"]["responses"] == [
+        {"action": "none", "kind": "ip", "key": ATTACKER, "why": "never_block"}]
