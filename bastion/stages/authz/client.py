@@ -34,6 +34,8 @@ class _Reader:
         self.chunks: list[bytes] = []
         self.size = 0
         self.complete = False
+        self.keep_alive = False
+        self.parser: httptools.HttpResponseParser | None = None
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
@@ -43,6 +45,8 @@ class _Reader:
 
     def on_message_complete(self) -> None:
         self.complete = True
+        # llhttp resets its flags once the message is done: ask while still inside it
+        self.keep_alive = self.parser is not None and self.parser.should_keep_alive()
 
 
 _Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -102,7 +106,7 @@ class HttpClient:
                   reused: bool) -> Answer | None:
         reader, writer = conn
         collected = _Reader(max_bytes)
-        parser = httptools.HttpResponseParser(collected)
+        parser = collected.parser = httptools.HttpResponseParser(collected)
         received = False
         keep = False
         try:
@@ -122,7 +126,7 @@ class HttpClient:
                     parser.feed_data(chunk)
                 except httptools.HttpParserError as exc:
                     raise PeerError(f"{key[1]}:{key[2]} sent a malformed answer: {exc}") from None
-            keep = parser.should_keep_alive()
+            keep = collected.keep_alive
             return Answer(parser.get_status_code(), b"".join(collected.chunks))
         except (ConnectionError, OSError):
             if not received and reused:

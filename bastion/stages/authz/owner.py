@@ -163,13 +163,16 @@ class OwnerCheck:
             return OwnerOutcome(False, "identity_required", f"owner rule on {self.rule.source} needs a caller",
                                 401)
         if self.rule.lookup is not None:
+            result = OK
             for object_id in ids:
                 if object_id is None:
                     return OwnerOutcome(False, "owner_mismatch", f"{self.rule.source} is not a string or integer")
                 outcome = await owners.ask(self.rule.lookup, object_id, identity, self.rule.source)
                 if not outcome.ok:
                     return outcome
-            return OK
+                if outcome.fail_open:
+                    result = outcome
+            return result
         allowed, ref = self.allowed_ids(identity)
         for object_id in ids:
             if object_id is None or object_id not in allowed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -70,3 +71,74 @@ def body_stage(shared: AuthzShared, info: RouteInfo | None = None, **policy: Any
     built = build_body(AuthzPolicy.model_validate(policy), info or route(), shared)
     assert built is not None and built.needs_body
     return built
+
+
+class PeerServer:
+    """A real HTTP/1.1 server on 127.0.0.1 (keep-alive, Content-Length) answering with `handler`.
+
+    `handler(method, target, body) -> (status, body bytes, delay seconds)`; every request is recorded.
+    """
+
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler
+        self.requests: list[tuple[str, str, bytes]] = []
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def start(self) -> PeerServer:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.add(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                length = 0
+                for line in lines[1:]:
+                    if line.lower().startswith("content-length:"):
+                        length = int(line.split(":", 1)[1])
+                body = await reader.readexactly(length) if length else b""
+                self.requests.append((method, target, body))
+                status, answer, delay = self.handler(method, target, body)
+                if delay:
+                    await asyncio.sleep(delay)
+                writer.write(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+                             f"Content-Length: {len(answer)}\r\n\r\n".encode() + answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # the client went away, or the test is over
+        finally:
+            self.writers.discard(writer)
+            writer.close()
+
+
+@pytest.fixture
+async def peer() -> AsyncIterator[Any]:
+    """`await peer(handler)` starts a PeerServer; all are stopped after the test."""
+    started: list[PeerServer] = []
+
+    async def start(handler: Any) -> PeerServer:
+        server = await PeerServer(handler).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.stop()
