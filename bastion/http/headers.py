@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import os
+import random
 import re
 from collections.abc import Iterable
 
@@ -24,9 +25,26 @@ class HeaderNames:
         patterns = [p.lower() for p in patterns]
         self.exact = frozenset(p for p in patterns if not p.endswith("*"))
         self.prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
+        self._memo: dict[str, bool] = {}  # header names repeat: one dict lookup per header on the hot path
 
     def __contains__(self, name: str) -> bool:
-        return name in self.exact or (bool(self.prefixes) and name.startswith(self.prefixes))
+        hit = self._memo.get(name)
+        if hit is None:
+            hit = name in self.exact or (bool(self.prefixes) and name.startswith(self.prefixes))
+            if len(self._memo) < 4096:  # bounded: clients choose header names
+                self._memo[name] = hit
+        return hit
+
+    def filter(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """`headers` without the names in this set."""
+        memo = self._memo
+        for name, _ in headers:
+            hit = memo.get(name)
+            if hit is None:
+                hit = name in self
+            if hit:
+                return [(n, v) for n, v in headers if n not in self]
+        return headers  # the common case: nothing to strip, no copy
 
 
 def connection_tokens(headers: list[tuple[str, str]]) -> set[str]:
@@ -95,6 +113,7 @@ def _forwarded_for(value: str) -> list[str]:
     return out
 
 
+_random = random.Random()  # seeded from os.urandom at import
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
@@ -115,13 +134,16 @@ def valid_request_id(value: str) -> bool:
 
 
 def next_traceparent(incoming: str | None) -> str:
-    """W3C Trace Context: keep a valid incoming trace id, with the gateway's own span as the new parent."""
-    span = os.urandom(8).hex()
+    """W3C Trace Context: keep a valid incoming trace id, with the gateway's own span as the new parent.
+
+    Trace ids need uniqueness, not secrecy: a fast PRNG, not the OS's CSPRNG, on the hot path.
+    """
+    span = f"{_random.getrandbits(64) or 1:016x}"
     if incoming:
         match = _TRACEPARENT.match(incoming.strip())
         if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
             return f"00-{match.group(1)}-{span}-{match.group(3)}"
-    return f"00-{os.urandom(16).hex()}-{span}-01"
+    return f"00-{_random.getrandbits(128) or 1:032x}-{span}-01"
 
 
 def forwarded_for(client: str) -> str:

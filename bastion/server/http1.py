@@ -56,9 +56,26 @@ class Exchange:
     """One request and its response on a client connection."""
 
     __slots__ = (
-        "_body_done", "_body_error", "_body_seen", "_body_started", "_chunks", "_conn", "_waiter", "body_limit",
-        "chunked", "closed_after", "content_length", "expect_continue", "headers", "keep_alive", "method",
-        "response_started", "status", "target", "version",
+        "_body_done",
+        "_body_error",
+        "_body_seen",
+        "_body_started",
+        "_chunks",
+        "_conn",
+        "_pending",
+        "_waiter",
+        "body_limit",
+        "chunked",
+        "closed_after",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "keep_alive",
+        "method",
+        "response_started",
+        "status",
+        "target",
+        "version",
     )
 
     def __init__(self, conn: Http1Connection, method: str, target: str, version: str,
@@ -82,6 +99,7 @@ class Exchange:
         self.response_started = False
         self.status = 0
         self.closed_after = False
+        self._pending: bytes | None = None  # a response head held back to go out with the first body bytes
 
     # ---- request body -------------------------------------------------------------------------------------
 
@@ -154,8 +172,12 @@ class Exchange:
     # ---- response -----------------------------------------------------------------------------------------
 
     def start_response(self, status: int, headers: list[tuple[str, str]], *, length: int | None,
-                       close: bool = False) -> bool:
-        """Write the status line and headers. `length=None` means the body is chunked. Returns chunked."""
+                       close: bool = False, defer: bool = False) -> bool:
+        """Write the status line and headers. `length=None` means the body is chunked. Returns chunked.
+
+        With `defer`, the head is held and sent in the same write as the first body bytes (or by `flush`):
+        one send per small response instead of two.
+        """
         self.response_started = True
         self.status = status
         if close or not self.keep_alive:
@@ -175,17 +197,29 @@ class Exchange:
         elif self.version == "1.0":
             lines.append("connection: keep-alive\r\n")
         lines.append("\r\n")
-        self._conn.write("".join(lines).encode("latin-1"))
+        head = "".join(lines).encode("latin-1")
+        if defer:
+            self._pending = head
+        else:
+            self._conn.write(head)
         return chunked
 
     def write(self, data: bytes) -> None:
+        if self._pending is not None:
+            data = self._pending + data
+            self._pending = None
         self._conn.write(data)
+
+    def flush(self) -> None:
+        """Send a held-back response head now."""
+        if self._pending is not None:
+            self._conn.write(self._pending)
+            self._pending = None
 
     def respond(self, status: int, headers: list[tuple[str, str]], body: bytes, *, close: bool = False) -> None:
         """A complete response in one write."""
-        self.start_response(status, headers, length=len(body), close=close)
-        if body and self.method != "HEAD":
-            self._conn.write(body)
+        self.start_response(status, headers, length=len(body), close=close, defer=True)
+        self.write(body if self.method != "HEAD" else b"")
 
     def problem(self, status: int, detail: str | None, request_id: str,
                 headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (), *, close: bool = False) -> None:

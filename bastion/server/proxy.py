@@ -94,8 +94,7 @@ class Gateway:
                 request_id = sent
         request_id = request_id or self.request_ids.new()
 
-        identity_headers = self.identity_headers
-        headers = [(n, v) for n, v in ex.headers if n not in identity_headers]
+        headers = self.identity_headers.filter(ex.headers)
         target = ex.target
         if target.startswith("/"):
             path, _, query = target.partition("?")
@@ -354,10 +353,11 @@ class _StageDeny(Exception):
 class _ResponseSink:
     """Streams one upstream response to the client as it is parsed."""
 
-    __slots__ = ("_chunked", "_ctx", "_ex", "_trace", "progress", "status")
+    __slots__ = ("_chunked", "_ctx", "_ex", "_h1", "_trace", "progress", "status")
 
     def __init__(self, ex: Exchange, ctx: RequestContext, traceparent: str) -> None:
         self._ex = ex
+        self._h1 = type(ex) is Exchange
         self._ctx = ctx
         self._trace = traceparent
         self._chunked = False
@@ -387,10 +387,12 @@ class _ResponseSink:
         headers.append(("x-request-id", self._ctx.request_id))
         headers.append(("traceparent", self._trace))
         headers.extend(self._ctx.response_headers)
+        # HTTP/1.1: hold the head back to leave in one send with the body (other protocols frame it themselves)
+        defer = {"defer": True} if self._h1 else {}
         if self._ex.method == "HEAD" and length is None:
-            self._ex.start_response(status, headers, length=None)
+            self._ex.start_response(status, headers, length=None, **defer)
             return
-        self._chunked = self._ex.start_response(status, headers, length=length)
+        self._chunked = self._ex.start_response(status, headers, length=length, **defer)
 
     def on_body(self, data: bytes) -> None:
         self.progress += len(data)
@@ -402,6 +404,12 @@ class _ResponseSink:
     def on_end(self) -> None:
         if self._chunked:
             self._ex.write(b"0\r\n\r\n")
+        elif self._h1:
+            self._ex.flush()
+
+    def flush(self) -> None:
+        if self._h1:
+            self._ex.flush()
 
 
 def _without_params(query: str, names: set[str]) -> str:

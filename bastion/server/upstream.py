@@ -33,6 +33,7 @@ class ResponseSink:
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None: ...
     def on_body(self, data: bytes) -> None: ...
     def on_end(self) -> None: ...
+    def flush(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -80,6 +81,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError("upstream_bad_response", f"malformed upstream response: {exc}"))
+            return
+        if self._sink is not None:  # a response still streaming: what this segment carried goes out now
+            self._sink.flush()
 
     def pause_writing(self) -> None:
         self._write_paused = True

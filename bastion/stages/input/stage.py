@@ -374,6 +374,8 @@ def build_body(policy: InputPolicy, route: RouteInfo, shared: InputShared | None
     op = route.operation or {}
     if route.methods <= _NO_BODY_METHODS and not op.get("requestBody"):
         return None
+    if policy.contract == "off" and policy.inspection == "off":
+        return None  # the JSON limits belong to the contract: with both off the body is streamed untouched
     return BodyStage(policy, route, shared)
 
 
