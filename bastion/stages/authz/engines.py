@@ -117,22 +117,27 @@ def _cedar_value(value: Any) -> Any:
 class CedarEngine:
     """A route's Cedar policy set, parsed once; `decide(ctx)` builds the entities of one request."""
 
-    def __init__(self, config: CedarConfig, route: RouteInfo, admin: bool, policies: Any) -> None:
+    def __init__(self, config: CedarConfig, route: RouteInfo, admin: bool, loaded: tuple[Any, dict[str, str]]) -> None:
         self.config = config
         self.route = route
         self.admin = admin
-        self.policies = policies
+        self.policies, self.names = loaded
 
     @staticmethod
-    def load(path: Path) -> Any:
+    def load(path: Path) -> tuple[Any, dict[str, str]]:
+        """The parsed policy set, and each policy's `@id("...")` annotation by Cedar's own id (`policy0`)."""
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ValueError(f"authz.cedar.policies: cannot read {path}: {exc.strerror}") from None
         try:
-            return cedarpy.PolicySet.from_str(text)
+            policies = cedarpy.PolicySet.from_str(text)
+            described = orjson.loads(cedarpy.policies_to_json_str(text))
         except ValueError as exc:
             raise ValueError(f"authz.cedar.policies: {path} does not parse: {exc}") from None
+        names = {pid: p["annotations"]["id"] for pid, p in described.get("staticPolicies", {}).items()
+                 if isinstance(p.get("annotations", {}).get("id"), str)}
+        return policies, names
 
     def decide(self, ctx: RequestContext) -> EngineVerdict:
         identity = ctx.identity
@@ -159,7 +164,8 @@ class CedarEngine:
         if result.allowed:
             return EngineVerdict(True)
         diag = result.diagnostics
-        why = "forbidden by " + ", ".join(diag.reasons) if diag.reasons else "no Cedar policy permits it"
+        names = [self.names.get(r, r) for r in diag.reasons]
+        why = "forbidden by " + ", ".join(names) if names else "no Cedar policy permits it"
         if diag.errors:
             why += "; errors: " + "; ".join(diag.errors)
         return EngineVerdict(False, why)
