@@ -225,3 +225,17 @@ async def test_memory_seen_marks_expire(clock: Clock) -> None:
     assert not await deny.remember_once("set", "j", clock.now + 60)
     clock.now += 61
     assert await deny.remember_once("set", "j", clock.now + 60)
+
+
+async def test_redis_listing_pages_through_scan(redis_server: RedisServer) -> None:  # noqa: F811
+    state = RedisState(redis_server.url)
+    deny = StateRevocationList(state)
+    client = state._client()
+    await client.set("bastion:rl:other", "1")  # other keys of the backend are not listed
+    until = time.time() + 60
+    for start in range(0, 1_200, 20):
+        await asyncio.gather(*(deny.revoke("jti", f"j{i}", until) for i in range(start, start + 20)))
+    listed = await deny.list_revocations()
+    assert len(listed) == 1_200 and {r.value for r in listed} == {f"j{i}" for i in range(1_200)}
+    assert len(await deny.list_revocations(limit=700)) == 700
+    await state.close()
