@@ -35,7 +35,16 @@ class _Reader:
         self.size = 0
         self.complete = False
         self.keep_alive = False
+        self.framed = False  # Content-Length or Transfer-Encoding given; else the body ends at EOF
+        self.headers_done = False
         self.parser: httptools.HttpResponseParser | None = None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
@@ -117,14 +126,15 @@ class HttpClient:
                 if not chunk:
                     if not received and reused:
                         return None
-                    parser.feed_data(b"")  # EOF ends a response framed by the connection's close
-                    if not collected.complete:
-                        raise PeerError(f"{key[1]}:{key[2]} closed the connection mid-answer")
-                    break
+                    if collected.headers_done and not collected.framed:
+                        break  # RFC 9112 §6.3: no length given, the body ends when the connection does
+                    raise PeerError(f"{key[1]}:{key[2]} closed the connection mid-answer")
                 received = True
                 try:
                     parser.feed_data(chunk)
                 except httptools.HttpParserError as exc:
+                    if isinstance(exc.__context__, PeerError):  # raised by a callback (the size cap)
+                        raise exc.__context__ from None
                     raise PeerError(f"{key[1]}:{key[2]} sent a malformed answer: {exc}") from None
             keep = collected.keep_alive
             return Answer(parser.get_status_code(), b"".join(collected.chunks))
