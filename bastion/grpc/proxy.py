@@ -1,0 +1,193 @@
+"""Forward one gRPC call over HTTP/2: both directions streamed, trailers preserved, deadline and message limits
+enforced by the gateway itself (the upstream also receives the remaining deadline in `grpc-timeout`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from bastion.context import RequestContext
+from bastion.grpc.framing import MessageCounter, MessageLimitError
+from bastion.grpc.status import (
+    CANCELLED,
+    DEADLINE_EXCEEDED,
+    INTERNAL,
+    INVALID_ARGUMENT,
+    RESOURCE_EXHAUSTED,
+    UNAVAILABLE,
+    format_timeout,
+    parse_timeout,
+    trailers,
+)
+from bastion.http.headers import FORWARDING, HOP_BY_HOP, connection_tokens, forwarded_for
+from bastion.server.http1 import BodyTimeout, BodyTooLarge, ClientGone
+from bastion.server.upstream import UpstreamError
+from bastion.server.upstream_h2 import H2Upstream, UpstreamStream
+
+# never copied to the upstream: re-made by the gateway, or meaningless across the hop
+_REQUEST_DROP = frozenset({"host", "te", "grpc-timeout", "x-request-id", "traceparent", "content-length"})
+_RESPONSE_DROP = frozenset({"server", "x-powered-by", "x-request-id", "content-length"})
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcLimits:
+    """Per-route gRPC limits."""
+
+    max_message_bytes: int = 4 * 1024 * 1024  # each request message (gRPC's own default receive limit)
+    max_messages: int | None = None  # request messages per call (client and bidi streaming)
+    max_response_message_bytes: int | None = None
+    default_timeout: float | None = None  # deadline when the client sends no grpc-timeout
+    max_timeout: float | None = None  # a longer client deadline is cut to this
+    connect_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcResult:
+    """How the call ended, for metrics and the audit event. `reason` is set when the gateway ended it."""
+
+    http_status: int
+    grpc_status: int | None
+    reason: str | None = None
+    messages: int = 0
+
+
+def upstream_headers(ex: Any, ctx: RequestContext, upstream: H2Upstream, path: str, timeout: float | None,
+                     traceparent: str | None) -> list[tuple[str, str]]:
+    drop = connection_tokens(ctx.headers) | ctx.drop_upstream_headers
+    fields = [(":method", "POST"), (":scheme", upstream.scheme), (":path", path), (":authority", upstream.authority)]
+    prior_xff = ""
+    for name, value in ctx.headers:
+        if name in HOP_BY_HOP or name in drop or name in _REQUEST_DROP or name.startswith(":"):
+            continue
+        if name in FORWARDING:
+            if name == "x-forwarded-for" and ctx.client_ip != ex.peer:
+                prior_xff = f"{prior_xff}, {value}" if prior_xff else value
+            continue
+        fields.append((name, value))
+    fields.append(("te", "trailers"))  # RFC 9113 §8.2.2: the one TE value HTTP/2 allows; gRPC requires it
+    if timeout is not None:
+        fields.append(("grpc-timeout", format_timeout(timeout)))
+    fields.extend(ctx.upstream_headers)
+    proto = "https" if ex.tls else "http"
+    fields += [("x-forwarded-for", f"{prior_xff}, {ex.peer}" if prior_xff else ex.peer),
+               ("x-forwarded-proto", proto), ("forwarded", f"for={forwarded_for(ctx.client_ip)};proto={proto}"),
+               ("x-request-id", ctx.request_id)]
+    if traceparent:
+        fields.append(("traceparent", traceparent))
+    return fields
+
+
+async def forward_grpc(ex: Any, ctx: RequestContext, upstream: H2Upstream, limits: GrpcLimits, *,
+                       path: str | None = None, traceparent: str | None = None) -> GrpcResult:
+    """Proxy the call on `ex` (an H2Exchange) to `upstream`; every failure is answered with a gRPC status."""
+    try:
+        timeout = parse_timeout(ctx.header("grpc-timeout"))
+    except ValueError:
+        return _answer(ex, ctx, INVALID_ARGUMENT, "malformed grpc-timeout", "grpc_bad_timeout")
+    timeout = timeout if timeout is not None else limits.default_timeout
+    if timeout is not None and limits.max_timeout is not None:
+        timeout = min(timeout, limits.max_timeout)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout if timeout is not None else None
+    try:
+        headers = upstream_headers(ex, ctx, upstream, path or ctx.path, timeout, traceparent)
+        stream = await upstream.open_stream(headers, connect_timeout=limits.connect_timeout,
+                                            end_stream=not ex.has_body)
+    except UpstreamError as err:
+        return _answer(ex, ctx, UNAVAILABLE, "upstream unavailable", err.reason)
+    counter = MessageCounter(limits.max_message_bytes, limits.max_messages)
+    failure: list[tuple[int, str, str]] = []
+    pump = loop.create_task(_pump(ex, stream, counter, failure)) if ex.has_body else None
+    try:
+        async with asyncio.timeout_at(deadline):
+            result = await _relay(ex, ctx, stream, limits)
+        if pump is not None and not pump.done():
+            pump.cancel()  # the upstream answered before reading everything: the rest is not needed
+        return result
+    except TimeoutError:
+        stream.reset()
+        return _answer(ex, ctx, DEADLINE_EXCEEDED, "deadline exceeded", "grpc_deadline_exceeded", counter.messages)
+    except UpstreamError as err:
+        stream.reset()
+        if failure:
+            code, message, reason = failure[0]
+            return _answer(ex, ctx, code, message, reason, counter.messages)
+        return _answer(ex, ctx, UNAVAILABLE, "upstream unavailable", err.reason, counter.messages)
+    except MessageLimitError as exc:  # a response message over the limit
+        stream.reset()
+        return _answer(ex, ctx, RESOURCE_EXHAUSTED, "response message too large", exc.reason, counter.messages)
+    except BaseException:
+        stream.reset()
+        raise
+    finally:
+        if pump is not None and not pump.done():
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+
+
+async def _pump(ex: Any, stream: UpstreamStream, counter: MessageCounter,
+                failure: list[tuple[int, str, str]]) -> None:
+    """Client -> upstream, counting messages; a broken limit resets the upstream stream (the relay answers)."""
+    try:
+        while chunk := await ex.read_chunk():
+            counter.feed(chunk)
+            await stream.send(chunk)
+        if not counter.complete:
+            raise MessageLimitError("grpc_truncated_message", "the request ended inside a message")
+        await stream.send(b"", end=True)
+    except MessageLimitError as exc:
+        code = INTERNAL if exc.reason == "grpc_truncated_message" else RESOURCE_EXHAUSTED
+        failure.append((code, str(exc), exc.reason))
+        stream.reset()
+    except BodyTooLarge:
+        failure.append((RESOURCE_EXHAUSTED, "request too large", "body_too_large"))
+        stream.reset()
+    except BodyTimeout:
+        failure.append((CANCELLED, "request stalled", "body_timeout"))
+        stream.reset()
+    except ClientGone:
+        stream.reset()
+    except UpstreamError:
+        pass  # the relay sees the same failure on its side
+
+
+async def _relay(ex: Any, ctx: RequestContext, stream: UpstreamStream, limits: GrpcLimits) -> GrpcResult:
+    """Upstream -> client: headers, messages (with back-pressure), trailers."""
+    status, raw, ended = await stream.response
+    headers = [(n, v) for n, v in raw if not n.startswith(":") and n not in HOP_BY_HOP and n not in _RESPONSE_DROP]
+    headers.append(("x-request-id", ctx.request_id))
+    grpc = _grpc_code(raw)
+    if ended:  # trailers-only (e.g. an upstream error status): one HEADERS frame, as received
+        ex.respond(status, headers, b"")
+        return GrpcResult(status, grpc)
+    ex.start_response(status, headers, length=None)
+    counter = MessageCounter(limits.max_response_message_bytes) if limits.max_response_message_bytes else None
+    while data := await stream.read():
+        if counter is not None:
+            counter.feed(data)
+        ex.write(data)
+        await ex.drain()
+    if stream.trailers:
+        ex.send_trailers([(n, v) for n, v in stream.trailers if n not in HOP_BY_HOP])
+        grpc = _grpc_code(stream.trailers)
+    return GrpcResult(status, grpc)
+
+
+def _answer(ex: Any, ctx: RequestContext, code: int, message: str, reason: str, messages: int = 0) -> GrpcResult:
+    """End the call with a gRPC status: trailers-only when nothing was sent yet, trailers otherwise."""
+    if not ex.response_started:
+        ex.respond(200, [("content-type", "application/grpc"), *trailers(code, message),
+                         ("x-request-id", ctx.request_id)], b"")
+    else:
+        ex.send_trailers(trailers(code, message))
+    return GrpcResult(200, code, reason, messages)
+
+
+def _grpc_code(fields: list[tuple[str, str]]) -> int | None:
+    for name, value in fields:
+        if name == "grpc-status" and value.isdigit():
+            return int(value)
+    return None
