@@ -111,6 +111,9 @@ def verdict(rows: dict[str, Row]) -> tuple[bool, str] | None:
             f"p99 {p99:.2f}{X} nginx (target ≤ {MAX_P99_FACTOR:g}{X}): "
             f"{'pass' if p99 <= MAX_P99_FACTOR else 'FAIL'}"
             + ("" if clean else f"; errors under load: {bastion.errors}"))
+    cpu = bastion.median("cpu_us_per_req") / nginx.median("cpu_us_per_req")
+    text += (f". Noise-free cross-check: Bastion uses {cpu:.1f}{X} nginx's CPU time per request, so on one "
+             f"saturated core it serves at most {1 / cpu:.2f}{X} nginx's req/s")
     defaults = rows.get("nginx-defaults")
     if defaults and defaults.samples:
         text += (f" (against nginx with its default keepalive_requests: req/s "
