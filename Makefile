@@ -15,11 +15,12 @@ install: $(VENV)/.installed
 
 # Tests start a real Redis server and drive the dashboard in headless Chromium (Debian packages);
 # the benchmark needs nginx and wrk.
-SYSTEM_PACKAGES := redis-server:redis-server chromium:chromium
+# rsyslog receives audit events in the syslog sink tests (a private daemon on a loopback port).
+SYSTEM_PACKAGES := redis-server chromium rsyslog rsyslog-openssl
 system-deps:
-	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
-		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
-	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && \
+	@missing=""; for pkg in $(SYSTEM_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 
 lint: install

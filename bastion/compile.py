@@ -211,7 +211,7 @@ def compile_config(loaded: LoadedConfig, services: Services | None = None, *, no
                 try:
                     shared[spec.prepare] = spec.prepare(cfg, services)
                 except ValueError as exc:  # a cross-section rule of that layer (e.g. duplicate consumers)
-                    diags.append(positions.diagnostic((), f"{spec.section}: {exc}"))
+                    diags.append(positions.diagnostic((), f"{spec.section or 'gateway'}: {exc}"))
                     build_stages = False
 
     router = Router()
@@ -341,10 +341,10 @@ def _compile_route(api: ApiConfig, decl: _RouteDecl, baseline: dict[str, Any], b
                 if spec.section in waived_sections:
                     continue
                 try:
-                    stage = spec.build(getattr(policy, spec.section), info,
-                                       shared.get(spec.prepare) if spec.prepare else None)
+                    section = getattr(policy, spec.section) if spec.section else None
+                    stage = spec.build(section, info, shared.get(spec.prepare) if spec.prepare else None)
                 except ValueError as exc:  # e.g. a condition that does not compile
-                    diags.append(positions.diagnostic((*decl.loc, "policy", spec.section), str(exc)))
+                    diags.append(positions.diagnostic((*decl.loc, "policy", spec.section or ""), str(exc)))
                     continue
                 if stage is not None:
                     (body if getattr(stage, "needs_body", False) else head).append(stage)

@@ -13,16 +13,19 @@ from typing import Any
 
 from bastion import stages
 from bastion.context import ControlRecord, Deny, RequestContext
-from bastion.stages import authz, identity, traffic, transport
+from bastion.stages import authz, blocklist, identity, traffic, transport
 from bastion.stages import input as input_stage
 from bastion.stages.base import RouteInfo, Services, Stage
 
 
 @dataclass(frozen=True, slots=True)
 class StageSpec:
-    """One step of the pipeline: the Baseline section it reads and how to build it for a route."""
+    """One step of the pipeline: the Baseline section it reads and how to build it for a route.
 
-    section: str
+    `section=None`: not a baseline control (always on, cannot be waived), e.g. detection blocks.
+    """
+
+    section: str | None
     build: Callable[[Any, RouteInfo, Any], Stage | None]
     prepare: Callable[[Any, Services], Any] | None = None
 
@@ -30,7 +33,9 @@ class StageSpec:
 PIPELINE: tuple[StageSpec, ...] = (
     StageSpec("transport", transport.build),
     StageSpec("traffic", traffic.build_ip_rules, traffic.prepare),
+    StageSpec(None, blocklist.build, blocklist.prepare),  # blocked source addresses, before any work
     StageSpec("identity", identity.build, identity.prepare),
+    StageSpec(None, blocklist.build, blocklist.prepare),  # blocked subjects and consumers, now known
     StageSpec("authz", authz.build, authz.prepare),
     StageSpec("traffic", traffic.build_rate_limits, traffic.prepare),
     StageSpec("input", input_stage.build_head, input_stage.prepare),

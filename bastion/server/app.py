@@ -19,12 +19,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from bastion.audit.blocks import BlockList
+from bastion.audit.detect import Detector
 from bastion.audit.log import AuditLog
 from bastion.compile import CompiledGateway, compile_config
 from bastion.config.loader import ConfigError, load_config
 from bastion.config.models import AdminConfig, GatewayConfig, ListenerConfig
 from bastion.server.admin import AdminApi, AdminBackend, read_events
-from bastion.server.http1 import Http1Connection, ServerLimits
+from bastion.server.http1 import Exchange, Http1Connection, ServerLimits
 from bastion.server.metrics import Metrics
 from bastion.server.proxy import Gateway
 from bastion.stages.base import Services
@@ -55,6 +59,44 @@ def listener_ssl(listener: ListenerConfig | AdminConfig, base: Path) -> ssl.SSLC
 
 def _resolve(base: Path, path: Path) -> str:
     return str(path if path.is_absolute() else base / path)
+
+
+def block_routes(blocks: BlockList) -> dict[tuple[str, str], Any]:
+    """Admin endpoints for blocks: list, add (`{"kind","key","seconds"}`) and lift (`{"kind","key"}`)."""
+
+    async def listing(ex: Exchange, body: bytes) -> None:
+        _reply(ex, 200, {"blocks": await blocks.list_blocks()})
+
+    async def add(ex: Exchange, body: bytes) -> None:
+        doc = _json_body(body, ("kind", "key", "seconds"))
+        if doc is None or doc["kind"] not in ("ip", "subject", "consumer"):
+            return ex.problem(400, "Send {\"kind\": ip|subject|consumer, \"key\": ..., \"seconds\": n}.", "")
+        until = await blocks.block(doc["kind"], str(doc["key"]), float(doc["seconds"]), reason="operator")
+        _reply(ex, 200, {"blocked": until is not None, "until": until})
+
+    async def lift(ex: Exchange, body: bytes) -> None:
+        doc = _json_body(body, ("kind", "key"))
+        if doc is None:
+            return ex.problem(400, "Send {\"kind\": ip|subject|consumer, \"key\": ...}.", "")
+        _reply(ex, 200, {"lifted": await blocks.lift(doc["kind"], str(doc["key"]))})
+
+    return {("GET", "/blocks"): listing, ("POST", "/blocks"): add, ("POST", "/blocks/lift"): lift}
+
+
+def _json_body(body: bytes, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict) or any(k not in doc for k in keys):
+        return None
+    if "seconds" in keys and not isinstance(doc["seconds"], int | float):
+        return None
+    return doc
+
+
+def _reply(ex: Exchange, status: int, doc: Any) -> None:
+    ex.respond(status, [("content-type", "application/json"), ("cache-control", "no-store")], orjson.dumps(doc))
 
 
 def make_admin_auth(compiled: CompiledGateway) -> Any:
@@ -178,16 +220,20 @@ class Runtime:
     async def start(self) -> None:
         loaded = load_config(self.config_path)
         gw = loaded.model.gateway
+        base = self.config_path.parent
         if self.services.audit is None:
-            self.services.audit = AuditLog.from_config(gw.audit, self.config_path.parent)
+            self.services.audit = AuditLog.from_config(gw.audit, base, registry=self.metrics.registry)
         if self.services.state is None:  # shared limits, blocks and revocations; lives as long as the process
             self.services.state = open_state(gw.state)
+        extra = self.services.extra
+        if "blocks" not in extra:  # detections and their responses, shared through the state backend
+            extra["blocks"] = BlockList(self.services.state, audit=self.services.audit)
+            extra["detector"] = Detector.from_config(gw.audit, self.services.audit, extra["blocks"], base)
         await self.services.audit.start()
         compiled = await self._compile()
         self.gateway = Gateway(compiled, self.services, self.metrics)
         limits = server_limits(gw)
         loop = asyncio.get_running_loop()
-        base = self.config_path.parent
         gateway = self.gateway
         for listener in gw.listeners:
             context = listener_ssl(listener, base)
@@ -204,6 +250,7 @@ class Runtime:
                 registry=self.metrics.registry, ready=self.ready, info=self.info, reload=self.reload,
                 compiled=lambda: gateway.compiled, events=lambda: read_events(audit_file),
                 auth=lambda: gateway.compiled.shared.get("admin_auth"), audit=self.services.audit,
+                blocks=extra["blocks"].list_blocks, extra_routes=block_routes(extra["blocks"]),
             ))
             admin_tls = listener_ssl(gw.admin, base) if gw.admin.tls is not None else None
             server = await loop.create_server(
@@ -237,6 +284,10 @@ class Runtime:
         if gateway is not None:
             gateway.close()
             await self._close_shared(gateway.compiled)
+        blocks = self.services.extra.get("blocks")
+        if blocks is not None:
+            with contextlib.suppress(Exception):
+                await blocks.close()
         if self.services.state is not None:
             with contextlib.suppress(Exception):
                 await self.services.state.close()

@@ -46,6 +46,7 @@ class Gateway:
         self.services = services
         self.metrics = metrics
         self.audit = services.audit
+        self.detector = services.extra.get("detector")
         self.request_ids = RequestIds()
         self.pools: dict[Upstream, UpstreamPool] = {}
         self.in_flight = 0
@@ -332,6 +333,8 @@ class Gateway:
                 metrics.decision(record.control, record.outcome, record.reason)
         if self.audit is not None and self.audit.enabled:
             self.audit.request(ctx, status, deny, seconds, plan.exceptions if plan else (), upstream_status)
+        if self.detector is not None:  # runs with or without sinks: detections answer attacks, not logs
+            self.detector.observe(ctx, status, deny)
 
     def close(self) -> None:
         for pool in self.pools.values():
