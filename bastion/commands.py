@@ -34,9 +34,13 @@ def _iso(ts: float) -> str:
     return "never" if math.isinf(ts) else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def route_policy(route: CompiledRoute) -> dict[str, Any]:
-    """The effective policy of a route now, each control with its value and source."""
-    plan = route.plan_at_compile if hasattr(route, "plan_at_compile") else route.plans[0]
+def route_policy(route: CompiledRoute, authz_shared: Any = None) -> dict[str, Any]:
+    """The effective policy of a route now, each control with its value and source.
+
+    With the authorisation layer's shared object (from a compile that built stages), also the route's
+    authorisation requirements, one line each.
+    """
+    plan = route.plans[0]
     info = route.info
     controls: dict[str, Any] = {}
     for section in SECTIONS:
@@ -49,7 +53,10 @@ def route_policy(route: CompiledRoute) -> dict[str, Any]:
             if waived:
                 entry = {"value": "waived", "source": f"exception:{waived}"}
             controls[control] = entry
+    from bastion.stages import authz
+
     return {
+        "authorization": authz.explain(plan.policy.authz, info, authz_shared) if authz_shared else [],
         "route": info.route_id, "api": info.api, "class": info.klass, "path": info.path,
         "methods": sorted(info.methods), "administrative": route.admin,
         "upstream": f"{route.upstream.scheme}://{route.upstream.authority}{route.upstream.path_prefix}",
@@ -60,8 +67,10 @@ def route_policy(route: CompiledRoute) -> dict[str, Any]:
 
 
 def explain(path: str, selector: str | None, *, as_json: bool = False) -> int:
+    from bastion.stages import authz
+
     try:
-        compiled = compile_config(load_config(path), build_stages=False)
+        compiled = compile_config(load_config(path))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -69,7 +78,7 @@ def explain(path: str, selector: str | None, *, as_json: bool = False) -> int:
     if selector and not routes:
         print(f"no route matches {selector!r}", file=sys.stderr)
         return 1
-    docs = [route_policy(r) for r in routes]
+    docs = [route_policy(r, compiled.shared.get(authz.prepare)) for r in routes]
     if as_json:
         print(json.dumps(docs, indent=2))
         return 0
@@ -79,6 +88,8 @@ def explain(path: str, selector: str | None, *, as_json: bool = False) -> int:
         print(f"  upstream: {doc['upstream']}")
         for exc in doc["exceptions"]:
             print(f"  exception in force: {exc['id']} (this plan ends {exc['expires']})")
+        for line in doc["authorization"]:
+            print(f"  authorisation: {line}")
         for control, entry in doc["controls"].items():
             print(f"  {control:34} {json.dumps(entry['value']):28} <- {entry['source']}")
         print()

@@ -333,7 +333,7 @@ def _compile_route(api: ApiConfig, decl: _RouteDecl, baseline: dict[str, Any], b
             srcs[section] = f"exception:{exc_id}"
         info = RouteInfo(api=api.name, route=decl.name, klass=api.klass, path=path,
                          methods=frozenset(decl.methods), path_params=params, operation=decl.operation,
-                         sources=srcs)
+                         admin=decl.admin, sources=srcs)
         head: list[Stage] = []
         body: list[Stage] = []
         if build_stages:

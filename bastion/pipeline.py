@@ -40,6 +40,7 @@ PIPELINE: tuple[StageSpec, ...] = (
     StageSpec("traffic", traffic.build_rate_limits, traffic.prepare),
     StageSpec("input", input_stage.build_head, input_stage.prepare),
     StageSpec("input", input_stage.build_body, input_stage.prepare),  # needs_body: runs once the body is read
+    StageSpec("authz", authz.build_body, authz.prepare),  # owner rules on body ids, after the body is valid
 )
 
 __all__ = ["PIPELINE", "StageSpec", "run", "stages"]

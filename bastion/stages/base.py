@@ -36,6 +36,7 @@ class RouteInfo:
     methods: frozenset[str]
     path_params: tuple[str, ...] = ()
     operation: dict[str, Any] | None = None  # the OpenAPI operation object, when the route came from one
+    admin: bool = False  # an administrative route (config `admin: true` or OpenAPI `x-bastion-admin`)
     sources: dict[str, str] = field(default_factory=dict)  # control id -> where its value came from
 
     @property

@@ -92,6 +92,11 @@ class IdentityPolicy(Model):
         False, stricter="true",
         description="Only certificate-bound access tokens (RFC 8705 `cnf.x5t#S256`) are accepted.",
     )
+    on_revocation_unavailable: Literal["closed", "open"] = control(
+        "closed", stricter="order", order=("open", "closed"),
+        description="When the deny list (state backend) cannot answer: `closed` refuses with 503 "
+                    "`revocation_unavailable`; `open` lets verified credentials through unchecked.",
+    )
     api_key_header: str = control(
         "x-api-key", stricter="free", pattern=_HEADER,
         description="Header carrying the API key, e.g. `api_key_header: x-api-key`.",
@@ -336,6 +341,8 @@ class ConsumerConfig(Model):
     networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
         default_factory=list, description="Source networks the consumer may call from (empty: any).")
     tier: str | None = Field(None, description="Rate-limit tier name, read by the traffic layer.")
+    tenant: str | None = Field(None, description="The consumer's tenant, for owner rules "
+                                                 "(`authz.owner: [{..., equals: consumer_tenant}]`).")
     credentials: list[Credential] = Field(default_factory=list)
 
 

@@ -21,6 +21,7 @@ from bastion.stages.identity.metrics import TOKEN_CACHE
 from bastion.stages.identity.mtls import bound_to
 from bastion.stages.identity.shared import IdentityShared
 from bastion.stages.identity.tokencache import token_key
+from bastion.state import StateUnavailable
 
 REALM = "bastion"
 # RFC 6750 §2.1: b64token
@@ -53,6 +54,7 @@ class IdentityStage:
         self._forward = policy.forward_credential
         self._require_bound = policy.require_bound_tokens
         self._key_header = policy.api_key_header
+        self._revocation_open = policy.on_revocation_unavailable == "open"
         self._policy = route.policy_id("identity")
         self._pid = {name: route.policy_id(f"identity.{name}") for name in IdentityPolicy.model_fields}
         self._scheme = "ApiKey" if self._api_key and not self._bearer else "Bearer"
@@ -220,9 +222,17 @@ class IdentityStage:
         elif self._require_consumer:
             return self._deny(403, "consumer_unknown", "require_consumer",
                               f"no consumer for {identity.method} subject {identity.subject!r}")
-        # checked on every request, cache hit or not
-        if await self._shared.revocations.is_revoked(identity.credential_id, identity.subject,
-                                                     identity.consumer, issued_at):
+        # checked on every request, cache hit or not; a deny list that cannot answer is a "no" unless the
+        # class accepts the risk (identity.on_revocation_unavailable: open)
+        try:
+            revoked = await self._shared.revocations.is_revoked(identity.credential_id, identity.subject,
+                                                                identity.consumer, issued_at)
+        except StateUnavailable as exc:
+            if not self._revocation_open:
+                return self._deny(503, "revocation_unavailable", "on_revocation_unavailable",
+                                  f"deny list unavailable: {exc}")
+            revoked = False
+        if revoked:
             return self._deny(401, "credential_revoked", "methods",
                               f"revoked: jti={identity.credential_id} sub={identity.subject} "
                               f"consumer={identity.consumer}")

@@ -239,3 +239,19 @@ async def test_redis_listing_pages_through_scan(redis_server: RedisServer) -> No
     assert len(listed) == 1_200 and {r.value for r in listed} == {f"j{i}" for i in range(1_200)}
     assert len(await deny.list_revocations(limit=700)) == 700
     await state.close()
+
+
+@pytest.mark.parametrize(("mode", "status"), [("closed", 503), ("open", None)])
+async def test_unreachable_deny_list_per_class(clock: Clock, mode: str, status: int | None) -> None:
+    state = RedisState(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
+    key, line = new_api_key("web")
+    consumers = [ConsumerConfig(name="web", credentials=[yaml.safe_load(line)[0]])]
+    shared = IdentityShared(ProvidersConfig(), consumers, Services(wall_clock=clock, state=state))
+    stage = build(IdentityPolicy(methods=["api_key"], on_revocation_unavailable=mode), ROUTE, shared)
+    assert stage is not None
+    deny = await run((stage,), make_ctx([("x-api-key", key)]))
+    if status is None:
+        assert deny is None
+    else:
+        assert isinstance(deny, Deny) and (deny.status, deny.reason) == (503, "revocation_unavailable")
+    await state.close()
