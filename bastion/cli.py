@@ -39,6 +39,22 @@ def _parser() -> argparse.ArgumentParser:
     k = keys.add_parser("new", help="print a fresh API key once, and the config line with its hash")
     k.add_argument("consumer")
 
+    p = verbs.add_parser("blocks", help="list, add or lift blocks of IPs, subjects or consumers (admin API)")
+    p.add_argument("action", choices=["list", "add", "lift"])
+    p.add_argument("kind", nargs="?", choices=["ip", "subject", "consumer"])
+    p.add_argument("key", nargs="?")
+    p.add_argument("--seconds", type=float, default=3600.0, help="how long an added block lasts")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--admin", help="admin URL, default from the config")
+
+    p = verbs.add_parser("revoke", help="list, add or lift revocations of token ids, subjects, consumers")
+    p.add_argument("action", choices=["list", "add", "lift"])
+    p.add_argument("kind", nargs="?", choices=["jti", "sub", "consumer"])
+    p.add_argument("value", nargs="?")
+    p.add_argument("--seconds", type=float, default=86400.0, help="how long an added revocation lasts")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--admin", help="admin URL, default from the config")
+
     verbs.add_parser("version", help="print the version")
     from bastion.cli_posture import add_verbs
 
@@ -80,6 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bastion.commands import reload
 
         return reload(args.config, args.admin)
+    if verb in ("blocks", "revoke"):
+        from bastion import commands
+
+        target = args.key if verb == "blocks" else args.value
+        if args.action != "list" and (args.kind is None or target is None):
+            print(f"bastion {verb} {args.action}: give KIND and the value", file=sys.stderr)
+            return 2
+        run = commands.blocks if verb == "blocks" else commands.revocations
+        return run(args.config, args.admin, args.action, args.kind, target, args.seconds)
     if verb == "demo":
         from bastion.demo.run import main as demo_main
 

@@ -103,15 +103,26 @@ def _selected(route: CompiledRoute, selector: str | None) -> bool:
     return selector in (info.route_id, info.api, info.path, info.route)
 
 
-def reload(path: str, admin: str | None) -> int:
+def admin_call(path: str, admin: str | None, endpoint: str, method: str = "GET",
+               doc: dict[str, Any] | None = None) -> int:
+    """Call the running gateway's admin API and print its JSON answer. The bearer token, when the admin API
+    requires one, comes from $BASTION_ADMIN_TOKEN (never from the command line, where `ps` shows it)."""
+    import os
+
     if admin is None:
         try:
             cfg = load_config(path).model
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 1
-        admin = f"http://{cfg.gateway.admin.address}:{cfg.gateway.admin.port}"
-    request = urllib.request.Request(admin.rstrip("/") + "/reload", method="POST", data=b"")
+        scheme = "https" if cfg.gateway.admin.tls else "http"
+        admin = f"{scheme}://{cfg.gateway.admin.address}:{cfg.gateway.admin.port}"
+    headers = {"Content-Type": "application/json"}
+    token = os.environ.get("BASTION_ADMIN_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(doc).encode() if doc is not None else (b"" if method == "POST" else None)
+    request = urllib.request.Request(admin.rstrip("/") + endpoint, method=method, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             print(response.read().decode())
@@ -122,6 +133,28 @@ def reload(path: str, admin: str | None) -> int:
     except OSError as exc:
         print(f"cannot reach the admin listener at {admin}: {exc}", file=sys.stderr)
         return 1
+
+
+def reload(path: str, admin: str | None) -> int:
+    return admin_call(path, admin, "/reload", "POST")
+
+
+def blocks(path: str, admin: str | None, action: str, kind: str | None, key: str | None,
+           seconds: float | None) -> int:
+    if action == "list":
+        return admin_call(path, admin, "/blocks")
+    if action == "lift":
+        return admin_call(path, admin, "/blocks/lift", "POST", {"kind": kind, "key": key})
+    return admin_call(path, admin, "/blocks", "POST", {"kind": kind, "key": key, "seconds": seconds})
+
+
+def revocations(path: str, admin: str | None, action: str, kind: str | None, value: str | None,
+                seconds: float | None) -> int:
+    if action == "list":
+        return admin_call(path, admin, "/revocations")
+    if action == "lift":
+        return admin_call(path, admin, "/revocations/lift", "POST", {"kind": kind, "value": value})
+    return admin_call(path, admin, "/revocations", "POST", {"kind": kind, "value": value, "seconds": seconds})
 
 
 def new_key(consumer: str) -> int:

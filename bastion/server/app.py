@@ -83,6 +83,66 @@ def block_routes(blocks: BlockList) -> dict[tuple[str, str], Any]:
     return {("GET", "/blocks"): listing, ("POST", "/blocks"): add, ("POST", "/blocks/lift"): lift}
 
 
+def identity_routes(current: Any) -> dict[tuple[str, str], Any]:
+    """Admin endpoints of the identity layer: the Shared Signals (CAEP) push receiver and revocations.
+
+    Both look up the layer of the config serving now: a reload replaces the receiver and its key cache.
+    """
+    from bastion.stages import identity
+    from bastion.state import StateUnavailable
+
+    def layer() -> Any:
+        return current().shared.get(identity.prepare)
+
+    async def ssf_events(ex: Exchange, body: bytes) -> None:
+        receiver = getattr(layer(), "ssf_receiver", None)
+        if receiver is None:
+            return ex.problem(404, "No Shared Signals transmitter is configured.", "")
+        status, answer = await receiver.handle(body, _first_header(ex, "content-type") or "", time.time(),
+                                               authorization=_first_header(ex, "authorization"))
+        headers = [("content-type", "application/json")] if answer else []
+        ex.respond(status, [*headers, ("cache-control", "no-store")], answer)
+
+    async def listing(ex: Exchange, body: bytes) -> None:
+        try:
+            entries = await layer().revocation_store.list_revocations()
+        except StateUnavailable:
+            return ex.problem(503, "The state backend is unavailable.", "")
+        _reply(ex, 200, {"revocations": [e.as_dict() for e in entries]})
+
+    async def revoke(ex: Exchange, body: bytes) -> None:
+        doc = _json_body(body, ("kind", "value", "seconds"))
+        if doc is None:
+            return ex.problem(400, "Send {\"kind\": jti|sub|consumer, \"value\": ..., \"seconds\": n}.", "")
+        try:
+            entry = await layer().revocation_store.revoke(doc["kind"], str(doc["value"]),
+                                                          time.time() + float(doc["seconds"]), source="admin")
+        except ValueError as exc:
+            return ex.problem(400, str(exc), "")
+        except StateUnavailable:
+            return ex.problem(503, "The state backend is unavailable.", "")
+        _reply(ex, 200, {"revoked": entry.as_dict()})
+
+    async def lift(ex: Exchange, body: bytes) -> None:
+        doc = _json_body(body, ("kind", "value"))
+        if doc is None:
+            return ex.problem(400, "Send {\"kind\": jti|sub|consumer, \"value\": ...}.", "")
+        try:
+            lifted = await layer().revocation_store.lift(doc["kind"], str(doc["value"]))
+        except ValueError as exc:
+            return ex.problem(400, str(exc), "")
+        except StateUnavailable:
+            return ex.problem(503, "The state backend is unavailable.", "")
+        _reply(ex, 200, {"lifted": lifted})
+
+    return {("POST", "/ssf/events"): ssf_events, ("GET", "/revocations"): listing,
+            ("POST", "/revocations"): revoke, ("POST", "/revocations/lift"): lift}
+
+
+def _first_header(ex: Exchange, name: str) -> str | None:
+    return next((v for k, v in ex.headers if k == name), None)
+
+
 def _json_body(body: bytes, keys: tuple[str, ...]) -> dict[str, Any] | None:
     try:
         doc = orjson.loads(body)
@@ -250,7 +310,8 @@ class Runtime:
                 registry=self.metrics.registry, ready=self.ready, info=self.info, reload=self.reload,
                 compiled=lambda: gateway.compiled, events=lambda: read_events(audit_file),
                 auth=lambda: gateway.compiled.shared.get("admin_auth"), audit=self.services.audit,
-                blocks=extra["blocks"].list_blocks, extra_routes=block_routes(extra["blocks"]),
+                blocks=extra["blocks"].list_blocks,
+                extra_routes={**block_routes(extra["blocks"]), **identity_routes(lambda: gateway.compiled)},
             ))
             admin_tls = listener_ssl(gw.admin, base) if gw.admin.tls is not None else None
             server = await loop.create_server(

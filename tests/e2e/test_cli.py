@@ -171,3 +171,21 @@ def test_reload_reports_unreachable_admin(tmp_path):
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+def test_blocks_from_the_command_line(tmp_path, upstream):
+    port, admin = free_port(), free_port()
+    path = write_config(tmp_path, port, admin, upstream)
+    proc = subprocess.Popen([*BASTION, "serve", "-c", str(path)])
+    try:
+        wait_http(f"http://127.0.0.1:{admin}/readyz")
+        assert run("blocks", "add", "ip", "127.0.0.1", "--seconds", "60", "-c", str(path)).returncode == 0
+        assert get(f"http://127.0.0.1:{port}/items")[0] == 403
+        listed = run("blocks", "list", "-c", str(path))
+        assert listed.returncode == 0 and "127.0.0.1" in listed.stdout
+        assert run("blocks", "lift", "ip", "127.0.0.1", "-c", str(path)).returncode == 0
+        assert get(f"http://127.0.0.1:{port}/items")[0] == 200
+        assert run("blocks", "add", "-c", str(path)).returncode == 2
+    finally:
+        proc.terminate()
+        proc.wait(10)
