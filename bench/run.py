@@ -335,7 +335,7 @@ def section_markdown(section: str, results: dict[str, dict[str, Row]], env: dict
         f"small JSON (POST), on CPU {args.load_cpu}; the proxy under test on CPU {args.proxy_cpu}: nginx as a "
         f"reverse proxy (1 worker, upstream keepalive 64, HTTP/1.1, `keepalive_requests` lifted to "
         f"{nginx.UNCAPPED:,} on both sides as Bastion has no such cap; *nginx-defaults* keeps nginx's default of "
-        "1000 requests per connection, which makes wrk and the pool reconnect every few ms) or Bastion "
+        "1000 requests per connection, so each client connection and each pooled upstream connection is reopened after 1000 requests) or Bastion "
         f"(`{' '.join(bench.bastion_cmd)} "
         f"serve -c bastion.yaml`, one process, readiness: {bench.readiness or 'n/a'}); `wrk -t1 "
         f"-c{args.connections} -d{args.duration:g}s --latency` (keep-alive) on CPU {args.load_cpu}. "
