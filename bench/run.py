@@ -399,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         log(f"bench: missing {', '.join(missing)}; {procs.INSTALL_HINT}")
         return 2
-    signal.signal(signal.SIGTERM, _terminate)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, _terminate)
     with contextlib.suppress(OSError):  # keep this runner off the proxy's core
         os.sched_setaffinity(0, {args.load_cpu})
     env = environment(interpreter_of(bastion_command(args.bastion)))
