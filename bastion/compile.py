@@ -68,6 +68,7 @@ class CompiledRoute:
     strip_prefix: str
     plans: list[Plan]
     admin: bool = False
+    grpc: Any = None  # bastion.grpc.proxy.GrpcLimits: a gRPC method, forwarded over HTTP/2
 
     def plan(self, now: float) -> Plan:
         """The plan in force at `now`: an expired exception stops applying at its instant, not at a reload."""
@@ -140,10 +141,46 @@ def _openapi_routes(api: ApiConfig, base_dir: Path, api_loc: tuple[str | int, ..
     return decls, digest.hexdigest()
 
 
+def _grpc_routes(api: ApiConfig, base_dir: Path, api_loc: tuple[str | int, ...], diags: list[Diagnostic],
+                 positions: Positions) -> tuple[list[_RouteDecl], str]:
+    """The API's gRPC methods (descriptor set and/or listed) as `POST /package.Service/Method` routes."""
+    grpc = api.grpc
+    if grpc is None:
+        return [], ""
+    from bastion.grpc.routes import methods_from_descriptor_set, parse_method
+
+    if api.base_path != "/":
+        diags.append(positions.diagnostic((*api_loc, "base_path"), "a gRPC API is served at `/` (method paths "
+                                          "are `/package.Service/Method`)"))
+        return [], ""
+    methods = []
+    digest = hashlib.sha256()
+    if grpc.descriptor_set is not None:
+        path = grpc.descriptor_set if grpc.descriptor_set.is_absolute() else base_dir / grpc.descriptor_set
+        try:
+            data = path.read_bytes()
+            methods.extend(methods_from_descriptor_set(data))
+            digest.update(data)
+        except (OSError, ValueError, ImportError) as exc:  # protobuf's DecodeError is a ValueError
+            diags.append(positions.diagnostic((*api_loc, "grpc", "descriptor_set"),
+                                              f"cannot read the descriptor set: {exc}"))
+    for i, listed in enumerate(grpc.methods):
+        try:
+            methods.append(parse_method(listed))
+        except ValueError as exc:
+            diags.append(positions.diagnostic((*api_loc, "grpc", "methods", i), str(exc)))
+    decls = [_RouteDecl(_NAME_SAFE.sub("-", f"{m.service}.{m.method}"), m.path, ["POST"], {}, api_loc)
+             for m in dict.fromkeys(methods)]
+    return decls, digest.hexdigest()
+
+
 def _route_decls(api: ApiConfig, index: int, base_dir: Path, diags: list[Diagnostic],
                  positions: Positions) -> tuple[list[_RouteDecl], str]:
     api_loc: tuple[str | int, ...] = ("apis", index)
     decls, spec_hash = _openapi_routes(api, base_dir, api_loc, diags)
+    grpc_decls, grpc_hash = _grpc_routes(api, base_dir, api_loc, diags, positions)
+    decls += grpc_decls
+    spec_hash += grpc_hash
     by_name = {d.name: d for d in decls}
     for r_index, route in enumerate(api.routes):
         loc = (*api_loc, "routes", r_index)
@@ -347,12 +384,24 @@ def _compile_route(api: ApiConfig, decl: _RouteDecl, baseline: dict[str, Any], b
                     diags.append(positions.diagnostic((*decl.loc, "policy", spec.section or ""), str(exc)))
                     continue
                 if stage is not None:
-                    (body if getattr(stage, "needs_body", False) else head).append(stage)
+                    if getattr(stage, "needs_body", False):
+                        if api.grpc is None:  # gRPC bodies are framed messages, streamed, never buffered
+                            body.append(stage)
+                    else:
+                        head.append(stage)
         plans.append(Plan(end, policy, tuple(head), tuple(body), tuple(e.id for e in active),
                           tuple(sorted(waived_sections.items()))))
         infos.append(info)
     strip = api.base_path if api.strip_base_path else ""
-    return CompiledRoute(infos[0], upstream, strip, plans, decl.admin)
+    grpc = None
+    if api.grpc is not None:
+        from bastion.grpc.proxy import GrpcLimits  # imports the server's upstream module, which imports this one
+
+        g = api.grpc
+        grpc = GrpcLimits(max_message_bytes=g.max_message_bytes, max_messages=g.max_messages,
+                          default_timeout=g.default_timeout, max_timeout=g.max_timeout,
+                          connect_timeout=plans[0].policy.traffic.upstream_connect_timeout)
+    return CompiledRoute(infos[0], upstream, strip, plans, decl.admin, grpc)
 
 
 def _loc_of(w: Weakening, decl: _RouteDecl) -> tuple[str | int, ...]:

@@ -87,6 +87,39 @@ class ListenerConfig(Model):
     address: str = "127.0.0.1"
     port: int = Field(ge=0, le=65535)
     tls: TlsListenerConfig | None = None
+    http2: bool = Field(True, description="Offer HTTP/2 by TLS ALPN (`h2`), falling back to HTTP/1.1.")
+    h2c: bool = Field(False, description="Cleartext HTTP/2 with prior knowledge on this listener.")
+
+
+class Http2Config(Model):
+    """`gateway.http2`: limits of every HTTP/2 connection; each refusal is counted and audited."""
+
+    max_concurrent_streams: int = Field(100, ge=1, description="Advertised; extra streams get REFUSED_STREAM.")
+    initial_window_size: Size = Field(256 * 1024, description="Request body buffered per stream.")
+    connection_window: Size = Field(1024 * 1024, description="Request bodies buffered per connection.")
+    max_header_block_bytes: Size = Field(32 * 1024, description="HEADERS + CONTINUATION bytes of one block.")
+    max_continuation_frames: int = Field(16, ge=1, description="CONTINUATION frames per header block.")
+    window: Duration = Field(10.0, gt=0, description="The period the frame-rate limits below count over.")
+    max_resets: int = Field(200, ge=1, description="RST_STREAM per window (rapid reset, CVE-2023-44487).")
+    max_refused: int = Field(200, ge=1, description="Refused streams per window before GOAWAY.")
+    max_settings: int = Field(20, ge=1)
+    max_pings: int = Field(20, ge=1)
+    max_priority: int = Field(200, ge=1)
+    max_window_updates: int = Field(2000, ge=1)
+    max_empty_frames: int = Field(200, ge=1, description="Empty DATA / unknown frames per window.")
+    stall_timeout: Duration = Field(30.0, gt=0, description="A stream that cannot send (zero window) is reset.")
+    max_send_buffer: Size = Field(4 * 1024 * 1024, description="Response bytes held for a slow reader.")
+
+
+class GrpcApiConfig(Model):
+    """`grpc:` on an API: its RPC methods become `POST /package.Service/Method` routes."""
+
+    descriptor_set: Path | None = Field(None, description="`protoc --include_imports --descriptor_set_out`.")
+    methods: list[str] = Field(default_factory=list, description="Or list them: `[/shop.v1.Orders/Get]`.")
+    max_message_bytes: Size = Field(4 * 1024 * 1024, description="Largest request message.")
+    max_messages: int | None = Field(None, ge=1, description="Most request messages per call (streaming).")
+    default_timeout: Duration | None = Field(None, description="Deadline when the client sends none.")
+    max_timeout: Duration | None = Field(None, description="Longer client deadlines are cut to this.")
 
 
 class AdminConfig(Model):
@@ -143,6 +176,7 @@ class GatewayConfig(Model):
         description="Inbound headers always stripped (`*` suffix = prefix match): only Bastion sets them.",
     )
     limits: ServerLimits = ServerLimits()
+    http2: Http2Config = Http2Config()
     state: str = Field("memory", description="`memory` (one process) or `redis://host:6379/0`.")
     audit: AuditConfig = AuditConfig()
     max_exception_days: int = Field(90, ge=1, description="Longest allowed exception lifetime.")
@@ -200,6 +234,7 @@ class ApiConfig(Model):
     openapi: Path | None = None
     policy: dict[str, Any] = Field(default_factory=dict, description="Tightens the class for the whole API.")
     routes: list[RouteConfig] = Field(default_factory=list)
+    grpc: GrpcApiConfig | None = Field(None, description="A gRPC API: HTTP/2 to the upstream, gRPC answers.")
 
     @field_validator("upstream")
     @classmethod

@@ -28,7 +28,9 @@ from bastion.compile import CompiledGateway, compile_config
 from bastion.config.loader import ConfigError, load_config
 from bastion.config.models import AdminConfig, GatewayConfig, ListenerConfig
 from bastion.server.admin import AdminApi, AdminBackend, read_events
+from bastion.server.dispatch import alpn, protocol_factory
 from bastion.server.http1 import Exchange, Http1Connection, ServerLimits
+from bastion.server.http2 import H2Limits, H2Stats
 from bastion.server.metrics import Metrics
 from bastion.server.proxy import Gateway
 from bastion.stages.base import Services
@@ -295,12 +297,21 @@ class Runtime:
         limits = server_limits(gw)
         loop = asyncio.get_running_loop()
         gateway = self.gateway
+        h2_stats = H2Stats(self.metrics.registry)
+        h2_limits = H2Limits.derive(limits, **gw.http2.model_dump())
         for listener in gw.listeners:
             context = listener_ssl(listener, base)
-            server = await loop.create_server(
-                lambda: Http1Connection(gateway.handle, limits, self.connections, gateway.on_protocol_error),
-                listener.address, listener.port, ssl=context, reuse_port=self.worker, backlog=1024,
-            )
+            http2 = context is not None and listener.http2
+            if http2:
+                alpn(context)  # type: ignore[arg-type]
+            if http2 or listener.h2c:  # one port, both protocols: ALPN or the h2c preface decides
+                factory = protocol_factory(gateway.handle, limits, self.connections, gateway.on_protocol_error,
+                                           h2c=listener.h2c, h2_limits=h2_limits, stats=h2_stats)
+            else:
+                def factory() -> Http1Connection:
+                    return Http1Connection(gateway.handle, limits, self.connections, gateway.on_protocol_error)
+            server = await loop.create_server(factory, listener.address, listener.port, ssl=context,
+                                              reuse_port=self.worker, backlog=1024)
             self.servers.append(server)
             self.bound.append(server.sockets[0].getsockname()[:2])
             self.tls_contexts.append(context)
@@ -332,6 +343,10 @@ class Runtime:
             drain_timeout = gateway.compiled.config.model.gateway.limits.drain_timeout if gateway else 5.0
         for server in self.servers:
             server.close()
+        for conn in list(self.connections):
+            shutdown = getattr(conn, "shutdown", None)  # HTTP/2: GOAWAY, in-flight streams finish
+            if shutdown is not None:
+                shutdown()
         deadline = time.monotonic() + drain_timeout
         while time.monotonic() < deadline:
             for conn in list(self.connections):

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote_plus
 
 import httptools
 
 from bastion.compile import CompiledGateway, CompiledRoute, Plan, Upstream
 from bastion.context import ControlRecord, Deny, RequestContext
+from bastion.grpc.proxy import forward_grpc
+from bastion.grpc.status import grpc_problem, is_grpc
 from bastion.http.framing import FramingError
 from bastion.http.headers import (
     FORWARDING,
@@ -33,6 +37,7 @@ from bastion.router import AmbiguousPath, split_request_path
 from bastion.server.http1 import BodyMalformed, BodyTimeout, BodyTooLarge, ClientGone, Exchange
 from bastion.server.metrics import Metrics
 from bastion.server.upstream import UpstreamConnection, UpstreamError, UpstreamPool
+from bastion.server.upstream_h2 import H2Upstream
 from bastion.stages.base import Services
 
 # Response headers that describe the upstream's software: an attacker's map, never forwarded.
@@ -49,6 +54,7 @@ class Gateway:
         self.detector = services.extra.get("detector")
         self.request_ids = RequestIds()
         self.pools: dict[Upstream, UpstreamPool] = {}
+        self.h2_upstreams: dict[Upstream, H2Upstream] = {}  # gRPC upstreams, multiplexed HTTP/2
         self.in_flight = 0
         self.install(compiled)
 
@@ -59,11 +65,16 @@ class Gateway:
         self.trusted = TrustedProxies(gw.trusted_proxies)
         self.identity_headers = HeaderNames(gw.identity_headers)
         pool_size = gw.limits.upstream_pool_size
-        wanted = {r.upstream for r in compiled.routes}
+        wanted = {r.upstream for r in compiled.routes if r.grpc is None}
         for upstream in wanted - self.pools.keys():
             self.pools[upstream] = UpstreamPool(upstream, pool_size, _client_ssl(upstream))
         for upstream in self.pools.keys() - wanted:
             self.pools.pop(upstream).close()
+        wanted_h2 = {r.upstream for r in compiled.routes if r.grpc is not None}
+        for upstream in wanted_h2 - self.h2_upstreams.keys():
+            self.h2_upstreams[upstream] = H2Upstream(upstream.host, upstream.port, tls=_client_ssl(upstream))
+        for upstream in self.h2_upstreams.keys() - wanted_h2:
+            self.h2_upstreams.pop(upstream).close()
         for old in self.metrics.config_info.collect()[0].samples:
             self.metrics.config_info.remove(old.labels["hash"])
         self.metrics.config_info.labels(compiled.config_hash).set(1)
@@ -146,7 +157,9 @@ class Gateway:
                 ctx.api, ctx.route = info.api, info.route
                 plan = route.plan(ctx.start)
                 deny = await self._enforce(ex, ctx, plan)
-                if deny is None:
+                if deny is None and route.grpc is not None:
+                    status, upstream_status = await self._forward_grpc(ex, ctx, route, traceparent)
+                elif deny is None:
                     try:
                         upstream_status = await self._forward(ex, ctx, route, plan, traceparent)
                         status = ex.status
@@ -160,6 +173,8 @@ class Gateway:
                 status = deny.status
                 if ex.response_started:
                     ex.keep_alive = False
+                elif ex.version == "2" and is_grpc(ex.headers):  # gRPC clients read statuses from trailers
+                    grpc_problem(ex, deny, request_id, [("traceparent", traceparent), *ctx.response_headers])
                 else:
                     close = deny.close or (ex.has_body and not ex.body_complete)
                     ex.problem(deny.status, deny.detail, request_id,
@@ -299,6 +314,20 @@ class Gateway:
                 raise
         return None
 
+    async def _forward_grpc(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute,
+                            traceparent: str) -> tuple[int, int | None]:
+        """A gRPC call over HTTP/2 to the upstream; every failure is answered with a gRPC status."""
+        if ex.version != "2":  # gRPC needs HTTP/2 end to end
+            ex.problem(426, "gRPC needs HTTP/2.", ctx.request_id, [("upgrade", "h2c")])
+            ctx.records.append(ControlRecord("grpc", "deny", f"api:{route.info.route_id}/grpc", "grpc_needs_http2"))
+            return 426, None
+        result = await forward_grpc(ex, ctx, self.h2_upstreams[route.upstream], route.grpc,
+                                    path=route.upstream.path_prefix + ctx.path, traceparent=traceparent)
+        if result.reason:  # the gateway ended the call (deadline, message limit, upstream down)
+            ctx.records.append(ControlRecord("grpc", "deny", f"api:{route.info.route_id}/grpc", result.reason))
+            self.metrics.decision("grpc", "deny", result.reason)
+        return result.http_status, result.grpc_status
+
     async def _stream_body(self, ex: Exchange, conn: UpstreamConnection) -> None:
         chunked = ex.chunked
         while True:
@@ -339,6 +368,8 @@ class Gateway:
     def close(self) -> None:
         for pool in self.pools.values():
             pool.close()
+        for h2 in self.h2_upstreams.values():
+            h2.close()
 
 
 class _UpstreamDeny(Exception):
@@ -456,11 +487,9 @@ def _expire(fut: asyncio.Future[int], reason: str, detail: str) -> None:
         fut.exception()
 
 
-def _client_ssl(upstream: Upstream) -> object:
+def _client_ssl(upstream: Upstream) -> Any:
     if upstream.scheme != "https":
         return None
-    import ssl
-
     context = ssl.create_default_context()  # verification on, system CAs, SNI from the upstream host
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context

@@ -1,0 +1,112 @@
+"""gRPC through the configured gateway: grpcio client -> h2c listener -> pipeline -> grpcio server."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+
+import grpc
+import pytest
+
+from bastion.demo.idp import start_idp
+from bastion.server.app import Runtime
+
+pytestmark = pytest.mark.asyncio
+SERVICE = "test.v1.Echo"
+
+
+async def _unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    return request + b"|" + dict(context.invocation_metadata()).get("x-bastion-subject", "").encode()
+
+
+async def _chat(requests, context):
+    async for request in requests:
+        yield request.upper()
+
+
+async def _slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    await asyncio.sleep(3)
+    return request
+
+
+def _handlers() -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        "Unary": grpc.unary_unary_rpc_method_handler(_unary),
+        "Chat": grpc.stream_stream_rpc_method_handler(_chat),
+        "Slow": grpc.unary_unary_rpc_method_handler(_slow),
+        "Hidden": grpc.unary_unary_rpc_method_handler(_unary),  # served upstream, never declared
+    })
+
+
+CONFIG = """
+version: 1
+gateway:
+  listeners: [{{address: 127.0.0.1, port: 0, h2c: true}}]
+  admin: {{enabled: false, port: 0}}
+classes:
+  internal:
+    identity: {{required: true, methods: [jwt]}}
+    traffic:
+      rate_limits: [{{name: per-caller, limit: 5, window: 1m, key: consumer}}]
+providers:
+  jwt:
+    - {{name: idp, issuer: "{issuer}", audiences: [api://demo], algorithms: [ES256], jwks_uri: "{issuer}/jwks.json",
+       consumer_claim: sub}}
+apis:
+  - name: echo
+    owner: team-echo@example.com
+    class: internal
+    upstream: http://127.0.0.1:{upstream}
+    grpc:
+      methods: [/test.v1.Echo/Unary, /test.v1.Echo/Chat, /test.v1.Echo/Slow]
+      max_message_bytes: 1KiB
+      max_timeout: 500ms
+"""
+
+
+def _call(channel: grpc.aio.Channel, method: str, streaming: bool = False):
+    path = f"/{SERVICE}/{method}"
+    if streaming:
+        return channel.stream_stream(path, request_serializer=None, response_deserializer=None)
+    return channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+
+
+async def test_grpc_methods_get_the_same_controls(tmp_path):
+    upstream = grpc.aio.server()
+    upstream.add_generic_rpc_handlers((_handlers(),))
+    up_port = upstream.add_insecure_port("127.0.0.1:0")
+    await upstream.start()
+    idp = await start_idp("127.0.0.1", 0)
+    path = tmp_path / "bastion.yaml"
+    path.write_text(textwrap.dedent(CONFIG.format(issuer=idp.issuer, upstream=up_port)))
+    runtime = Runtime(path)
+    await runtime.start()
+    try:
+        port = runtime.bound[0][1]
+        token = idp.mint("alice", ["echo"], "api://demo")
+        meta = (("authorization", f"Bearer {token}"),)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert await _call(channel, "Unary")(b"hi", metadata=meta, timeout=5) == b"hi|alice"
+            replies = [r async for r in _call(channel, "Chat", True)(iter([b"a", b"b"]), metadata=meta, timeout=5)]
+            assert replies == [b"A", b"B"]
+
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await _call(channel, "Unary")(b"hi", timeout=5)  # no token
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await _call(channel, "Hidden")(b"hi", metadata=meta, timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await _call(channel, "Unary")(b"x" * 2048, metadata=meta, timeout=5)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await _call(channel, "Slow")(b"x", metadata=meta, timeout=5)  # cut to max_timeout 500ms
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            with pytest.raises(grpc.aio.AioRpcError) as err:  # the 5th and later calls of alice this minute
+                for _ in range(5):
+                    await _call(channel, "Unary")(b"hi", metadata=meta, timeout=5)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await runtime.stop(drain_timeout=0.5)
+        await idp.close()
+        await upstream.stop(None)
