@@ -37,6 +37,7 @@ class AdminBackend:
     auth: Callable[[], Any] = lambda: None  # bastion.posture.admin_auth.AdminAuth, or None on loopback
     audit: Any = None
     extra_routes: dict[tuple[str, str], Callable[[Exchange, bytes], Awaitable[None]]] = field(default_factory=dict)
+    before_scrape: Callable[[], None] = lambda: None  # e.g. move counts batched on the request path
 
 
 class AdminApi:
@@ -75,6 +76,7 @@ class AdminApi:
             ready = b.ready()
             return _json(ex, 200 if ready else 503, {"status": "ready" if ready else "not ready"})
         if path == "/metrics" and read:
+            b.before_scrape()
             ex.respond(200, [("content-type", CONTENT_TYPE_LATEST)], generate_latest(b.registry))
             return True
         if path == "/config" and read:

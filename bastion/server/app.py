@@ -200,6 +200,7 @@ class Runtime:
         self._stopping = asyncio.Event()
         self._ready = False
         self._reload_lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
 
     # ---- config -------------------------------------------------------------------------------------------
 
@@ -321,7 +322,7 @@ class Runtime:
                 registry=self.metrics.registry, ready=self.ready, info=self.info, reload=self.reload,
                 compiled=lambda: gateway.compiled, events=lambda: read_events(audit_file),
                 auth=lambda: gateway.compiled.shared.get("admin_auth"), audit=self.services.audit,
-                blocks=extra["blocks"].list_blocks,
+                blocks=extra["blocks"].list_blocks, before_scrape=self.metrics.flush,
                 extra_routes={**block_routes(extra["blocks"]), **identity_routes(lambda: gateway.compiled)},
             ))
             admin_tls = listener_ssl(gw.admin, base) if gw.admin.tls is not None else None
@@ -331,13 +332,22 @@ class Runtime:
             )
             self.servers.append(server)
             self.admin_bound = server.sockets[0].getsockname()[:2]
+        if not self.serve_admin:  # a worker: its supervisor reads the metrics files, keep them current
+            self._flusher = loop.create_task(self._flush_metrics())
         self.services.audit.admin("gateway.start", "success", config_hash=compiled.config_hash,
                                   listeners=[f"{h}:{p}" for h, p in self.bound])
         self._ready = True
 
+    async def _flush_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.metrics.flush()
+
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish (bounded), then close everything."""
         self._ready = False
+        if self._flusher is not None:
+            self._flusher.cancel()
         gateway = self.gateway
         if drain_timeout is None:
             drain_timeout = gateway.compiled.config.model.gateway.limits.drain_timeout if gateway else 5.0
@@ -360,6 +370,7 @@ class Runtime:
         if gateway is not None:
             gateway.close()
             await self._close_shared(gateway.compiled)
+        self.metrics.flush()
         blocks = self.services.extra.get("blocks")
         if blocks is not None:
             with contextlib.suppress(Exception):

@@ -31,6 +31,7 @@ class Metrics:
         self.connections = Gauge("bastion_connections_open", "Open client connections.", registry=r)
         self._durations: dict[tuple[str, str, int, str, str], object] = {}
         self._decisions: dict[tuple[str, str, str], object] = {}
+        self._pending: dict[tuple[str, str, str], int] = {}
 
     def observe(self, method: str, route: str, status: int, api: str, klass: str, seconds: float) -> None:
         key = (method, route, status, api, klass)
@@ -42,8 +43,16 @@ class Metrics:
         child.observe(seconds)  # type: ignore[attr-defined]
 
     def decision(self, control: str, outcome: str, reason: str) -> None:
+        """Count a decision. A dict increment on the request path; `flush` moves the counts to Prometheus
+        (before every scrape, and every second in worker processes, whose metrics a supervisor aggregates)."""
         key = (control, outcome, reason)
-        child = self._decisions.get(key)
-        if child is None:
-            child = self._decisions[key] = self.decisions.labels(control, outcome, reason)
-        child.inc()  # type: ignore[attr-defined]
+        pending = self._pending
+        pending[key] = pending.get(key, 0) + 1
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for key, count in pending.items():
+            child = self._decisions.get(key)
+            if child is None:
+                child = self._decisions[key] = self.decisions.labels(*key)
+            child.inc(count)  # type: ignore[attr-defined]

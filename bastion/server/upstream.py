@@ -143,7 +143,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers = []
         self._head_only = head_only
         self._received_any = False
-        self._parser = httptools.HttpResponseParser(self)
+        # the parser is reused: llhttp resets after each complete message, and a connection whose response
+        # did not complete cleanly is never reused
         self._head_waiter = self.loop.create_future()
         self._done = self.loop.create_future()
         return self._head_waiter, self._done
