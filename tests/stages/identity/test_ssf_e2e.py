@@ -81,6 +81,7 @@ async def status_of(runtime: Runtime, token: str) -> int:
 
 
 def revoked_count(runtime: Runtime) -> float:
+    runtime.metrics.flush()  # decisions are batched on the request path, as before a scrape
     value = runtime.metrics.registry.get_sample_value(
         "bastion_decisions_total", {"control": "identity", "outcome": "deny", "reason": "credential_revoked"})
     return value or 0.0
