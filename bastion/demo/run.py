@@ -58,14 +58,18 @@ Try:
   # 4. denied: a forged token (alg none) -> 401 invalid_token; the audit log has the exact reason
   curl -si {gw}/orders/42 -H 'Authorization: Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9.'
 
-  # 5. unknown route -> 404, never forwarded
+  # 5. denied: bob may read orders but not create them -> 403 insufficient_scope
+  BOB=$(curl -s '{issuer}/token?user=bob')
+  curl -si {gw}/orders/ -X POST -H "Authorization: Bearer $BOB" -H 'Content-Type: application/json' -d '{{"item": 1}}'
+
+  # 6. unknown route -> 404, never forwarded
   curl -si {gw}/admin/secrets
 
-  # 6. the exception EXC-DEMO-1 lets /catalog/status through without a token until it expires
+  # 7. the exception EXC-DEMO-1 lets /catalog/status through without a token until it expires
   curl -s {gw}/catalog/status
   bastion explain -c {config} catalog/status
 
-  # 7. what the auditors see
+  # 8. what the auditors see
   tail -n 3 {config.parent / 'audit.jsonl'}
 
 Ctrl-C stops the demo.

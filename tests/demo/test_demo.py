@@ -40,6 +40,14 @@ async def test_demo_allows_denies_and_honours_its_exception(capsys):
         status, headers, _ = await request(port, "GET", "/orders/42", {"Authorization": f"Bearer {forged}"})
         assert status == 401 and 'error="invalid_token"' in headers["www-authenticate"]
 
+        _, _, bob = await request(idp_port, "GET", "/token?user=bob")
+        status, headers, _ = await request(port, "POST", "/orders/", {
+            "Authorization": f"Bearer {bob.decode().strip()}", "Content-Type": "application/json"}, b'{"item": 1}')
+        assert status == 403 and 'error="insufficient_scope", scope="orders:write"' in headers["www-authenticate"]
+        status, _, _ = await request(port, "POST", "/orders/", {
+            "Authorization": f"Bearer {token}", "Content-Type": "application/json"}, b'{"item": 1}')
+        assert status == 200  # alice has orders:write
+
         assert (await request(port, "GET", "/admin/secrets"))[0] == 404
         assert (await request(port, "GET", "/catalog/status"))[0] == 200  # EXC-DEMO-1
         assert (await request(port, "GET", "/catalog/products"))[0] == 401  # same API, no exception
