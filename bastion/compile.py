@@ -26,6 +26,7 @@ from bastion.config.loader import (
     pydantic_diagnostics,
 )
 from bastion.config.models import SECTIONS, ApiConfig, Baseline, ExceptionConfig
+from bastion.context import Decision, Deny, RequestContext
 from bastion.governance.baseline import Weakening, merge, restore, weakenings
 from bastion.openapi.loader import load_openapi
 from bastion.pipeline import PIPELINE
@@ -308,6 +309,17 @@ def compile_config(loaded: LoadedConfig, services: Services | None = None, *, no
     return CompiledGateway(loaded, router, routes, hasher.hexdigest()[:16], now, shared, diags)
 
 
+class Unsatisfiable:
+    """A control that cannot be built for a route: every request is refused (fail closed)."""
+
+    def __init__(self, control: str, policy_id: str, reason: str) -> None:
+        self.control = control
+        self._deny = Deny(403, "policy_unsatisfiable", policy_id, log_detail=reason)
+
+    async def check(self, ctx: RequestContext) -> Decision:
+        return self._deny
+
+
 def _covers(exc: ExceptionConfig, control: str) -> bool:
     """An exception naming `traffic.ip` covers `traffic.ip.allow`; one naming `traffic` covers all of it."""
     parts = control.split(".")
@@ -381,8 +393,18 @@ def _compile_route(api: ApiConfig, decl: _RouteDecl, baseline: dict[str, Any], b
                     section = getattr(policy, spec.section) if spec.section else None
                     stage = spec.build(section, info, shared.get(spec.prepare) if spec.prepare else None)
                 except ValueError as exc:  # e.g. a condition that does not compile
-                    diags.append(positions.diagnostic((*decl.loc, "policy", spec.section or ""), str(exc)))
-                    continue
+                    if start <= now:
+                        diags.append(positions.diagnostic((*decl.loc, "policy", spec.section or ""), str(exc)))
+                        continue
+                    # a later plan (once an exception ends) that cannot be satisfied: the route will refuse
+                    # every request from then on, fail closed, and the operator is told now
+                    when = datetime.fromtimestamp(start, UTC).isoformat().replace("+00:00", "Z")
+                    diags.append(positions.diagnostic((*decl.loc, "policy", spec.section or ""),
+                                                      f"from {when}, when its exception ends: {exc}; the route "
+                                                      "will refuse every request then", "warning"))
+                    stage = Unsatisfiable(spec.section or "gateway", info.policy_id(spec.section or "gateway"),
+                                          str(exc))
+
                 if stage is not None:
                     if getattr(stage, "needs_body", False):
                         if api.grpc is None:  # gRPC bodies are framed messages, streamed, never buffered

@@ -159,3 +159,30 @@ def test_layer_rules_become_diagnostics(tmp_path):
     with pytest.raises(ConfigError) as info:
         compile_config(load_config(path), now=NOW)
     assert any("identity:" in str(d) and "acme" in str(d) for d in info.value.diagnostics)
+
+
+def test_a_plan_that_cannot_be_built_after_an_exception_refuses_every_request(tmp_path):
+    """When an exception ends and the class requirement cannot be met, the route fails closed, with a warning."""
+    import asyncio
+
+    from bastion.compile import Unsatisfiable
+    from bastion.context import RequestContext
+
+    text = BASE.replace("    identity: {required: true, methods: [jwt]}\n",
+                        "    identity: {required: true, methods: [jwt]}\n    authz: {require_scopes: true}\n")
+    text = text.replace("policy: {traffic: {max_body_bytes: 512}}", "policy: {authz: {require_scopes: false}}")
+    text = text.replace("      - name: list\n        path: /\n        methods: [GET]\n",
+                        "      - name: list\n        path: /\n        methods: [GET]\n"
+                        "        policy: {authz: {scopes: [orders:read]}}\n")
+    text += EXCEPTION.replace("[identity.required]", "[authz.require_scopes]")
+    path = tmp_path / "bastion.yaml"
+    path.write_text(textwrap.dedent(text))
+    compiled = compile_config(load_config(path), now=NOW)
+    assert any("refuse every request" in str(w) for w in compiled.warnings)
+    route = next(r for r in compiled.routes if r.info.route == "get")
+    later = route.plan(datetime(2026, 12, 1, tzinfo=UTC).timestamp())
+    refusal = next(s for s in later.stages if isinstance(s, Unsatisfiable))
+    ctx = RequestContext(method="GET", raw_target="/", path="/", query="", headers=[], client_ip="1.2.3.4",
+                         request_id="r", start=NOW)
+    decision = asyncio.run(refusal.check(ctx))
+    assert decision.status == 403 and decision.reason == "policy_unsatisfiable"
