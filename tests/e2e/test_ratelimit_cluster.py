@@ -8,26 +8,14 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import pytest
 
 from tests.state.redis_server import RedisServer, free_port
 
 BASTION = [sys.executable, "-m", "bastion"]
 LIMIT = 37
 
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def config(tmp_path: Path, name: str, port: int, admin: int, upstream: int, state: str) -> Path:

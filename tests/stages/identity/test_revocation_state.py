@@ -21,7 +21,6 @@ from bastion.stages.identity.revocation import Revocation, StateRevocationList
 from bastion.state import StateUnavailable
 from bastion.state.memory import MemoryState
 from bastion.state.redis_state import RedisState
-from tests.state.conftest import redis_server  # noqa: F401  (the traffic tests' real redis-server fixture)
 from tests.state.redis_server import RedisServer, free_port
 
 Factory = Callable[[], StateRevocationList]
@@ -170,7 +169,7 @@ async def test_memory_store_survives_a_config_reload(clock: Clock) -> None:
 # --- real Redis: expiry in Redis itself, outage -------------------------------------------------------------
 
 
-async def test_redis_keys_expire_with_the_revocation(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_redis_keys_expire_with_the_revocation(redis_server: RedisServer) -> None:
     state = RedisState(redis_server.url)
     deny = StateRevocationList(state)
     await deny.revoke("jti", "short", time.time() + 0.3)
@@ -188,7 +187,7 @@ async def test_redis_keys_expire_with_the_revocation(redis_server: RedisServer) 
     await state.close()
 
 
-async def test_redis_outage_raises_state_unavailable_fast(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_redis_outage_raises_state_unavailable_fast(redis_server: RedisServer) -> None:
     state = RedisState(redis_server.url, timeout=0.2, retry_interval=0.1)
     deny = StateRevocationList(state)
     await deny.revoke("jti", "j1", time.time() + 60)
@@ -227,7 +226,7 @@ async def test_memory_seen_marks_expire(clock: Clock) -> None:
     assert await deny.remember_once("set", "j", clock.now + 60)
 
 
-async def test_redis_listing_pages_through_scan(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_redis_listing_pages_through_scan(redis_server: RedisServer) -> None:
     state = RedisState(redis_server.url)
     deny = StateRevocationList(state)
     client = state._client()

@@ -22,7 +22,6 @@ from bastion.stages.identity.revocation import StateRevocationList
 from bastion.stages.identity.ssf import SetReceiver
 from bastion.state.memory import MemoryState
 from bastion.state.redis_state import RedisState
-from tests.state.conftest import redis_server  # noqa: F401  (the traffic tests' real redis-server fixture)
 from tests.state.redis_server import RedisServer, free_port
 
 TX = "https://tx.test"
@@ -239,7 +238,7 @@ async def test_unavailable_keys_or_state_answer_503_so_the_transmitter_retries(
 
 
 async def test_replay_is_refused_by_another_gateway_instance(tx_server: JwksServer, sets: Sets,
-                                                             redis_server: RedisServer) -> None:  # noqa: F811
+                                                             redis_server: RedisServer) -> None:
     now = time.time()
     sets.now = now
     receivers = []

@@ -17,7 +17,6 @@ from bastion.server.app import Runtime
 from bastion.stages import identity
 from bastion.stages.identity import IdentityShared
 from tests.helpers import request, running_gateway
-from tests.state.conftest import redis_server  # noqa: F401  (the traffic tests' real redis-server fixture)
 from tests.state.redis_server import RedisServer
 
 RECEIVER = "https://gateway.test/ssf"
@@ -88,7 +87,7 @@ def revoked_count(runtime: Runtime) -> float:
 
 
 async def test_session_revoked_set_denies_the_token_on_every_gateway(
-        tmp_path: Path, idp: IdpServer, redis_server: RedisServer) -> None:  # noqa: F811
+        tmp_path: Path, idp: IdpServer, redis_server: RedisServer) -> None:
     config = CONFIG.replace("ISSUER", idp.issuer).replace("RECEIVER", RECEIVER).replace("STATE", redis_server.url)
     async with AsyncExitStack() as stack:
         gateways = []
