@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import textwrap
+import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -114,3 +117,25 @@ apis:
       - {name: list-items, path: /items, methods: [GET, POST]}
       - {name: get-item, path: "/items/{id}", methods: [GET, PUT]}
 """
+
+
+def wait_http(url: str, timeout: float = 15.0) -> None:
+    """Poll `url` until it answers 200 (a process's readiness), or fail the test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"{url} not ready")
+
+
+def http_get(url: str) -> tuple[int, dict[str, str], bytes]:
+    """A blocking GET for tests that drive real processes: status, lower-case headers, body."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()

@@ -10,12 +10,11 @@ import sys
 import textwrap
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, http_get, wait_http
 
 BASTION = [sys.executable, "-m", "bastion"]
 
@@ -46,24 +45,9 @@ def write_config(tmp_path: Path, port: int, admin: int, upstream: int, extra: st
     return path
 
 
-def wait_http(url: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"{url} not ready")
-
-
 def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+    status, _, body = http_get(url)
+    return status, body
 
 
 @pytest.fixture

@@ -5,12 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tests.helpers import http_get, wait_http
 from tests.state.redis_server import RedisServer, free_port
 
 BASTION = [sys.executable, "-m", "bastion"]
@@ -43,24 +41,9 @@ def config(tmp_path: Path, name: str, port: int, admin: int, upstream: int, stat
     return path
 
 
-def wait_ready(url: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"{url} not ready")
-
-
 def get(url: str) -> tuple[int, dict[str, str]]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, {k.lower(): v for k, v in response.headers.items()}
-    except urllib.error.HTTPError as exc:
-        return exc.code, {k.lower(): v for k, v in exc.headers.items()}
+    status, headers, _ = http_get(url)
+    return status, headers
 
 
 def test_two_gateways_share_one_limit(tmp_path: Path, redis_server: RedisServer) -> None:
@@ -73,7 +56,7 @@ def test_two_gateways_share_one_limit(tmp_path: Path, redis_server: RedisServer)
             path = config(tmp_path, name, port, admin, up_port, redis_server.url)
             procs.append(subprocess.Popen([*BASTION, "serve", "-c", str(path)]))
             ports.append(port)
-            wait_ready(f"http://127.0.0.1:{admin}/readyz")
+            wait_http(f"http://127.0.0.1:{admin}/readyz")
         # an uneven split: 3 of every 4 requests to gateway a, concurrently
         urls = [f"http://127.0.0.1:{ports[0 if i % 4 else 1]}/items" for i in range(100)]
         with ThreadPoolExecutor(8) as pool:
