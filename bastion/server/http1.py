@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ import httptools
 
 from bastion.http.framing import FramingError, check_head
 from bastion.http.problem import problem_body, status_phrase
+from bastion.server.exchange import ExchangeBase, transport_peer
 
 _READ_HIGH_WATER = 256 * 1024  # buffered request body above this pauses reading from the client
 
@@ -52,7 +52,7 @@ class BodyMalformed(Exception):
         self.error = error
 
 
-class Exchange:
+class Exchange(ExchangeBase):
     """One request and its response on a client connection."""
 
     __slots__ = (
@@ -162,13 +162,6 @@ class Exchange:
             finally:
                 self._waiter = None
 
-    async def read_body(self) -> bytes:
-        """The whole body (bounded by `body_limit`)."""
-        parts = []
-        while chunk := await self.read_chunk():
-            parts.append(chunk)
-        return b"".join(parts)
-
     # ---- response -----------------------------------------------------------------------------------------
 
     def start_response(self, status: int, headers: list[tuple[str, str]], *, length: int | None,
@@ -221,12 +214,6 @@ class Exchange:
         self.start_response(status, headers, length=len(body), close=close, defer=True)
         self.write(body if self.method != "HEAD" else b"")
 
-    def problem(self, status: int, detail: str | None, request_id: str,
-                headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (), *, close: bool = False) -> None:
-        body = problem_body(status, detail, request_id)
-        self.respond(status, [("content-type", "application/problem+json"), ("x-request-id", request_id),
-                              ("cache-control", "no-store"), *headers], body, close=close)
-
     @property
     def writable(self) -> bool:
         return self._conn.writable
@@ -234,17 +221,6 @@ class Exchange:
     async def drain(self) -> None:
         await self._conn.drain()
 
-    @property
-    def peer(self) -> str:
-        return self._conn.peer
-
-    @property
-    def tls(self) -> bool:
-        return self._conn.tls
-
-    @property
-    def peer_cert(self) -> bytes | None:
-        return self._conn.peer_cert
 
 
 Handler = Callable[[Exchange], Awaitable[None]]
@@ -286,12 +262,7 @@ class Http1Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self.peer = peer[0] if peer else ""
-        ssl_object: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
-            self.tls = True
-            self.peer_cert = ssl_object.getpeercert(binary_form=True)
+        self.peer, self.tls, self.peer_cert = transport_peer(transport)
         self._registry.add(self)
         self._set_timer(self._limits.keepalive_timeout, self._idle_timeout)
         self._task = self.loop.create_task(self._serve())

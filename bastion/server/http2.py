@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ from hyperframe.frame import GoAwayFrame
 
 from bastion.http.framing import FramingError
 from bastion.http.problem import problem_body
+from bastion.server.exchange import ExchangeBase, transport_peer
 from bastion.server.http1 import BodyTimeout, BodyTooLarge, ClientGone, ServerLimits
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -102,7 +102,7 @@ Handler = Callable[[Any], Awaitable[None]]
 ErrorHook = Callable[[str, FramingError, str], str]
 
 
-class H2Exchange:
+class H2Exchange(ExchangeBase):
     """One request stream and its response: the interface of `http1.Exchange`, over HTTP/2 frames."""
 
     __slots__ = (
@@ -223,11 +223,6 @@ class H2Exchange:
                 timer.cancel()
                 self._waiter = None
 
-    async def read_body(self) -> bytes:
-        parts = []
-        while chunk := await self.read_chunk():
-            parts.append(chunk)
-        return b"".join(parts)
 
     # ---- response -----------------------------------------------------------------------------------------
 
@@ -280,12 +275,6 @@ class H2Exchange:
             self.write(body)
         self.flush()
 
-    def problem(self, status: int, detail: str | None, request_id: str,
-                headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (), *, close: bool = False) -> None:
-        body = problem_body(status, detail, request_id)
-        self.respond(status, [("content-type", "application/problem+json"), ("x-request-id", request_id),
-                              ("cache-control", "no-store"), *headers], body, close=close)
-
     @property
     def writable(self) -> bool:
         return len(self._pending) < _HIGH_WATER
@@ -306,17 +295,6 @@ class H2Exchange:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    @property
-    def peer(self) -> str:
-        return self._conn.peer
-
-    @property
-    def tls(self) -> bool:
-        return self._conn.tls
-
-    @property
-    def peer_cert(self) -> bytes | None:
-        return self._conn.peer_cert
 
 
 class _ServerState(h2.connection.H2Connection):
@@ -361,12 +339,7 @@ class H2Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self.peer = peer[0] if peer else ""
-        ssl_object: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
-            self.tls = True
-            self.peer_cert = ssl_object.getpeercert(binary_form=True)
+        self.peer, self.tls, self.peer_cert = transport_peer(transport)
         self._registry.add(self)
         lim = self.limits
         self._h2.local_settings = h2.settings.Settings(client=False, initial_values={
