@@ -36,13 +36,18 @@ from bastion.stages.base import RouteInfo, Services, Stage
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
-    """Where an API's requests go."""
+    """Where an API's requests go, and how the gateway may connect there."""
 
     name: str
     scheme: str
     host: str
     port: int
     path_prefix: str  # prepended to the forwarded path ("" when the upstream URL has no path)
+    allow_private: bool = False  # a host name may resolve to a private/loopback/link-local address
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_server_name: str | None = None
 
     @property
     def authority(self) -> str:
@@ -111,10 +116,19 @@ class _RouteDecl:
     admin: bool = False
 
 
-def parse_upstream(api: ApiConfig) -> Upstream:
+def parse_upstream(api: ApiConfig, base_dir: Path | None = None) -> Upstream:
     url = urlsplit(api.upstream)
     port = url.port or (443 if url.scheme == "https" else 80)
-    return Upstream(api.name, url.scheme, url.hostname or "", port, url.path.rstrip("/"))
+    tls = api.upstream_tls
+
+    def path(p: Path | None) -> str | None:
+        if p is None:
+            return None
+        return str(p if p.is_absolute() or base_dir is None else base_dir / p)
+
+    return Upstream(api.name, url.scheme, url.hostname or "", port, url.path.rstrip("/"), api.allow_private_upstream,
+                    path(tls.ca) if tls else None, path(tls.client_cert) if tls else None,
+                    path(tls.client_key) if tls else None, tls.server_name if tls else None)
 
 
 _NAME_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -277,7 +291,11 @@ def compile_config(loaded: LoadedConfig, services: Services | None = None, *, no
         route_names[api.name] = {d.name for d in decls}
         baseline_model = Baseline.model_validate(klass.model_dump(include=set(SECTIONS)))
         baseline = baseline_model.model_dump(mode="python")
-        upstream = parse_upstream(api)
+        upstream = parse_upstream(api, base_dir)
+        for field_name, file in (("ca", upstream.tls_ca), ("client_cert", upstream.tls_cert),
+                                 ("client_key", upstream.tls_key)):
+            if file is not None and not Path(file).is_file():
+                diags.append(positions.diagnostic((*api_loc, "upstream_tls", field_name), f"no such file: {file}"))
         for decl in decls:
             compiled = _compile_route(api, decl, baseline, baseline_model, cfg.exceptions, now, positions,
                                       diags, used_exceptions, upstream, shared, build_stages)

@@ -221,6 +221,24 @@ class RouteConfig(Model):
         return self
 
 
+class UpstreamTlsConfig(Model):
+    """`upstream_tls: {ca: certs/internal-ca.pem, client_cert: certs/gw-client.pem, client_key: ...}`
+
+    Verification is always on: the system CAs, or `ca`; the name checked is the upstream host (or `server_name`).
+    """
+
+    ca: Path | None = Field(None, description="CA bundle the upstream's certificate must chain to.")
+    client_cert: Path | None = Field(None, description="Certificate the gateway presents (upstream mTLS).")
+    client_key: Path | None = None
+    server_name: str | None = Field(None, description="SNI and the name verified, if not the upstream host.")
+
+    @model_validator(mode="after")
+    def _pair(self) -> UpstreamTlsConfig:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("`client_cert` and `client_key` go together")
+        return self
+
+
 class ApiConfig(Model):
     """An API behind the gateway: who owns it, its class, where it lives and its routes."""
 
@@ -235,6 +253,11 @@ class ApiConfig(Model):
     policy: dict[str, Any] = Field(default_factory=dict, description="Tightens the class for the whole API.")
     routes: list[RouteConfig] = Field(default_factory=list)
     grpc: GrpcApiConfig | None = Field(None, description="A gRPC API: HTTP/2 to the upstream, gRPC answers.")
+    upstream_tls: UpstreamTlsConfig | None = Field(None, description="TLS to an https:// upstream.")
+    allow_private_upstream: bool = Field(
+        False, description="Let an upstream *name* resolve to a private, loopback, link-local or metadata "
+        "address (SSRF and DNS rebinding are refused otherwise). An IP literal in `upstream` is explicit.",
+    )
 
     @field_validator("upstream")
     @classmethod

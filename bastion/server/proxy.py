@@ -488,9 +488,12 @@ def _expire(fut: asyncio.Future[int], reason: str, detail: str) -> None:
 
 
 def _client_ssl(upstream: Upstream) -> Any:
+    """Verified TLS to an https upstream: system CAs or the API's CA bundle, optional client certificate."""
     if upstream.scheme != "https":
         return None
-    context = ssl.create_default_context()  # verification on, system CAs, SNI from the upstream host
+    context = ssl.create_default_context(cafile=upstream.tls_ca)
+    if upstream.tls_cert is not None:
+        context.load_cert_chain(upstream.tls_cert, upstream.tls_key)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -215,11 +217,16 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         up = self.upstream
         try:
+            address = await asyncio.wait_for(self._address(loop), connect_timeout)
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(self), up.host, up.port, ssl=self._ssl,
-                                       server_hostname=up.host if self._ssl else None),
+                loop.create_connection(lambda: UpstreamConnection(self), address, up.port, ssl=self._ssl,
+                                       server_hostname=(up.tls_server_name or up.host) if self._ssl else None),
                 connect_timeout,
             )
+        except UpstreamError:
+            self._open -= 1
+            self._wake()
+            raise
         except TimeoutError:
             self._open -= 1
             self._wake()
@@ -230,6 +237,26 @@ class UpstreamPool:
             self._wake()
             raise UpstreamError("upstream_connect_failed", f"connect to {up.host}:{up.port}: {exc}") from None
         return conn
+
+    async def _address(self, loop: asyncio.AbstractEventLoop) -> str:
+        """The address to connect to. A host *name* is resolved here (off the loop's thread) and refused when it
+        points inside (private, loopback, link-local, metadata) unless the API allows it: SSRF through DNS, and
+        rebinding between a check and the connect, both end here, as the checked address is the one used."""
+        host = self.upstream.host
+        try:
+            ipaddress.ip_address(host)
+            return host  # an IP literal in the config is the operator's explicit choice
+        except ValueError:
+            pass
+        try:
+            infos = await loop.getaddrinfo(host, self.upstream.port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise UpstreamError("upstream_dns_failed", f"resolve {host}: {exc}") from None
+        address = str(infos[0][4][0])
+        if not self.upstream.allow_private and internal_address(address):
+            raise UpstreamError("upstream_internal_address", f"{host} resolves to internal address {address}; "
+                                "set allow_private_upstream on the API if that is intended")
+        return address
 
     def release(self, conn: UpstreamConnection) -> None:
         if conn.reusable and not conn.closed:
@@ -253,6 +280,19 @@ class UpstreamPool:
         while self._idle:
             conn, _ = self._idle.pop()
             conn.close()
+
+
+_METADATA = (ipaddress.ip_network("169.254.169.254/32"), ipaddress.ip_network("fd00:ec2::254/128"),
+             ipaddress.ip_network("100.100.100.200/32"))
+
+
+def internal_address(address: str) -> bool:
+    """Private, loopback, link-local, unspecified, reserved or cloud-metadata: not a place a name should lead."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_reserved
+            or ip.is_multicast or any(ip in net for net in _METADATA))
 
 
 def _set_error(fut: asyncio.Future[object] | None, error: Exception) -> None:

@@ -1,0 +1,134 @@
+"""Upstream connections: verified TLS (own CA, client certificates) and no SSRF through DNS names."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import textwrap
+
+import pytest
+import trustme
+
+from bastion.demo.upstream import _echo
+from bastion.server.app import Runtime
+from bastion.server.http1 import Http1Connection, ServerLimits
+from bastion.server.upstream import internal_address
+from tests.helpers import request
+
+CONFIG = """
+version: 1
+gateway:
+  listeners: [{{address: 127.0.0.1, port: 0}}]
+  admin: {{enabled: false, port: 0}}
+  audit: {{sinks: [{{type: file, path: audit.jsonl}}]}}
+classes:
+  open: {{identity: {{required: false, methods: []}}, input: {{contract: "off", inspection: "off"}}}}
+apis:
+  - name: inner
+    owner: o@example.com
+    class: open
+    upstream: {upstream}
+{extra}
+    routes: [{{name: r, path: /r, methods: [GET]}}]
+"""
+
+
+async def _tls_upstream(context: ssl.SSLContext | None) -> asyncio.base_events.Server:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: Http1Connection(_echo, ServerLimits(), set()), "127.0.0.1", 0,
+                                    ssl=context)
+
+
+async def _gateway_status(tmp_path, upstream: str, extra: str = "") -> tuple[int, dict]:
+    path = tmp_path / "bastion.yaml"
+    path.write_text(textwrap.dedent(CONFIG.format(upstream=upstream, extra=extra)))
+    runtime = Runtime(path)
+    await runtime.start()
+    try:
+        status, _, body = await request(runtime.bound[0][1], "GET", "/r")
+    finally:
+        await runtime.stop(drain_timeout=0.5)
+    return status, json.loads(body)
+
+
+@pytest.fixture
+def pki(tmp_path):
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+    server = ca.issue_cert("upstream.internal", "127.0.0.1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.configure_cert(context)
+    client = ca.issue_cert("bastion-gateway")
+    client.cert_chain_pems[0].write_to_path(tmp_path / "gw.pem")
+    client.private_key_pem.write_to_path(tmp_path / "gw.key")
+    return ca, context
+
+
+async def test_tls_upstream_is_verified_against_the_configured_ca(tmp_path, pki):
+    ca, context = pki
+    server = await _tls_upstream(context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        url = f"https://127.0.0.1:{port}"
+        status, doc = await _gateway_status(tmp_path, url)
+        assert status == 502  # the system CAs do not know this upstream: refused, never "insecure"
+        assert "127.0.0.1" not in json.dumps(doc)
+        status, doc = await _gateway_status(tmp_path, url, "    upstream_tls: {ca: ca.pem}")
+        assert status == 200 and doc["service"] == "demo-upstream"
+        wrong_name = "    upstream_tls: {ca: ca.pem, server_name: other.internal}"
+        assert (await _gateway_status(tmp_path, url, wrong_name))[0] == 502
+    finally:
+        server.close()
+
+
+async def test_upstream_mtls_presents_the_gateway_certificate(tmp_path, pki):
+    ca, context = pki
+    context.verify_mode = ssl.CERT_REQUIRED
+    ca.configure_trust(context)
+    server = await _tls_upstream(context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        url = f"https://127.0.0.1:{port}"
+        assert (await _gateway_status(tmp_path, url, "    upstream_tls: {ca: ca.pem}"))[0] == 502
+        extra = "    upstream_tls: {ca: ca.pem, client_cert: gw.pem, client_key: gw.key}"
+        assert (await _gateway_status(tmp_path, url, extra))[0] == 200
+    finally:
+        server.close()
+
+
+async def test_a_name_resolving_inside_is_refused_unless_allowed(tmp_path):
+    server = await _tls_upstream(None)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        status, _ = await _gateway_status(tmp_path, f"http://localhost:{port}")
+        assert status == 502
+        events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+        assert any(e.get("unmapped", {}).get("bastion", {}).get("reason") == "upstream_internal_address"
+                   for e in events)
+        allowed = await _gateway_status(tmp_path, f"http://localhost:{port}", "    allow_private_upstream: true")
+        assert allowed[0] == 200
+        assert (await _gateway_status(tmp_path, f"http://127.0.0.1:{port}"))[0] == 200  # a literal is explicit
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(("address", "internal"), [
+    ("10.1.2.3", True), ("192.168.0.1", True), ("127.0.0.1", True), ("169.254.169.254", True),
+    ("::1", True), ("fe80::1", True), ("::ffff:10.0.0.1", True), ("fd00:ec2::254", True), ("0.0.0.0", True),
+    ("93.184.216.34", False), ("2606:4700:4700::1111", False),
+])
+def test_internal_address(address, internal):
+    assert internal_address(address) is internal
+
+
+def test_missing_tls_files_are_config_errors(tmp_path):
+    from bastion.compile import compile_config
+    from bastion.config.loader import ConfigError, load_config
+
+    path = tmp_path / "bastion.yaml"
+    path.write_text(textwrap.dedent(CONFIG.format(upstream="https://upstream.internal",
+                                                  extra="    upstream_tls: {ca: nowhere.pem}")))
+    with pytest.raises(ConfigError) as info:
+        compile_config(load_config(path))
+    assert "apis[0].upstream_tls.ca: no such file" in str(info.value)
