@@ -40,6 +40,7 @@ from bastion.server.upstream import UpstreamConnection, UpstreamError, UpstreamP
 from bastion.server.upstream_h2 import H2Upstream
 from bastion.stages.base import Services
 
+_SLOW_READER_TIMEOUT = 60.0  # seconds a client may leave a response unread before the transfer is abandoned
 # Response headers that describe the upstream's software: an attacker's map, never forwarded.
 _RESPONSE_DROP = frozenset({"server", "x-powered-by", "x-aspnet-version", "x-aspnetmvc-version"})
 
@@ -285,7 +286,7 @@ class Gateway:
             except UpstreamError as err:
                 self.metrics.upstream_errors.labels(err.reason).inc()
                 raise _UpstreamDeny(err) from None
-            sink = _ResponseSink(ex, ctx, traceparent)
+            sink = _ResponseSink(ex, ctx, traceparent, conn)
             head_fut, done_fut = conn.begin(sink, ex.method == "HEAD")
             try:
                 if body is not None:
@@ -387,16 +388,18 @@ class _StageDeny(Exception):
 class _ResponseSink:
     """Streams one upstream response to the client as it is parsed."""
 
-    __slots__ = ("_chunked", "_ctx", "_ex", "_h1", "_trace", "progress", "status")
+    __slots__ = ("_chunked", "_conn", "_ctx", "_ex", "_h1", "_trace", "paused", "progress", "status")
 
-    def __init__(self, ex: Exchange, ctx: RequestContext, traceparent: str) -> None:
+    def __init__(self, ex: Exchange, ctx: RequestContext, traceparent: str, conn: UpstreamConnection) -> None:
         self._ex = ex
         self._h1 = type(ex) is Exchange
         self._ctx = ctx
         self._trace = traceparent
+        self._conn = conn
         self._chunked = False
         self.status = 0
         self.progress = 0
+        self.paused = False  # the client reads slower than the upstream sends: upstream reading is paused
 
     def on_head(self, status: int, raw: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         self.status = status
@@ -434,6 +437,22 @@ class _ResponseSink:
             self._ex.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
             self._ex.write(data)
+        if not self.paused and not self._ex.writable:
+            # back-pressure: a slow client must not make the gateway buffer the upstream's whole response
+            self.paused = True
+            self._conn.pause_reading()
+            asyncio.get_running_loop().create_task(self._resume_when_drained())
+
+    async def _resume_when_drained(self) -> None:
+        try:
+            # a client that stops reading for this long is a slow-read attack, not a slow network
+            await asyncio.wait_for(self._ex.drain(), _SLOW_READER_TIMEOUT)
+        except Exception:  # gone or stalled: close the upstream side; the request ends as an aborted response
+            self._conn.close()
+            return
+        finally:
+            self.paused = False
+        self._conn.resume_reading()
 
     def on_end(self) -> None:
         if self._chunked:
@@ -476,7 +495,7 @@ async def _wait_progress(fut: asyncio.Future[None], sink: _ResponseSink, idle: f
     while not fut.done():
         seen = sink.progress
         done, _ = await asyncio.wait((fut,), timeout=idle)
-        if not done and sink.progress == seen:
+        if not done and sink.progress == seen and not sink.paused:  # paused: the client is slow, not the upstream
             raise UpstreamError("upstream_body_timeout", "upstream body stalled", status=504)
     fut.result()
 

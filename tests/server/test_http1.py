@@ -212,3 +212,37 @@ async def test_saturated_upstream_pool_answers_503_without_queueing_forever(tmp_
         results = await asyncio.gather(*(request(port, "GET", "/shop/items/slow") for _ in range(4)))
         statuses = sorted(r[0] for r in results)
         assert statuses[0] == 200 and set(statuses[1:]) == {503}
+
+
+async def test_a_slow_reader_pauses_the_upstream_instead_of_filling_gateway_memory(tmp_path):
+    """Back-pressure end to end: while the client does not read, the bytes stay upstream, not in the gateway."""
+    total = 64 * 1024 * 1024
+    sent = {}
+
+    class BigUpstream(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            sent["transport"] = transport
+
+        def data_received(self, data):
+            if b"\r\n\r\n" in data:
+                self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % total)
+                self.transport.write(b"x" * total)  # buffered by this transport while the gateway is paused
+
+    loop = asyncio.get_running_loop()
+    upstream = await loop.create_server(BigUpstream, "127.0.0.1", 0)
+    config = BASIC.replace("upstream: {upstream}", f"upstream: http://127.0.0.1:{upstream.sockets[0].getsockname()[1]}")
+    try:
+        async with running_gateway(tmp_path, config) as gw:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.bound[0][1])
+            writer.write(b"GET /shop/items HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            await asyncio.sleep(1.0)  # the client reads nothing
+            held_upstream = sent["transport"].get_write_buffer_size()
+            assert held_upstream > total // 2, held_upstream  # most of it never left the upstream
+            received = 0
+            while chunk := await reader.read(1 << 20):
+                received += len(chunk)
+            writer.close()
+            assert received > total  # the whole body (and the head) arrived once the client read
+    finally:
+        upstream.close()
