@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from bastion.audit.blocks import BlockList
 from bastion.audit.detect import Detector
 from bastion.audit.log import AuditLog
@@ -28,8 +26,9 @@ from bastion.compile import CompiledGateway, compile_config
 from bastion.config.loader import ConfigError, load_config
 from bastion.config.models import AdminConfig, GatewayConfig, ListenerConfig
 from bastion.server.admin import AdminApi, AdminBackend, read_events
+from bastion.server.admin_routes import block_routes, identity_routes
 from bastion.server.dispatch import alpn, protocol_factory
-from bastion.server.http1 import Exchange, Http1Connection, ServerLimits
+from bastion.server.http1 import Http1Connection, ServerLimits
 from bastion.server.http2 import H2Limits, H2Stats
 from bastion.server.metrics import Metrics
 from bastion.server.proxy import Gateway
@@ -61,104 +60,6 @@ def listener_ssl(listener: ListenerConfig | AdminConfig, base: Path) -> ssl.SSLC
 
 def _resolve(base: Path, path: Path) -> str:
     return str(path if path.is_absolute() else base / path)
-
-
-def block_routes(blocks: BlockList) -> dict[tuple[str, str], Any]:
-    """Admin endpoints for blocks: list, add (`{"kind","key","seconds"}`) and lift (`{"kind","key"}`)."""
-
-    async def listing(ex: Exchange, body: bytes) -> None:
-        _reply(ex, 200, {"blocks": await blocks.list_blocks()})
-
-    async def add(ex: Exchange, body: bytes) -> None:
-        doc = _json_body(body, ("kind", "key", "seconds"))
-        if doc is None or doc["kind"] not in ("ip", "subject", "consumer"):
-            return ex.problem(400, "Send {\"kind\": ip|subject|consumer, \"key\": ..., \"seconds\": n}.", "")
-        until = await blocks.block(doc["kind"], str(doc["key"]), float(doc["seconds"]), reason="operator")
-        _reply(ex, 200, {"blocked": until is not None, "until": until})
-
-    async def lift(ex: Exchange, body: bytes) -> None:
-        doc = _json_body(body, ("kind", "key"))
-        if doc is None:
-            return ex.problem(400, "Send {\"kind\": ip|subject|consumer, \"key\": ...}.", "")
-        _reply(ex, 200, {"lifted": await blocks.lift(doc["kind"], str(doc["key"]))})
-
-    return {("GET", "/blocks"): listing, ("POST", "/blocks"): add, ("POST", "/blocks/lift"): lift}
-
-
-def identity_routes(current: Any) -> dict[tuple[str, str], Any]:
-    """Admin endpoints of the identity layer: the Shared Signals (CAEP) push receiver and revocations.
-
-    Both look up the layer of the config serving now: a reload replaces the receiver and its key cache.
-    """
-    from bastion.stages import identity
-    from bastion.state import StateUnavailable
-
-    def layer() -> Any:
-        return current().shared.get(identity.prepare)
-
-    async def ssf_events(ex: Exchange, body: bytes) -> None:
-        receiver = getattr(layer(), "ssf_receiver", None)
-        if receiver is None:
-            return ex.problem(404, "No Shared Signals transmitter is configured.", "")
-        status, answer = await receiver.handle(body, _first_header(ex, "content-type") or "", time.time(),
-                                               authorization=_first_header(ex, "authorization"))
-        headers = [("content-type", "application/json")] if answer else []
-        ex.respond(status, [*headers, ("cache-control", "no-store")], answer)
-
-    async def listing(ex: Exchange, body: bytes) -> None:
-        try:
-            entries = await layer().revocation_store.list_revocations()
-        except StateUnavailable:
-            return ex.problem(503, "The state backend is unavailable.", "")
-        _reply(ex, 200, {"revocations": [e.as_dict() for e in entries]})
-
-    async def revoke(ex: Exchange, body: bytes) -> None:
-        doc = _json_body(body, ("kind", "value", "seconds"))
-        if doc is None:
-            return ex.problem(400, "Send {\"kind\": jti|sub|consumer, \"value\": ..., \"seconds\": n}.", "")
-        try:
-            entry = await layer().revocation_store.revoke(doc["kind"], str(doc["value"]),
-                                                          time.time() + float(doc["seconds"]), source="admin")
-        except ValueError as exc:
-            return ex.problem(400, str(exc), "")
-        except StateUnavailable:
-            return ex.problem(503, "The state backend is unavailable.", "")
-        _reply(ex, 200, {"revoked": entry.as_dict()})
-
-    async def lift(ex: Exchange, body: bytes) -> None:
-        doc = _json_body(body, ("kind", "value"))
-        if doc is None:
-            return ex.problem(400, "Send {\"kind\": jti|sub|consumer, \"value\": ...}.", "")
-        try:
-            lifted = await layer().revocation_store.lift(doc["kind"], str(doc["value"]))
-        except ValueError as exc:
-            return ex.problem(400, str(exc), "")
-        except StateUnavailable:
-            return ex.problem(503, "The state backend is unavailable.", "")
-        _reply(ex, 200, {"lifted": lifted})
-
-    return {("POST", "/ssf/events"): ssf_events, ("GET", "/revocations"): listing,
-            ("POST", "/revocations"): revoke, ("POST", "/revocations/lift"): lift}
-
-
-def _first_header(ex: Exchange, name: str) -> str | None:
-    return next((v for k, v in ex.headers if k == name), None)
-
-
-def _json_body(body: bytes, keys: tuple[str, ...]) -> dict[str, Any] | None:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(doc, dict) or any(k not in doc for k in keys):
-        return None
-    if "seconds" in keys and not isinstance(doc["seconds"], int | float):
-        return None
-    return doc
-
-
-def _reply(ex: Exchange, status: int, doc: Any) -> None:
-    ex.respond(status, [("content-type", "application/json"), ("cache-control", "no-store")], orjson.dumps(doc))
 
 
 def make_admin_auth(compiled: CompiledGateway) -> Any:
