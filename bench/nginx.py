@@ -68,10 +68,13 @@ def upstream_conf(directory: Path, port: int) -> str:
     )
 
 
-def proxy_conf(directory: Path, port: int, upstream_port: int, keepalive_requests: int | None = UNCAPPED) -> str:
+def proxy_conf(directory: Path, port: int, upstream_port: int, keepalive_requests: int | None = UNCAPPED,
+               h2c: bool = False) -> str:
     """nginx as a plain reverse proxy with a keep-alive upstream pool: the figure Bastion is compared with.
 
-    `keepalive_requests=None` leaves nginx's default (1000 requests per connection, both sides).
+    `keepalive_requests=None` leaves nginx's default (1000 requests per connection, both sides). `h2c=True`
+    serves cleartext HTTP/2 with prior knowledge (`listen ... http2` without ssl, nginx 1.22) to clients; the
+    upstream side stays HTTP/1.1 with keep-alive, as for Bastion.
     """
     pool = _keepalive(keepalive_requests).replace("    ", "        ", 1)
     return (
@@ -84,7 +87,7 @@ def proxy_conf(directory: Path, port: int, upstream_port: int, keepalive_request
         keepalive 64;
 {pool}    }}
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{port}{" http2" if h2c else ""} backlog=4096;
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;

@@ -64,6 +64,17 @@ class Processes:
         self.children.append(child)
         return child
 
+    def stop(self, child: Child, grace: float = 5.0) -> None:
+        """End one child (its process group) and forget it."""
+        _signal_group(child.proc, signal.SIGTERM)
+        try:
+            child.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(child.proc, signal.SIGKILL)
+            child.proc.wait(timeout=5)
+        if child in self.children:
+            self.children.remove(child)
+
     def stop_all(self, grace: float = 5.0) -> None:
         for child in self.children:
             _signal_group(child.proc, signal.SIGTERM)

@@ -122,23 +122,31 @@ def verdict(rows: dict[str, Row]) -> tuple[bool, str] | None:
     return ok, text
 
 
-def table(rows: dict[str, Row]) -> list[str]:
-    """The markdown table of one scenario: one line per target, medians over the rounds."""
-    nginx_rps = rows["nginx"].median("rps") if "nginx" in rows and rows["nginx"].samples else float("nan")
+def table(rows: dict[str, Row], reference: str = "nginx", label: str = "nginx",
+          plain: Row | None = None) -> list[str]:
+    """The markdown table of one scenario: one line per target, medians over the rounds.
+
+    `reference` names the row the ratio column divides by (its header: x`label`); `plain` is Bastion's own
+    plain-route row, for the xbastion-plain column (what the scenario's control costs).
+    """
+    ref = rows.get(reference)
+    ref_rps = ref.median("rps") if ref and ref.samples else float("nan")
+    plain_rps = plain.median("rps") if plain and plain.samples else float("nan")
     lines = [
-        f"| target | req/s | {X}nginx | p50 | p99 | CPU µs/req (process) | CPU µs/req (core) "
+        f"| target | req/s | {X}{label} | {X}bastion-plain | p50 | p99 | CPU µs/req (process) | CPU µs/req (core) "
         "| proxy core busy: target + other | load core busy | errors | req/s per round |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for name, row in rows.items():
         if not row.samples:
-            lines.append(f"| {name} | failed (see below) | | | | | | | | | |")
+            lines.append(f"| {name} | failed (see below) | | | | | | | | | | |")
             continue
         rps = row.median("rps")
-        ratio = "-" if nginx_rps != nginx_rps else f"{rps / nginx_rps:.2f}"
+        ratio = "-" if ref_rps != ref_rps else f"{rps / ref_rps:.2f}"
+        to_plain = "-" if plain_rps != plain_rps or not name.startswith("bastion") else f"{rps / plain_rps:.2f}"
         rounds = " / ".join(f"{s.wrk.rps:,.0f}" for s in row.samples)
         lines.append(
-            f"| {name} | {fmt_int(rps)} | {ratio} | {fmt_time(row.median('p50_us'))} "
+            f"| {name} | {fmt_int(rps)} | {ratio} | {to_plain} | {fmt_time(row.median('p50_us'))} "
             f"| {fmt_time(row.median('p99_us'))} | {fmt_num(row.median('cpu_us_per_req'))} "
             f"| {fmt_num(row.median('core_us_per_req'))} "
             f"| {fmt_pct(row.median('target_busy'))} + {fmt_pct(row.median('other_busy'))} "
@@ -153,17 +161,21 @@ def background(rows: list[Row]) -> tuple[float, float]:
     return (statistics.median(values), max(values)) if values else (float("nan"), float("nan"))
 
 
-def replace_section(document: str, section: str, body: str) -> str:
-    """Put `body` between the section's markers, appending the section when it is not there yet."""
+def replace_section(document: str, section: str, body: str, top: bool = False) -> str:
+    """Put `body` between the section's markers, adding the section when it is not there yet: at the end, or
+    with `top` before the first section."""
     start, end = f"<!-- bench:{section} -->", f"<!-- /bench:{section} -->"
     block = f"{start}\n{body.rstrip()}\n{end}"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if pattern.search(document):
         return pattern.sub(lambda _: block, document, count=1)
+    first = document.find("<!-- bench:")
+    if top and first >= 0:
+        return document[:first] + block + "\n\n" + document[first:]
     return document.rstrip() + ("\n\n" if document.strip() else "") + block + "\n"
 
 
-def write_section(path: Path, section: str, body: str, preamble: str) -> None:
+def write_section(path: Path, section: str, body: str, preamble: str, top: bool = False) -> None:
     """Rewrite one section of RESULTS.md, creating the file with `preamble` when it does not exist."""
     document = path.read_text() if path.exists() else preamble
-    path.write_text(replace_section(document, section, body).rstrip() + "\n")
+    path.write_text(replace_section(document, section, body, top).rstrip() + "\n")

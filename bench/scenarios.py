@@ -14,7 +14,13 @@ keepalive_requests, the upstream directly) on the same path, in the same round. 
     )
 
 Scenarios that need material made at run time (keys, tokens, a JWKS file) set `prepare`: it receives the run's
-temp dir and returns the headers and config fragment to use.
+temp dir and returns the headers, config fragment and wrk script to use.
+
+A scenario that needs a gateway-wide setting (`gateway.state`, `gateway.audit`, an h2c listener) names a
+`GatewayVariant` in `gateway`: its scenarios are served by a separate Bastion process with its own config and
+ports, started before them and stopped after them in every round. Scenarios after the core ones show, besides
+their own figures, the ratio to the nginx plain proxy and to Bastion's own plain route (`plain`) measured in
+the same rounds, which tells what the control costs.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+from bench import tokens
+
 BENCH_DIR = Path(__file__).resolve().parent
 POST_SCRIPT = BENCH_DIR / "post_1k.lua"
 PAYLOAD_1K = BENCH_DIR / "payload_1k.json"
@@ -37,8 +45,46 @@ ADMIN_PORT = 19901
 UPSTREAM_PORT = 18081
 NGINX_PORT = 18082
 NGINX_DEFAULTS_PORT = 18083
+NGINX_H2C_PORT = 18084
+GRPC_UPSTREAM_PORT = 18085
+REDIS_PORT = 18379
 
-TARGETS = ("direct-upstream", "nginx", "nginx-defaults", "bastion")
+TARGETS = ("direct-upstream", "nginx", "nginx-defaults", "nginx-h2c", "grpc-direct", "bastion")
+TOOLS = ("wrk", "h2load", "grpc")
+
+JWT_ISSUER = "https://idp.bench.invalid"
+JWT_AUDIENCE = "api://bench"
+UNCACHED_TOKENS = 20_000  # more than the verified-token cache holds (10 000 entries, LRU): every request misses
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayVariant:
+    """A gateway-wide setting that needs its own Bastion process (own config, listener and admin port)."""
+
+    name: str
+    port: int
+    admin_port: int
+    settings: dict[str, Any] = field(default_factory=dict)  # merged into `gateway:`; "{tmp}" = the run's temp dir
+    listener: dict[str, Any] = field(default_factory=dict)  # extra fields of its listener, e.g. {"h2c": True}
+    redis: bool = False  # start a redis-server (pinned to the load CPU) around this process
+    description: str = ""
+
+
+VARIANTS: dict[str, GatewayVariant] = {
+    v.name: v for v in (
+        GatewayVariant("redis", 18090, 19910, {"state": f"redis://127.0.0.1:{REDIS_PORT}/0"}, redis=True,
+                       description=f"`gateway.state: redis://127.0.0.1:{REDIS_PORT}/0` (a redis-server "
+                                   "started by the bench, pinned to the load CPU)"),
+        GatewayVariant("audit", 18091, 19911,
+                       {"audit": {"sinks": [{"name": "bench", "type": "file", "path": "{tmp}/audit/audit.jsonl",
+                                             "max_bytes": "256MiB", "backups": 2}],
+                                  "spool_dir": "{tmp}/audit-spool"}},
+                       description="`gateway.audit.sinks: [{type: file}]`: one JSON line per request to a file "
+                                   "in the run's temp dir"),
+        GatewayVariant("h2c", 18092, 19912, listener={"h2c": True},
+                       description="a listener with `h2c: true` (cleartext HTTP/2 with prior knowledge)"),
+    )
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +93,7 @@ class Prepared:
 
     headers: tuple[str, ...] = ()
     fragment: dict[str, Any] = field(default_factory=dict)
+    script: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,37 +113,117 @@ class Scenario:
     # checked against the issue's target: >= 60% of nginx's req/s and p99 within 2x of nginx's
     gated: bool = False
     prepare: Callable[[Path], Prepared] | None = None
+    route_path: str | None = None  # the route's pattern when `path` fills in a parameter (/a/{id} vs /a/42)
+    api: dict[str, Any] | None = None  # an API of its own (name, class, openapi, grpc...); default: `bench`
+    gateway: str = ""  # a name in VARIANTS: served by that variant's own Bastion process
+    plain: str = ""  # the core scenario whose nginx and Bastion rows this one is compared with
+    tool: str = "wrk"  # wrk | h2load | grpc
 
     @property
     def targets(self) -> tuple[str, ...]:
         return (*(t for t in TARGETS if t in self.baselines), "bastion")
 
     @property
+    def variant(self) -> GatewayVariant | None:
+        return VARIANTS[self.gateway] if self.gateway else None
+
+    @property
     def body(self) -> bytes | None:
         return self.body_file.read_bytes() if self.body_file else None
 
 
+def _jwt_cached(tmp: Path) -> Prepared:
+    token = tokens.mint(tmp, JWT_ISSUER, JWT_AUDIENCE)[0]
+    return Prepared(headers=(f"Authorization: Bearer {token}",))
+
+
+def _jwt_uncached(tmp: Path) -> Prepared:
+    minted = tokens.mint(tmp, JWT_ISSUER, JWT_AUDIENCE, UNCACHED_TOKENS)
+    # the preflight sends the first; the script then cycles through all of them
+    return Prepared(headers=(f"Authorization: Bearer {minted[0]}",),
+                    script=tokens.cycling_script(tmp, minted, "jwt-uncached"))
+
+
+# The JWT provider (a local JWKS file written at run time; "{tmp}" is replaced by the run's temp dir) and the
+# class its routes use: identity required, JWT only, the input controls off as on the plain path.
+JWT_PROVIDER: dict[str, Any] = {
+    "name": "bench", "issuer": JWT_ISSUER, "audiences": [JWT_AUDIENCE], "algorithms": ["ES256"],
+    "jwks_file": "{tmp}/jwks.json",
+}
+AUTHN_CLASS: dict[str, Any] = {
+    "identity": {"required": True, "methods": ["jwt"]},
+    "input": {"contract": "off", "inspection": "off"},
+}
+JWT_API: dict[str, Any] = {"name": "bench-jwt", "class": "authn"}
+JWT_FRAGMENT: dict[str, Any] = {"providers": {"jwt": [JWT_PROVIDER]}, "classes": {"authn": AUTHN_CLASS}}
+OPENAPI = BENCH_DIR / "bench-openapi.yaml"
+CONTRACT_API: dict[str, Any] = {"name": "bench-contract", "class": "open", "openapi": str(OPENAPI)}
+GRPC_METHOD = "/bench.Echo/Call"
+GRPC_API: dict[str, Any] = {"name": "bench-grpc", "class": "open", "upstream": f"http://127.0.0.1:{GRPC_UPSTREAM_PORT}",
+                            "grpc": {"methods": [GRPC_METHOD]}}
+# far above any rate this machine reaches: the limiter is consulted and charged on every request, never denies
+NEVER_DENY = {"name": "bench", "algorithm": "sliding_window", "limit": 1_000_000_000, "window": "1s",
+              "key": "client_ip"}
+_POST = {"method": "POST", "script": POST_SCRIPT, "body_file": PAYLOAD_1K}
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(name="get", section="core", path="/get", gated=True),
-    Scenario(name="post-1k", section="core", path="/post", method="POST", script=POST_SCRIPT,
-             body_file=PAYLOAD_1K, gated=True),
+    Scenario(name="post-1k", section="core", path="/post", gated=True, **_POST),
     # the same POST on a route that keeps the input section's secure default (injection inspection of every
     # JSON string, `block`): what a route of a class that does not opt out pays
-    Scenario(name="post-1k-inspected", section="defaults", path="/post-inspected", method="POST",
-             script=POST_SCRIPT, body_file=PAYLOAD_1K, route={"policy": {"input": {"inspection": "block"}}},
-             baselines=("nginx",)),
+    Scenario(name="post-1k-inspected", section="defaults", path="/post-inspected",
+             route={"policy": {"input": {"inspection": "block"}}}, baselines=(), plain="post-1k", **_POST),
+    # issue 3: one token over and over (verified-token cache hit) and a different token on every request
+    Scenario(name="jwt-es256-cached", section="identity", path="/jwt/get", api=JWT_API, fragment=JWT_FRAGMENT,
+             prepare=_jwt_cached, baselines=(), plain="get"),
+    Scenario(name="jwt-es256-uncached", section="identity", path="/jwt/get-uncached", api=JWT_API,
+             fragment=JWT_FRAGMENT, prepare=_jwt_uncached, baselines=(), plain="get"),
+    # issue 4: scopes, a role and an owner rule (the path id must equal the token's `sub`), on top of the JWT
+    Scenario(name="authz-scope-role-owner", section="authz", path="/authz/acct-42",
+             route_path="/authz/{account_id}", api=JWT_API, fragment=JWT_FRAGMENT, prepare=_jwt_cached,
+             route={"policy": {"authz": {"scopes": ["bench:read"], "roles": {"any_of": ["clerk"]},
+                                         "owner": [{"from": "path.account_id", "equals": "claim:sub"}]}}},
+             baselines=(), plain="get"),
+    # issue 5: one sliding-window limit keyed by client IP, in process memory and in Redis
+    Scenario(name="ratelimit-memory", section="traffic", path="/limited",
+             route={"policy": {"traffic": {"rate_limits": [NEVER_DENY]}}}, baselines=(), plain="get"),
+    Scenario(name="ratelimit-redis", section="traffic", path="/limited", gateway="redis",
+             route={"policy": {"traffic": {"rate_limits": [NEVER_DENY]}}}, baselines=(), plain="get"),
+    # issue 6: the 1 KB POST validated against its OpenAPI operation, without and with injection inspection
+    Scenario(name="contract-1k", section="input", path="/contract/post", api=CONTRACT_API,
+             route={"operation": "postOrder", "policy": {"input": {"contract": "enforce"}}},
+             baselines=(), plain="post-1k", **_POST),
+    Scenario(name="contract-1k-inspected", section="input", path="/contract/post-inspected", api=CONTRACT_API,
+             route={"operation": "postOrderInspected",
+                    "policy": {"input": {"contract": "enforce", "inspection": "block"}}},
+             baselines=(), plain="post-1k", **_POST),
+    # issue 7: the plain GET with every request written as an audit event to a file
+    Scenario(name="audit-file", section="audit", path="/get", gateway="audit", baselines=(), plain="get"),
+    # issue 9: HTTP/2 (h2c, prior knowledge) through Bastion and through nginx; gRPC unary through Bastion and
+    # straight to the grpcio server
+    Scenario(name="h2c-get", section="http2", path="/get", gateway="h2c", tool="h2load",
+             baselines=("nginx-h2c",)),
+    Scenario(name="grpc-unary", section="http2", path=GRPC_METHOD, method="POST", gateway="h2c", tool="grpc",
+             api=GRPC_API, baselines=("grpc-direct",)),
 )
 
 SECTION_TITLES = {
     "core": "Core: plain proxy path (every control off)",
     "defaults": "Secure defaults: 1 KB JSON POST with the default input inspection (`inspection: block`)",
+    "identity": "Identity (issue 3): JWT ES256, verified-token cache hit and miss",
+    "authz": "Authorisation (issue 4): scopes, a role and an owner rule",
+    "traffic": "Traffic (issue 5): a rate limit that never denies, in memory and in Redis",
+    "input": "Input (issue 6): 1 KB JSON POST validated against its OpenAPI operation",
+    "audit": "Audit (issue 7): plain GET with every request audited to a file",
+    "http2": "HTTP/2 and gRPC (issue 9): h2c through Bastion and nginx, gRPC unary through Bastion and direct",
 }
 
-# The `open` class turns off every control that has an off switch: identity not required, no authorisation
-# requirement, no rate limit, and the input contract and inspection off (both on by default), so that no stage
-# buffers or parses the body. What remains is the proxy path itself.
+# The `open` class turns off every control that has an off switch: no identity stage at all (not required, no
+# method: with `methods: []` the identity stage is not even built), no authorisation requirement, no rate
+# limit, and the input contract and inspection off (both on by default), so that no stage buffers or parses
+# the body. What remains is the proxy path itself.
 OPEN_CLASS: dict[str, Any] = {
-    "identity": {"required": False},
+    "identity": {"required": False, "methods": []},
     "input": {"contract": "off", "inspection": "off"},
 }
 
@@ -120,40 +247,89 @@ BASE_CONFIG: dict[str, Any] = {
 
 
 def merge(into: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge `extra` into a copy of `into`: mappings merge, lists append, scalars replace."""
+    """Deep-merge `extra` into a copy of `into`: mappings merge, lists append (items not already there),
+    scalars replace."""
     out = copy.deepcopy(into)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         elif isinstance(value, list) and isinstance(out.get(key), list):
-            out[key] = out[key] + copy.deepcopy(value)
+            out[key] = out[key] + [copy.deepcopy(v) for v in value if v not in out[key]]
         else:
             out[key] = copy.deepcopy(value)
     return out
 
 
-def route_entry(scenario: Scenario) -> dict[str, Any]:
-    """The route of the `bench` API that serves a scenario."""
-    return {"name": scenario.name, "path": scenario.path, "methods": [scenario.method], **scenario.route}
+def route_entry(scenario: Scenario) -> dict[str, Any] | None:
+    """The route that serves a scenario (None when its API declares it: a gRPC method)."""
+    if "operation" in scenario.route:
+        return dict(scenario.route)
+    if scenario.api and "grpc" in scenario.api:
+        return None
+    return {"name": scenario.name, "path": scenario.route_path or scenario.path, "methods": [scenario.method],
+            **scenario.route}
+
+
+def substitute(value: Any, tmp: Path | None) -> Any:
+    """Replace "{tmp}" in every string of a config with the run's temp dir."""
+    if isinstance(value, dict):
+        return {k: substitute(v, tmp) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, tmp) for v in value]
+    if isinstance(value, str) and "{tmp}" in value:
+        return value.replace("{tmp}", str(tmp or "/tmp"))
+    return value
 
 
 def bastion_config(
-    scenarios: Iterable[Scenario], prepared: dict[str, Prepared] | None = None
+    scenarios: Iterable[Scenario], prepared: dict[str, Prepared] | None = None,
+    variant: GatewayVariant | None = None, tmp: Path | None = None,
 ) -> dict[str, Any]:
-    """The `bastion.yaml` (as data) that serves every scenario given, with their fragments merged in."""
+    """The `bastion.yaml` (as data) that serves every scenario given, with their fragments merged in.
+
+    With a variant: its own listener and admin ports, and its gateway-wide settings.
+    """
     prepared = prepared or {}
     config = copy.deepcopy(BASE_CONFIG)
+    if variant:
+        config["gateway"]["listeners"] = [{"address": "127.0.0.1", "port": variant.port, **variant.listener}]
+        config["gateway"]["admin"]["port"] = variant.admin_port
+        config = merge(config, {"gateway": variant.settings})
     seen: dict[tuple[str, str], str] = {}
     for scenario in scenarios:
         key = (scenario.method, scenario.path)
         if key in seen:
             raise ValueError(f"scenarios {seen[key]!r} and {scenario.name!r} both use {key[0]} {key[1]}")
         seen[key] = scenario.name
-        config["apis"][0]["routes"].append(route_entry(scenario))
+        api = _api(config, scenario)
+        entry = route_entry(scenario)
+        if entry is not None:
+            api["routes"].append(entry)
         config = merge(config, scenario.fragment)
         if scenario.name in prepared:
             config = merge(config, prepared[scenario.name].fragment)
-    return config
+    return substitute(config, tmp)
+
+
+def _api(config: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
+    """The API a scenario's route belongs to, added to the config on first use."""
+    name = scenario.api["name"] if scenario.api else "bench"
+    for api in config["apis"]:
+        if api["name"] == name:
+            return api
+    base = config["apis"][0]
+    api = {"name": name, "owner": base["owner"], "class": base["class"], "upstream": base["upstream"],
+           **copy.deepcopy(scenario.api or {}), "routes": []}
+    config["apis"].append(api)
+    return api
+
+
+def groups(chosen: Iterable[Scenario]) -> dict[str, list[Scenario]]:
+    """Scenarios by the Bastion process that serves them: "" (the main one) first, then each variant."""
+    out: dict[str, list[Scenario]] = {"": []}
+    for scenario in chosen:
+        out.setdefault(scenario.gateway, []).append(scenario)
+    return out
 
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_./@*-][A-Za-z0-9_./@* -]*$")

@@ -13,7 +13,7 @@ sys.path.insert(0, str(REPO))
 
 from bastion.compile import compile_config  # noqa: E402
 from bastion.config.loader import load_config  # noqa: E402
-from bench import nginx, report, run, scenarios, wrk  # noqa: E402
+from bench import h2load, nginx, report, run, scenarios, tokens, wrk  # noqa: E402
 from bench.report import Row, Sample  # noqa: E402
 
 WRK_OUTPUT = """\
@@ -74,20 +74,102 @@ def test_wrk_command_is_keepalive_with_latency_and_headers() -> None:
     assert argv[argv.index("-s") + 1] == "s.lua"
 
 
-def test_generated_bastion_config_validates(tmp_path: Path) -> None:
-    path = tmp_path / "bastion.yaml"
-    path.write_text(scenarios.dump(scenarios.bastion_config(scenarios.SCENARIOS)))
-    loaded = load_config(path)
-    api = loaded.model.apis[0]
-    assert [(r.path, r.methods) for r in api.routes][:2] == [("/get", ["GET"]), ("/post", ["POST"])]
-    assert loaded.model.gateway.listeners[0].port == scenarios.LISTEN_PORT
-    assert loaded.model.gateway.admin.port == scenarios.ADMIN_PORT
-    compiled = compile_config(loaded)  # the checks `bastion validate` runs: baselines, routes, stages
-    assert len(compiled.routes) == len(scenarios.SCENARIOS)
-    plain = {r.info.route: r.plans[0] for r in compiled.routes if r.info.route in ("get", "post-1k")}
-    for plan in plain.values():  # the plain proxy path: nothing buffers or inspects the request
-        assert not plan.body_stages
-        assert all(stage.control not in ("input", "traffic", "authz") for stage in plan.stages)
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every Bastion config of a full run (the main process and each gateway variant), written to files."""
+    tmp = tmp_path_factory.mktemp("bench")
+    prepared = {s.name: s.prepare(tmp) for s in scenarios.SCENARIOS if s.prepare}
+    paths = {}
+    for name, group in scenarios.groups(scenarios.SCENARIOS).items():
+        config = scenarios.bastion_config(group, prepared, scenarios.VARIANTS.get(name), tmp)
+        paths[name] = tmp / f"bastion-{name or 'main'}.yaml"
+        paths[name].write_text(scenarios.dump(config))
+    return paths
+
+
+def test_every_generated_config_validates_and_compiles(generated: dict[str, Path]) -> None:
+    assert set(generated) == {"", *scenarios.VARIANTS}
+    for name, path in generated.items():
+        loaded = load_config(path)
+        compiled = compile_config(loaded)  # the checks `bastion validate` runs: baselines, routes, stages
+        variant = scenarios.VARIANTS.get(name)
+        listener = loaded.model.gateway.listeners[0]
+        assert listener.port == (variant.port if variant else scenarios.LISTEN_PORT)
+        assert loaded.model.gateway.admin.port == (variant.admin_port if variant else scenarios.ADMIN_PORT)
+        assert compiled.routes
+
+
+def _stages(path: Path) -> dict[str, list[str]]:
+    compiled = compile_config(load_config(path))
+    return {r.info.route: [s.control for s in r.plans[0].stages] for r in compiled.routes}
+
+
+def test_plain_routes_run_no_stage_at_all(generated: dict[str, Path]) -> None:
+    stages = _stages(generated[""])
+    assert stages["get"] == [] and stages["post-1k"] == []  # no identity stage either: `methods: []`
+    compiled = compile_config(load_config(generated[""]))
+    for route in compiled.routes:
+        if route.info.route in ("get", "post-1k"):
+            assert not route.plans[0].body_stages
+    assert scenarios.OPEN_CLASS["identity"] == {"required": False, "methods": []}
+
+
+def test_each_scenario_route_runs_the_control_it_measures(generated: dict[str, Path]) -> None:
+    main = _stages(generated[""])
+    assert main["jwt-es256-cached"] == main["jwt-es256-uncached"] == ["identity"]
+    assert main["authz-scope-role-owner"] == ["identity", "authz"]
+    assert main["ratelimit-memory"] == ["traffic.rate_limits"]
+    assert main["postOrder"] == main["postOrderInspected"] == ["input"]
+    assert _stages(generated["redis"]) == {"ratelimit-redis": ["traffic.rate_limits"]}
+    assert _stages(generated["audit"]) == {"audit-file": []}
+    assert set(_stages(generated["h2c"])) == {"h2c-get", "bench.Echo.Call"}
+
+
+def test_gateway_variants_carry_their_gateway_wide_settings(generated: dict[str, Path]) -> None:
+    redis = load_config(generated["redis"]).model.gateway
+    assert redis.state == f"redis://127.0.0.1:{scenarios.REDIS_PORT}/0"
+    audit = load_config(generated["audit"]).model.gateway.audit
+    assert [s.type for s in audit.sinks] == ["file"] and "{tmp}" not in generated["audit"].read_text()
+    assert load_config(generated["h2c"]).model.gateway.listeners[0].h2c
+    assert not load_config(generated[""]).model.gateway.listeners[0].h2c
+    assert load_config(generated[""]).model.gateway.state == "memory"
+    ports = [p for v in scenarios.VARIANTS.values() for p in (v.port, v.admin_port)]
+    assert len(set(ports)) == len(ports) and scenarios.LISTEN_PORT not in ports
+
+
+def test_scenarios_are_grouped_by_process_main_first() -> None:
+    grouped = scenarios.groups(scenarios.SCENARIOS)
+    assert next(iter(grouped)) == ""
+    assert [s.name for s in grouped["redis"]] == ["ratelimit-redis"]
+    assert all(s.gateway == "" for s in grouped[""])
+    gated = [s.name for s in scenarios.SCENARIOS if s.gated]
+    assert gated == ["get", "post-1k"]  # the PASS/FAIL gate is only on the core scenarios
+    for scenario in scenarios.SCENARIOS:
+        if scenario.plain:
+            assert scenario.plain in gated
+
+
+def test_uncached_jwt_tokens_outnumber_the_token_cache(tmp_path: Path) -> None:
+    from bastion.stages.identity.tokencache import TokenCache
+
+    assert TokenCache().max_entries < scenarios.UNCACHED_TOKENS
+    minted = tokens.mint(tmp_path, scenarios.JWT_ISSUER, scenarios.JWT_AUDIENCE, 3)
+    assert len(set(minted)) == 3 and (tmp_path / "jwks.json").exists()
+    script = tokens.cycling_script(tmp_path, minted, "t")
+    assert f'io.lines("{tmp_path}/t.txt")' in script.read_text()
+    assert (tmp_path / "t.txt").read_text().split() == minted
+
+
+def test_openapi_schema_accepts_the_1k_payload() -> None:
+    import jsonschema_rs
+    from ruamel.yaml import YAML
+
+    spec = YAML(typ="safe").load(scenarios.OPENAPI.read_text())
+    schema = dict(spec["components"]["schemas"]["Order"])
+    schema["$defs"] = {}
+    validator = jsonschema_rs.validator_for(schema)
+    assert validator.is_valid(json.loads(scenarios.PAYLOAD_1K.read_bytes()))
+    assert not validator.is_valid({**json.loads(scenarios.PAYLOAD_1K.read_bytes()), "role": "admin"})
 
 
 def test_scenario_fragments_merge_into_the_config() -> None:
@@ -96,21 +178,22 @@ def test_scenario_fragments_merge_into_the_config() -> None:
         route={"policy": {"identity": {"required": True}}},
         fragment={"classes": {"partner": {"identity": {"required": True}}}},
     )
-    config = scenarios.bastion_config((*scenarios.SCENARIOS, extra))
-    assert set(config["classes"]) == {"open", "partner"}
+    config = scenarios.bastion_config((*scenarios.groups(scenarios.SCENARIOS)[""], extra))
+    assert {"open", "partner", "authn"} <= set(config["classes"])
     assert config["apis"][0]["routes"][-1]["policy"] == {"identity": {"required": True}}
     assert scenarios.BASE_CONFIG["classes"] == {"open": scenarios.OPEN_CLASS}  # not mutated
-    assert set(scenarios.OPEN_CLASS) == {"identity", "input"}
+    assert len(config["providers"]["jwt"]) == 1  # one provider, though several scenarios bring it
 
 
 def test_two_scenarios_on_one_route_are_refused() -> None:
     twin = scenarios.Scenario(name="twin", section="core", path="/get")
     with pytest.raises(ValueError, match="both use GET /get"):
-        scenarios.bastion_config((*scenarios.SCENARIOS, twin))
+        scenarios.bastion_config((*scenarios.groups(scenarios.SCENARIOS)[""], twin))
 
 
 def test_only_selects_by_name_section_or_glob() -> None:
     assert [s.name for s in scenarios.select(["post*"])] == ["post-1k", "post-1k-inspected"]
+    assert [s.name for s in scenarios.select(["traffic"])] == ["ratelimit-memory", "ratelimit-redis"]
     assert [s.name for s in scenarios.select(["core"])] == ["get", "post-1k"]
     assert scenarios.select([""]) == scenarios.SCENARIOS
     with pytest.raises(ValueError, match="matches no scenario"):
@@ -181,8 +264,48 @@ def test_table_reports_medians_and_ratio() -> None:
     rows = {"nginx": Row("nginx", [_sample(30_000, 5_000), _sample(20_000, 4_000), _sample(25_000, 6_000)]),
             "bastion": Row("bastion", failure="did not start")}
     lines = report.table(rows)
-    assert lines[2].startswith("| nginx | 25,000 | 1.00 | ") and "| 5.0ms |" in lines[2]
+    assert lines[2].startswith("| nginx | 25,000 | 1.00 | - | ") and "| 5.0ms |" in lines[2]
     assert "failed" in lines[3]
+
+
+def test_scenario_tables_show_the_plain_rows_and_both_ratios() -> None:
+    results = {
+        "get": {"nginx": Row("nginx", [_sample(30_000, 5_000)]), "bastion": Row("bastion", [_sample(12_000, 9_000)])},
+        "audit-file": {"bastion": Row("bastion", [_sample(6_000, 9_000)])},
+    }
+    scenario = next(s for s in scenarios.SCENARIOS if s.name == "audit-file")
+    shown, reference, label, plain = run.table_rows(scenario, results)
+    lines = report.table(shown, reference, label, plain)
+    assert f"{report.X}nginx | {report.X}bastion-plain" in lines[0]
+    assert lines[2].startswith("| nginx, plain proxy (get) | 30,000 | 1.00 | - |")
+    assert lines[3].startswith("| bastion, plain (get) | 12,000 | 0.40 | 1.00 |")
+    assert lines[4].startswith("| bastion | 6,000 | 0.20 | 0.50 |")
+    h2 = next(s for s in scenarios.SCENARIOS if s.name == "h2c-get")
+    assert run.table_rows(h2, {"h2c-get": {}})[1:3] == ("nginx-h2c", "nginx-h2c")
+
+
+H2LOAD_OUTPUT = """finished in 2.00s, 41234.50 req/s, 5.12MB/s
+requests: 82469 total, 82469 started, 82469 done, 82460 succeeded, 9 failed, 9 errored, 0 timeout
+status codes: 82460 2xx, 0 3xx, 0 4xx, 9 5xx
+"""
+
+
+def test_h2load_report_and_log_are_parsed() -> None:
+    log = "".join(f"1700000000{i:06d}\t200\t{d}\n" for i, d in enumerate(range(100, 200)))
+    result = h2load.parse(H2LOAD_OUTPUT, log)
+    assert (result.requests, result.rps, result.seconds) == (82469, 41234.5, 2.0)
+    assert (result.p50_us, result.p99_us) == (149.0, 199.0)  # nearest rank
+    assert result.write_errors == 9 and result.non_2xx == 9
+    with pytest.raises(wrk.WrkOutputError):
+        h2load.parse("finished in 2.00s, 1 req/s", log)
+    argv = h2load.command("http://127.0.0.1:1/get", duration=10, clients=16, streams=8, log_file=Path("l"))
+    assert argv[:5] == ["h2load", "-t1", "-c16", "-m8", "-D10"] and argv[-1] == "http://127.0.0.1:1/get"
+
+
+def test_nginx_h2c_proxy_listens_with_http2(tmp_path: Path) -> None:
+    text = nginx.proxy_conf(tmp_path, 18084, 18081, h2c=True)
+    assert "listen 127.0.0.1:18084 http2 backlog=4096;" in text and "ssl" not in text
+    assert "http2" not in nginx.proxy_conf(tmp_path, 18082, 18081)
 
 
 def test_results_sections_are_replaced_in_place(tmp_path: Path) -> None:
@@ -204,3 +327,21 @@ def test_yaml_dump_round_trips() -> None:
         "empty": [], "none": {}, "text": "plain words", "num": 2.5, "neg": -3, "str_num": "-3",
     }
     assert YAML(typ="safe").load(scenarios.dump(data)) == data
+
+
+def test_summary_goes_above_the_first_section_and_lists_every_measured_scenario(tmp_path: Path) -> None:
+    path = tmp_path / "RESULTS.md"
+    report.write_section(path, "core", "core figures", "# Results\n")
+    results = {
+        "get": {"nginx": Row("nginx", [_sample(30_000, 5_000)]), "bastion": Row("bastion", [_sample(12_000, 9_000)])},
+        "audit-file": {"bastion": Row("bastion", [_sample(6_000, 9_000)])},
+        "h2c-get": {"nginx-h2c": Row("nginx-h2c", [_sample(20_000, 5_000)]), "bastion": Row("bastion", failure="x")},
+    }
+    env = {"date": "today", "commit": "abc"}
+    body = run.summary_markdown(results, env, ["**FAIL** (get): ..."])
+    report.write_section(path, "summary", body, "# Results\n", top=True)
+    text = path.read_text()
+    assert text.index("<!-- bench:summary -->") < text.index("<!-- bench:core -->")
+    assert "| get | core | 12,000 | 0.40 | nginx 30,000 req/s | - |" in text
+    assert "| audit-file | audit | 6,000 | 0.20 | nginx 30,000 req/s | 0.50 |" in text
+    assert "| h2c-get | http2 | not measured" in text and "How to read these figures" in text
