@@ -89,3 +89,30 @@ def test_weakening(control: str, baseline: Any, declared: Any, weaker: bool) -> 
 
 def test_cors_defaults_are_off() -> None:
     assert CorsPolicy().allow_origins == [] and not CorsPolicy().allow_credentials
+
+
+def test_every_response_section_in_the_docs_is_valid() -> None:
+    import re
+    from pathlib import Path
+
+    from ruamel.yaml import YAML
+
+    text = (Path(__file__).resolve().parents[3] / "docs" / "response.md").read_text()
+    found = 0
+
+    def walk(node: Any) -> None:
+        nonlocal found
+        if isinstance(node, dict):
+            for key, sub in node.items():
+                if key == "response" and isinstance(sub, dict):
+                    ResponsePolicy.model_validate(sub)
+                    found += 1
+                else:
+                    walk(sub)
+        elif isinstance(node, list):
+            for sub in node:
+                walk(sub)
+
+    for block in re.findall(r"```yaml\n(.*?)```", text, re.S):
+        walk(YAML(typ="safe").load(block))
+    assert found >= 5
