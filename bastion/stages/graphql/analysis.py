@@ -30,6 +30,7 @@ from graphql.language import (
 )
 
 INTROSPECTION = frozenset({"__schema", "__type"})
+COST_CAP = 10**15  # a measured cost never exceeds this (2^50 fields is already absurd)
 
 
 class DocumentError(ValueError):
@@ -207,7 +208,7 @@ class _Walker:
         self.list_args = measure.list_arguments
         self.default = measure.default_list_size
         self.max_depth = measure.max_depth
-        self.cap = measure.max_cost + 1  # costs saturate here: past the budget the exact number is moot
+        self.cap = COST_CAP  # costs saturate here: exact for anything real, bounded for fragment bombs
         self.variables = variables
         self.fragments: dict[str, tuple[int, int]] = {}
 
@@ -262,4 +263,4 @@ def _root_fields(selection_set: SelectionSetNode, fragments: dict[str, FragmentD
     return names
 
 
-__all__ = ["INTROSPECTION", "Analysis", "DocumentError", "Measure", "Operation", "analyse"]
+__all__ = ["COST_CAP", "INTROSPECTION", "Analysis", "DocumentError", "Measure", "Operation", "analyse"]

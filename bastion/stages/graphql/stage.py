@@ -10,14 +10,13 @@ import hashlib
 from typing import Any
 
 from graphql.error import GraphQLSyntaxError
-from graphql.language import Lexer, Source, TokenKind
-from graphql.language.parser import Parser
+from graphql.language import Lexer, Source, TokenKind, parse
 
 from bastion.context import Continue, ControlRecord, Decision, Deny, RequestContext
 from bastion.stages.authz.scopes import challenge
 from bastion.stages.base import RouteInfo, Services
 from bastion.stages.graphql import request as http
-from bastion.stages.graphql.analysis import Analysis, DocumentError, Measure, analyse
+from bastion.stages.graphql.analysis import COST_CAP, Analysis, DocumentError, Measure, analyse
 from bastion.stages.graphql.config import GraphqlPolicy
 
 # Public sentences per reason; the audit's log_detail adds the limit and the measured value.
@@ -91,12 +90,12 @@ class GraphqlStage:
             outcome = self._document(ctx, req, where)
             if isinstance(outcome, Deny):
                 return outcome
-            cost = min(cost + outcome.cost, policy.max_cost + 1)
+            cost = min(cost + outcome.cost, COST_CAP)
             aliases += outcome.aliases
             directives += outcome.directives
             if cost > policy.max_cost:
                 return self._deny("graphql_cost_exceeded", "max_cost",
-                                  f"{where}cost {_at_least(cost, policy.max_cost)} > max_cost {policy.max_cost}")
+                                  f"{where}cost {_at_least(cost)} > max_cost {policy.max_cost}")
             if aliases > policy.max_aliases:
                 return self._deny("graphql_aliases_exceeded", "max_aliases",
                                   f"{where}aliases {aliases} > max_aliases {policy.max_aliases}")
@@ -127,9 +126,8 @@ class GraphqlStage:
                 if self.persisted:  # rollout: recorded, let through
                     ctx.records.append(ControlRecord("graphql.persisted_only", "detect", self.pid["persisted_only"],
                                                      "graphql_query_not_persisted"))
-        parser = Parser(Source(req.query), no_location=True, max_tokens=policy.max_tokens)
         try:
-            doc = parser.parse_document()
+            doc = parse(req.query, no_location=True, max_tokens=policy.max_tokens)
         except GraphQLSyntaxError as exc:
             tokens = count_tokens(req.query, policy.max_tokens)
             if tokens > policy.max_tokens:
@@ -190,20 +188,20 @@ def count_tokens(query: str, limit: int) -> int:
     try:
         while count <= limit:
             token = lexer.advance()
-            if token.kind is TokenKind.EOF:
-                break
             comment = token.prev
             while comment is not None and comment.kind is TokenKind.COMMENT:
                 count += 1
                 comment = comment.prev
+            if token.kind is TokenKind.EOF:
+                break
             count += 1
     except GraphQLSyntaxError:
         pass
     return count
 
 
-def _at_least(value: int, limit: int) -> str:
-    return f"at least {value}" if value > limit else str(value)
+def _at_least(value: int) -> str:
+    return f"at least {value}" if value >= COST_CAP else str(value)
 
 
 __all__ = ["DETAIL", "GraphqlStage", "build", "count_tokens", "is_graphql_route", "prepare"]
