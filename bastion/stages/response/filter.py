@@ -31,6 +31,10 @@ _KEEP_ON_REPLACE = frozenset({
 })
 
 
+# Set by the server on every answer; an upstream's copies are dropped.
+_SERVER_SET = frozenset({"x-request-id", "traceparent"})
+
+
 @dataclass(frozen=True, slots=True)
 class ResponsePlan:
     """What to do with one upstream response.
@@ -124,7 +128,7 @@ class ResponseFilter:
         for name, value in headers:
             if name == "content-length":
                 length = int(value) if value.isdigit() else None
-            if name in HOP_BY_HOP or name in drop or name in SOFTWARE:
+            if name in HOP_BY_HOP or name in drop or name in SOFTWARE or name in _SERVER_SET:
                 continue
             out.append((name, value))
 
@@ -152,6 +156,14 @@ class ResponseFilter:
                 action = "buffer"
         self._decorate(ctx, out, tls)
         return ResponsePlan(status, out, action, self.limit, "block" if self.mode == "block" else "stream")
+
+    def answer_headers(self, ctx: RequestContext, tls: bool) -> list[tuple[str, str]]:
+        """Security and CORS headers for an answer the gateway makes itself (a denial's problem document), so
+        HSTS and nosniff cover it and a browser can read a cross-origin 401/403/429. The problem helper sets
+        its own `Cache-Control: no-store`."""
+        headers: list[tuple[str, str]] = []
+        self._decorate(ctx, headers, tls)
+        return [(n, v) for n, v in headers if n != "cache-control"]
 
     # ---- a buffered body --------------------------------------------------------------------------------
 

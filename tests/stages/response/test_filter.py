@@ -175,3 +175,18 @@ def test_authenticated_identity_gets_no_store(users: OpenApiDocument) -> None:
     ctx = request(identity=Identity(method="jwt", subject="ann"))
     plan = filt.head(ctx, 200, [("cache-control", "public, max-age=3600")], False)
     assert value(plan.headers, "cache-control") == "no-store"
+
+
+def test_answer_headers_for_gateway_denials(users: OpenApiDocument) -> None:
+    filt = make_filter(users, None, cors={"allow_origins": ["https://app.example.com"]})
+    ctx = request(headers=[("origin", "https://app.example.com"), ("authorization", "Bearer x")])
+    h = filt.answer_headers(ctx, True)
+    assert value(h, "access-control-allow-origin") == "https://app.example.com"
+    assert value(h, "strict-transport-security") == "max-age=31536000"
+    assert value(h, "x-content-type-options") == "nosniff"
+    assert value(h, "cache-control") is None  # the problem helper sets its own
+
+
+def test_upstream_request_id_and_trace_are_not_forwarded(users: OpenApiDocument) -> None:
+    plan = make_filter(users, None).head(request(), 200, [("x-request-id", "up-1"), ("traceparent", "00-x")], False)
+    assert value(plan.headers, "x-request-id") is None and value(plan.headers, "traceparent") is None
