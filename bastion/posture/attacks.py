@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from bastion.compile import CompiledRoute
+from bastion.posture.bola import OwnerPlan, owner_plan
 from bastion.posture.controls import Demands, demands
 from bastion.posture.tokens import TokenForge
 
@@ -52,22 +53,31 @@ class ProbeOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def concrete_path(template: str, route: CompiledRoute) -> str:
-    """`/orders/{id}` -> `/orders/1`: path parameters get a harmless value (numeric when the schema says so)."""
+def concrete_path(template: str, route: CompiledRoute, values: dict[str, str] | None = None) -> str:
+    """`/orders/{id}` -> `/orders/1`: path parameters get a harmless value (numeric when the schema says so),
+    or the one `values` names (the probe's own object on owner-protected routes)."""
     out = []
     for segment in template.split("/"):
         if segment.startswith("{") and segment.endswith("}"):
-            out.append(quote(_param_value(route, segment[1:-1]), safe=""))
+            name = segment[1:-1]
+            value = (values or {}).get(name)
+            out.append(quote(_param_value(route, name) if value is None else value, safe=""))
         else:
             out.append(segment)
     return "/".join(out) or "/"
 
 
-def _param_value(route: CompiledRoute, name: str) -> str:
+def _param_value(route: CompiledRoute, name: str, where: str = "path") -> str:
     for param in (route.info.operation or {}).get("parameters") or []:
-        if isinstance(param, dict) and param.get("name") == name and param.get("in") == "path":
+        if isinstance(param, dict) and param.get("name") == name and param.get("in") == where:
             return str(sample(param.get("schema") or {}))
     return "1"
+
+
+def with_query(path: str, query: str) -> str:
+    if not query:
+        return path
+    return f"{path}{'&' if '?' in path else '?'}{query}"
 
 
 def sample(schema: Any, depth: int = 0) -> Any:
@@ -118,9 +128,10 @@ def _string_property(schema: dict[str, Any] | None) -> str | None:
     return None
 
 
-def _string_query_param(operation: dict[str, Any] | None) -> str | None:
+def _string_query_param(operation: dict[str, Any] | None, owned: set[str] | frozenset[str] = frozenset()
+                        ) -> str | None:
     for param in (operation or {}).get("parameters") or []:
-        if isinstance(param, dict) and param.get("in") == "query":
+        if isinstance(param, dict) and param.get("in") == "query" and param.get("name") not in owned:
             schema = param.get("schema") or {}
             if schema.get("type", "string") == "string" and "enum" not in schema and "format" not in schema:
                 return str(param.get("name"))
@@ -138,7 +149,11 @@ def plan_route(route: CompiledRoute, plan_index: int, forge: TokenForge | None, 
     plan = route.plans[plan_index]
     need = demands(route, plan)
     info = route.info
-    path = concrete_path(info.path, route)
+    owner = owner_plan(route, plan, forge.subject if forge is not None else "",
+                       lambda where, name: _param_value(route, name, where))
+    # on owner-protected routes every request names the probe's own object A, so only the control under test
+    # refuses it; the BOLA attack swaps in object B
+    path = with_query(concrete_path(info.path, route, owner.path_values()), owner.query())
     method = pick_method(info.methods)
     attacks: list[Attack] = []
 
@@ -161,10 +176,15 @@ def plan_route(route: CompiledRoute, plan_index: int, forge: TokenForge | None, 
             add("other_attacks", "transport.mtls", 0, skip="the route requires mTLS: give --client-cert/--key")
             return attacks
 
-    valid = _valid_headers(need, forge)
+    valid = _valid_headers(need, forge, owner)
     if valid and method in ("GET", "HEAD"):  # a safe request proves the probe identity itself is accepted
-        attacks.append(Attack(info.route_id, "valid_probe_token", "probe identity", method, path, 0,
-                              (("User-Agent", PROBE_USER_AGENT), *valid), host=host, refusal=False))
+        attacks.append(Attack(info.route_id, "valid_probe_token", "authz.owner (own object)" if owner.bindings
+                              else "probe identity", method, path, 0, (("User-Agent", PROBE_USER_AGENT), *valid),
+                              host=host, refusal=False))
+    elif valid and owner.bindings:
+        add("valid_probe_token", "authz.owner (own object)", 0,
+            skip="the probe sends its own valid request only with GET/HEAD, so the BOLA refusal below is not "
+                 "proven to come from the owner rule")
     if need.identity_required:
         add("no_credential", "identity.required", 401)
     if need.identity and need.jwt:
@@ -189,6 +209,8 @@ def plan_route(route: CompiledRoute, plan_index: int, forge: TokenForge | None, 
                 headers=(("Authorization", f"Bearer {forge.valid(())}"),))
         else:
             add("missing_scope", "authz.scopes", 403, skip="needs a probe identity with a JWT provider")
+    if owner.active:
+        _bola_attacks(add, info.path, route, owner, need, forge, valid)
 
     skip_valid = "" if valid is not None else "needs a credential the gateway accepts (probe identity)"
     auth = valid or ()
@@ -198,7 +220,7 @@ def plan_route(route: CompiledRoute, plan_index: int, forge: TokenForge | None, 
     add("oversized_body", "traffic.max_body_bytes", 413, meth=body_method,
         headers=(*auth, ("Content-Type", "application/json")),
         body=_padded(_json_body_schema(info.operation), need.max_body_bytes + 1))
-    _input_attacks(add, route, need, auth, skip_valid, body_method, path)
+    _input_attacks(add, route, need, auth, skip_valid, body_method, path, owner)
 
     if need.rate_limits and options.include_rate_limit:
         count = min((int(limit.capacity // max(limit.cost, 1)) + 1 for limit in need.rate_limits), default=0)
@@ -213,17 +235,37 @@ def _padded(schema: dict[str, Any] | None, size: int) -> bytes:
     return head[:-1] + b" " * max(size - len(head), 0) + head[-1:]
 
 
-def _valid_headers(need: Demands, forge: TokenForge | None) -> tuple[tuple[str, str], ...] | None:
+def _valid_headers(need: Demands, forge: TokenForge | None,
+                   owner: OwnerPlan) -> tuple[tuple[str, str], ...] | None:
     """Headers of a request that passes identity and authorisation, or None when the probe cannot make one."""
-    if not need.identity or (not need.identity_required and not need.scopes):
+    if not need.identity or (not need.identity_required and not need.scopes and not owner.active):
         return ()
-    if forge is None or not forge.trusted or not need.jwt:
+    if forge is None or not forge.trusted or not need.jwt or owner.skip:
         return None
-    return (("Authorization", f"Bearer {forge.valid(need.scopes)}"),)
+    return (("Authorization", f"Bearer {forge.valid(need.scopes, **owner.claims())}"), *owner.headers())
+
+
+def _bola_attacks(add: Callable[..., None], template: str, route: CompiledRoute, owner: OwnerPlan, need: Demands,
+                  forge: TokenForge | None, valid: tuple[tuple[str, str], ...] | None) -> None:
+    """One request per owner rule: the probe's token (naming object A) asks for object B of that rule."""
+    if owner.skip and not owner.bindings:
+        add("bola", "authz.owner", 403, skip=owner.skip)
+        return
+    for binding in owner.bindings:
+        name = f"bola:{binding.source}"
+        if valid is None or forge is None:
+            add(name, "authz.owner", 403, skip=owner.skip or "needs a probe identity with a JWT provider "
+                "(--probe-key/--probe-provider)")
+            continue
+        target = with_query(concrete_path(template, route, owner.path_values(binding)), owner.query(binding))
+        token = forge.valid(need.scopes, **owner.claims())
+        add(name, "authz.owner", 403, target=target,
+            headers=(("Authorization", f"Bearer {token}"), *owner.headers(binding)))
 
 
 def _input_attacks(add: Callable[..., None], route: CompiledRoute, need: Demands,
-                   auth: tuple[tuple[str, str], ...], skip_valid: str, body_method: str, path: str) -> None:
+                   auth: tuple[tuple[str, str], ...], skip_valid: str, body_method: str, path: str,
+                   owner: OwnerPlan) -> None:
     operation = route.info.operation
     schema = _json_body_schema(operation)
     has_body = schema is not None and body_method in _BODY_METHODS
@@ -243,10 +285,11 @@ def _input_attacks(add: Callable[..., None], route: CompiledRoute, need: Demands
             add("injection_body", "input.inspection", 400, meth=body_method,
                 headers=(*auth, ("Content-Type", "application/json")), body=body, skip=skip_valid)
             return
-        param = _string_query_param(operation)
+        owned = {b.name for b in owner.bindings if b.kind == "query"}
+        param = _string_query_param(operation, owned)
         if param is not None:
             add("injection_query", "input.inspection", 400,
-                target=f"{path}?{quote(param)}={quote(SQLI, safe='')}", headers=auth, skip=skip_valid)
+                target=with_query(path, f"{quote(param)}={quote(SQLI, safe='')}"), headers=auth, skip=skip_valid)
         else:  # User-Agent is inspected on every route (input.inspected_headers)
             add("injection_header", "input.inspection", 400,
                 headers=(*auth, ("Referer", f"https://example.com/?q={SQLI}")), skip=skip_valid)

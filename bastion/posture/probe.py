@@ -82,9 +82,14 @@ def _judge(attack: Attack, responses: list[Response]) -> Result:
     detail = _hint(last)
     if not attack.refusal:  # the probe's own valid token: anything but an identity/authz refusal
         accepted = last.status not in (401, 403)
-        return _result(attack, last.status, "pass" if accepted else "fail",
-                       "accepted" if accepted else "the gateway refuses the probe identity: the claim checks "
-                       "above prove nothing until it is accepted")
+        if accepted:
+            return _result(attack, last.status, "pass", "accepted")
+        if attack.control.startswith("authz.owner"):
+            why = (f"the gateway refuses the probe its own object ({_hint(last) or last.status}): the BOLA "
+                   "refusals prove nothing until its own object is allowed")
+        else:
+            why = "the gateway refuses the probe identity: the claim checks above prove nothing until it is accepted"
+        return _result(attack, last.status, "fail", why)
     if attack.repeat > 1:
         detail = f"{len(responses)} request(s) sent; " + detail
     return _result(attack, last.status, "pass" if last.status == attack.expected else "fail", detail)
@@ -97,6 +102,13 @@ def _hint(response: Response) -> str:
         return challenge.split("error=", 1)[1].split(",", 1)[0].strip('"')
     if response.status < 400:
         return "reached the upstream"
+    if "json" in response.headers.get("content-type", ""):  # the gateway's problem document (RFC 9457)
+        try:
+            detail = json.loads(response.body).get("detail")
+        except (ValueError, AttributeError):
+            detail = None
+        if isinstance(detail, str):
+            return detail
     return ""
 
 

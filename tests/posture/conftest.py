@@ -64,6 +64,17 @@ def demo_config(directory: Path, issuer: str, upstream: str, mutate: Callable[[d
     return path, ProbeIdentityConfig(provider="bastion-probe", key=key)
 
 
+def with_owner_routes(doc: dict[str, Any]) -> None:
+    """Two owner-protected routes (OWASP API1): an order id in the path bound to a list claim, a customer id in
+    the query bound to a nested claim."""
+    doc["apis"][0]["routes"].append(
+        {"name": "get-invoice", "path": "/{order_id}/invoice", "methods": ["GET"],
+         "policy": {"authz": {"scopes": ["orders:read"], "owner": [{"from": "path.order_id", "in": "claim:orders"}]}}})
+    doc["apis"][1]["routes"].append(
+        {"name": "list-favourites", "path": "/favourites", "methods": ["GET"],
+         "policy": {"authz": {"owner": {"from": "query.customer", "equals": "claim:ext.customer"}}}})
+
+
 @asynccontextmanager
 async def running_demo(directory: Path, mutate: Callable[[dict[str, Any]], None] | None = None) -> AsyncIterator[Demo]:
     idp = await start_idp("127.0.0.1", 0)

@@ -5,15 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from bastion.posture.probe import probe, table
-from tests.posture.conftest import Demo, dump_doc, load_doc, running_demo
+from tests.posture.conftest import dump_doc, load_doc, running_demo, with_owner_routes
 
 
-async def test_probe_passes_against_the_demo(demo: Demo):
-    report = await probe(demo.config, demo.target, identity=demo.identity)
+async def test_probe_passes_against_the_demo(tmp_path: Path):
+    async with running_demo(tmp_path / "demo", with_owner_routes) as demo:
+        report = await probe(demo.config, demo.target, identity=demo.identity)
     print(table_of(report))
     assert report["summary"]["fail"] == 0, table_of(report)
     results = {(r["route"], r["attack"]): r for r in report["results"]}
-    for route in ("orders/list-orders", "orders/create-order", "orders/get-order", "catalog/list-products"):
+    for route in ("orders/list-orders", "orders/create-order", "orders/get-order", "catalog/list-products",
+                  "orders/get-invoice", "catalog/list-favourites"):
         for attack in ("no_credential", "alg_none", "foreign_key", "hs256_public_key", "expired",
                        "not_yet_valid", "wrong_issuer", "wrong_audience"):
             assert results[(route, attack)]["observed"] == 401, (route, attack)
@@ -25,6 +27,18 @@ async def test_probe_passes_against_the_demo(demo: Demo):
     # the probe's own token is accepted, so the claim checks above are really what refused the forgeries
     assert results[("orders/get-order", "valid_probe_token")]["result"] == "pass"
     assert results[("orders/get-order", "valid_probe_token")]["observed"] == 200
+    # BOLA: the probe's token names order 1 and asks for order 2; its own order 1 is served
+    bola = results[("orders/get-invoice", "bola:path.order_id")]
+    assert (bola["path"], bola["expected"], bola["observed"], bola["result"]) == ("/orders/2/invoice", 403, 403,
+                                                                                  "pass")
+    assert bola["detail"] == "The caller may not access this object."
+    own = results[("orders/get-invoice", "valid_probe_token")]
+    assert (own["path"], own["observed"], own["control"]) == ("/orders/1/invoice", 200, "authz.owner (own object)")
+    favourites = results[("catalog/list-favourites", "bola:query.customer")]
+    assert (favourites["observed"], favourites["result"]) == (403, "pass")
+    assert results[("catalog/list-favourites", "valid_probe_token")]["observed"] == 200
+    assert not any(a.startswith("bola") for route, a in results if route != "orders/get-invoice"
+                   and route != "catalog/list-favourites")
 
 
 def table_of(report: dict) -> str:
@@ -47,14 +61,22 @@ def _weaken(doc: dict) -> None:
     ]
 
 
+def _weaken_with_owner(doc: dict) -> None:
+    """As `_weaken`, on the demo with owner routes, and the owner rule of orders/get-invoice removed."""
+    with_owner_routes(doc)
+    _weaken(doc)
+    doc["apis"][0]["routes"][-1]["policy"]["authz"].pop("owner")
+
+
 async def test_probe_reports_precise_failures_against_a_weakened_gateway(tmp_path: Path):
-    async with running_demo(tmp_path / "weak", _weaken) as weak:
+    async with running_demo(tmp_path / "weak", _weaken_with_owner) as weak:
         # the approved config: the demo's, with the same issuer and the same probe key
         strict = weak.config.parent / "approved.yaml"
         text = weak.config.read_text()
         doc = load_doc(text)
         doc["apis"][0].pop("policy")
         doc["exceptions"] = doc["exceptions"][:1]
+        doc["apis"][0]["routes"][-1]["policy"]["authz"]["owner"] = [{"from": "path.order_id", "in": "claim:orders"}]
         strict.write_text(dump_doc(doc))
         report = await probe(strict, weak.target, identity=weak.identity)
     failures = sorted((r["route"], r["attack"], r["expected"], r["observed"])
@@ -63,9 +85,16 @@ async def test_probe_reports_precise_failures_against_a_weakened_gateway(tmp_pat
               "wrong_audience", "wrong_issuer")
     assert failures == sorted(
         [("catalog/list-products", a, 401, 200) for a in forged]
-        + [(f"orders/{r}", "oversized_body", 413, 200) for r in ("create-order", "get-order", "list-orders")]
+        + [(f"orders/{r}", "oversized_body", 413, 200)
+           for r in ("create-order", "get-invoice", "get-order", "list-orders")]
+        + [("orders/get-invoice", "bola:path.order_id", 403, 200)]
     ), table_of(report)
-    assert report["summary"]["fail"] == 11
+    assert report["summary"]["fail"] == 13
     by_key = {(r["route"], r["attack"]): r for r in report["results"]}
     assert by_key[("catalog/list-products", "alg_none")]["detail"] == "reached the upstream"
+    # another caller's order reached the upstream; the probe's own order is still served, so the pass of every
+    # other control on that route is real
+    bola = by_key[("orders/get-invoice", "bola:path.order_id")]
+    assert (bola["path"], bola["detail"]) == ("/orders/2/invoice", "reached the upstream")
+    assert by_key[("orders/get-invoice", "valid_probe_token")]["result"] == "pass"
     assert "FAIL" in table_of(report)
