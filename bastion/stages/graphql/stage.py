@@ -7,10 +7,12 @@ document validity (fragments), depth, cost, aliases, directives, introspection, 
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from typing import Any
 
 from graphql.error import GraphQLSyntaxError
-from graphql.language import Lexer, Source, TokenKind, parse
+from graphql.language import DocumentNode, Lexer, Source, TokenKind
+from graphql.language.parser import Parser
 
 from bastion.context import Continue, ControlRecord, Decision, Deny, RequestContext
 from bastion.stages.authz.scopes import challenge
@@ -36,9 +38,36 @@ DETAIL = {
 }
 
 
-def prepare(config: Any, services: Services) -> None:
-    """Nothing is shared between routes: each stage holds its own limits."""
-    return None
+class DocumentCache:
+    """Parsed documents by exact query text, shared by every GraphQL route of a config load.
+
+    Clients send the same few query texts over and over, and parsing is most of the stage's cost. Each entry
+    keeps the token count (comments included), so a route with a lower `max_tokens` than the one that parsed
+    the text still refuses it. Bounded: at most `entries` documents of at most `max_chars` characters each
+    (an AST is some tens of times its text), evicting the least recently used; failed parses are not kept."""
+
+    def __init__(self, entries: int = 256, max_chars: int = 4096) -> None:
+        self.entries = entries
+        self.max_chars = max_chars
+        self._docs: OrderedDict[str, tuple[DocumentNode, int]] = OrderedDict()
+
+    def get(self, query: str) -> tuple[DocumentNode, int] | None:
+        found = self._docs.get(query)
+        if found is not None:
+            self._docs.move_to_end(query)
+        return found
+
+    def put(self, query: str, doc: DocumentNode, tokens: int) -> None:
+        if len(query) > self.max_chars:
+            return
+        self._docs[query] = (doc, tokens)
+        if len(self._docs) > self.entries:
+            self._docs.popitem(last=False)
+
+
+def prepare(config: Any, services: Services) -> DocumentCache:
+    """One document cache per config load (a reload starts empty)."""
+    return DocumentCache()
 
 
 def is_graphql_route(policy: GraphqlPolicy, route: RouteInfo) -> bool:
@@ -48,9 +77,11 @@ def is_graphql_route(policy: GraphqlPolicy, route: RouteInfo) -> bool:
     return policy.enabled is True
 
 
-def build(policy: GraphqlPolicy, route: RouteInfo, shared: Any = None) -> GraphqlStage | None:
+def build(policy: GraphqlPolicy, route: RouteInfo, shared: DocumentCache | None = None) -> GraphqlStage | None:
     """The stage for a GraphQL route, or None for every other route."""
-    return GraphqlStage(policy, route) if is_graphql_route(policy, route) else None
+    if not is_graphql_route(policy, route):
+        return None
+    return GraphqlStage(policy, route, shared if shared is not None else DocumentCache())
 
 
 class GraphqlStage:
@@ -59,8 +90,9 @@ class GraphqlStage:
     control = "graphql"
     needs_body = True
 
-    def __init__(self, policy: GraphqlPolicy, route: RouteInfo) -> None:
+    def __init__(self, policy: GraphqlPolicy, route: RouteInfo, cache: DocumentCache) -> None:
         self.policy = policy
+        self.cache = cache
         self.route = route
         self.measure = Measure(frozenset(policy.list_arguments), policy.default_list_size, policy.max_depth,
                                policy.max_cost)
@@ -126,14 +158,17 @@ class GraphqlStage:
                 if self.persisted:  # rollout: recorded, let through
                     ctx.records.append(ControlRecord("graphql.persisted_only", "detect", self.pid["persisted_only"],
                                                      "graphql_query_not_persisted"))
-        try:
-            doc = parse(req.query, no_location=True, max_tokens=policy.max_tokens)
-        except GraphQLSyntaxError as exc:
-            tokens = count_tokens(req.query, policy.max_tokens)
-            if tokens > policy.max_tokens:
-                return self._deny("graphql_too_many_tokens", "max_tokens",
-                                  f"{where}more than {policy.max_tokens} tokens (max_tokens, comments included)")
-            return self._deny("graphql_syntax_error", "enabled", f"{where}{exc.message}", detail=exc.message)
+        cached = self.cache.get(req.query)
+        if cached is None:
+            parsed = self._parse(req.query, where)
+            if isinstance(parsed, Deny):
+                return parsed
+            doc, tokens = parsed
+            self.cache.put(req.query, doc, tokens)
+        else:
+            doc, tokens = cached
+        if tokens > policy.max_tokens:  # parsed for a route with a higher limit
+            return self._too_many_tokens(f"{where}{tokens} tokens")
         try:
             return analyse(doc, req.variables, self.measure)
         except DocumentError as exc:
@@ -141,6 +176,26 @@ class GraphqlStage:
                 return self._deny(exc.reason, "max_depth",
                                   f"{where}depth > max_depth {policy.max_depth} (the walk stops at the limit)")
             return self._deny(exc.reason, "enabled", f"{where}{exc.why}", detail=exc.why)
+
+    def _parse(self, query: str, where: str) -> tuple[DocumentNode, int] | Deny:
+        """graphql-core's parser, stopped at `max_tokens` (comments count: a comment-padded document is tokens
+        the lexer allocates all the same)."""
+        limit = self.policy.max_tokens
+        parser = Parser(Source(query), no_location=True, max_tokens=limit)
+        try:
+            return parser.parse_document(), parser.token_count
+        except GraphQLSyntaxError as exc:
+            if count_tokens(query, limit) > limit:
+                return self._too_many_tokens(f"{where}more than {limit} tokens")
+            return self._deny("graphql_syntax_error", "enabled", f"{where}{exc.message}", detail=exc.message)
+        except RecursionError:
+            pass  # answered below, outside the handler, so the deny does not hold the deep traceback
+        why = "The document is nested too deeply to be parsed."
+        return self._deny("graphql_syntax_error", "enabled", f"{where}{why}", detail=why)
+
+    def _too_many_tokens(self, measured: str) -> Deny:
+        return self._deny("graphql_too_many_tokens", "max_tokens",
+                          f"{measured} > max_tokens {self.policy.max_tokens} (comments included)")
 
     def _semantics(self, ctx: RequestContext, req: http.GraphqlRequest, found: Analysis,
                    where: str) -> Deny | None:
@@ -204,4 +259,4 @@ def _at_least(value: int) -> str:
     return f"at least {value}" if value >= COST_CAP else str(value)
 
 
-__all__ = ["DETAIL", "GraphqlStage", "build", "count_tokens", "is_graphql_route", "prepare"]
+__all__ = ["DETAIL", "DocumentCache", "GraphqlStage", "build", "count_tokens", "is_graphql_route", "prepare"]

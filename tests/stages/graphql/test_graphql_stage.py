@@ -14,10 +14,12 @@ from typing import Any
 
 import orjson
 import pytest
+from graphql import parse
 
 from bastion.context import Continue, Decision, Deny, Identity, RequestContext
 from bastion.stages.base import RouteInfo
-from bastion.stages.graphql import GraphqlPolicy, build
+from bastion.stages.graphql import GraphqlPolicy, build, prepare
+from bastion.stages.graphql.stage import DocumentCache
 
 ROUTE = RouteInfo(api="shop", route="graphql", klass="public", path="/graphql", methods=frozenset({"GET", "POST"}))
 
@@ -364,3 +366,30 @@ def test_which_routes_are_graphql(path, enabled, built) -> None:
 def test_stage_contract() -> None:
     stage = build(GraphqlPolicy(), _route("/graphql"))
     assert stage is not None and stage.control == "graphql" and stage.needs_body is True
+
+
+# ---------------------------------------------------------------- the shared document cache
+
+async def test_cached_document_still_meets_each_routes_token_limit() -> None:
+    cache = prepare(None, None)  # type: ignore[arg-type]
+    query = "{ a b c d e f }  # eight tokens and a comment"
+    loose = build(GraphqlPolicy(max_tokens=100), _route("/a/graphql"), cache)
+    tight = build(GraphqlPolicy(max_tokens=8), _route("/b/graphql"), cache)
+    assert loose is not None and tight is not None
+    assert isinstance(await loose.check(gql_request({"query": query})), Continue)
+    assert cache.get(query) is not None
+    decision = await tight.check(gql_request({"query": query}))
+    assert isinstance(decision, Deny) and decision.reason == "graphql_too_many_tokens", decision
+    assert "9 tokens > max_tokens 8" in (decision.log_detail or "")
+
+
+def test_cache_is_bounded() -> None:
+    cache = DocumentCache(entries=2, max_chars=10)
+    doc = parse("{ a }")
+    cache.put("{ a }", doc, 3)
+    cache.put("{ b }", doc, 3)
+    cache.get("{ a }")  # most recently used
+    cache.put("{ c }", doc, 3)
+    assert cache.get("{ b }") is None and cache.get("{ a }") is not None and cache.get("{ c }") is not None
+    cache.put("{ long_field }", doc, 3)
+    assert cache.get("{ long_field }") is None
