@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from bastion.governance.baseline import is_weaker
@@ -94,3 +97,22 @@ def test_invalid(data) -> None:
 
 def test_hashes_are_normalised_to_lower_case() -> None:
     assert GraphqlPolicy(persisted_queries=["A" * 64]).persisted_queries == ["a" * 64]
+
+
+def test_every_example_in_the_docs_validates() -> None:
+    text = (Path(__file__).resolve().parents[3] / "docs" / "graphql.md").read_text()
+    sections: list[dict[str, Any]] = []
+
+    def find(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                sections.append(value) if key == "graphql" else find(value)
+        elif isinstance(node, list):
+            for item in node:
+                find(item)
+
+    for block in re.findall(r"```yaml\n(.*?)```", text, re.DOTALL):
+        find(yaml.safe_load(block))
+    assert len(sections) >= 4
+    for section in sections:
+        GraphqlPolicy(**section)
