@@ -31,6 +31,7 @@ from bastion.governance.baseline import Weakening, merge, restore, weakenings
 from bastion.openapi.loader import load_openapi
 from bastion.pipeline import PIPELINE
 from bastion.router import Router
+from bastion.stages import response as response_layer
 from bastion.stages.base import RouteInfo, Services, Stage
 
 
@@ -65,6 +66,7 @@ class Plan:
     body_stages: tuple[Stage, ...]  # run once the body is read
     exceptions: tuple[str, ...]  # exception ids in force
     waived: tuple[tuple[str, str], ...]  # (control, exception id) switched off entirely
+    response: Any = None  # bastion.stages.response.ResponseFilter: what happens to the upstream's answer
 
 
 @dataclass(slots=True)
@@ -258,6 +260,7 @@ def compile_config(loaded: LoadedConfig, services: Services | None = None, *, no
 
     shared: dict[Any, Any] = {}
     if build_stages:
+        shared[response_layer.prepare] = response_layer.prepare(cfg, services)
         for spec in PIPELINE:
             if spec.prepare is not None and spec.prepare not in shared:
                 try:
@@ -429,8 +432,14 @@ def _compile_route(api: ApiConfig, decl: _RouteDecl, baseline: dict[str, Any], b
                             body.append(stage)
                     else:
                         head.append(stage)
+        response = None
+        if build_stages and "response" not in waived_sections and api.grpc is None:
+            try:
+                response = response_layer.build(policy.response, info, shared.get(response_layer.prepare))
+            except ValueError as exc:
+                diags.append(positions.diagnostic((*decl.loc, "policy", "response"), str(exc)))
         plans.append(Plan(end, policy, tuple(head), tuple(body), tuple(e.id for e in active),
-                          tuple(sorted(waived_sections.items()))))
+                          tuple(sorted(waived_sections.items())), response))
         infos.append(info)
     strip = api.base_path if api.strip_base_path else ""
     grpc = None

@@ -27,6 +27,7 @@ from bastion.posture.admin_auth import AdminAuthConfig
 from bastion.stages.authz.config import AuthzPolicy
 from bastion.stages.identity.config import ConsumerConfig, IdentityPolicy, ProvidersConfig
 from bastion.stages.input.config import InputPolicy
+from bastion.stages.response.config import ResponsePolicy
 from bastion.stages.traffic.config import TrafficPolicy
 from bastion.stages.transport import TransportPolicy
 
@@ -42,6 +43,7 @@ class Baseline(Model):
     authz: AuthzPolicy = AuthzPolicy()
     traffic: TrafficPolicy = TrafficPolicy()
     input: InputPolicy = InputPolicy()
+    response: ResponsePolicy = ResponsePolicy()
 
 
 SECTIONS: tuple[str, ...] = tuple(Baseline.model_fields)

@@ -144,13 +144,17 @@ class Gateway:
                         deny = Deny(404, "unknown_route", "gateway/default-deny")
                     else:
                         route = table.get(ex.method) or (table.get("GET") if ex.method == "HEAD" else None)
+                        if ex.method == "OPTIONS" and route is None:
+                            preflight = self._preflight(ex, ctx, table, params, request_id, traceparent)
+                            if preflight is not None:
+                                status, deny, route, plan = preflight
                         if route is None:
                             allow = ", ".join(sorted(table))
                             deny = Deny(405, "method_not_allowed", "gateway/default-deny",
                                         headers=(("allow", allow),))
                         else:
                             ctx.path_params = params
-            if deny is None and route is not None:
+            if deny is None and route is not None and not ex.response_started:
                 info = route.info
                 ctx.api, ctx.route = info.api, info.route
                 plan = route.plan(ctx.start)
@@ -175,8 +179,10 @@ class Gateway:
                     grpc_problem(ex, deny, request_id, [("traceparent", traceparent), *ctx.response_headers])
                 else:
                     close = deny.close or (ex.has_body and not ex.body_complete)
+                    extra = plan.response.answer_headers(ctx, ex.tls) if plan and plan.response else []
                     ex.problem(deny.status, deny.detail, request_id,
-                               [*deny.headers, ("traceparent", traceparent), *ctx.response_headers], close=close)
+                               [*deny.headers, ("traceparent", traceparent), *ctx.response_headers, *extra],
+                               close=close)
         except ClientGone:
             status = status or 499
             raise
@@ -192,6 +198,30 @@ class Gateway:
                 with contextlib.suppress(Exception):  # a finalizer must never mask the response
                     finalizer(status)
             self._account(ctx, route, plan, status, deny, time.perf_counter() - started, upstream_status)
+
+    def _preflight(self, ex: Exchange, ctx: RequestContext, table: dict[str, CompiledRoute],
+                   params: dict[str, str], request_id: str,
+                   traceparent: str) -> tuple[int, Deny | None, CompiledRoute, Plan] | None:
+        """A CORS preflight (Fetch §4.8) for a route with CORS is answered here: no credentials needed, never
+        forwarded. None when it is not one (the OPTIONS request is then routed like any other)."""
+        asked = _first(ctx.headers, "access-control-request-method")
+        if _first(ctx.headers, "origin") is None or asked is None:
+            return None
+        target = table.get(asked) or (table.get("GET") if asked == "HEAD" else None)
+        if target is None:
+            return None
+        plan = target.plan(ctx.start)
+        answer = plan.response.preflight(ctx) if plan.response is not None else None
+        if answer is None:
+            return None
+        ctx.api, ctx.route, ctx.path_params = target.info.api, target.info.route, params
+        status, headers = answer
+        if status == 204:
+            ex.respond(204, [*headers, ("x-request-id", request_id), ("traceparent", traceparent)], b"")
+            return 204, None, target, plan
+        deny = Deny(403, "cors_preflight_refused", plan.response.pid_cors,
+                    detail="This cross-origin request is not allowed.", headers=tuple(headers))
+        return 403, deny, target, plan
 
     async def _enforce(self, ex: Exchange, ctx: RequestContext, plan: Plan) -> Deny | None:
         limit = plan.policy.traffic.max_body_bytes
@@ -276,6 +306,8 @@ class Gateway:
             framing = f"content-length: {ex.content_length}\r\n"
         else:
             framing = ""
+        if plan.response is not None and plan.response.filters_bodies:
+            ctx.drop_upstream_headers.add("accept-encoding")  # a compressed body could not be filtered
         head = self._request_head(ex, ctx, route, traceparent, framing)
         for attempt in (0, 1):
             try:
@@ -283,7 +315,7 @@ class Gateway:
             except UpstreamError as err:
                 self.metrics.upstream_errors.labels(err.reason).inc()
                 raise _UpstreamDeny(err) from None
-            sink = ResponseSink(ex, ctx, traceparent, conn)
+            sink = ResponseSink(ex, ctx, traceparent, conn, plan.response)
             head_fut, done_fut = conn.begin(sink, ex.method == "HEAD")
             try:
                 if body is not None:

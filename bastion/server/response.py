@@ -7,6 +7,7 @@ pauses the upstream (back-pressure) instead of making the gateway buffer the res
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from bastion.context import RequestContext
 from bastion.http.headers import HOP_BY_HOP
@@ -19,44 +20,58 @@ _RESPONSE_DROP = frozenset({"server", "x-powered-by", "x-aspnet-version", "x-asp
 
 
 class ResponseSink:
-    """Streams one upstream response to the client as it is parsed."""
+    """Streams one upstream response to the client as it is parsed.
 
-    __slots__ = ("_chunked", "_conn", "_ctx", "_ex", "_h1", "_trace", "paused", "progress", "status")
+    With a route's response filter (contract filtering, 5xx rewriting, security headers, CORS), the filter
+    decides per response: stream it with its headers adjusted, buffer the body (bounded) to filter it, or
+    replace it (the upstream body is then read and dropped, so the connection stays reusable).
+    """
 
-    def __init__(self, ex: Exchange, ctx: RequestContext, traceparent: str, conn: UpstreamConnection) -> None:
+    __slots__ = ("_chunked", "_conn", "_ctx", "_discard", "_ex", "_filter", "_h1", "_held", "_held_len",
+                 "_length", "_plan", "_trace", "paused", "progress", "status")
+
+    def __init__(self, ex: Exchange, ctx: RequestContext, traceparent: str, conn: UpstreamConnection,
+                 response_filter: Any = None) -> None:
         self._ex = ex
         self._h1 = type(ex) is Exchange
         self._ctx = ctx
         self._trace = traceparent
         self._conn = conn
+        self._filter = response_filter
+        self._plan: Any = None
+        self._held: list[bytes] | None = None
+        self._held_len = 0
+        self._discard = False
+        self._length: int | None = None
         self._chunked = False
-        self.status = 0
+        self.status = 0  # the upstream's status (what was sent is `ex.status`)
         self.progress = 0
         self.paused = False  # the client reads slower than the upstream sends: upstream reading is paused
 
     def on_head(self, status: int, raw: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         self.status = status
-        headers: list[tuple[str, str]] = []
-        length: int | None = None
-        drop: set[str] = set()
         decoded = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in raw]
-        for name, value in decoded:
-            if name == "connection":
-                drop.update(t.strip().lower() for t in value.split(","))
-        for name, value in decoded:
-            if name == "content-length":
-                length = int(value) if value.isdigit() else None
-                continue
-            if name in HOP_BY_HOP or name in drop or name in _RESPONSE_DROP or name == "x-request-id":
-                continue
-            headers.append((name, value))
+        if self._filter is None:
+            length, headers = _forwardable(decoded)
+            self._start(status, headers, length)
+            return
+        self._length = _content_length(decoded)
+        plan = self._plan = self._filter.head(self._ctx, status, decoded, self._ex.tls)
+        if plan.action == "replace":
+            self._discard = True
+            self._send_whole(plan.status, plan.headers, plan.body)
+        elif plan.action == "buffer":
+            self._held = []
+        else:
+            self._start(plan.status, plan.headers, self._length)
+
+    def _start(self, status: int, headers: list[tuple[str, str]], length: int | None) -> None:
         if self._ex.method == "HEAD" or status in (204, 304):
             if length is not None:
-                headers.append(("content-length", str(length)))
+                headers = [*headers, ("content-length", str(length))]
             length = 0 if status in (204, 304) or length is None else None
-        headers.append(("x-request-id", self._ctx.request_id))
-        headers.append(("traceparent", self._trace))
-        headers.extend(self._ctx.response_headers)
+        headers = [*headers, ("x-request-id", self._ctx.request_id), ("traceparent", self._trace),
+                   *self._ctx.response_headers]
         # HTTP/1.1: hold the head back to leave in one send with the body (other protocols frame it themselves)
         defer = {"defer": True} if self._h1 else {}
         if self._ex.method == "HEAD" and length is None:
@@ -64,8 +79,34 @@ class ResponseSink:
             return
         self._chunked = self._ex.start_response(status, headers, length=length, **defer)
 
+    def _send_whole(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self._start(status, headers, len(body))
+        self._ex.write(body if self._ex.method != "HEAD" else b"")
+        self.flush()
+
     def on_body(self, data: bytes) -> None:
         self.progress += len(data)
+        if self._discard:
+            return
+        held = self._held
+        if held is not None:
+            plan = self._plan
+            self._held_len += len(data)
+            if self._held_len <= plan.max_bytes:
+                held.append(data)
+                return
+            self._held = None
+            answer = self._filter.overflow(self._ctx, plan)
+            if answer is not None:  # too large to filter and the policy blocks: a 502 instead
+                self._discard = True
+                self._send_whole(*answer)
+                return
+            self._start(plan.status, plan.headers, self._length)
+            for chunk in held:
+                self._write(chunk)
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
         if self._chunked:
             self._ex.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
@@ -88,14 +129,46 @@ class ResponseSink:
         self._conn.resume_reading()
 
     def on_end(self) -> None:
+        if self._held is not None:
+            plan = self._plan
+            self._held, held = None, self._held
+            self._send_whole(*self._filter.body(self._ctx, plan.status, plan.headers, b"".join(held)))
+            return
+        if self._discard:
+            return
         if self._chunked:
             self._ex.write(b"0\r\n\r\n")
         elif self._h1:
             self._ex.flush()
 
     def flush(self) -> None:
-        if self._h1:
+        if self._h1 and self._held is None:
             self._ex.flush()
+
+
+def _content_length(headers: list[tuple[str, str]]) -> int | None:
+    for name, value in headers:
+        if name == "content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def _forwardable(decoded: list[tuple[str, str]]) -> tuple[int | None, list[tuple[str, str]]]:
+    """The upstream's Content-Length and the headers that may reach the client (no hop-by-hop, no software)."""
+    drop: set[str] = set()
+    for name, value in decoded:
+        if name == "connection":
+            drop.update(t.strip().lower() for t in value.split(","))
+    length: int | None = None
+    headers: list[tuple[str, str]] = []
+    for name, value in decoded:
+        if name == "content-length":
+            length = int(value) if value.isdigit() else None
+            continue
+        if name in HOP_BY_HOP or name in drop or name in _RESPONSE_DROP or name == "x-request-id":
+            continue
+        headers.append((name, value))
+    return length, headers
 
 
 async def wait_progress(fut: asyncio.Future[None], sink: ResponseSink, idle: float) -> None:
