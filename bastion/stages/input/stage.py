@@ -292,8 +292,12 @@ class BodyStage(_Common):
             others = [e for e in errors if not undeclared_names(e)]
             if others or self.policy.undeclared != "strip":
                 return self._deny(others[0] if others else errors[0]), changed
-            for error in errors:
-                jsonbody.remove(doc, list(error.instance_path), undeclared_names(error))
+            # deepest first: an undeclared property inside an `allOf` branch fails that branch, and then every
+            # property the branch declares looks undeclared one level up; strip only what nothing lies under
+            found = [(tuple(e.instance_path), undeclared_names(e)) for e in errors]
+            for path, names in found:
+                if not any(len(q) > len(path) and q[:len(path)] == path for q, _ in found):
+                    jsonbody.remove(doc, list(path), names)
             changed = True
         return self._deny(errors[0]), changed
 

@@ -380,3 +380,27 @@ def test_build_skips_what_does_not_apply(shop) -> None:
 def test_policy_ids_name_the_control(shop) -> None:
     stage = build_head(InputPolicy(), route_for(shop, "listProducts"), None)
     assert stage is not None and stage.pid_inspection == "class:public/shop/listProducts/input.inspection"
+
+
+async def test_strip_removes_only_the_undeclared_property_inside_an_allof_branch():
+    """An undeclared property nested in an `allOf` branch fails the branch; its declared siblings must survive."""
+    import pathlib
+
+    from bastion.context import RequestContext
+    from bastion.openapi.loader import load_openapi
+    from bastion.stages.base import RouteInfo
+    from bastion.stages.input import prepare
+
+    doc = load_openapi(pathlib.Path(__file__).parent.parent / "response" / "users.yaml")
+    op = doc.operation("putUser")
+    info = RouteInfo(api="users", route="putUser", klass="c", path="/users/{id}", methods=frozenset({"PUT"}),
+                     path_params=("id",), operation=op.operation)
+    stage = build_body(InputPolicy(undeclared="strip", inspection="off"), info, prepare(None, None))
+    sent = {"name": "ann", "email": "a@b.c", "address": {"city": "Oslo", "role": "admin"}}
+    ctx = RequestContext(method="PUT", raw_target="/users/1", path="/users/1", query="", headers=JSON,
+                         client_ip="1.2.3.4", request_id="r", start=0.0)
+    ctx.path_params = {"id": "1"}
+    ctx.body = orjson.dumps(sent)
+    decision = await stage.check(ctx)
+    assert isinstance(decision, Continue), decision
+    assert orjson.loads(ctx.body) == {"name": "ann", "email": "a@b.c", "address": {"city": "Oslo"}}
