@@ -6,6 +6,7 @@ traffic:
   rate_limits:
     - {name: per-consumer, algorithm: sliding_window, limit: 600, window: 1m, key: consumer}
     - {name: burst, algorithm: token_bucket, rate: 20, burst: 40, key: consumer+route}
+    - {name: free-per-consumer, limit: 60, window: 1m, key: consumer, tiers: [free]}   # only tier `free`
   quotas: [{name: partner-plan, limit: 100000, period: month}]
   on_state_error: closed
   ip: {allow: [10.0.0.0/8, "2001:db8::/32"], deny: [10.66.0.0/16]}
@@ -17,9 +18,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from bastion.config.base import Duration, Model, Size, control
 
@@ -28,6 +29,17 @@ _DIMENSION = re.compile(r"^(consumer|credential|client_ip|route|api|class|claim:
                         r"header:[A-Za-z0-9!#$%&'*+.^_`|~-]+)$")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+TierName = Annotated[str, StringConstraints(pattern=_NAME)]
+
+_TIERS_DESCRIPTION = (
+    "Consumer tiers this applies to (a consumer's `tier:`), e.g. `tiers: [free, trial]`; empty (default): "
+    "every caller. A tier limit is charged on top of the untiered ones, never instead of them.")
+
+
+def _check_tiers(value: list[str]) -> list[str]:
+    if len(set(value)) != len(value):
+        raise ValueError(f"tiers {value!r} names a tier twice")
+    return value
 
 
 def _check_key(value: str) -> str:
@@ -74,11 +86,17 @@ class RateLimit(Model):
         description="With a shared (Redis) state, take up to this many units at once and spend them locally "
         "(fewer round trips, bounded over-admission, see docs/traffic.md). 0 = off.",
     )
+    tiers: list[TierName] = Field(default_factory=list, description=_TIERS_DESCRIPTION)
 
     @field_validator("key")
     @classmethod
     def _key(cls, value: str) -> str:
         return _check_key(value)
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers(cls, value: list[str]) -> list[str]:
+        return _check_tiers(value)
 
     @model_validator(mode="after")
     def _shape(self) -> RateLimit:
@@ -117,11 +135,17 @@ class Quota(Model):
     period: Literal["day", "month"] = Field(description="A UTC calendar day or month.")
     key: str = Field("consumer", description="Counted per this key (as in rate limits); usually `consumer`.")
     cost: int = Field(1, ge=1)
+    tiers: list[TierName] = Field(default_factory=list, description=_TIERS_DESCRIPTION)
 
     @field_validator("key")
     @classmethod
     def _key(cls, value: str) -> str:
         return _check_key(value)
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers(cls, value: list[str]) -> list[str]:
+        return _check_tiers(value)
 
 
 class IpRules(Model):
@@ -153,7 +177,8 @@ class TrafficPolicy(Model):
     rate_limits: list[RateLimit] = control(
         [], stricter="superset",
         description="Limits applied together to each request (429 when any is exhausted). A route may add "
-        "limits; it keeps every limit of its class.",
+        "limits; it keeps every limit of its class. A limit with `tiers:` applies only to consumers of those "
+        "tiers, on top of the others (so a tier can only tighten).",
     )
     quotas: list[Quota] = control(
         [], stricter="superset", description="Per-day or per-month allowances (429 `quota_exceeded`).",

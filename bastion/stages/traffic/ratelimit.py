@@ -1,9 +1,14 @@
-"""The rate-limit stage: every limit and quota of a route, charged together in one call (after identity)."""
+"""The rate-limit stage: every limit and quota of a route, charged together in one call (after identity).
+
+A limit or quota with `tiers:` applies only to callers whose consumer is in one of those tiers. The stage
+builds one plan per tier named on the route (the untiered limits plus that tier's) when it is built, so a
+request only looks its consumer's tier up in a dict and charges its plan's limits in the same single call.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -36,6 +41,7 @@ class CompiledLimit:
     reason: str  # deny reason code
     policy_id: str
     describe: str  # for the operator's log line
+    tiers: frozenset[str] = frozenset()  # empty: every caller
 
 
 def compile_limit(limit: RateLimit, route: RouteInfo) -> CompiledLimit:
@@ -49,7 +55,7 @@ def compile_limit(limit: RateLimit, route: RouteInfo) -> CompiledLimit:
     return CompiledLimit(
         limit.name, sf_string(limit.name), kind, limit.capacity, limit.period, limit.cost, limit.lease,
         key_function(limit.key, route), f"rl:{limit.name}:{params}:", None, "rate_limited",
-        route.policy_id("traffic.rate_limits"), describe,
+        route.policy_id("traffic.rate_limits"), describe + _tier_note(limit.tiers), frozenset(limit.tiers),
     )
 
 
@@ -59,8 +65,29 @@ def compile_quota(quota: Quota, route: RouteInfo) -> CompiledLimit:
         quota.name, sf_string(quota.name), "fixed_window", quota.limit, period, quota.cost, 0,
         key_function(quota.key, route), f"q:{quota.name}:{quota.limit}/{quota.period}:", quota.period,
         "quota_exceeded", route.policy_id("traffic.quotas"),
-        f"quota {quota.limit} per {quota.period} (UTC), key {quota.key}",
+        f"quota {quota.limit} per {quota.period} (UTC), key {quota.key}" + _tier_note(quota.tiers),
+        frozenset(quota.tiers),
     )
+
+
+def _tier_note(tiers: Sequence[str]) -> str:
+    return f", tiers {'/'.join(tiers)}" if tiers else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The limits one caller is charged: the untiered limits, plus its tier's. Headers are precomputed."""
+
+    limits: tuple[CompiledLimit, ...]
+    leases: tuple[int, ...]
+    names: tuple[str, ...]  # header names (sf-strings)
+    policy_header: str
+
+    @classmethod
+    def of(cls, limits: Sequence[CompiledLimit]) -> Plan:
+        return cls(tuple(limits), tuple(limit.lease for limit in limits),
+                   tuple(limit.header_name for limit in limits),
+                   ", ".join(policy_item(limit.name, limit.capacity, limit.period) for limit in limits))
 
 
 class CalendarWindows:
@@ -101,6 +128,7 @@ class RateLimitStage:
         policy_id: str,
         gate: ConcurrencyGate | None = None,
         gate_policy_id: str = "",
+        consumer_tiers: Mapping[str, str] | None = None,
     ) -> None:
         self.limits = tuple(limits)
         self.limiter = limiter
@@ -111,16 +139,26 @@ class RateLimitStage:
         self.policy_id = policy_id
         self.gate = gate
         self.gate_policy_id = gate_policy_id
-        self.leases = tuple(limit.lease for limit in self.limits)
-        self.names = tuple(limit.header_name for limit in self.limits)
-        self.policy_header = ", ".join(policy_item(limit.name, limit.capacity, limit.period)
-                                       for limit in self.limits)
+        self.base = Plan.of([limit for limit in self.limits if not limit.tiers])
+        named = sorted({tier for limit in self.limits for tier in limit.tiers})
+        self.tier_plans = {tier: Plan.of([limit for limit in self.limits if not limit.tiers or tier in limit.tiers])
+                           for tier in named}
+        # consumer name -> plan, for consumers whose tier this route names; everyone else: the base plan
+        self.consumer_plans = {consumer: self.tier_plans[tier]
+                               for consumer, tier in (consumer_tiers or {}).items() if tier in self.tier_plans}
         self.calendar = CalendarWindows()
         self._allow = Continue(policy_id)
 
-    def hits(self, ctx: RequestContext, now: float) -> list[Hit]:
+    def plan(self, ctx: RequestContext) -> Plan:
+        """The caller's plan: by its consumer's tier (the consumer is verified by the identity stage)."""
+        identity = ctx.identity
+        if identity is None or identity.consumer is None or not self.consumer_plans:
+            return self.base
+        return self.consumer_plans.get(identity.consumer, self.base)
+
+    def hits(self, ctx: RequestContext, now: float, plan: Plan | None = None) -> list[Hit]:
         hits = []
-        for limit in self.limits:
+        for limit in (plan or self.plan(ctx)).limits:
             if limit.calendar is None:
                 anchor, period = 0.0, limit.period
             else:
@@ -130,17 +168,20 @@ class RateLimitStage:
         return hits
 
     async def check(self, ctx: RequestContext) -> Decision:
-        now = self.clock()
-        hits = self.hits(ctx, now)
-        try:
-            outcomes = await self.limiter.hit(hits, now, leases=self.leases, fail_open=self.fail_open)
-        except StateUnavailable as exc:
-            return Deny(503, "ratelimit_unavailable", self.policy_id,
-                        detail="Rate limiting is temporarily unavailable; retry shortly.",
-                        headers=(("retry-after", "1"),), log_detail=str(exc))
-        for index, outcome in enumerate(outcomes):
-            if not outcome.allowed:
-                return self._deny(hits, outcomes, index)
+        plan = self.plan(ctx)
+        outcomes: list[Outcome] = []
+        if plan.limits:  # empty for an untiered caller on a route whose limits all name tiers
+            now = self.clock()
+            hits = self.hits(ctx, now, plan)
+            try:
+                outcomes = await self.limiter.hit(hits, now, leases=plan.leases, fail_open=self.fail_open)
+            except StateUnavailable as exc:
+                return Deny(503, "ratelimit_unavailable", self.policy_id,
+                            detail="Rate limiting is temporarily unavailable; retry shortly.",
+                            headers=(("retry-after", "1"),), log_detail=str(exc))
+            for index, outcome in enumerate(outcomes):
+                if not outcome.allowed:
+                    return self._deny(plan, hits, outcomes, index)
         if self.gate is not None:
             if not self.gate.try_acquire():
                 return Deny(503, "concurrency_limit", self.gate_policy_id,
@@ -148,22 +189,23 @@ class RateLimitStage:
                             log_detail=f"{self.gate.in_flight} requests in flight "
                             f"(max_concurrent {self.gate.limit})")
             ctx.finalizers.append(self.gate.release)
-        if self.headers_on_allow:
-            ctx.response_headers.append(("ratelimit-policy", self.policy_header))
-            ctx.response_headers.append(("ratelimit", rate_limit_value(self.names, outcomes)))
+        if self.headers_on_allow and plan.limits:
+            ctx.response_headers.append(("ratelimit-policy", plan.policy_header))
+            ctx.response_headers.append(("ratelimit", rate_limit_value(plan.names, outcomes)))
         return self._allow
 
-    def _deny(self, hits: list[Hit], outcomes: list[Outcome], first: int) -> Deny:
+    def _deny(self, plan: Plan, hits: list[Hit], outcomes: list[Outcome], first: int) -> Deny:
         refused = [i for i, o in enumerate(outcomes) if not o.allowed]
         wait = max(outcomes[i].retry_after for i in refused)
-        limit = self.limits[first]
+        limits = plan.limits
+        limit = limits[first]
         headers: tuple[tuple[str, str], ...] = (("retry-after", retry_after(wait)),)
         if self.headers_on_deny:
-            headers += (("ratelimit-policy", self.policy_header),
-                        ("ratelimit", rate_limit_value(self.names, outcomes)))
+            headers += (("ratelimit-policy", plan.policy_header),
+                        ("ratelimit", rate_limit_value(plan.names, outcomes)))
         fired = "; ".join(
-            f"{self.limits[i].name} ({self.limits[i].describe}) exhausted for "
-            f"{hits[i].key[len(self.limits[i].prefix):]}" for i in refused
+            f"{limits[i].name} ({limits[i].describe}) exhausted for "
+            f"{hits[i].key[len(limits[i].prefix):]}" for i in refused
         )
         return Deny(429, limit.reason, limit.policy_id,
                     detail=f"Too many requests; retry after {retry_after(wait)} seconds.", headers=headers,

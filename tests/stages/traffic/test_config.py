@@ -31,6 +31,8 @@ def test_valid_limits(data: dict[str, Any], capacity: int, period: float) -> Non
     ({"name": "a", "limit": 5, "window": "1m", "key": "consumer+consumer"}, "twice"),
     ({"name": "a", "limit": 5, "window": "1m", "algorithm": "leaky"}, "algorithm"),
     ({"name": "a b", "limit": 5, "window": "1m"}, "name"),
+    ({"name": "a", "limit": 5, "window": "1m", "tiers": ["gold", "gold"]}, "names a tier twice"),
+    ({"name": "a", "limit": 5, "window": "1m", "tiers": ["no spaces"]}, "tiers"),
 ])
 def test_invalid_limits(data: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
@@ -63,6 +65,19 @@ def _strictness(model: type, name: str) -> tuple[str, list[str] | None]:
     ("rate_limits", [{"name": "a", "limit": 5, "window": 60}], [], True),
     ("rate_limits", [{"name": "a", "limit": 5, "window": 60}], [{"name": "a", "limit": 50, "window": 60}], True),
     ("quotas", [{"name": "q", "limit": 5, "period": "day"}], [], True),
+    # tiers: a tier limit only ever adds to the others, so adding one tightens and any change weakens
+    ("rate_limits", [{"name": "a", "limit": 5, "window": 60}],
+     [{"name": "a", "limit": 5, "window": 60}, {"name": "f", "limit": 1, "window": 60, "tiers": ["free"]}], False),
+    ("rate_limits", [{"name": "f", "limit": 1, "window": 60, "tiers": ["free"]}], [], True),
+    ("rate_limits", [{"name": "f", "limit": 1, "window": 60, "tiers": ["free"]}],
+     [{"name": "f", "limit": 9, "window": 60, "tiers": ["free"]}], True),
+    ("rate_limits", [{"name": "f", "limit": 1, "window": 60, "tiers": ["free", "trial"]}],
+     [{"name": "f", "limit": 1, "window": 60, "tiers": ["free"]}], True),
+    ("rate_limits", [{"name": "f", "limit": 1, "window": 60}],
+     [{"name": "f", "limit": 1, "window": 60, "tiers": ["free"]}], True),  # everyone -> one tier
+    ("quotas", [{"name": "q", "limit": 5, "period": "day", "tiers": ["free"]}],
+     [{"name": "q", "limit": 5, "period": "day", "tiers": ["free"]},
+      {"name": "g", "limit": 50, "period": "day", "tiers": ["gold"]}], False),
     ("on_state_error", "closed", "open_local", True),
     ("on_state_error", "open_local", "closed", False),
     ("max_concurrent", 10, 5, False),

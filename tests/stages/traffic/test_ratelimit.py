@@ -221,3 +221,91 @@ async def test_quota_and_limit_together(state: StateBackend, clock: Clock) -> No
     denied = await stage.check(request(consumer="acme"))
     assert isinstance(denied, Deny) and denied.reason == "quota_exceeded"
     assert denied.log_detail is not None and "plan (quota 3 per day (UTC), key consumer)" in denied.log_detail
+
+
+TIERED = {
+    "rate_limits": [
+        {"name": "per-consumer", "limit": 5, "window": "1m", "key": "consumer"},
+        {"name": "free-burst", "algorithm": "token_bucket", "rate": 1, "burst": 2, "key": "consumer",
+         "tiers": ["free", "trial"]},
+    ],
+    "quotas": [{"name": "gold-day", "limit": 3, "period": "day", "tiers": ["gold"]}],
+}
+TIERS = {"acme": "gold", "tiny": "free", "newco": "trial", "plain": "unknown-tier"}
+
+
+def tiered_stage(state: StateBackend, clock: Clock, **traffic: Any) -> RateLimitStage:
+    built = build_rate_limits(policy(**(traffic or TIERED)), ORDERS, TrafficShared(Limiter(state), clock, TIERS))
+    assert isinstance(built, RateLimitStage)
+    return built
+
+
+async def admitted(stage: RateLimitStage, count: int, **ctx: Any) -> list[bool]:
+    return [isinstance(await stage.check(request(**ctx)), Continue) for _ in range(count)]
+
+
+@pytest.mark.parametrize(("consumer", "expected"), [
+    ("tiny", [True] * 2 + [False]),  # free: the tier's burst of 2 fires first
+    ("newco", [True] * 2 + [False]),  # trial shares the free limit (its own counter, keyed by consumer)
+    ("acme", [True] * 3 + [False]),  # gold: its daily quota of 3
+    ("plain", [True] * 5 + [False]),  # a tier no limit names: the untiered limit only
+    (None, [True] * 5 + [False]),  # anonymous: the untiered limit only, per client IP
+])
+async def test_tier_limits_add_to_the_untiered_ones(state: StateBackend, clock: Clock, consumer: str | None,
+                                                    expected: list[bool]) -> None:
+    stage = tiered_stage(state, clock)
+    assert await admitted(stage, len(expected), consumer=consumer) == expected
+
+
+async def test_tier_and_class_limits_are_charged_together(state: StateBackend, clock: Clock) -> None:
+    clock.now = 3600.0
+    stage = tiered_stage(state, clock)
+    assert await admitted(stage, 2, consumer="tiny") == [True, True]
+    denied = await stage.check(request(consumer="tiny"))  # the tier's burst fires: nothing is charged
+    assert isinstance(denied, Deny) and denied.reason == "rate_limited"
+    assert denied.log_detail is not None and denied.log_detail.startswith(
+        "free-burst (token_bucket 2 burst at 1/s, key consumer, tiers free/trial) exhausted for c=tiny")
+    assert "per-consumer" not in denied.log_detail
+    headers = dict(denied.headers)
+    assert headers["ratelimit-policy"] == '"per-consumer";q=5;w=60, "free-burst";q=2;w=2'
+    assert headers["ratelimit"].startswith('"per-consumer";r=')
+    assert '"free-burst";r=0;t=' in headers["ratelimit"]
+    clock.now += 2  # the bucket is full again; the refused request took nothing from the untiered limit
+    assert await admitted(stage, 2, consumer="tiny") == [True, True]
+    clock.now += 2
+    assert await admitted(stage, 1, consumer="tiny") == [True]  # the 5th of the minute
+    denied = await stage.check(request(consumer="tiny"))
+    assert isinstance(denied, Deny) and denied.log_detail is not None
+    assert denied.log_detail.startswith("per-consumer (")
+
+
+async def test_tier_headers_name_the_callers_own_limits(state: StateBackend, clock: Clock) -> None:
+    stage = tiered_stage(state, clock)
+    gold, anonymous = request(consumer="acme"), request()
+    assert isinstance(await stage.check(gold), Continue)
+    assert isinstance(await stage.check(anonymous), Continue)
+    assert dict(gold.response_headers)["ratelimit-policy"] == '"per-consumer";q=5;w=60, "gold-day";q=3;w=86400'
+    assert dict(anonymous.response_headers)["ratelimit-policy"] == '"per-consumer";q=5;w=60'
+
+
+async def test_only_tier_limits_leave_other_callers_unlimited(state: StateBackend, clock: Clock) -> None:
+    stage = tiered_stage(state, clock, rate_limits=[
+        {"name": "free", "limit": 1, "window": "1m", "key": "consumer", "tiers": ["free"]}])
+    assert await admitted(stage, 2, consumer="tiny") == [True, False]
+    other = request(consumer="acme")
+    assert isinstance(await stage.check(other), Continue)
+    assert other.response_headers == []  # no limit applied: nothing to advertise
+    assert await admitted(stage, 3, consumer="acme") == [True] * 3
+
+
+async def test_tier_quota_resets_with_the_day(state: StateBackend, clock: Clock) -> None:
+    clock.now = datetime(2026, 3, 10, 12, 0, tzinfo=UTC).timestamp()
+    stage = tiered_stage(state, clock)
+    for _ in range(3):
+        assert isinstance(await stage.check(request(consumer="acme")), Continue)
+        clock.now += 60
+    denied = await stage.check(request(consumer="acme"))
+    assert isinstance(denied, Deny) and denied.reason == "quota_exceeded"
+    assert denied.policy_id.endswith("/traffic.quotas")
+    clock.now = datetime(2026, 3, 11, 0, 0, 1, tzinfo=UTC).timestamp()
+    assert isinstance(await stage.check(request(consumer="acme")), Continue)
