@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, field_validator
+from pydantic import BeforeValidator, field_serializer, field_validator
 
 from bastion.config.base import Model, control
 from bastion.stages.authz.config import SCOPE_TOKEN
@@ -37,7 +37,8 @@ def _scope_pairs(value: Any) -> Any:
     """`{createOrder: [orders:write]}` -> `(("createOrder", "orders:write"),)`, sorted.
 
     Stored as (name, scope) pairs so that the `superset` comparison sees every scope: a route that keeps the key
-    `createOrder` but drops one of its scopes is weaker than its class, and `validate` says so."""
+    `createOrder` but drops one of its scopes is weaker than its class, and `validate` says so. Dumped back as
+    the mapping (see `_dump_scopes`)."""
     if isinstance(value, dict):
         pairs = []
         for name, scopes in value.items():
@@ -145,6 +146,15 @@ class GraphqlPolicy(Model):
             if not SCOPE_TOKEN.match(scope):
                 raise ValueError(f"operation_scopes.{name}: {scope!r} is not a valid scope token (RFC 6749 §3.3)")
         return value
+
+    @field_serializer("operation_scopes")
+    def _dump_scopes(self, value: tuple[tuple[str, str], ...]) -> dict[str, list[str]]:
+        """Dumped as the YAML mapping: the baseline merge then overlays an API's or route's keys one by one,
+        so adding `refund` keeps the class's `createOrder`, while replacing `createOrder`'s list is compared."""
+        out: dict[str, list[str]] = {}
+        for name, scope in value:
+            out.setdefault(name, []).append(scope)
+        return out
 
     def scopes_by_name(self) -> dict[str, frozenset[str]]:
         """`{"createOrder": frozenset({"orders:write"})}`, from the stored pairs."""
