@@ -71,7 +71,11 @@ def test_operation_scopes_are_stored_as_pairs_and_read_back() -> None:
     assert policy.operation_scopes == (("a", "x"), ("refund", "orders:write"), ("refund", "payments:refund"))
     assert policy.scopes_by_name() == {"a": frozenset({"x"}), "refund": frozenset({"orders:write", "payments:refund"})}
     dumped = policy.model_dump(mode="json")
+    assert dumped["operation_scopes"] == {"a": ["x"], "refund": ["orders:write", "payments:refund"]}
     assert GraphqlPolicy.model_validate(dumped) == policy  # a dumped policy (explain, /policies) reads back
+    # the baseline merge overlays layers on the dumped class, key by key
+    layered = {**policy.model_dump()["operation_scopes"], "refund": ["orders:write"]}
+    assert weaker("operation_scopes", policy.model_dump()["operation_scopes"], layered)
 
 
 INVALID = [
