@@ -44,6 +44,7 @@ def add_verbs(verbs: Any) -> None:
     p.add_argument("--audit", help="audit events (JSON lines) for denials by control")
     p.add_argument("--probe", help="a `bastion probe --json` result to include")
     p.add_argument("--previous", help="a previous `report --format json`, for the trend")
+    _probe_marks(p)
     p.add_argument("--format", choices=("json", "md", "html"), default="md")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
 
@@ -52,6 +53,7 @@ def add_verbs(verbs: Any) -> None:
     p.add_argument("-c", "--config", required=True)
     p.add_argument("--audit", required=True, help="audit events (JSON lines)")
     p.add_argument("--idle-days", type=int, default=90, help="flag routes without traffic for this long")
+    _probe_marks(p)
     p.add_argument("--json", action="store_true")
 
     p = verbs.add_parser("diff", help="effective-policy changes between a config and another config or the "
@@ -104,7 +106,8 @@ def _report(args: argparse.Namespace) -> int:
 
     try:
         compiled = _compiled(args.config)
-        events = list(auditlog.requests(auditlog.read(args.audit))) if args.audit else None
+        marks = _marks(args)
+        events = list(auditlog.requests(auditlog.read(args.audit), marks)) if args.audit else None
         probe_doc = load_probe(args.probe) if args.probe else None
         previous = json.loads(Path(args.previous).read_text()) if args.previous else None
     except ConfigError as exc:
@@ -120,6 +123,24 @@ def _report(args: argparse.Namespace) -> int:
     else:
         _emit(render.to_html(doc), args.output)
     return 0
+
+
+def _probe_marks(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--probe-subject", action="append", metavar="SUB",
+                   help="leave out events whose verified token subject is SUB: the probe's traffic (default "
+                        "bastion-probe; repeat for several)")
+    p.add_argument("--probe-source", action="append", default=[], metavar="CIDR",
+                   help="also leave out every event from this client network (the CI runner that probes)")
+    p.add_argument("--include-probe", action="store_true", help="count the probe's traffic like any other")
+
+
+def _marks(args: argparse.Namespace) -> Any:
+    from bastion.posture.auditlog import NO_MARKS, ProbeMarks
+    from bastion.posture.tokens import PROBE_SUBJECT
+
+    if args.include_probe:
+        return NO_MARKS
+    return ProbeMarks.of(args.probe_subject or [PROBE_SUBJECT], args.probe_source)
 
 
 def _usage(message: str) -> int:
@@ -170,11 +191,11 @@ def _inventory(args: argparse.Namespace) -> int:
 
     try:
         compiled = _compiled(args.config)
-        events = list(auditlog.requests(auditlog.read(args.audit)))
+        events = list(auditlog.requests(auditlog.read(args.audit), _marks(args)))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         return _usage(str(exc))
     doc = inventory.build(compiled, events, time.time(), args.idle_days)
     print(json.dumps(doc, indent=2) if args.json else inventory.text(doc))

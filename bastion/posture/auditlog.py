@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,43 @@ class RequestEvent:
     control: str | None  # the control that denied (None when allowed)
     client_ip: str | None
     caller: str | None  # consumer name, else subject, else None
-    probe: bool = False
+    probe: bool = False  # the probe's own traffic (ProbeMarks), left out of denials and the inventory
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeMarks:
+    """How the readers recognise `bastion probe` traffic in the audit log, from what the gateway verified.
+
+    - `subjects`: the verified token subject (`unmapped.bastion.subject`, set only once identity accepted the
+      token), e.g. `bastion-probe`. This covers the probe's requests with its valid token (scope, owner, input
+      and body attacks); requests with no or a forged token have no verified subject and are not covered.
+    - `sources`: client networks (the address the gateway computed, after `trusted_proxies`), e.g. the CI
+      runner's address. This covers every probe request, forged tokens included, and everything else that
+      comes from there.
+
+    Nothing the client merely claims (User-Agent, a header) marks an event: anyone could hide behind it.
+    """
+
+    subjects: frozenset[str] = frozenset()
+    sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @classmethod
+    def of(cls, subjects: Iterable[str] = (), sources: Iterable[str] = ()) -> ProbeMarks:
+        return cls(frozenset(subjects), tuple(ipaddress.ip_network(s, strict=False) for s in sources))
+
+    def match(self, subject: Any, client_ip: Any) -> bool:
+        if isinstance(subject, str) and subject in self.subjects:
+            return True
+        if self.sources and isinstance(client_ip, str):
+            try:
+                address = ipaddress.ip_address(client_ip)
+            except ValueError:
+                return False
+            return any(address in network for network in self.sources)
+        return False
+
+
+NO_MARKS = ProbeMarks()
 
 
 def read(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -42,9 +79,9 @@ def read(path: str | Path) -> Iterator[dict[str, Any]]:
                 yield event
 
 
-def requests(events: Iterable[dict[str, Any]]) -> Iterator[RequestEvent]:
+def requests(events: Iterable[dict[str, Any]], probe: ProbeMarks = NO_MARKS) -> Iterator[RequestEvent]:
     """The request events, flattened: API Activity (6003) and, for identity refusals, Authentication (3002)
-    events that carry a request id; admin and protocol events are left out."""
+    events that carry a request id; admin and protocol events are left out. `probe` marks the probe's own."""
     for event in events:
         bastion = (event.get("unmapped") or {}).get("bastion") or {}
         if "admin_action" in bastion or not bastion.get("request_id") or "decision" not in bastion:
@@ -55,6 +92,7 @@ def requests(events: Iterable[dict[str, Any]]) -> Iterator[RequestEvent]:
         user = (event.get("actor") or {}).get("user") or {}
         decision = bastion.get("decision") or "allow"
         caller = bastion.get("consumer") or user.get("name") or bastion.get("subject") or user.get("uid")
+        client_ip = (event.get("src_endpoint") or {}).get("ip") or bastion.get("client_ip")
         yield RequestEvent(
             time=float(event.get("time") or 0) / 1000.0,
             path=str((http.get("url") or {}).get("path") or bastion.get("path") or ""),
@@ -64,9 +102,9 @@ def requests(events: Iterable[dict[str, Any]]) -> Iterator[RequestEvent]:
             decision=decision,
             reason=bastion.get("reason"),
             control=denying_control(event) if decision == "deny" else None,
-            client_ip=(event.get("src_endpoint") or {}).get("ip") or bastion.get("client_ip"),
+            client_ip=client_ip,
             caller=caller if isinstance(caller, str) and caller != "unknown" else None,
-            probe=bool(bastion.get("probe")),
+            probe=probe.match(bastion.get("subject"), client_ip),
         )
 
 

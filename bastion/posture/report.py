@@ -99,15 +99,18 @@ def denials(events: Iterable[RequestEvent]) -> dict[str, Any]:
     by_control: Counter[str] = Counter()
     by_reason: Counter[str] = Counter()
     first = last = None
-    total = 0
+    total = probes = 0
     for event in events:
-        total += 1
         first = event.time if first is None else min(first, event.time)
         last = event.time if last is None else max(last, event.time)
-        if event.decision == "deny" and not event.probe:
+        if event.probe:  # the probe's own attacks are not denials of real callers
+            probes += 1
+            continue
+        total += 1
+        if event.decision == "deny":
             by_control[event.control or "unknown"] += 1
             by_reason[event.reason or "unknown"] += 1
-    return {"requests": total, "denied": sum(by_control.values()),
+    return {"requests": total, "probe_requests": probes, "denied": sum(by_control.values()),
             "from": iso(first) if first is not None else None, "to": iso(last) if last is not None else None,
             "by_control": dict(by_control.most_common()), "by_reason": dict(by_reason.most_common())}
 

@@ -97,6 +97,26 @@ async def test_report_from_a_real_audit_log_and_probe(demo: Demo, tmp_path: Path
     doc = build(compiled, time.time(), events=events, probe=probed)
     denials = doc["denials"]["by_control"]
     assert denials["gateway"] >= 2 and denials["identity"] >= 1 + 8 * 4  # probe forgeries are denials too
+    assert denials["authz"] == 3  # the probe's token without scopes, on the three orders routes
+
+    # the CLI leaves out what the probe's verified subject did (default bastion-probe); forged tokens carry no
+    # verified subject and stay in (unless --probe-source names the CI runner's network)
+    from bastion.cli_posture import dispatch
+    from tests.posture.test_cli import parse
+
+    out = tmp_path / "marked.json"
+    assert dispatch(parse("report", "-c", str(demo.config), "--audit", str(audit), "--format", "json",
+                          "-o", str(out))) == 0
+    marked = json.loads(out.read_text())["denials"]
+    assert "authz" not in marked["by_control"] and marked["by_control"]["identity"] == denials["identity"]
+    assert marked["probe_requests"] > 0 and marked["requests"] + marked["probe_requests"] == doc["denials"]["requests"]
+    assert dispatch(parse("report", "-c", str(demo.config), "--audit", str(audit), "--format", "json",
+                          "-o", str(out), "--probe-source", "127.0.0.0/8")) == 0
+    assert json.loads(out.read_text())["denials"]["by_control"] == {}  # everything came from 127.0.0.1
+    assert dispatch(parse("report", "-c", str(demo.config), "--audit", str(audit), "--format", "json",
+                          "-o", str(out), "--include-probe")) == 0
+    assert json.loads(out.read_text())["denials"]["by_control"] == denials
+    assert dispatch(parse("report", "-c", str(demo.config), "--audit", str(audit), "--probe-source", "x")) == 2
     assert doc["probe"]["summary"]["fail"] == 0 and not doc["probe"]["stale"]
     assert doc["kpis"]["probe_failures"] == 0
     assert {r["route"]: r["probe"]["fail"] for r in doc["routes"]} == dict.fromkeys(
