@@ -29,16 +29,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Gauge
 from pydantic import Field
 
-from bastion.audit.events import admin_event, finding_event
-from bastion.compile import CompiledGateway, compile_config
 from bastion.config.base import Duration, Model
-from bastion.config.loader import load_config
-from bastion.posture.diff import Change, compare, effective_policies
+
+if TYPE_CHECKING:  # imported where used: bastion.config.models imports DriftConfig from here
+    from bastion.compile import CompiledGateway
+    from bastion.posture.diff import Change
 
 DETECTION = "config_drift"
 MAX_CHANGES_IN_EVENT = 50
@@ -111,6 +111,9 @@ class DriftWatch:
 
     async def check(self) -> list[Change] | None:
         """One comparison; emits on a change of state. The changes, or None when the approved file is unusable."""
+        from bastion.audit.events import admin_event
+        from bastion.posture.diff import compare, effective_policies
+
         running = self.current()
         self.checks += 1
         try:
@@ -135,6 +138,8 @@ class DriftWatch:
         return changes
 
     def _open(self, changes: list[Change], approved: dict[str, Any], other: dict[str, Any]) -> None:
+        from bastion.audit.events import finding_event
+
         weakenings = sum(c.kind in ("weaker", "added") for c in changes)
         uid = self.audit.ids.new()
         if self._open_uid is not None and self.drifting:  # a different drift: close the old one first
@@ -153,6 +158,8 @@ class DriftWatch:
         self.audit.emit(event)
 
     def _close(self, approved: dict[str, Any], other: dict[str, Any]) -> None:
+        from bastion.audit.events import finding_event
+
         opened = self._open_uid
         self._open_uid = None
         uid = self.audit.ids.new()
@@ -173,6 +180,10 @@ class DriftWatch:
 
 
 def _approved_policies(path: Path, at: float) -> dict[str, Any]:
+    from bastion.compile import compile_config
+    from bastion.config.loader import load_config
+    from bastion.posture.diff import effective_policies
+
     return effective_policies(compile_config(load_config(path), now=at, build_stages=False))
 
 
