@@ -13,7 +13,7 @@ from typing import Any
 
 from bastion import stages
 from bastion.context import ControlRecord, Deny, RequestContext
-from bastion.stages import authz, blocklist, identity, traffic, transport
+from bastion.stages import authz, blocklist, graphql, identity, traffic, transport
 from bastion.stages import input as input_stage
 from bastion.stages.base import RouteInfo, Services, Stage
 
@@ -40,6 +40,7 @@ PIPELINE: tuple[StageSpec, ...] = (
     StageSpec("traffic", traffic.build_rate_limits, traffic.prepare),
     StageSpec("input", input_stage.build_head, input_stage.prepare),
     StageSpec("input", input_stage.build_body, input_stage.prepare),  # needs_body: runs once the body is read
+    StageSpec("graphql", graphql.build, graphql.prepare),  # depth, cost, aliases, introspection, op scopes
     StageSpec("authz", authz.build_body, authz.prepare),  # owner rules on body ids, after the body is valid
 )
 

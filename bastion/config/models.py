@@ -25,6 +25,7 @@ from bastion.audit.config import AuditConfig
 from bastion.config.base import Duration, Model, Size
 from bastion.posture.admin_auth import AdminAuthConfig
 from bastion.stages.authz.config import AuthzPolicy
+from bastion.stages.graphql.config import GraphqlPolicy
 from bastion.stages.identity.config import ConsumerConfig, IdentityPolicy, ProvidersConfig
 from bastion.stages.input.config import InputPolicy
 from bastion.stages.response.config import ResponsePolicy
@@ -43,6 +44,7 @@ class Baseline(Model):
     authz: AuthzPolicy = AuthzPolicy()
     traffic: TrafficPolicy = TrafficPolicy()
     input: InputPolicy = InputPolicy()
+    graphql: GraphqlPolicy = GraphqlPolicy()
     response: ResponsePolicy = ResponsePolicy()
 
 
