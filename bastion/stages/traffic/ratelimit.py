@@ -143,18 +143,17 @@ class RateLimitStage:
         named = sorted({tier for limit in self.limits for tier in limit.tiers})
         self.tier_plans = {tier: Plan.of([limit for limit in self.limits if not limit.tiers or tier in limit.tiers])
                            for tier in named}
-        # consumer name -> plan, for consumers whose tier this route names; everyone else: the base plan
-        self.consumer_plans = {consumer: self.tier_plans[tier]
-                               for consumer, tier in (consumer_tiers or {}).items() if tier in self.tier_plans}
+        self.consumer_tiers: Mapping[str, str] = consumer_tiers or {}  # shared by every route of one config
         self.calendar = CalendarWindows()
         self._allow = Continue(policy_id)
 
     def plan(self, ctx: RequestContext) -> Plan:
         """The caller's plan: by its consumer's tier (the consumer is verified by the identity stage)."""
         identity = ctx.identity
-        if identity is None or identity.consumer is None or not self.consumer_plans:
+        if identity is None or identity.consumer is None or not self.tier_plans:
             return self.base
-        return self.consumer_plans.get(identity.consumer, self.base)
+        tier = self.consumer_tiers.get(identity.consumer)
+        return self.base if tier is None else self.tier_plans.get(tier, self.base)
 
     def hits(self, ctx: RequestContext, now: float, plan: Plan | None = None) -> list[Hit]:
         hits = []
