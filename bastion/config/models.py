@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from bastion.audit.config import AuditConfig
 from bastion.config.base import Duration, Model, Size
 from bastion.posture.admin_auth import AdminAuthConfig
+from bastion.posture.drift import DriftConfig
 from bastion.stages.authz.config import AuthzPolicy
 from bastion.stages.graphql.config import GraphqlPolicy
 from bastion.stages.identity.config import ConsumerConfig, IdentityPolicy, ProvidersConfig
@@ -184,6 +185,8 @@ class GatewayConfig(Model):
     state: str = Field("memory", description="`memory` (one process) or `redis://host:6379/0`.")
     audit: AuditConfig = AuditConfig()
     max_exception_days: int = Field(90, ge=1, description="Longest allowed exception lifetime.")
+    drift: DriftConfig | None = Field(None, description="Alert when the running config's effective policies "
+                                      "differ from this approved file (`{approved: approved.yaml, interval: 5m}`).")
     workers: int = Field(1, ge=1, le=64)
 
     @field_validator("identity_headers")

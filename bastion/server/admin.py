@@ -140,8 +140,10 @@ def _json(ex: Exchange, status: int, doc: Any) -> bool:
 
 async def read_events(path: Any) -> list[Any]:
     """Request events from an audit JSON-lines file, read off the event loop."""
-    from bastion.posture.auditlog import read, requests
+    from bastion.posture.auditlog import ProbeMarks, read, requests
+    from bastion.posture.tokens import PROBE_SUBJECT
 
     if path is None or not path.exists():
         return []
-    return await asyncio.to_thread(lambda: list(requests(read(path))))
+    marks = ProbeMarks.of([PROBE_SUBJECT])  # the probe's own attacks are evidence, not traffic
+    return await asyncio.to_thread(lambda: list(requests(read(path), marks)))

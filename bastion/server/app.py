@@ -102,6 +102,7 @@ class Runtime:
         self._ready = False
         self._reload_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
+        self._drift: Any = None
 
     # ---- config -------------------------------------------------------------------------------------------
 
@@ -233,6 +234,12 @@ class Runtime:
             )
             self.servers.append(server)
             self.admin_bound = server.sockets[0].getsockname()[:2]
+        if gw.drift is not None and self.serve_admin:  # one watch per gateway: the process that serves admin
+            from bastion.posture.drift import DriftWatch
+
+            self._drift = DriftWatch.from_config(gw.drift, base, lambda: gateway.compiled, self.services.audit,
+                                                 self.metrics.registry)
+            await self._drift.start()
         if not self.serve_admin:  # a worker: its supervisor reads the metrics files, keep them current
             self._flusher = loop.create_task(self._flush_metrics())
         self.services.audit.admin("gateway.start", "success", config_hash=compiled.config_hash,
@@ -272,6 +279,8 @@ class Runtime:
             gateway.close()
             await self._close_shared(gateway.compiled)
         self.metrics.flush()
+        if self._drift is not None:
+            await self._drift.close()
         blocks = self.services.extra.get("blocks")
         if blocks is not None:
             with contextlib.suppress(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 
@@ -145,3 +146,20 @@ async def test_query_credentials_never_reach_the_upstream(tmp_path):
         assert status == 200
         assert json.loads(body)["target"] == "/shop/items?a=1&b=2"
         assert key not in body.decode()
+
+
+async def test_drift_from_the_approved_file_raises_an_alert(tmp_path):
+    approved = BASIC.replace("{upstream}", "http://127.0.0.1:9").replace(
+        "- {name: get-item, path: \"/{id}\", methods: [GET, PUT]}", "")
+    (tmp_path / "approved.yaml").write_text(approved)
+    config = BASIC.replace("admin: {address: 127.0.0.1, port: 0}",
+                           "admin: {address: 127.0.0.1, port: 0}\n  drift: {approved: approved.yaml, interval: 50ms}\n"
+                           "  audit: {sinks: [{type: file, path: audit.jsonl}]}")
+    async with running_gateway(tmp_path, config) as gw:
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if gw.metrics.registry.get_sample_value("bastion_config_drift") == 1.0:
+                break
+        assert gw.metrics.registry.get_sample_value("bastion_config_drift") == 1.0
+    events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert any(e["class_uid"] == 2004 and "drift" in json.dumps(e) for e in events)
