@@ -324,6 +324,10 @@ def compile_config(loaded: LoadedConfig, services: Services | None = None, *, no
             diags.append(positions.diagnostic(("exceptions", i, "controls"), f"exception {exc.id} relaxes "
                                               "nothing: no targeted route weakens these controls", "warning"))
 
+    from bastion.stages.traffic import tier_warnings
+
+    for message in tier_warnings(cfg):  # e.g. a consumer tier no limit names: a typo would lift its limits
+        diags.append(positions.diagnostic(("consumers",), message, "warning"))
     errors = [d for d in diags if d.severity == "error"]
     if errors:
         raise ConfigError(diags)

@@ -21,6 +21,7 @@ from bastion.stages.identity.config import (
     MtlsCredential,
 )
 from bastion.stages.identity.mtls import CertInfo, normalize_thumbprint
+from bastion.stages.traffic.iprules import parse_ip
 
 KEY_PREFIX = "bsk"
 _KEY = re.compile(r"^bsk_([A-Za-z0-9]{4,64})_([A-Za-z0-9_-]{16,256})$")
@@ -54,9 +55,8 @@ class Consumer:
     def allows_ip(self, ip: str) -> bool:
         if not self.networks:
             return True
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
+        addr = parse_ip(ip)  # IPv4-mapped IPv6 from a dual-stack listener counts as its IPv4 address
+        if addr is None:
             return False
         return any(addr in net for net in self.networks)
 
