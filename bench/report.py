@@ -169,9 +169,9 @@ def replace_section(document: str, section: str, body: str, top: bool = False) -
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if pattern.search(document):
         return pattern.sub(lambda _: block, document, count=1)
-    first = document.find("<!-- bench:")
-    if top and first >= 0:
-        return document[:first] + block + "\n\n" + document[first:]
+    first = re.search(r"^<!-- bench:", document, re.M)  # a marker on its own line, not one quoted in prose
+    if top and first:
+        return document[:first.start()] + block + "\n\n" + document[first.start():]
     return document.rstrip() + ("\n\n" if document.strip() else "") + block + "\n"
 
 

@@ -331,7 +331,8 @@ def test_yaml_dump_round_trips() -> None:
 
 def test_summary_goes_above_the_first_section_and_lists_every_measured_scenario(tmp_path: Path) -> None:
     path = tmp_path / "RESULTS.md"
-    report.write_section(path, "core", "core figures", "# Results\n")
+    preamble = "# Results\n\nSections sit between `<!-- bench:NAME -->` markers.\n"
+    report.write_section(path, "core", "core figures", preamble)
     results = {
         "get": {"nginx": Row("nginx", [_sample(30_000, 5_000)]), "bastion": Row("bastion", [_sample(12_000, 9_000)])},
         "audit-file": {"bastion": Row("bastion", [_sample(6_000, 9_000)])},
@@ -339,8 +340,9 @@ def test_summary_goes_above_the_first_section_and_lists_every_measured_scenario(
     }
     env = {"date": "today", "commit": "abc"}
     body = run.summary_markdown(results, env, ["**FAIL** (get): ..."])
-    report.write_section(path, "summary", body, "# Results\n", top=True)
+    report.write_section(path, "summary", body, preamble, top=True)
     text = path.read_text()
+    assert text.startswith(preamble)  # not inside the prose that quotes a marker
     assert text.index("<!-- bench:summary -->") < text.index("<!-- bench:core -->")
     assert "| get | core | 12,000 | 0.40 | nginx 30,000 req/s | - |" in text
     assert "| audit-file | audit | 6,000 | 0.20 | nginx 30,000 req/s | 0.50 |" in text
