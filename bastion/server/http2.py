@@ -470,10 +470,14 @@ class H2Connection(asyncio.Protocol):
     def _request(self, event: h2.events.RequestReceived) -> bool:
         stream_id = event.stream_id
         lim = self.limits
+        self._counts["stream"] += 1  # earns window-update and ping allowance (see `_rate`)
         if self._goaway:
             self._h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return True
-        if len(self._streams) >= lim.max_concurrent_streams:
+        if len(self._streams) >= lim.max_concurrent_streams and sum(
+                1 for s in self._streams.values() if not s._ended) >= lim.max_concurrent_streams:
+            # a stream whose response has ended is closed for the client (RFC 9113 §5.1.2) even while its
+            # handler finishes its accounting: only streams still answering count against the limit
             self._h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             self.stats.count("h2_stream_refused")
             return self._rate("refused")
@@ -546,14 +550,18 @@ class H2Connection(asyncio.Protocol):
     # ---- limits -------------------------------------------------------------------------------------------
 
     def _rate(self, kind: str) -> bool:
-        """Count one frame of `kind`; past its limit in the current window, the connection is refused."""
+        """Count one frame of `kind`; past its limit in the current window, the connection is refused.
+
+        WINDOW_UPDATE and PING frames are also what a busy, honest client sends for the responses it receives
+        (gRPC clients: a window update per DATA frame, BDP pings): each stream opened in the window earns a few,
+        so the limit catches frames sent for their own sake, not traffic."""
         now = self.loop.time()
         if now - self._window_start > self.limits.window:
             self._counts.clear()
             self._window_start = now
         counts = self._counts
         counts[kind] += 1
-        limit = getattr(self.limits, _RATE_LIMITS[kind])
+        limit = getattr(self.limits, _RATE_LIMITS[kind]) + _EARNED_PER_STREAM.get(kind, 0) * counts["stream"]
         if counts[kind] <= limit:
             return True
         return self._refuse(f"h2_{kind}_flood", f"over {limit} {kind} frames in {self.limits.window:g}s",
@@ -811,6 +819,7 @@ class H2Connection(asyncio.Protocol):
             self.close()
 
 
+_EARNED_PER_STREAM = {"window_update": 8, "ping": 2}
 _RATE_LIMITS = {
     "reset": "max_resets", "refused": "max_refused", "settings": "max_settings", "ping": "max_pings",
     "priority": "max_priority", "window_update": "max_window_updates", "empty_frame": "max_empty_frames",

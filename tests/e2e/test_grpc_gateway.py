@@ -110,3 +110,36 @@ async def test_grpc_methods_get_the_same_controls(tmp_path):
         await runtime.stop(drain_timeout=0.5)
         await idp.close()
         await upstream.stop(None)
+
+
+async def test_a_busy_honest_grpc_client_is_not_mistaken_for_a_flood(tmp_path):
+    """1,500 calls, 64 in flight: the client's window updates and stream turnover stay within the limits."""
+    upstream = grpc.aio.server()
+    upstream.add_generic_rpc_handlers((_handlers(),))
+    up_port = upstream.add_insecure_port("127.0.0.1:0")
+    await upstream.start()
+    config = CONFIG.replace("    identity: {{required: true, methods: [jwt]}}\n",
+                            "    identity: {{required: false, methods: []}}\n")
+    config = config.replace("rate_limits: [{{name: per-caller, limit: 5, window: 1m, key: consumer}}]", "{{}}")
+    path = tmp_path / "bastion.yaml"
+    path.write_text(textwrap.dedent(config.format(issuer="http://127.0.0.1:9", upstream=up_port)))
+    runtime = Runtime(path)
+    await runtime.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.bound[0][1]}") as channel:
+            call = _call(channel, "Unary")
+            pending = iter(range(1500))
+
+            async def worker() -> int:
+                failures = 0
+                for _ in pending:
+                    try:
+                        await call(b"x", timeout=10)
+                    except grpc.aio.AioRpcError:
+                        failures += 1
+                return failures
+
+            assert sum(await asyncio.gather(*(worker() for _ in range(64)))) == 0
+    finally:
+        await runtime.stop(drain_timeout=0.5)
+        await upstream.stop(None)
