@@ -54,7 +54,7 @@ async def test_revoke_subject_and_lift_through_the_admin_api(tmp_path):
 
 async def test_block_and_unblock_a_source_address(tmp_path):
     config = CONFIG.replace("identity: {required: true, methods: [jwt]}", "identity: {required: false, methods: []}")
-    async with running_gateway(tmp_path, config.replace("ISSUER", "https://idp.example.com")) as gw:
+    async with running_gateway(tmp_path, config.replace("ISSUER", "http://127.0.0.1:9")) as gw:
         port, admin = gw.bound[0][1], gw.admin_bound[1]
         assert (await request(port, "GET", "/orders/1"))[0] == 200
         assert (await post(admin, "/blocks", {"kind": "ip", "key": "127.0.0.1", "seconds": 60}))[0] == 200
