@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from pydantic import ValidationError
+from ruamel.yaml import YAML
 
 from bastion.governance.baseline import is_weaker
 from bastion.stages.graphql import GraphqlPolicy
@@ -116,7 +116,7 @@ def test_every_example_in_the_docs_validates() -> None:
                 find(item)
 
     for block in re.findall(r"```yaml\n(.*?)```", text, re.DOTALL):
-        find(yaml.safe_load(block))
+        find(YAML(typ="safe").load(block))
     assert len(sections) >= 4
     for section in sections:
         GraphqlPolicy(**section)

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-import yaml
 from conftest import ROUTE, Clock, make_ctx
+from ruamel.yaml import YAML
 
 from bastion.context import Deny
 from bastion.pipeline import run
@@ -205,7 +205,7 @@ async def test_redis_outage_raises_state_unavailable_fast(redis_server: RedisSer
 async def test_identity_stage_fails_closed_when_the_deny_list_is_unreachable(clock: Clock) -> None:
     state = RedisState(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
     key, line = new_api_key("web")
-    credential = yaml.safe_load(line)[0]
+    credential = YAML(typ="safe").load(line)[0]
     shared = IdentityShared(ProvidersConfig(), [ConsumerConfig(name="web", credentials=[credential])],
                             Services(wall_clock=clock, state=state))
     stage = build(IdentityPolicy(methods=["api_key"]), ROUTE, shared)
@@ -244,7 +244,7 @@ async def test_redis_listing_pages_through_scan(redis_server: RedisServer) -> No
 async def test_unreachable_deny_list_per_class(clock: Clock, mode: str, status: int | None) -> None:
     state = RedisState(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
     key, line = new_api_key("web")
-    consumers = [ConsumerConfig(name="web", credentials=[yaml.safe_load(line)[0]])]
+    consumers = [ConsumerConfig(name="web", credentials=[YAML(typ="safe").load(line)[0]])]
     shared = IdentityShared(ProvidersConfig(), consumers, Services(wall_clock=clock, state=state))
     stage = build(IdentityPolicy(methods=["api_key"], on_revocation_unavailable=mode), ROUTE, shared)
     assert stage is not None
