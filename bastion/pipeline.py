@@ -59,6 +59,7 @@ async def run(chain: tuple[Stage, ...], ctx: RequestContext) -> Deny | None:
         if decision.__class__ is Deny:
             ctx.records.append(ControlRecord(stage.control, "deny", decision.policy_id, decision.reason))  # type: ignore[union-attr]
             return decision  # type: ignore[return-value]
-        ctx.records.append(ControlRecord(stage.control, "allow", decision.policy_id, "",
-                                         decision.exception_id))  # type: ignore[union-attr]
+        if decision.policy_id:  # a bare CONTINUE (e.g. no block in force) decided nothing worth recording
+            ctx.records.append(ControlRecord(stage.control, "allow", decision.policy_id, "",
+                                             decision.exception_id))  # type: ignore[union-attr]
     return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from bastion.config.base import Model, control
-from bastion.context import CONTINUE, Decision, Deny, RequestContext
+from bastion.context import Continue, Decision, Deny, RequestContext
 from bastion.stages.base import RouteInfo
 
 Requirement = Literal["optional", "required"]
@@ -38,6 +38,7 @@ class TransportStage:
         self._need_mtls = policy.mtls == "required"
         self._tls_policy = route.policy_id("transport.tls")
         self._mtls_policy = route.policy_id("transport.mtls")
+        self._allow = Continue(self._mtls_policy if self._need_mtls else self._tls_policy)
 
     async def check(self, ctx: RequestContext) -> Decision:
         if (self._need_tls or self._need_mtls) and not ctx.tls:
@@ -45,7 +46,7 @@ class TransportStage:
         if self._need_mtls and ctx.peer_cert is None:
             return Deny(403, "client_certificate_required", self._mtls_policy,
                         "This API requires a client certificate.")
-        return CONTINUE
+        return self._allow
 
 
 def build(policy: TransportPolicy, route: RouteInfo, shared: object) -> TransportStage | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from bastion.context import CONTINUE, ControlRecord, Decision, Deny, RequestContext
+from bastion.context import Continue, ControlRecord, Decision, Deny, RequestContext
 from bastion.stages.base import RouteInfo, Services
 from bastion.stages.input import jsonbody
 from bastion.stages.input.config import InputPolicy
@@ -69,6 +69,7 @@ class _Common:
         self.pid_undeclared = route.policy_id("input.undeclared")
         self.pid_limits = route.policy_id("input.max_json_depth")
         self.pid_inspection = route.policy_id("input.inspection")
+        self.allow = Continue(self.pid_contract)  # built once: the audit names the control that let it through
 
     def is_excluded(self, where: str) -> bool:
         return any(where == ex or where.startswith(ex + "/") for ex in self.excluded)
@@ -135,7 +136,7 @@ class HeadStage(_Common):
             deny = self.inspect(ctx, self._values(ctx, query))
             if deny is not None:
                 return deny
-        return CONTINUE
+        return self.allow
 
     def _contract(self, ctx: RequestContext, query: list[tuple[str, str]]) -> Deny | None:
         params, validator = self.params, self.validator
@@ -229,7 +230,7 @@ class BodyStage(_Common):
     async def check(self, ctx: RequestContext) -> Decision:
         body = ctx.body or b""
         if not body:
-            return CONTINUE
+            return self.allow
         kind, params = media_type(ctx.header("content-type"))
         key = match_media(kind, self.content) if self.contract else None
         schema, validator = self.schemas.get(key, (None, None)) if key else (None, None)
@@ -244,7 +245,7 @@ class BodyStage(_Common):
             return self.invalid(exc.reason, exc.why, self._pid(exc.reason))
         except FormError as exc:
             return self.invalid(exc.reason, exc.why, self._pid(exc.reason))
-        return CONTINUE
+        return self.allow
 
     def _pid(self, reason: str) -> str:
         return self.pid_limits if reason == "input_json_limits" else self.pid_contract
@@ -261,7 +262,7 @@ class BodyStage(_Common):
             deny = self._inspect_json(ctx, doc)
             if deny is not None:
                 return deny
-        return CONTINUE
+        return self.allow
 
     def _inspect_json(self, ctx: RequestContext, doc: Any) -> Deny | None:
         inspector = self.inspector
@@ -332,7 +333,7 @@ class BodyStage(_Common):
                     ctx.body = encode_form(pairs)
         values = [(f"body./{k}", f"form field '{k}'", v) for k, v in pairs]
         deny = self.inspect(ctx, values)
-        return deny or CONTINUE
+        return deny or self.allow
 
     def _multipart(self, ctx: RequestContext, body: bytes, boundary: str, schema: Any,
                    validator: Any) -> Decision:
@@ -356,7 +357,7 @@ class BodyStage(_Common):
                 return self._deny(error)  # multipart is never rewritten: undeclared parts are rejected
         values = [(f"body./{k}", f"form field '{k}'", v) for k, v in texts]
         deny = self.inspect(ctx, values)
-        return deny or CONTINUE
+        return deny or self.allow
 
 
 def _kind(schema: Any) -> str:
