@@ -153,6 +153,9 @@ JWT_PROVIDER: dict[str, Any] = {
 AUTHN_CLASS: dict[str, Any] = {
     "identity": {"required": True, "methods": ["jwt"]},
     "input": {"contract": "off", "inspection": "off"},
+    "response": {"undeclared": "allow", "rewrite_errors": False,
+                 "security_headers": {"nosniff": False, "no_store_authenticated": False, "frame_options": "off",
+                                      "referrer_policy": "off", "hsts_max_age": 0}},
 }
 JWT_API: dict[str, Any] = {"name": "bench-jwt", "class": "authn"}
 JWT_FRAGMENT: dict[str, Any] = {"providers": {"jwt": [JWT_PROVIDER]}, "classes": {"authn": AUTHN_CLASS}}
@@ -225,6 +228,9 @@ SECTION_TITLES = {
 OPEN_CLASS: dict[str, Any] = {
     "identity": {"required": False, "methods": []},
     "input": {"contract": "off", "inspection": "off"},
+    "response": {"undeclared": "allow", "rewrite_errors": False,
+                 "security_headers": {"nosniff": False, "no_store_authenticated": False, "frame_options": "off",
+                                      "referrer_policy": "off", "hsts_max_age": 0}},
 }
 
 BASE_CONFIG: dict[str, Any] = {
