@@ -16,7 +16,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from bastion.server.http1 import Exchange
+from bastion.server.http1 import BodyMalformed, BodyTimeout, BodyTooLarge, Exchange
 
 Json = dict[str, Any]
 # Scrapes and probes are not "actions": auditing them would drown the actions that matter.
@@ -49,7 +49,12 @@ class AdminApi:
     async def handle(self, ex: Exchange) -> None:
         path = ex.target.split("?", 1)[0]
         ex.limit_body(1024 * 1024)
-        body = await ex.read_body() if ex.has_body else b""
+        try:
+            body = await ex.read_body() if ex.has_body else b""
+        except BodyTooLarge:
+            return ex.problem(413, None, "", close=True)
+        except (BodyTimeout, BodyMalformed):
+            return ex.problem(400, None, "", close=True)
         principal = "loopback"
         auth = self._b.auth()
         if auth is not None:

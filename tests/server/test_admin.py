@@ -68,3 +68,15 @@ async def test_admin_off_loopback_needs_auth(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "needs `auth`" in str(info.value)
+
+
+async def test_admin_answers_bad_input_with_4xx(tmp_path):
+    async with running_gateway(tmp_path, BASIC) as gw:
+        admin = gw.admin_bound[1]
+        status, _, _ = await request(admin, "POST", "/blocks", {"Content-Type": "application/json"}, b"x" * (1024 * 1024 + 1))
+        assert status == 413
+        for body in (b"{not json", b"[]", b'{"kind": "ip", "key": "1.2.3.4", "seconds": "soon"}'):
+            status, headers, _ = await request(admin, "POST", "/blocks", {"Content-Type": "application/json"}, body)
+            assert status == 400 and headers["content-type"] == "application/problem+json"
+        assert (await request(admin, "POST", "/revocations", {}, b"{}"))[0] == 400
+        assert (await request(admin, "GET", "/reload"))[0] == 405
