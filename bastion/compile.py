@@ -116,6 +116,7 @@ class _RouteDecl:
     loc: tuple[str | int, ...]
     operation: dict[str, Any] | None = None
     admin: bool = False
+    grpc_decode: Any = None  # decodes a gRPC request message to a dict (methods from a descriptor set)
 
 
 def parse_upstream(api: ApiConfig, base_dir: Path | None = None) -> Upstream:
@@ -164,7 +165,7 @@ def _grpc_routes(api: ApiConfig, base_dir: Path, api_loc: tuple[str | int, ...],
     grpc = api.grpc
     if grpc is None:
         return [], ""
-    from bastion.grpc.routes import methods_from_descriptor_set, parse_method
+    from bastion.grpc.routes import message_decoders, methods_from_descriptor_set, parse_method
 
     if api.base_path != "/":
         diags.append(positions.diagnostic((*api_loc, "base_path"), "a gRPC API is served at `/` (method paths "
@@ -188,7 +189,19 @@ def _grpc_routes(api: ApiConfig, base_dir: Path, api_loc: tuple[str | int, ...],
             diags.append(positions.diagnostic((*api_loc, "grpc", "methods", i), str(exc)))
     decls = [_RouteDecl(_NAME_SAFE.sub("-", f"{m.service}.{m.method}"), m.path, ["POST"], {}, api_loc)
              for m in dict.fromkeys(methods)]
+    if grpc.descriptor_set is not None and decls and not diags_for(diags, api_loc):
+        try:
+            decoders = message_decoders(data)
+        except Exception as exc:  # a descriptor set protobuf cannot build message classes from
+            diags.append(positions.diagnostic((*api_loc, "grpc", "descriptor_set"), f"cannot decode: {exc}"))
+        else:
+            for decl in decls:
+                decl.grpc_decode = decoders.get(decl.path)
     return decls, digest.hexdigest()
+
+
+def diags_for(diags: list[Diagnostic], loc: tuple[str | int, ...]) -> bool:
+    return any(d.severity == "error" and d.field.startswith(f"apis[{loc[1]}].grpc") for d in diags)
 
 
 def _route_decls(api: ApiConfig, index: int, base_dir: Path, diags: list[Diagnostic],
@@ -432,7 +445,9 @@ def _compile_route(api: ApiConfig, decl: _RouteDecl, baseline: dict[str, Any], b
 
                 if stage is not None:
                     if getattr(stage, "needs_body", False):
-                        if api.grpc is None:  # gRPC bodies are framed messages, streamed, never buffered
+                        # gRPC bodies are framed messages, streamed: only owner rules on message fields
+                        # (authz, reading the decoded first message) run on them
+                        if api.grpc is None or (spec.section == "authz" and decl.grpc_decode is not None):
                             body.append(stage)
                     else:
                         head.append(stage)
@@ -453,7 +468,8 @@ def _compile_route(api: ApiConfig, decl: _RouteDecl, baseline: dict[str, Any], b
         g = api.grpc
         grpc = GrpcLimits(max_message_bytes=g.max_message_bytes, max_messages=g.max_messages,
                           default_timeout=g.default_timeout, max_timeout=g.max_timeout,
-                          connect_timeout=plans[0].policy.traffic.upstream_connect_timeout)
+                          connect_timeout=plans[0].policy.traffic.upstream_connect_timeout,
+                          decode=decl.grpc_decode)
     return CompiledRoute(infos[0], upstream, strip, plans, decl.admin, grpc)
 
 

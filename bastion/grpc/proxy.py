@@ -41,6 +41,7 @@ class GrpcLimits:
     default_timeout: float | None = None  # deadline when the client sends no grpc-timeout
     max_timeout: float | None = None  # a longer client deadline is cut to this
     connect_timeout: float = 5.0
+    decode: Any = None  # first request message -> dict, for owner rules on message fields (descriptor set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +81,8 @@ def upstream_headers(ex: Any, ctx: RequestContext, upstream: H2Upstream, path: s
 
 
 async def forward_grpc(ex: Any, ctx: RequestContext, upstream: H2Upstream, limits: GrpcLimits, *,
-                       path: str | None = None, traceparent: str | None = None) -> GrpcResult:
+                       path: str | None = None, traceparent: str | None = None,
+                       prefetched: bytes = b"") -> GrpcResult:
     """Proxy the call on `ex` (an H2Exchange) to `upstream`; every failure is answered with a gRPC status."""
     try:
         timeout = parse_timeout(ctx.header("grpc-timeout"))
@@ -99,7 +101,7 @@ async def forward_grpc(ex: Any, ctx: RequestContext, upstream: H2Upstream, limit
         return _answer(ex, ctx, UNAVAILABLE, "upstream unavailable", err.reason)
     counter = MessageCounter(limits.max_message_bytes, limits.max_messages)
     failure: list[tuple[int, str, str]] = []
-    pump = loop.create_task(_pump(ex, stream, counter, failure)) if ex.has_body else None
+    pump = loop.create_task(_pump(ex, stream, counter, failure, prefetched)) if ex.has_body else None
     try:
         async with asyncio.timeout_at(deadline):
             result = await _relay(ex, ctx, stream, limits)
@@ -129,9 +131,13 @@ async def forward_grpc(ex: Any, ctx: RequestContext, upstream: H2Upstream, limit
 
 
 async def _pump(ex: Any, stream: UpstreamStream, counter: MessageCounter,
-                failure: list[tuple[int, str, str]]) -> None:
-    """Client -> upstream, counting messages; a broken limit resets the upstream stream (the relay answers)."""
+                failure: list[tuple[int, str, str]], prefetched: bytes = b"") -> None:
+    """Client -> upstream, counting messages; a broken limit resets the upstream stream (the relay answers).
+    `prefetched`: request bytes the gateway already read (to check the first message) go first."""
     try:
+        if prefetched:
+            counter.feed(prefetched)
+            await stream.send(prefetched)
         while chunk := await ex.read_chunk():
             counter.feed(chunk)
             await stream.send(chunk)

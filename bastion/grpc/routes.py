@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +69,25 @@ class GrpcRoutes:
 
     def __len__(self) -> int:
         return len(self._by_path)
+
+
+def message_decoders(data: bytes | Path) -> dict[str, Callable[[bytes], dict[str, Any]]]:
+    """For each method path of a FileDescriptorSet, a function decoding one request message to a dict (protobuf
+    JSON mapping, original field names): owner rules then read ids with JSON pointers (`body./order_id`)."""
+    from google.protobuf import descriptor_pool, json_format, message_factory
+    from google.protobuf.descriptor_pb2 import FileDescriptorSet
+
+    raw = data.read_bytes() if isinstance(data, Path) else data
+    pool = descriptor_pool.DescriptorPool()
+    for file in FileDescriptorSet.FromString(raw).file:
+        pool.Add(file)
+    decoders: dict[str, Callable[[bytes], dict[str, Any]]] = {}
+    for method in methods_from_descriptor_set(raw):
+        cls = message_factory.GetMessageClass(pool.FindMessageTypeByName(method.input_type))
+
+        def decode(payload: bytes, cls: Any = cls) -> dict[str, Any]:
+            message = cls.FromString(payload)
+            return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+        decoders[method.path] = decode
+    return decoders

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import httptools
+import orjson
 
 from bastion.compile import CompiledGateway, CompiledRoute, Plan, Upstream
 from bastion.context import ControlRecord, Deny, RequestContext
@@ -158,9 +159,9 @@ class Gateway:
                 info = route.info
                 ctx.api, ctx.route = info.api, info.route
                 plan = route.plan(ctx.start)
-                deny = await self._enforce(ex, ctx, plan)
+                deny = await self._enforce(ex, ctx, plan, buffer_body=route.grpc is None)
                 if deny is None and route.grpc is not None:
-                    status, upstream_status = await self._forward_grpc(ex, ctx, route, traceparent)
+                    status, upstream_status = await self._forward_grpc(ex, ctx, route, plan, traceparent)
                 elif deny is None:
                     try:
                         upstream_status = await self._forward(ex, ctx, route, plan, traceparent)
@@ -223,7 +224,7 @@ class Gateway:
                     detail="This cross-origin request is not allowed.", headers=tuple(headers))
         return 403, deny, target, plan
 
-    async def _enforce(self, ex: Exchange, ctx: RequestContext, plan: Plan) -> Deny | None:
+    async def _enforce(self, ex: Exchange, ctx: RequestContext, plan: Plan, *, buffer_body: bool = True) -> Deny | None:
         limit = plan.policy.traffic.max_body_bytes
         if ex.content_length is not None and ex.content_length > limit:
             return Deny(413, "body_too_large", ctx.route and f"{ctx.api}/{ctx.route}/traffic.max_body_bytes",
@@ -236,7 +237,7 @@ class Gateway:
             deny = await run(plan.stages, ctx)
             if deny is not None:
                 return deny
-        if plan.body_stages:
+        if plan.body_stages and buffer_body:  # gRPC: the first message is checked by `_forward_grpc`
             try:
                 ctx.body = await ex.read_body()
             except BodyTooLarge:
@@ -344,19 +345,57 @@ class Gateway:
                 raise
         return None
 
-    async def _forward_grpc(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute,
+    async def _forward_grpc(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, plan: Plan,
                             traceparent: str) -> tuple[int, int | None]:
         """A gRPC call over HTTP/2 to the upstream; every failure is answered with a gRPC status."""
         if ex.version != "2":  # gRPC needs HTTP/2 end to end
             ex.problem(426, "gRPC needs HTTP/2.", ctx.request_id, [("upgrade", "h2c")])
             ctx.records.append(ControlRecord("grpc", "deny", f"api:{route.info.route_id}/grpc", "grpc_needs_http2"))
             return 426, None
+        prefetched = b""
+        if plan.body_stages and route.grpc.decode is not None:
+            # owner rules on message fields: read and decode the first request message, then check it
+            prefetched, deny = await self._first_message(ex, ctx, route)
+            if deny is None:
+                deny = await run(plan.body_stages, ctx)
+            if deny is not None:
+                grpc_problem(ex, deny, ctx.request_id, [("traceparent", traceparent)])
+                self.metrics.decision(ctx.records[-1].control if ctx.records else "grpc", "deny", deny.reason)
+                return 200, None
         result = await forward_grpc(ex, ctx, self.h2_upstreams[route.upstream], route.grpc,
-                                    path=route.upstream.path_prefix + ctx.path, traceparent=traceparent)
+                                    path=route.upstream.path_prefix + ctx.path, traceparent=traceparent,
+                                    prefetched=prefetched)
         if result.reason:  # the gateway ended the call (deadline, message limit, upstream down)
             ctx.records.append(ControlRecord("grpc", "deny", f"api:{route.info.route_id}/grpc", result.reason))
             self.metrics.decision("grpc", "deny", result.reason)
         return result.http_status, result.grpc_status
+
+    async def _first_message(self, ex: Exchange, ctx: RequestContext,
+                             route: CompiledRoute) -> tuple[bytes, Deny | None]:
+        """The bytes of the first length-prefixed gRPC message (bounded), decoded into `ctx.body` as JSON."""
+        limits = route.grpc
+        pid = f"api:{route.info.route_id}/grpc"
+        buffered = b""
+        try:
+            while len(buffered) < 5 or len(buffered) < 5 + int.from_bytes(buffered[1:5], "big"):
+                if len(buffered) >= 5 and int.from_bytes(buffered[1:5], "big") > limits.max_message_bytes:
+                    return buffered, Deny(413, "grpc_message_too_large", pid)
+                chunk = await ex.read_chunk()
+                if not chunk:
+                    return buffered, Deny(400, "grpc_missing_message", pid, "The call carries no request message.")
+                buffered += chunk
+        except (BodyTooLarge, BodyTimeout, BodyMalformed) as exc:
+            return buffered, Deny(400, "grpc_bad_request_stream", pid, log_detail=type(exc).__name__)
+        if buffered[0] != 0:  # compressed: its fields cannot be read, so its owner cannot be checked
+            return buffered, Deny(400, "grpc_compressed_message", pid,
+                                  "Compressed request messages are not accepted on this method.")
+        length = int.from_bytes(buffered[1:5], "big")
+        try:
+            ctx.body = orjson.dumps(limits.decode(buffered[5:5 + length]))
+        except Exception as exc:  # protobuf's DecodeError, or a value JSON cannot carry
+            return buffered, Deny(400, "grpc_malformed_message", pid, "The request message cannot be decoded.",
+                                  log_detail=repr(exc))
+        return buffered, None
 
     async def _stream_body(self, ex: Exchange, conn: UpstreamConnection) -> None:
         chunked = ex.chunked

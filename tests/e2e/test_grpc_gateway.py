@@ -143,3 +143,60 @@ async def test_a_busy_honest_grpc_client_is_not_mistaken_for_a_flood(tmp_path):
     finally:
         await runtime.stop(drain_timeout=0.5)
         await upstream.stop(None)
+
+
+async def test_owner_rules_read_the_request_message(tmp_path):
+    """With a descriptor set, an owner rule binds a request-message field to the caller (BOLA over gRPC)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "orders.proto").write_text(textwrap.dedent("""
+        syntax = "proto3";
+        package shop.v1;
+        message GetOrder { string account_id = 1; int64 order_id = 2; }
+        message Order { string status = 1; }
+        service Orders { rpc Get(GetOrder) returns (Order); }
+    """))
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{tmp_path}",
+                    f"--descriptor_set_out={tmp_path / 'orders.pb'}", "orders.proto"], check=True)
+
+    async def get(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return b"\x0a\x02ok"
+
+    upstream = grpc.aio.server()
+    upstream.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("shop.v1.Orders", {
+        "Get": grpc.unary_unary_rpc_method_handler(get)}),))
+    up_port = upstream.add_insecure_port("127.0.0.1:0")
+    await upstream.start()
+    idp = await start_idp("127.0.0.1", 0)
+    config = CONFIG.replace("rate_limits: [{{name: per-caller, limit: 5, window: 1m, key: consumer}}]", "{{}}")
+    config = config.replace("    grpc:\n      methods: [/test.v1.Echo/Unary, /test.v1.Echo/Chat, /test.v1.Echo/Slow]\n",
+                            "    grpc: {{descriptor_set: orders.pb}}\n"
+                            "    policy: {{authz: {{owner: [{{from: body./account_id, in: \"claim:accounts\"}}]}}}}\n")
+    config = config.replace("      max_message_bytes: 1KiB\n      max_timeout: 500ms\n", "")
+    path = tmp_path / "bastion.yaml"
+    path.write_text(textwrap.dedent(config.format(issuer=idp.issuer, upstream=up_port)))
+    runtime = Runtime(path)
+    await runtime.start()
+
+    def message(account: str, order: int) -> bytes:
+        encoded = account.encode()
+        return b"\x0a" + bytes([len(encoded)]) + encoded + b"\x10" + bytes([order])
+
+    try:
+        token = idp.mint("alice", ["orders"], "api://demo", accounts=["acc-1", "acc-2"])
+        meta = (("authorization", f"Bearer {token}"),)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.bound[0][1]}") as channel:
+            call = channel.unary_unary("/shop.v1.Orders/Get", request_serializer=None, response_deserializer=None)
+            assert await call(message("acc-2", 7), metadata=meta, timeout=5) == b"\x0a\x02ok"
+            for other in ("acc-3", "acc-4", "acc-99"):  # iterating other callers' accounts: refused each time
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call(message(other, 7), metadata=meta, timeout=5)
+                assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(b"\xff\xff\xff", metadata=meta, timeout=5)  # not a valid message
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        await runtime.stop(drain_timeout=0.5)
+        await idp.close()
+        await upstream.stop(None)
