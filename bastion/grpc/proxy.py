@@ -21,14 +21,14 @@ from bastion.grpc.status import (
     parse_timeout,
     trailers,
 )
-from bastion.http.headers import FORWARDING, HOP_BY_HOP, connection_tokens, forwarded_for
+from bastion.http.headers import FORWARDING, HOP_BY_HOP, SOFTWARE, connection_tokens, forwarded_for
 from bastion.server.http1 import BodyTimeout, BodyTooLarge, ClientGone
 from bastion.server.upstream import UpstreamError
 from bastion.server.upstream_h2 import H2Upstream, UpstreamStream
 
 # never copied to the upstream: re-made by the gateway, or meaningless across the hop
 _REQUEST_DROP = frozenset({"host", "te", "grpc-timeout", "x-request-id", "traceparent", "content-length"})
-_RESPONSE_DROP = frozenset({"server", "x-powered-by", "x-request-id", "content-length"})
+_RESPONSE_DROP = SOFTWARE | {"x-request-id", "content-length"}  # the gateway sets or frames these itself
 
 
 @dataclass(frozen=True, slots=True)

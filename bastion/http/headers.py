@@ -47,6 +47,21 @@ class HeaderNames:
         return headers  # the common case: nothing to strip, no copy
 
 
+# Headers describing the upstream's software or topology: an attacker's map, never forwarded to clients.
+SOFTWARE = frozenset({
+    "server", "x-powered-by", "x-aspnet-version", "x-aspnetmvc-version", "x-generator", "x-runtime",
+    "x-backend-server", "x-upstream", "x-served-by",
+})
+
+
+def first_header(headers: list[tuple[str, str]], name: str) -> str | None:
+    """The first value of `name` (lower-case) in a lower-cased header list, or None."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
 def connection_tokens(headers: list[tuple[str, str]]) -> set[str]:
     """Field names listed in Connection, which are hop-by-hop for this hop only."""
     tokens: set[str] = set()

@@ -58,7 +58,7 @@ class AdminApi:
         principal = "loopback"
         auth = self._b.auth()
         if auth is not None:
-            decision = await auth.check(path, _header(ex, "authorization"), ex.peer_cert)
+            decision = await auth.check(path, ex.header("authorization"), ex.peer_cert)
             if not decision.allow:
                 self._audit(ex, path, "failure", reason=decision.reason)
                 return ex.problem(decision.status, None, "", decision.headers)
@@ -128,13 +128,6 @@ class AdminApi:
                          ("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'"),
                          ("x-content-type-options", "nosniff"), ("x-frame-options", "DENY")], page)
         return True
-
-
-def _header(ex: Exchange, name: str) -> str | None:
-    for key, value in ex.headers:
-        if key == name:
-            return value
-    return None
 
 
 def _json(ex: Exchange, status: int, doc: Any) -> bool:

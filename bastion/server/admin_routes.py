@@ -51,8 +51,8 @@ def identity_routes(current: Any) -> dict[tuple[str, str], Any]:
         receiver = getattr(layer(), "ssf_receiver", None)
         if receiver is None:
             return ex.problem(404, "No Shared Signals transmitter is configured.", "")
-        status, answer = await receiver.handle(body, _first_header(ex, "content-type") or "", time.time(),
-                                               authorization=_first_header(ex, "authorization"))
+        status, answer = await receiver.handle(body, ex.header("content-type") or "", time.time(),
+                                               authorization=ex.header("authorization"))
         headers = [("content-type", "application/json")] if answer else []
         ex.respond(status, [*headers, ("cache-control", "no-store")], answer)
 
@@ -90,10 +90,6 @@ def identity_routes(current: Any) -> dict[tuple[str, str], Any]:
 
     return {("POST", "/ssf/events"): ssf_events, ("GET", "/revocations"): listing,
             ("POST", "/revocations"): revoke, ("POST", "/revocations/lift"): lift}
-
-
-def _first_header(ex: Exchange, name: str) -> str | None:
-    return next((v for k, v in ex.headers if k == name), None)
 
 
 def _json_body(body: bytes, keys: tuple[str, ...]) -> dict[str, Any] | None:

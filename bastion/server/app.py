@@ -353,7 +353,6 @@ async def _supervisor(config_path: str, children: list[subprocess.Popen[bytes]])
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
     stopping = asyncio.Event()
-    audit = AuditLog()
 
     async def reload(peer: str) -> tuple[bool, str]:
         nonlocal compiled
@@ -401,5 +400,4 @@ async def _supervisor(config_path: str, children: list[subprocess.Popen[bytes]])
             child.kill()
     if server is not None:
         server.close()
-    del audit
     return 0 if stopping.is_set() else 1

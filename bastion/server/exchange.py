@@ -10,6 +10,7 @@ import asyncio
 import ssl
 from typing import Any
 
+from bastion.http.headers import first_header
 from bastion.http.problem import problem_body
 
 
@@ -46,6 +47,10 @@ class ExchangeBase:
         body = problem_body(status, detail, request_id)
         self.respond(status, [("content-type", "application/problem+json"), ("x-request-id", request_id),
                               ("cache-control", "no-store"), *headers], body, close=close)
+
+    def header(self, name: str) -> str | None:
+        """The first value of request header `name` (lower-case), or None."""
+        return first_header(self.headers, name)  # type: ignore[attr-defined]
 
     @property
     def peer(self) -> str:

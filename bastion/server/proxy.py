@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -29,6 +28,7 @@ from bastion.http.headers import (
     RequestIds,
     TrustedProxies,
     connection_tokens,
+    first_header,
     forwarded_for,
     next_traceparent,
     valid_request_id,
@@ -100,7 +100,7 @@ class Gateway:
         # request id: a trusted proxy's is kept, anything else is ours
         request_id = ""
         if trusted_peer:
-            sent = _first(ex.headers, "x-request-id")
+            sent = first_header(ex.headers, "x-request-id")
             if sent and valid_request_id(sent):
                 request_id = sent
         request_id = request_id or self.request_ids.new()
@@ -109,7 +109,7 @@ class Gateway:
         target = ex.target
         if target.startswith("/"):
             path, _, query = target.partition("?")
-            host = _first(headers, "host") or ""
+            host = first_header(headers, "host") or ""
         else:
             try:  # RFC 9112 §3.2.2: absolute-form; its authority replaces Host
                 url = httptools.parse_url(target.encode("latin-1"))
@@ -124,7 +124,7 @@ class Gateway:
             client_ip=self.trusted.client_ip(peer, headers) if trusted_peer else peer,
             request_id=request_id, start=services.wall_clock(), tls=ex.tls, peer_cert=ex.peer_cert,
         )
-        traceparent = next_traceparent(_first(headers, "traceparent"))
+        traceparent = next_traceparent(first_header(headers, "traceparent"))
         deny: Deny | None = None
         status = 0
         plan: Plan | None = None
@@ -205,8 +205,8 @@ class Gateway:
                    traceparent: str) -> tuple[int, Deny | None, CompiledRoute, Plan] | None:
         """A CORS preflight (Fetch §4.8) for a route with CORS is answered here: no credentials needed, never
         forwarded. None when it is not one (the OPTIONS request is then routed like any other)."""
-        asked = _first(ctx.headers, "access-control-request-method")
-        if _first(ctx.headers, "origin") is None or asked is None:
+        asked = first_header(ctx.headers, "access-control-request-method")
+        if first_header(ctx.headers, "origin") is None or asked is None:
             return None
         target = table.get(asked) or (table.get("GET") if asked == "HEAD" else None)
         if target is None:
@@ -459,13 +459,6 @@ def _without_params(query: str, names: set[str]) -> str:
     return "&".join(kept)
 
 
-def _first(headers: list[tuple[str, str]], name: str) -> str | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
-
-
 async def _wait(fut: asyncio.Future[int], timeout: float, reason: str, detail: str) -> None:
     if fut.done():
         fut.result()
@@ -495,4 +488,4 @@ def _client_ssl(upstream: Upstream) -> Any:
     return context
 
 
-__all__ = ["Callable", "Gateway"]
+__all__ = ["Gateway"]

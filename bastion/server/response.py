@@ -10,13 +10,12 @@ import asyncio
 from typing import Any
 
 from bastion.context import RequestContext
-from bastion.http.headers import HOP_BY_HOP
+from bastion.http.headers import HOP_BY_HOP, SOFTWARE, connection_tokens
 from bastion.server.http1 import Exchange
 from bastion.server.upstream import UpstreamConnection, UpstreamError
 
 _SLOW_READER_TIMEOUT = 60.0  # seconds a client may leave a response unread before the transfer is abandoned
 # Response headers that describe the upstream's software: an attacker's map, never forwarded.
-_RESPONSE_DROP = frozenset({"server", "x-powered-by", "x-aspnet-version", "x-aspnetmvc-version"})
 
 
 class ResponseSink:
@@ -155,17 +154,14 @@ def _content_length(headers: list[tuple[str, str]]) -> int | None:
 
 def _forwardable(decoded: list[tuple[str, str]]) -> tuple[int | None, list[tuple[str, str]]]:
     """The upstream's Content-Length and the headers that may reach the client (no hop-by-hop, no software)."""
-    drop: set[str] = set()
-    for name, value in decoded:
-        if name == "connection":
-            drop.update(t.strip().lower() for t in value.split(","))
+    drop = connection_tokens(decoded)
     length: int | None = None
     headers: list[tuple[str, str]] = []
     for name, value in decoded:
         if name == "content-length":
             length = int(value) if value.isdigit() else None
             continue
-        if name in HOP_BY_HOP or name in drop or name in _RESPONSE_DROP or name == "x-request-id":
+        if name in HOP_BY_HOP or name in drop or name in SOFTWARE or name == "x-request-id":
             continue
         headers.append((name, value))
     return length, headers

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bastion.context import ControlRecord, RequestContext
-from bastion.http.headers import HOP_BY_HOP, connection_tokens
+from bastion.http.headers import HOP_BY_HOP, connection_tokens, first_header
 from bastion.http.problem import problem_body
 from bastion.stages.base import RouteInfo, Services
 from bastion.stages.response.config import ResponsePolicy
@@ -141,9 +141,9 @@ class ResponseFilter:
         action: Literal["stream", "buffer", "replace"] = "stream"
         validator = None
         if self.contract is not None and ctx.method != "HEAD" and status not in (204, 304) and status >= 200:
-            validator = self.contract.validator(status, _first(out, "content-type"))
+            validator = self.contract.validator(status, first_header(out, "content-type"))
         if validator is not None:
-            encoding = _first(out, "content-encoding")
+            encoding = first_header(out, "content-encoding")
             if encoding is not None and encoding.strip().lower() != "identity":
                 if self.mode == "block":
                     return self._withhold(ctx, self.pid_undeclared, "response_encoded", tls)
@@ -170,7 +170,7 @@ class ResponseFilter:
     def body(self, ctx: RequestContext, status: int, headers: list[tuple[str, str]],
              body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
         """The answer for a buffered body: filtered, unchanged, or a 502 problem. `headers` is `plan.headers`."""
-        validator = self.contract.validator(status, _first(headers, "content-type")) if self.contract else None
+        validator = self.contract.validator(status, first_header(headers, "content-type")) if self.contract else None
         if validator is None or not body:
             return status, headers, body
         outcome = ResponseContract.filter(body, validator, strip=self.mode == "strip")
@@ -224,13 +224,6 @@ class ResponseFilter:
     def _note(ctx: RequestContext, policy_id: str, reason: str) -> None:
         control = "response.max_filter_bytes" if "too_large" in reason else "response.undeclared"
         ctx.records.append(ControlRecord(control, "allow", policy_id, reason))
-
-
-def _first(headers: list[tuple[str, str]], name: str) -> str | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
 
 
 def prepare(config: Any, services: Services | None) -> ResponseShared:

@@ -6,13 +6,9 @@ reflects any `Origin` cannot widen what the API's policy allows (Fetch standard 
 
 from __future__ import annotations
 
+from bastion.http.headers import SOFTWARE
 from bastion.stages.response.config import CorsPolicy, SecurityHeaders
 
-# Headers describing the upstream's software or topology: an attacker's map, never forwarded.
-SOFTWARE = frozenset({
-    "server", "x-powered-by", "x-aspnet-version", "x-aspnetmvc-version", "x-generator", "x-runtime",
-    "x-backend-server", "x-upstream", "x-served-by",
-})
 
 class HeaderSet:
     """The security headers of one route: fixed values built once, added per response."""
