@@ -21,13 +21,13 @@ from bastion.grpc.status import (
     parse_timeout,
     trailers,
 )
-from bastion.http.headers import FORWARDING, HOP_BY_HOP, SOFTWARE, connection_tokens, forwarded_for
+from bastion.http.headers import HOP_BY_HOP, SOFTWARE, upstream_fields
 from bastion.server.http1 import BodyTimeout, BodyTooLarge, ClientGone
 from bastion.server.upstream import UpstreamError
 from bastion.server.upstream_h2 import H2Upstream, UpstreamStream
 
 # never copied to the upstream: re-made by the gateway, or meaningless across the hop
-_REQUEST_DROP = frozenset({"host", "te", "grpc-timeout", "x-request-id", "traceparent", "content-length"})
+_REQUEST_DROP = frozenset({"te", "grpc-timeout", "content-length"})  # set here from the limits
 _RESPONSE_DROP = SOFTWARE | {"x-request-id", "content-length"}  # the gateway sets or frames these itself
 
 
@@ -56,27 +56,13 @@ class GrpcResult:
 
 def upstream_headers(ex: Any, ctx: RequestContext, upstream: H2Upstream, path: str, timeout: float | None,
                      traceparent: str | None) -> list[tuple[str, str]]:
-    drop = connection_tokens(ctx.headers) | ctx.drop_upstream_headers
-    fields = [(":method", "POST"), (":scheme", upstream.scheme), (":path", path), (":authority", upstream.authority)]
-    prior_xff = ""
-    for name, value in ctx.headers:
-        if name in HOP_BY_HOP or name in drop or name in _REQUEST_DROP or name.startswith(":"):
-            continue
-        if name in FORWARDING:
-            if name == "x-forwarded-for" and ctx.client_ip != ex.peer:
-                prior_xff = f"{prior_xff}, {value}" if prior_xff else value
-            continue
-        fields.append((name, value))
-    fields.append(("te", "trailers"))  # RFC 9113 §8.2.2: the one TE value HTTP/2 allows; gRPC requires it
+    fields = [(":method", "POST"), (":scheme", upstream.scheme), (":path", path), (":authority", upstream.authority),
+              ("te", "trailers")]  # RFC 9113 §8.2.2: the one TE value HTTP/2 allows; gRPC requires it
     if timeout is not None:
         fields.append(("grpc-timeout", format_timeout(timeout)))
-    fields.extend(ctx.upstream_headers)
-    proto = "https" if ex.tls else "http"
-    fields += [("x-forwarded-for", f"{prior_xff}, {ex.peer}" if prior_xff else ex.peer),
-               ("x-forwarded-proto", proto), ("forwarded", f"for={forwarded_for(ctx.client_ip)};proto={proto}"),
-               ("x-request-id", ctx.request_id)]
-    if traceparent:
-        fields.append(("traceparent", traceparent))
+    fields += upstream_fields(ctx.headers, ctx.upstream_headers, ctx.drop_upstream_headers | _REQUEST_DROP,
+                              peer=ex.peer, client_ip=ctx.client_ip, tls=ex.tls, request_id=ctx.request_id,
+                              traceparent=traceparent or "")
     return fields
 
 

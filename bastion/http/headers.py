@@ -113,6 +113,42 @@ class TrustedProxies:
         return address
 
 
+# Request fields the gateway never copies upstream: it sets them itself (identity, correlation, framing).
+_NEVER_COPIED = frozenset({"expect", "traceparent", "x-request-id", "host"})
+
+
+def upstream_fields(headers: list[tuple[str, str]], added: list[tuple[str, str]], drop: set[str], *, peer: str,
+                    client_ip: str, tls: bool, request_id: str, traceparent: str) -> list[tuple[str, str]]:
+    """The fields an upstream request carries, for either protocol: the client's (hop-by-hop, Connection-listed,
+    `drop` and forwarding ones removed), then `added` (the stages' identity headers), then the forwarding and
+    correlation fields the gateway builds. Framing, `host`/`:authority` and protocol fields are the caller's."""
+    drop = drop | connection_tokens(headers)
+    fields: list[tuple[str, str]] = []
+    prior_xff = ""
+    host = ""
+    for name, value in headers:
+        if name in HOP_BY_HOP or name in drop or name in _NEVER_COPIED or name[0] == ":":
+            if name == "host":
+                host = value
+            continue
+        if name in FORWARDING:
+            if name == "x-forwarded-for" and client_ip != peer:  # a trusted proxy's chain is extended
+                prior_xff = f"{prior_xff}, {value}" if prior_xff else value
+            continue
+        fields.append((name, value))
+    fields.extend(added)
+    proto = "https" if tls else "http"
+    fields.append(("x-forwarded-for", f"{prior_xff}, {peer}" if prior_xff else peer))
+    fields.append(("x-forwarded-proto", proto))
+    if host:
+        fields.append(("x-forwarded-host", host))
+    fields.append(("forwarded", f"for={forwarded_for(client_ip)};proto={proto}"))
+    fields.append(("x-request-id", request_id))
+    if traceparent:
+        fields.append(("traceparent", traceparent))
+    return fields
+
+
 def _forwarded_for(value: str) -> list[str]:
     out = []
     for element in value.split(","):

@@ -22,15 +22,12 @@ from bastion.grpc.proxy import forward_grpc
 from bastion.grpc.status import grpc_problem, is_grpc
 from bastion.http.framing import FramingError
 from bastion.http.headers import (
-    FORWARDING,
-    HOP_BY_HOP,
     HeaderNames,
     RequestIds,
     TrustedProxies,
-    connection_tokens,
     first_header,
-    forwarded_for,
     next_traceparent,
+    upstream_fields,
     valid_request_id,
 )
 from bastion.pipeline import run
@@ -259,34 +256,11 @@ class Gateway:
             path = path[len(route.strip_prefix):] or "/"
         query = _without_params(ctx.query, ctx.drop_query_params) if ctx.drop_query_params else ctx.query
         target = up.path_prefix + path + (f"?{query}" if query else "")
-        drop = connection_tokens(ctx.headers)
-        if ctx.drop_upstream_headers:
-            drop |= ctx.drop_upstream_headers
+        fields = upstream_fields(ctx.headers, ctx.upstream_headers, ctx.drop_upstream_headers, peer=ex.peer,
+                                 client_ip=ctx.client_ip, tls=ex.tls, request_id=ctx.request_id,
+                                 traceparent=traceparent)
         lines = [f"{ex.method} {target} HTTP/1.1\r\nhost: {up.authority}\r\n"]
-        prior_xff = ""
-        host = ""
-        for name, value in ctx.headers:
-            if name in HOP_BY_HOP or name in drop or name == "expect" or name == "traceparent":
-                continue
-            if name in FORWARDING:
-                if name == "x-forwarded-for" and ctx.client_ip != ex.peer:
-                    prior_xff = f"{prior_xff}, {value}" if prior_xff else value
-                continue
-            if name == "host":
-                host = value
-                continue
-            if name == "x-request-id":
-                continue
-            lines.append(f"{name}: {value}\r\n")
-        for name, value in ctx.upstream_headers:
-            lines.append(f"{name}: {value}\r\n")
-        xff = f"{prior_xff}, {ex.peer}" if prior_xff else ex.peer
-        proto = "https" if ex.tls else "http"
-        lines.append(f"x-forwarded-for: {xff}\r\nx-forwarded-proto: {proto}\r\n")
-        if host:
-            lines.append(f"x-forwarded-host: {host}\r\n")
-        lines.append(f"forwarded: for={forwarded_for(ctx.client_ip)};proto={proto}\r\n")
-        lines.append(f"x-request-id: {ctx.request_id}\r\ntraceparent: {traceparent}\r\n")
+        lines.extend(f"{name}: {value}\r\n" for name, value in fields)
         lines.append(framing)
         lines.append("\r\n")
         return "".join(lines).encode("latin-1")
