@@ -189,7 +189,7 @@ def _grpc_routes(api: ApiConfig, base_dir: Path, api_loc: tuple[str | int, ...],
             diags.append(positions.diagnostic((*api_loc, "grpc", "methods", i), str(exc)))
     decls = [_RouteDecl(_NAME_SAFE.sub("-", f"{m.service}.{m.method}"), m.path, ["POST"], {}, api_loc)
              for m in dict.fromkeys(methods)]
-    if grpc.descriptor_set is not None and decls and not diags_for(diags, api_loc):
+    if grpc.descriptor_set is not None and decls and not _grpc_errors(diags, api_loc):
         try:
             decoders = message_decoders(data)
         except Exception as exc:  # a descriptor set protobuf cannot build message classes from
@@ -200,7 +200,7 @@ def _grpc_routes(api: ApiConfig, base_dir: Path, api_loc: tuple[str | int, ...],
     return decls, digest.hexdigest()
 
 
-def diags_for(diags: list[Diagnostic], loc: tuple[str | int, ...]) -> bool:
+def _grpc_errors(diags: list[Diagnostic], loc: tuple[str | int, ...]) -> bool:
     return any(d.severity == "error" and d.field.startswith(f"apis[{loc[1]}].grpc") for d in diags)
 
 
