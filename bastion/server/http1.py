@@ -109,7 +109,13 @@ class Exchange(ExchangeBase):
 
     @property
     def body_complete(self) -> bool:
+        """The whole body arrived and was read."""
         return self._body_done and not self._chunks
+
+    @property
+    def body_received(self) -> bool:
+        """The whole body arrived (it may still be waiting to be read) and nothing went wrong with it."""
+        return self._body_done and self._body_error is None
 
     def limit_body(self, limit: int) -> None:
         """Refuse the body once it passes `limit` bytes (including what already arrived)."""

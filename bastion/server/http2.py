@@ -158,6 +158,10 @@ class H2Exchange(ExchangeBase):
         return self._body_done and not self._chunks
 
     @property
+    def body_received(self) -> bool:
+        return self._body_done and self._body_error is None
+
+    @property
     def keep_alive(self) -> bool:
         return not self._aborted
 

@@ -270,9 +270,9 @@ class Gateway:
         limits = plan.policy.traffic
         pool = self.pools[route.upstream]
         body = ctx.body
-        streaming = body is None and ex.has_body and not ex.body_complete
-        if body is None and ex.has_body and ex.body_complete and not ex.chunked:
-            body = await ex.read_body()  # already here: send it in the same write as the head
+        if body is None and ex.has_body and ex.body_received:
+            body = await ex.read_body()  # all here already: re-framed by its length, in the same write as the head
+        streaming = body is None and ex.has_body
         if body is not None:
             framing = f"content-length: {len(body)}\r\n" if body or ex.method in ("POST", "PUT", "PATCH") else ""
         elif ex.chunked:

@@ -1,0 +1,166 @@
+"""Microbenchmark: the gateway's own Python work per proxied request, with no sockets at all.
+
+    python bench/micro_core.py [--n 50000] [--post] [--profile]
+
+A real `Runtime` compiles a plain route (every control off), then one client connection and one pooled upstream
+connection are driven through in-memory transports: the client "sends" a request, the gateway parses, routes,
+forwards; the upstream "answers" (a canned nginx-like response, delivered by the next loop iteration) and the
+response is written back. Each response triggers the next request, so the loop runs N requests back to back.
+
+What it measures is everything Bastion adds on top of the kernel: the figure wrk cannot isolate, as each real
+request also pays ~20 µs of socket syscalls on this machine (see bench/RESULTS.md). Prints CPU µs per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import uvloop
+
+from bastion.server.app import Runtime, server_limits
+from bastion.server.http1 import Http1Connection
+from bastion.server.upstream import UpstreamConnection
+
+CONFIG = """\
+version: 1
+gateway:
+  listeners: [{address: 127.0.0.1, port: 0}]
+  admin: {enabled: false}
+classes:
+  plain:
+    identity: {required: false, methods: []}
+    input: {contract: "off", inspection: "off"}
+    response: {undeclared: allow, rewrite_errors: false, security_headers: {nosniff: false,
+      no_store_authenticated: false, frame_options: "off", referrer_policy: "off", hsts_max_age: 0}}
+apis:
+  - name: bench
+    owner: perf@example.com
+    class: plain
+    upstream: http://127.0.0.1:9
+    routes:
+      - {name: get, path: /get, methods: [GET]}
+      - {name: post, path: /post, methods: [POST]}
+"""
+
+GET = b"GET /get HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"  # what wrk sends
+BODY = b'{"k":"' + b"x" * 1000 + b'"}'
+POST = (b"POST /post HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(BODY), BODY))
+ANSWER = b'{"ok":true,"service":"bench","items":[1,2,3]}'
+UPSTREAM_RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Tue, 24 Nov 2026 17:00:00 GMT\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n%b"
+                     % (len(ANSWER), ANSWER))
+
+
+class MemoryTransport(asyncio.Transport):
+    """A transport whose writes go to a callback; enough of the interface for the gateway's protocols."""
+
+    def __init__(self, on_write: object, peer: tuple[str, int]) -> None:
+        super().__init__()
+        self.on_write = on_write
+        self.peer = peer
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": self.peer, "sockname": ("127.0.0.1", 8080)}.get(name, default)
+
+    def write(self, data: bytes) -> None:
+        self.on_write(data)  # type: ignore[operator]
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+async def drive(runtime: Runtime, n: int, request: bytes) -> float:
+    loop = asyncio.get_running_loop()
+    gateway = runtime.gateway
+    assert gateway is not None
+    limits = server_limits(gateway.compiled.config.model.gateway)
+    done = loop.create_future()
+    remaining = n
+    client = Http1Connection(gateway.handle, limits, runtime.connections, gateway.on_protocol_error)
+
+    def client_received(data: bytes) -> None:  # the gateway answered: send the next request
+        nonlocal remaining
+        if not data.startswith(b"HTTP/1.1 200"):
+            done.set_exception(RuntimeError(data[:300].decode("latin-1")))
+            return
+        remaining -= 1
+        if remaining == 0:
+            done.set_result(None)
+        else:
+            loop.call_soon(client.data_received, request)
+
+    pool = next(iter(gateway.pools.values()))
+    upstream = UpstreamConnection(pool)
+
+    answering = False
+
+    def upstream_received(data: bytes) -> None:  # answers on the next loop iteration, as a socket would
+        nonlocal answering
+        if not answering:  # one answer per request, however many writes carried it
+            answering = True
+            loop.call_soon(answer)
+
+    def answer() -> None:
+        nonlocal answering
+        answering = False
+        upstream.data_received(UPSTREAM_RESPONSE)
+
+    upstream.connection_made(MemoryTransport(upstream_received, ("127.0.0.1", 9)))
+    pool._open += 1  # as if the pool had connected it
+    upstream.reusable = True
+    pool.release(upstream)
+    client.connection_made(MemoryTransport(client_received, ("127.0.0.1", 50000)))
+    started = time.process_time()
+    client.data_received(request)
+    await done
+    return time.process_time() - started
+
+
+async def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bastion.yaml"
+        path.write_text(CONFIG)
+        runtime = Runtime(path)
+        await runtime.start()
+        request = POST if args.post else GET
+        try:
+            await drive(runtime, 2000, request)  # warm-up
+            if args.profile:
+                prof = cProfile.Profile()
+                prof.enable()
+            seconds = await drive(runtime, args.n, request)
+            if args.profile:
+                prof.disable()
+                pstats.Stats(prof).sort_stats("tottime").print_stats(40)
+        finally:
+            await runtime.stop(drain_timeout=0.1)
+    print(f"{'POST 1 KB' if args.post else 'GET'}: {seconds * 1e6 / args.n:.1f} µs CPU per request "
+          f"(in-process, no sockets; n={args.n})")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=50_000)
+    parser.add_argument("--post", action="store_true")
+    parser.add_argument("--profile", action="store_true")
+    uvloop.run(main(parser.parse_args()))
