@@ -30,11 +30,18 @@ _DEFAULT_DETAIL = {
 }
 
 
+_PHRASES = {int(s): s.phrase for s in HTTPStatus}
+_STATUS_LINES = {code: f"HTTP/1.1 {code} {phrase}\r\n".encode("latin-1") for code, phrase in _PHRASES.items()}
+
+
 def status_phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
+    return _PHRASES.get(status, "Error")
+
+
+def status_line(status: int) -> bytes:
+    """`HTTP/1.1 200 OK\r\n` for an HTTP/1.1 response head."""
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else f"HTTP/1.1 {status} Error\r\n".encode("latin-1")
 
 
 def problem_body(status: int, detail: str | None, request_id: str, instance: str | None = None) -> bytes:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import httptools
 
 from bastion.http.framing import FramingError, check_head
-from bastion.http.problem import problem_body, status_phrase
+from bastion.http.problem import problem_body, status_line, status_phrase
+from bastion.server.deadlines import NEVER, deadlines
 from bastion.server.exchange import ExchangeBase, transport_peer
 
 _READ_HIGH_WATER = 256 * 1024  # buffered request body above this pauses reading from the client
@@ -177,26 +178,31 @@ class Exchange(ExchangeBase):
         With `defer`, the head is held and sent in the same write as the first body bytes (or by `flush`):
         one send per small response instead of two.
         """
+        fields = "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1")
+        return self.start_response_fields(status, fields, length=length, close=close, defer=defer)
+
+    def start_response_fields(self, status: int, fields: bytes, *, length: int | None, close: bool = False,
+                              defer: bool = False) -> bool:
+        """`start_response` with the header fields already serialised (`name: value\r\n` each)."""
         self.response_started = True
         self.status = status
-        if close or not self.keep_alive:
+        if close:
             self.keep_alive = False
-        chunked = length is None and self.version == "1.1" and status not in (204, 304) and self.method != "HEAD"
-        if length is None and not chunked and status not in (204, 304) and self.method != "HEAD":
-            self.keep_alive = False  # HTTP/1.0 client: the body ends when the connection closes
-        lines = [f"HTTP/1.1 {status} {status_phrase(status)}\r\n"]
-        for name, value in headers:
-            lines.append(f"{name}: {value}\r\n")
+        bodiless = status in (204, 304) or self.method == "HEAD"
+        chunked = length is None and self.version == "1.1" and not bodiless
         if length is not None:
-            lines.append(f"content-length: {length}\r\n")
+            framing = b"content-length: %d\r\n" % length
         elif chunked:
-            lines.append("transfer-encoding: chunked\r\n")
+            framing = b"transfer-encoding: chunked\r\n"
+        else:
+            framing = b""
+            if not bodiless:
+                self.keep_alive = False  # HTTP/1.0 client: the body ends when the connection closes
         if not self.keep_alive:
-            lines.append("connection: close\r\n")
+            framing += b"connection: close\r\n"
         elif self.version == "1.0":
-            lines.append("connection: keep-alive\r\n")
-        lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")
+            framing += b"connection: keep-alive\r\n"
+        head = status_line(status) + fields + framing + b"\r\n"
         if defer:
             self._pending = head
         else:
@@ -251,7 +257,9 @@ class Http1Connection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = NEVER  # loop time at which `_on_deadline` runs (swept by `Deadlines`)
+        self._on_deadline: Callable[[], None] = _nothing
+        self._deadlines = deadlines()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._paused_reading = False
@@ -270,13 +278,16 @@ class Http1Connection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
         self.peer, self.tls, self.peer_cert = transport_peer(transport)
         self._registry.add(self)
+        limits = self._limits
+        self._deadlines.add(self, min(limits.header_timeout, limits.body_idle_timeout, limits.keepalive_timeout))
         self._set_timer(self._limits.keepalive_timeout, self._idle_timeout)
         self._task = self.loop.create_task(self._serve())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._registry.discard(self)
-        self._cancel_timer()
+        self._deadlines.discard(self)
+        self.deadline = NEVER
         gone = ClientGone()
         for exchange in (self._current, *self._ready):
             if exchange is not None:
@@ -378,7 +389,7 @@ class Http1Connection(asyncio.Protocol):
                 elapsed = now - exchange._body_started
                 if elapsed > self._limits.min_body_rate_grace and exchange._body_seen < rate * elapsed:
                     exchange._fail(BodyTimeout())
-            if self._timer is not None and exchange is not None and self._busy:
+            if self.deadline != NEVER and self._busy:
                 self.arm_body_timer()
             if len(exchange._chunks) and sum(map(len, exchange._chunks)) > _READ_HIGH_WATER:
                 self._pause_reading()
@@ -481,28 +492,27 @@ class Http1Connection(asyncio.Protocol):
     # ---- timers and rejections ----------------------------------------------------------------------------
 
     def _set_timer(self, delay: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self._timer = self.loop.call_later(delay, callback)
+        self.deadline = self.loop.time() + delay
+        self._on_deadline = callback
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadline = NEVER
+
+    def expire(self) -> None:
+        self.deadline = NEVER
+        self._on_deadline()
 
     def arm_body_timer(self) -> None:
         self._set_timer(self._limits.body_idle_timeout, self._body_timeout)
 
     def _idle_timeout(self) -> None:
-        self._timer = None
         if self.idle:
             self.close()
 
     def _header_timeout(self) -> None:
-        self._timer = None
         self._reject(FramingError(408, "header_timeout", "request head not received in time"))
 
     def _body_timeout(self) -> None:
-        self._timer = None
         if self._current is not None:
             self._current._fail(BodyTimeout())
 
@@ -530,4 +540,8 @@ class Http1Connection(asyncio.Protocol):
 
 
 class _HeadTooLarge(Exception):
+    pass
+
+
+def _nothing() -> None:
     pass

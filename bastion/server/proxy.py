@@ -6,7 +6,6 @@ in the stages, the wire format in `http1` and `upstream`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ssl
 import time
@@ -34,7 +33,7 @@ from bastion.pipeline import run
 from bastion.router import AmbiguousPath, split_request_path
 from bastion.server.http1 import BodyMalformed, BodyTimeout, BodyTooLarge, ClientGone, Exchange
 from bastion.server.metrics import Metrics
-from bastion.server.response import ResponseSink, wait_progress
+from bastion.server.response import ResponseSink
 from bastion.server.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 from bastion.server.upstream_h2 import H2Upstream
 from bastion.stages.base import Services
@@ -291,7 +290,7 @@ class Gateway:
                 self.metrics.upstream_errors.labels(err.reason).inc()
                 raise _UpstreamDeny(err) from None
             sink = ResponseSink(ex, ctx, traceparent, conn, plan.response)
-            head_fut, done_fut = conn.begin(sink, ex.method == "HEAD")
+            done = conn.begin(sink, ex.method == "HEAD")
             try:
                 if body is not None:
                     conn.write(head + body if body else head)
@@ -299,8 +298,8 @@ class Gateway:
                     conn.write(head)
                     if ex.has_body:
                         await self._stream_body(ex, conn)
-                await _wait(head_fut, limits.upstream_timeout, "upstream_timeout", "no response headers in time")
-                await wait_progress(done_fut, sink, limits.upstream_timeout)
+                conn.expect_response(limits.upstream_timeout)
+                await done
                 pool.release(conn)
                 return sink.status
             except UpstreamError as err:
@@ -431,24 +430,6 @@ def _without_params(query: str, names: set[str]) -> str:
     """The query string without the named parameters (compared after percent-decoding)."""
     kept = [part for part in query.split("&") if unquote_plus(part.split("=", 1)[0]) not in names]
     return "&".join(kept)
-
-
-async def _wait(fut: asyncio.Future[int], timeout: float, reason: str, detail: str) -> None:
-    if fut.done():
-        fut.result()
-        return
-    loop = asyncio.get_running_loop()
-    handle = loop.call_later(timeout, _expire, fut, reason, detail)
-    try:
-        await fut
-    finally:
-        handle.cancel()
-
-
-def _expire(fut: asyncio.Future[int], reason: str, detail: str) -> None:
-    if not fut.done():
-        fut.set_exception(UpstreamError(reason, detail, status=504))
-        fut.exception()
 
 
 def _client_ssl(upstream: Upstream) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 from bastion.context import RequestContext
 from bastion.http.headers import HOP_BY_HOP, SOFTWARE, connection_tokens
 from bastion.server.http1 import Exchange
-from bastion.server.upstream import UpstreamConnection, UpstreamError
+from bastion.server.upstream import UpstreamConnection
 
 _SLOW_READER_TIMEOUT = 60.0  # seconds a client may leave a response unread before the transfer is abandoned
 # Response headers that describe the upstream's software: an attacker's map, never forwarded.
@@ -49,6 +49,16 @@ class ResponseSink:
 
     def on_head(self, status: int, raw: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         self.status = status
+        if self._filter is None and self._h1 and status not in (204, 304) and self._ex.method != "HEAD":
+            forwarded = _forwardable_raw(raw)
+            if forwarded is not None:  # the common case, on bytes: no decoding, no lists of pairs
+                length, fields = forwarded
+                ctx = self._ctx
+                fields += f"x-request-id: {ctx.request_id}\r\ntraceparent: {self._trace}\r\n".encode("latin-1")
+                if ctx.response_headers:
+                    fields += "".join([f"{n}: {v}\r\n" for n, v in ctx.response_headers]).encode("latin-1")
+                self._chunked = self._ex.start_response_fields(status, fields, length=length, defer=True)
+                return
         decoded = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in raw]
         if self._filter is None:
             length, headers = _forwardable(decoded)
@@ -167,11 +177,21 @@ def _forwardable(decoded: list[tuple[str, str]]) -> tuple[int | None, list[tuple
     return length, headers
 
 
-async def wait_progress(fut: asyncio.Future[None], sink: ResponseSink, idle: float) -> None:
-    """Wait for the end of the response body; fail only when no byte arrived for `idle` seconds."""
-    while not fut.done():
-        seen = sink.progress
-        done, _ = await asyncio.wait((fut,), timeout=idle)
-        if not done and sink.progress == seen and not sink.paused:  # paused: the client is slow, not the upstream
-            raise UpstreamError("upstream_body_timeout", "upstream body stalled", status=504)
-    fut.result()
+_NOT_FORWARDED = frozenset(name.encode() for name in (*HOP_BY_HOP, *SOFTWARE, "x-request-id"))
+
+
+def _forwardable_raw(raw: list[tuple[bytes, bytes]]) -> tuple[int | None, bytes] | None:
+    """`_forwardable` on the parser's bytes, serialised for an HTTP/1.1 head; None when Connection names other
+    fields (they must go too: the general path handles that rare case)."""
+    length: int | None = None
+    parts: list[bytes] = []
+    for name, value in raw:
+        lname = name.lower()
+        if lname in _NOT_FORWARDED:
+            if lname == b"content-length":
+                length = int(value) if value.isdigit() else None
+            elif lname == b"connection" and value.lower().replace(b" ", b"") not in (b"keep-alive", b"close"):
+                return None
+            continue
+        parts.append(lname + b": " + value + b"\r\n")
+    return length, b"".join(parts)

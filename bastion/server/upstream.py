@@ -17,6 +17,7 @@ from collections.abc import Callable
 import httptools
 
 from bastion.compile import Upstream
+from bastion.server.deadlines import NEVER, deadlines
 
 
 class UpstreamError(Exception):
@@ -48,8 +49,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._sink: ResponseSink | None = None
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_waiter: asyncio.Future[int] | None = None
         self._done: asyncio.Future[None] | None = None
+        self._head_seen = False
+        self.deadline = NEVER  # for the response's head, then for each next piece of its body
+        self._timeout = NEVER
+        self._watched_for = NEVER  # the shortest timeout the sweep was told about
         self._received_any = False
         self._head_only = False
         self.closed = False
@@ -65,17 +69,21 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
+        self.deadline = NEVER
+        deadlines().discard(self)
         self._pool._forget(self)
         if self._done is not None and not self._done.done():
             with contextlib.suppress(httptools.HttpParserError):  # a close-delimited body ends with the connection
                 self._parser.feed_data(b"")
         error = UpstreamError("upstream_closed", "upstream closed the connection",
                               retryable=not self._received_any)
-        for fut in (self._head_waiter, self._done, self._drain_waiter):
+        for fut in (self._done, self._drain_waiter):
             _set_error(fut, error)
 
     def data_received(self, data: bytes) -> None:
         self._received_any = True
+        if self._head_seen:  # progress: the body-idle timeout starts again
+            self.deadline = self.loop.time() + self._timeout
         if self._sink is None:  # bytes nobody asked for: the connection cannot be trusted any more
             self.close()
             return
@@ -105,12 +113,10 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200:  # interim responses are not forwarded (we never send Expect upstream)
             self._headers = []
             return
+        self._head_seen = True
         sink = self._sink
         if sink is not None:
             sink.on_head(status, self._headers, self._parser.should_keep_alive())
-        waiter = self._head_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(status)
         if self._head_only or status in (204, 304):
             # no body follows; the parser cannot know that for HEAD, so this connection is not reused
             self._complete(reusable=status in (204, 304) and self._parser.should_keep_alive())
@@ -127,6 +133,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _complete(self, *, reusable: bool) -> None:
         self.reusable = reusable and not self.closed
+        self.deadline = NEVER
         sink, self._sink = self._sink, None
         if sink is not None:
             sink.on_end()
@@ -135,21 +142,41 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _fail(self, error: UpstreamError) -> None:
         self.reusable = False
-        for fut in (self._head_waiter, self._done):
-            _set_error(fut, error)
+        self.deadline = NEVER
+        _set_error(self._done, error)
         self.close()
 
-    def begin(self, sink: ResponseSink, head_only: bool) -> tuple[asyncio.Future[int], asyncio.Future[None]]:
-        """Prepare for one response; returns futures for its head (status) and its end."""
+    def begin(self, sink: ResponseSink, head_only: bool) -> asyncio.Future[None]:
+        """Prepare for one response; returns the future of its end (set once the sink has all of it)."""
         self._sink = sink
         self._headers = []
         self._head_only = head_only
+        self._head_seen = False
         self._received_any = False
         # the parser is reused: llhttp resets after each complete message, and a connection whose response
         # did not complete cleanly is never reused
-        self._head_waiter = self.loop.create_future()
         self._done = self.loop.create_future()
-        return self._head_waiter, self._done
+        return self._done
+
+    def expect_response(self, timeout: float) -> None:
+        """The request is sent: its response's head must come within `timeout`, then no body gap may last longer
+        (unless the client is the slow one: then the upstream is paused, not stalled)."""
+        if timeout < self._watched_for:
+            deadlines().add(self, timeout)
+            self._watched_for = timeout
+        self._timeout = timeout
+        if self._done is not None and not self._done.done():
+            self.deadline = self.loop.time() + timeout
+
+    def expire(self) -> None:
+        if self._done is None or self._done.done():
+            self.deadline = NEVER
+        elif not self._head_seen:
+            self._fail(UpstreamError("upstream_timeout", "no response headers in time", status=504))
+        elif self._sink is not None and getattr(self._sink, "paused", False):
+            self.deadline = self.loop.time() + self._timeout
+        else:
+            self._fail(UpstreamError("upstream_body_timeout", "upstream body stalled", status=504))
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:

@@ -1,0 +1,144 @@
+"""Timeouts as swept deadlines: the sweep itself, and the upstream response timeouts built on it (real sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from bastion.server.deadlines import NEVER, Deadlines
+from tests.helpers import exchange, running_gateway
+
+pytestmark = pytest.mark.asyncio
+
+
+class Member:
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        self.deadline = loop.time() + delay
+        self.fired_at: float | None = None
+        self.loop = loop
+
+    def expire(self) -> None:
+        self.deadline = NEVER
+        self.fired_at = self.loop.time()
+
+
+async def test_a_deadline_fires_once_between_its_time_and_one_sweep_later():
+    loop = asyncio.get_running_loop()
+    sweep = Deadlines(loop)
+    member = Member(loop, 0.2)
+    armed = loop.time()
+    sweep.add(member, 0.2)
+    assert sweep.interval == pytest.approx(0.025)  # an eighth of the shortest timeout
+    await asyncio.sleep(0.4)
+    assert member.fired_at is not None
+    assert 0.2 <= member.fired_at - armed <= 0.2 + 2 * sweep.interval
+
+
+async def test_rearming_later_postpones_and_never_disarms():
+    loop = asyncio.get_running_loop()
+    sweep = Deadlines(loop)
+    postponed, disarmed = Member(loop, 0.05), Member(loop, 0.05)
+    sweep.add(postponed, 0.05)
+    sweep.add(disarmed, 0.05)
+    postponed.deadline = loop.time() + 0.3
+    disarmed.deadline = NEVER
+    await asyncio.sleep(0.15)
+    assert postponed.fired_at is None and disarmed.fired_at is None
+    await asyncio.sleep(0.3)
+    assert postponed.fired_at is not None and disarmed.fired_at is None
+
+
+async def test_a_discarded_member_never_fires_and_the_sweep_stops_when_empty():
+    loop = asyncio.get_running_loop()
+    sweep = Deadlines(loop)
+    member = Member(loop, 0.05)
+    sweep.add(member, 0.05)
+    sweep.discard(member)
+    await asyncio.sleep(0.15)
+    assert member.fired_at is None
+    assert sweep._handle is None
+
+
+async def test_a_failing_member_does_not_stop_the_others():
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        sweep = Deadlines(loop)
+
+        class Broken(Member):
+            def expire(self) -> None:
+                self.deadline = NEVER
+                raise RuntimeError("broken")
+
+        broken, fine = Broken(loop, 0.05), Member(loop, 0.05)
+        sweep.add(broken, 0.05)
+        sweep.add(fine, 0.05)
+        await asyncio.sleep(0.2)
+        assert fine.fired_at is not None
+        assert [type(c["exception"]) for c in errors] == [RuntimeError]
+    finally:
+        loop.set_exception_handler(None)
+
+
+# ---- upstream response timeouts over real sockets ---------------------------------------------------------
+
+CONFIG = """
+version: 1
+gateway:
+  listeners: [{address: 127.0.0.1, port: 0}]
+  admin: {address: 127.0.0.1, port: 0}
+classes:
+  open:
+    identity: {required: false}
+    traffic: {upstream_timeout: 300ms}
+apis:
+  - name: feed
+    owner: team-feed@example.com
+    class: open
+    upstream: http://127.0.0.1:%d
+    routes:
+      - {name: feed, path: /feed, methods: [GET]}
+"""
+
+
+async def trickling_upstream(pieces: int, gap: float) -> asyncio.base_events.Server:
+    """Answers with a head at once, then `pieces` body bytes, one every `gap` seconds (Content-Length: 10)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+        for _ in range(pieces):
+            await asyncio.sleep(gap)
+            writer.write(b"x")
+        await asyncio.sleep(5)
+        writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+async def test_a_body_that_keeps_coming_is_not_cut_by_the_idle_timeout(tmp_path):
+    upstream = await trickling_upstream(10, 0.1)  # 1 s in all, never 300 ms without a byte
+    port = upstream.sockets[0].getsockname()[1]
+    try:
+        async with running_gateway(tmp_path, CONFIG % port) as gw:
+            reply = await exchange(gw.bound[0][1], b"GET /feed HTTP/1.1\r\nHost: a\r\n\r\n", timeout=2)
+            assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"\r\n\r\nxxxxxxxxxx")
+    finally:
+        upstream.close()
+
+
+async def test_a_stalled_body_ends_the_response_and_the_connection(tmp_path):
+    upstream = await trickling_upstream(3, 0.05)  # 3 of 10 bytes, then silence
+    port = upstream.sockets[0].getsockname()[1]
+    try:
+        async with running_gateway(tmp_path, CONFIG % port) as gw:
+            started = time.monotonic()
+            reply = await exchange(gw.bound[0][1], b"GET /feed HTTP/1.1\r\nHost: a\r\n\r\n", timeout=3)
+            elapsed = time.monotonic() - started
+            assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"\r\n\r\nxxx")  # cut, never padded
+            assert 0.3 < elapsed < 1.5  # closed by the gateway after the idle timeout, not by our 3 s
+    finally:
+        upstream.close()
