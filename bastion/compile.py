@@ -449,8 +449,8 @@ def _compile_route(api: ApiConfig, decl: _RouteDecl, baseline: dict[str, Any], b
                         # (authz, reading the decoded first message) run on them
                         if api.grpc is None or (spec.section == "authz" and decl.grpc_decode is not None):
                             body.append(stage)
-                    else:
-                        head.append(stage)
+                    elif not head or stage is not head[-1]:  # the same stage again with nothing between
+                        head.append(stage)  # (blocks, when no identity stage ran) would decide the same
         response = None
         if build_stages and "response" not in waived_sections and api.grpc is None:
             try:

@@ -94,7 +94,9 @@ class BlockList:
         now = self.clock()
         block = self._find(ctx.client_ip, subject, consumer, now) if self._blocks else None
         if block is None and self.state is not None:
-            block = await self._shared(ctx.client_ip, subject, consumer, now)
+            due = self._due(ctx.client_ip, subject, consumer, now)
+            if due:  # not asked recently: ask the shared state (otherwise no coroutine, no await)
+                block = await self._shared(due, now)
         if block is None:
             return CONTINUE
         retry = max(1, int(block.until - now))
@@ -103,15 +105,18 @@ class BlockList:
                     log_detail=f"{block.kind} {block.key} blocked until {block.until:.0f} by {block.reason}"
                                + (f" (finding {block.finding})" if block.finding else ""))
 
-    async def _shared(self, ip: str | None, subject: str | None, consumer: str | None,
-                      now: float) -> Block | None:
+    def _due(self, ip: str | None, subject: str | None, consumer: str | None,
+             now: float) -> list[tuple[str, str]]:
+        """The keys whose shared-state answer is older than `shared_cache`."""
         checked = self._checked
         if len(checked) > 100_000:
             checked.clear()
-        for kind, key in (("ip", ip), ("subject", subject), ("consumer", consumer)):
-            if not key or checked.get((kind, key), 0.0) > now:
-                continue
-            checked[(kind, key)] = now + self.shared_cache
+        return [(kind, key) for kind, key in (("ip", ip), ("subject", subject), ("consumer", consumer))
+                if key and checked.get((kind, key), 0.0) <= now]
+
+    async def _shared(self, due: list[tuple[str, str]], now: float) -> Block | None:
+        for kind, key in due:
+            self._checked[(kind, key)] = now + self.shared_cache
             try:
                 until = await self.state.is_blocked(kind, key, now)
             except Exception as exc:  # StateUnavailable or a broken backend: fail open, say it once

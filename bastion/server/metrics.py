@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -29,18 +31,20 @@ class Metrics:
         self.config_reloads = Counter("bastion_config_reloads_total", "Config reloads.", ["result"], registry=r)
         self.exceptions_active = Gauge("bastion_exceptions_active", "Exceptions in force.", registry=r)
         self.connections = Gauge("bastion_connections_open", "Open client connections.", registry=r)
-        self._durations: dict[tuple[str, str, int, str, str], object] = {}
         self._decisions: dict[tuple[str, str, str], object] = {}
         self._pending: dict[tuple[str, str, str], int] = {}
+        # per label set: a count per bucket (the last one is +Inf), then the sum of the observed seconds
+        self._observed: dict[tuple[str, str, int, str, str], list[float]] = {}
 
     def observe(self, method: str, route: str, status: int, api: str, klass: str, seconds: float) -> None:
+        """Record a request's duration. Like `decision`, batched on the request path (a bucket index and two
+        additions) and moved to the Prometheus histogram by `flush`."""
         key = (method, route, status, api, klass)
-        child = self._durations.get(key)
-        if child is None:
-            if len(self._durations) > 50_000:  # label sets are bounded by routes x statuses; be safe anyway
-                self._durations.clear()
-            child = self._durations[key] = self.request_duration.labels(method, route, str(status), api, klass)
-        child.observe(seconds)  # type: ignore[attr-defined]
+        row = self._observed.get(key)
+        if row is None:
+            row = self._observed[key] = [0.0] * (len(_BUCKETS) + 2)
+        row[bisect_left(_BUCKETS, seconds)] += 1  # the first bucket whose upper bound is >= seconds
+        row[-1] += seconds
 
     def decision(self, control: str, outcome: str, reason: str) -> None:
         """Count a decision. A dict increment on the request path; `flush` moves the counts to Prometheus
@@ -54,5 +58,15 @@ class Metrics:
         for key, count in pending.items():
             child = self._decisions.get(key)
             if child is None:
+                if len(self._decisions) > 50_000:  # label sets are bounded by the config; be safe anyway
+                    self._decisions.clear()
                 child = self._decisions[key] = self.decisions.labels(*key)
             child.inc(count)  # type: ignore[attr-defined]
+        observed, self._observed = self._observed, {}
+        for (method, route, status, api, klass), row in observed.items():
+            child = self.request_duration.labels(method, route, str(status), api, klass)
+            # prometheus_client keeps one value per bucket and one for the sum: add the batch to them directly
+            for index, count in enumerate(row[:-1]):
+                if count:
+                    child._buckets[index].inc(count)  # type: ignore[attr-defined]
+            child._sum.inc(row[-1])  # type: ignore[attr-defined]

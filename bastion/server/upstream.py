@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import socket
 import ssl
+import time
 from collections.abc import Callable
 
 import httptools
@@ -217,7 +218,7 @@ class UpstreamPool:
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._idle_timeout = idle_timeout
-        self._clock: Callable[[], float] = _loop_time
+        self._clock: Callable[[], float] = time.monotonic
 
     async def acquire(self, connect_timeout: float, fresh: bool = False) -> UpstreamConnection:
         now = self._clock()
@@ -328,6 +329,3 @@ def _set_error(fut: asyncio.Future[object] | None, error: Exception) -> None:
         fut.set_exception(error)
         fut.exception()  # marks it retrieved; an awaiting caller still gets the error
 
-
-def _loop_time() -> float:
-    return asyncio.get_running_loop().time()

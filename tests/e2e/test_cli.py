@@ -110,10 +110,12 @@ def test_workers_share_the_port_reload_and_drain_gracefully(tmp_path, upstream):
         wait_http(f"http://127.0.0.1:{port}/items")
         for _ in range(40):
             assert get(f"http://127.0.0.1:{port}/items")[0] == 200
-        time.sleep(0.2)
-        metrics = get(f"http://127.0.0.1:{admin}/metrics")[1].decode()
-        served = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                     if line.startswith("http_server_request_duration_seconds_count{"))
+        served, deadline = 0.0, time.monotonic() + 5
+        while served < 41 and time.monotonic() < deadline:  # workers hand their counts over every second
+            time.sleep(0.2)
+            metrics = get(f"http://127.0.0.1:{admin}/metrics")[1].decode()
+            served = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                         if line.startswith("http_server_request_duration_seconds_count{"))
         assert served >= 41
         workers = json.loads(get(f"http://127.0.0.1:{admin}/config")[1])["workers"]
         assert len(workers) == 2
