@@ -166,6 +166,7 @@ def _forwarded_for(value: str) -> list[str]:
 
 _random = random.Random()  # seeded from os.urandom at import
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 
@@ -189,12 +190,14 @@ def next_traceparent(incoming: str | None) -> str:
 
     Trace ids need uniqueness, not secrecy: a fast PRNG, not the OS's CSPRNG, on the hot path.
     """
-    span = f"{_random.getrandbits(64) or 1:016x}"
+    ids = f"{_random.getrandbits(192):048x}"  # a trace id and a span id from one draw
+    span = ids[32:] if ids[32:] != _ZERO_SPAN else "0" * 15 + "1"  # all zeros is invalid (W3C §3.2.2.3)
     if incoming:
         match = _TRACEPARENT.match(incoming.strip())
-        if match and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
+        if match and match.group(1) != _ZERO_TRACE and match.group(2) != _ZERO_SPAN:
             return f"00-{match.group(1)}-{span}-{match.group(3)}"
-    return f"00-{_random.getrandbits(128) or 1:032x}-{span}-01"
+    trace = ids[:32] if ids[:32] != _ZERO_TRACE else "0" * 31 + "1"
+    return f"00-{trace}-{span}-01"
 
 
 def forwarded_for(client: str) -> str:

@@ -155,7 +155,9 @@ class Gateway:
                 info = route.info
                 ctx.api, ctx.route = info.api, info.route
                 plan = route.plan(ctx.start)
-                deny = await self._enforce(ex, ctx, plan, buffer_body=route.grpc is None)
+                deny = _limit_body(ex, ctx, plan)
+                if deny is None and (plan.stages or plan.body_stages or plan.waived):
+                    deny = await self._enforce(ex, ctx, plan, buffer_body=route.grpc is None)
                 if deny is None and route.grpc is not None:
                     status, upstream_status = await self._forward_grpc(ex, ctx, route, plan, traceparent)
                 elif deny is None:
@@ -221,11 +223,7 @@ class Gateway:
         return 403, deny, target, plan
 
     async def _enforce(self, ex: Exchange, ctx: RequestContext, plan: Plan, *, buffer_body: bool = True) -> Deny | None:
-        limit = plan.policy.traffic.max_body_bytes
-        if ex.content_length is not None and ex.content_length > limit:
-            return Deny(413, "body_too_large", ctx.route and f"{ctx.api}/{ctx.route}/traffic.max_body_bytes",
-                        log_detail=f"Content-Length {ex.content_length} > {limit}", close=True)
-        ex.limit_body(limit)
+        """The route's stages (the body limit is already set)."""
         for control, exception_id in plan.waived:
             ctx.records.append(ControlRecord(control, "waived", f"exception:{exception_id}", "",
                                              exception_id))
@@ -258,11 +256,8 @@ class Gateway:
         fields = upstream_fields(ctx.headers, ctx.upstream_headers, ctx.drop_upstream_headers, peer=ex.peer,
                                  client_ip=ctx.client_ip, tls=ex.tls, request_id=ctx.request_id,
                                  traceparent=traceparent)
-        lines = [f"{ex.method} {target} HTTP/1.1\r\nhost: {up.authority}\r\n"]
-        lines.extend(f"{name}: {value}\r\n" for name, value in fields)
-        lines.append(framing)
-        lines.append("\r\n")
-        return "".join(lines).encode("latin-1")
+        lines = "".join([f"{name}: {value}\r\n" for name, value in fields])
+        return f"{ex.method} {target} HTTP/1.1\r\nhost: {up.authority}\r\n{lines}{framing}\r\n".encode("latin-1")
 
     async def _forward(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, plan: Plan,
                        traceparent: str) -> int | None:
@@ -412,6 +407,16 @@ class Gateway:
             pool.close()
         for h2 in self.h2_upstreams.values():
             h2.close()
+
+
+def _limit_body(ex: Exchange, ctx: RequestContext, plan: Plan) -> Deny | None:
+    """The route's body limit: a declared length over it is refused now, a body growing past it once it does."""
+    limit = plan.policy.traffic.max_body_bytes
+    if ex.content_length is not None and ex.content_length > limit:
+        return Deny(413, "body_too_large", f"{ctx.api}/{ctx.route}/traffic.max_body_bytes",
+                    log_detail=f"Content-Length {ex.content_length} > {limit}", close=True)
+    ex.limit_body(limit)
+    return None
 
 
 class _UpstreamDeny(Exception):
