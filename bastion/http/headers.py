@@ -190,7 +190,7 @@ def next_traceparent(incoming: str | None) -> str:
 
     Trace ids need uniqueness, not secrecy: a fast PRNG, not the OS's CSPRNG, on the hot path.
     """
-    ids = f"{_random.getrandbits(192):048x}"  # a trace id and a span id from one draw
+    ids = _random.getrandbits(192).to_bytes(24, "big").hex()  # a trace id and a span id from one draw
     span = ids[32:] if ids[32:] != _ZERO_SPAN else "0" * 15 + "1"  # all zeros is invalid (W3C §3.2.2.3)
     if incoming:
         match = _TRACEPARENT.match(incoming.strip())

@@ -280,7 +280,8 @@ class Gateway:
         head = self._request_head(ex, ctx, route, traceparent, framing)
         for attempt in (0, 1):
             try:
-                conn = await pool.acquire(limits.upstream_connect_timeout, fresh=attempt == 1)
+                conn = (attempt == 0 and pool.idle()) or await pool.acquire(limits.upstream_connect_timeout,
+                                                                            fresh=attempt == 1)
             except UpstreamError as err:
                 self.metrics.upstream_errors.labels(err.reason).inc()
                 raise _UpstreamDeny(err) from None

@@ -220,6 +220,16 @@ class UpstreamPool:
         self._idle_timeout = idle_timeout
         self._clock: Callable[[], float] = time.monotonic
 
+    def idle(self) -> UpstreamConnection | None:
+        """A pooled connection ready for a request, if there is one (no await: the common case)."""
+        now = self._clock()
+        while self._idle:
+            conn, since = self._idle.pop()
+            if not conn.closed and now - since < self._idle_timeout:
+                return conn
+            conn.close()
+        return None
+
     async def acquire(self, connect_timeout: float, fresh: bool = False) -> UpstreamConnection:
         now = self._clock()
         while self._idle and not fresh:
