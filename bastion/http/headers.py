@@ -54,6 +54,34 @@ SOFTWARE = frozenset({
 })
 
 
+# Set by the gateway on every answer: an upstream's copies never reach the client.
+SERVER_SET = frozenset({"x-request-id", "traceparent"})
+_NOT_FORWARDED = frozenset(name.encode() for name in (*HOP_BY_HOP, *SOFTWARE, *SERVER_SET))
+
+
+def response_fields(raw: list[tuple[bytes, bytes]], drop: frozenset[bytes] = frozenset(),
+                    drop_prefix: bytes | None = None) -> tuple[int | None, bytes] | None:
+    """An upstream response's Content-Length and the fields that may reach the client, serialised for an
+    HTTP/1.1 head (`name: value\r\n`, lower-case names), straight from the parser's bytes: no hop-by-hop, no
+    software, none the gateway sets, none in `drop` or starting with `drop_prefix`.
+
+    None when Connection lists other fields: they must go too, and the caller's general path handles that."""
+    length: int | None = None
+    parts: list[bytes] = []
+    for name, value in raw:
+        lname = name.lower()
+        if lname in _NOT_FORWARDED or lname in drop:
+            if lname == b"content-length":
+                length = int(value) if value.isdigit() else None
+            elif lname == b"connection" and value.lower().replace(b" ", b"") not in (b"keep-alive", b"close"):
+                return None
+            continue
+        if drop_prefix is not None and lname.startswith(drop_prefix):
+            continue
+        parts.append(lname + b": " + value + b"\r\n")
+    return length, b"".join(parts)
+
+
 def first_header(headers: list[tuple[str, str]], name: str) -> str | None:
     """The first value of `name` (lower-case) in a lower-cased header list, or None."""
     for key, value in headers:

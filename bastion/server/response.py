@@ -10,7 +10,7 @@ import asyncio
 from typing import Any
 
 from bastion.context import RequestContext
-from bastion.http.headers import HOP_BY_HOP, SOFTWARE, connection_tokens
+from bastion.http.headers import HOP_BY_HOP, SERVER_SET, SOFTWARE, connection_tokens, response_fields
 from bastion.server.http1 import Exchange
 from bastion.server.upstream import UpstreamConnection
 
@@ -49,11 +49,13 @@ class ResponseSink:
 
     def on_head(self, status: int, raw: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         self.status = status
-        if self._filter is None and self._h1 and status not in (204, 304) and self._ex.method != "HEAD":
-            forwarded = _forwardable_raw(raw)
-            if forwarded is not None:  # the common case, on bytes: no decoding, no lists of pairs
+        if self._h1 and status not in (204, 304) and self._ex.method != "HEAD":
+            # the common case, on bytes: no decoding, no lists of pairs
+            filt = self._filter
+            ctx = self._ctx
+            forwarded = response_fields(raw) if filt is None else filt.stream_fields(ctx, status, raw, self._ex.tls)
+            if forwarded is not None:
                 length, fields = forwarded
-                ctx = self._ctx
                 fields += f"x-request-id: {ctx.request_id}\r\ntraceparent: {self._trace}\r\n".encode("latin-1")
                 if ctx.response_headers:
                     fields += "".join([f"{n}: {v}\r\n" for n, v in ctx.response_headers]).encode("latin-1")
@@ -171,27 +173,7 @@ def _forwardable(decoded: list[tuple[str, str]]) -> tuple[int | None, list[tuple
         if name == "content-length":
             length = int(value) if value.isdigit() else None
             continue
-        if name in HOP_BY_HOP or name in drop or name in SOFTWARE or name == "x-request-id":
+        if name in HOP_BY_HOP or name in drop or name in SOFTWARE or name in SERVER_SET:
             continue
         headers.append((name, value))
     return length, headers
-
-
-_NOT_FORWARDED = frozenset(name.encode() for name in (*HOP_BY_HOP, *SOFTWARE, "x-request-id"))
-
-
-def _forwardable_raw(raw: list[tuple[bytes, bytes]]) -> tuple[int | None, bytes] | None:
-    """`_forwardable` on the parser's bytes, serialised for an HTTP/1.1 head; None when Connection names other
-    fields (they must go too: the general path handles that rare case)."""
-    length: int | None = None
-    parts: list[bytes] = []
-    for name, value in raw:
-        lname = name.lower()
-        if lname in _NOT_FORWARDED:
-            if lname == b"content-length":
-                length = int(value) if value.isdigit() else None
-            elif lname == b"connection" and value.lower().replace(b" ", b"") not in (b"keep-alive", b"close"):
-                return None
-            continue
-        parts.append(lname + b": " + value + b"\r\n")
-    return length, b"".join(parts)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bastion.context import ControlRecord, RequestContext
-from bastion.http.headers import HOP_BY_HOP, connection_tokens, first_header
+from bastion.http.headers import HOP_BY_HOP, SERVER_SET, connection_tokens, first_header, response_fields
 from bastion.http.problem import problem_body
 from bastion.stages.base import RouteInfo, Services
 from bastion.stages.response.config import ResponsePolicy
@@ -29,10 +29,6 @@ WITHHELD_DETAIL = "The upstream response was withheld by the gateway."
 _KEEP_ON_REPLACE = frozenset({
     "x-content-type-options", "x-frame-options", "referrer-policy", "strict-transport-security", "vary",
 })
-
-
-# Set by the server on every answer; an upstream's copies are dropped.
-_SERVER_SET = frozenset({"x-request-id", "traceparent"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +124,7 @@ class ResponseFilter:
         for name, value in headers:
             if name == "content-length":
                 length = int(value) if value.isdigit() else None
-            if name in HOP_BY_HOP or name in drop or name in SOFTWARE or name in _SERVER_SET:
+            if name in HOP_BY_HOP or name in drop or name in SOFTWARE or name in SERVER_SET:
                 continue
             out.append((name, value))
 
@@ -156,6 +152,26 @@ class ResponseFilter:
                 action = "buffer"
         self._decorate(ctx, out, tls)
         return ResponsePlan(status, out, action, self.limit, "block" if self.mode == "block" else "stream")
+
+    def stream_fields(self, ctx: RequestContext, status: int, raw: list[tuple[bytes, bytes]],
+                      tls: bool) -> tuple[int | None, bytes] | None:
+        """`head` for the common case, on the parser's bytes: a response streamed with this route's headers
+        (Content-Length and the serialised fields, as `response_fields`). None when the general `head` must
+        decide (a contract to check, CORS, a 5xx to rewrite, upstream caching to weigh)."""
+        if self.contract is not None or self.cors.enabled or (status >= 500 and self.rewrite):
+            return None
+        security = self.security
+        identity = ctx.identity
+        no_store = security.no_store and ((identity is not None and identity.method != "anonymous")
+                                          or ctx.header("authorization") is not None)
+        if no_store and security.keep_cache:
+            return None
+        forwarded = response_fields(raw, security.drop_no_store if no_store else security.drop, b"access-control-")
+        if forwarded is None:
+            return None
+        length, fields = forwarded
+        return length, fields + (security.serialised_no_store if no_store else security.serialised) + (
+            security.serialised_hsts if tls else b"")
 
     def answer_headers(self, ctx: RequestContext, tls: bool) -> list[tuple[str, str]]:
         """Security and CORS headers for an answer the gateway makes itself (a denial's problem document), so

@@ -35,6 +35,12 @@ class HeaderSet:
         self.hsts = hsts
         self.no_store = policy.no_store_authenticated
         self.keep_cache = policy.keep_upstream_cache_control
+        # the same, as bytes for an HTTP/1.1 head (`ResponseFilter.stream_fields`)
+        self.drop = frozenset(name.encode() for name in self.owned)
+        self.drop_no_store = self.drop | {b"cache-control", b"pragma", b"expires"}
+        self.serialised = "".join(f"{name}: {value}\r\n" for name, value in self.fixed).encode("latin-1")
+        self.serialised_no_store = b"cache-control: no-store\r\n" + self.serialised
+        self.serialised_hsts = f"strict-transport-security: {hsts}\r\n".encode("latin-1") if hsts else b""
 
     def apply(self, headers: list[tuple[str, str]], tls: bool, authenticated: bool) -> None:
         """Add this route's headers to `headers` (in place); the upstream's copies of them are replaced.
