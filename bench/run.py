@@ -166,7 +166,8 @@ class Bench:
         self.pids: dict[str, int] = {}
         self.ports = {"direct-upstream": scenarios.UPSTREAM_PORT, "nginx": scenarios.NGINX_PORT,
                       "nginx-defaults": scenarios.NGINX_DEFAULTS_PORT, "nginx-h2c": scenarios.NGINX_H2C_PORT,
-                      "grpc-direct": scenarios.GRPC_UPSTREAM_PORT, "bastion": scenarios.LISTEN_PORT}
+                      "grpc-direct": scenarios.GRPC_UPSTREAM_PORT, "python-floor": scenarios.PYTHON_FLOOR_PORT,
+                      "bastion": scenarios.LISTEN_PORT}
         self.down: dict[str, str] = {}  # target -> why it cannot be measured
         self.prepared: dict[str, Prepared] = {}
         self.bastion_cmd = bastion_command(args.bastion)
@@ -210,6 +211,12 @@ class Bench:
                 nginx.write(self.tmp / target, text))))
             procs.wait_port(proxy, self.ports[target])
             self.pids[target] = proxy.pid
+        if self.wanted("python-floor"):  # the bare Python proxy, on the proxy's CPU like nginx and Bastion
+            floor = self.children.start("python-floor", procs.pinned(args.proxy_cpu, [
+                interpreter_of(self.bastion_cmd), str(REPO / "bench" / "python_floor.py"),
+                str(self.ports["python-floor"]), str(self.ports["direct-upstream"])]))
+            procs.wait_port(floor, self.ports["python-floor"])
+            self.pids["python-floor"] = floor.pid
         if any(s.tool == "grpc" for s in args.scenarios) and (
                 "bastion" in args.targets or "grpc-direct" in args.targets):
             # the gRPC upstream runs on the load CPU, like the HTTP upstream; it is also the direct baseline
@@ -523,6 +530,9 @@ def section_markdown(section: str, results: dict[str, dict[str, Row]], env: dict
         f"-c{args.connections} -d{args.duration:g}s --latency` (keep-alive) on CPU {args.load_cpu}. "
         f"{args.rounds} rounds, each running every case in turn after a {args.warmup:g} s warm-up; figures are "
         "medians over the rounds, errors are summed. *direct-upstream* is wrk against the upstream itself; "
+        "*python-floor* is the least a Python proxy can do on Bastion's stack (`bench/python_floor.py`: uvloop, "
+        "httptools, its own keep-alive pool, nothing else), on the proxy's CPU: the part of Bastion's cost that is "
+        "the language and the event loop; "
         f"*{report.X}nginx* is relative to the *nginx* row.",
         "- Columns: *CPU µs/req (process)* = the target's own CPU time (utime+stime of its process tree, "
         "/proc/PID/stat) ÷ requests served; *CPU µs/req (core)* = busy time of the proxy's whole CPU "

@@ -47,9 +47,10 @@ NGINX_PORT = 18082
 NGINX_DEFAULTS_PORT = 18083
 NGINX_H2C_PORT = 18084
 GRPC_UPSTREAM_PORT = 18085
+PYTHON_FLOOR_PORT = 18086
 REDIS_PORT = 18379
 
-TARGETS = ("direct-upstream", "nginx", "nginx-defaults", "nginx-h2c", "grpc-direct", "bastion")
+TARGETS = ("direct-upstream", "nginx", "nginx-defaults", "nginx-h2c", "grpc-direct", "python-floor", "bastion")
 TOOLS = ("wrk", "h2load", "grpc")
 
 JWT_ISSUER = "https://idp.bench.invalid"
@@ -167,11 +168,13 @@ GRPC_API: dict[str, Any] = {"name": "bench-grpc", "class": "open", "upstream": f
 # far above any rate this machine reaches: the limiter is consulted and charged on every request, never denies
 NEVER_DENY = {"name": "bench", "algorithm": "sliding_window", "limit": 1_000_000_000, "window": "1s",
               "key": "client_ip"}
+CORE_BASELINES = ("direct-upstream", "nginx", "nginx-defaults", "python-floor")
 _POST = {"method": "POST", "script": POST_SCRIPT, "body_file": PAYLOAD_1K}
 
 SCENARIOS: tuple[Scenario, ...] = (
-    Scenario(name="get", section="core", path="/get", gated=True),
-    Scenario(name="post-1k", section="core", path="/post", gated=True, **_POST),
+    # with the python-floor proxy (bench/python_floor.py): what the language and event loop alone cost here
+    Scenario(name="get", section="core", path="/get", gated=True, baselines=CORE_BASELINES),
+    Scenario(name="post-1k", section="core", path="/post", gated=True, baselines=CORE_BASELINES, **_POST),
     # the same POST on a route that keeps the input section's secure default (injection inspection of every
     # JSON string, `block`): what a route of a class that does not opt out pays
     Scenario(name="post-1k-inspected", section="defaults", path="/post-inspected",
