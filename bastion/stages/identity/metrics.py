@@ -14,3 +14,6 @@ TOKEN_CACHE = Counter(
     "Verified-token cache lookups by result (hit, miss).",
     ["result"],
 )
+# the two children, looked up once: `labels()` takes a lock and validates its arguments on every call
+TOKEN_CACHE_HIT = TOKEN_CACHE.labels("hit")
+TOKEN_CACHE_MISS = TOKEN_CACHE.labels("miss")

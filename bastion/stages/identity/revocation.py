@@ -168,6 +168,8 @@ def _float(text: str) -> float | None:
 
 
 class _Records(Protocol):
+    empty: bool  # known to hold nothing (no lookup needed); always False where others may write
+
     async def get(self, keys: Sequence[str]) -> list[str | None]: ...
     async def merge(self, key: str, record: Revocation, now: float) -> None: ...
     async def put_new(self, key: str, until: float, now: float) -> bool: ...
@@ -181,6 +183,10 @@ class _MemoryRecords:
     def __init__(self) -> None:
         self._data: dict[str, tuple[str, float]] = {}  # key -> (encoded record, expires)
         self._next_sweep = 0.0
+
+    @property
+    def empty(self) -> bool:
+        return not self._data
 
     def _sweep(self, now: float) -> None:
         if now >= self._next_sweep:
@@ -242,6 +248,8 @@ return 1
 
 class _RedisRecords:
     """Records in Redis under the backend's key prefix, through its deadline and fail-fast wrapper."""
+
+    empty = False  # other gateways write here: always ask
 
     def __init__(self, state: Any) -> None:
         self._state = state
@@ -355,6 +363,8 @@ class StateRevocationList:
 
     async def is_revoked(self, jti: str | None, sub: str | None, consumer: str | None,
                          issued_at: float | None = None) -> bool:
+        if self._records.empty:  # nothing revoked in this process's store: the common case, no await
+            return False
         asked = [(kind, value) for kind, value in (("jti", jti), ("sub", sub), ("consumer", consumer))
                  if value and len(value) <= MAX_VALUE]
         if not asked:

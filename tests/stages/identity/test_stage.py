@@ -91,6 +91,19 @@ async def test_rfc6750_answers(shared: IdentityShared, route: RouteInfo, headers
     assert decision.headers == (("www-authenticate", challenge),)
 
 
+@pytest.mark.parametrize(("template", "accepted"), [
+    ("Bearer {}", True), ("bearer {}", True), ("BEARER   {}  ", True),  # any case, 1*SP, trailing spaces
+    ("Bearer\t{}", False), ("Bearer {}@", False), ("Bearer {} x", False), ("Bearer={}", False),
+])
+async def test_bearer_syntax(shared: IdentityShared, route: RouteInfo, minter: Minter, template: str,
+                             accepted: bool) -> None:
+    decision = await stage(shared, route).check(make_ctx([("authorization", template.format(minter.token()))]))
+    if accepted:
+        assert isinstance(decision, Continue)
+    else:
+        assert isinstance(decision, Deny) and decision.reason == "credential_malformed"
+
+
 async def test_query_token_when_the_route_allows_it(shared: IdentityShared, route: RouteInfo,
                                                    minter: Minter) -> None:
     ctx = make_ctx(query=f"page=2&access_token={minter.token()}")
