@@ -15,7 +15,6 @@ from bastion.server.http1 import Exchange
 from bastion.server.upstream import UpstreamConnection
 
 _SLOW_READER_TIMEOUT = 60.0  # seconds a client may leave a response unread before the transfer is abandoned
-# Response headers that describe the upstream's software: an attacker's map, never forwarded.
 
 
 class ResponseSink:
@@ -27,7 +26,7 @@ class ResponseSink:
     """
 
     __slots__ = ("_chunked", "_conn", "_ctx", "_discard", "_ex", "_filter", "_h1", "_held", "_held_len",
-                 "_length", "_plan", "_trace", "paused", "progress", "status")
+                 "_length", "_plan", "_trace", "paused", "status")
 
     def __init__(self, ex: Exchange, ctx: RequestContext, traceparent: str, conn: UpstreamConnection,
                  response_filter: Any = None) -> None:
@@ -44,7 +43,6 @@ class ResponseSink:
         self._length: int | None = None
         self._chunked = False
         self.status = 0  # the upstream's status (what was sent is `ex.status`)
-        self.progress = 0
         self.paused = False  # the client reads slower than the upstream sends: upstream reading is paused
 
     def on_head(self, status: int, raw: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
@@ -96,7 +94,6 @@ class ResponseSink:
         self.flush()
 
     def on_body(self, data: bytes) -> None:
-        self.progress += len(data)
         if self._discard:
             return
         held = self._held

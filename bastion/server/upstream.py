@@ -34,6 +34,8 @@ class UpstreamError(Exception):
 class ResponseSink:
     """Where a response goes: implemented by the proxy for one exchange."""
 
+    paused = False  # the client reads slower than the upstream sends (the upstream is paused, not stalled)
+
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None: ...
     def on_body(self, data: bytes) -> None: ...
     def on_end(self) -> None: ...
@@ -55,6 +57,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = NEVER  # for the response's head, then for each next piece of its body
         self._timeout = NEVER
         self._watched_for = NEVER  # the shortest timeout the sweep was told about
+        self._deadlines = deadlines()
         self._received_any = False
         self._head_only = False
         self.closed = False
@@ -71,7 +74,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self.reusable = False
         self.deadline = NEVER
-        deadlines().discard(self)
+        self._deadlines.discard(self)
         self._pool._forget(self)
         if self._done is not None and not self._done.done():
             with contextlib.suppress(httptools.HttpParserError):  # a close-delimited body ends with the connection
@@ -163,7 +166,7 @@ class UpstreamConnection(asyncio.Protocol):
         """The request is sent: its response's head must come within `timeout`, then no body gap may last longer
         (unless the client is the slow one: then the upstream is paused, not stalled)."""
         if timeout < self._watched_for:
-            deadlines().add(self, timeout)
+            self._deadlines.add(self, timeout)
             self._watched_for = timeout
         self._timeout = timeout
         if self._done is not None and not self._done.done():
@@ -174,7 +177,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.deadline = NEVER
         elif not self._head_seen:
             self._fail(UpstreamError("upstream_timeout", "no response headers in time", status=504))
-        elif self._sink is not None and getattr(self._sink, "paused", False):
+        elif self._sink is not None and self._sink.paused:
             self.deadline = self.loop.time() + self._timeout
         else:
             self._fail(UpstreamError("upstream_body_timeout", "upstream body stalled", status=504))
@@ -231,12 +234,10 @@ class UpstreamPool:
         return None
 
     async def acquire(self, connect_timeout: float, fresh: bool = False) -> UpstreamConnection:
-        now = self._clock()
-        while self._idle and not fresh:
-            conn, since = self._idle.pop()
-            if not conn.closed and now - since < self._idle_timeout:
+        if not fresh:
+            conn = self.idle()
+            if conn is not None:
                 return conn
-            conn.close()
         while self._open >= self.size:
             if len(self._waiters) >= self.size:  # never an unbounded queue in front of a saturated upstream
                 raise UpstreamError("upstream_pool_exhausted", "upstream connection queue full", status=503)
