@@ -112,3 +112,28 @@ def test_two_processes_admit_exactly_the_limit(redis_server: RedisServer) -> Non
     counts = [int(p.communicate(timeout=30)[0].strip()) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sum(counts) == limit
+
+
+async def test_many_more_callers_than_connections_are_all_served_in_turn(redis_server: RedisServer) -> None:
+    # 4 connections, 500 callers at once, for several rounds: every call waits its turn in the gateway's own
+    # queue and is answered; none is refused as "pool exhausted", and Redis is never taken for down
+    state = RedisState(redis_server.url, max_connections=4, timeout=0.1)
+    hit = Hit("queue", "sliding_window", limit=10**9, period=60)
+    for _ in range(5):
+        outcomes = await asyncio.gather(*(state.hit([hit], time.time()) for _ in range(500)),
+                                        return_exceptions=True)
+        assert [o for o in outcomes if isinstance(o, BaseException)] == []
+    assert state.available
+    await state.close()
+
+
+async def test_a_caller_queued_past_its_deadline_is_overload_not_an_outage(redis_server: RedisServer) -> None:
+    state = RedisState(redis_server.url, max_connections=1, timeout=0.05)
+    hit = Hit("slow", "sliding_window", limit=10**9, period=60)
+    await state.hit([hit], time.time())  # connected
+    async with state._slots:  # the only connection is busy for longer than the next caller's deadline
+        with pytest.raises(StateUnavailable, match="pool exhausted"):
+            await state.hit([hit], time.time())
+    assert state.available  # overload of our own pool: Redis itself is not marked down
+    assert (await state.hit([hit], time.time()))[0].allowed
+    await state.close()
