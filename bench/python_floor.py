@@ -27,6 +27,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.waiter: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
+        self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -49,6 +50,7 @@ class UpstreamConnection(asyncio.Protocol):
             waiter.set_result((self.parser.get_status_code(), self.headers, b"".join(self.body)))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(ConnectionError("upstream closed"))
 
@@ -60,6 +62,8 @@ class Pool:
 
     async def request(self, head: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         loop = asyncio.get_running_loop()
+        while self.idle and self.idle[-1].closed:  # the upstream closed it while it sat idle (between rounds)
+            self.idle.pop()
         conn = self.idle.pop() if self.idle else (await loop.create_connection(UpstreamConnection, "127.0.0.1",
                                                                                self.port))[1]
         conn.waiter = loop.create_future()
