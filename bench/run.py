@@ -5,7 +5,8 @@
     python bench/run.py --targets direct-upstream,nginx   # the harness without Bastion
 
 Layout (2 cores): the upstream (nginx, 1 worker) and wrk (-t1) on CPU 0; the proxy under test (nginx as a
-reverse proxy, 1 worker, or Bastion, one process) on CPU 1. Each round runs every (scenario, target) once in
+reverse proxy, 1 worker, the python-floor proxy of bench/python_floor.py, or Bastion, one process) on CPU 1.
+Each round runs every (scenario, target) once in
 turn, so targets are compared under the same conditions; figures are medians over the rounds. Besides wrk's
 req/s and latency, the proxy's own CPU time per request (utime+stime from /proc ÷ requests) is measured: the
 figure the shared load side cannot distort. Only 127.0.0.1 is used; every child is stopped at the end, also on
