@@ -82,6 +82,20 @@ def response_fields(raw: list[tuple[bytes, bytes]], drop: frozenset[bytes] = fro
     return length, b"".join(parts)
 
 
+def response_headers(decoded: list[tuple[str, str]]) -> tuple[int | None, list[tuple[str, str]]]:
+    """`response_fields` on decoded (lower-case) pairs: the upstream's Content-Length and the fields that may
+    reach the client, Connection-listed ones removed too."""
+    drop = connection_tokens(decoded)
+    length: int | None = None
+    headers: list[tuple[str, str]] = []
+    for name, value in decoded:
+        if name == "content-length":
+            length = int(value) if value.isdigit() else None
+        elif not (name in HOP_BY_HOP or name in drop or name in SOFTWARE or name in SERVER_SET):
+            headers.append((name, value))
+    return length, headers
+
+
 def first_header(headers: list[tuple[str, str]], name: str) -> str | None:
     """The first value of `name` (lower-case) in a lower-cased header list, or None."""
     for key, value in headers:

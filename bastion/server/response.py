@@ -10,7 +10,7 @@ import asyncio
 from typing import Any
 
 from bastion.context import RequestContext
-from bastion.http.headers import HOP_BY_HOP, SERVER_SET, SOFTWARE, connection_tokens, response_fields
+from bastion.http.headers import response_fields, response_headers
 from bastion.server.http1 import Exchange
 from bastion.server.upstream import UpstreamConnection
 
@@ -61,7 +61,7 @@ class ResponseSink:
                 return
         decoded = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in raw]
         if self._filter is None:
-            length, headers = _forwardable(decoded)
+            length, headers = response_headers(decoded)
             self._start(status, headers, length)
             return
         self._length = _content_length(decoded)
@@ -159,18 +159,3 @@ def _content_length(headers: list[tuple[str, str]]) -> int | None:
         if name == "content-length":
             return int(value) if value.isdigit() else None
     return None
-
-
-def _forwardable(decoded: list[tuple[str, str]]) -> tuple[int | None, list[tuple[str, str]]]:
-    """The upstream's Content-Length and the headers that may reach the client (no hop-by-hop, no software)."""
-    drop = connection_tokens(decoded)
-    length: int | None = None
-    headers: list[tuple[str, str]] = []
-    for name, value in decoded:
-        if name == "content-length":
-            length = int(value) if value.isdigit() else None
-            continue
-        if name in HOP_BY_HOP or name in drop or name in SOFTWARE or name in SERVER_SET:
-            continue
-        headers.append((name, value))
-    return length, headers

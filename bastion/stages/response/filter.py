@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bastion.context import ControlRecord, RequestContext
-from bastion.http.headers import HOP_BY_HOP, SERVER_SET, connection_tokens, first_header, response_fields
+from bastion.http.headers import first_header, response_fields, response_headers
 from bastion.http.problem import problem_body
 from bastion.stages.base import RouteInfo, Services
 from bastion.stages.response.config import ResponsePolicy
 from bastion.stages.response.contract import ResponseContract
-from bastion.stages.response.headers import SOFTWARE, Cors, HeaderSet
+from bastion.stages.response.headers import Cors, HeaderSet
 
 PROBLEM = "application/problem+json"
 ERROR_DETAIL = "The upstream service failed to process the request."
@@ -118,15 +118,7 @@ class ResponseFilter:
 
         `headers`: the upstream's, lower-case names, as received (Content-Length included: it lets a body
         that is too large to filter be decided before it is read)."""
-        drop = connection_tokens(headers)
-        length: int | None = None
-        out: list[tuple[str, str]] = []
-        for name, value in headers:
-            if name == "content-length":
-                length = int(value) if value.isdigit() else None
-            if name in HOP_BY_HOP or name in drop or name in SOFTWARE or name in SERVER_SET:
-                continue
-            out.append((name, value))
+        length, out = response_headers(headers)
 
         if status >= 500 and self.rewrite:
             ctx.records.append(ControlRecord("response.rewrite_errors", "allow", self.pid_errors,
