@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=RESULTS, help="markdown file to update")
     p.add_argument("--no-write", action="store_true", help="print the tables, leave RESULTS.md alone")
     p.add_argument("--keep-temp", action="store_true", help="keep the temp dir (configs and logs)")
+    p.add_argument("--flamegraphs", type=Path, default=None, metavar="DIR",
+                   help="after the last round, profile each Bastion case with py-spy into DIR/<scenario>.svg "
+                        "(an extra, unmeasured run per case)")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.rounds < 1 or args.connections < 1 or args.warmup < 0:
         p.error("--duration, --rounds and --connections must be positive")
@@ -469,10 +472,35 @@ class Bench:
                                     self.measure(scenario, target, args.warmup)
                     for scenario, target in cases_of(gw.scenarios):
                         self.measure_case(results, scenario, target, round_no)
+                        if args.flamegraphs and round_no == args.rounds and target == "bastion":
+                            self.flamegraph(scenario)
                 finally:
                     if started:
                         self.stop_gateway(gw)
         return results
+
+    def flamegraph(self, scenario: Scenario) -> None:
+        """An unmeasured extra run of a Bastion case under py-spy, written as an SVG flame graph."""
+        pid = self.pid(scenario, "bastion")
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if pid is None or not os.access(spy, os.X_OK):
+            log("bench: --flamegraphs needs py-spy (pip install py-spy) and a running Bastion")
+            return
+        out = self.args.flamegraphs / f"{scenario.name}.svg"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        seconds = max(2, round(self.args.duration))
+        recorder = subprocess.Popen(procs.pinned(self.args.load_cpu, [
+            spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250", "--nonblocking",
+            "--format", "flamegraph", "--output", str(out)]), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with contextlib.suppress(RuntimeError, wrk.WrkOutputError, subprocess.TimeoutExpired):
+            self.run_tool(scenario, "bastion", seconds)
+        try:
+            _, err = recorder.communicate(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            recorder.kill()
+            err = b"timed out"
+        log(f"bench: flame graph of {scenario.name}: {out}" if out.exists() else
+            f"!! py-spy on {scenario.name}: {err.decode(errors='replace')[-300:]}")
 
     def measure_case(self, results: dict[str, dict[str, Row]], scenario: Scenario, target: str,
                      round_no: int) -> None:
