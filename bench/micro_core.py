@@ -1,13 +1,14 @@
 """Microbenchmark: the gateway's own Python work per proxied request, with no sockets at all.
 
-    python bench/micro_core.py [--n 50000] [--post | --jwt | --limit] [--profile]
+    python bench/micro_core.py [--n 50000] [--post | --jwt | --limit | --chain] [--profile]
 
 A real `Runtime` compiles a plain route (every control off), then one client connection and one pooled upstream
 connection are driven through in-memory transports: the client "sends" a request, the gateway parses, routes,
 forwards; the upstream "answers" (a canned nginx-like response, delivered by the next loop iteration) and the
 response is written back. Each response triggers the next request, so the loop runs N requests back to back.
 `--jwt` sends a GET with an ES256 bearer token to a route that requires it (the verified-token cache hit: what
-a cached JWT costs on top of the plain path); `--limit` a GET on a route with one in-memory rate limit.
+a cached JWT costs on top of the plain path); `--limit` a GET on a route with one in-memory rate limit;
+`--chain` the identity chain Envoy is compared on (cached JWT + a required scope + that rate limit).
 
 What it measures is everything Bastion adds on top of the kernel: the figure wrk cannot isolate, as each real
 request also pays ~20 µs of socket syscalls on this machine (see bench/RESULTS.md). Prints CPU µs per request.
@@ -63,6 +64,13 @@ apis:
     upstream: http://127.0.0.1:9
     routes:
       - {name: jwt, path: /jwt, methods: [GET]}
+      - name: chain
+        path: /chain
+        methods: [GET]
+        policy:
+          authz: {scopes: ["bench:read"]}
+          traffic: {rate_limits: [{name: bench, algorithm: sliding_window, limit: 1000000000, window: 1s,
+                                   key: client_ip}]}
 providers:
   jwt:
     - {name: bench, issuer: "https://idp.bench.invalid", audiences: ["api://bench"], algorithms: [ES256],
@@ -175,6 +183,8 @@ async def main(args: argparse.Namespace) -> None:
         request = POST if args.post else GET
         if args.limit:
             request = GET.replace(b"/get", b"/limited")
+        if args.chain:
+            request = b"GET /chain HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer %b\r\n\r\n" % token.encode()
         if args.jwt:
             request = b"GET /jwt HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer %b\r\n\r\n" % token.encode()
         try:
@@ -188,7 +198,8 @@ async def main(args: argparse.Namespace) -> None:
                 pstats.Stats(prof).sort_stats("tottime").print_stats(40)
         finally:
             await runtime.stop(drain_timeout=0.1)
-    shape = "POST 1 KB" if args.post else "GET with a cached JWT" if args.jwt else "GET, rate-limited" if args.limit else "GET"
+    shape = "POST 1 KB" if args.post else "GET with a cached JWT" if args.jwt else \
+        "GET, identity chain (cached JWT + scope + rate limit)" if args.chain else "GET, rate-limited" if args.limit else "GET"
     print(f"{shape}: {seconds * 1e6 / args.n:.1f} µs CPU per request "
           f"(in-process, no sockets; n={args.n})")
 
@@ -200,5 +211,6 @@ if __name__ == "__main__":
     shape.add_argument("--post", action="store_true")
     shape.add_argument("--jwt", action="store_true")
     shape.add_argument("--limit", action="store_true")
+    shape.add_argument("--chain", action="store_true", help="cached JWT + scope + rate limit (Envoy's chain)")
     parser.add_argument("--profile", action="store_true")
     uvloop.run(main(parser.parse_args()))

