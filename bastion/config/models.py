@@ -32,6 +32,7 @@ from bastion.stages.input.config import InputPolicy
 from bastion.stages.response.config import ResponsePolicy
 from bastion.stages.traffic.config import TrafficPolicy
 from bastion.stages.transport import TransportPolicy
+from bastion.stages.transport.config import ListenerTlsSettings, RevocationConfig
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -75,7 +76,7 @@ class ClassConfig(Baseline):
     description: str = ""
 
 
-class TlsListenerConfig(Model):
+class TlsListenerConfig(ListenerTlsSettings):
     """TLS on a listener: `tls: {cert: certs/gw.pem, key: certs/gw.key, client_ca: certs/ca.pem}`"""
 
     cert: Path
@@ -188,6 +189,7 @@ class GatewayConfig(Model):
     drift: DriftConfig | None = Field(None, description="Alert when the running config's effective policies "
                                       "differ from this approved file (`{approved: approved.yaml, interval: 5m}`).")
     workers: int = Field(1, ge=1, le=64)
+    revocation: RevocationConfig = RevocationConfig()
 
     @field_validator("identity_headers")
     @classmethod
