@@ -31,7 +31,7 @@ class StageSpec:
 
 
 PIPELINE: tuple[StageSpec, ...] = (
-    StageSpec("transport", transport.build),
+    StageSpec("transport", transport.build, transport.prepare),  # TLS, mTLS, client-certificate revocation
     StageSpec("traffic", traffic.build_ip_rules, traffic.prepare),
     StageSpec(None, blocklist.build, blocklist.prepare),  # blocked source addresses, before any work
     StageSpec("identity", identity.build, identity.prepare),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ssl
 from functools import cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -106,7 +107,11 @@ class RevocationConfig(Model):
     revocation: soft|hard`).
     """
 
-    crls: list[str] = Field(default_factory=list, description="CRL files (PEM or DER), reloaded when they change.")
+    issuers: list[Path] = Field(
+        default_factory=list, description="CA certificates (PEM) issuing client certificates: CRLs and OCSP answers "
+        "must be signed by one of them (or by a responder it delegated). Relative paths: the working directory.",
+    )
+    crls: list[Path] = Field(default_factory=list, description="CRL files (PEM or DER), reloaded when they change.")
     ocsp: bool = Field(True, description="Ask the OCSP responder named in the certificate (AIA) or `ocsp_responder`.")
     ocsp_responder: str | None = Field(None, description="`http://ocsp.example.com`: used instead of the AIA URL.")
     grace: Duration = Field(3600.0, description="How long past its `next_update` a CRL or OCSP answer is used.")
