@@ -13,7 +13,7 @@ from typing import Any
 
 from bastion import stages
 from bastion.context import ControlRecord, Deny, RequestContext
-from bastion.stages import authz, blocklist, graphql, identity, traffic, transport
+from bastion.stages import authz, blocklist, flows, graphql, identity, traffic, transport
 from bastion.stages import input as input_stage
 from bastion.stages.base import RouteInfo, Services, Stage
 
@@ -38,6 +38,7 @@ PIPELINE: tuple[StageSpec, ...] = (
     StageSpec(None, blocklist.build, blocklist.prepare),  # blocked subjects and consumers, now known
     StageSpec("authz", authz.build, authz.prepare),
     StageSpec("traffic", traffic.build_rate_limits, traffic.prepare),
+    StageSpec(None, flows.build, flows.prepare),  # business flows (API6): step order, tempo, flow limits per caller
     StageSpec("input", input_stage.build_head, input_stage.prepare),
     StageSpec("input", input_stage.build_body, input_stage.prepare),  # needs_body: runs once the body is read
     StageSpec("graphql", graphql.build, graphql.prepare),  # depth, cost, aliases, introspection, op scopes

@@ -26,6 +26,7 @@ from bastion.config.base import Duration, Model, Size
 from bastion.posture.admin_auth import AdminAuthConfig
 from bastion.posture.drift import DriftConfig
 from bastion.stages.authz.config import AuthzPolicy
+from bastion.stages.flows.config import FlowConfig
 from bastion.stages.graphql.config import GraphqlPolicy
 from bastion.stages.identity.config import ConsumerConfig, IdentityPolicy, ProvidersConfig
 from bastion.stages.input.config import InputPolicy
@@ -335,3 +336,4 @@ class BastionConfig(Model):
     consumers: list[ConsumerConfig] = Field(default_factory=list)
     apis: list[ApiConfig] = Field(default_factory=list)
     exceptions: list[ExceptionConfig] = Field(default_factory=list)
+    flows: list[FlowConfig] = Field(default_factory=list, description="Sensitive business flows (OWASP API6).")

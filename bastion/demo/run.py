@@ -69,7 +69,13 @@ Try:
   curl -s {gw}/catalog/status
   bastion explain -c {config} catalog/status
 
-  # 8. what the auditors see
+  # 8. a business flow (API6): checking out without browsing is refused (403, flow_order); browsing and then
+  #    checking out at once is too fast for a human (403, flow_tempo); browse, wait 2s, check out: 200
+  curl -si {gw}/orders/checkout -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d '{{}}'
+  curl -s {gw}/catalog/products -H "Authorization: Bearer $TOKEN" >/dev/null; sleep 2
+  curl -s {gw}/orders/checkout -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d '{{}}'
+
+  # 9. what the auditors see
   tail -n 3 {config.parent / 'audit.jsonl'}
 
 Ctrl-C stops the demo.
