@@ -31,6 +31,7 @@ from bastion.stages.graphql.config import GraphqlPolicy
 from bastion.stages.identity.config import ConsumerConfig, IdentityPolicy, ProvidersConfig
 from bastion.stages.input.config import InputPolicy
 from bastion.stages.response.config import ResponsePolicy
+from bastion.stages.signals import SignalsConfig
 from bastion.stages.traffic.config import TrafficPolicy
 from bastion.stages.transport import TransportPolicy
 from bastion.stages.transport.config import ListenerTlsSettings, RevocationConfig
@@ -191,6 +192,7 @@ class GatewayConfig(Model):
                                       "differ from this approved file (`{approved: approved.yaml, interval: 5m}`).")
     workers: int = Field(1, ge=1, le=64)
     revocation: RevocationConfig = RevocationConfig()
+    signals: SignalsConfig = SignalsConfig()
 
     @field_validator("identity_headers")
     @classmethod

@@ -11,6 +11,8 @@ flows:
       - {name: browse, route: shop/list-items}
       - {name: cart, route: shop/add-to-cart, after: browse, within: 1h}
       - {name: checkout, route: shop/checkout, after: cart, within: 30m, min_gap: 2s, max: 3, per: 1d}
+    countries: [FR, DE, BE]          # client signals (gateway.signals): only from these countries
+    refuse_reputation: [tor]         # and never from addresses on these lists
 ```
 """
 
@@ -50,6 +52,11 @@ class FlowConfig(Model):
         "Limits always refuse (429).")
     max: int | None = Field(None, ge=1, description="All steps of the flow together, per key per `per`.")
     per: Duration = Field(3600.0, gt=0)
+    countries: list[str] | None = Field(
+        None, description="Steps only from these countries (`[FR, DE]`, `gateway.signals.geoip`); an address "
+        "of unknown country, or no database, is refused.")
+    refuse_reputation: list[str] = Field(
+        default_factory=list, description="Steps refused to clients on these reputation lists (`[tor, scanners]`).")
 
     @model_validator(mode="after")
     def _steps(self) -> FlowConfig:

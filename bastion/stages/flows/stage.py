@@ -9,6 +9,7 @@ from typing import Any
 from bastion.context import Continue, ControlRecord, Decision, Deny, RequestContext
 from bastion.stages.base import RouteInfo, Services
 from bastion.stages.flows.config import FlowConfig, FlowStep
+from bastion.stages.signals import ClientSignals, signals_for
 from bastion.stages.traffic.keys import KeyFunction, key_function
 from bastion.state import Hit
 from bastion.state.memory import MemoryState
@@ -27,6 +28,7 @@ class FlowShared:
     mark_ttl: dict[tuple[str, str], float]  # (flow, step) -> how long later steps look back at it
     state: Any
     clock: Callable[[], float]
+    signals: ClientSignals | None = None
 
 
 def prepare(config: Any, services: Services) -> FlowShared:
@@ -39,7 +41,9 @@ def prepare(config: Any, services: Services) -> FlowShared:
                 ttl[(flow.name, step.after)] = max(ttl.get((flow.name, step.after), 0.0), step.within)
     # without a backend (compiling for `validate`, unit tests) a private in-memory one: never no check at all
     state = services.state if services.state is not None else MemoryState(services.wall_clock)
-    return FlowShared(steps, ttl, state, services.wall_clock)
+    uses_signals = any(f.countries is not None or f.refuse_reputation for f in config.flows)
+    signals = signals_for(config, services.monotonic) if uses_signals else None
+    return FlowShared(steps, ttl, state, services.wall_clock, signals)
 
 
 def flow_diagnostics(flows: list[FlowConfig], routes: dict[str, set[str]]) -> list[tuple[tuple[Any, ...], str]]:
@@ -68,6 +72,9 @@ class _StepCheck:
         self.within, self.min_gap = step.within, step.min_gap
         self.mark_ttl = shared.mark_ttl.get((flow.name, step.name))  # None: no later step looks at this one
         self.refuse = flow.on_violation == "refuse"
+        self.countries = frozenset(flow.countries) if flow.countries is not None else None
+        self.bad_lists = frozenset(flow.refuse_reputation)
+        self.signals = shared.signals
         self.policy_id = f"flow:{flow.name}/{route.route_id}/flows.{step.name}"
         self.limits: list[tuple[str, int, float]] = []
         if step.max is not None:
@@ -100,6 +107,11 @@ class FlowStage:
 
     async def _one(self, check: _StepCheck, ctx: RequestContext, now: float) -> Deny | None:
         who = check.key(ctx)
+        if check.signals is not None:
+            refused = _client_refused(check, check.signals.lookup(ctx.client_ip))
+            if refused is not None:
+                return Deny(403, "flow_client", check.policy_id, "This step of the flow is not allowed now.",
+                            log_detail=f"flow {check.flow}, step {check.step}, client {ctx.client_ip}: {refused}")
         if check.after is not None:
             violation = await self._order(check, who, now)
             if violation is not None:
@@ -132,6 +144,17 @@ class FlowStage:
         if gap < check.min_gap:
             return "flow_tempo", f"{check.step} {gap:.3f}s after {check.after} (human minimum {check.min_gap:g}s)"
         return None
+
+
+def _client_refused(check: _StepCheck, signals: dict[str, Any]) -> str | None:
+    if check.countries is not None:
+        country = signals.get("country")
+        if country not in check.countries:  # unknown (no database, unlisted address) fails closed
+            return f"country {country or 'unknown'} not in {sorted(check.countries)}"
+    listed = check.bad_lists.intersection(signals.get("reputation", ()))
+    if listed:
+        return f"on reputation list(s) {sorted(listed)}"
+    return None
 
 
 def build(policy: Any, route: RouteInfo, shared: FlowShared | None) -> FlowStage | None:

@@ -147,3 +147,32 @@ def test_a_step_naming_an_unknown_route_fails_validate_at_its_line(tmp_path):
         compile_config(load_config(tmp_path / "bastion.yaml"), build_stages=False)
     [diag] = info.value.diagnostics
     assert (diag.line, diag.field) == (10, "flows[0].steps[1].route") and "shop/checkuot" in diag.message
+
+
+async def test_countries_and_reputation_refuse_steps_and_unknown_country_fails_closed(tmp_path):
+    from bastion.config.models import BastionConfig
+    from tests.stages.signals_data import write_country_db
+
+    (tmp_path / "tor.txt").write_text("192.0.2.66\n")
+    write_country_db(tmp_path / "geo.mmdb", {"FR": ["192.0.2.0/24"], "US": ["198.51.100.0/24"]})
+    flow = {**FLOW, "countries": ["FR"], "refuse_reputation": ["tor"]}
+    config = BastionConfig.model_validate({
+        "classes": {"public": {}}, "flows": [flow],
+        "gateway": {"signals": {"reputation": {"tor": str(tmp_path / "tor.txt")}, "geoip": str(tmp_path / "geo.mmdb")}},
+    })
+    clock = Clock()
+    shared = prepare(config, Services(wall_clock=clock, state=MemoryState(clock)))
+    stage = build(None, RouteInfo(api="shop", route="list", klass="public", path="/", methods=frozenset({"GET"})),
+                  shared)
+    assert stage is not None
+
+    async def reason(ip: str) -> str:
+        ctx = _ctx("dave")
+        ctx.client_ip = ip
+        decision = await stage.check(ctx)
+        return decision.reason if isinstance(decision, Deny) else "ok"
+
+    assert await reason("192.0.2.10") == "ok"
+    assert await reason("198.51.100.1") == "flow_client"  # US
+    assert await reason("203.0.113.1") == "flow_client"  # unknown to the database
+    assert await reason("192.0.2.66") == "flow_client"  # French, but a Tor exit
