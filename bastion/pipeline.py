@@ -38,8 +38,8 @@ PIPELINE: tuple[StageSpec, ...] = (
     StageSpec(None, blocklist.build, blocklist.prepare),  # blocked subjects and consumers, now known
     StageSpec("authz", authz.build, authz.prepare),
     StageSpec("traffic", traffic.build_rate_limits, traffic.prepare),
-    StageSpec(None, flows.build, flows.prepare),  # business flows (API6): step order, tempo, flow limits per caller
     StageSpec("input", input_stage.build_head, input_stage.prepare),
+    StageSpec(None, flows.build, flows.prepare),  # business flows (API6): a step counts once its head is valid
     StageSpec("input", input_stage.build_body, input_stage.prepare),  # needs_body: runs once the body is read
     StageSpec("graphql", graphql.build, graphql.prepare),  # depth, cost, aliases, introspection, op scopes
     StageSpec("authz", authz.build_body, authz.prepare),  # owner rules on body ids, after the body is valid

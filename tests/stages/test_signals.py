@@ -60,5 +60,5 @@ def test_files_are_reloaded_when_they_change_and_a_broken_one_keeps_the_last(fil
 
 
 def test_an_unreadable_file_at_the_first_load_is_a_config_error(files):
-    with pytest.raises(ValueError, match="missing.txt"):
+    with pytest.raises(ValueError, match=r"missing\.txt"):
         ClientSignals(SignalsConfig(reputation={"x": files / "missing.txt"}), Clock())
