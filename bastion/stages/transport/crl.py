@@ -38,7 +38,7 @@ class CrlStore:
         self._wall = wall_clock
         self._mono = monotonic
         self._files: dict[Path, _Loaded] = {}
-        self._by_issuer: dict[bytes, x509.CertificateRevocationList] = {}
+        self._by_issuer: dict[str, x509.CertificateRevocationList] = {}
         self._checked = -float("inf")
         self.errors: list[str] = []  # the last reload's problems, for the audit event
         self.reload()
@@ -65,7 +65,7 @@ class CrlStore:
                 crl = old.crl if old is not None else None  # keep the last good list; staleness still applies
             self._files[path] = _Loaded(stamp, crl)
         self.errors = errors
-        self._by_issuer = {f.crl.issuer.public_bytes(): f.crl for f in self._files.values() if f.crl is not None}
+        self._by_issuer = {f.crl.issuer.rfc4514_string(): f.crl for f in self._files.values() if f.crl is not None}
 
     def _verified(self, data: bytes) -> x509.CertificateRevocationList:
         crl = (x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----")
@@ -79,7 +79,7 @@ class CrlStore:
         """`revoked`, `good`, or `unknown` (no list for its issuer, or the list is stale)."""
         if self._mono() - self._checked >= self._interval:
             self.reload()
-        crl = self._by_issuer.get(cert.issuer.public_bytes())
+        crl = self._by_issuer.get(_issuer_key(cert))
         if crl is None:
             return CertStatus("unknown", "crl", "no CRL for this issuer")
         next_update = crl.next_update_utc
@@ -90,3 +90,7 @@ class CrlStore:
         if entry is not None:
             return CertStatus("revoked", "crl", f"revoked at {entry.revocation_date_utc.isoformat()}")
         return CertStatus("good", "crl")
+
+
+def _issuer_key(cert: x509.Certificate) -> str:
+    return cert.issuer.rfc4514_string()

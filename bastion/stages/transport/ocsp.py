@@ -44,13 +44,15 @@ class OcspChecker:
         self._fetch = fetcher
         self._cache: OrderedDict[tuple[bytes, int], tuple[CertStatus, float]] = OrderedDict()
         self._inflight: dict[tuple[bytes, int], asyncio.Future[CertStatus]] = {}
+        self._verified: OrderedDict[tuple[str, int, bytes], tuple[x509.Certificate, bytes] | None] = OrderedDict()
         self.fetches = 0  # responder round trips, for tests and metrics
 
     async def status(self, cert: x509.Certificate) -> CertStatus:
-        issuer = self._issuer_of(cert)
-        if issuer is None:
+        found = self._issuer_of(cert)
+        if found is None:
             return CertStatus("unknown", "ocsp", "issuer is not a configured revocation issuer")
-        key = (issuer.fingerprint(hashes.SHA256()), cert.serial_number)
+        issuer, issuer_id = found
+        key = (issuer_id, cert.serial_number)
         kept = self._cache.get(key)
         now = self._wall()
         if kept is not None and now < kept[1]:
@@ -80,15 +82,25 @@ class OcspChecker:
         while len(self._cache) > self._size:
             self._cache.popitem(last=False)
 
-    def _issuer_of(self, cert: x509.Certificate) -> x509.Certificate | None:
+    def _issuer_of(self, cert: x509.Certificate) -> tuple[x509.Certificate, bytes] | None:
+        """The configured issuer that signed `cert`, verified once per certificate (bounded memo)."""
+        memo = (cert.issuer.rfc4514_string(), cert.serial_number, cert.signature)
+        if memo in self._verified:
+            self._verified.move_to_end(memo)
+            return self._verified[memo]
+        found = None
         for issuer in self._issuers:
             if issuer.subject == cert.issuer:
                 try:
                     cert.verify_directly_issued_by(issuer)
                 except (ValueError, TypeError, InvalidSignature):
                     continue
-                return issuer
-        return None
+                found = (issuer, issuer.fingerprint(hashes.SHA256()))
+                break
+        self._verified[memo] = found
+        if len(self._verified) > self._size:
+            self._verified.popitem(last=False)
+        return found
 
     async def _ask(self, cert: x509.Certificate, issuer: x509.Certificate) -> tuple[CertStatus, float]:
         url = self._responder or _aia_ocsp_url(cert)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from cryptography import x509
@@ -12,6 +13,8 @@ from bastion.stages.transport.crl import CrlStore
 from bastion.stages.transport.ocsp import OcspChecker
 from bastion.stages.transport.status import CertStatus
 
+_PARSED = 4096  # client certificates kept parsed (LRU): a partner's certificate is parsed once, not per request
+
 
 class Revocation:
     """Revocation status of verified client certificates, shared by every route of a compiled config."""
@@ -19,14 +22,28 @@ class Revocation:
     def __init__(self, crls: CrlStore, ocsp: OcspChecker | None) -> None:
         self.crls = crls
         self.ocsp = ocsp
+        self._parsed: OrderedDict[bytes, tuple[x509.Certificate, str]] = OrderedDict()
 
-    async def check(self, der: bytes) -> tuple[str, CertStatus]:
-        """(the serial in hex, its status): a fresh CRL that lists the issuer decides; else OCSP, if enabled."""
+    def _parse(self, der: bytes) -> tuple[x509.Certificate, str] | None:
+        found = self._parsed.get(der)
+        if found is not None:
+            self._parsed.move_to_end(der)
+            return found
         try:
             cert = x509.load_der_x509_certificate(der)
         except ValueError:
+            return None
+        found = self._parsed[der] = (cert, f"{cert.serial_number:x}")
+        if len(self._parsed) > _PARSED:
+            self._parsed.popitem(last=False)
+        return found
+
+    async def check(self, der: bytes) -> tuple[str, CertStatus]:
+        """(the serial in hex, its status): a fresh CRL that lists the issuer decides; else OCSP, if enabled."""
+        parsed = self._parse(der)
+        if parsed is None:
             return "?", CertStatus("unknown", "certificate", "cannot parse the client certificate")
-        serial = f"{cert.serial_number:x}"
+        cert, serial = parsed
         status = self.crls.status(cert)
         if status.state != "unknown" or self.ocsp is None:
             return serial, status
