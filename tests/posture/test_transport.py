@@ -14,7 +14,7 @@ version: 1
 gateway:
   listeners:
     - {port: 0, tls: {cert: gw.pem, key: gw.key, client_ca: ca.pem, min_version: "1.3", session_tickets: false}}
-  revocation: {crls: [partners.crl], ocsp: true}
+  revocation: {issuers: [partners-ca.pem], crls: [partners.crl], ocsp: true}
 classes:
   partner:
     transport: {tls: required, mtls: required, min_tls: "1.3", revocation: hard}

@@ -81,7 +81,8 @@ class CrlStore:
             self.reload()
         crl = self._by_issuer.get(_issuer_key(cert))
         if crl is None:
-            return CertStatus("unknown", "crl", "no CRL for this issuer")
+            problems = f" (CRL files: {'; '.join(self.errors)})" if self.errors else ""
+            return CertStatus("unknown", "crl", f"no CRL for this issuer{problems}")
         next_update = crl.next_update_utc
         if next_update is None or self._wall() > next_update.timestamp() + self._grace:
             return CertStatus("unknown", "crl", f"CRL of {crl.issuer.rfc4514_string()} is stale "

@@ -21,7 +21,14 @@ def listener_conflicts(cfg: Any) -> list[tuple[Loc, str]]:
     """(location of the demanding field, message) for each demand some TLS listener does not meet."""
     listeners = [(i, lst.tls) for i, lst in enumerate(cfg.gateway.listeners) if lst.tls is not None]
     found: list[tuple[Loc, str]] = []
+    revocation = cfg.gateway.revocation
     for loc, who, policy in _demands(cfg):
+        if policy.revocation != "off" and not revocation.issuers:
+            found.append(((*loc, "revocation"), f"{who} checks client-certificate revocation, but "
+                          "gateway.revocation names no `issuers`: no CRL or OCSP answer could be trusted"))
+        if policy.revocation != "off" and not (revocation.crls or revocation.ocsp):
+            found.append(((*loc, "revocation"), f"{who} checks client-certificate revocation, but "
+                          "gateway.revocation has no `crls` and `ocsp: false`"))
         for index, tls in listeners:
             for name, message in _unmet(policy, tls):
                 found.append(((*loc, name), f"{who} demands {message}, but gateway.listeners[{index}] offers "

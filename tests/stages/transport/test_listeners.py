@@ -57,6 +57,8 @@ def _diagnostics(tmp_path, listener: str, klass: str, api: str = "") -> list[str
     (', session_tickets: false, min_version: "1.3"', "session_resumption: false", "", []),
     # an API tightening its class is held to the same rule, at its own line
     ("", "", 'transport: {min_tls: "1.3"}', ["18:apis[0].policy.transport.min_tls"]),
+    # revocation without issuers to trust could only ever refuse
+    ("", "mtls: required, revocation: soft", "", ["12:classes.internal.transport.revocation"]),
 ])
 def test_a_demand_stricter_than_a_listener_fails_validate_at_its_line(tmp_path, listener, klass, api, errors):
     assert _diagnostics(tmp_path, listener, klass, api) == errors
