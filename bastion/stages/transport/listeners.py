@@ -21,6 +21,11 @@ def listener_conflicts(cfg: Any) -> list[tuple[Loc, str]]:
     """(location of the demanding field, message) for each demand some TLS listener does not meet."""
     listeners = [(i, lst.tls) for i, lst in enumerate(cfg.gateway.listeners) if lst.tls is not None]
     found: list[tuple[Loc, str]] = []
+    for index, listener in enumerate(cfg.gateway.listeners):
+        alpn = listener.tls.alpn if listener.tls is not None else None
+        if alpn and "h2" in alpn and not listener.http2:  # ALPN would promise HTTP/2 to an HTTP/1.1 server
+            found.append((("gateway", "listeners", index, "tls", "alpn"), "`alpn` offers h2 on a listener with "
+                          "`http2: false`: remove h2 or enable http2"))
     revocation = cfg.gateway.revocation
     for loc, who, policy in _demands(cfg):
         if policy.revocation != "off" and not revocation.issuers:

@@ -62,3 +62,18 @@ def _diagnostics(tmp_path, listener: str, klass: str, api: str = "") -> list[str
 ])
 def test_a_demand_stricter_than_a_listener_fails_validate_at_its_line(tmp_path, listener, klass, api, errors):
     assert _diagnostics(tmp_path, listener, klass, api) == errors
+
+
+def test_alpn_cannot_promise_http2_on_a_listener_without_it(tmp_path):
+    (tmp_path / "bastion.yaml").write_text(textwrap.dedent("""\
+        version: 1
+        gateway:
+          listeners:
+            - port: 0
+              http2: false
+              tls: {cert: gw.pem, key: gw.key, alpn: [h2, http/1.1]}
+        classes: {internal: {identity: {required: false}}}
+        """))
+    with pytest.raises(ConfigError) as info:
+        compile_config(load_config(tmp_path / "bastion.yaml"), build_stages=False)
+    assert [(d.line, d.field) for d in info.value.diagnostics] == [(6, "gateway.listeners[0].tls.alpn")]
