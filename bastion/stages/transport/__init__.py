@@ -1,7 +1,11 @@
-"""Transport control: TLS and verified client certificates (mTLS) required per class.
+"""Transport control: TLS, verified client certificates (mTLS) and their revocation status, required per class.
 
 A plaintext request to a route whose class requires TLS is refused, never redirected: a redirect would already
-have sent the credential in the clear.
+have sent the credential in the clear. The handshake itself (version, suites, group, tickets, ALPN) is the
+listener's (bastion/server/tls.py); `validate` makes every TLS listener meet every class (listeners.py).
+With `revocation: soft|hard` the verified client certificate is checked against CRLs and OCSP (revocation.py):
+revoked -> 403 `certificate_revoked` naming the serial in the audit event; unknown -> 403 `revocation_unknown`
+(hard) or a `flag` decision (soft).
 """
 
 from __future__ import annotations
