@@ -23,6 +23,7 @@ class _Loaded:
 
     stamp: tuple[float, int]
     crl: x509.CertificateRevocationList | None
+    error: str = ""  # why this version of the file was not taken (the previous list is kept)
 
 
 class CrlStore:
@@ -58,13 +59,14 @@ class CrlStore:
             if old is not None and old.stamp == stamp:
                 continue
             crl: x509.CertificateRevocationList | None
+            error = ""
             try:
                 crl = self._verified(path.read_bytes())
             except ValueError as exc:
-                errors.append(f"{path}: {exc}")
+                error = f"{path}: {exc}"
                 crl = old.crl if old is not None else None  # keep the last good list; staleness still applies
-            self._files[path] = _Loaded(stamp, crl)
-        self.errors = errors
+            self._files[path] = _Loaded(stamp, crl, error)
+        self.errors = errors + [f.error for f in self._files.values() if f.error]
         self._by_issuer = {f.crl.issuer.rfc4514_string(): f.crl for f in self._files.values() if f.crl is not None}
 
     def _verified(self, data: bytes) -> x509.CertificateRevocationList:
