@@ -348,6 +348,14 @@ def compile_config(loaded: LoadedConfig, services: Services | None = None, *, no
 
     for message in tier_warnings(cfg):  # e.g. a consumer tier no limit names: a typo would lift its limits
         diags.append(positions.diagnostic(("consumers",), message, "warning"))
+    from bastion.stages.transport.listeners import listener_conflicts
+
+    for where, message in listener_conflicts(cfg):  # a class demanding more TLS than a listener offers
+        diags.append(positions.diagnostic(where, message))
+    from bastion.stages.flows import flow_diagnostics
+
+    for where, message in flow_diagnostics(cfg.flows, route_names):  # a flow step naming no route
+        diags.append(positions.diagnostic(where, message))
     errors = [d for d in diags if d.severity == "error"]
     if errors:
         raise ConfigError(diags)

@@ -13,7 +13,7 @@ from typing import Any
 
 from bastion import stages
 from bastion.context import ControlRecord, Deny, RequestContext
-from bastion.stages import authz, blocklist, graphql, identity, traffic, transport
+from bastion.stages import authz, blocklist, flows, graphql, identity, traffic, transport
 from bastion.stages import input as input_stage
 from bastion.stages.base import RouteInfo, Services, Stage
 
@@ -31,7 +31,7 @@ class StageSpec:
 
 
 PIPELINE: tuple[StageSpec, ...] = (
-    StageSpec("transport", transport.build),
+    StageSpec("transport", transport.build, transport.prepare),  # TLS, mTLS, client-certificate revocation
     StageSpec("traffic", traffic.build_ip_rules, traffic.prepare),
     StageSpec(None, blocklist.build, blocklist.prepare),  # blocked source addresses, before any work
     StageSpec("identity", identity.build, identity.prepare),
@@ -39,6 +39,7 @@ PIPELINE: tuple[StageSpec, ...] = (
     StageSpec("authz", authz.build, authz.prepare),
     StageSpec("traffic", traffic.build_rate_limits, traffic.prepare),
     StageSpec("input", input_stage.build_head, input_stage.prepare),
+    StageSpec(None, flows.build, flows.prepare),  # business flows (API6): a step counts once its head is valid
     StageSpec("input", input_stage.build_body, input_stage.prepare),  # needs_body: runs once the body is read
     StageSpec("graphql", graphql.build, graphql.prepare),  # depth, cost, aliases, introspection, op scopes
     StageSpec("authz", authz.build_body, authz.prepare),  # owner rules on body ids, after the body is valid

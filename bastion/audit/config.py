@@ -145,6 +145,15 @@ class ForgedTokenRule(DetectionRule):
     block: list[BlockKind] = Field(default_factory=lambda: ["ip"])
 
 
+class FlowAbuseRule(DetectionRule):
+    """Business-flow violations (`flow_order`, `flow_tempo`, `flow_limit`) by one caller: a scripted flow (API6)."""
+
+    threshold: int = Field(5, ge=1)
+    window: Duration = Field(600.0)
+    block: list[BlockKind] = Field(default_factory=lambda: list[BlockKind](["subject"]),
+                                   description="The caller's subject (its IP when it has none).")
+
+
 class DetectionsConfig(Model):
     """`detections: {credential_stuffing: {...}, enumeration: {...}, ...}`; all on by default, alert-and-block."""
 
@@ -154,6 +163,7 @@ class DetectionsConfig(Model):
     usage_anomaly: UsageAnomalyRule = UsageAnomalyRule()
     input_violations: InputViolationRule = InputViolationRule()
     forged_tokens: ForgedTokenRule = ForgedTokenRule()
+    flow_abuse: FlowAbuseRule = FlowAbuseRule()
     max_keys: int = Field(100_000, ge=100, description="Most tracked keys per detector (oldest evicted first), "
                           "so an attacker rotating addresses cannot grow memory without bound.")
     never_block: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"],

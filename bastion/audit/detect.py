@@ -37,6 +37,8 @@ _STUFFING_ATTACK = (("TA0006", "Credential Access", "T1110.004", "Credential Stu
 _BRUTE_ATTACK = (("TA0006", "Credential Access", "T1110", "Brute Force"),)
 _FORGED_ATTACK = (("TA0006", "Credential Access", "T1606", "Forge Web Credentials"),)
 _ENUM_ATTACK = (("TA0009", "Collection", "T1530", "Data from Cloud Storage"),)
+_FLOW_ATTACK = (("TA0040", "Impact", "T1496", "Resource Hijacking"),)
+_FLOW_REASONS = frozenset({"flow_order", "flow_tempo", "flow_limit"})  # bastion.stages.flows.FLOW_REASONS
 
 
 class _Bounded(dict[Any, Any]):
@@ -238,6 +240,7 @@ class Detector:
         self._usage = Baseline(usage.threshold, usage.window, usage.factor, usage.baseline, usage.warmup, limit)
         self._input = Burst(config.input_violations.threshold, config.input_violations.window, limit)
         self._forged = Burst(config.forged_tokens.threshold, config.forged_tokens.window, limit)
+        self._flows = Burst(config.flow_abuse.threshold, config.flow_abuse.window, limit)
         self._cooldown = _Bounded(limit)  # (detection, key) -> time before which it does not fire again
 
     # ---- the per-request call -----------------------------------------------------------------------------
@@ -274,6 +277,14 @@ class Detector:
                 self._fire("forged_tokens", rule, ("ip", ip), rule.threshold, first, ctx, 4,
                            "Repeated forged tokens", f"{rule.threshold} tokens with a bad signature or a refused "
                            f"algorithm from {ip} within {rule.window:g}s (last: {reason})", _FORGED_ATTACK)
+        if deny is not None and reason in _FLOW_REASONS and config.flow_abuse.enabled:
+            flow_rule = config.flow_abuse
+            first = self._flows.hit(caller, now)
+            if first is not None:
+                self._fire("flow_abuse", flow_rule, caller, flow_rule.threshold, first, ctx, 4, "Business flow abuse",
+                           f"{caller[0]} {caller[1]} broke business flows {flow_rule.threshold} times within "
+                           f"{flow_rule.window:g}s (last: {reason}, {deny.policy_id})", _FLOW_ATTACK)
+            return
         if deny is not None and reason not in NOT_ATTEMPTS and config.credential_stuffing.enabled \
                 and is_auth_failure(ctx, deny):
             self._stuffing_hit(ctx, ip, subject, consumer, now)

@@ -26,12 +26,15 @@ from bastion.config.base import Duration, Model, Size
 from bastion.posture.admin_auth import AdminAuthConfig
 from bastion.posture.drift import DriftConfig
 from bastion.stages.authz.config import AuthzPolicy
+from bastion.stages.flows.config import FlowConfig
 from bastion.stages.graphql.config import GraphqlPolicy
 from bastion.stages.identity.config import ConsumerConfig, IdentityPolicy, ProvidersConfig
 from bastion.stages.input.config import InputPolicy
 from bastion.stages.response.config import ResponsePolicy
+from bastion.stages.signals import SignalsConfig
 from bastion.stages.traffic.config import TrafficPolicy
 from bastion.stages.transport import TransportPolicy
+from bastion.stages.transport.config import ListenerTlsSettings, RevocationConfig
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -75,7 +78,7 @@ class ClassConfig(Baseline):
     description: str = ""
 
 
-class TlsListenerConfig(Model):
+class TlsListenerConfig(ListenerTlsSettings):
     """TLS on a listener: `tls: {cert: certs/gw.pem, key: certs/gw.key, client_ca: certs/ca.pem}`"""
 
     cert: Path
@@ -188,6 +191,8 @@ class GatewayConfig(Model):
     drift: DriftConfig | None = Field(None, description="Alert when the running config's effective policies "
                                       "differ from this approved file (`{approved: approved.yaml, interval: 5m}`).")
     workers: int = Field(1, ge=1, le=64)
+    revocation: RevocationConfig = RevocationConfig()
+    signals: SignalsConfig = SignalsConfig()
 
     @field_validator("identity_headers")
     @classmethod
@@ -333,3 +338,4 @@ class BastionConfig(Model):
     consumers: list[ConsumerConfig] = Field(default_factory=list)
     apis: list[ApiConfig] = Field(default_factory=list)
     exceptions: list[ExceptionConfig] = Field(default_factory=list)
+    flows: list[FlowConfig] = Field(default_factory=list, description="Sensitive business flows (OWASP API6).")

@@ -62,6 +62,12 @@ Try:
   BOB=$(curl -s '{issuer}/token?user=bob')
   curl -si {gw}/orders/ -X POST -H "Authorization: Bearer $BOB" -H 'Content-Type: application/json' -d '{{"item": 1}}'
 
+  # 5b. a business flow (API6): alice may create orders, but not without browsing the catalog first
+  #     -> 403 (flow_order, flow "purchase" step "order" in the audit log); after browsing -> 200
+  curl -si {gw}/orders/ -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d '{{"item": 1}}'
+  curl -s {gw}/catalog/products -H "Authorization: Bearer $TOKEN" >/dev/null
+  curl -s {gw}/orders/ -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d '{{"item": 1}}'
+
   # 6. unknown route -> 404, never forwarded
   curl -si {gw}/admin/secrets
 

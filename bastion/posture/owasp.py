@@ -39,8 +39,11 @@ CONTROLS: dict[str, tuple[str, ...]] = {
     "authz.roles": ("API5:2023",),
     "authz.conditions": ("API1:2023", "API5:2023"),
     "authz": ("API5:2023",),
-    "traffic.rate_limits": ("API4:2023", "API6:2023"),
-    "traffic.quotas": ("API4:2023", "API6:2023"),
+    "traffic.rate_limits": ("API4:2023",),  # API6 is credited only where a business flow applies (flows)
+    "traffic.quotas": ("API4:2023",),
+    "flows": ("API6:2023",),
+    "transport.revocation": ("API2:2023",),
+    "transport.min_tls": ("API8:2023",),
     "traffic.max_body_bytes": ("API4:2023",),
     "traffic.max_concurrent": ("API4:2023",),
     "traffic.upstream_timeout": ("API4:2023",),

@@ -72,6 +72,15 @@ def markdown(report: dict[str, Any]) -> str:
         gaps = [g.replace("_", " ") for g, on in r["gaps"].items() if on]
         if gaps:
             out.append(f"Not required by its class, and not set: {', '.join(gaps)}.")
+        t = r.get("transport")
+        if t is not None:
+            listeners = t["tls_listeners"] or {}
+            out.append(f"Transport: TLS {t['tls']} (at least {t['min_tls']}; TLS listeners accept "
+                       f"{listeners.get('min_version', 'n/a')}+), mTLS {t['mtls']}, client-certificate revocation "
+                       f"{t['revocation']}" + (f" ({', '.join(t['revocation_sources'])})" if t["revocation_sources"]
+                                               else "") + ".")
+        flows = ", ".join(f"{f['flow']} (step {f['step']})" for f in r.get("flows", []))
+        out.append(f"Business flows: {flows}." if flows else "Business flows: none (OWASP API6 not answered).")
         if r["probe"] is not None:
             out.append(f"Probe: {r['probe']['pass']} passed, {r['probe']['fail']} failed, "
                        f"{r['probe']['skip']} skipped.")

@@ -19,6 +19,7 @@ from bastion.config.models import ExceptionConfig
 from bastion.posture import owasp
 from bastion.posture.auditlog import RequestEvent
 from bastion.posture.controls import demands
+from bastion.posture.transport import annotate
 
 EXPIRY_WARNING_DAYS = 14
 DAY = 86400.0
@@ -125,6 +126,7 @@ def build(compiled: CompiledGateway, now: float, *, events: Iterable[RequestEven
     for result in (probe or {}).get("results", []):
         by_route.setdefault(result["route"], []).append(result)
     routes = [route_doc(r, owners.get(r.info.api), exceptions, by_route if probe else {}) for r in compiled.routes]
+    annotate(routes, compiled)  # TLS policy, revocation and flows per route; API6 only where a flow applies
     apis = []
     for api in cfg.apis:
         mine = [r for r in routes if r["api"] == api.name]

@@ -25,14 +25,16 @@ from bastion.audit.detect import Detector
 from bastion.audit.log import AuditLog
 from bastion.compile import CompiledGateway, compile_config
 from bastion.config.loader import ConfigError, load_config
-from bastion.config.models import AdminConfig, GatewayConfig, ListenerConfig
+from bastion.config.models import GatewayConfig
 from bastion.server.admin import AdminApi, AdminBackend, read_events
 from bastion.server.admin_routes import block_routes, identity_routes
-from bastion.server.dispatch import alpn, protocol_factory
+from bastion.server.dispatch import protocol_factory
 from bastion.server.http1 import Http1Connection, ServerLimits
 from bastion.server.http2 import H2Limits, H2Stats
 from bastion.server.metrics import Metrics
 from bastion.server.proxy import Gateway
+from bastion.server.tls import listener_ssl
+from bastion.server.tls import resolve_path as _resolve
 from bastion.stages.base import Services
 from bastion.state import open_state
 
@@ -41,26 +43,6 @@ def server_limits(gw: GatewayConfig) -> ServerLimits:
     lim = gw.limits
     return ServerLimits(lim.header_timeout, lim.body_idle_timeout, lim.keepalive_timeout, lim.max_header_bytes,
                         lim.max_headers, lim.min_body_rate, lim.min_body_rate_grace)
-
-
-def listener_ssl(listener: ListenerConfig | AdminConfig, base: Path) -> ssl.SSLContext | None:
-    """TLS 1.2+ with TLS 1.3 preferred, forward-secret AEAD ciphers only, optional client certificates."""
-    tls = listener.tls
-    if tls is None:
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    context.load_cert_chain(_resolve(base, tls.cert), _resolve(base, tls.key))
-    if tls.client_ca is not None and tls.client_cert != "none":
-        context.load_verify_locations(_resolve(base, tls.client_ca))
-        context.verify_mode = ssl.CERT_REQUIRED if tls.client_cert == "required" else ssl.CERT_OPTIONAL
-    return context
-
-
-def _resolve(base: Path, path: Path) -> str:
-    return str(path if path.is_absolute() else base / path)
 
 
 def make_admin_auth(compiled: CompiledGateway) -> Any:
@@ -206,8 +188,6 @@ class Runtime:
         for listener in gw.listeners:
             context = listener_ssl(listener, base)
             http2 = context is not None and listener.http2
-            if http2:
-                alpn(context)  # type: ignore[arg-type]
             if http2 or listener.h2c:  # one port, both protocols: ALPN or the h2c preface decides
                 factory = protocol_factory(gateway.handle, limits, self.connections, gateway.on_protocol_error,
                                            h2c=listener.h2c, h2_limits=h2_limits, stats=h2_stats)

@@ -210,3 +210,18 @@ async def test_never_block_list_and_from_config(tmp_path):
     [finding] = await h.findings()
     assert finding["unmapped"]["bastion"]["responses"] == [
         {"action": "none", "kind": "ip", "key": ATTACKER, "why": "never_block"}]
+
+
+async def test_business_flow_violations_block_the_scripted_caller(tmp_path):
+    h = Harness(tmp_path)
+    await h.audit.start()
+    record, out_of_order = deny("flows", "flow_order", 403)
+    scripted = Identity(method="jwt", subject="bot-7", consumer="web-app")
+    for _ in range(4):
+        h.request(403, out_of_order, identity=scripted, records=(record,), path="/orders/checkout")
+    assert h.blocks.is_blocked(None, subject="bot-7") is None
+    h.request(429, deny("flows", "flow_limit", 429)[1], identity=scripted, records=(record,))
+    assert "flow_abuse" in (h.blocks.is_blocked(None, subject="bot-7") or "")
+    [finding] = await h.findings()
+    assert validate(finding) == []
+    assert finding["unmapped"]["bastion"]["detection"] == "flow_abuse"

@@ -44,9 +44,19 @@ async def test_demo_allows_denies_and_honours_its_exception(capsys):
         status, headers, _ = await request(port, "POST", "/orders/", {
             "Authorization": f"Bearer {bob.decode().strip()}", "Content-Type": "application/json"}, b'{"item": 1}')
         assert status == 403 and 'error="insufficient_scope", scope="orders:write"' in headers["www-authenticate"]
-        status, _, _ = await request(port, "POST", "/orders/", {
-            "Authorization": f"Bearer {token}", "Content-Type": "application/json"}, b'{"item": 1}')
-        assert status == 200  # alice has orders:write
+        # the purchase flow (API6): alice may create orders, but only after browsing the catalog
+        order = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        assert (await request(port, "POST", "/orders/", order, b'{"item": 1}'))[0] == 403
+        assert (await request(port, "GET", "/catalog/products", {"Authorization": f"Bearer {token}"}))[0] == 200
+        status, _, _ = await request(port, "POST", "/orders/", order, b'{"item": 1}')
+        assert status == 200  # alice has orders:write, and browsed first
+        events = ""
+        for _ in range(50):  # the file sink writes in the background
+            events = (info["config"].parent / "audit.jsonl").read_text()
+            if "flow_order" in events:
+                break
+            await asyncio.sleep(0.05)
+        assert "flow:purchase/orders/create-order/flows.order" in events and "flow_order" in events
 
         assert (await request(port, "GET", "/admin/secrets"))[0] == 404
         assert (await request(port, "GET", "/catalog/status"))[0] == 200  # EXC-DEMO-1

@@ -120,3 +120,101 @@ async def test_certificate_is_reloaded_without_restart(tmp_path, pki):
         ok, message = await gw.reload("test")
         assert not ok and "TLS certificate" in message
         assert (await _get(tls, "/in/x", client))[0] == 200  # still serving with the previous certificate
+
+
+POLICY_CONFIG = """
+version: 1
+gateway:
+  listeners:
+    - {address: 127.0.0.1, port: 0, tls: {cert: gw.pem, key: gw.key}}
+    - address: 127.0.0.1
+      port: 0
+      tls: {cert: gw.pem, key: gw.key, min_version: "1.3", session_tickets: false}
+    - address: 127.0.0.1
+      port: 0
+      tls: {cert: gw.pem, key: gw.key, ciphers: [ECDHE-ECDSA-AES256-GCM-SHA384], groups: [secp384r1],
+            alpn: [http/1.1]}
+  admin: {enabled: false, port: 0}
+classes:
+  internal: {identity: {required: false}}
+apis:
+  - {name: inside, owner: a@example.com, class: internal, upstream: "{upstream}", base_path: /in,
+     routes: [{name: r, path: /x, methods: [GET]}]}
+"""
+
+
+def _client(pki: trustme.CA, *, max_version: str = "", ciphers: str = "", group: str = "") -> ssl.SSLContext:
+    client = ssl.create_default_context()
+    pki.configure_trust(client)
+    client.set_alpn_protocols(["h2", "http/1.1"])
+    if max_version:
+        client.maximum_version = ssl.TLSVersion[max_version]
+    if ciphers:
+        client.set_ciphers(ciphers)
+    if group:
+        client.set_ecdh_curve(group)
+    return client
+
+
+def _handshake(port: int, pki: trustme.CA, *, client: ssl.SSLContext | None = None,
+               session: ssl.SSLSession | None = None,
+               **settings: str) -> tuple[str, str, bool, ssl.SSLSession | None, str | None]:
+    """One real TLS connection and request: (version, cipher, resumed, session, ALPN); raises if refused."""
+    import socket
+
+    client = client or _client(pki, **settings)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            client.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as conn:
+        alpn_chosen = conn.selected_alpn_protocol()
+        if alpn_chosen != "h2":  # read the answer: TLS 1.3 tickets arrive after the handshake
+            conn.sendall(b"GET /in/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+            while conn.recv(65536):
+                pass
+        cipher = conn.cipher()
+        return conn.version() or "", cipher[0] if cipher else "", conn.session_reused, conn.session, alpn_chosen
+
+
+def _refused(port: int, pki: trustme.CA, **kwargs: str) -> bool:
+    try:
+        _handshake(port, pki, **kwargs)
+    except (ssl.SSLError, ConnectionError):
+        return True
+    return False
+
+
+async def test_listener_tls_settings_shape_real_handshakes(tmp_path, pki):
+    async with running_gateway(tmp_path, POLICY_CONFIG) as gw:
+        default, strict, narrow = (port for _, port in gw.bound)
+        run = asyncio.to_thread
+        # min_version: a TLS 1.2 client is refused where 1.3 is required, served where 1.2 is allowed
+        assert await run(_refused, strict, pki, max_version="TLSv1_2")
+        assert (await run(_handshake, default, pki, max_version="TLSv1_2"))[0] == "TLSv1.2"
+        assert (await run(_handshake, strict, pki))[0] == "TLSv1.3"
+        # cipher allowlist: a weak (non forward-secret) suite is refused everywhere, an unlisted AEAD one too
+        assert await run(_refused, default, pki, max_version="TLSv1_2", ciphers="AES256-SHA")
+        assert await run(_refused, narrow, pki, max_version="TLSv1_2", ciphers="ECDHE-ECDSA-AES128-GCM-SHA256")
+        version, cipher, *_ = await run(_handshake, narrow, pki, max_version="TLSv1_2")
+        assert (version, cipher) == ("TLSv1.2", "ECDHE-ECDSA-AES256-GCM-SHA384")
+        # one key-exchange group: a client offering only P-256 finds no key share, in 1.3 and 1.2
+        assert await run(_refused, narrow, pki, group="prime256v1")
+        assert await run(_refused, narrow, pki, group="prime256v1", max_version="TLSv1_2")
+        assert not await run(_refused, narrow, pki, group="secp384r1")
+        # ALPN: the narrow listener offers only HTTP/1.1; the default one h2 first
+        assert (await run(_handshake, narrow, pki))[4] == "http/1.1"
+        assert (await run(_handshake, default, pki))[4] == "h2"
+
+
+# TLS 1.3 resumes only with tickets: none issued, none resumed. TLS 1.2 also resumes by session id from the
+# server's cache, which Python's ssl cannot switch off (no SSL_CTX_set_session_cache_mode): measured here, and
+# why a class with `session_resumption: false` also needs listeners with `min_version: "1.3"`.
+@pytest.mark.parametrize(("max_version", "resumes_without_tickets"), [("TLSv1_3", False), ("TLSv1_2", True)])
+async def test_session_tickets_off_resumption_per_version(tmp_path, pki, max_version, resumes_without_tickets):
+    config = POLICY_CONFIG.replace('min_version: "1.3", ', "")  # both versions on the no-ticket listener
+    async with running_gateway(tmp_path, config) as gw:
+        default, no_tickets, _ = (port for _, port in gw.bound)
+        for port, resumes in ((default, True), (no_tickets, resumes_without_tickets)):
+            client = _client(pki, max_version=max_version)
+            client.set_alpn_protocols(["http/1.1"])  # read the answer (and so the TLS 1.3 ticket)
+            *_, session, _ = await asyncio.to_thread(_handshake, port, pki, client=client)
+            resumed = (await asyncio.to_thread(_handshake, port, pki, client=client, session=session))[2]
+            assert resumed is resumes, port

@@ -12,6 +12,9 @@ Variables (all read-only):
     method    string             the request method
     source    string             the client IP; `source.inNetwork('10.0.0.0/8')`
     now       timestamp          the wall clock; `now.getHours()` is UTC, `now.getHours('Europe/Paris')` local
+    client    map(string, dyn)   client signals (bastion.stages.signals): `country` ("FR"), `reputation` (list
+                                 names the address is on); a key is absent without its source, so
+                                 `client.country == "FR"` fails closed when no database is configured
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from cel_expr_python import cel
 
 from bastion.context import Identity, RequestContext
 from bastion.stages.authz.config import Condition
+from bastion.stages.signals import ClientSignals
 
 _T = cel.Type
 VARIABLES: dict[str, Any] = {
@@ -40,6 +44,7 @@ VARIABLES: dict[str, Any] = {
     "method": _T.STRING,
     "source": _T.STRING,
     "now": _T.TIMESTAMP,
+    "client": _T.Map(_T.STRING, _T.DYN),
 }
 _REFERENCE = re.compile(r"\b(" + "|".join(VARIABLES) + r")\b")
 
@@ -79,7 +84,8 @@ class CompiledCondition:
 class ConditionSet:
     """A route's conditions, compiled; `first_failure(ctx)` evaluates them in order."""
 
-    def __init__(self, env: Any, conditions: list[Condition], wall_clock: Callable[[], float]) -> None:
+    def __init__(self, env: Any, conditions: list[Condition], wall_clock: Callable[[], float],
+                 signals: ClientSignals | None = None) -> None:
         compiled = []
         for cond in conditions:
             try:
@@ -95,7 +101,10 @@ class ConditionSet:
         self._env = env
         self._clock = wall_clock
         used = {m for cond in conditions for m in _REFERENCE.findall(cond.expr)}
-        self._builders = tuple((name, _BUILDERS[name]) for name in VARIABLES if name in used)
+        builders = dict(_BUILDERS)
+        if signals is not None:
+            builders["client"] = lambda ctx, _: signals.lookup(ctx.client_ip)
+        self._builders = tuple((name, builders[name]) for name in VARIABLES if name in used)
 
     def __bool__(self) -> bool:
         return bool(self._conditions)
@@ -153,4 +162,5 @@ _BUILDERS: dict[str, Callable[[RequestContext, Callable[[], float]], Any]] = {
     "method": lambda ctx, _: ctx.method,
     "source": lambda ctx, _: ctx.client_ip,
     "now": lambda _, clock: datetime.fromtimestamp(clock(), UTC),
+    "client": lambda _, __: {},  # no signals configured: every client key is absent
 }

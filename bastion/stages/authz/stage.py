@@ -21,6 +21,7 @@ from bastion.stages.authz.engines import CedarEngine, OpaClient, describe_reques
 from bastion.stages.authz.owner import BodyError, OwnerCheck, OwnerLookups, OwnerOutcome, parse_body
 from bastion.stages.authz.scopes import ScopeRequirement, challenge, requirement
 from bastion.stages.base import RouteInfo, Services
+from bastion.stages.signals import signals_for
 
 DETAIL = {
     "identity_required": "This resource requires an authenticated caller.",
@@ -47,6 +48,8 @@ class AuthzShared:
     def __init__(self, config: Any, services: Services) -> None:
         self.services = services
         self.cel = new_environment()
+        # client.country / client.reputation for conditions (None: a config without `gateway`, in unit tests)
+        self.signals = signals_for(config, services.monotonic) if hasattr(config, "gateway") else None
         self.client = HttpClient()
         self.owners = OwnerLookups(self.client, services.monotonic)
         self.tenants: dict[str, str] = {}
@@ -141,7 +144,7 @@ class AuthzStage:
                              "roles that may call it")
         self.admin_roles = frozenset(policy.admin_roles)
         self.roles = tuple(policy.roles)
-        self.conditions = ConditionSet(shared.cel, policy.conditions, shared.services.wall_clock)
+        self.conditions = ConditionSet(shared.cel, policy.conditions, shared.services.wall_clock, shared.signals)
         checks = [OwnerCheck(rule, route, shared.tenants) for rule in policy.owner]
         self.owners = tuple(c for c in checks if not c.rule.on_body)
         self.body_owners = tuple(c for c in checks if c.rule.on_body)

@@ -232,6 +232,13 @@ class SsfTransmitterConfig(Model):
     events: list[str] = Field(
         list(REVOKING_EVENTS), min_length=1,
         description="Event types that revoke the subject; other events are accepted and ignored.")
+    step_up_events: list[str] = Field(
+        [CAEP_EVENT + "assurance-level-change"],
+        description="Events that revoke and answer `insufficient_user_authentication` (RFC 9470) instead of "
+                    "`invalid_token`: the user must authenticate again at a higher level.")
+    step_up_acr_values: list[str] = Field(
+        default_factory=list, description="`acr_values` of that challenge (empty: the event's `previous_level`).")
+    step_up_max_age: int | None = Field(None, ge=0, description="`max_age` of that challenge (seconds).")
     max_bytes: Size = Field(64 * 1024, ge=256, description="Largest SET accepted.")
     allow_insecure_http: bool = Field(False, description="Allow an http:// JWKS URL off loopback.")
     jwks_cache: JwksCacheConfig = JwksCacheConfig()

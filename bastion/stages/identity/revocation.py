@@ -38,6 +38,11 @@ class RevocationList(Protocol):
     async def is_revoked(self, jti: str | None, sub: str | None, consumer: str | None,
                          issued_at: float | None = None) -> bool: ...
 
+    async def find(self, jti: str | None, sub: str | None, consumer: str | None,
+                   issued_at: float | None = None) -> Revocation | None:
+        """The record that denies this credential (its `source` says who and why), or None."""
+        ...
+
     async def revoke(self, kind: Kind, value: str, until: float, *,
                      issued_before: float | None = None) -> None:
         """Deny `value` until the wall-clock time `until`. With `issued_before`, only credentials issued
@@ -93,6 +98,16 @@ class MemoryRevocationList:
         now = self._now()
         return (self._hit("jti", jti, issued_at, now) or self._hit("sub", sub, issued_at, now)
                 or self._hit("consumer", consumer, issued_at, now))
+
+    async def find(self, jti: str | None, sub: str | None, consumer: str | None,
+                   issued_at: float | None = None) -> Revocation | None:
+        now = self._now()
+        for kind, value in (("jti", jti), ("sub", sub), ("consumer", consumer)):
+            if value is not None and self._hit(kind, value, issued_at, now):
+                until, before = self._entries[(kind, value)]
+                return Revocation(kind, value, None if before is not None else until,
+                                  until if before is not None else None, before)
+        return None
 
 
 # --- the record and its merge rule ------------------------------------------------------------------------
@@ -363,18 +378,24 @@ class StateRevocationList:
 
     async def is_revoked(self, jti: str | None, sub: str | None, consumer: str | None,
                          issued_at: float | None = None) -> bool:
+        return await self.find(jti, sub, consumer, issued_at) is not None
+
+    async def find(self, jti: str | None, sub: str | None, consumer: str | None,
+                   issued_at: float | None = None) -> Revocation | None:
         if self._records.empty:  # nothing revoked in this process's store: the common case, no await
-            return False
+            return None
         asked = [(kind, value) for kind, value in (("jti", jti), ("sub", sub), ("consumer", consumer))
                  if value and len(value) <= MAX_VALUE]
         if not asked:
-            return False
+            return None
         texts = await self._records.get([self._key(k, v) for k, v in asked])
         now = self._now()
         for (kind, value), text in zip(asked, texts, strict=True):
-            if text is not None and Revocation.decode(kind, value, text).denies(issued_at, now):
-                return True
-        return False
+            if text is not None:
+                record = Revocation.decode(kind, value, text)
+                if record.denies(issued_at, now):
+                    return record
+        return None
 
     async def lift(self, kind: Kind, value: str) -> bool:
         """Remove both parts of the revocation of `value`; False when there was none."""

@@ -34,6 +34,7 @@ from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
 from prometheus_client import Counter
 
+from bastion.stages.identity.challenge import StepUp
 from bastion.stages.identity.config import SsfTransmitterConfig
 from bastion.stages.identity.jwks import JwksCache, JwksUnavailable
 from bastion.stages.identity.jwt import string_set
@@ -75,6 +76,7 @@ class Action:
     subject: str
     issued_before: float
     until: float
+    step_up: StepUp | None = None  # a step-up event: the client is told to re-authenticate (RFC 9470)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +273,8 @@ class SetReceiver:
         return ReceivedSet(transmitter.name, jti, tuple(events), tuple(actions), tuple(ignored))
 
     async def _revoke(self, action: Action, source: str) -> None:
+        if action.step_up is not None:
+            source = action.step_up.source(source)
         if isinstance(self._revocations, StateRevocationList):  # records who revoked, for the admin list
             await self._revocations.revoke("sub", action.subject, action.until,
                                            issued_before=action.issued_before, source=source)
@@ -363,7 +367,8 @@ class SetReceiver:
         actions: list[Action] = []
         ignored: list[str] = []
         for name, payload in events.items():
-            if name not in transmitter.events:
+            step_up = _step_up(transmitter.config, payload) if name in transmitter.config.step_up_events else None
+            if name not in transmitter.events and step_up is None:
                 ignored.append(f"{name[:120]}: not a revoking event")
                 continue
             # SSF 1.0: top-level sub_id; CAEP drafts: the event's `subject`; RFC 8417 §2.2: plain `sub`
@@ -381,8 +386,17 @@ class SetReceiver:
             when = _number(payload, "event_timestamp") or _number(claims, "toe") or _number(claims, "iat")
             issued_before = min(when if when is not None else now, now)
             until = now + transmitter.revoke_for
-            actions += [Action(name, s, issued_before, until) for s in subjects]
+            actions += [Action(name, s, issued_before, until, step_up) for s in subjects]
         return actions, ignored
+
+
+def _step_up(config: SsfTransmitterConfig, payload: dict[str, Any]) -> StepUp | None:
+    """CAEP assurance-level-change: a decrease (or no direction) asks for the previous level again."""
+    if payload.get("change_direction") == "increase":
+        return None  # a stronger authentication than before: nothing to deny
+    previous = payload.get("previous_level")
+    acr = tuple(config.step_up_acr_values) or ((previous[:200],) if isinstance(previous, str) and previous else ())
+    return StepUp(acr, config.step_up_max_age)
 
 
 __all__ = ["CONTENT_TYPE", "ReceivedSet", "SetReceiver", "SetRejected"]

@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl
 
 from bastion.context import Continue, Decision, Deny, Identity, RequestContext
 from bastion.stages.base import RouteInfo
+from bastion.stages.identity.challenge import StepUp
 from bastion.stages.identity.config import IdentityPolicy
 from bastion.stages.identity.consumers import Consumer
 from bastion.stages.identity.jwt import TokenRejected, VerifiedToken, header_value
@@ -237,17 +238,21 @@ class IdentityStage:
         # checked on every request, cache hit or not; a deny list that cannot answer is a "no" unless the
         # class accepts the risk (identity.on_revocation_unavailable: open)
         try:
-            revoked = await self._shared.revocations.is_revoked(identity.credential_id, identity.subject,
-                                                                identity.consumer, issued_at)
+            revoked = await self._shared.revocations.find(identity.credential_id, identity.subject,
+                                                          identity.consumer, issued_at)
         except StateUnavailable as exc:
             if not self._revocation_open:
                 return self._deny(503, "revocation_unavailable", "on_revocation_unavailable",
                                   f"deny list unavailable: {exc}")
-            revoked = False
-        if revoked:
-            return self._deny(401, "credential_revoked", "methods",
-                              f"revoked: jti={identity.credential_id} sub={identity.subject} "
-                              f"consumer={identity.consumer}")
+            revoked = None
+        if revoked is not None:
+            detail = (f"revoked: jti={identity.credential_id} sub={identity.subject} "
+                      f"consumer={identity.consumer} by {revoked.source or 'admin'}")
+            step_up = StepUp.from_source(revoked.source)
+            if step_up is not None:  # RFC 9470 §3: re-authenticate at this level, not just a fresh token
+                return Deny(401, "step_up_required", self._pid["methods"], _DETAIL.get(401),
+                            (("www-authenticate", step_up.challenge(self._scheme, REALM)),), detail)
+            return self._deny(401, "credential_revoked", "methods", detail)  # RFC 6750 §3.1 invalid_token
         ctx.identity = identity
         headers = ctx.upstream_headers
         headers.append(("x-bastion-auth-method", identity.method))

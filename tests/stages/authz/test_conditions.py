@@ -125,3 +125,28 @@ def test_cost_per_evaluation_is_microseconds() -> None:
         conditions.first_failure(ctx)
     per_request = (time.perf_counter() - start) / runs
     assert per_request < 0.001, f"{per_request * 1e6:.1f} µs per evaluation"
+
+
+@pytest.mark.parametrize(("expr", "client_ip", "with_sources", "passes"), [
+    ("client.country == 'FR'", "192.0.2.10", True, True),
+    ("client.country == 'FR'", "198.51.100.7", True, False),
+    ("client.country in ['FR', 'DE']", "203.0.113.1", True, False),  # unknown to the database: no key, fails
+    ("!('tor' in client.reputation)", "192.0.2.10", True, True),
+    ("!('tor' in client.reputation)", "198.51.100.7", True, False),
+    # no database and no lists: the keys are absent and a condition needing them fails closed, negated or not
+    ("client.country == 'FR'", "192.0.2.10", False, False),
+    ("client.country != 'FR'", "192.0.2.10", False, False),
+    ("!('tor' in client.reputation)", "192.0.2.10", False, False),
+])
+def test_client_signals_in_conditions(tmp_path: Any, expr: str, client_ip: str, with_sources: bool,
+                                      passes: bool) -> None:
+    from bastion.stages.signals import ClientSignals, SignalsConfig
+    from tests.stages.signals_data import write_country_db
+
+    (tmp_path / "tor.txt").write_text("198.51.100.7\n")
+    write_country_db(tmp_path / "geo.mmdb", {"FR": ["192.0.2.0/24"], "US": ["198.51.100.0/24"]})
+    config = SignalsConfig(reputation={"tor": tmp_path / "tor.txt"}, geoip=tmp_path / "geo.mmdb") \
+        if with_sources else SignalsConfig()
+    conditions = ConditionSet(new_environment(), [Condition(name="geo", expr=expr)], Clock(),
+                              ClientSignals(config, time.monotonic))
+    assert (conditions.first_failure(request(ALICE, client_ip=client_ip)) is None) is passes

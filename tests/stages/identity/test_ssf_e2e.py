@@ -122,3 +122,37 @@ async def test_session_revoked_set_denies_the_token_on_every_gateway(
         assert status == 400
         [entry] = await identity_of(b).revocation_store.list_revocations()
         assert (entry.kind, entry.value, entry.source) == ("sub", "alice", "ssf:demo-caep")
+
+
+ASSURANCE = "https://schemas.openid.net/secevent/caep/event-type/assurance-level-change"
+
+
+@pytest.mark.parametrize(("extra", "challenge"), [
+    # the issuer's own level from the event: the client must reach it again
+    ("", 'acr_values="urn:example:mfa"'),
+    # or what the operator configured for this transmitter (RFC 9470 acr_values and max_age)
+    ("\n      step_up_acr_values: [urn:example:phr]\n      step_up_max_age: 300",
+     'acr_values="urn:example:phr", max_age="300"'),
+])
+async def test_assurance_drop_answers_an_rfc9470_step_up_challenge(tmp_path: Path, idp: IdpServer,
+                                                                   extra: str, challenge: str) -> None:
+    config = (CONFIG.replace('      jwks_uri: "ISSUER/jwks.json"\nclasses', f'      jwks_uri: "ISSUER/jwks.json"{extra}\nclasses')
+              .replace("ISSUER", idp.issuer).replace("RECEIVER", RECEIVER).replace("STATE", "memory"))
+    async with running_gateway(tmp_path, config) as gw:
+        now = int(time.time())
+        token = idp.mint("alice", ["orders:read"], iat=now - 30)
+        receiver = identity_of(gw).ssf_receiver
+        assert receiver is not None
+        claims = {"iss": idp.issuer, "aud": RECEIVER, "iat": now, "jti": "caep-step-up",
+                  "sub_id": {"format": "iss_sub", "iss": idp.issuer, "sub": "alice"},
+                  "events": {ASSURANCE: {"event_timestamp": now - 1, "namespace": "RFC8176",
+                                         "previous_level": "urn:example:mfa", "current_level": "urn:example:pwd",
+                                         "change_direction": "decrease"}}}
+        header = {"alg": "ES256", "typ": "secevent+jwt", "kid": idp.es256.kid}
+        body = jwt.encode(header, claims, idp.es256, algorithms=["ES256"]).encode()
+        assert await receiver.handle(body, "application/secevent+jwt", time.time()) == (202, b"")
+        status, headers, _ = await request(gw.bound[0][1], "GET", "/shop/items", {"authorization": f"Bearer {token}"})
+        assert status == 401
+        assert headers["www-authenticate"] == (
+            'Bearer realm="bastion", error="insufficient_user_authentication", '
+            f'error_description="A different authentication level is required", {challenge}')
