@@ -87,16 +87,21 @@ def test_explain_shows_sources_and_exception_expiry(tmp_path):
             owner: ops@example.com
             reason: load test
             evidence: https://tickets.example.com/9
-            created: 2026-11-20T00:00:00Z
-            expires: 2099-01-01T00:00:00Z
+            created: CREATED
+            expires: 2999-01-01T00:00:00Z
         """))
+    # the CLI reads the real clock: dates relative to it, so the test means the same on any day
+    day = 86400
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - day))
+    expires = time.strftime("%Y-%m-%dT00:00:00Z", time.gmtime(time.time() + 30 * day))
+    path.write_text(path.read_text().replace("CREATED", created))
     result = run("explain", "-c", str(path), "shop/slow", "--json")
     assert result.returncode == 1 and "lasts" in result.stderr  # 90-day maximum
-    path.write_text(path.read_text().replace("2099-01-01", "2027-01-01"))
+    path.write_text(path.read_text().replace("2999-01-01T00:00:00Z", expires))
     doc = json.loads(run("explain", "-c", str(path), "shop/slow", "--json").stdout)[0]
     assert doc["controls"]["identity.required"] == {"value": "waived", "source": "exception:EXC-9"}
     assert doc["controls"]["traffic.max_body_bytes"]["source"] == "class:open"
-    assert doc["exceptions"] == [{"id": "EXC-9", "expires": "2027-01-01T00:00:00Z"}]
+    assert doc["exceptions"] == [{"id": "EXC-9", "expires": expires}]
     text = run("explain", "-c", str(path)).stdout
     assert "shop/items  GET /items  class=open" in text
 
