@@ -44,6 +44,8 @@ def add_verbs(verbs: Any) -> None:
     p.add_argument("--audit", help="audit events (JSON lines) for denials by control")
     p.add_argument("--probe", help="a `bastion probe --json` result to include")
     p.add_argument("--previous", help="a previous `report --format json`, for the trend")
+    p.add_argument("--at", type=_instant, help="report the posture at this instant (ISO 8601, e.g. "
+                                               "2027-01-01T00:00:00Z) instead of now")
     _probe_marks(p)
     p.add_argument("--format", choices=("json", "md", "html"), default="md")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
@@ -80,11 +82,21 @@ def dispatch(args: argparse.Namespace) -> int | None:
     return None
 
 
-def _compiled(path: str) -> Any:
+def _compiled(path: str, now: float | None = None) -> Any:
     from bastion.compile import compile_config
     from bastion.config.loader import load_config
 
-    return compile_config(load_config(path), build_stages=False)
+    return compile_config(load_config(path), now=now, build_stages=False)
+
+
+def _instant(text: str) -> float:
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 instant: {text}") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def _emit(data: str | bytes, output: str | None) -> None:
@@ -104,8 +116,9 @@ def _report(args: argparse.Namespace) -> int:
     from bastion.posture.probe import load_probe
     from bastion.posture.report import build
 
+    now = time.time() if args.at is None else args.at
     try:
-        compiled = _compiled(args.config)
+        compiled = _compiled(args.config, now)
         marks = _marks(args)
         events = list(auditlog.requests(auditlog.read(args.audit), marks)) if args.audit else None
         probe_doc = load_probe(args.probe) if args.probe else None
@@ -115,7 +128,7 @@ def _report(args: argparse.Namespace) -> int:
         return 1
     except (OSError, ValueError) as exc:
         return _usage(str(exc))
-    doc = build(compiled, time.time(), events=events, probe=probe_doc, previous=previous)
+    doc = build(compiled, now, events=events, probe=probe_doc, previous=previous)
     if args.format == "json":
         _emit(json.dumps(doc, indent=2), args.output)
     elif args.format == "md":

@@ -34,21 +34,25 @@ def _iso(ts: float) -> str:
     return "never" if math.isinf(ts) else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def route_policy(route: CompiledRoute, authz_shared: Any = None) -> dict[str, Any]:
-    """The effective policy of a route now, each control with its value and source.
+def route_policy(route: CompiledRoute, authz_shared: Any = None, *, now: float) -> dict[str, Any]:
+    """The effective policy of a route at `now` (the plan the data plane enforces then), each control with its
+    value and source.
 
     With the authorisation layer's shared object (from a compile that built stages), also the route's
     authorisation requirements, one line each.
     """
-    plan = route.plans[0]
+    from bastion.posture.controls import plan_at
+
+    plan = plan_at(route, now)
     info = route.info
+    sources = plan_sources(route, plan)
     controls: dict[str, Any] = {}
     for section in SECTIONS:
         policy = getattr(plan.policy, section)
         waived = dict(plan.waived).get(section)
         for name, value in policy.model_dump(mode="json").items():
             control = f"{section}.{name}"
-            source = info.sources.get(control) or info.sources.get(section) or f"class:{info.klass}"
+            source = sources.get(control) or sources.get(section) or f"class:{info.klass}"
             entry: dict[str, Any] = {"value": value, "source": source}
             if waived:
                 entry = {"value": "waived", "source": f"exception:{waived}"}
@@ -66,6 +70,11 @@ def route_policy(route: CompiledRoute, authz_shared: Any = None) -> dict[str, An
     }
 
 
+def plan_sources(route: CompiledRoute, plan: Any) -> dict[str, str]:
+    """Where each control of `plan` comes from (a plan built before `Plan.info` existed: the route's first)."""
+    return (plan.info or route.info).sources
+
+
 def explain(path: str, selector: str | None, *, as_json: bool = False) -> int:
     from bastion.stages import authz
 
@@ -78,7 +87,8 @@ def explain(path: str, selector: str | None, *, as_json: bool = False) -> int:
     if selector and not routes:
         print(f"no route matches {selector!r}", file=sys.stderr)
         return 1
-    docs = [route_policy(r, compiled.shared.get(authz.prepare)) for r in routes]
+    shared: dict[Any, Any] = compiled.shared  # keyed by each layer's prepare function
+    docs = [route_policy(r, shared.get(authz.prepare), now=compiled.loaded_at) for r in routes]
     if as_json:
         print(json.dumps(docs, indent=2))
         return 0
@@ -86,8 +96,8 @@ def explain(path: str, selector: str | None, *, as_json: bool = False) -> int:
         admin = "  [administrative]" if doc["administrative"] else ""
         print(f"{doc['route']}  {' '.join(doc['methods'])} {doc['path']}  class={doc['class']}{admin}")
         print(f"  upstream: {doc['upstream']}")
-        for exc in doc["exceptions"]:
-            print(f"  exception in force: {exc['id']} (this plan ends {exc['expires']})")
+        for exception in doc["exceptions"]:
+            print(f"  exception in force: {exception['id']} (this plan ends {exception['expires']})")
         for line in doc["authorization"]:
             print(f"  authorisation: {line}")
         for control, entry in doc["controls"].items():

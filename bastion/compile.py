@@ -74,6 +74,7 @@ class Plan:
     exceptions: tuple[str, ...]  # exception ids in force
     waived: tuple[tuple[str, str], ...]  # (control, exception id) switched off entirely
     response: Any = None  # bastion.stages.response.ResponseFilter: what happens to the upstream's answer
+    info: RouteInfo | None = None  # the route as this plan sees it: sources name the exceptions in force
 
 
 @dataclass(slots=True)
@@ -465,7 +466,7 @@ def _compile_route(api: ApiConfig, decl: _RouteDecl, baseline: dict[str, Any], b
             except ValueError as exc:
                 diags.append(positions.diagnostic((*decl.loc, "policy", "response"), str(exc)))
         plans.append(Plan(end, policy, tuple(head), tuple(body), tuple(e.id for e in active),
-                          tuple(sorted(waived_sections.items())), response))
+                          tuple(sorted(waived_sections.items())), response, info))
         infos.append(info)
     strip = api.base_path if api.strip_base_path else ""
     grpc = None

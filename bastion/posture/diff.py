@@ -20,11 +20,13 @@ from bastion.config.models import SECTIONS, Baseline
 from bastion.governance.baseline import is_weaker
 
 
-def effective_policies(compiled: CompiledGateway) -> dict[str, Any]:
-    """The admin API's `GET /policies` body: the running config's hash and every route's effective policy."""
+def effective_policies(compiled: CompiledGateway, now: float | None = None) -> dict[str, Any]:
+    """The admin API's `GET /policies` body: the running config's hash and every route's effective policy at
+    `now` (default: the instant it was compiled), from the plan schedule the data plane follows."""
+    at = compiled.loaded_at if now is None else now
     return {"kind": "bastion.policies", "version": 1, "config_hash": compiled.config_hash,
-            "loaded_at": compiled.loaded_at,
-            "routes": {r.info.route_id: route_policy(r) for r in compiled.routes}}
+            "loaded_at": compiled.loaded_at, "at": at,
+            "routes": {r.info.route_id: route_policy(r, now=at) for r in compiled.routes}}
 
 
 def _annotations() -> dict[str, tuple[str | None, list[str] | None]]:
@@ -33,7 +35,7 @@ def _annotations() -> dict[str, tuple[str | None, list[str] | None]]:
         model = Baseline.model_fields[section].annotation
         for name, info in model.model_fields.items():  # type: ignore[union-attr]
             extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            out[f"{section}.{name}"] = (extra.get("stricter"), extra.get("order"))  # type: ignore[assignment]
+            out[f"{section}.{name}"] = (extra.get("stricter"), extra.get("order"))
     return out
 
 

@@ -18,7 +18,7 @@ from bastion.compile import CompiledGateway, CompiledRoute
 from bastion.config.models import ExceptionConfig
 from bastion.posture import owasp
 from bastion.posture.auditlog import RequestEvent
-from bastion.posture.controls import demands
+from bastion.posture.controls import demands, plan_at
 
 EXPIRY_WARNING_DAYS = 14
 DAY = 86400.0
@@ -67,10 +67,10 @@ def _owasp(controls: dict[str, Any], need: Any) -> dict[str, list[str]]:
 
 
 def route_doc(route: CompiledRoute, owner: str | None, exceptions: list[dict[str, Any]],
-              probe: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    plan = route.plans[0]
+              probe: dict[str, list[dict[str, Any]]], now: float) -> dict[str, Any]:
+    plan = plan_at(route, now)  # what the data plane enforces at `now`, not what it enforced at load
     need = demands(route, plan)
-    policy = route_policy(route)
+    policy = route_policy(route, now=now)
     info = route.info
     relaxed = sorted({c for c, e in policy["controls"].items() if str(e["source"]).startswith("exception:")})
     mine = [e for e in exceptions if e["api"] == info.api and e["route"] in (None, info.route)]
@@ -124,7 +124,8 @@ def build(compiled: CompiledGateway, now: float, *, events: Iterable[RequestEven
     by_route: dict[str, list[dict[str, Any]]] = {}
     for result in (probe or {}).get("results", []):
         by_route.setdefault(result["route"], []).append(result)
-    routes = [route_doc(r, owners.get(r.info.api), exceptions, by_route if probe else {}) for r in compiled.routes]
+    routes = [route_doc(r, owners.get(r.info.api), exceptions, by_route if probe else {}, now)
+              for r in compiled.routes]
     apis = []
     for api in cfg.apis:
         mine = [r for r in routes if r["api"] == api.name]

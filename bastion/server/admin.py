@@ -38,6 +38,7 @@ class AdminBackend:
     audit: Any = None
     extra_routes: dict[tuple[str, str], Callable[[Exchange, bytes], Awaitable[None]]] = field(default_factory=dict)
     before_scrape: Callable[[], None] = lambda: None  # e.g. move counts batched on the request path
+    clock: Callable[[], float] = time.time  # the data plane's wall clock: evidence is computed at its instant
 
 
 class AdminApi:
@@ -101,7 +102,7 @@ class AdminApi:
             if path == "/policies":
                 from bastion.posture.diff import effective_policies
 
-                return _json(ex, 200, effective_policies(compiled))
+                return _json(ex, 200, effective_policies(compiled, b.clock()))
             if path in ("/report", "/inventory") or path.startswith("/dashboard"):
                 return await self._posture(ex, path, compiled)
         ex.problem(404, "Unknown admin endpoint.", "")
@@ -111,7 +112,7 @@ class AdminApi:
         from bastion.posture import dashboard, inventory, report
 
         events = await self._b.events() if self._b.events is not None else []
-        now = time.time()
+        now = self._b.clock()
         doc = report.build(compiled, now, events=events)
         if path == "/report":
             return _json(ex, 200, doc)

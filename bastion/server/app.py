@@ -225,7 +225,7 @@ class Runtime:
                 registry=self.metrics.registry, ready=self.ready, info=self.info, reload=self.reload,
                 compiled=lambda: gateway.compiled, events=lambda: read_events(audit_file),
                 auth=lambda: gateway.compiled.shared.get("admin_auth"), audit=self.services.audit,
-                blocks=extra["blocks"].list_blocks, before_scrape=self.metrics.flush,
+                blocks=extra["blocks"].list_blocks, before_scrape=self.metrics.flush, clock=self.services.wall_clock,
                 extra_routes={**block_routes(extra["blocks"]), **identity_routes(lambda: gateway.compiled)},
             ))
             admin_tls = listener_ssl(gw.admin, base) if gw.admin.tls is not None else None
