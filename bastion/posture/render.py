@@ -79,6 +79,7 @@ def markdown(report: dict[str, Any]) -> str:
         out += [f"| {c} | `{json.dumps(e['value'])}` | {e['source']} |" for c, e in r["controls"].items()]
         out += ["", "OWASP API Top 10 (2023): " + "; ".join(
             f"{html_free(cat, report)} ({', '.join(ctrls)})" for cat, ctrls in r["owasp"].items()), ""]
+        out += [f"- `{c}`: {why}" for c, why in r.get("owasp_why", {}).items()] + [""]
     return "\n".join(out) + "\n"
 
 
@@ -138,7 +139,10 @@ def controls_section(report: dict[str, Any]) -> str:
     for r in report["routes"]:
         rows = [(c, html.Raw(f"<code>{html.cell(json.dumps(e['value']))}</code>"), e["source"])
                 for c, e in r["controls"].items()]
-        parts.append(f"<h3>{html.cell(r['route'])}</h3>" + html.table(("control", "value", "source"), rows))
+        why = html.table(("credited control", "OWASP API 2023", "why"),
+                         [(c, " ".join(k for k, cs in r["owasp"].items() if c in cs), w)
+                          for c, w in r.get("owasp_why", {}).items()])
+        parts.append(f"<h3>{html.cell(r['route'])}</h3>" + html.table(("control", "value", "source"), rows) + why)
     return "".join(parts)
 
 

@@ -40,36 +40,11 @@ def exception_doc(exc: ExceptionConfig, now: float) -> dict[str, Any]:
     }
 
 
-def _owasp(controls: dict[str, Any], need: Any) -> dict[str, list[str]]:
-    """Categories answered on this route, each with the controls that answer it (only controls that are on)."""
-    on: list[str] = []
-    for control, entry in controls.items():
-        value = entry["value"]
-        if value in ("waived", False, None, [], "off", "optional", "allow"):
-            continue
-        if control in ("identity.methods",) and not controls.get("identity.required", {}).get("value"):
-            continue
-        if control.startswith("identity.allow_") or control == "identity.forward_credential":
-            continue  # opt-ins to risk: on means weaker
-        if control == "identity.api_key_header":
-            continue
-        on.append(control)
-    if need.scopes:
-        on.append("authz.scopes")
-    if need.owner_rule:
-        on.append("authz.owner")
-    on.append("gateway.default_deny")  # undeclared paths and methods are refused on every API
-    out: dict[str, list[str]] = {}
-    for control in on:
-        for category in owasp.categories(control):
-            out.setdefault(category, []).append(control)
-    return dict(sorted(out.items(), key=lambda kv: int(kv[0][3:].split(":")[0])))
-
-
 def route_doc(route: CompiledRoute, owner: str | None, exceptions: list[dict[str, Any]],
               probe: dict[str, list[dict[str, Any]]], now: float) -> dict[str, Any]:
     plan = plan_at(route, now)  # what the data plane enforces at `now`, not what it enforced at load
     need = demands(route, plan)
+    credited, why = owasp.credit(route, plan)  # only controls in force on this route at `now`
     policy = route_policy(route, now=now)
     info = route.info
     relaxed = sorted({c for c, e in policy["controls"].items() if str(e["source"]).startswith("exception:")})
@@ -87,7 +62,7 @@ def route_doc(route: CompiledRoute, owner: str | None, exceptions: list[dict[str
             "no_owner_rule": bool(info.path_params) and not need.owner_rule,
             "no_rate_limit": not need.rate_limits,
         },
-        "owasp": _owasp(policy["controls"], need),
+        "owasp": credited, "owasp_why": why,
         "probe": {"pass": sum(r["result"] == "pass" for r in results),
                   "fail": sum(r["result"] == "fail" for r in results),
                   "skip": sum(r["result"] == "skip" for r in results),
