@@ -59,4 +59,5 @@ class Services:
     monotonic: Callable[[], float] = time.monotonic
     state: Any = None  # bastion.state backend (memory or Redis)
     audit: Any = None  # bastion.audit.AuditLog
+    registry: Any = None  # the prometheus_client CollectorRegistry `/metrics` serves (None: metrics not exported)
     extra: dict[str, Any] = field(default_factory=dict)
