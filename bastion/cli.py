@@ -82,9 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return explain(args.config, args.route, as_json=args.json)
     if verb == "serve":
+        from bastion.commands import check_files
         from bastion.config.loader import ConfigError
         from bastion.server.app import serve, worker_main
 
+        if not args.worker and check_files(args.config):  # a missing certificate: say which, at its line
+            return 1
         try:
             return worker_main(args.config) if args.worker else serve(args.config, args.workers)
         except ConfigError as exc:

@@ -16,8 +16,14 @@ from bastion.config.models import SECTIONS
 
 
 def validate(path: str) -> int:
+    from bastion.config.files import missing_files
+
     try:
-        compiled = compile_config(load_config(path))
+        loaded = load_config(path)
+        missing = missing_files(loaded)  # certificates, keys, CA bundles, OpenAPI and JWKS files, ...
+        if missing:
+            raise ConfigError(missing)
+        compiled = compile_config(loaded)
     except ConfigError as exc:
         for diagnostic in exc.diagnostics:
             print(diagnostic, file=sys.stderr)
@@ -28,6 +34,20 @@ def validate(path: str) -> int:
         print(diagnostic, file=sys.stderr)
     print(f"{path}: valid ({len(compiled.routes)} routes, config hash {compiled.config_hash})")
     return 0
+
+
+def check_files(path: str) -> int:
+    """1 (with each missing file at its line) when the config names a file that is not there, else 0."""
+    from bastion.config.files import missing_files
+
+    try:
+        missing = missing_files(load_config(path))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for diagnostic in missing:
+        print(diagnostic, file=sys.stderr)
+    return 1 if missing else 0
 
 
 def _iso(ts: float) -> str:
