@@ -133,20 +133,26 @@ def _selected(route: CompiledRoute, selector: str | None) -> bool:
     return selector in (info.route_id, info.api, info.path, info.route)
 
 
+def _admin_url(path: str, admin: str | None) -> str:
+    """The admin listener's URL: given, or from the config (raises ConfigError)."""
+    if admin is not None:
+        return admin
+    cfg = load_config(path).model
+    scheme = "https" if cfg.gateway.admin.tls else "http"
+    return f"{scheme}://{cfg.gateway.admin.address}:{cfg.gateway.admin.port}"
+
+
 def admin_call(path: str, admin: str | None, endpoint: str, method: str = "GET",
                doc: dict[str, Any] | None = None) -> int:
     """Call the running gateway's admin API and print its JSON answer. The bearer token, when the admin API
     requires one, comes from $BASTION_ADMIN_TOKEN (never from the command line, where `ps` shows it)."""
     import os
 
-    if admin is None:
-        try:
-            cfg = load_config(path).model
-        except ConfigError as exc:
-            print(exc, file=sys.stderr)
-            return 1
-        scheme = "https" if cfg.gateway.admin.tls else "http"
-        admin = f"{scheme}://{cfg.gateway.admin.address}:{cfg.gateway.admin.port}"
+    try:
+        admin = _admin_url(path, admin)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     headers = {"Content-Type": "application/json"}
     token = os.environ.get("BASTION_ADMIN_TOKEN")
     if token:
@@ -166,6 +172,22 @@ def admin_call(path: str, admin: str | None, endpoint: str, method: str = "GET",
 
 
 def reload(path: str, admin: str | None) -> int:
+    """Reload the running gateway, which re-reads the file it was started with: refuse when `path` is another
+    file, rather than report a reload of something else as success."""
+    import contextlib
+    import io
+    from pathlib import Path
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        status = admin_call(path, admin, "/config")
+    if status != 0:
+        return status
+    running = json.loads(buffer.getvalue() or "{}").get("config_file")
+    if running and Path(running).resolve() != Path(path).resolve():
+        print(f"bastion reload: the gateway serves {running}, not {path}; a reload re-reads the file it was "
+              f"started with. Edit {running} (or copy {path} over it), or restart with -c {path}", file=sys.stderr)
+        return 1
     return admin_call(path, admin, "/reload", "POST")
 
 

@@ -181,7 +181,7 @@ class Runtime:
             return {"config_hash": None}
         compiled = gateway.compiled
         return {"config_hash": compiled.config_hash, "loaded_at": compiled.loaded_at,
-                "config_file": str(self.config_path), "routes": len(compiled.routes), "pid": os.getpid()}
+                "config_file": str(self.config_path.resolve()), "routes": len(compiled.routes), "pid": os.getpid()}
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -387,7 +387,9 @@ async def _supervisor(config_path: str, children: list[subprocess.Popen[bytes]])
         await auth.start()
     audit_file = audit_file_path(gw, base)
     admin = AdminApi(AdminBackend(
-        registry=registry, ready=ready, info=lambda: {"workers": [c.pid for c in children]}, reload=reload,
+        registry=registry, ready=ready, info=lambda: {"workers": [c.pid for c in children],
+                                                    "config_file": str(Path(config_path).resolve())},
+        reload=reload,
         compiled=lambda: compiled, events=lambda: read_events(audit_file), auth=lambda: auth,
     ))
     loop = asyncio.get_running_loop()

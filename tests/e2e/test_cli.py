@@ -180,3 +180,46 @@ def test_blocks_from_the_command_line(tmp_path, upstream):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_version_flag_and_a_closed_pipe() -> None:
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout.startswith("bastion ")
+    # `bastion explain ... | head -1`: the reader leaves early; no traceback
+    example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "bastion.yaml"
+    proc = subprocess.Popen([*BASTION, "explain", "-c", str(example)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    proc.wait(timeout=30)
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_serve_names_a_missing_certificate_at_its_line(tmp_path: Path) -> None:
+    path = write_config(tmp_path, free_port(), free_port(), 9000)
+    path.write_text(path.read_text().replace("admin: {", "admin: {tls: {cert: gw.pem, key: gw.key}, "))
+    result = run("serve", "-c", str(path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{path}:5:17: gateway.admin.tls.cert: file not found" in result.stderr
+
+
+def test_reload_of_another_file_is_refused_not_reported_as_done(tmp_path: Path, upstream: int) -> None:
+    port, admin = free_port(), free_port()
+    path = write_config(tmp_path, port, admin, upstream)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "bastion.yaml").write_text(path.read_text().replace("/items", "/things"))
+    proc = subprocess.Popen([*BASTION, "serve", "-c", str(path)])
+    try:
+        wait_http(f"http://127.0.0.1:{admin}/readyz")
+        refused = run("reload", "-c", str(other / "bastion.yaml"))
+        assert refused.returncode == 1 and f"the gateway serves {path}" in refused.stderr
+        assert get(f"http://127.0.0.1:{port}/items")[0] == 200  # nothing was reloaded
+        done = run("reload", "-c", str(path))
+        assert done.returncode == 0 and json.loads(done.stdout)["reloaded"] is True
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
