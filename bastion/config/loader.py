@@ -5,6 +5,7 @@ Every error is reported like a compiler's: `file:line:col: field.path: message`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,8 +147,22 @@ def pydantic_diagnostics(exc: ValidationError, positions: Positions, prefix: Loc
                 "are errors, never ignored)"
             out.append(positions.diagnostic(unknown[loc], f"unknown field{hint}"))
             continue
-        out.append(positions.diagnostic(loc, err["msg"]))
+        out.append(positions.diagnostic(loc, readable(err["msg"])))
     return out
+
+
+_LIST_REPR = re.compile(r"\[((?:'[^'\n]*'(?:, )?)+)\]")
+
+
+def readable(message: str) -> str:
+    """A pydantic or validator message without Python in it: no `Value error, ` prefix, no class names, lists
+    as YAML writes them (`[a, b]`, not `['a', 'b']`)."""
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+    message = re.sub(r"Input should be a valid dictionary or instance of \w+",
+                     "expected a mapping of fields (`{name: ..., ...}`)", message)
+    return _LIST_REPR.sub(lambda m: "[" + m.group(1).replace("'", "") + "]", message)
 
 
 def _written_at(loc: Loc, positions: Positions) -> Loc:
