@@ -16,6 +16,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from bastion.server.admin_routes import new_request_id, request_id
 from bastion.server.http1 import BodyMalformed, BodyTimeout, BodyTooLarge, Exchange
 
 Json = dict[str, Any]
@@ -49,20 +50,21 @@ class AdminApi:
 
     async def handle(self, ex: Exchange) -> None:
         path = ex.target.split("?", 1)[0]
+        new_request_id()  # this task's answers, whichever handler writes them, carry it
         ex.limit_body(1024 * 1024)
         try:
             body = await ex.read_body() if ex.has_body else b""
         except BodyTooLarge:
-            return ex.problem(413, None, "", close=True)
+            return ex.problem(413, None, request_id(), close=True)
         except (BodyTimeout, BodyMalformed):
-            return ex.problem(400, None, "", close=True)
+            return ex.problem(400, None, request_id(), close=True)
         principal = "loopback"
         auth = self._b.auth()
         if auth is not None:
             decision = await auth.check(path, ex.header("authorization"), ex.peer_cert)
             if not decision.allow:
                 self._audit(ex, path, "failure", reason=decision.reason)
-                return ex.problem(decision.status, None, "", decision.headers)
+                return ex.problem(decision.status, None, request_id(), decision.headers)
             principal = decision.principal or "unknown"
         ok = await self._route(ex, path, body)
         if path not in _UNAUDITED:
@@ -83,13 +85,14 @@ class AdminApi:
             return _json(ex, 200 if ready else 503, {"status": "ready" if ready else "not ready"})
         if path == "/metrics" and read:
             b.before_scrape()
-            ex.respond(200, [("content-type", CONTENT_TYPE_LATEST)], generate_latest(b.registry))
+            ex.respond(200, [("content-type", CONTENT_TYPE_LATEST), ("x-request-id", request_id())],
+                       generate_latest(b.registry))
             return True
         if path == "/config" and read:
             return _json(ex, 200, b.info())
         if path == "/reload":
             if method != "POST":
-                ex.problem(405, None, "", [("allow", "POST")])
+                ex.problem(405, None, request_id(), [("allow", "POST")])
                 return False
             ok, message = await b.reload(ex.peer)
             return _json(ex, 200 if ok else 422, {"reloaded": ok, "message": message, **b.info()})
@@ -105,7 +108,7 @@ class AdminApi:
                 return _json(ex, 200, effective_policies(compiled, b.clock()))
             if path in ("/report", "/inventory") or path.startswith("/dashboard"):
                 return await self._posture(ex, path, compiled)
-        ex.problem(404, "Unknown admin endpoint.", "")
+        ex.problem(404, "Unknown admin endpoint.", request_id())
         return False
 
     async def _posture(self, ex: Exchange, path: str, compiled: Any) -> bool:
@@ -123,16 +126,18 @@ class AdminApi:
         denied = [e for e in events if getattr(e, "decision", "") == "deny"][-dashboard.RECENT:]
         page = dashboard.render(path, dashboard.DashboardData(doc, inv, blocks, denied))
         if page is None:
-            ex.problem(404, "Unknown dashboard page.", "")
+            ex.problem(404, "Unknown dashboard page.", request_id())
             return False
         ex.respond(200, [("content-type", "text/html; charset=utf-8"), ("cache-control", "no-store"),
                          ("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'"),
-                         ("x-content-type-options", "nosniff"), ("x-frame-options", "DENY")], page)
+                         ("x-content-type-options", "nosniff"), ("x-frame-options", "DENY"),
+                         ("x-request-id", request_id())], page)
         return True
 
 
 def _json(ex: Exchange, status: int, doc: Any) -> bool:
-    ex.respond(status, [("content-type", "application/json"), ("cache-control", "no-store")],
+    ex.respond(status, [("content-type", "application/json"), ("cache-control", "no-store"),
+                        ("x-request-id", request_id())],
                orjson.dumps(doc, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS))
     return status < 400
 

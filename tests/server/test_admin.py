@@ -160,3 +160,20 @@ async def test_evidence_follows_the_plan_schedule_across_an_exception_boundary(t
             assert [r["relaxed_controls"] for r in cli["routes"]] == [r["relaxed_controls"] for r in report["routes"]]
             seen.append(coverage)
         assert seen == [50.0, 100.0]
+
+
+async def test_every_admin_answer_has_a_request_id(tmp_path: Path) -> None:
+    async with running_gateway(tmp_path, AUTH) as gw:
+        admin = _admin(gw)
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        seen = set()
+        for method, path, headers, status in [
+            ("GET", "/nowhere", bearer, 404), ("GET", "/healthz", {}, 200), ("GET", "/metrics", bearer, 200),
+            ("GET", "/policies", {}, 401), ("GET", "/policies", bearer, 200), ("GET", "/reload", bearer, 405),
+            ("POST", "/blocks", bearer, 400), ("GET", "/dashboard", bearer, 200), ("GET", "/report", bearer, 200),
+        ]:
+            got, answer, _ = await request(admin, method, path, headers)
+            assert got == status, path
+            assert answer.get("x-request-id", "").startswith("admin-"), path
+            seen.add(answer["x-request-id"])
+        assert len(seen) == 9  # one per request
