@@ -164,7 +164,7 @@ def _usage(message: str) -> int:
 def _probe(args: argparse.Namespace) -> int:
     from bastion.config.loader import ConfigError
     from bastion.posture.probe import probe, results_of, table
-    from bastion.posture.tokens import ProbeIdentityConfig, new_probe_key
+    from bastion.posture.tokens import ProbeIdentityConfig, discover_identity, new_probe_key
 
     if args.new_key:
         private, public = new_probe_key(Path(args.new_key))
@@ -181,6 +181,18 @@ def _probe(args: argparse.Namespace) -> int:
     if args.probe_key:
         identity = ProbeIdentityConfig(provider=args.probe_provider, key=Path(args.probe_key),
                                        subject=args.probe_subject, client_id=args.probe_subject)
+    else:  # the probe identity the config already trusts (the demo's, or one made with --new-key)
+        from bastion.config.loader import load_config as _load
+
+        try:
+            loaded = _load(args.config)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        identity = discover_identity(loaded.model.providers.jwt, loaded.path.parent)
+        if identity is not None:
+            print(f"bastion probe: using the probe key {identity.key} (provider {identity.provider})",
+                  file=sys.stderr)
     try:
         doc = asyncio.run(probe(args.config, args.target, identity=identity, plain_url=args.plain_target,
                                 include_rate_limit=args.include_rate_limit, max_burst=args.max_burst,

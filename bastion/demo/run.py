@@ -27,6 +27,11 @@ def render_config(directory: Path, port: int, issuer: str, upstream: str, now: d
         "{created}": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "{expires}": (now + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    from bastion.posture.tokens import new_probe_key
+
+    # the probe's identity, trusted by the config: `bastion probe` finds the private key beside the JWKS
+    _, jwks = new_probe_key(directory, kid="demo-probe")
+    fields["{probe_jwks}"] = str(jwks.resolve())
     for key, value in fields.items():
         text = text.replace(key, value)
     path = directory / "bastion.yaml"
@@ -78,7 +83,10 @@ Try:
   curl -s {gw}/catalog/status
   bastion explain -c {config} catalog/status
 
-  # 9. what the auditors see: the audit log, and the posture report
+  # 9. attack it: every refusal the config promises, with the probe identity the demo trusts
+  bastion probe -c {config} --target {gw} | tail -3
+
+  # 10. what the auditors see: the audit log, and the posture report
   bastion report -c {config} | head -20
   tail -n 3 {config.parent / 'audit.jsonl'}
 
