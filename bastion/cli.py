@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", required=True)
     p.add_argument("route", nargs="?", help="API/route, API name, or a path such as /orders/{id}")
     p.add_argument("--json", action="store_true")
+    from bastion.cli_posture import instant
+
+    p.add_argument("--at", type=instant, help="the policy in force at this instant (ISO 8601) instead of now")
 
     p = verbs.add_parser("demo", help="run the demo: gateway, identity provider and upstream on 127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
@@ -91,7 +94,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if verb == "explain":
         from bastion.commands import explain
 
-        return explain(args.config, args.route, as_json=args.json)
+        return explain(args.config, args.route, as_json=args.json, at=args.at)
     if verb == "serve":
         from bastion.commands import check_files
         from bastion.config.loader import ConfigError

@@ -44,7 +44,7 @@ def add_verbs(verbs: Any) -> None:
     p.add_argument("--audit", help="audit events (JSON lines) for denials by control")
     p.add_argument("--probe", help="a `bastion probe --json` result to include")
     p.add_argument("--previous", help="a previous `report --format json`, for the trend")
-    p.add_argument("--at", type=_instant, help="report the posture at this instant (ISO 8601, e.g. "
+    p.add_argument("--at", type=instant, help="report the posture at this instant (ISO 8601, e.g. "
                                                "2027-01-01T00:00:00Z) instead of now")
     _probe_marks(p)
     p.add_argument("--format", choices=("json", "md", "html"), default="md")
@@ -89,7 +89,7 @@ def _compiled(path: str, now: float | None = None) -> Any:
     return compile_config(load_config(path), now=now, build_stages=False)
 
 
-def _instant(text: str) -> float:
+def instant(text: str) -> float:
     from datetime import UTC, datetime
 
     try:

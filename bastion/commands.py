@@ -95,11 +95,11 @@ def plan_sources(route: CompiledRoute, plan: Any) -> dict[str, str]:
     return (plan.info or route.info).sources
 
 
-def explain(path: str, selector: str | None, *, as_json: bool = False) -> int:
+def explain(path: str, selector: str | None, *, as_json: bool = False, at: float | None = None) -> int:
     from bastion.stages import authz
 
     try:
-        compiled = compile_config(load_config(path))
+        compiled = compile_config(load_config(path), now=at)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1

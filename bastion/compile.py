@@ -489,9 +489,16 @@ def _loc_of(w: Weakening, decl: _RouteDecl) -> tuple[str | int, ...]:
 
 
 def _weak_message(w: Weakening, route_id: str, klass: str) -> str:
-    return (f"route {route_id} sets {w.control} = {w.declared!r}, weaker than its class {klass!r} "
-            f"({w.baseline!r}); tighten it, or add an exception (owner, reason, evidence, expires) that names "
+    return (f"route {route_id} sets {w.control} = {_yaml(w.declared)}, weaker than its class {klass!r} "
+            f"({_yaml(w.baseline)}); tighten it, or add an exception (owner, reason, evidence, expires) that names "
             f"{w.control}")
+
+
+def _yaml(value: Any) -> str:
+    """A config value as the YAML would write it (`false`, `["jwt"]`), not as Python prints it."""
+    import json
+
+    return json.dumps(value, default=str)
 
 
 def utc_now() -> datetime:
