@@ -35,6 +35,8 @@ def add_verbs(verbs: Any) -> None:
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--json", action="store_true", help="print the JSON result (input for `report --probe`)")
     p.add_argument("-o", "--output", help="also write the JSON result to this file")
+    p.add_argument("--publish", action="store_true", help="send the result to the gateway's admin API (the "
+                   "config's admin listener, token from $BASTION_ADMIN_TOKEN): the dashboard and /report show it")
     p.add_argument("--new-key", metavar="DIR", help="write a fresh probe key pair (probe-key.jwk, "
                                                     "probe-jwks.json) to DIR and exit")
 
@@ -205,6 +207,16 @@ def _probe(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_text(json.dumps(doc, indent=2))
     print(json.dumps(doc, indent=2) if args.json else table(results_of(doc)))
+    if args.publish:
+        import contextlib
+        import io
+
+        from bastion.commands import admin_call
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            published = admin_call(args.config, None, "/probe", "POST", doc)
+        print("bastion probe: result published to the admin API" if published == 0 else
+              "bastion probe: the admin API refused the result", file=sys.stderr)
     return 1 if doc["summary"]["fail"] else 0
 
 

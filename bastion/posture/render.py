@@ -125,10 +125,14 @@ def routes_table(report: dict[str, Any]) -> str:
                                                                   "warn")
         gaps = ", ".join(g.replace("no_", "no ").replace("_", " ") for g, on in r["gaps"].items() if on)
         probe = None
+        route: Any = r["route"]
         if r["probe"] is not None:
-            probe = span(f"{r['probe']['fail']} failed", "bad") if r["probe"]["fail"] else \
-                span(f"{r['probe']['pass']} passed", "ok")
-        rows.append((r["route"], f"{' '.join(r['methods'])} {r['path']}", r["class"], r["owner"], base, gaps,
+            when = (report.get("probe") or {}).get("time", "")
+            probe = span(f"{r['probe']['fail']} failed, {r['probe']['pass']} passed ({when})", "bad") \
+                if r["probe"]["fail"] else span(f"{r['probe']['pass']} passed ({when})", "ok")
+            if r["probe"]["fail"]:  # an attack the policy promises to refuse got through: the route is red
+                route = span(r["route"], "bad")
+        rows.append((route, f"{' '.join(r['methods'])} {r['path']}", r["class"], r["owner"], base, gaps,
                      " ".join(r["owasp"]), probe))
     return html.table(("route", "request", "class", "owner", "baseline", "not set (class did not require)",
                        "OWASP API 2023", "probe"), rows, test_id="routes")

@@ -47,6 +47,7 @@ class AdminApi:
 
     def __init__(self, backend: AdminBackend) -> None:
         self._b = backend
+        self._probe: Json | None = None  # the last `bastion probe --publish` result: evidence on the dashboard
 
     async def handle(self, ex: Exchange) -> None:
         path = ex.target.split("?", 1)[0]
@@ -96,6 +97,15 @@ class AdminApi:
                 return False
             ok, message = await b.reload(ex.peer)
             return _json(ex, 200 if ok else 422, {"reloaded": ok, "message": message, **b.info()})
+        if path == "/probe" and method == "POST":  # `bastion probe --publish`: the last run, for the evidence
+            from bastion.posture.probe import checked_probe
+
+            try:
+                self._probe = checked_probe(orjson.loads(body))
+            except ValueError:  # orjson.JSONDecodeError is one too
+                ex.problem(400, "Send the JSON result of `bastion probe --json`.", request_id())
+                return False
+            return _json(ex, 200, {"stored": True, "summary": self._probe["summary"]})
         handler = b.extra_routes.get((method, path))
         if handler is not None:
             await handler(ex, body)
@@ -116,7 +126,7 @@ class AdminApi:
 
         events = await self._b.events() if self._b.events is not None else []
         now = self._b.clock()
-        doc = report.build(compiled, now, events=events)
+        doc = report.build(compiled, now, events=events, probe=self._probe)
         if path == "/report":
             return _json(ex, 200, doc)
         inv = inventory.build(compiled, events, now)

@@ -177,3 +177,30 @@ async def test_every_admin_answer_has_a_request_id(tmp_path: Path) -> None:
             assert answer.get("x-request-id", "").startswith("admin-"), path
             seen.add(answer["x-request-id"])
         assert len(seen) == 9  # one per request
+
+
+def _probe_result(route: str, attack: str, result: str) -> dict[str, Any]:
+    return {"route": route, "attack": attack, "control": "transport", "method": "GET", "path": "/x",
+            "expected": 403, "observed": 200 if result == "fail" else 403, "result": result, "detail": ""}
+
+
+async def test_a_published_probe_is_evidence_and_a_failure_marks_its_route_red(tmp_path: Path) -> None:
+    expires = datetime(2031, 12, 1, tzinfo=UTC).timestamp()
+    services = Services(wall_clock=lambda: expires - 60)
+    async with running_gateway(tmp_path, EXPIRING, services) as gw:
+        admin = _admin(gw)
+        doc = {"kind": "bastion.probe", "version": 1, "target": "http://127.0.0.1:1", "config_hash": "x",
+               "time": expires - 120, "summary": {},
+               "results": [_probe_result("legacy/ping", "no_token", "pass"),
+                           _probe_result("legacy/pong", "plaintext", "fail")]}
+        assert (await request(admin, "POST", "/probe", {}, b"{not json"))[0] == 400
+        assert (await request(admin, "POST", "/probe", {}, json.dumps({**doc, "results": [{}]}).encode()))[0] == 400
+        status, _, body = await request(admin, "POST", "/probe", {}, json.dumps(doc).encode())
+        assert status == 200 and json.loads(body)["summary"] == {"pass": 1, "fail": 1, "skip": 0}
+        report = json.loads((await request(admin, "GET", "/report"))[2])
+        routes = {r["route"]: r for r in report["routes"]}
+        assert (routes["legacy/pong"]["probe"]["fail"], routes["legacy/ping"]["probe"]["pass"]) == (1, 1)
+        assert report["probe"]["time"] == "2031-11-30T23:58:00Z" and report["kpis"]["probe_failures"] == 1
+        page = (await request(admin, "GET", "/dashboard/routes"))[2].decode()
+        assert '<span class="bad">legacy/pong</span>' in page and "1 failed, 0 passed (2031-11-30T23:58:00Z)" in page
+        assert '<span class="bad">legacy/ping</span>' not in page
