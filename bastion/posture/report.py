@@ -21,6 +21,7 @@ from bastion.posture.auditlog import RequestEvent
 from bastion.posture.controls import demands, plan_at
 
 EXPIRY_WARNING_DAYS = 14
+MAX_HOURS = 168
 DAY = 86400.0
 
 
@@ -73,6 +74,7 @@ def route_doc(route: CompiledRoute, owner: str | None, exceptions: list[dict[str
 def denials(events: Iterable[RequestEvent]) -> dict[str, Any]:
     by_control: Counter[str] = Counter()
     by_reason: Counter[str] = Counter()
+    by_hour: dict[str, Counter[str]] = {}
     first = last = None
     total = probes = 0
     for event in events:
@@ -85,9 +87,13 @@ def denials(events: Iterable[RequestEvent]) -> dict[str, Any]:
         if event.decision == "deny":
             by_control[event.control or "unknown"] += 1
             by_reason[event.reason or "unknown"] += 1
+            hour = iso(event.time - event.time % 3600)
+            by_hour.setdefault(hour, Counter())[event.reason or "unknown"] += 1
     return {"requests": total, "probe_requests": probes, "denied": sum(by_control.values()),
             "from": iso(first) if first is not None else None, "to": iso(last) if last is not None else None,
-            "by_control": dict(by_control.most_common()), "by_reason": dict(by_reason.most_common())}
+            "by_control": dict(by_control.most_common()), "by_reason": dict(by_reason.most_common()),
+            # the most recent hours only: a long audit file must not make the page unbounded
+            "by_hour": {h: dict(by_hour[h]) for h in sorted(by_hour)[-MAX_HOURS:]}}
 
 
 def build(compiled: CompiledGateway, now: float, *, events: Iterable[RequestEvent] | None = None,
