@@ -122,6 +122,8 @@ def test_workers_share_the_port_reload_and_drain_gracefully(tmp_path, upstream):
             served = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                          if line.startswith("http_server_request_duration_seconds_count{"))
         assert served >= 41
+        for series in ("bastion_exceptions_active", "bastion_connections_open"):
+            assert f"\n{series}" in metrics, series  # set by the workers, aggregated by the supervisor
         workers = json.loads(get(f"http://127.0.0.1:{admin}/config")[1])["workers"]
         assert len(workers) == 2
 
