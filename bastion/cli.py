@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -12,6 +13,7 @@ from bastion import __version__
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bastion", description="Bastion API security gateway")
+    parser.add_argument("--version", action="version", version=f"bastion {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = verbs.add_parser("validate", help="check a config and its OpenAPI files (exit 0 valid, 1 invalid)")
@@ -30,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", required=True)
     p.add_argument("route", nargs="?", help="API/route, API name, or a path such as /orders/{id}")
     p.add_argument("--json", action="store_true")
+    from bastion.cli_posture import instant
+
+    p.add_argument("--at", type=instant, help="the policy in force at this instant (ISO 8601) instead of now")
 
     p = verbs.add_parser("demo", help="run the demo: gateway, identity provider and upstream on 127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
@@ -63,6 +68,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `bastion report | head`: the reader left; say nothing more, exit like a pipe
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not raise again
+        return 141
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     verb = args.verb
     from bastion.cli_posture import dispatch
@@ -80,11 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if verb == "explain":
         from bastion.commands import explain
 
-        return explain(args.config, args.route, as_json=args.json)
+        return explain(args.config, args.route, as_json=args.json, at=args.at)
     if verb == "serve":
+        from bastion.commands import check_files
         from bastion.config.loader import ConfigError
         from bastion.server.app import serve, worker_main
 
+        if not args.worker and check_files(args.config):  # a missing certificate: say which, at its line
+            return 1
         try:
             return worker_main(args.config) if args.worker else serve(args.config, args.workers)
         except ConfigError as exc:

@@ -35,6 +35,8 @@ def add_verbs(verbs: Any) -> None:
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--json", action="store_true", help="print the JSON result (input for `report --probe`)")
     p.add_argument("-o", "--output", help="also write the JSON result to this file")
+    p.add_argument("--publish", action="store_true", help="send the result to the gateway's admin API (the "
+                   "config's admin listener, token from $BASTION_ADMIN_TOKEN): the dashboard and /report show it")
     p.add_argument("--new-key", metavar="DIR", help="write a fresh probe key pair (probe-key.jwk, "
                                                     "probe-jwks.json) to DIR and exit")
 
@@ -44,6 +46,8 @@ def add_verbs(verbs: Any) -> None:
     p.add_argument("--audit", help="audit events (JSON lines) for denials by control")
     p.add_argument("--probe", help="a `bastion probe --json` result to include")
     p.add_argument("--previous", help="a previous `report --format json`, for the trend")
+    p.add_argument("--at", type=instant, help="report the posture at this instant (ISO 8601, e.g. "
+                                               "2027-01-01T00:00:00Z) instead of now")
     _probe_marks(p)
     p.add_argument("--format", choices=("json", "md", "html"), default="md")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
@@ -80,11 +84,21 @@ def dispatch(args: argparse.Namespace) -> int | None:
     return None
 
 
-def _compiled(path: str) -> Any:
+def _compiled(path: str, now: float | None = None) -> Any:
     from bastion.compile import compile_config
     from bastion.config.loader import load_config
 
-    return compile_config(load_config(path), build_stages=False)
+    return compile_config(load_config(path), now=now, build_stages=False)
+
+
+def instant(text: str) -> float:
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 instant: {text}") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def _emit(data: str | bytes, output: str | None) -> None:
@@ -104,8 +118,9 @@ def _report(args: argparse.Namespace) -> int:
     from bastion.posture.probe import load_probe
     from bastion.posture.report import build
 
+    now = time.time() if args.at is None else args.at
     try:
-        compiled = _compiled(args.config)
+        compiled = _compiled(args.config, now)
         marks = _marks(args)
         events = list(auditlog.requests(auditlog.read(args.audit), marks)) if args.audit else None
         probe_doc = load_probe(args.probe) if args.probe else None
@@ -115,7 +130,7 @@ def _report(args: argparse.Namespace) -> int:
         return 1
     except (OSError, ValueError) as exc:
         return _usage(str(exc))
-    doc = build(compiled, time.time(), events=events, probe=probe_doc, previous=previous)
+    doc = build(compiled, now, events=events, probe=probe_doc, previous=previous)
     if args.format == "json":
         _emit(json.dumps(doc, indent=2), args.output)
     elif args.format == "md":
@@ -151,7 +166,7 @@ def _usage(message: str) -> int:
 def _probe(args: argparse.Namespace) -> int:
     from bastion.config.loader import ConfigError
     from bastion.posture.probe import probe, results_of, table
-    from bastion.posture.tokens import ProbeIdentityConfig, new_probe_key
+    from bastion.posture.tokens import ProbeIdentityConfig, discover_identity, new_probe_key
 
     if args.new_key:
         private, public = new_probe_key(Path(args.new_key))
@@ -168,6 +183,18 @@ def _probe(args: argparse.Namespace) -> int:
     if args.probe_key:
         identity = ProbeIdentityConfig(provider=args.probe_provider, key=Path(args.probe_key),
                                        subject=args.probe_subject, client_id=args.probe_subject)
+    else:  # the probe identity the config already trusts (the demo's, or one made with --new-key)
+        from bastion.config.loader import load_config as _load
+
+        try:
+            loaded = _load(args.config)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        identity = discover_identity(loaded.model.providers.jwt, loaded.path.parent)
+        if identity is not None:
+            print(f"bastion probe: using the probe key {identity.key} (provider {identity.provider})",
+                  file=sys.stderr)
     try:
         doc = asyncio.run(probe(args.config, args.target, identity=identity, plain_url=args.plain_target,
                                 include_rate_limit=args.include_rate_limit, max_burst=args.max_burst,
@@ -180,6 +207,16 @@ def _probe(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_text(json.dumps(doc, indent=2))
     print(json.dumps(doc, indent=2) if args.json else table(results_of(doc)))
+    if args.publish:
+        import contextlib
+        import io
+
+        from bastion.commands import admin_call
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            published = admin_call(args.config, None, "/probe", "POST", doc)
+        print("bastion probe: result published to the admin API" if published == 0 else
+              "bastion probe: the admin API refused the result", file=sys.stderr)
     return 1 if doc["summary"]["fail"] else 0
 
 

@@ -16,8 +16,14 @@ from bastion.config.models import SECTIONS
 
 
 def validate(path: str) -> int:
+    from bastion.config.files import missing_files
+
     try:
-        compiled = compile_config(load_config(path))
+        loaded = load_config(path)
+        missing = missing_files(loaded)  # certificates, keys, CA bundles, OpenAPI and JWKS files, ...
+        if missing:
+            raise ConfigError(missing)
+        compiled = compile_config(loaded)
     except ConfigError as exc:
         for diagnostic in exc.diagnostics:
             print(diagnostic, file=sys.stderr)
@@ -30,25 +36,43 @@ def validate(path: str) -> int:
     return 0
 
 
+def check_files(path: str) -> int:
+    """1 (with each missing file at its line) when the config names a file that is not there, else 0."""
+    from bastion.config.files import missing_files
+
+    try:
+        missing = missing_files(load_config(path))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for diagnostic in missing:
+        print(diagnostic, file=sys.stderr)
+    return 1 if missing else 0
+
+
 def _iso(ts: float) -> str:
     return "never" if math.isinf(ts) else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def route_policy(route: CompiledRoute, authz_shared: Any = None) -> dict[str, Any]:
-    """The effective policy of a route now, each control with its value and source.
+def route_policy(route: CompiledRoute, authz_shared: Any = None, *, now: float) -> dict[str, Any]:
+    """The effective policy of a route at `now` (the plan the data plane enforces then), each control with its
+    value and source.
 
     With the authorisation layer's shared object (from a compile that built stages), also the route's
     authorisation requirements, one line each.
     """
-    plan = route.plans[0]
+    from bastion.posture.controls import plan_at
+
+    plan = plan_at(route, now)
     info = route.info
+    sources = plan_sources(route, plan)
     controls: dict[str, Any] = {}
     for section in SECTIONS:
         policy = getattr(plan.policy, section)
         waived = dict(plan.waived).get(section)
         for name, value in policy.model_dump(mode="json").items():
             control = f"{section}.{name}"
-            source = info.sources.get(control) or info.sources.get(section) or f"class:{info.klass}"
+            source = sources.get(control) or sources.get(section) or f"class:{info.klass}"
             entry: dict[str, Any] = {"value": value, "source": source}
             if waived:
                 entry = {"value": "waived", "source": f"exception:{waived}"}
@@ -66,11 +90,16 @@ def route_policy(route: CompiledRoute, authz_shared: Any = None) -> dict[str, An
     }
 
 
-def explain(path: str, selector: str | None, *, as_json: bool = False) -> int:
+def plan_sources(route: CompiledRoute, plan: Any) -> dict[str, str]:
+    """Where each control of `plan` comes from (a plan built before `Plan.info` existed: the route's first)."""
+    return (plan.info or route.info).sources
+
+
+def explain(path: str, selector: str | None, *, as_json: bool = False, at: float | None = None) -> int:
     from bastion.stages import authz
 
     try:
-        compiled = compile_config(load_config(path))
+        compiled = compile_config(load_config(path), now=at)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -78,7 +107,8 @@ def explain(path: str, selector: str | None, *, as_json: bool = False) -> int:
     if selector and not routes:
         print(f"no route matches {selector!r}", file=sys.stderr)
         return 1
-    docs = [route_policy(r, compiled.shared.get(authz.prepare)) for r in routes]
+    shared: dict[Any, Any] = compiled.shared  # keyed by each layer's prepare function
+    docs = [route_policy(r, shared.get(authz.prepare), now=compiled.loaded_at) for r in routes]
     if as_json:
         print(json.dumps(docs, indent=2))
         return 0
@@ -86,8 +116,8 @@ def explain(path: str, selector: str | None, *, as_json: bool = False) -> int:
         admin = "  [administrative]" if doc["administrative"] else ""
         print(f"{doc['route']}  {' '.join(doc['methods'])} {doc['path']}  class={doc['class']}{admin}")
         print(f"  upstream: {doc['upstream']}")
-        for exc in doc["exceptions"]:
-            print(f"  exception in force: {exc['id']} (this plan ends {exc['expires']})")
+        for exception in doc["exceptions"]:
+            print(f"  exception in force: {exception['id']} (this plan ends {exception['expires']})")
         for line in doc["authorization"]:
             print(f"  authorisation: {line}")
         for control, entry in doc["controls"].items():
@@ -103,20 +133,26 @@ def _selected(route: CompiledRoute, selector: str | None) -> bool:
     return selector in (info.route_id, info.api, info.path, info.route)
 
 
+def _admin_url(path: str, admin: str | None) -> str:
+    """The admin listener's URL: given, or from the config (raises ConfigError)."""
+    if admin is not None:
+        return admin
+    cfg = load_config(path).model
+    scheme = "https" if cfg.gateway.admin.tls else "http"
+    return f"{scheme}://{cfg.gateway.admin.address}:{cfg.gateway.admin.port}"
+
+
 def admin_call(path: str, admin: str | None, endpoint: str, method: str = "GET",
                doc: dict[str, Any] | None = None) -> int:
     """Call the running gateway's admin API and print its JSON answer. The bearer token, when the admin API
     requires one, comes from $BASTION_ADMIN_TOKEN (never from the command line, where `ps` shows it)."""
     import os
 
-    if admin is None:
-        try:
-            cfg = load_config(path).model
-        except ConfigError as exc:
-            print(exc, file=sys.stderr)
-            return 1
-        scheme = "https" if cfg.gateway.admin.tls else "http"
-        admin = f"{scheme}://{cfg.gateway.admin.address}:{cfg.gateway.admin.port}"
+    try:
+        admin = _admin_url(path, admin)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     headers = {"Content-Type": "application/json"}
     token = os.environ.get("BASTION_ADMIN_TOKEN")
     if token:
@@ -136,6 +172,22 @@ def admin_call(path: str, admin: str | None, endpoint: str, method: str = "GET",
 
 
 def reload(path: str, admin: str | None) -> int:
+    """Reload the running gateway, which re-reads the file it was started with: refuse when `path` is another
+    file, rather than report a reload of something else as success."""
+    import contextlib
+    import io
+    from pathlib import Path
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        status = admin_call(path, admin, "/config")
+    if status != 0:
+        return status
+    running = json.loads(buffer.getvalue() or "{}").get("config_file")
+    if running and Path(running).resolve() != Path(path).resolve():
+        print(f"bastion reload: the gateway serves {running}, not {path}; a reload re-reads the file it was "
+              f"started with. Edit {running} (or copy {path} over it), or restart with -c {path}", file=sys.stderr)
+        return 1
     return admin_call(path, admin, "/reload", "POST")
 
 

@@ -74,6 +74,7 @@ class Plan:
     exceptions: tuple[str, ...]  # exception ids in force
     waived: tuple[tuple[str, str], ...]  # (control, exception id) switched off entirely
     response: Any = None  # bastion.stages.response.ResponseFilter: what happens to the upstream's answer
+    info: RouteInfo | None = None  # the route as this plan sees it: sources name the exceptions in force
 
 
 @dataclass(slots=True)
@@ -473,7 +474,7 @@ def _compile_route(api: ApiConfig, decl: _RouteDecl, baseline: dict[str, Any], b
             except ValueError as exc:
                 diags.append(positions.diagnostic((*decl.loc, "policy", "response"), str(exc)))
         plans.append(Plan(end, policy, tuple(head), tuple(body), tuple(e.id for e in active),
-                          tuple(sorted(waived_sections.items())), response))
+                          tuple(sorted(waived_sections.items())), response, info))
         infos.append(info)
     strip = api.base_path if api.strip_base_path else ""
     grpc = None
@@ -496,9 +497,16 @@ def _loc_of(w: Weakening, decl: _RouteDecl) -> tuple[str | int, ...]:
 
 
 def _weak_message(w: Weakening, route_id: str, klass: str) -> str:
-    return (f"route {route_id} sets {w.control} = {w.declared!r}, weaker than its class {klass!r} "
-            f"({w.baseline!r}); tighten it, or add an exception (owner, reason, evidence, expires) that names "
+    return (f"route {route_id} sets {w.control} = {_yaml(w.declared)}, weaker than its class {klass!r} "
+            f"({_yaml(w.baseline)}); tighten it, or add an exception (owner, reason, evidence, expires) that names "
             f"{w.control}")
+
+
+def _yaml(value: Any) -> str:
+    """A config value as the YAML would write it (`false`, `["jwt"]`), not as Python prints it."""
+    import json
+
+    return json.dumps(value, default=str)
 
 
 def utc_now() -> datetime:

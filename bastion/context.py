@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bastion.policy_ids import EXCEPTION, exception_of
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -30,6 +32,11 @@ class Continue:
 
     policy_id: str = ""
     exception_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # an allow decided by a value an exception set names that exception, whoever built the decision
+        if self.exception_id is None and self.policy_id.startswith(EXCEPTION):
+            object.__setattr__(self, "exception_id", exception_of(self.policy_id))
 
 
 @dataclass(frozen=True, slots=True)

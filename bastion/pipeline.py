@@ -13,6 +13,7 @@ from typing import Any
 
 from bastion import stages
 from bastion.context import ControlRecord, Deny, RequestContext
+from bastion.policy_ids import gateway as gateway_id
 from bastion.stages import authz, blocklist, flows, graphql, identity, traffic, transport
 from bastion.stages import input as input_stage
 from bastion.stages.base import RouteInfo, Services, Stage
@@ -55,7 +56,7 @@ async def run(chain: tuple[Stage, ...], ctx: RequestContext) -> Deny | None:
             decision = await stage.check(ctx)
         except Exception as exc:  # fail closed: a bug in a control never lets a request through
             detail = "".join(traceback.format_exception_only(exc)).strip()
-            decision = Deny(500, "stage_error", f"{ctx.api}/{ctx.route}/{stage.control}",
+            decision = Deny(500, "stage_error", gateway_id(f"stage.{stage.control}", ctx.api, ctx.route),
                             log_detail=f"{detail}\n{traceback.format_exc(limit=6)}")
         if decision.__class__ is Deny:
             ctx.records.append(ControlRecord(stage.control, "deny", decision.policy_id, decision.reason))  # type: ignore[union-attr]

@@ -23,11 +23,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bastion import policy_ids as ids
 from bastion.audit.metrics import AuditMetrics
 from bastion.context import CONTINUE, Decision, Deny, RequestContext
 
 KINDS = ("ip", "subject", "consumer")
-POLICY_ID = "gateway/audit.responses.block"
+POLICY_ID = ids.gateway("audit.responses.block")
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from bastion import __version__
+from bastion import policy_ids as ids
 from bastion.context import Deny, RequestContext
 
 OCSF_VERSION = "1.3.0"
@@ -136,7 +137,8 @@ def request_event(uid: str, ctx: RequestContext, status: int, deny: Deny | None,
         "http_request": _http_request(ctx),
         "http_response": {"code": status},
         "duration": round(duration * 1000, 3),
-        "policy": {"uid": deny.policy_id if denied else "allow", "name": deny.reason if denied else "allow"},
+        "policy": {"uid": deny.policy_id, "name": deny.reason} if deny is not None else
+                  {"uid": ids.plan(ctx.api, ctx.route), "name": "allow", "data": {"exceptions": list(exceptions)}},
         "unmapped": {"bastion": _bastion(ctx, status, deny, exceptions, upstream_status)},
     }
 
@@ -188,7 +190,7 @@ def protocol_error_event(uid: str, peer: str, reason: str, detail: str, request_
         "src_endpoint": {"ip": peer},
         "api": {"operation": "http.parse", "service": {"name": "bastion"}},
         "http_response": {"code": status},
-        "policy": {"uid": "gateway/framing", "name": reason},
+        "policy": {"uid": ids.gateway("framing"), "name": reason},
         "unmapped": {"bastion": {"request_id": request_id, "decision": "deny", "reason": reason,
                                  "detail": scrub(detail), "status": status, "client_ip": peer}},
     }

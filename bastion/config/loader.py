@@ -5,6 +5,7 @@ Every error is reported like a compiler's: `file:line:col: field.path: message`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,9 +39,16 @@ class Diagnostic:
 
 
 class ConfigError(Exception):
-    """A config that cannot be used; carries every diagnostic found."""
+    """A config that cannot be used; carries every diagnostic found, each once.
+
+    With errors present, warnings are left out: they were computed from a config that did not compile (a route
+    whose policy failed makes its exception look unused), so they would mislead until the errors are fixed.
+    """
 
     def __init__(self, diagnostics: list[Diagnostic]) -> None:
+        if any(d.severity == "error" for d in diagnostics):
+            diagnostics = [d for d in diagnostics if d.severity == "error"]
+        diagnostics = list(dict.fromkeys(diagnostics))  # one typo, merged into several routes: one error
         super().__init__("\n".join(str(d) for d in diagnostics))
         self.diagnostics = diagnostics
 
@@ -117,13 +125,110 @@ def read_yaml(path: Path) -> tuple[Any, Positions]:
 
 
 def pydantic_diagnostics(exc: ValidationError, positions: Positions, prefix: Loc = ()) -> list[Diagnostic]:
+    """One diagnostic per error, at the line of the field. An unknown field says which known field it most
+    likely means; when that field is a required one, its "Field required" error is the same mistake and is
+    left out."""
+    errors = exc.errors(include_url=False)
+    locs = [(*prefix, *(part for part in err["loc"] if not _is_union_tag(part))) for err in errors]
+    unknown = {loc: _written_at(loc, positions) for loc, err in zip(locs, errors, strict=True)
+               if err["type"] == "extra_forbidden"}
+    meant: dict[Loc, str] = {}
+    for loc, where in unknown.items():
+        guess = did_you_mean(str(loc[-1]), known_fields(where[:-1]))
+        if guess:
+            meant[loc] = guess
+    typo_for = {(*loc[:-1], guess) for loc, guess in meant.items()}
     out = []
-    for err in exc.errors(include_url=False):
-        loc = (*prefix, *(part for part in err["loc"] if not _is_union_tag(part)))
-        message = err["msg"]
+    for loc, err in zip(locs, errors, strict=True):
+        if err["type"] == "missing" and loc in typo_for:
+            continue
         if err["type"] == "extra_forbidden":
-            message = "unknown field (check the spelling: unknown fields are errors, never ignored)"
-        out.append(positions.diagnostic(loc, message))
+            hint = f"; did you mean `{meant[loc]}`?" if loc in meant else " (check the spelling: unknown fields " \
+                "are errors, never ignored)"
+            out.append(positions.diagnostic(unknown[loc], f"unknown field{hint}"))
+            continue
+        out.append(positions.diagnostic(loc, readable(err["msg"])))
+    return out
+
+
+_LIST_REPR = re.compile(r"\[((?:'[^'\n]*'(?:, )?)+)\]")
+
+
+def readable(message: str) -> str:
+    """A pydantic or validator message without Python in it: no `Value error, ` prefix, no class names, lists
+    as YAML writes them (`[a, b]`, not `['a', 'b']`)."""
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+    message = re.sub(r"Input should be a valid dictionary or instance of \w+",
+                     "expected a mapping of fields (`{name: ..., ...}`)", message)
+    return _LIST_REPR.sub(lambda m: "[" + m.group(1).replace("'", "") + "]", message)
+
+
+def _written_at(loc: Loc, positions: Positions) -> Loc:
+    """Where an unknown key really is. A route's policy is validated merged with its API's and class's, so a typo
+    in the API's `policy:` surfaces under each route; point at the layer whose YAML holds the key."""
+    if loc in positions.index or "policy" not in loc:
+        return loc
+    cut = len(loc) - 1 - list(reversed(loc)).index("policy")
+    rest = loc[cut + 1:]
+    for candidate in ((*loc[:2], "policy", *rest), (*loc[:cut + 1], *rest)):
+        if candidate in positions.index:
+            return candidate
+    return loc
+
+
+def did_you_mean(name: str, fields: list[str]) -> str | None:
+    """The known field `name` is most likely a misspelling of, if any is close enough."""
+    import difflib
+
+    close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def known_fields(loc: Loc) -> list[str]:
+    """The field names the model at `loc` accepts (a policy is a class baseline), or [] when unknown."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    from bastion.config.models import Baseline, BastionConfig
+
+    types: list[Any] = [BastionConfig]
+    for part in loc:
+        nxt: list[Any] = []
+        for typ in types:
+            if isinstance(part, int) or not (isinstance(typ, type) and issubclass(typ, BaseModel)):
+                nxt += [a for a in get_args(typ) if a is not type(None)][-1:] if isinstance(part, int) or \
+                    get_args(typ) else []
+                continue
+            if part == "policy" and typ.__name__ in ("ApiConfig", "RouteConfig"):
+                nxt.append(Baseline)
+                continue
+            info = typ.model_fields.get(str(part))
+            if info is not None:
+                nxt.append(info.annotation)
+        types = _unwrap(nxt)
+    names: list[str] = []
+    for typ in types:
+        if isinstance(typ, type) and issubclass(typ, BaseModel):
+            names += [info.alias or name for name, info in typ.model_fields.items()]  # as written in YAML
+    return names
+
+
+def _unwrap(types: list[Any]) -> list[Any]:
+    """Optional, unions and Annotated -> their members."""
+    from typing import Annotated, Union, get_args, get_origin
+
+    out: list[Any] = []
+    for typ in types:
+        origin = get_origin(typ)
+        if origin is Annotated:
+            out += _unwrap([get_args(typ)[0]])
+        elif origin is Union or type(typ).__name__ == "UnionType":
+            out += _unwrap([a for a in get_args(typ) if a is not type(None)])
+        else:
+            out.append(typ)
     return out
 
 

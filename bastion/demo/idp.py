@@ -6,6 +6,8 @@ Keys (ES256 and RS256) are generated at start and exist only in memory. Tokens a
     GET  /.well-known/openid-configuration
     GET  /jwks.json
     GET  /token?user=alice&scope=orders:read&aud=api://demo&alg=RS256   -> the token as text/plain
+    GET  /token?user=alice&ttl=-60      -> a token that expired a minute ago (try the gateway's refusal)
+    GET  /token?user=alice&aud=api://other   -> a token for another audience
     POST /token  (form: username=alice&scope=...)                       -> {"access_token": ..., ...}
 """
 
@@ -36,6 +38,7 @@ USERS: dict[str, DemoUser] = {
 }
 DEFAULT_AUDIENCE = "api://demo"
 TOKEN_LIFETIME = 3600
+MAX_TTL = 86400
 _MAX_BODY = 64 * 1024
 
 
@@ -66,8 +69,10 @@ class IdpServer:
         """An access token for `sub`; extra claims override the defaults."""
         now = int(time.time())
         scope = scopes if isinstance(scopes, str) else " ".join(scopes)
+        # an expired token (lifetime <= 0) was issued a normal lifetime before it expired
+        issued = now if lifetime > 0 else now + lifetime - TOKEN_LIFETIME
         payload: dict[str, Any] = {
-            "iss": self.issuer, "sub": sub, "aud": aud or self.audience, "iat": now, "exp": now + lifetime,
+            "iss": self.issuer, "sub": sub, "aud": aud or self.audience, "iat": issued, "exp": now + lifetime,
             "jti": secrets.token_hex(12), "client_id": "demo-cli", "scope": scope,
         }
         user = USERS.get(sub)
@@ -88,7 +93,14 @@ class IdpServer:
         alg = params.get("alg", "ES256")
         if alg not in ("ES256", "RS256"):
             return 400, json.dumps({"error": "invalid_request", "error_description": "alg: ES256 or RS256"})
-        return self.mint(name, scopes, params.get("aud"), alg=alg)
+        try:
+            ttl = int(params.get("ttl", TOKEN_LIFETIME))
+        except ValueError:
+            ttl = 0
+        if not -MAX_TTL <= ttl <= MAX_TTL or ttl == 0:
+            return 400, json.dumps({"error": "invalid_request", "error_description":
+                                    f"ttl: seconds, non-zero, within +-{MAX_TTL} (negative: already expired)"})
+        return self.mint(name, scopes, params.get("aud"), alg=alg, lifetime=ttl)
 
     def respond(self, method: str, target: str, body: bytes) -> tuple[int, str, str]:
         """(status, content type, body) for one request; pure, so it is easy to test."""
@@ -110,8 +122,8 @@ class IdpServer:
                 return result[0], "application/json", result[1]
             if method == "GET":
                 return 200, "text/plain", result
-            doc = {"access_token": result, "token_type": "Bearer", "expires_in": TOKEN_LIFETIME}
-            return 200, "application/json", json.dumps(doc)
+            answer = {"access_token": result, "token_type": "Bearer", "expires_in": TOKEN_LIFETIME}
+            return 200, "application/json", json.dumps(answer)
         return 404, "application/json", json.dumps({"error": "not_found"})
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

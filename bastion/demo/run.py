@@ -27,6 +27,11 @@ def render_config(directory: Path, port: int, issuer: str, upstream: str, now: d
         "{created}": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "{expires}": (now + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    from bastion.posture.tokens import new_probe_key
+
+    # the probe's identity, trusted by the config: `bastion probe` finds the private key beside the JWKS
+    _, jwks = new_probe_key(directory, kid="demo-probe")
+    fields["{probe_jwks}"] = str(jwks.resolve())
     for key, value in fields.items():
         text = text.replace(key, value)
     path = directory / "bastion.yaml"
@@ -37,8 +42,11 @@ def render_config(directory: Path, port: int, issuer: str, upstream: str, now: d
 def instructions(port: int, issuer: str, config: Path, upstream_port: int = UPSTREAM_PORT,
                  admin_port: int = ADMIN_PORT) -> str:
     gw = f"http://127.0.0.1:{port}"
+    bastion = Path(sys.executable).parent / "bastion"  # the virtualenv's command, which `make demo` ran
     return f"""
-Bastion demo is running.
+Bastion demo is running. In another shell, put the `bastion` command on your PATH first:
+  export PATH="{bastion.parent}:$PATH"
+
   gateway   {gw}          (config: {config})
   IdP       {issuer}     (JWKS at {issuer}/jwks.json)
   upstream  http://127.0.0.1:{upstream_port}     (echoes what reached it)
@@ -68,14 +76,24 @@ Try:
   curl -s {gw}/catalog/products -H "Authorization: Bearer $TOKEN" >/dev/null
   curl -s {gw}/orders/ -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d '{{"item": 1}}'
 
-  # 6. unknown route -> 404, never forwarded
+  # 6. denied: an expired token, and one minted for another audience -> 401 invalid_token
+  EXPIRED=$(curl -s '{issuer}/token?user=alice&ttl=-60')
+  curl -si {gw}/orders/42 -H "Authorization: Bearer $EXPIRED"
+  OTHER=$(curl -s '{issuer}/token?user=alice&aud=api://other')
+  curl -si {gw}/orders/42 -H "Authorization: Bearer $OTHER"
+
+  # 7. unknown route -> 404, never forwarded
   curl -si {gw}/admin/secrets
 
-  # 7. the exception EXC-DEMO-1 lets /catalog/status through without a token until it expires
+  # 8. the exception EXC-DEMO-1 lets /catalog/status through without a token until it expires
   curl -s {gw}/catalog/status
   bastion explain -c {config} catalog/status
 
-  # 8. what the auditors see
+  # 9. attack it: every refusal the config promises, with the probe identity the demo trusts
+  bastion probe -c {config} --target {gw} | tail -3
+
+  # 10. what the auditors see: the audit log, and the posture report
+  bastion report -c {config} | head -20
   tail -n 3 {config.parent / 'audit.jsonl'}
 
 Ctrl-C stops the demo.

@@ -91,7 +91,9 @@ def requests(events: Iterable[dict[str, Any]], probe: ProbeMarks = NO_MARKS) -> 
         http = event.get("http_request") or {}
         user = (event.get("actor") or {}).get("user") or {}
         decision = bastion.get("decision") or "allow"
-        caller = bastion.get("consumer") or user.get("name") or bastion.get("subject") or user.get("uid")
+        # "anonymous"/"unknown" (type_id 0) name nobody: such a caller is known by its address instead
+        named = user.get("name") if user.get("type_id") != 0 else None
+        caller = bastion.get("consumer") or named or bastion.get("subject") or user.get("uid")
         client_ip = (event.get("src_endpoint") or {}).get("ip") or bastion.get("client_ip")
         yield RequestEvent(
             time=float(event.get("time") or 0) / 1000.0,

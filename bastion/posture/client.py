@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 MAX_RESPONSE_BYTES = 256 * 1024
+EXPECT_CONTINUE_BYTES = 8192  # larger bodies wait for `100 Continue` (see `send`)
+CONTINUE_WAIT = 1.0  # seconds: then the body goes anyway, as RFC 9110 §10.1.1 allows
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,12 @@ async def send(target: Target, method: str, path: str, headers: list[tuple[str, 
     head += [f"{name}: {value}" for name, value in headers]
     if body or method in ("POST", "PUT", "PATCH"):
         head.append(f"Content-Length: {len(body)}")
+    # RFC 9110 §10.1.1: a large body waits for `100 Continue`, so a server refusing it by its declared length
+    # answers before any of it is sent; sent regardless, the unread body makes the server's close a TCP reset
+    # that can destroy the answer (the oversized-body attack then saw "no HTTP response" under load)
+    expect = len(body) > EXPECT_CONTINUE_BYTES
+    if expect:
+        head.append("Expect: 100-continue")
     data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
     try:
         async with asyncio.timeout(timeout):
@@ -66,11 +74,16 @@ async def send(target: Target, method: str, path: str, headers: list[tuple[str, 
                 server_hostname=target.host if target.ssl_context else None)
             try:
                 writer.write(data)
+                early = b""
+                if expect:
+                    with contextlib.suppress(ConnectionError):
+                        await writer.drain()
+                    early = await _interim(reader)
                 with contextlib.suppress(ConnectionError):
-                    if body:
+                    if body and not early:
                         writer.write(body)
                     await writer.drain()
-                raw = await _read_all(reader)
+                raw = early + await _read_all(reader)
             finally:
                 writer.close()
                 with contextlib.suppress(Exception):
@@ -80,6 +93,16 @@ async def send(target: Target, method: str, path: str, headers: list[tuple[str, 
     except (OSError, ssl.SSLError) as exc:
         return Response(0, error=f"{type(exc).__name__}: {exc}")
     return parse(raw)
+
+
+async def _interim(reader: asyncio.StreamReader) -> bytes:
+    """After `Expect: 100-continue`: b"" to send the body (100 came, or nothing within a second, RFC 9110
+    §10.1.1), else the head of the final answer that came instead."""
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CONTINUE_WAIT)
+    except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        return b""
+    return b"" if head.startswith(b"HTTP/1.1 100") else head
 
 
 async def _read_all(reader: asyncio.StreamReader) -> bytes:

@@ -30,6 +30,15 @@ class Demands:
     inspection_block: bool
 
 
+def plan_at(route: CompiledRoute, now: float) -> Plan:
+    """The plan the data plane enforces at `now`, read without consuming the schedule (the request path's
+    `route.plan(now)` drops plans that ended; evidence may look at any instant the schedule still holds)."""
+    for plan in route.plans:
+        if now < plan.valid_until:
+            return plan
+    return route.plans[-1]
+
+
 def section(plan: Plan, name: str) -> Any:
     """The policy section, or None when the model has no such section or an exception waives it."""
     if name in dict(plan.waived):

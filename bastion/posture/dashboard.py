@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bastion.posture import html
+from bastion.posture import html, matrix
 from bastion.posture import render as report_render
 from bastion.posture.auditlog import RequestEvent
 from bastion.posture.html import span
@@ -19,7 +19,8 @@ from bastion.posture.report import iso
 
 PREFIX = "/dashboard"
 NAV: tuple[tuple[str, str], ...] = (
-    (PREFIX, "Overview"), (f"{PREFIX}/routes", "Routes"), (f"{PREFIX}/exceptions", "Exceptions"),
+    (PREFIX, "Overview"), (f"{PREFIX}/matrix", "Matrix"), (f"{PREFIX}/routes", "Routes"),
+    (f"{PREFIX}/exceptions", "Exceptions"),
     (f"{PREFIX}/denials", "Denials"), (f"{PREFIX}/blocks", "Blocks"), (f"{PREFIX}/shadow", "Shadow endpoints"),
 )
 RECENT = 50
@@ -59,14 +60,43 @@ def routes(data: DashboardData) -> bytes:
 
 
 def exceptions(data: DashboardData) -> bytes:
-    return _page("Exceptions", report_render.exceptions_table(data.report), data, f"{PREFIX}/exceptions")
+    body = ("<h2>Timeline</h2>" + matrix.timeline(data.report, _now(data.report))
+            + "<h2>All exceptions</h2>" + report_render.exceptions_table(data.report))
+    return _page("Exceptions", body, data, f"{PREFIX}/exceptions")
+
+
+def control_matrix(data: DashboardData) -> bytes:
+    body = ("<p>Each route and control at this instant: enforced, relaxed by an exception, not required by the "
+            "class, or missing. A cell links to the exception that relaxes it, else to the route.</p>"
+            + matrix.matrix(data.report))
+    return _page("Route x control matrix", body, data, f"{PREFIX}/matrix")
+
+
+def route_detail(data: DashboardData, route_id: str) -> bytes | None:
+    route = next((r for r in data.report["routes"] if r["route"] == route_id), None)
+    if route is None:
+        return None
+    one = {**data.report, "routes": [route]}
+    mine = [e for e in data.recent_denials if f"{e.api}/{e.route}" == route_id]
+    rows = [(iso(e.time), e.control, e.reason, f"{e.method} {e.path}", e.caller or e.client_ip) for e in mine]
+    body = (matrix.matrix(one) + report_render.routes_table(one) + report_render.controls_section(one)
+            + "<h2>Recent denials on this route</h2>"
+            + html.table(("time", "control", "reason", "request", "caller"), rows, test_id="route-denials"))
+    return _page(f"Route {route_id}", body, data, f"{PREFIX}/matrix")
+
+
+def _now(report: dict[str, Any]) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(str(report["generated"]).replace("Z", "+00:00")).timestamp()
 
 
 def denials(data: DashboardData) -> bytes:
     recent = sorted(data.recent_denials, key=lambda e: e.time, reverse=True)[:RECENT]
     counts = Counter(e.control or "unknown" for e in data.recent_denials)
     rows = [(iso(e.time), e.control, e.reason, f"{e.method} {e.path}", e.caller or e.client_ip) for e in recent]
-    body = ("<h2>Denials by control (report period)</h2>" + report_render.denials_table(data.report)
+    body = ("<h2>Denials over time, by reason</h2>" + matrix.denials_over_time(data.report)
+            + "<h2>Denials by control (report period)</h2>" + report_render.denials_table(data.report)
             + "<h2>Recent denials by control</h2>"
             + html.table(("control", "denials"), counts.most_common(), test_id="recent-by-control")
             + f"<h2>Last {len(rows)} denied requests</h2>"
@@ -100,11 +130,18 @@ def shadow(data: DashboardData) -> bytes:
 
 PAGES: dict[str, Callable[[DashboardData], bytes]] = {
     PREFIX: overview, f"{PREFIX}/": overview, f"{PREFIX}/routes": routes, f"{PREFIX}/exceptions": exceptions,
+    f"{PREFIX}/matrix": control_matrix,
     f"{PREFIX}/denials": denials, f"{PREFIX}/blocks": blocks, f"{PREFIX}/shadow": shadow,
 }
 
 
 def render(path: str, data: DashboardData) -> bytes | None:
-    """The page at `path` (query ignored), or None for a path that is not a dashboard page."""
-    page = PAGES.get(path.split("?", 1)[0])
+    """The page at `path` (query ignored but for a route's `?id=`), or None when there is no such page."""
+    base, _, query = path.partition("?")
+    if base == f"{PREFIX}/route":
+        from urllib.parse import parse_qs
+
+        route_id = (parse_qs(query).get("id") or [""])[0]
+        return route_detail(data, route_id)
+    page = PAGES.get(base)
     return None if page is None else page(data)

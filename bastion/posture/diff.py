@@ -18,13 +18,17 @@ from bastion.commands import route_policy
 from bastion.compile import CompiledGateway
 from bastion.config.models import SECTIONS, Baseline
 from bastion.governance.baseline import is_weaker
+from bastion.posture import settings_diff
 
 
-def effective_policies(compiled: CompiledGateway) -> dict[str, Any]:
-    """The admin API's `GET /policies` body: the running config's hash and every route's effective policy."""
+def effective_policies(compiled: CompiledGateway, now: float | None = None) -> dict[str, Any]:
+    """The admin API's `GET /policies` body: the running config's hash and every route's effective policy at
+    `now` (default: the instant it was compiled), from the plan schedule the data plane follows."""
+    at = compiled.loaded_at if now is None else now
     return {"kind": "bastion.policies", "version": 1, "config_hash": compiled.config_hash,
-            "loaded_at": compiled.loaded_at,
-            "routes": {r.info.route_id: route_policy(r) for r in compiled.routes}}
+            "loaded_at": compiled.loaded_at, "at": at,
+            "routes": {r.info.route_id: route_policy(r, now=at) for r in compiled.routes},
+            "settings": settings_diff.settings(compiled.config.model)}
 
 
 def _annotations() -> dict[str, tuple[str | None, list[str] | None]]:
@@ -33,7 +37,7 @@ def _annotations() -> dict[str, tuple[str | None, list[str] | None]]:
         model = Baseline.model_fields[section].annotation
         for name, info in model.model_fields.items():  # type: ignore[union-attr]
             extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            out[f"{section}.{name}"] = (extra.get("stricter"), extra.get("order"))  # type: ignore[assignment]
+            out[f"{section}.{name}"] = (extra.get("stricter"), extra.get("order"))
     return out
 
 
@@ -85,8 +89,11 @@ def compare(approved: dict[str, Any], other: dict[str, Any]) -> list[Change]:
             if vb == va:
                 continue  # only where it came from changed (e.g. class -> route with the same value)
             changes.append(Change(route, control, _kind(notes.get(control), vb, va), vb, va, sb, sa))
+    if "settings" in approved and "settings" in other:  # classes, providers, consumers, gateway, audit ...
+        for section, path, kind, before, after in settings_diff.compare(approved["settings"], other["settings"]):
+            changes.append(Change(f"<{section}>", path, kind, before, after))
     order = {"weaker": 0, "added": 1, "changed": 2, "removed": 3, "stricter": 4}
-    return sorted(changes, key=lambda c: (order[c.kind], c.route, c.control))
+    return sorted(changes, key=lambda c: (order[c.kind], c.route.startswith("<"), c.route, c.control))
 
 
 def _waived(controls: dict[str, Any], section: str) -> str | None:
@@ -144,6 +151,12 @@ def text(changes: list[Change], approved: dict[str, Any], other: dict[str, Any],
         mark = "WEAKER " if c.kind in ("weaker", "added") else c.kind.upper().ljust(7)
         if c.control == "route":
             lines.append(f"  {mark} {c.route}: route {c.kind} ({c.before or c.after})")
+            continue
+        if c.route.startswith("<"):  # a setting: an object added or removed, or one value
+            what = ("added" if c.before is None else "removed" if c.after is None else
+                    f"{json.dumps(c.before)} -> {json.dumps(c.after)}") if "present" in (c.before, c.after) \
+                else f"{json.dumps(c.before)} -> {json.dumps(c.after)}"
+            lines.append(f"  {mark} {c.route}  {c.control}: {what}")
             continue
         src = f"  [{c.source_before} -> {c.source_after}]" if c.source_before != c.source_after else ""
         before, after = (c.before, c.after) if c.control in SECTIONS else (json.dumps(c.before), json.dumps(c.after))

@@ -71,11 +71,11 @@ def build(compiled: CompiledGateway, events: Iterable[RequestEvent], now: float,
                 f"{event.method} {template(event.path)} (undeclared method)"
             shadow.setdefault(key, _Usage()).add(event, event.caller or event.client_ip)
         elif event.api and event.route:
-            usage.setdefault(f"{event.api}/{event.route}", _Usage()).add(event, event.caller)
+            usage.setdefault(f"{event.api}/{event.route}", _Usage()).add(event, event.caller or event.client_ip)
     cfg = compiled.config.model
     owners = {api.name: api.owner for api in cfg.apis}
     cutoff = now - idle_days * DAY
-    routes = []
+    routes: list[dict[str, Any]] = []
     for route in compiled.routes:
         info = route.info
         use = usage.get(info.route_id, _Usage())

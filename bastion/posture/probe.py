@@ -158,6 +158,29 @@ def results_of(doc: dict[str, Any]) -> list[Result]:
     return [Result(**r) for r in doc["results"]]
 
 
+MAX_RESULTS = 20_000
+_RESULT_FIELDS = {"route": str, "attack": str, "control": str, "method": str, "path": str, "result": str}
+
+
+def checked_probe(doc: Any) -> dict[str, Any]:
+    """A probe result posted to the admin API, checked before the report trusts it (ValueError otherwise)."""
+    if not isinstance(doc, dict) or doc.get("kind") != "bastion.probe":
+        raise ValueError("not a `bastion probe --json` result")
+    results = doc.get("results")
+    if not isinstance(results, list) or len(results) > MAX_RESULTS:
+        raise ValueError(f"`results` must be a list of at most {MAX_RESULTS}")
+    for r in results:
+        if not isinstance(r, dict) or any(not isinstance(r.get(k), t) for k, t in _RESULT_FIELDS.items()) \
+                or r["result"] not in ("pass", "fail", "skip"):
+            raise ValueError("each result needs route, attack, control, method, path and result pass|fail|skip")
+    if not isinstance(doc.get("time"), int | float):
+        raise ValueError("`time` must be the epoch seconds of the run")
+    return {"kind": "bastion.probe", "version": doc.get("version", 1), "target": str(doc.get("target", "")),
+            "config_hash": str(doc.get("config_hash", "")), "time": float(doc["time"]),
+            "summary": {k: sum(r["result"] == k for r in results) for k in ("pass", "fail", "skip")},
+            "results": results}
+
+
 def load_probe(path: str | Path) -> dict[str, Any]:
     doc = json.loads(Path(path).read_text())
     if doc.get("kind") != "bastion.probe":

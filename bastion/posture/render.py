@@ -88,6 +88,7 @@ def markdown(report: dict[str, Any]) -> str:
         out += [f"| {c} | `{json.dumps(e['value'])}` | {e['source']} |" for c, e in r["controls"].items()]
         out += ["", "OWASP API Top 10 (2023): " + "; ".join(
             f"{html_free(cat, report)} ({', '.join(ctrls)})" for cat, ctrls in r["owasp"].items()), ""]
+        out += [f"- `{c}`: {why}" for c, why in r.get("owasp_why", {}).items()] + [""]
     return "\n".join(out) + "\n"
 
 
@@ -133,10 +134,14 @@ def routes_table(report: dict[str, Any]) -> str:
                                                                   "warn")
         gaps = ", ".join(g.replace("no_", "no ").replace("_", " ") for g, on in r["gaps"].items() if on)
         probe = None
+        route: Any = r["route"]
         if r["probe"] is not None:
-            probe = span(f"{r['probe']['fail']} failed", "bad") if r["probe"]["fail"] else \
-                span(f"{r['probe']['pass']} passed", "ok")
-        rows.append((r["route"], f"{' '.join(r['methods'])} {r['path']}", r["class"], r["owner"], base, gaps,
+            when = (report.get("probe") or {}).get("time", "")
+            probe = span(f"{r['probe']['fail']} failed, {r['probe']['pass']} passed ({when})", "bad") \
+                if r["probe"]["fail"] else span(f"{r['probe']['pass']} passed ({when})", "ok")
+            if r["probe"]["fail"]:  # an attack the policy promises to refuse got through: the route is red
+                route = span(r["route"], "bad")
+        rows.append((route, f"{' '.join(r['methods'])} {r['path']}", r["class"], r["owner"], base, gaps,
                      " ".join(r["owasp"]), probe))
     return html.table(("route", "request", "class", "owner", "baseline", "not set (class did not require)",
                        "OWASP API 2023", "probe"), rows, test_id="routes")
@@ -147,7 +152,10 @@ def controls_section(report: dict[str, Any]) -> str:
     for r in report["routes"]:
         rows = [(c, html.Raw(f"<code>{html.cell(json.dumps(e['value']))}</code>"), e["source"])
                 for c, e in r["controls"].items()]
-        parts.append(f"<h3>{html.cell(r['route'])}</h3>" + html.table(("control", "value", "source"), rows))
+        why = html.table(("credited control", "OWASP API 2023", "why"),
+                         [(c, " ".join(k for k, cs in r["owasp"].items() if c in cs), w)
+                          for c, w in r.get("owasp_why", {}).items()])
+        parts.append(f"<h3>{html.cell(r['route'])}</h3>" + html.table(("control", "value", "source"), rows) + why)
     return "".join(parts)
 
 

@@ -18,10 +18,11 @@ from bastion.compile import CompiledGateway, CompiledRoute
 from bastion.config.models import ExceptionConfig
 from bastion.posture import owasp
 from bastion.posture.auditlog import RequestEvent
-from bastion.posture.controls import demands
+from bastion.posture.controls import demands, plan_at
 from bastion.posture.transport import annotate
 
 EXPIRY_WARNING_DAYS = 14
+MAX_HOURS = 168
 DAY = 86400.0
 
 
@@ -41,37 +42,12 @@ def exception_doc(exc: ExceptionConfig, now: float) -> dict[str, Any]:
     }
 
 
-def _owasp(controls: dict[str, Any], need: Any) -> dict[str, list[str]]:
-    """Categories answered on this route, each with the controls that answer it (only controls that are on)."""
-    on: list[str] = []
-    for control, entry in controls.items():
-        value = entry["value"]
-        if value in ("waived", False, None, [], "off", "optional", "allow"):
-            continue
-        if control in ("identity.methods",) and not controls.get("identity.required", {}).get("value"):
-            continue
-        if control.startswith("identity.allow_") or control == "identity.forward_credential":
-            continue  # opt-ins to risk: on means weaker
-        if control == "identity.api_key_header":
-            continue
-        on.append(control)
-    if need.scopes:
-        on.append("authz.scopes")
-    if need.owner_rule:
-        on.append("authz.owner")
-    on.append("gateway.default_deny")  # undeclared paths and methods are refused on every API
-    out: dict[str, list[str]] = {}
-    for control in on:
-        for category in owasp.categories(control):
-            out.setdefault(category, []).append(control)
-    return dict(sorted(out.items(), key=lambda kv: int(kv[0][3:].split(":")[0])))
-
-
 def route_doc(route: CompiledRoute, owner: str | None, exceptions: list[dict[str, Any]],
-              probe: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    plan = route.plans[0]
+              probe: dict[str, list[dict[str, Any]]], now: float) -> dict[str, Any]:
+    plan = plan_at(route, now)  # what the data plane enforces at `now`, not what it enforced at load
     need = demands(route, plan)
-    policy = route_policy(route)
+    credited, why = owasp.credit(route, plan)  # only controls in force on this route at `now`
+    policy = route_policy(route, now=now)
     info = route.info
     relaxed = sorted({c for c, e in policy["controls"].items() if str(e["source"]).startswith("exception:")})
     mine = [e for e in exceptions if e["api"] == info.api and e["route"] in (None, info.route)]
@@ -88,7 +64,7 @@ def route_doc(route: CompiledRoute, owner: str | None, exceptions: list[dict[str
             "no_owner_rule": bool(info.path_params) and not need.owner_rule,
             "no_rate_limit": not need.rate_limits,
         },
-        "owasp": _owasp(policy["controls"], need),
+        "owasp": credited, "owasp_why": why,
         "probe": {"pass": sum(r["result"] == "pass" for r in results),
                   "fail": sum(r["result"] == "fail" for r in results),
                   "skip": sum(r["result"] == "skip" for r in results),
@@ -99,6 +75,7 @@ def route_doc(route: CompiledRoute, owner: str | None, exceptions: list[dict[str
 def denials(events: Iterable[RequestEvent]) -> dict[str, Any]:
     by_control: Counter[str] = Counter()
     by_reason: Counter[str] = Counter()
+    by_hour: dict[str, Counter[str]] = {}
     first = last = None
     total = probes = 0
     for event in events:
@@ -111,9 +88,13 @@ def denials(events: Iterable[RequestEvent]) -> dict[str, Any]:
         if event.decision == "deny":
             by_control[event.control or "unknown"] += 1
             by_reason[event.reason or "unknown"] += 1
+            hour = iso(event.time - event.time % 3600)
+            by_hour.setdefault(hour, Counter())[event.reason or "unknown"] += 1
     return {"requests": total, "probe_requests": probes, "denied": sum(by_control.values()),
             "from": iso(first) if first is not None else None, "to": iso(last) if last is not None else None,
-            "by_control": dict(by_control.most_common()), "by_reason": dict(by_reason.most_common())}
+            "by_control": dict(by_control.most_common()), "by_reason": dict(by_reason.most_common()),
+            # the most recent hours only: a long audit file must not make the page unbounded
+            "by_hour": {h: dict(by_hour[h]) for h in sorted(by_hour)[-MAX_HOURS:]}}
 
 
 def build(compiled: CompiledGateway, now: float, *, events: Iterable[RequestEvent] | None = None,
@@ -125,8 +106,9 @@ def build(compiled: CompiledGateway, now: float, *, events: Iterable[RequestEven
     by_route: dict[str, list[dict[str, Any]]] = {}
     for result in (probe or {}).get("results", []):
         by_route.setdefault(result["route"], []).append(result)
-    routes = [route_doc(r, owners.get(r.info.api), exceptions, by_route if probe else {}) for r in compiled.routes]
-    annotate(routes, compiled)  # TLS policy, revocation and flows per route; API6 only where a flow applies
+    routes = [route_doc(r, owners.get(r.info.api), exceptions, by_route if probe else {}, now)
+              for r in compiled.routes]
+    annotate(routes, compiled, now)  # TLS policy, revocation and flows per route; API6 only where a flow applies
     apis = []
     for api in cfg.apis:
         mine = [r for r in routes if r["api"] == api.name]

@@ -144,7 +144,7 @@ class TokenForge:
     def hs256_public_key(self, scopes: list[str] | tuple[str, ...] = ()) -> str:
         """RFC 8725 §2.1 key confusion: HS256 with the issuer's public key (PEM) as the HMAC secret."""
         public = self.public_keys[0] if self.public_keys else ECKey.generate_key("P-256")
-        secret = public.as_pem(private=False)
+        secret = public.as_pem(private=False) if isinstance(public, ECKey | RSAKey) else b""
         header = {"alg": "HS256", "typ": "at+jwt", **({"kid": public.kid} if public.kid else {})}
         signing_input = _unsigned(header, self.claims(scopes))
         mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
@@ -163,6 +163,22 @@ class TokenForge:
 
     def wrong_audience(self, scopes: list[str] | tuple[str, ...] = ()) -> str:
         return self.valid(scopes, aud="api://not-this-gateway")
+
+
+PROBE_ISSUER = "urn:bastion:probe"
+
+
+def discover_identity(providers: list[JwtProviderConfig], base_dir: Path) -> ProbeIdentityConfig | None:
+    """The probe identity a config already trusts: a provider with the probe issuer whose `jwks_file` has the
+    private `probe-key.jwk` beside it (as `bastion probe --new-key DIR` and `bastion demo` write them)."""
+    for provider in providers:
+        if provider.issuer != PROBE_ISSUER or provider.jwks_file is None:
+            continue
+        jwks = provider.jwks_file if provider.jwks_file.is_absolute() else base_dir / provider.jwks_file
+        key = jwks.parent / "probe-key.jwk"
+        if key.is_file():
+            return ProbeIdentityConfig(provider=provider.name, key=key.resolve())
+    return None
 
 
 def forge_for(providers: list[JwtProviderConfig], identity: ProbeIdentityConfig | None,
@@ -205,4 +221,5 @@ def _fetch_jwks(provider: JwtProviderConfig) -> dict[str, Any]:
                                     timeout=5) as response:
             url = json.loads(response.read(512 * 1024))["jwks_uri"]
     with urllib.request.urlopen(str(url), timeout=5) as response:
-        return json.loads(response.read(512 * 1024))
+        doc: dict[str, Any] = json.loads(response.read(512 * 1024))
+        return doc

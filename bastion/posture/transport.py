@@ -10,13 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from bastion.compile import CompiledGateway
-from bastion.posture.controls import section
+from bastion.posture.controls import plan_at, section
 
 _API6 = "API6:2023"
 
 
-def annotate(routes: list[dict[str, Any]], compiled: CompiledGateway) -> None:
-    """Add `transport` and `flows` to each route document, and the API6 credit where a flow applies."""
+def annotate(routes: list[dict[str, Any]], compiled: CompiledGateway, now: float) -> None:
+    """Add `transport` and `flows` to each route document, and the API6 credit where a flow applies.
+
+    The transport section is read from the plan in force at `now`, like every other fact of the report."""
     cfg = compiled.config.model
     listeners = [lst.tls for lst in cfg.gateway.listeners if lst.tls is not None]
     weakest = None
@@ -36,7 +38,7 @@ def annotate(routes: list[dict[str, Any]], compiled: CompiledGateway) -> None:
     by_id = {r.info.route_id: r for r in compiled.routes}
     for doc in routes:
         route = by_id[doc["route"]]
-        transport = section(route.plans[0], "transport")
+        transport = section(plan_at(route, now), "transport")
         doc["transport"] = None if transport is None else {
             "tls": transport.tls, "mtls": transport.mtls, "min_tls": transport.min_tls,
             "session_resumption": transport.session_resumption, "revocation": transport.revocation,
@@ -47,6 +49,7 @@ def annotate(routes: list[dict[str, Any]], compiled: CompiledGateway) -> None:
         owasp = doc["owasp"]
         if doc["flows"]:
             owasp.setdefault(_API6, []).append("flows")
+            doc.setdefault("owasp_why", {})["flows"] = "a business flow bounds the order, tempo and volume of its steps"
         elif _API6 in owasp:
             del owasp[_API6]  # rate limits alone do not defend a business flow
         doc["owasp"] = dict(sorted(owasp.items(), key=lambda kv: int(kv[0][3:].split(":")[0])))

@@ -16,6 +16,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from bastion.server.admin_routes import new_request_id, request_id
 from bastion.server.http1 import BodyMalformed, BodyTimeout, BodyTooLarge, Exchange
 
 Json = dict[str, Any]
@@ -38,6 +39,7 @@ class AdminBackend:
     audit: Any = None
     extra_routes: dict[tuple[str, str], Callable[[Exchange, bytes], Awaitable[None]]] = field(default_factory=dict)
     before_scrape: Callable[[], None] = lambda: None  # e.g. move counts batched on the request path
+    clock: Callable[[], float] = time.time  # the data plane's wall clock: evidence is computed at its instant
 
 
 class AdminApi:
@@ -45,23 +47,25 @@ class AdminApi:
 
     def __init__(self, backend: AdminBackend) -> None:
         self._b = backend
+        self._probe: Json | None = None  # the last `bastion probe --publish` result: evidence on the dashboard
 
     async def handle(self, ex: Exchange) -> None:
         path = ex.target.split("?", 1)[0]
+        new_request_id()  # this task's answers, whichever handler writes them, carry it
         ex.limit_body(1024 * 1024)
         try:
             body = await ex.read_body() if ex.has_body else b""
         except BodyTooLarge:
-            return ex.problem(413, None, "", close=True)
+            return ex.problem(413, None, request_id(), close=True)
         except (BodyTimeout, BodyMalformed):
-            return ex.problem(400, None, "", close=True)
+            return ex.problem(400, None, request_id(), close=True)
         principal = "loopback"
         auth = self._b.auth()
         if auth is not None:
             decision = await auth.check(path, ex.header("authorization"), ex.peer_cert)
             if not decision.allow:
                 self._audit(ex, path, "failure", reason=decision.reason)
-                return ex.problem(decision.status, None, "", decision.headers)
+                return ex.problem(decision.status, None, request_id(), decision.headers)
             principal = decision.principal or "unknown"
         ok = await self._route(ex, path, body)
         if path not in _UNAUDITED:
@@ -82,16 +86,26 @@ class AdminApi:
             return _json(ex, 200 if ready else 503, {"status": "ready" if ready else "not ready"})
         if path == "/metrics" and read:
             b.before_scrape()
-            ex.respond(200, [("content-type", CONTENT_TYPE_LATEST)], generate_latest(b.registry))
+            ex.respond(200, [("content-type", CONTENT_TYPE_LATEST), ("x-request-id", request_id())],
+                       generate_latest(b.registry))
             return True
         if path == "/config" and read:
             return _json(ex, 200, b.info())
         if path == "/reload":
             if method != "POST":
-                ex.problem(405, None, "", [("allow", "POST")])
+                ex.problem(405, None, request_id(), [("allow", "POST")])
                 return False
             ok, message = await b.reload(ex.peer)
             return _json(ex, 200 if ok else 422, {"reloaded": ok, "message": message, **b.info()})
+        if path == "/probe" and method == "POST":  # `bastion probe --publish`: the last run, for the evidence
+            from bastion.posture.probe import checked_probe
+
+            try:
+                self._probe = checked_probe(orjson.loads(body))
+            except ValueError:  # orjson.JSONDecodeError is one too
+                ex.problem(400, "Send the JSON result of `bastion probe --json`.", request_id())
+                return False
+            return _json(ex, 200, {"stored": True, "summary": self._probe["summary"]})
         handler = b.extra_routes.get((method, path))
         if handler is not None:
             await handler(ex, body)
@@ -101,18 +115,18 @@ class AdminApi:
             if path == "/policies":
                 from bastion.posture.diff import effective_policies
 
-                return _json(ex, 200, effective_policies(compiled))
+                return _json(ex, 200, effective_policies(compiled, b.clock()))
             if path in ("/report", "/inventory") or path.startswith("/dashboard"):
                 return await self._posture(ex, path, compiled)
-        ex.problem(404, "Unknown admin endpoint.", "")
+        ex.problem(404, "Unknown admin endpoint.", request_id())
         return False
 
     async def _posture(self, ex: Exchange, path: str, compiled: Any) -> bool:
         from bastion.posture import dashboard, inventory, report
 
         events = await self._b.events() if self._b.events is not None else []
-        now = time.time()
-        doc = report.build(compiled, now, events=events)
+        now = self._b.clock()
+        doc = report.build(compiled, now, events=events, probe=self._probe)
         if path == "/report":
             return _json(ex, 200, doc)
         inv = inventory.build(compiled, events, now)
@@ -122,16 +136,18 @@ class AdminApi:
         denied = [e for e in events if getattr(e, "decision", "") == "deny"][-dashboard.RECENT:]
         page = dashboard.render(path, dashboard.DashboardData(doc, inv, blocks, denied))
         if page is None:
-            ex.problem(404, "Unknown dashboard page.", "")
+            ex.problem(404, "Unknown dashboard page.", request_id())
             return False
         ex.respond(200, [("content-type", "text/html; charset=utf-8"), ("cache-control", "no-store"),
                          ("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'"),
-                         ("x-content-type-options", "nosniff"), ("x-frame-options", "DENY")], page)
+                         ("x-content-type-options", "nosniff"), ("x-frame-options", "DENY"),
+                         ("x-request-id", request_id())], page)
         return True
 
 
 def _json(ex: Exchange, status: int, doc: Any) -> bool:
-    ex.respond(status, [("content-type", "application/json"), ("cache-control", "no-store")],
+    ex.respond(status, [("content-type", "application/json"), ("cache-control", "no-store"),
+                        ("x-request-id", request_id())],
                orjson.dumps(doc, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS))
     return status < 400
 

@@ -5,13 +5,30 @@ Each returns `{(method, path): handler}` for `AdminBackend.extra_routes`; handle
 
 from __future__ import annotations
 
+import os
 import time
+from contextvars import ContextVar
 from typing import Any
 
 import orjson
 
 from bastion.audit.blocks import BlockList
 from bastion.server.http1 import Exchange
+
+# the id of the admin request being answered, set by `AdminApi.handle`: every answer carries it
+_REQUEST_ID: ContextVar[str] = ContextVar("admin_request_id", default="")
+
+
+def request_id() -> str:
+    """The current admin request's id (an `x-request-id` header on every admin answer)."""
+    return _REQUEST_ID.get()
+
+
+def new_request_id() -> str:
+    """A fresh admin request id, set for the task answering it."""
+    rid = "admin-" + os.urandom(8).hex()
+    _REQUEST_ID.set(rid)
+    return rid
 
 
 def block_routes(blocks: BlockList) -> dict[tuple[str, str], Any]:
@@ -23,14 +40,14 @@ def block_routes(blocks: BlockList) -> dict[tuple[str, str], Any]:
     async def add(ex: Exchange, body: bytes) -> None:
         doc = _json_body(body, ("kind", "key", "seconds"))
         if doc is None or doc["kind"] not in ("ip", "subject", "consumer"):
-            return ex.problem(400, "Send {\"kind\": ip|subject|consumer, \"key\": ..., \"seconds\": n}.", "")
+            return ex.problem(400, "Send {\"kind\": ip|subject|consumer, \"key\": ..., \"seconds\": n}.", request_id())
         until = await blocks.block(doc["kind"], str(doc["key"]), float(doc["seconds"]), reason="operator")
         _reply(ex, 200, {"blocked": until is not None, "until": until})
 
     async def lift(ex: Exchange, body: bytes) -> None:
         doc = _json_body(body, ("kind", "key"))
         if doc is None:
-            return ex.problem(400, "Send {\"kind\": ip|subject|consumer, \"key\": ...}.", "")
+            return ex.problem(400, "Send {\"kind\": ip|subject|consumer, \"key\": ...}.", request_id())
         _reply(ex, 200, {"lifted": await blocks.lift(doc["kind"], str(doc["key"]))})
 
     return {("GET", "/blocks"): listing, ("POST", "/blocks"): add, ("POST", "/blocks/lift"): lift}
@@ -50,42 +67,42 @@ def identity_routes(current: Any) -> dict[tuple[str, str], Any]:
     async def ssf_events(ex: Exchange, body: bytes) -> None:
         receiver = getattr(layer(), "ssf_receiver", None)
         if receiver is None:
-            return ex.problem(404, "No Shared Signals transmitter is configured.", "")
+            return ex.problem(404, "No Shared Signals transmitter is configured.", request_id())
         status, answer = await receiver.handle(body, ex.header("content-type") or "", time.time(),
                                                authorization=ex.header("authorization"))
         headers = [("content-type", "application/json")] if answer else []
-        ex.respond(status, [*headers, ("cache-control", "no-store")], answer)
+        ex.respond(status, [*headers, ("cache-control", "no-store"), ("x-request-id", request_id())], answer)
 
     async def listing(ex: Exchange, body: bytes) -> None:
         try:
             entries = await layer().revocation_store.list_revocations()
         except StateUnavailable:
-            return ex.problem(503, "The state backend is unavailable.", "")
+            return ex.problem(503, "The state backend is unavailable.", request_id())
         _reply(ex, 200, {"revocations": [e.as_dict() for e in entries]})
 
     async def revoke(ex: Exchange, body: bytes) -> None:
         doc = _json_body(body, ("kind", "value", "seconds"))
         if doc is None:
-            return ex.problem(400, "Send {\"kind\": jti|sub|consumer, \"value\": ..., \"seconds\": n}.", "")
+            return ex.problem(400, "Send {\"kind\": jti|sub|consumer, \"value\": ..., \"seconds\": n}.", request_id())
         try:
             entry = await layer().revocation_store.revoke(doc["kind"], str(doc["value"]),
                                                           time.time() + float(doc["seconds"]), source="admin")
         except ValueError as exc:
-            return ex.problem(400, str(exc), "")
+            return ex.problem(400, str(exc), request_id())
         except StateUnavailable:
-            return ex.problem(503, "The state backend is unavailable.", "")
+            return ex.problem(503, "The state backend is unavailable.", request_id())
         _reply(ex, 200, {"revoked": entry.as_dict()})
 
     async def lift(ex: Exchange, body: bytes) -> None:
         doc = _json_body(body, ("kind", "value"))
         if doc is None:
-            return ex.problem(400, "Send {\"kind\": jti|sub|consumer, \"value\": ...}.", "")
+            return ex.problem(400, "Send {\"kind\": jti|sub|consumer, \"value\": ...}.", request_id())
         try:
             lifted = await layer().revocation_store.lift(doc["kind"], str(doc["value"]))
         except ValueError as exc:
-            return ex.problem(400, str(exc), "")
+            return ex.problem(400, str(exc), request_id())
         except StateUnavailable:
-            return ex.problem(503, "The state backend is unavailable.", "")
+            return ex.problem(503, "The state backend is unavailable.", request_id())
         _reply(ex, 200, {"lifted": lifted})
 
     return {("POST", "/ssf/events"): ssf_events, ("GET", "/revocations"): listing,
@@ -105,4 +122,5 @@ def _json_body(body: bytes, keys: tuple[str, ...]) -> dict[str, Any] | None:
 
 
 def _reply(ex: Exchange, status: int, doc: Any) -> None:
-    ex.respond(status, [("content-type", "application/json"), ("cache-control", "no-store")], orjson.dumps(doc))
+    ex.respond(status, [("content-type", "application/json"), ("cache-control", "no-store"),
+                        ("x-request-id", request_id())], orjson.dumps(doc))

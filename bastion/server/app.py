@@ -31,7 +31,7 @@ from bastion.server.admin_routes import block_routes, identity_routes
 from bastion.server.dispatch import protocol_factory
 from bastion.server.http1 import Http1Connection, ServerLimits
 from bastion.server.http2 import H2Limits, H2Stats
-from bastion.server.metrics import Metrics
+from bastion.server.metrics import Metrics, exceptions_in_force
 from bastion.server.proxy import Gateway
 from bastion.server.tls import listener_ssl
 from bastion.server.tls import resolve_path as _resolve
@@ -72,6 +72,8 @@ class Runtime:
         self.config_path = Path(config_path)
         self.services = services or Services()
         self.metrics = Metrics()
+        if self.services.registry is None:  # identity counters land where /metrics reads
+            self.services.registry = self.metrics.registry
         self.worker = worker
         self.serve_admin = serve_admin
         self.gateway: Gateway | None = None
@@ -161,7 +163,7 @@ class Runtime:
             return {"config_hash": None}
         compiled = gateway.compiled
         return {"config_hash": compiled.config_hash, "loaded_at": compiled.loaded_at,
-                "config_file": str(self.config_path), "routes": len(compiled.routes), "pid": os.getpid()}
+                "config_file": str(self.config_path.resolve()), "routes": len(compiled.routes), "pid": os.getpid()}
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -205,7 +207,7 @@ class Runtime:
                 registry=self.metrics.registry, ready=self.ready, info=self.info, reload=self.reload,
                 compiled=lambda: gateway.compiled, events=lambda: read_events(audit_file),
                 auth=lambda: gateway.compiled.shared.get("admin_auth"), audit=self.services.audit,
-                blocks=extra["blocks"].list_blocks, before_scrape=self.metrics.flush,
+                blocks=extra["blocks"].list_blocks, before_scrape=self._scrape, clock=self.services.wall_clock,
                 extra_routes={**block_routes(extra["blocks"]), **identity_routes(lambda: gateway.compiled)},
             ))
             admin_tls = listener_ssl(gw.admin, base) if gw.admin.tls is not None else None
@@ -227,10 +229,17 @@ class Runtime:
                                   listeners=[f"{h}:{p}" for h, p in self.bound])
         self._ready = True
 
+    def _scrape(self) -> None:
+        """Gauges read from the running state at the data plane's instant, then the batched counts."""
+        if self.gateway is not None:
+            self.metrics.posture(exceptions_in_force(self.gateway.compiled, self.services.wall_clock()),
+                                 len(self.connections))
+        self.metrics.flush()
+
     async def _flush_metrics(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            self.metrics.flush()
+            self._scrape()
 
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish (bounded), then close everything."""
@@ -358,7 +367,9 @@ async def _supervisor(config_path: str, children: list[subprocess.Popen[bytes]])
         await auth.start()
     audit_file = audit_file_path(gw, base)
     admin = AdminApi(AdminBackend(
-        registry=registry, ready=ready, info=lambda: {"workers": [c.pid for c in children]}, reload=reload,
+        registry=registry, ready=ready, info=lambda: {"workers": [c.pid for c in children],
+                                                    "config_file": str(Path(config_path).resolve())},
+        reload=reload,
         compiled=lambda: compiled, events=lambda: read_events(audit_file), auth=lambda: auth,
     ))
     loop = asyncio.get_running_loop()

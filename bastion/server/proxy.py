@@ -15,6 +15,7 @@ from urllib.parse import unquote_plus
 import httptools
 import orjson
 
+from bastion import policy_ids as ids
 from bastion.compile import CompiledGateway, CompiledRoute, Plan, Upstream
 from bastion.context import ControlRecord, Deny, RequestContext
 from bastion.grpc.proxy import forward_grpc
@@ -128,17 +129,17 @@ class Gateway:
         upstream_status: int | None = None
         try:
             if not path.startswith("/"):
-                deny = Deny(400, "bad_request_target", "gateway/request-target")
+                deny = Deny(400, "bad_request_target", ids.gateway("framing.request_target"))
             else:
                 try:
                     segments = split_request_path(path)
                 except (AmbiguousPath, UnicodeDecodeError) as exc:
                     segments = None
-                    deny = Deny(400, "ambiguous_path", "gateway/path-normalisation", log_detail=str(exc))
+                    deny = Deny(400, "ambiguous_path", ids.gateway("framing.path_normalisation"), log_detail=str(exc))
                 if segments is not None:
                     table, params = compiled.router.match(host, segments)
                     if table is None:
-                        deny = Deny(404, "unknown_route", "gateway/default-deny")
+                        deny = Deny(404, "unknown_route", ids.gateway("routing.default_deny"))
                     else:
                         route = table.get(ex.method) or (table.get("GET") if ex.method == "HEAD" else None)
                         if ex.method == "OPTIONS" and route is None:
@@ -147,7 +148,7 @@ class Gateway:
                                 status, deny, route, plan = preflight
                         if route is None:
                             allow = ", ".join(sorted(table))
-                            deny = Deny(405, "method_not_allowed", "gateway/default-deny",
+                            deny = Deny(405, "method_not_allowed", ids.gateway("routing.methods"),
                                         headers=(("allow", allow),))
                         else:
                             ctx.path_params = params
@@ -166,7 +167,7 @@ class Gateway:
                         status = ex.status
                     except _UpstreamDeny as exc:
                         err = exc.error
-                        deny = Deny(err.status, err.reason, f"api:{info.api}/{info.route_id}/upstream",
+                        deny = Deny(err.status, err.reason, ids.of_api(info, "upstream"),
                                     log_detail=str(err))
                     except _StageDeny as exc:
                         deny = exc.deny
@@ -186,7 +187,7 @@ class Gateway:
             status = status or 499
             raise
         except Exception as exc:  # a gateway bug: fail closed, tell the operator everything, the client nothing
-            deny = Deny(500, "gateway_error", "gateway/internal", log_detail=repr(exc))
+            deny = Deny(500, "gateway_error", ids.gateway_at(ctx, "internal"), log_detail=repr(exc))
             status = 500
             if not ex.response_started:
                 ex.problem(500, None, request_id, close=True)
@@ -225,7 +226,7 @@ class Gateway:
     async def _enforce(self, ex: Exchange, ctx: RequestContext, plan: Plan, *, buffer_body: bool = True) -> Deny | None:
         """The route's stages (the body limit is already set)."""
         for control, exception_id in plan.waived:
-            ctx.records.append(ControlRecord(control, "waived", f"exception:{exception_id}", "",
+            ctx.records.append(ControlRecord(control, "waived", ids.of_exception(exception_id, ctx, control), "",
                                              exception_id))
         if plan.stages:
             deny = await run(plan.stages, ctx)
@@ -235,11 +236,12 @@ class Gateway:
             try:
                 ctx.body = await ex.read_body()
             except BodyTooLarge:
-                return Deny(413, "body_too_large", f"{ctx.api}/{ctx.route}/traffic.max_body_bytes", close=True)
+                return Deny(413, "body_too_large", ids.body_limit(ctx, plan), close=True)
             except BodyTimeout:
-                return Deny(408, "body_timeout", "gateway/limits.body_idle_timeout", close=True)
+                return Deny(408, "body_timeout", ids.gateway_at(ctx, "limits.body_idle_timeout"), close=True)
             except BodyMalformed as exc:
-                return Deny(400, exc.error.reason, "gateway/framing", log_detail=exc.error.message, close=True)
+                return Deny(400, exc.error.reason, ids.gateway_at(ctx, "framing"), log_detail=exc.error.message,
+                            close=True)
             return await run(plan.body_stages, ctx)
         return None
 
@@ -293,7 +295,7 @@ class Gateway:
                 else:
                     conn.write(head)
                     if ex.has_body:
-                        await self._stream_body(ex, conn)
+                        await self._stream_body(ex, conn, ctx, plan)
                 conn.expect_response(limits.upstream_timeout)
                 await done
                 pool.release(conn)
@@ -319,7 +321,7 @@ class Gateway:
         """A gRPC call over HTTP/2 to the upstream; every failure is answered with a gRPC status."""
         if ex.version != "2":  # gRPC needs HTTP/2 end to end
             ex.problem(426, "gRPC needs HTTP/2.", ctx.request_id, [("upgrade", "h2c")])
-            ctx.records.append(ControlRecord("grpc", "deny", f"api:{route.info.route_id}/grpc", "grpc_needs_http2"))
+            ctx.records.append(ControlRecord("grpc", "deny", ids.of_api(route.info, "grpc"), "grpc_needs_http2"))
             return 426, None
         prefetched = b""
         if plan.body_stages and route.grpc.decode is not None:
@@ -335,7 +337,7 @@ class Gateway:
                                     path=route.upstream.path_prefix + ctx.path, traceparent=traceparent,
                                     prefetched=prefetched)
         if result.reason:  # the gateway ended the call (deadline, message limit, upstream down)
-            ctx.records.append(ControlRecord("grpc", "deny", f"api:{route.info.route_id}/grpc", result.reason))
+            ctx.records.append(ControlRecord("grpc", "deny", ids.of_api(route.info, "grpc"), result.reason))
             self.metrics.decision("grpc", "deny", result.reason)
         return result.http_status, result.grpc_status
 
@@ -343,7 +345,7 @@ class Gateway:
                              route: CompiledRoute) -> tuple[bytes, Deny | None]:
         """The bytes of the first length-prefixed gRPC message (bounded), decoded into `ctx.body` as JSON."""
         limits = route.grpc
-        pid = f"api:{route.info.route_id}/grpc"
+        pid = ids.of_api(route.info, "grpc")
         buffered = b""
         try:
             while len(buffered) < 5 or len(buffered) < 5 + int.from_bytes(buffered[1:5], "big"):
@@ -366,17 +368,18 @@ class Gateway:
                                   log_detail=repr(exc))
         return buffered, None
 
-    async def _stream_body(self, ex: Exchange, conn: UpstreamConnection) -> None:
+    async def _stream_body(self, ex: Exchange, conn: UpstreamConnection, ctx: RequestContext, plan: Plan) -> None:
         chunked = ex.chunked
         while True:
             try:
                 data = await ex.read_chunk()
             except BodyTooLarge:
-                raise _StageDeny(Deny(413, "body_too_large", "traffic.max_body_bytes", close=True)) from None
+                raise _StageDeny(Deny(413, "body_too_large", ids.body_limit(ctx, plan), close=True)) from None
             except BodyTimeout:
-                raise _StageDeny(Deny(408, "body_timeout", "gateway/limits.body_idle_timeout", close=True)) from None
+                raise _StageDeny(Deny(408, "body_timeout", ids.gateway_at(ctx, "limits.body_idle_timeout"),
+                                      close=True)) from None
             except BodyMalformed as exc:
-                raise _StageDeny(Deny(400, exc.error.reason, "gateway/framing", close=True)) from None
+                raise _StageDeny(Deny(400, exc.error.reason, ids.gateway_at(ctx, "framing"), close=True)) from None
             if not data:
                 if chunked:
                     conn.write(b"0\r\n\r\n")
@@ -414,7 +417,7 @@ def _limit_body(ex: Exchange, ctx: RequestContext, plan: Plan) -> Deny | None:
     """The route's body limit: a declared length over it is refused now, a body growing past it once it does."""
     limit = plan.policy.traffic.max_body_bytes
     if ex.content_length is not None and ex.content_length > limit:
-        return Deny(413, "body_too_large", f"{ctx.api}/{ctx.route}/traffic.max_body_bytes",
+        return Deny(413, "body_too_large", ids.body_limit(ctx, plan),
                     log_detail=f"Content-Length {ex.content_length} > {limit}", close=True)
     ex.limit_body(limit)
     return None

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from bastion import policy_ids as ids
 from bastion.context import Decision, RequestContext
 
 
@@ -47,7 +48,7 @@ class RouteInfo:
         """`<origin>/<api>/<route>/<control>`: origin is the class, API, route or exception that set it."""
         section = control.split(".", 1)[0]
         origin = self.sources.get(control) or self.sources.get(section) or f"class:{self.klass}"
-        return f"{origin}/{self.route_id}/{control}"
+        return ids.policy_id(origin, self.api, self.route, control)
 
 
 @dataclass(slots=True)
@@ -58,4 +59,5 @@ class Services:
     monotonic: Callable[[], float] = time.monotonic
     state: Any = None  # bastion.state backend (memory or Redis)
     audit: Any = None  # bastion.audit.AuditLog
+    registry: Any = None  # the prometheus_client CollectorRegistry `/metrics` serves (None: metrics not exported)
     extra: dict[str, Any] = field(default_factory=dict)

@@ -66,7 +66,7 @@ def test_request_events_conform(name, ctx, status, deny_, class_uid, reason):
         assert event["status_id"] == 2 and event["action_id"] == 2 and event["disposition_id"] == 2
         assert event["policy"]["uid"] == deny_.policy_id
     else:
-        assert event["status_id"] == 1 and event["policy"]["uid"] == "allow"
+        assert event["status_id"] == 1 and event["policy"]["uid"] == f"plan/{ctx.api}/{ctx.route}/allow"
     assert [d["control"] for d in bastion["decisions"]] == [r.control for r in ctx.records]
     ecs = to_ecs(event)
     assert ecs["event"]["id"] == event["metadata"]["uid"]

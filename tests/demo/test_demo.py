@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import pytest
 
@@ -64,6 +65,45 @@ async def test_demo_allows_denies_and_honours_its_exception(capsys):
 
         assert explain(str(info["config"]), "catalog/status") == 0
         assert "exception:EXC-DEMO-1" in capsys.readouterr().out
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_the_printed_steps_work_as_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command the demo prints, run as printed (bash, curl, and `bastion` from the PATH line it prints)."""
+    port, idp_port, up_port, admin_port = free_port(), free_port(), free_port(), free_port()
+    ready, stop, info = asyncio.Event(), asyncio.Event(), {}
+    task = asyncio.create_task(run_demo(port, idp_port=idp_port, upstream_port=up_port, admin_port=admin_port,
+                                        ready=ready, stop=stop, info=info))
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        printed = capsys.readouterr().out
+        path_line = next(line.strip() for line in printed.splitlines() if line.strip().startswith("export PATH="))
+        steps = printed.split("Try:", 1)[1].split("Ctrl-C", 1)[0]
+        commands = [line.strip() for line in steps.splitlines() if line.strip() and not line.strip().startswith("#")]
+        script = "\n".join([path_line, "cd /", *(f"echo '>>> {i}'; {c}" for i, c in enumerate(commands))])
+        env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+        env["PATH"] = "/usr/bin:/bin"  # only what the printed line adds can find `bastion`
+        proc = await asyncio.create_subprocess_exec("bash", "-c", script, env=env, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, err.decode()
+        text = out.decode()
+        outputs = dict(part.split("\n", 1) if "\n" in part else (part, "") for part in text.split(">>> ")[1:])
+        by_command = {commands[int(k)]: v for k, v in outputs.items()}
+        status = {c: v.split(" ", 2)[1] for c, v in by_command.items() if v.startswith("HTTP/1.1 ")}
+        assert sorted(status.values()) == ["401", "401", "401", "401", "403", "403", "404"]
+        flow = [c for c in commands if "/orders/ -X POST" in c and "$TOKEN" in c]  # 5b: order before browsing
+        assert status[flow[0]] == "403" and by_command[flow[1]].strip()  # after browsing: the order goes through
+        assert json.loads(by_command[commands[1]])["headers"]["x-bastion-subject"] == "alice"  # verified
+        assert "exception:EXC-DEMO-1" in text and "command not found" not in err.decode()
+        assert "Bastion posture report" in text or "baseline coverage" in text.lower()
+        expired = next(v for c, v in by_command.items() if "$EXPIRED" in c)
+        other = next(v for c, v in by_command.items() if "$OTHER" in c)
+        assert 'error="invalid_token"' in expired and 'error="invalid_token"' in other
+        probed = next(v for c, v in by_command.items() if c.startswith("bastion probe"))
+        assert " 0 failed" in probed and "using the probe key" in err.decode()  # its identity, found by itself
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)

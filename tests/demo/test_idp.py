@@ -76,3 +76,17 @@ async def test_bastion_verifies_demo_tokens(idp: IdpServer, source: str) -> None
         assert shared.jwks_fetch_count == 1
     finally:
         await shared.close()
+
+
+@pytest.mark.parametrize(("query", "status"), [("ttl=-60", 200), ("ttl=0", 400), ("ttl=x", 400),
+                                               ("ttl=999999", 400), ("aud=api://other", 200)])
+def test_expired_and_wrong_audience_tokens(query: str, status: int) -> None:
+    idp = IdpServer("127.0.0.1")
+    got, _, body = idp.respond("GET", f"/token?user=alice&{query}", b"")
+    assert got == status
+    if status == 200:
+        claims = jwt.decode(body, idp.es256).claims
+        if "ttl" in query:
+            assert claims["exp"] < time.time() and claims["iat"] < claims["exp"]
+        else:
+            assert claims["aud"] == "api://other"

@@ -87,16 +87,21 @@ def test_explain_shows_sources_and_exception_expiry(tmp_path):
             owner: ops@example.com
             reason: load test
             evidence: https://tickets.example.com/9
-            created: 2026-11-20T00:00:00Z
-            expires: 2099-01-01T00:00:00Z
+            created: CREATED
+            expires: 2999-01-01T00:00:00Z
         """))
+    # the CLI reads the real clock: dates relative to it, so the test means the same on any day
+    day = 86400
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - day))
+    expires = time.strftime("%Y-%m-%dT00:00:00Z", time.gmtime(time.time() + 30 * day))
+    path.write_text(path.read_text().replace("CREATED", created))
     result = run("explain", "-c", str(path), "shop/slow", "--json")
     assert result.returncode == 1 and "lasts" in result.stderr  # 90-day maximum
-    path.write_text(path.read_text().replace("2099-01-01", "2027-01-01"))
+    path.write_text(path.read_text().replace("2999-01-01T00:00:00Z", expires))
     doc = json.loads(run("explain", "-c", str(path), "shop/slow", "--json").stdout)[0]
     assert doc["controls"]["identity.required"] == {"value": "waived", "source": "exception:EXC-9"}
     assert doc["controls"]["traffic.max_body_bytes"]["source"] == "class:open"
-    assert doc["exceptions"] == [{"id": "EXC-9", "expires": "2027-01-01T00:00:00Z"}]
+    assert doc["exceptions"] == [{"id": "EXC-9", "expires": expires}]
     text = run("explain", "-c", str(path)).stdout
     assert "shop/items  GET /items  class=open" in text
 
@@ -117,6 +122,8 @@ def test_workers_share_the_port_reload_and_drain_gracefully(tmp_path, upstream):
             served = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                          if line.startswith("http_server_request_duration_seconds_count{"))
         assert served >= 41
+        for series in ("bastion_exceptions_active", "bastion_connections_open"):
+            assert f"\n{series}" in metrics, series  # set by the workers, aggregated by the supervisor
         workers = json.loads(get(f"http://127.0.0.1:{admin}/config")[1])["workers"]
         assert len(workers) == 2
 
@@ -175,3 +182,46 @@ def test_blocks_from_the_command_line(tmp_path, upstream):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_version_flag_and_a_closed_pipe() -> None:
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout.startswith("bastion ")
+    # `bastion explain ... | head -1`: the reader leaves early; no traceback
+    example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "bastion.yaml"
+    proc = subprocess.Popen([*BASTION, "explain", "-c", str(example)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    proc.wait(timeout=30)
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_serve_names_a_missing_certificate_at_its_line(tmp_path: Path) -> None:
+    path = write_config(tmp_path, free_port(), free_port(), 9000)
+    path.write_text(path.read_text().replace("admin: {", "admin: {tls: {cert: gw.pem, key: gw.key}, "))
+    result = run("serve", "-c", str(path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{path}:5:17: gateway.admin.tls.cert: file not found" in result.stderr
+
+
+def test_reload_of_another_file_is_refused_not_reported_as_done(tmp_path: Path, upstream: int) -> None:
+    port, admin = free_port(), free_port()
+    path = write_config(tmp_path, port, admin, upstream)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "bastion.yaml").write_text(path.read_text().replace("/items", "/things"))
+    proc = subprocess.Popen([*BASTION, "serve", "-c", str(path)])
+    try:
+        wait_http(f"http://127.0.0.1:{admin}/readyz")
+        refused = run("reload", "-c", str(other / "bastion.yaml"))
+        assert refused.returncode == 1 and f"the gateway serves {path}" in refused.stderr
+        assert get(f"http://127.0.0.1:{port}/items")[0] == 200  # nothing was reloaded
+        done = run("reload", "-c", str(path))
+        assert done.returncode == 0 and json.loads(done.stdout)["reloaded"] is True
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -52,6 +52,7 @@ def demo_config(directory: Path, issuer: str, upstream: str, mutate: Callable[[d
     rendered = render_config(directory, 0, issuer, upstream, datetime.now(UTC), 0)
     doc = load_doc(rendered.read_text())
     key, jwks = new_probe_key(directory, kid="probe-1")
+    doc["providers"]["jwt"] = [p for p in doc["providers"]["jwt"] if p["name"] != "bastion-probe"]  # the demo's
     doc["providers"]["jwt"].append({"name": "bastion-probe", "issuer": PROBE_ISSUER,
                                     "audiences": ["api://demo"], "algorithms": ["ES256"],
                                     "jwks_file": str(jwks)})

@@ -43,3 +43,19 @@ async def test_probe_cli_against_the_demo(demo: Demo, tmp_path: Path, capsys):
     printed = capsys.readouterr().out
     assert "0 failed" in printed and "orders/get-order" in printed
     assert json.loads(out.read_text())["summary"]["fail"] == 0
+
+
+async def test_probe_publish_puts_the_run_on_the_dashboard(tmp_path: Path) -> None:
+    from tests.helpers import BASIC, free_port, request, running_gateway
+
+    admin_port = free_port()
+    config = BASIC.replace("admin: {address: 127.0.0.1, port: 0}", f"admin: {{address: 127.0.0.1, port: {admin_port}}}")
+    async with running_gateway(tmp_path, config) as gw:
+        target = f"http://127.0.0.1:{gw.bound[0][1]}"
+        code = await asyncio.to_thread(dispatch, parse("probe", "-c", str(tmp_path / "bastion.yaml"), "--target",
+                                                       target, "--publish"))
+        assert code in (0, 1)  # the run's own verdict; what matters here is that it was published
+        report = json.loads((await request(admin_port, "GET", "/report"))[2])
+        assert report["probe"]["target"] == target
+        assert (report["kpis"]["probe_failures"] > 0) == bool(code)
+        assert all(r["probe"] is not None and r["probe"]["pass"] + r["probe"]["fail"] > 0 for r in report["routes"])

@@ -134,3 +134,51 @@ def test_pages_escape_config_text(tmp_path: Path):
     data.report["exceptions"][0]["reason"] = "<script>alert(1)</script>"
     page = dashboard.render("/dashboard/exceptions", data)
     assert page is not None and b"<script>" not in page and b"&lt;script&gt;" in page
+
+
+async def test_matrix_timeline_and_denials_over_time(tmp_path: Path, browser_page: Page) -> None:
+    """The pictures carry the report's facts: each matrix cell's state and policy id, each exception's days
+    left, each hour's denials; the waived identity of catalog/status is relaxed there, never "enforced"."""
+    data = _data(tmp_path)
+    report = data.report
+    server = await _serve(data)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    page = browser_page
+    try:
+        await page.goto(f"{base}/dashboard")
+        await page.click("nav >> text=Matrix")
+        cells = {}
+        for row in await page.locator('table[data-test="matrix"] tbody tr').all():
+            route = await row.get_attribute("data-route")
+            for i, td in enumerate(await row.locator("td").all()):
+                cells[(route, i)] = (await td.get_attribute("data-state"), await td.get_attribute("data-policy"),
+                                     (await td.inner_text()).strip())
+        assert len(cells) == len(report["routes"]) * 8
+        assert cells[("catalog/status", 1)][0] == "relaxed" and cells[("catalog/status", 1)][2] == "EXC-DEMO-1"
+        assert cells[("catalog/status", 1)][1] == "exception:EXC-DEMO-1/catalog/status/identity.required"
+        assert cells[("orders/list-orders", 1)][0] == "enforced"
+        assert cells[("orders/get-order", 5)][:1] == ("relaxed",)  # its body limit, by EXC-SOON
+        assert cells[("catalog/status", 2)][0] == "missing"  # no scopes, and its class did not ask for them
+        assert all(s in ("enforced", "relaxed", "not required", "missing") for s, _, _ in cells.values())
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-matrix.png"), full_page=True)
+
+        await page.click('tr[data-route="catalog/status"] td >> nth=1 >> a')
+        assert page.url.endswith("/dashboard/exceptions#EXC-DEMO-1")
+        days = {await d.get_attribute("data-exception"): await d.get_attribute("data-days")
+                for d in await page.locator('[data-test="timeline"] [data-exception]').all()}
+        assert days == {e["id"]: str(e["days_to_expiry"]) for e in report["exceptions"]}
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-timeline.png"), full_page=True)
+
+        await page.goto(f"{base}/dashboard/denials")
+        hours = await _cells(page, "denials-over-time")
+        assert sum(int(r[1]) for r in hours) == report["denials"]["denied"] == 5
+        assert [r[0] for r in hours] == sorted(report["denials"]["by_hour"])
+
+        await page.goto(f"{base}/dashboard/matrix")
+        await page.click('tr[data-route="orders/get-order"] th a')
+        assert await page.title() == "Bastion · Route orders/get-order"
+        assert [r[0] for r in await _cells(page, "routes")] == ["orders/get-order"]
+        assert len(await _cells(page, "route-denials")) == 1  # the expired token on /orders/3
+        assert (await page.goto(f"{base}/dashboard/route?id=nope/none")).status == 404  # type: ignore[union-attr]
+    finally:
+        server.close()

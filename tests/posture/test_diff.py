@@ -45,6 +45,8 @@ def test_changes_weakenings_first(tmp_path: Path):
         ("weaker", "orders/create-order", "traffic.max_body_bytes", 65536, 1048576),
         ("weaker", "orders/get-order", "traffic.max_body_bytes", 65536, 1048576),
         ("weaker", "orders/list-orders", "traffic.max_body_bytes", 65536, 1048576),
+        ("weaker", "<exceptions>", "exceptions[EXC-WEAK-1]", None, "present"),  # new exceptions: trust granted
+        ("weaker", "<exceptions>", "exceptions[EXC-WEAK-2]", None, "present"),
         ("added", "catalog/debug", "route", None, "/catalog/debug"),
         ("stricter", "catalog/status", "traffic.upstream_timeout", 30.0, 2.0),
     ]
@@ -63,7 +65,7 @@ def test_diff_cli_against_a_file(tmp_path: Path, capsys):
     assert "no effective-policy change" in capsys.readouterr().out
     assert dispatch(parse("diff", "-c", str(approved), "--against", str(other), "--json")) == 1
     doc = json.loads(capsys.readouterr().out)
-    assert doc["weakenings"] == 5 and doc["changes"][0]["kind"] == "weaker"
+    assert doc["weakenings"] == 7 and doc["changes"][0]["kind"] == "weaker"
 
 
 async def _serve_policies(doc: dict, token: str) -> asyncio.Server:

@@ -77,12 +77,12 @@ async def test_one_finding_when_the_running_config_drifts_and_one_when_it_agrees
         assert found["time"] == int(NOW * 1000)
         bastion = found["unmapped"]["bastion"]
         assert (bastion["detection"], bastion["state"], bastion["weakenings"], bastion["changes_total"]) == (
-            "config_drift", "drift", 4, 4)
+            "config_drift", "drift", 6, 6)  # 4 route weakenings and the 2 exceptions that allow them
         assert bastion["approved_hash"] != bastion["running_hash"] == running["compiled"].config_hash
         first = bastion["changes"][0]
         assert (first["route"], first["control"], first["kind"], first["after"]) == (
             "catalog/list-products", "identity", "weaker", "waived (exception:EXC-WEAK-1)")
-        assert "4 effective-policy change(s), 4 weakening(s)" in found["finding_info"]["desc"]
+        assert "6 effective-policy change(s), 6 weakening(s)" in found["finding_info"]["desc"]
         assert found["finding_info"]["attacks"][0]["technique"]["uid"] == "T1562"
 
         running["compiled"] = _compiled(approved)  # rolled back
@@ -116,7 +116,7 @@ async def test_a_new_drift_while_drifting_closes_the_old_finding_and_opens_a_new
     changes = await watch.check()
     assert changes is not None and ("catalog/debug", "added") in {(c.route, c.kind) for c in changes}
     assert [e["activity_name"] for e in events.events] == ["Create", "Close", "Create"]
-    assert events.events[2]["unmapped"]["bastion"]["changes_total"] == 5
+    assert events.events[2]["unmapped"]["bastion"]["changes_total"] == 7
 
 
 async def test_an_unreadable_approved_file_is_reported_once_and_changes_nothing(tmp_path: Path):

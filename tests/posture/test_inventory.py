@@ -56,22 +56,28 @@ def test_inventory(tmp_path: Path):
     doc = inventory.build(compiled, events, now)
     routes = {r["route"]: r for r in doc["routes"]}
     got = routes["orders/get-order"]
-    assert (got["requests"], got["denied"], got["consumers"], got["idle"]) == (3, 1, ["billing", "shop"], False)
+    # the denied request had no verified caller: it is known by its address, not as "anonymous"
+    assert (got["requests"], got["denied"], got["consumers"], got["idle"]) == (
+        3, 1, ["10.0.0.1", "billing", "shop"], False)
+    anonymous = audit_event("/catalog/status", api="catalog", route="status", time=now - DAY, ip="192.0.2.7")
+    anonymous["actor"] = {"user": {"name": "anonymous", "type_id": 0}}  # as the gateway writes it
+    events = list(auditlog.requests([*_events(now), anonymous]))
+    doc = inventory.build(compiled, events, now)
+    routes = {r["route"]: r for r in doc["routes"]}
     assert got["owner"] == "team-orders@example.com" and got["class"] == "partner"
     assert routes["orders/list-orders"]["idle"]  # last call 120 days ago
-    assert routes["catalog/status"]["last_request"] is None and routes["catalog/status"]["idle"]
-    assert doc["idle_routes"] == ["orders/list-orders", "orders/create-order", "catalog/list-products",
-                                  "catalog/status"]
+    assert routes["catalog/status"]["consumers"] == ["192.0.2.7"]
+    assert doc["idle_routes"] == ["orders/list-orders", "orders/create-order", "catalog/list-products"]
     shadow = doc["shadow"]
     assert shadow[0]["request"] == "GET /v1/orders/{n}" and shadow[0]["count"] == 3
     assert shadow[0]["callers"] == ["10.1.1.1", "10.1.1.2", "legacy-app"]
     assert shadow[0]["first_seen"] < shadow[0]["last_seen"]
     assert shadow[1]["request"] == "DELETE /catalog/products (undeclared method)"
-    assert {a["name"]: a["idle_routes"] for a in doc["apis"]} == {"orders": 2, "catalog": 2}
+    assert {a["name"]: a["idle_routes"] for a in doc["apis"]} == {"orders": 2, "catalog": 1}
     assert "review for decommissioning" in inventory.text(doc)
 
     assert inventory.build(compiled, events, now, idle_days=200)["idle_routes"] == [
-        "orders/create-order", "catalog/list-products", "catalog/status"]
+        "orders/create-order", "catalog/list-products"]
 
 
 def test_inventory_cli(tmp_path: Path, capsys):

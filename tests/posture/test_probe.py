@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bastion.config.loader import load_config
 from bastion.posture.probe import probe, table
 from tests.posture.conftest import dump_doc, load_doc, running_demo, with_owner_routes
 
@@ -98,3 +99,19 @@ async def test_probe_reports_precise_failures_against_a_weakened_gateway(tmp_pat
     assert (bola["path"], bola["detail"]) == ("/orders/2/invoice", "reached the upstream")
     assert by_key[("orders/get-invoice", "valid_probe_token")]["result"] == "pass"
     assert "FAIL" in table_of(report)
+
+
+async def test_the_probe_finds_the_identity_its_config_trusts(tmp_path: Path) -> None:
+    """Out of the box against the demo: the probe key beside the trusted JWKS is found and used, so the
+    attacks that need a valid token run instead of being skipped."""
+    from bastion.posture.tokens import discover_identity
+
+    async with running_demo(tmp_path / "demo") as demo:
+        loaded = load_config(demo.config)
+        found = discover_identity(loaded.model.providers.jwt, loaded.path.parent)
+        assert found is not None and found.provider == "bastion-probe"
+        with_key = await probe(demo.config, demo.target, identity=found)
+        without = await probe(demo.config, demo.target)
+    assert with_key["summary"]["fail"] == 0
+    assert with_key["summary"]["skip"] < without["summary"]["skip"]
+    assert with_key["summary"]["pass"] > without["summary"]["pass"]

@@ -65,6 +65,9 @@ def test_kpis_exceptions_and_gaps(tmp_path: Path):
     assert "API2:2023" not in routes["catalog/status"]["owasp"] or \
         "identity.required" not in routes["catalog/status"]["owasp"]["API2:2023"]
     assert routes["orders/list-orders"]["owasp"]["API9:2023"] == ["gateway.default_deny"]
+    assert "anonymous callers are refused" in routes["orders/list-orders"]["owasp_why"]["identity.required"]
+    assert "identity.required" not in routes["catalog/status"]["owasp_why"]  # waived: not credited
+    assert "`identity.required`: anonymous callers are refused" in render.markdown(doc)
     apis = {a["name"]: a for a in doc["apis"]}
     assert (apis["orders"]["coverage"], apis["catalog"]["coverage"]) == (66.7, 50.0)
 

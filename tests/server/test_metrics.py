@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
+from bastion.server import metrics as metrics_module
 from bastion.server.metrics import _BUCKETS, Metrics
 
 DURATIONS = [0.0001, 0.0005, 0.0007, 0.003, 0.003, 0.2, 9.9, 12.0]  # on bounds, between them, past the last
@@ -15,8 +21,9 @@ def samples(registry: CollectorRegistry, name: str) -> dict[tuple[str, tuple[tup
             if not s.name.endswith("_created")}
 
 
-def test_flushed_durations_equal_direct_observations():
-    metrics = Metrics()
+@pytest.mark.parametrize("multiprocess", [False, True], ids=["one-process", "workers"])
+def test_flushed_durations_equal_direct_observations(multiprocess: bool) -> None:
+    metrics = Metrics(multiprocess=multiprocess)
     reference = CollectorRegistry()
     direct = Histogram("http_server_request_duration_seconds", "", ["http_request_method", "http_route",
                        "http_response_status_code", "bastion_api", "bastion_class"], buckets=_BUCKETS,
@@ -29,14 +36,20 @@ def test_flushed_durations_equal_direct_observations():
     name = "http_server_request_duration_seconds"
     assert samples(metrics.registry, name) == {}  # nothing before a flush: the request path only batches
     metrics.flush()
-    assert samples(metrics.registry, name) == samples(reference, name)
+    assert samples(metrics.registry, name) == pytest.approx(samples(reference, name))
     metrics.observe("GET", "/items", 200, "shop", "open", 0.05)  # a second batch adds to the first
     direct.labels("GET", "/items", "200", "shop", "open").observe(0.05)
     metrics.flush()
-    assert samples(metrics.registry, name) == samples(reference, name)
+    assert samples(metrics.registry, name) == pytest.approx(samples(reference, name))
 
 
-def test_decisions_are_counted_at_flush():
+def test_no_private_field_of_prometheus_client_is_touched() -> None:
+    source = Path(metrics_module.__file__).read_text()
+    owners = {owner for owner in re.findall(r"(\w+)\._[a-z]", source)} - {"self"}
+    assert owners == set()  # e.g. `child._buckets[i].inc()` reached into the library
+
+
+def test_decisions_are_counted_at_flush() -> None:
     metrics = Metrics()
     for _ in range(3):
         metrics.decision("identity", "deny", "token_expired")
@@ -44,3 +57,47 @@ def test_decisions_are_counted_at_flush():
     counts = samples(metrics.registry, "bastion_decisions")
     assert counts[("bastion_decisions_total", (("control", "identity"), ("outcome", "deny"),
                                                ("reason", "token_expired")))] == 3
+
+
+# every series README.md and the layer documents promise, that one process serving traffic must expose
+DOCUMENTED = ("http_server_request_duration_seconds_count", "bastion_decisions_total", "bastion_config_info",
+              "bastion_config_reloads_total", "bastion_exceptions_active", "bastion_connections_open",
+              "bastion_jwks_fetch_total", "bastion_token_cache_total", "bastion_ssf_sets_total",
+              "bastion_audit_events_delivered_total", "bastion_audit_queue_depth")
+
+
+def _with_ssf(doc: dict[str, Any]) -> None:
+    probe = next(p for p in doc["providers"]["jwt"] if p["name"] == "bastion-probe")
+    doc["providers"]["ssf"] = [{"name": "caep", "issuer": "https://caep.example.com", "audience": ["bastion"],
+                                "algorithms": ["ES256"], "jwks_file": probe["jwks_file"]}]
+
+
+def _value(text: str, series: str) -> float:
+    """The sum of a series' samples in Prometheus text (0 when absent)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(series) and line[len(series)] in "{ ")
+
+
+async def test_every_documented_series_is_on_metrics_after_real_traffic(tmp_path: Path) -> None:
+    from tests.helpers import request
+    from tests.posture.conftest import running_demo
+
+    async with running_demo(tmp_path / "demo", _with_ssf) as demo:
+        token = demo.idp.mint("alice", ["orders:read"])
+        for _ in range(2):  # a miss, then a hit of the verified-token cache
+            status, _, _ = await request(demo.port, "GET", "/orders/", {"Authorization": f"Bearer {token}"})
+            assert status == 200
+        assert (await request(demo.port, "GET", "/catalog/status"))[0] == 200  # through the demo's exception
+        status, _, _ = await request(demo.admin_port, "POST", "/ssf/events", {"Content-Type": "application/secevent+jwt"},
+                                     b"not-a-set")
+        assert status == 400
+        assert (await request(demo.admin_port, "POST", "/reload"))[0] == 200
+        text = (await request(demo.admin_port, "GET", "/metrics"))[2].decode()
+    missing = [series for series in DOCUMENTED if _value(text, series) == 0 and f"\n{series}" not in text]
+    assert missing == []
+    assert _value(text, "bastion_exceptions_active") == 1  # EXC-DEMO-1, from the plan in force now
+    assert _value(text, 'bastion_token_cache_total{result="hit"}') >= 1
+    assert _value(text, 'bastion_token_cache_total{result="miss"}') >= 1
+    assert _value(text, "bastion_jwks_fetch_total") >= 1
+    assert _value(text, "bastion_ssf_sets_total") == 1
+    assert _value(text, "http_server_request_duration_seconds_count") >= 3

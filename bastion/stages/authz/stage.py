@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bastion import policy_ids as ids
 from bastion.context import Continue, ControlRecord, Decision, Deny, RequestContext
 from bastion.stages.authz.cache import DecisionCache
 from bastion.stages.authz.client import HttpClient
@@ -36,7 +37,7 @@ DETAIL = {
     "opa_unavailable": "The access policy could not be evaluated; try again later.",
     "cedar_denied": "The access policy does not allow this request.",
 }
-_SPECIFIC = ("route:", "exception:", "api:")  # most specific origin first, for the id of an allow
+_SPECIFIC = ("route/", "exception:", "api/")  # most specific origin first, for the id of an allow
 
 
 class AuthzShared:
@@ -102,10 +103,10 @@ class _Ids:
     def __init__(self, route: RouteInfo, policy: AuthzPolicy, admin_from_openapi: bool) -> None:
         self.route = route
         self.scopes = (route.policy_id("authz.scopes") if policy.scopes or "authz.scopes" in route.sources
-                       else f"openapi:{route.api}/{route.route_id}/authz.scopes")
+                       else ids.policy_id("openapi", route.api, route.route, "authz.scopes"))
         self.admin = route.policy_id("authz.admin_roles")
         if admin_from_openapi and not policy.administrative:
-            self.administrative = f"openapi:{route.api}/{route.route_id}/authz.administrative"
+            self.administrative = ids.policy_id("openapi", route.api, route.route, "authz.administrative")
         else:
             self.administrative = route.policy_id("authz.administrative")
         self.roles = route.policy_id("authz.roles")

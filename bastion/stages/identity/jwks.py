@@ -24,7 +24,7 @@ from joserfc.jwk import JWKRegistry, Key
 
 from bastion.stages.identity.config import JwksCacheConfig
 from bastion.stages.identity.fetch import FetchError, HttpResponse, fetch
-from bastion.stages.identity.metrics import JWKS_FETCH
+from bastion.stages.identity.metrics import IdentityMetrics, identity_metrics
 
 log = logging.getLogger("bastion.identity.jwks")
 
@@ -101,8 +101,10 @@ class JwksCache:
         jwks_file: Path | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         fetcher: Fetcher = fetch,
+        metrics: IdentityMetrics | None = None,
     ) -> None:
         self.provider = provider
+        self._metrics = metrics or identity_metrics(None)
         self.config = config
         self._jwks_uri = jwks_uri
         self._issuer = discovery_issuer
@@ -166,11 +168,11 @@ class JwksCache:
                 raise FetchError(f"JWKS answered HTTP {response.status}")
             keys = parse_jwks(response.body, allow_symmetric=False)
         except (FetchError, ValueError) as exc:
-            JWKS_FETCH.labels(self.provider, "error").inc()
+            self._metrics.jwks_fetch.labels(self.provider, "error").inc()
             self._next_delay = max(self.config.cooldown, 1.0)
             log.warning("JWKS fetch for provider %s failed: %s", self.provider, exc)
             raise
-        JWKS_FETCH.labels(self.provider, "success").inc()
+        self._metrics.jwks_fetch.labels(self.provider, "success").inc()
         ttl = self.ttl_for(response.headers.get("cache-control", ""))
         self._keys = keys
         self._usable_until = self._now() + ttl + self.config.stale_grace

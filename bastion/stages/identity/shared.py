@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from bastion.stages.base import Services
 from bastion.stages.identity.config import ConsumerConfig, ProvidersConfig, check_consumers
 from bastion.stages.identity.consumers import ConsumerIndex
 from bastion.stages.identity.jwks import JwksCache
 from bastion.stages.identity.jwt import JwtVerifier, ProviderVerifier, VerifiedToken
+from bastion.stages.identity.metrics import identity_metrics
 from bastion.stages.identity.mtls import CertParser
 from bastion.stages.identity.revocation import RevocationList, StateRevocationList
 from bastion.stages.identity.ssf import DEFAULT_REVOKE_FOR, SetReceiver
@@ -44,7 +45,8 @@ class IdentityShared:
         services = services or Services()
         errors = check_consumers(consumers)
         patterns = tuple(identity_headers)
-        for provider in [*providers.jwt, *providers.introspection]:
+        with_claims: list[Any] = [*providers.jwt, *providers.introspection]  # both carry claim_to_headers
+        for provider in with_claims:
             for item in provider.claim_to_headers:
                 if not _protected(item.header, patterns):
                     errors.append(f"providers: {provider.name}: claim_to_headers header {item.header!r} is "
@@ -53,12 +55,13 @@ class IdentityShared:
             raise ValueError("; ".join(errors))
         self.wall_clock = services.wall_clock
         self.monotonic = services.monotonic
+        self.metrics = identity_metrics(services.registry)
         fetcher = services.extra.get("identity_fetcher")
         extra: dict[str, Any] = {"fetcher": fetcher} if fetcher is not None else {}
         self.jwks: dict[str, JwksCache] = {
             p.name: JwksCache(
                 p.name, p.jwks_cache, jwks_uri=p.jwks_uri, discovery_issuer=p.issuer if p.discovery else None,
-                jwks_file=p.jwks_file, monotonic=services.monotonic, **extra)
+                jwks_file=p.jwks_file, monotonic=services.monotonic, metrics=self.metrics, **extra)
             for p in providers.jwt
         }
         self.verifier = JwtVerifier([ProviderVerifier(p, self.jwks[p.name]) for p in providers.jwt],
@@ -70,14 +73,15 @@ class IdentityShared:
         # reloads); without a backend (unit tests) in a private in-memory one. `extra["revocations"]` replaces it.
         state = services.state if services.state is not None else MemoryState()
         self.revocation_store = StateRevocationList(state, services.wall_clock)
-        self.revocations: RevocationList = services.extra.get("revocations") or self.revocation_store
+        self.revocations: RevocationList = (services.extra.get("revocations")
+                                            or cast(RevocationList, self.revocation_store))
         # CAEP / Shared Signals receiver (POST /ssf/events on the admin listener), None without providers.ssf
         self.ssf_receiver: SetReceiver | None = None
         if providers.ssf:
             revoke_for = max((p.max_lifetime + p.leeway for p in providers.jwt), default=DEFAULT_REVOKE_FOR)
             self.ssf_receiver = SetReceiver(providers.ssf, self.revocations, self.revocation_store,
                                             revoke_for=revoke_for, monotonic=services.monotonic,
-                                            fetcher=fetcher, audit=services.audit)
+                                            fetcher=fetcher, audit=services.audit, metrics=self.metrics)
         self.introspection: Any = None
         if providers.introspection:
             from bastion.stages.identity.introspection import Introspector

@@ -32,12 +32,12 @@ from typing import Any
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
-from prometheus_client import Counter
 
 from bastion.stages.identity.challenge import StepUp
 from bastion.stages.identity.config import SsfTransmitterConfig
 from bastion.stages.identity.jwks import JwksCache, JwksUnavailable
 from bastion.stages.identity.jwt import string_set
+from bastion.stages.identity.metrics import IdentityMetrics, identity_metrics
 from bastion.stages.identity.revocation import RevocationList, StateRevocationList
 from bastion.state import StateUnavailable
 
@@ -46,11 +46,6 @@ log = logging.getLogger("bastion.identity.ssf")
 CONTENT_TYPE = "application/secevent+jwt"
 DEFAULT_REVOKE_FOR = 86400.0
 
-SSF_SETS = Counter(
-    "bastion_ssf_sets",
-    "Security Event Tokens received, by transmitter and result (accepted, or the RFC 8935 error code).",
-    ["transmitter", "result"],
-)
 
 _JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 _FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c")
@@ -178,12 +173,14 @@ class SetReceiver:
         monotonic: Callable[[], float] = time.monotonic,
         fetcher: Any = None,
         audit: Any = None,
+        metrics: IdentityMetrics | None = None,
     ) -> None:
         extra: dict[str, Any] = {"fetcher": fetcher} if fetcher is not None else {}
+        self._metrics = metrics or identity_metrics(None)
         self.transmitters: dict[str, Transmitter] = {}
         for config in transmitters:
             cache = JwksCache(f"ssf:{config.name}", config.jwks_cache, jwks_uri=config.jwks_uri,
-                              jwks_file=config.jwks_file, monotonic=monotonic, **extra)
+                              jwks_file=config.jwks_file, monotonic=monotonic, metrics=self._metrics, **extra)
             self.transmitters[config.issuer] = Transmitter(config, cache, revoke_for)
         self._revocations = revocations
         self._seen = seen
@@ -218,7 +215,7 @@ class SetReceiver:
 
     def _record(self, result: str, received: ReceivedSet | None, detail: dict[str, Any]) -> None:
         name = received.transmitter if received is not None else "unknown"  # a refused iss is not trusted
-        SSF_SETS.labels(name, result).inc()
+        self._metrics.ssf_sets.labels(name, result).inc()
         if received is not None:
             detail = {"transmitter": name, "jti": received.jti, "events": list(received.events),
                       "revoked": [a.subject for a in received.actions], "ignored": list(received.ignored)}

@@ -18,7 +18,6 @@ from bastion.stages.identity.challenge import StepUp
 from bastion.stages.identity.config import IdentityPolicy
 from bastion.stages.identity.consumers import Consumer
 from bastion.stages.identity.jwt import TokenRejected, VerifiedToken, header_value
-from bastion.stages.identity.metrics import TOKEN_CACHE_HIT, TOKEN_CACHE_MISS
 from bastion.stages.identity.mtls import bound_to
 from bastion.stages.identity.shared import IdentityShared
 from bastion.stages.identity.tokencache import token_key
@@ -145,7 +144,7 @@ class IdentityStage:
         key = token_key(token) if self._jwt else None
         verified = shared.token_cache.get(key, now) if key is not None else None
         if verified is not None:  # verified before and not expired: no await, no signature check
-            TOKEN_CACHE_HIT.inc()
+            shared.metrics.token_cache_hit.inc()
         else:
             try:
                 verified = await self._verify(token, key, now)
@@ -182,7 +181,7 @@ class IdentityStage:
         """A token not in the cache (`key`: its cache key when JWTs are accepted)."""
         shared = self._shared
         if key is not None:
-            TOKEN_CACHE_MISS.inc()
+            shared.metrics.token_cache_miss.inc()
             try:
                 verified = await shared.verifier.verify(token)
             except TokenRejected as exc:

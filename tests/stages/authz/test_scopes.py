@@ -78,7 +78,7 @@ async def test_no_identity_is_401_without_error_attribute(shared: Any, identity:
     assert isinstance(decision, Deny)
     assert (decision.status, decision.reason) == (401, "identity_required")
     assert decision.headers == (("www-authenticate", 'Bearer realm="bastion"'),)
-    assert decision.policy_id == "openapi:bank/bank/get-account/authz.scopes"
+    assert decision.policy_id == "openapi/bank/get-account/authz.scopes"
 
 
 async def test_anonymous_alternative_lets_anonymous_callers_through(shared: Any) -> None:

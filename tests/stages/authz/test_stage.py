@@ -74,7 +74,7 @@ def test_administrative_route_without_admin_roles_is_a_config_error(shared: Any)
 async def test_admin_policy_id_names_openapi_when_the_document_marks_it(shared: Any) -> None:
     built = stage(shared, route(operation={"x-bastion-admin": True}), admin_roles=["ops"])
     assert built.requirements() == [
-        "administrative: needs any of [ops]  [openapi:bank/bank/get-account/authz.administrative]"]
+        "administrative: needs any of [ops]  [openapi/bank/get-account/authz.administrative]"]
     decision = await built.check(request(caller(roles="")))
     assert isinstance(decision, Deny) and decision.policy_id == "class:partner/bank/get-account/authz.admin_roles"
 
@@ -95,7 +95,7 @@ async def test_allow_records_the_most_specific_origin_and_the_exception(shared: 
     info = route(sources={"authz.roles": "route:bank/get-account", "authz.scopes": "exception:EXC-7"})
     built = stage(shared, info, scopes=["a"], roles={"any_of": ["r"]})
     assert await built.check(request(caller(scopes="a", roles="r"))) == Continue(
-        "route:bank/get-account/bank/get-account/authz.roles", "EXC-7")
+        "route/bank/get-account/authz.roles", "EXC-7")
 
 
 def test_explain_lists_each_requirement_with_its_policy_id(shared: Any) -> None:
@@ -109,8 +109,8 @@ def test_explain_lists_each_requirement_with_its_policy_id(shared: Any) -> None:
         "scopes: config: accounts:read  [class:partner/bank/get-account/authz.scopes]",
         "roles: any of [clerk]  [class:partner/bank/get-account/authz.roles]",
         "condition tenant: claims.tenant == path.account_id  [class:partner/bank/get-account/authz.conditions]",
-        "owner: path.account_id in claim:accounts  [route:bank/get-account/bank/get-account/authz.owner]",
-        "owner: body./to equals subject  [route:bank/get-account/bank/get-account/authz.owner]",
+        "owner: path.account_id in claim:accounts  [route/bank/get-account/authz.owner]",
+        "owner: body./to equals subject  [route/bank/get-account/authz.owner]",
         "opa: POST http://127.0.0.1:8181/v1/data/bastion/allow (on_error closed)  "
         "[class:partner/bank/get-account/authz.opa]",
     ]

@@ -7,13 +7,14 @@ import asyncio
 import pytest
 from conftest import ISSUER, Clock, JwksServer, Keys, Minter, make_ctx
 from joserfc.jwk import ECKey
+from prometheus_client import CollectorRegistry
 
 from bastion.context import Continue, Deny
 from bastion.stages.base import RouteInfo, Services
 from bastion.stages.identity import IdentityPolicy, IdentityShared, build
 from bastion.stages.identity.config import JwksCacheConfig, JwtProviderConfig, ProvidersConfig
 from bastion.stages.identity.jwks import JwksCache, JwksUnavailable
-from bastion.stages.identity.metrics import JWKS_FETCH
+from bastion.stages.identity.metrics import identity_metrics
 
 
 def cache_for(server: JwksServer, mono: Clock, **cfg: float) -> JwksCache:
@@ -21,15 +22,16 @@ def cache_for(server: JwksServer, mono: Clock, **cfg: float) -> JwksCache:
 
 
 async def test_fetched_once_at_start(jwks_server: JwksServer) -> None:
-    before = JWKS_FETCH.labels("corp", "success")._value.get()
-    cache = cache_for(jwks_server, Clock(1000.0))
+    registry = CollectorRegistry()
+    cache = JwksCache("corp", JwksCacheConfig(), jwks_uri=f"{jwks_server.url}/jwks.json", monotonic=Clock(1000.0),
+                      metrics=identity_metrics(registry))
     await cache.start()
     try:
         assert cache.fetch_count == 1 and jwks_server.hits["/jwks.json"] == 1
         assert [k.kid for k in await cache.keys_for("ec-1", "ES256")] == ["ec-1"]
         assert await cache.keys_for("ec-1", "RS256") == []  # an EC key never verifies RS256
         assert cache.fetch_count == 1
-        assert JWKS_FETCH.labels("corp", "success")._value.get() == before + 1
+        assert registry.get_sample_value("bastion_jwks_fetch_total", {"provider": "corp", "result": "success"}) == 1
     finally:
         await cache.close()
 
