@@ -101,6 +101,10 @@ class RedisState:
         """False while calls fail fast after a failure (for /readyz and metrics)."""
         return not (self._down_until and self._monotonic() < self._down_until)
 
+    async def ping(self) -> None:
+        """One PING under the deadline (the readiness probe); raises StateUnavailable."""
+        await self._call(lambda redis: redis.ping())
+
     # -- limits ---------------------------------------------------------------------------------------------
 
     async def hit(self, hits: Sequence[Hit], now: float) -> list[Outcome]:

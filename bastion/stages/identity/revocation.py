@@ -309,6 +309,9 @@ _MEMORY: weakref.WeakKeyDictionary[Any, _MemoryRecords] = weakref.WeakKeyDiction
 
 def records_for(state: Any) -> _Records:
     """The revocation records of a state backend: Redis keys, or a dict tied to a `MemoryState`."""
+    own = getattr(state, "revocation_records", None)
+    if own is not None:  # a backend that keeps them itself (the workers' supervisor)
+        return own()  # type: ignore[no-any-return]
     if getattr(state, "name", None) == "redis":
         return _RedisRecords(state)
     if getattr(state, "name", None) == "memory":

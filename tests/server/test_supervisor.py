@@ -1,0 +1,117 @@
+"""`serve --workers N` as real processes: restarts, crash loops, all-or-none reloads, drain, admin endpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+from tests.server.workers import gateway
+
+
+def _load(gw, stop: threading.Event, results: list[int], clients: int = 4) -> list[threading.Thread]:
+    """`clients` threads sending GET /items one after another (a new connection each)."""
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                results.append(gw.get("/items"))
+            except OSError:
+                results.append(0)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def test_a_killed_worker_is_back_within_a_second_and_only_its_requests_fail(tmp_path):
+    with gateway(tmp_path) as gw:
+        before = gw.wait_linked()
+        stop, results = threading.Event(), []
+        threads = _load(gw, stop, results)
+        time.sleep(0.5)
+        victim = before[0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        after = gw.wait_linked(timeout=5, exclude=frozenset({victim}))
+        back = time.monotonic() - killed
+        time.sleep(0.5)
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+        failed = sum(1 for status in results if status != 200)
+        assert back < 1.0, f"worker back after {back:.2f}s"
+        assert after[0]["pid"] != victim and after[1]["pid"] == before[1]["pid"]
+        assert len(results) > 50
+        assert failed <= 4, f"{failed} of {len(results)} requests failed: only the killed worker's in-flight ones may"
+        assert gw.admin("/readyz")[0] == 200
+
+
+def test_a_crash_looping_worker_makes_readyz_not_ready_and_raises_an_alert(tmp_path):
+    extra = "audit: {sinks: [{type: file, path: audit.jsonl}]}\n"
+    with gateway(tmp_path, extra_gateway=extra) as gw:
+        for _ in range(5):
+            victim = gw.wait_linked()[0]["pid"]
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while gw.workers_info()[0]["pid"] == victim and time.monotonic() < deadline:
+                time.sleep(0.01)
+        status, doc = gw.admin("/readyz")
+        assert status == 503
+        assert any(r.startswith("worker_crash_loop: worker 1") for r in doc["reasons"])
+        assert gw.get("/items") == 200  # the other worker (and the restarted one) keep serving
+        metrics = gw.admin("/metrics")[1].decode()
+        assert 'bastion_worker_crash_looping{worker="1"} 1.0' in metrics
+        deadline = time.monotonic() + 5
+        found = []
+        while not found and time.monotonic() < deadline:
+            time.sleep(0.2)
+            lines = (tmp_path / "audit.jsonl").read_text().splitlines() if (tmp_path / "audit.jsonl").exists() else []
+            found = [json.loads(x) for x in lines if "worker_crash_loop" in x]
+        assert found and found[0]["class_uid"] == 2004
+
+
+def test_reload_is_all_or_none_with_a_generation_and_each_workers_hash(tmp_path):
+    with gateway(tmp_path) as gw:
+        gw.wait_linked()
+        original = gw.path.read_text()
+        gw.path.write_text(original.replace("path: /items", "path: /goods"))
+        status, doc = gw.post_admin("/reload")
+        assert status == 200 and doc["reloaded"] is True and doc["generation"] == 2
+        assert {w["generation"] for w in doc["workers"]} == {2}
+        assert {w["config_hash"] for w in doc["workers"]} == {doc["config_hash"]} and doc["consistent"]
+        for _ in range(10):  # every worker serves the new routes at once: no request sees the old config
+            assert gw.get("/goods") == 200
+        serving = doc["config_hash"]
+
+        gw.path.write_text(original.replace("class: open", "class: closed"))  # invalid
+        status, doc = gw.post_admin("/reload")
+        assert status == 422 and doc["reloaded"] is False and doc["generation"] == 2
+        assert "unknown class" in doc["message"]
+        assert {w["config_hash"] for w in doc["workers"]} == {serving}
+
+        gw.path.write_text(original.replace("path: /items", "path: /goods").replace(
+            f"port: {gw.port}", "port: 1"))  # a new listener port cannot be applied live
+        status, doc = gw.post_admin("/reload")
+        assert status == 422 and "gateway.listeners[0].port changed: needs a restart" in doc["message"]
+        assert doc["generation"] == 2 and gw.get("/goods") == 200
+
+        status, ready = gw.admin("/readyz")
+        assert status == 200 and {w["config_hash"] for w in ready["workers"]} == {serving}
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path):
+    with gateway(tmp_path) as gw:
+        gw.wait_linked()
+        results: list[int] = []
+        threads = [threading.Thread(target=lambda: results.append(gw.get("/slow"))) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        gw.proc.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(15)
+        assert results == [200] * 4
+        assert gw.proc.wait(15) == 0
