@@ -72,7 +72,7 @@ def make_admin_auth(compiled: CompiledGateway) -> Any:
 def audit_file_path(gw: GatewayConfig, base: Path) -> Path | None:
     """The first file sink: the admin API's report, inventory and dashboard read their events there."""
     for sink in gw.audit.sinks:
-        path = getattr(sink, "path", None)
+        path: Path | None = getattr(sink, "path", None)
         if getattr(sink, "type", "") == "file" and path is not None:
             return path if path.is_absolute() else base / path
     return None

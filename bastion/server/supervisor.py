@@ -105,9 +105,9 @@ class Supervisor:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
-        values.ValueClass = values.MultiProcessValue()  # this process's own metrics go to the files too
+        values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]  # this process's own metrics go to the files too
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=self.metrics_dir)
+        MultiProcessCollector(registry, path=self.metrics_dir)  # type: ignore[no-untyped-call]
         self.restarts = Counter("bastion_worker_restarts_total", "Workers restarted after an exit, by slot.",
                                 ["worker"], registry=None)
         self.workers_alive = Gauge("bastion_workers_alive", "Workers running and linked.", registry=None,
@@ -207,7 +207,7 @@ class Supervisor:
             asyncio.get_running_loop().create_task(slot.link.close())
         slot.link, slot.status = None, {}
         if pid is not None:
-            multiprocess.mark_process_dead(pid, self.metrics_dir)  # its live gauges no longer count
+            multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]  # its live gauges no longer count
         slot.exits.append(now)
         while slot.exits and now - slot.exits[0] > CRASH_WINDOW:
             slot.exits.popleft()
@@ -280,13 +280,15 @@ class Supervisor:
             answers = await asyncio.gather(*(s.link.call("prepare", peer, timeout=RELOAD_TIMEOUT)  # type: ignore[union-attr]
                                              for s in linked), return_exceptions=True)
             for slot, answer in zip(linked, answers, strict=True):
-                if refusal is None and isinstance(answer, BaseException):
+                if refusal is not None:
+                    break
+                if isinstance(answer, BaseException):
                     refusal = f"worker {slot.index}: {answer}"
-                elif refusal is None and not answer.get("ok"):
+                elif not answer.get("ok"):
                     refusal = str(answer.get("message"))
             if refusal is not None:
-                await asyncio.gather(*(s.link.call("abort", timeout=5.0) for s in linked  # type: ignore[union-attr]
-                                       if s.link is not None), return_exceptions=True)
+                await asyncio.gather(*(s.link.call("abort", timeout=5.0) for s in linked if s.link is not None),
+                                     return_exceptions=True)
                 await self._close_shared(fresh)
                 self.audit.admin("config.reload", "failure", peer=peer, errors=[refusal])
                 return False, f"reload refused, every worker keeps generation {self.generation}: {refusal}"

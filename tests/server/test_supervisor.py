@@ -115,3 +115,40 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path):
             thread.join(15)
         assert results == [200] * 4
         assert gw.proc.wait(15) == 0
+
+
+def test_admin_in_workers_mode_offers_blocks_revocations_and_ssf_audited_and_shared(tmp_path):
+    extra = "audit: {sinks: [{type: file, path: audit.jsonl}]}\n"
+    with gateway(tmp_path, extra_gateway=extra) as gw:
+        gw.wait_linked()
+        status, doc = gw.post_admin("/blocks", {"kind": "ip", "key": "127.0.0.1", "seconds": 60})
+        assert status == 200 and doc["blocked"] is True
+        time.sleep(1.1)  # a worker asks the shared state about a key at most once a second
+        assert [gw.get("/items") for _ in range(20)] == [403] * 20  # every worker: both share the port
+        assert gw.admin("/blocks")[1]["blocks"][0]["key"] == "127.0.0.1"
+        assert gw.post_admin("/blocks/lift", {"kind": "ip", "key": "127.0.0.1"})[0] == 200
+        assert [gw.get("/items") for _ in range(20)] == [200] * 20  # lifted in every worker at once
+
+        status, doc = gw.post_admin("/revocations", {"kind": "sub", "value": "alice", "seconds": 60})
+        assert status == 200 and doc["revoked"]["value"] == "alice"
+        assert [r["value"] for r in gw.admin("/revocations")[1]["revocations"]] == ["alice"]
+        assert gw.post_admin("/ssf/events", {})[0] == 404  # routed: no transmitter is configured
+        assert gw.admin("/config")[1]["config_hash"]
+
+        deadline, actions = time.monotonic() + 5, set()
+        while time.monotonic() < deadline and "admin.POST /revocations" not in actions:
+            time.sleep(0.2)
+            lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+            actions = {json.loads(x).get("api", {}).get("operation") for x in lines}
+        assert {"admin.POST /blocks", "admin.POST /blocks/lift", "admin.POST /revocations"} <= actions
+
+
+def test_a_rate_limit_holds_across_workers_without_redis(tmp_path):
+    with gateway(tmp_path) as gw:
+        gw.path.write_text(gw.path.read_text().replace(
+            "open: {identity: {required: false}}",
+            "open: {identity: {required: false}, traffic: {rate_limits: [{name: per-client, limit: 10, "
+            "window: 1m, key: client_ip}]}}"))
+        assert gw.post_admin("/reload")[0] == 200
+        statuses = [gw.get("/items") for _ in range(40)]
+        assert statuses.count(200) == 10 and statuses.count(429) == 30
