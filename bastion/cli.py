@@ -19,7 +19,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("serve", help="run the gateway")
     p.add_argument("-c", "--config", required=True)
-    p.add_argument("--workers", type=int, default=None, help="worker processes sharing the ports")
+    p.add_argument("--workers", type=_worker_count, default=None,
+                   help="worker processes sharing the ports, or `auto` (one per CPU)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
     p = verbs.add_parser("reload", help="ask a running gateway to reload its config (admin listener)")
@@ -60,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
 
     add_verbs(verbs)  # probe, report, inventory, diff
     return parser
+
+
+def _worker_count(text: str) -> int:
+    import os
+
+    count = (os.cpu_count() or 1) if text == "auto" else int(text)
+    if not 1 <= count <= 64:
+        raise argparse.ArgumentTypeError("--workers takes 1 to 64, or auto")
+    return count
 
 
 def main(argv: Sequence[str] | None = None) -> int:
