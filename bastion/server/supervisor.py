@@ -153,10 +153,12 @@ class Supervisor:
                          workers=len(self.slots))
         print(f"bastion: supervisor pid {os.getpid()} running {len(self.slots)} workers", file=sys.stderr,
               flush=True)
+        probe = loop.create_task(self._readiness_loop())
         while not self.stopping.is_set():
             self._watch()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), 0.05)
+        probe.cancel()
         await self._stop(gw.limits.drain_timeout)
         if admin_server is not None:
             admin_server.close()
@@ -335,6 +337,13 @@ class Supervisor:
                         for r in answer.get("reasons", [])]
         self.readiness_gauge.set(reasons)
         return {"reasons": reasons, **self.info()}
+
+    async def _readiness_loop(self) -> None:
+        """Keep `bastion_ready` current without a probe calling /readyz."""
+        while True:
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(Exception):
+                await self.readiness()
 
     def info(self) -> dict[str, Any]:
         compiled = self.compiled
