@@ -40,13 +40,14 @@ class FileSink:
         self._seen: OrderedDict[str, None] | None = None  # LRU of written event ids, bounded by `remember`
 
     def _open(self) -> BinaryIO:
-        if self._file is not None:
+        current = self._file
+        if current is not None:
             try:  # another process rotated the file: write to the new one
-                if os.stat(self.path).st_ino != os.fstat(self._file.fileno()).st_ino:
-                    self._file.close()
-                    self._file = None
+                moved = os.stat(self.path).st_ino != os.fstat(current.fileno()).st_ino
             except FileNotFoundError:
-                self._file.close()
+                moved = True
+            if moved:
+                current.close()
                 self._file = None
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
