@@ -244,6 +244,7 @@ class Runtime:
         if "blocks" not in extra:  # detections and their responses, shared through the state backend
             extra["blocks"] = BlockList(self.services.state, audit=self.services.audit)
             extra["detector"] = Detector.from_config(gw.audit, self.services.audit, extra["blocks"], base)
+            extra["detector"].share(self.services.state)  # counts across workers and nodes (Redis, supervisor)
         await self.services.audit.start()
         compiled = await self._compile()
         self.gateway = Gateway(compiled, self.services, self.metrics)

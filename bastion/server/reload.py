@@ -76,6 +76,7 @@ def apply_gateway_settings(runtime: Any, gw: GatewayConfig) -> None:
 
     detector = Detector.from_config(gw.audit, services.audit, services.extra.get("blocks"),
                                     runtime.config_path.parent)
+    detector.share(services.state)
     services.extra["detector"] = detector
     if runtime.gateway is not None:
         runtime.gateway.detector = detector
