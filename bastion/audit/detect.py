@@ -23,6 +23,7 @@ instance's windows. Blocks are shared through the state backend when one is conf
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import sys
 from collections import deque
@@ -315,11 +316,11 @@ class Detector:
         if deny is None and status not in (403, 404):
             return
         if deny is not None and reason in FORGED_REASONS and config.forged_tokens.enabled:
-            rule = config.forged_tokens
+            forged = config.forged_tokens  # a name of its own: the callback may run after `observe` returned
             self._count(self._forged, "forged_tokens", ("ip", ip), now, lambda first: self._fire(
-                "forged_tokens", rule, ("ip", ip), rule.threshold, first, ctx, 4, "Repeated forged tokens",
-                f"{rule.threshold} tokens with a bad signature or a refused algorithm from {ip} within "
-                f"{rule.window:g}s (last: {reason})", _FORGED_ATTACK))
+                "forged_tokens", forged, ("ip", ip), forged.threshold, first, ctx, 4, "Repeated forged tokens",
+                f"{forged.threshold} tokens with a bad signature or a refused algorithm from {ip} within "
+                f"{forged.window:g}s (last: {reason})", _FORGED_ATTACK))
         if deny is not None and reason not in NOT_ATTEMPTS and config.credential_stuffing.enabled \
                 and is_auth_failure(ctx, deny):
             self._stuffing_hit(ctx, ip, subject, consumer, now)
@@ -334,11 +335,11 @@ class Detector:
                            f"{caller[0]} {caller[1]} was refused {count} distinct objects (403/404) within "
                            f"{rule.window:g}s: the BOLA scraping pattern", _ENUM_ATTACK)
         if deny is not None and config.input_violations.enabled and _is_input_violation(ctx, reason):
-            rule = config.input_violations
+            inputs = config.input_violations
             self._count(self._input, "input_violations", ("ip", ip), now, lambda first: self._fire(
-                "input_violations", rule, ("ip", ip), rule.threshold, first, ctx, 3, "Burst of input violations",
-                f"{rule.threshold} requests refused by input validation from {ip} within {rule.window:g}s "
-                f"(last: {reason})", ()))
+                "input_violations", inputs, ("ip", ip), inputs.threshold, first, ctx, 3,
+                "Burst of input violations", f"{inputs.threshold} requests refused by input validation from {ip} "
+                f"within {inputs.window:g}s (last: {reason})", ()))
 
     def _stuffing_hit(self, ctx: RequestContext, ip: str, subject: str | None, consumer: str | None,
                       now: float) -> None:
@@ -350,10 +351,15 @@ class Detector:
             if not key[1]:
                 continue
             attack = _STUFFING_ATTACK if key[0] == "ip" else _BRUTE_ATTACK
-            self._count(burst, "credential_stuffing", key, now, lambda first, key=key, threshold=threshold,
-                        attack=attack: self._fire("credential_stuffing", rule, key, threshold, first, ctx, 4,
-                                                  "Credential stuffing / brute force", f"{threshold} authentication "
-                                                  f"failures for {key[0]} {key[1]} within {rule.window:g}s", attack))
+            description = f"{threshold} authentication failures for {key[0]} {key[1]} within {rule.window:g}s"
+            self._count(burst, "credential_stuffing", key, now, functools.partial(
+                self._fire_at, "credential_stuffing", rule, key, threshold, ctx, 4,
+                "Credential stuffing / brute force", description, attack))
+
+    def _fire_at(self, detection: str, rule: DetectionRule, key: tuple[str, Any], count: int,
+                 ctx: RequestContext, severity: int, title: str, description: str,
+                 attacks: tuple[tuple[str, str, str, str], ...], first: float) -> None:
+        self._fire(detection, rule, key, count, first, ctx, severity, title, description, attacks)
 
     # ---- a finding ----------------------------------------------------------------------------------------
 
