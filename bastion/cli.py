@@ -16,6 +16,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("validate", help="check a config and its OpenAPI files (exit 0 valid, 1 invalid)")
     p.add_argument("-c", "--config", required=True)
+    p.add_argument("--against", nargs="?", const="running", metavar="ADMIN_URL",
+                   help="also ask the running gateway whether a reload applies it live (exit 1: needs a restart)")
 
     p = verbs.add_parser("serve", help="run the gateway")
     p.add_argument("-c", "--config", required=True)
@@ -86,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if verb == "validate":
         from bastion.commands import validate
 
-        return validate(args.config)
+        return validate(args.config, args.against)
     if verb == "explain":
         from bastion.commands import explain
 

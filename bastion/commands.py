@@ -15,7 +15,9 @@ from bastion.config.loader import ConfigError, load_config
 from bastion.config.models import SECTIONS
 
 
-def validate(path: str) -> int:
+def validate(path: str, against: str | None = None) -> int:
+    """Validate the config; with `against` (`running` = the admin URL in the config, or a URL) also ask the
+    running gateway whether a reload would apply it live or needs a restart (exit 1 then)."""
     try:
         compiled = compile_config(load_config(path))
     except ConfigError as exc:
@@ -27,7 +29,11 @@ def validate(path: str) -> int:
     for diagnostic in compiled.warnings:
         print(diagnostic, file=sys.stderr)
     print(f"{path}: valid ({len(compiled.routes)} routes, config hash {compiled.config_hash})")
-    return 0
+    if against is None:
+        return 0
+    gateway = compiled.config.model.gateway.model_dump(mode="json")
+    return admin_call(path, None if against == "running" else against, "/config/check", "POST",
+                      {"gateway": gateway})
 
 
 def _iso(ts: float) -> str:

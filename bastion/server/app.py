@@ -29,6 +29,7 @@ from bastion.server.http1 import Http1Connection, ServerLimits
 from bastion.server.http2 import H2Limits, H2Stats
 from bastion.server.metrics import Metrics
 from bastion.server.proxy import Gateway
+from bastion.server.reload import check_routes
 from bastion.stages.base import Services
 from bastion.state import open_state
 
@@ -277,7 +278,8 @@ class Runtime:
                 compiled=lambda: gateway.compiled, events=lambda: read_events(audit_file),
                 auth=lambda: gateway.compiled.shared.get("admin_auth"), audit=self.services.audit,
                 blocks=extra["blocks"].list_blocks, before_scrape=self.metrics.flush, readiness=self._readiness,
-                extra_routes={**block_routes(extra["blocks"]), **identity_routes(lambda: gateway.compiled)},
+                extra_routes={**block_routes(extra["blocks"]), **identity_routes(lambda: gateway.compiled),
+                              **check_routes(lambda: gateway.compiled.config.model.gateway)},
             ))
             admin_tls = listener_ssl(gw.admin, base) if gw.admin.tls is not None else None
             server = await loop.create_server(

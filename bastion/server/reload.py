@@ -12,7 +12,11 @@ A reload never reports success while ignoring a change. The gateway-wide section
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import orjson
+import pydantic
 
 from bastion.config.models import GatewayConfig
 
@@ -81,3 +85,21 @@ def apply_gateway_settings(runtime: Any, gw: GatewayConfig) -> None:
     if runtime.gateway is not None:
         runtime.gateway.detector = detector
     runtime.audit_config = gw.audit
+
+
+def check_routes(current: Callable[[], GatewayConfig]) -> dict[tuple[str, str], Any]:
+    """`POST /config/check` with `{"gateway": {...}}` (what `bastion validate --against` sends): 200 when a
+    reload would apply that gateway section live, 409 with the refusal when it needs a restart."""
+
+    async def check(ex: Any, body: bytes) -> None:
+        try:
+            doc = orjson.loads(body)
+            candidate = GatewayConfig.model_validate(doc["gateway"])
+        except (orjson.JSONDecodeError, pydantic.ValidationError, KeyError, TypeError):
+            return ex.problem(400, "Send {\"gateway\": <the gateway section>}.", "")  # type: ignore[no-any-return]
+        refusal = restart_needed(current(), candidate)
+        answer = {"applies_live": refusal is None, "message": refusal or "a reload applies this config live"}
+        ex.respond(200 if refusal is None else 409, [("content-type", "application/json"),
+                                                     ("cache-control", "no-store")], orjson.dumps(answer))
+
+    return {("POST", "/config/check"): check}

@@ -41,6 +41,7 @@ from bastion.server.admin_routes import block_routes, identity_routes
 from bastion.server.app import audit_file_path, listener_ssl, make_admin_auth, server_limits
 from bastion.server.http1 import Exchange, Http1Connection
 from bastion.server.link import Link, LinkClosed
+from bastion.server.reload import check_routes
 from bastion.stages.base import Services
 from bastion.state.memory import MemoryState
 from bastion.state.supervised import StateService
@@ -357,7 +358,8 @@ class Supervisor:
 
     async def _admin(self, gw: Any) -> Any:
         audit_file = audit_file_path(gw, self.base)
-        routes = {**block_routes(self.blocks), **identity_routes(lambda: self.compiled)}
+        routes = {**block_routes(self.blocks), **identity_routes(lambda: self.compiled),
+                  **check_routes(self._gateway_config)}
         routes[("POST", "/blocks/lift")] = self._lift_everywhere(routes[("POST", "/blocks/lift")])
         admin = AdminApi(AdminBackend(
             registry=self.registry, ready=lambda: False, info=self.info, reload=self.reload,
@@ -370,6 +372,10 @@ class Supervisor:
         return await asyncio.get_running_loop().create_server(
             lambda: Http1Connection(admin.handle, limits, self._connections), gw.admin.address, gw.admin.port,
             ssl=admin_tls)
+
+    def _gateway_config(self) -> Any:
+        assert self.compiled is not None
+        return self.compiled.config.model.gateway
 
     def _lift_everywhere(self, lift: Any) -> Any:
         """Lifting a block also drops the copy each worker cached (otherwise it would last until it expires)."""
