@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 # Tests start a real Redis server and drive the dashboard in headless Chromium (Debian packages);
 # the benchmark needs nginx and wrk.
 # rsyslog receives audit events in the syslog sink tests (a private daemon on a loopback port).
-SYSTEM_PACKAGES := redis-server chromium rsyslog rsyslog-openssl
+SYSTEM_PACKAGES := redis-server chromium rsyslog rsyslog-openssl systemd
 system-deps:
 	@missing=""; for pkg in $(SYSTEM_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" || missing="$$missing $$pkg"; done; \

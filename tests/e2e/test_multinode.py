@@ -85,7 +85,7 @@ def test_three_nodes_agree(tmp_path: Path, redis_server) -> None:
             path.write_text(node_config(port, admin, upstream, redis_server.url))
             procs.append(subprocess.Popen([sys.executable, "-m", "bastion", "serve", "-c", str(path)]))
             nodes.append((port, admin))
-        for port, admin in nodes:
+        for _, admin in nodes:
             wait_http(f"http://127.0.0.1:{admin}/readyz", timeout=30)
 
         # a limit of 20 per minute admits 20 over three nodes (no lease configured: no slack)
