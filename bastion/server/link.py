@@ -31,10 +31,13 @@ class Link:
     """One end of a link. `call` sends and waits for the answer; incoming calls go to `handler`."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 handler: Handler | None = None) -> None:
+                 handler: Handler | None = None, inline: frozenset[str] = frozenset()) -> None:
         self._reader = reader
         self._writer = writer
         self._handler = handler
+        # operations whose handler never suspends (the embedded state: dict operations): answered at once,
+        # without a task per call, which is most of their cost
+        self._inline = inline
         self._next = 0
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -68,27 +71,42 @@ class Link:
         self._writer.write(_HEADER.pack(len(data)) + data)
 
     async def _read_loop(self) -> None:
+        buffer = b""
         try:
             while True:
-                (size,) = _HEADER.unpack(await self._reader.readexactly(4))
-                if size > MAX_FRAME:
+                chunk = await self._reader.read(1 << 16)
+                if not chunk:
                     break
-                doc = orjson.loads(await self._reader.readexactly(size))
-                if "re" in doc:
-                    future = self._waiting.get(doc["re"])
-                    if future is not None and not future.done():
-                        if doc.get("ok"):
-                            future.set_result(doc.get("value"))
-                        else:
-                            future.set_exception(RemoteError(str(doc.get("error", ""))))
-                elif self._handler is not None:
-                    task = asyncio.get_running_loop().create_task(self._answer(doc))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, orjson.JSONDecodeError, struct.error):
+                buffer += chunk
+                # every complete frame in the buffer: under load many arrive in one read
+                while len(buffer) >= 4:
+                    (size,) = _HEADER.unpack_from(buffer)
+                    if size > MAX_FRAME:
+                        return
+                    if len(buffer) < 4 + size:
+                        break
+                    doc = orjson.loads(buffer[4:4 + size])
+                    buffer = buffer[4 + size:]
+                    self._dispatch(doc)
+        except (ConnectionError, OSError, orjson.JSONDecodeError, struct.error):
             pass
         finally:
             self._shut()
+
+    def _dispatch(self, doc: dict[str, Any]) -> None:
+        if "re" in doc:
+            future = self._waiting.get(doc["re"])
+            if future is not None and not future.done():
+                if doc.get("ok"):
+                    future.set_result(doc.get("value"))
+                else:
+                    future.set_exception(RemoteError(str(doc.get("error", ""))))
+        elif self._handler is not None and doc.get("op") in self._inline:
+            self._answer_now(doc)
+        elif self._handler is not None:
+            task = asyncio.get_running_loop().create_task(self._answer(doc))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, doc: dict[str, Any]) -> None:
         assert self._handler is not None
@@ -97,6 +115,21 @@ class Link:
             reply = {"re": doc.get("id"), "ok": True, "value": value}
         except Exception as exc:  # the caller gets the failure as a value; this side keeps serving
             reply = {"re": doc.get("id"), "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        with contextlib.suppress(LinkClosed, ConnectionError, OSError):
+            self._send(reply)
+
+    def _answer_now(self, doc: dict[str, Any]) -> None:
+        assert self._handler is not None
+        coro = self._handler(str(doc.get("op", "")), list(doc.get("args") or []))
+        try:
+            coro.send(None)  # type: ignore[attr-defined]
+        except StopIteration as done:  # finished without suspending: the usual case
+            reply = {"re": doc.get("id"), "ok": True, "value": done.value}
+        except Exception as exc:
+            reply = {"re": doc.get("id"), "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        else:  # it suspended after all: a bug in the list of inline operations; answer it as an error
+            coro.close()  # type: ignore[attr-defined]
+            reply = {"re": doc.get("id"), "ok": False, "error": "RuntimeError: inline operation suspended"}
         with contextlib.suppress(LinkClosed, ConnectionError, OSError):
             self._send(reply)
 

@@ -247,7 +247,7 @@ class Supervisor:
                 raise KeyError("unknown worker")
             return await self.state_service.handle(op, args)
 
-        link = Link(reader, writer, handle)
+        link = Link(reader, writer, handle, inline=StateService.INLINE)
         link.start()
 
     async def _stop(self, drain_timeout: float) -> None:
@@ -360,7 +360,7 @@ class Supervisor:
         audit_file = audit_file_path(gw, self.base)
         routes = {**block_routes(self.blocks), **identity_routes(lambda: self.compiled),
                   **check_routes(self._gateway_config)}
-        routes[("POST", "/blocks/lift")] = self._lift_everywhere(routes[("POST", "/blocks/lift")])
+        routes[("POST", "/blocks/lift")] = self._lift_everywhere()
         admin = AdminApi(AdminBackend(
             registry=self.registry, ready=lambda: False, info=self.info, reload=self.reload,
             compiled=lambda: self.compiled, events=lambda: read_events(audit_file),
@@ -377,16 +377,19 @@ class Supervisor:
         assert self.compiled is not None
         return self.compiled.config.model.gateway
 
-    def _lift_everywhere(self, lift: Any) -> Any:
-        """Lifting a block also drops the copy each worker cached (otherwise it would last until it expires)."""
-        import orjson
+    def _lift_everywhere(self) -> Any:
+        """`POST /blocks/lift`: lift in the shared state, then drop the copy each worker cached (otherwise it
+        would last until it expires), then answer: the next request after the answer is served unblocked."""
+        from bastion.server.admin_routes import _json_body, _reply
 
         async def handler(ex: Exchange, body: bytes) -> None:
-            await lift(ex, body)
-            if ex.status == 200:
-                doc = orjson.loads(body)
-                await asyncio.gather(*(s.link.call("forget_block", doc["kind"], str(doc["key"]))
-                                       for s in self.slots if s.link is not None), return_exceptions=True)
+            doc = _json_body(body, ("kind", "key"))
+            if doc is None:
+                return ex.problem(400, "Send {\"kind\": ip|subject|consumer, \"key\": ...}.", "")
+            lifted = await self.blocks.lift(doc["kind"], str(doc["key"]))
+            await asyncio.gather(*(s.link.call("forget_block", doc["kind"], str(doc["key"]))
+                                   for s in self.slots if s.link is not None), return_exceptions=True)
+            _reply(ex, 200, {"lifted": lifted})
         return handler
 
 

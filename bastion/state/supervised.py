@@ -140,6 +140,10 @@ class StateService:
     async def _rec_scan(self, prefix: str, limit: int) -> list[tuple[str, str]]:
         return list(await self.records.scan(prefix, limit))
 
+    # every operation is a dict operation that never suspends: the link answers them inline
+    INLINE = frozenset({"hit", "block", "unblock", "is_blocked", "list_blocks", "rec_get", "rec_merge",
+                        "rec_put_new", "rec_delete", "rec_scan"})
+
     _ops: dict[str, Any] = {
         "hit": _hit, "block": _block, "unblock": _unblock, "is_blocked": _is_blocked, "list_blocks": _list_blocks,
         "rec_get": _rec_get, "rec_merge": _rec_merge, "rec_put_new": _rec_put_new, "rec_delete": _rec_delete,

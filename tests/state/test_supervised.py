@@ -27,11 +27,12 @@ async def supervised_state(tmp_path: Path, *, delay: float = 0.0) -> AsyncIterat
     links: list[Link] = []
 
     async def handle(op: str, args: list[Any]) -> Any:
-        await asyncio.sleep(delay)
+        if delay:
+            await asyncio.sleep(delay)
         return await service.handle(op, args)
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        link = Link(reader, writer, handle)
+        link = Link(reader, writer, handle, inline=frozenset() if delay else StateService.INLINE)
         links.append(link)
         link.start()
 
