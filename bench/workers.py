@@ -27,6 +27,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # `python bench/workers.py`: make `bench` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -66,7 +67,7 @@ def config(port: int, admin: int, upstream: int) -> str:
         """)
 
 
-def admin_json(admin: int, path: str) -> dict:
+def admin_json(admin: int, path: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=5) as response:
         return dict(json.loads(response.read()))
 
@@ -84,14 +85,14 @@ def wait_ready(admin: int, timeout: float = 30.0) -> None:
     raise RuntimeError("gateway not ready")
 
 
-def run_once(workdir: Path, workers: int, duration: float, connections: int, kill: bool = False) -> dict:
+def run_once(workdir: Path, workers: int, duration: float, connections: int, kill: bool = False) -> dict[str, Any]:
     port, admin, upstream = free_port(), free_port(), free_port()
     path = workdir / f"bastion-{workers}.yaml"
     path.write_text(config(port, admin, upstream))
     up = subprocess.Popen([sys.executable, "-m", "bastion.demo.upstream", str(upstream)])
     gw = subprocess.Popen([sys.executable, "-m", "bastion", "serve", "-c", str(path), "--workers", str(workers)],
                           stderr=subprocess.DEVNULL)
-    result: dict = {"workers": workers}
+    result: dict[str, Any] = {"workers": workers}
     try:
         wait_ready(admin)
         before = procs.cpu_seconds(gw.pid)
@@ -142,7 +143,7 @@ def main() -> int:
         print(f"bench: missing {', '.join(missing)}; {procs.INSTALL_HINT}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
-        runs: dict[int, list[dict]] = {1: [], 2: []}
+        runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
         for _ in range(args.rounds):
             for workers in (1, 2):
                 runs[workers].append(run_once(Path(tmp), workers, args.duration, args.connections))

@@ -137,3 +137,56 @@ async def test_a_caller_queued_past_its_deadline_is_overload_not_an_outage(redis
     assert state.available  # overload of our own pool: Redis itself is not marked down
     assert (await state.hit([hit], time.time()))[0].allowed
     await state.close()
+
+
+async def test_cluster_keeps_serving_the_slots_of_the_primaries_left(tmp_path) -> None:
+    """A 3-primary cluster loses one primary during load: its slots fail fast as StateUnavailable (the caller's
+    on_state_error decides), the others keep answering, no limit admits more than its size, nothing crashes."""
+    from redis.crc import key_slot
+
+    from bastion.state import open_state
+    from tests.state.redis_cluster import RedisCluster, _command
+
+    cluster = RedisCluster(tmp_path / "cluster")
+    cluster.start()
+    state = open_state(cluster.url, timeout=0.25)
+    try:
+        keys = [f"rl:shop:ip:203.0.113.{i}" for i in range(30)]
+        owners = {}  # key -> port of the primary serving its slot
+        for port in cluster.ports:
+            for line in _command(port, "CLUSTER", "NODES").splitlines():
+                if "myself" in line:
+                    for span in line.split()[8:]:
+                        low, _, high = span.partition("-")
+                        for key in keys:
+                            if int(low) <= key_slot(f"bastion:{key}".encode()) <= int(high or low):
+                                owners[key] = port
+        victim = cluster.ports[0]
+        lost = [k for k in keys if owners[k] == victim]
+        kept = [k for k in keys if owners[k] != victim]
+        assert lost and kept
+
+        async def load(key: str, count: int) -> list[object]:
+            hit = Hit(key, "sliding_window", limit=5, period=60)
+            out: list[object] = []
+            for _ in range(count):
+                try:
+                    [outcome] = await state.hit([hit], time.time())
+                    out.append(outcome.allowed)
+                except StateUnavailable:
+                    out.append("unavailable")
+            return out
+
+        first = await asyncio.gather(*(load(k, 3) for k in keys))
+        assert all(r == [True, True, True] for r in first)
+        cluster.kill(victim)
+        started = time.monotonic()
+        second = dict(zip(keys, await asyncio.gather(*(load(k, 4) for k in keys)), strict=True))
+        assert time.monotonic() - started < 5  # each call bounded by its timeout: no hang
+        for key in kept:
+            assert second[key] == [True, True, False, False]  # 5 in all: the limit holds on the survivors
+        for key in lost:
+            assert set(second[key]) == {"unavailable"}  # fail mode: the caller decides (503 or local counts)
+    finally:
+        await state.close()
+        cluster.stop()
