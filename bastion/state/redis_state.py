@@ -61,6 +61,7 @@ class RedisState:
         self._clock = clock
         self._monotonic = monotonic
         self._redis: Redis | None = None
+        self._sentinels: list[Redis] = []  # the clients a Sentinel setup keeps to its sentinels, closed with us
         self._sha = hashlib.sha1(HIT.encode()).hexdigest()
         self._down_until = 0.0
         self._last_error = ""
@@ -83,7 +84,7 @@ class RedisState:
             }
             # A bounded pool that waits (within the deadline) for a free connection instead of failing.
             pool = {"max_connections": self.max_connections, "timeout": self.timeout}
-            self._redis = _connect(self.url, options, pool)
+            self._redis, self._sentinels = _connect(self.url, options, pool)
         return self._redis
 
     async def _call(self, operation: Callable[[Redis], Any]) -> Any:
@@ -192,9 +193,12 @@ class RedisState:
             pool = getattr(redis, "connection_pool", None)  # a cluster client has one pool per node, closed above
             if pool is not None:
                 await pool.disconnect()  # a pool passed in is not closed by aclose()
+        sentinels, self._sentinels = self._sentinels, []
+        for sentinel in sentinels:
+            await sentinel.aclose()
 
 
-def _connect(url: str, options: dict[str, Any], pool: dict[str, Any]) -> Redis:
+def _connect(url: str, options: dict[str, Any], pool: dict[str, Any]) -> tuple[Redis, list[Redis]]:
     """A client for `redis://`, `rediss://`, `unix://`, `valkey://` or `redis+sentinel://h1:p1,h2:p2/svc/db`."""
     parts = urlsplit(url)
     if parts.scheme == "redis+sentinel":
@@ -211,7 +215,7 @@ def _connect(url: str, options: dict[str, Any], pool: dict[str, Any]) -> Redis:
         sentinel = Sentinel(hosts, **options)
         client: Redis = sentinel.master_for(path[0], db=db, password=password,
                                             max_connections=pool["max_connections"], **options)
-        return client
+        return client, list(sentinel.sentinels)
     if parts.scheme == "redis+cluster":
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 
@@ -221,8 +225,9 @@ def _connect(url: str, options: dict[str, Any], pool: dict[str, Any]) -> Redis:
             nodes.append(ClusterNode(host.strip("[]") or "localhost", int(port or 6379)))
         password = unquote(parts.password) if parts.password else None
         options = {k: v for k, v in options.items() if k != "health_check_interval"}
-        return RedisCluster(startup_nodes=nodes, password=password,  # type: ignore[return-value]
-                            max_connections=pool["max_connections"], require_full_coverage=False, **options)
+        cluster = RedisCluster(startup_nodes=nodes, password=password, max_connections=pool["max_connections"],
+                               require_full_coverage=False, **options)
+        return cluster, []  # type: ignore[return-value]  # the cluster client speaks the commands we use
     if parts.scheme.startswith("valkey"):
         url = "redis" + url[len("valkey"):]
-    return Redis(connection_pool=BlockingConnectionPool.from_url(url, **pool, **options))
+    return Redis(connection_pool=BlockingConnectionPool.from_url(url, **pool, **options)), []

@@ -190,3 +190,62 @@ async def test_cluster_keeps_serving_the_slots_of_the_primaries_left(tmp_path) -
     finally:
         await state.close()
         cluster.stop()
+
+
+async def test_sentinel_failover_fails_fast_then_finds_the_new_primary(tmp_path) -> None:
+    """A Sentinel group (primary, replica, one sentinel) loses its primary: calls fail as StateUnavailable (never
+    hang or crash) until the sentinel promotes the replica, then the backend finds the new primary by itself."""
+    import subprocess
+
+    from bastion.state import open_state
+    from tests.state.redis_cluster import _command
+    from tests.state.redis_server import free_port
+
+    primary, replica, sentinel = free_port(), free_port(), free_port()
+    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning"]
+    procs = {primary: subprocess.Popen(["redis-server", "--port", str(primary), *common]),
+             replica: subprocess.Popen(["redis-server", "--port", str(replica), "--replicaof", "127.0.0.1",
+                                        str(primary), *common])}
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {sentinel}\nbind 127.0.0.1\ndir {tmp_path}\n"
+                    f"sentinel monitor main 127.0.0.1 {primary} 1\n"
+                    "sentinel down-after-milliseconds main 500\nsentinel failover-timeout main 3000\n")
+    procs[sentinel] = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
+
+    async def until(predicate, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if predicate():
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.1)
+        raise AssertionError("timed out")
+
+    state = open_state(f"redis+sentinel://127.0.0.1:{sentinel}/main/0", timeout=0.25, retry_interval=0.2)
+    try:
+        await until(lambda: "master_link_status:up" in _command(replica, "INFO", "replication"))
+        await until(lambda: str(replica) in _command(sentinel, "SENTINEL", "REPLICAS", "main"))  # it can promote
+        hit = Hit("rl:failover", "sliding_window", limit=100, period=60)
+        assert (await state.hit([hit], time.time()))[0].allowed
+        dead = procs.pop(primary)
+        dead.kill()
+        dead.wait(10)
+        started, failures, recovered = time.monotonic(), 0, False
+        while time.monotonic() - started < 20:
+            try:
+                [outcome] = await state.hit([hit], time.time())
+            except StateUnavailable:  # the only failure a caller ever sees: its on_state_error decides
+                failures += 1
+                await asyncio.sleep(0.1)
+                continue
+            recovered = outcome.allowed
+            break
+        assert recovered and failures > 0
+        assert "role:master" in _command(replica, "INFO", "replication")
+    finally:
+        await state.close()
+        for proc in procs.values():
+            proc.kill()
+            proc.wait(10)
