@@ -29,6 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", required=True)
     p.add_argument("--admin", help="admin URL, default from the config (http://127.0.0.1:9901)")
 
+    p = verbs.add_parser("stop", help="stop the gateway on this host: it drains in-flight requests, then exits")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--admin", help="admin URL, default from the config")
+    p.add_argument("--timeout", type=float, default=60.0, help="how long to wait for it to exit")
+
     p = verbs.add_parser("explain", help="show each route's effective policy and where each control comes from")
     p.add_argument("-c", "--config", required=True)
     p.add_argument("route", nargs="?", help="API/route, API name, or a path such as /orders/{id}")
@@ -108,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bastion.commands import reload
 
         return reload(args.config, args.admin)
+    if verb == "stop":
+        from bastion.commands import stop
+
+        return stop(args.config, args.admin, args.timeout)
     if verb in ("blocks", "revoke"):
         from bastion import commands
 

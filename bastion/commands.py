@@ -145,6 +145,47 @@ def reload(path: str, admin: str | None) -> int:
     return admin_call(path, admin, "/reload", "POST")
 
 
+def stop(path: str, admin: str | None, timeout: float) -> int:
+    """`bastion stop`: SIGTERM to the gateway whose admin listener the config names (on this host), then wait
+    until it has drained and exited. The pid comes from `/config` (the supervisor's with workers)."""
+    import io
+    import os
+    import signal
+    import time
+    from contextlib import redirect_stdout
+
+    answer = io.StringIO()
+    with redirect_stdout(answer):
+        if admin_call(path, admin, "/config") != 0:
+            return 1
+    pid = int(json.loads(answer.getvalue())["pid"])
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        print(f"no gateway process {pid} on this host", file=sys.stderr)
+        return 1
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _running(pid):
+            print(f"bastion (pid {pid}) drained and stopped")
+            return 0
+        time.sleep(0.1)
+    print(f"bastion (pid {pid}) still running after {timeout:g}s", file=sys.stderr)
+    return 1
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and has not exited (an exited child its parent has not reaped yet is done)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+
+
 def blocks(path: str, admin: str | None, action: str, kind: str | None, key: str | None,
            seconds: float | None) -> int:
     if action == "list":

@@ -102,7 +102,10 @@ def test_reload_is_all_or_none_with_a_generation_and_each_workers_hash(tmp_path)
         assert status == 200 and {w["config_hash"] for w in ready["workers"]} == {serving}
 
 
-def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path):
+def test_bastion_stop_drains_in_flight_requests_and_exits_zero(tmp_path):
+    import subprocess
+    import sys
+
     with gateway(tmp_path) as gw:
         gw.wait_linked()
         results: list[int] = []
@@ -110,10 +113,12 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path):
         for thread in threads:
             thread.start()
         time.sleep(0.5)
-        gw.proc.send_signal(signal.SIGTERM)
+        stop = subprocess.run([sys.executable, "-m", "bastion", "stop", "-c", str(gw.path)], capture_output=True,
+                              text=True, timeout=30)  # SIGTERM to the supervisor, then waits for its exit
         for thread in threads:
             thread.join(15)
         assert results == [200] * 4
+        assert stop.returncode == 0 and "drained and stopped" in stop.stdout
         assert gw.proc.wait(15) == 0
 
 
@@ -152,3 +157,22 @@ def test_a_rate_limit_holds_across_workers_without_redis(tmp_path):
         assert gw.post_admin("/reload")[0] == 200
         statuses = [gw.get("/items") for _ in range(40)]
         assert statuses.count(200) == 10 and statuses.count(429) == 30
+
+
+def test_reloads_under_load_fail_no_request(tmp_path):
+    with gateway(tmp_path) as gw:
+        gw.wait_linked()
+        stop, results = threading.Event(), []
+        threads = _load(gw, stop, results)
+        original = gw.path.read_text()
+        gw.path.write_text(original.replace("class: open", "class: closed"))  # broken: refused
+        assert gw.post_admin("/reload")[0] == 422
+        gw.path.write_text(original.replace("name: slow", "name: slower"))  # valid: applied everywhere
+        assert gw.post_admin("/reload")[0] == 200
+        gw.path.write_text(original)
+        assert gw.post_admin("/reload")[0] == 200
+        time.sleep(0.3)
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+        assert len(results) > 20 and set(results) == {200}  # the old config kept serving; no request failed
