@@ -176,3 +176,82 @@ def test_reloads_under_load_fail_no_request(tmp_path):
         for thread in threads:
             thread.join(15)
         assert len(results) > 20 and set(results) == {200}  # the old config kept serving; no request failed
+
+
+def test_redis_killed_and_restarted_under_load(tmp_path, redis_server):
+    """Fail closed without hanging while Redis is gone, /readyz says so, and service resumes by itself."""
+    with gateway(tmp_path, extra_gateway=f"state: {redis_server.url}\n") as gw:
+        gw.path.write_text(gw.path.read_text().replace(
+            "open: {identity: {required: false}}",
+            "open: {identity: {required: false}, traffic: {rate_limits: [{name: per-client, limit: 100000, "
+            "window: 1m, key: client_ip}]}}"))
+        gw.stop()  # a new state backend needs a restart: start again on the edited file
+        gw.start()
+        gw.wait_linked()
+        stop, results, slowest = threading.Event(), [], [0.0]
+
+        def client() -> None:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    results.append(gw.get("/items"))
+                except OSError:
+                    results.append(0)
+                slowest[0] = max(slowest[0], time.monotonic() - started)
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        redis_server.stop()
+        deadline = time.monotonic() + 5
+        while gw.admin("/readyz")[0] != 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status, doc = gw.admin("/readyz")
+        assert status == 503 and any(r.startswith("state_unavailable") for r in doc["reasons"])
+        down = len(results)
+        time.sleep(1.0)
+        refused = results[down:]
+        redis_server.start()
+        deadline = time.monotonic() + 10
+        while gw.admin("/readyz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        back = len(results)
+        time.sleep(0.5)
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+        assert refused and set(refused) == {503}  # fail closed: the route's on_state_error
+        assert set(results[back + 4:]) == {200}  # served again without a restart
+        assert set(results) <= {200, 503} and slowest[0] < 2.0  # nothing hung, nothing else failed
+
+
+def test_slowloris_with_a_thousand_connections_leaves_normal_clients_fast(tmp_path):
+    import socket
+    import statistics
+
+    def latency() -> float:
+        samples = []
+        for _ in range(30):
+            started = time.monotonic()
+            assert gw.get("/items") == 200
+            samples.append(time.monotonic() - started)
+        return statistics.median(samples)
+
+    with gateway(tmp_path) as gw:
+        gw.wait_linked()
+        latency()  # warm up
+        idle = latency()
+        slow = []
+        try:
+            for _ in range(1000):  # each sends a head that never ends
+                sock = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+                sock.sendall(b"GET /items HTTP/1.1\r\nHost: x\r\n")
+                slow.append(sock)
+            for sock in slow[::10]:
+                sock.sendall(b"X-a: b\r\n")  # a trickle keeps them open
+            loaded = latency()
+        finally:
+            for sock in slow:
+                sock.close()
+        assert loaded <= 2 * idle + 0.005, f"median {loaded * 1000:.1f} ms under slowloris, {idle * 1000:.1f} ms idle"
