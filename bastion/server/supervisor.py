@@ -42,6 +42,7 @@ from bastion.server.app import audit_file_path, listener_ssl, make_admin_auth, s
 from bastion.server.http1 import Exchange, Http1Connection
 from bastion.server.link import Link, LinkClosed
 from bastion.server.reload import check_routes
+from bastion.server.shared_fetch import FetchPool
 from bastion.stages.base import Services
 from bastion.state.memory import MemoryState
 from bastion.state.supervised import StateService
@@ -92,6 +93,7 @@ class Supervisor:
         os.mkdir(self.metrics_dir)
         self.state = MemoryState()
         self.state_service = StateService(self.state)
+        self.fetches = FetchPool()
         self.compiled: CompiledGateway | None = None
         self.services = Services(state=self.state)
         self._reload_lock = asyncio.Lock()
@@ -238,6 +240,8 @@ class Supervisor:
         link: Link
 
         async def handle(op: str, args: list[Any]) -> Any:
+            if op == "fetch":
+                return await self.fetches.get(str(args[0]), float(args[1]), int(args[2]))
             if op == "hello":
                 status = dict(args[0])
                 for slot in self.slots:

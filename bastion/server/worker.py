@@ -21,6 +21,7 @@ from bastion.compile import CompiledGateway
 from bastion.config.loader import load_config
 from bastion.server.app import Runtime, install_uvloop
 from bastion.server.link import Link, connect
+from bastion.server.shared_fetch import SharedFetcher
 from bastion.state.supervised import SupervisedState
 
 
@@ -87,6 +88,8 @@ async def run_worker(config_path: str, index: int, socket_path: str, generation:
     gw = load_config(config_path).model.gateway
     if gw.state == "memory":  # the embedded shared state: the supervisor's, for every worker of the machine
         runtime.services.state = SupervisedState(link)
+    # key sets fetched once for all workers (one fetch per rotation, not one per worker)
+    runtime.services.extra.setdefault("identity_fetcher", SharedFetcher(link))
     runtime.services.audit = AuditLog.from_config(gw.audit, runtime.config_path.parent,
                                                   registry=runtime.metrics.registry, process=f"worker-{index}")
     await runtime.start()

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
-from tests.server.workers import gateway
+from tests.server.workers import BASTION, Gateway, gateway
 
 
 def _load(gw, stop: threading.Event, results: list[int], clients: int = 4) -> list[threading.Thread]:
@@ -103,9 +106,6 @@ def test_reload_is_all_or_none_with_a_generation_and_each_workers_hash(tmp_path)
 
 
 def test_bastion_stop_drains_in_flight_requests_and_exits_zero(tmp_path):
-    import subprocess
-    import sys
-
     with gateway(tmp_path) as gw:
         gw.wait_linked()
         results: list[int] = []
@@ -255,3 +255,25 @@ def test_slowloris_with_a_thousand_connections_leaves_normal_clients_fast(tmp_pa
             for sock in slow:
                 sock.close()
         assert loaded <= 2 * idle + 0.005, f"median {loaded * 1000:.1f} ms under slowloris, {idle * 1000:.1f} ms idle"
+
+
+def test_readyz_reports_each_workers_missing_jwks(tmp_path):
+    from tests.helpers import free_port, wait_http
+
+    extra = textwrap.dedent(f"""
+        providers:
+          jwt: [{{name: idp, issuer: "https://idp.example", audiences: [shop],
+                 jwks_uri: "http://127.0.0.1:{free_port()}/jwks"}}]
+        """)
+    gw = Gateway(tmp_path, extra=extra)
+    try:
+        gw.upstream_proc = subprocess.Popen([sys.executable, "-m", "bastion.demo.upstream", str(gw.upstream)])
+        gw.proc = subprocess.Popen([*BASTION, "serve", "-c", str(gw.path), "--workers", "2"], cwd=tmp_path)
+        wait_http(f"http://127.0.0.1:{gw.admin_port}/healthz", timeout=30)  # alive, though not ready
+        gw.wait_linked(timeout=30)
+        status, doc = gw.admin("/readyz")
+        assert status == 503
+        assert sorted(r.split(":")[1].strip() for r in doc["reasons"] if r.startswith("jwks_missing")) == \
+            ["worker 1", "worker 2"]
+    finally:
+        gw.stop()
