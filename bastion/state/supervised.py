@@ -45,6 +45,10 @@ class SupervisedState:
         self.available = True
         return value
 
+    async def ping(self) -> None:
+        """One round trip (the readiness probe): keeps `available` true to the supervisor without traffic."""
+        await self._call("ping")
+
     async def hit(self, hits: Sequence[Hit], now: float) -> list[Outcome]:
         raw = await self._call("hit", [_hit_doc(h) for h in hits], now)
         return [Outcome(bool(o[0]), int(o[1]), float(o[2]), float(o[3]), int(o[4])) for o in raw]
@@ -107,6 +111,9 @@ class StateService:
         """The answer to one call; raises KeyError for an unknown operation (answered as an error)."""
         return await self._ops[op](self, *args)
 
+    async def _ping(self) -> bool:
+        return True
+
     async def _hit(self, hits: list[list[Any]], now: float) -> list[list[Any]]:
         outcomes = self.state.hit_now([Hit(h[0], h[1], h[2], h[3], h[4], h[5], h[6]) for h in hits], now)
         return [[o.allowed, o.remaining, o.reset, o.retry_after, o.granted] for o in outcomes]
@@ -141,11 +148,12 @@ class StateService:
         return list(await self.records.scan(prefix, limit))
 
     # every operation is a dict operation that never suspends: the link answers them inline
-    INLINE = frozenset({"hit", "block", "unblock", "is_blocked", "list_blocks", "rec_get", "rec_merge",
+    INLINE = frozenset({"ping", "hit", "block", "unblock", "is_blocked", "list_blocks", "rec_get", "rec_merge",
                         "rec_put_new", "rec_delete", "rec_scan"})
 
     _ops: dict[str, Any] = {
-        "hit": _hit, "block": _block, "unblock": _unblock, "is_blocked": _is_blocked, "list_blocks": _list_blocks,
+        "ping": _ping, "hit": _hit, "block": _block, "unblock": _unblock, "is_blocked": _is_blocked,
+        "list_blocks": _list_blocks,
         "rec_get": _rec_get, "rec_merge": _rec_merge, "rec_put_new": _rec_put_new, "rec_delete": _rec_delete,
         "rec_scan": _rec_scan,
     }

@@ -81,5 +81,9 @@ async def test_a_slow_or_gone_supervisor_is_state_unavailable(tmp_path: Path) ->
             await state.hit([Hit("k", "token_bucket", limit=1, period=1)], 0.0)
         assert time.monotonic() - started < 0.4  # the backend's timeout (0.25 s), never a hang
         assert state.available is False
+    async with supervised_state(tmp_path) as (state, _):
+        state.available = False  # as after a failed call
+        await state.ping()  # the readiness probe's call, without traffic
+        assert state.available is True
     with pytest.raises(StateUnavailable):  # the link is closed now
         await state.is_blocked("ip", "x")
