@@ -193,7 +193,12 @@ class Supervisor:
                 self._reaped(slot, now)
             if slot.process is None and now >= slot.next_start and not self.stopping.is_set():
                 self.restarts.labels(str(slot.index)).inc()
-                self._spawn(slot)
+                try:
+                    self._spawn(slot)
+                except OSError as exc:  # e.g. the fork server was killed: it is started again next time
+                    slot.process = None
+                    slot.next_start = now + BACKOFF_MAX / 10
+                    print(f"bastion: cannot start worker {slot.index}: {exc!r}", file=sys.stderr, flush=True)
             elif slot.alive and slot.exits and now - slot.started > STABLE_AFTER and slot.link is not None:
                 slot.exits.clear()  # up and linked long enough: its history is forgiven
                 if slot.crash_looping:
@@ -211,6 +216,11 @@ class Supervisor:
         if slot.link is not None:
             asyncio.get_running_loop().create_task(slot.link.close())
         slot.link, slot.status = None, {}
+        if pid is not None and _exists(pid):
+            # not exited: the fork server that reports exits is gone (killed), so this worker can no longer be
+            # watched. It drains and exits; a new one takes the slot.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         if pid is not None:
             multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]  # its live gauges no longer count
         slot.exits.append(now)
@@ -395,6 +405,15 @@ class Supervisor:
                                    for s in self.slots if s.link is not None), return_exceptions=True)
             _reply(ex, 200, {"lifted": lifted})
         return handler
+
+
+def _exists(pid: int) -> bool:
+    """True while `pid` runs (a zombie, exited but not reaped, does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def supervise(config_path: str, count: int) -> int:

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 from tests.server.workers import BASTION, Gateway, gateway
 
@@ -277,3 +278,26 @@ def test_readyz_reports_each_workers_missing_jwks(tmp_path):
             ["worker 1", "worker 2"]
     finally:
         gw.stop()
+
+
+def test_a_killed_fork_server_leaves_no_orphan_workers(tmp_path):
+    """The fork server reports the workers' exits: without it the supervisor cannot watch them, so they drain
+    and exit while new workers (from a new fork server) take their slots."""
+    with gateway(tmp_path) as gw:
+        before = gw.wait_linked()
+        supervisor = str(gw.proc.pid)
+        for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            except OSError:
+                continue
+            if b"forkserver" in cmdline and parent == supervisor:
+                os.kill(pid, signal.SIGKILL)
+        old = frozenset(w["pid"] for w in before)
+        gw.wait_linked(timeout=20, exclude=old)
+        deadline = time.monotonic() + 15
+        while any(os.path.exists(f"/proc/{pid}") for pid in old) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(os.path.exists(f"/proc/{pid}") for pid in old)
+        assert gw.get("/items") == 200
