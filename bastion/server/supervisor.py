@@ -36,13 +36,11 @@ from bastion.audit.events import finding_event
 from bastion.audit.log import AuditLog
 from bastion.compile import CompiledGateway, compile_config
 from bastion.config.loader import ConfigError, load_config
-from bastion.server.admin import AdminApi, AdminBackend, read_events
-from bastion.server.admin_routes import block_routes, identity_routes
-from bastion.server.app import audit_file_path, listener_ssl, make_admin_auth, server_limits
-from bastion.server.http1 import Exchange, Http1Connection
+from bastion.server.app import make_admin_auth
+from bastion.server.http1 import Http1Connection
 from bastion.server.link import Link, LinkClosed
-from bastion.server.reload import check_routes
 from bastion.server.shared_fetch import FetchPool
+from bastion.server.supervisor_admin import serve_admin
 from bastion.stages.base import Services
 from bastion.state.memory import MemoryState
 from bastion.state.supervised import StateService
@@ -98,7 +96,7 @@ class Supervisor:
         self.services = Services(state=self.state)
         self._reload_lock = asyncio.Lock()
         self._context: Any = None
-        self._connections: set[Http1Connection] = set()
+        self.connections: set[Http1Connection] = set()
 
     # ---- start ---------------------------------------------------------------------------------------------
 
@@ -148,7 +146,7 @@ class Supervisor:
         unix = await asyncio.start_unix_server(self._accept, self.socket_path, limit=16 * 1024 * 1024)
         for slot in self.slots:
             self._spawn(slot)
-        admin_server = await self._admin(gw) if gw.admin.enabled else None
+        admin_server = await serve_admin(self, gw) if gw.admin.enabled else None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload("SIGHUP")))
@@ -166,7 +164,7 @@ class Supervisor:
         if admin_server is not None:
             admin_server.close()
         unix.close()
-        for connection in list(self._connections):
+        for connection in list(self.connections):
             connection.abort()
         self.audit.admin("gateway.stop", "success")
         await self.audit.close()
@@ -369,42 +367,6 @@ class Supervisor:
         return {"config_hash": expected, "generation": self.generation, "config_file": self.config_path,
                 "routes": len(compiled.routes) if compiled is not None else 0, "pid": os.getpid(),
                 "workers": workers, "consistent": all(w["config_hash"] == expected for w in workers)}
-
-    async def _admin(self, gw: Any) -> Any:
-        audit_file = audit_file_path(gw, self.base)
-        routes = {**block_routes(self.blocks), **identity_routes(lambda: self.compiled),
-                  **check_routes(self._gateway_config)}
-        routes[("POST", "/blocks/lift")] = self._lift_everywhere()
-        admin = AdminApi(AdminBackend(
-            registry=self.registry, ready=lambda: False, info=self.info, reload=self.reload,
-            compiled=lambda: self.compiled, events=lambda: read_events(audit_file),
-            auth=lambda: self.compiled.shared.get("admin_auth") if self.compiled is not None else None,
-            audit=self.audit, blocks=self.blocks.list_blocks, extra_routes=routes, readiness=self.readiness,
-        ))
-        admin_tls = listener_ssl(gw.admin, self.base) if gw.admin.tls is not None else None
-        limits = server_limits(gw)
-        return await asyncio.get_running_loop().create_server(
-            lambda: Http1Connection(admin.handle, limits, self._connections), gw.admin.address, gw.admin.port,
-            ssl=admin_tls)
-
-    def _gateway_config(self) -> Any:
-        assert self.compiled is not None
-        return self.compiled.config.model.gateway
-
-    def _lift_everywhere(self) -> Any:
-        """`POST /blocks/lift`: lift in the shared state, then drop the copy each worker cached (otherwise it
-        would last until it expires), then answer: the next request after the answer is served unblocked."""
-        from bastion.server.admin_routes import _json_body, _reply
-
-        async def handler(ex: Exchange, body: bytes) -> None:
-            doc = _json_body(body, ("kind", "key"))
-            if doc is None:
-                return ex.problem(400, "Send {\"kind\": ip|subject|consumer, \"key\": ...}.", "")
-            lifted = await self.blocks.lift(doc["kind"], str(doc["key"]))
-            await asyncio.gather(*(s.link.call("forget_block", doc["kind"], str(doc["key"]))
-                                   for s in self.slots if s.link is not None), return_exceptions=True)
-            _reply(ex, 200, {"lifted": lifted})
-        return handler
 
 
 def _exists(pid: int) -> bool:

@@ -45,11 +45,13 @@ def test_a_killed_worker_is_back_within_a_second_and_only_its_requests_fail(tmp_
         stop.set()
         for thread in threads:
             thread.join(15)
-        failed = sum(1 for status in results if status != 200)
+        failed = [status for status in results if status != 200]
         assert back < 1.0, f"worker back after {back:.2f}s"
         assert after[0]["pid"] != victim and after[1]["pid"] == before[1]["pid"]
         assert len(results) > 50
-        assert failed <= 4, f"{failed} of {len(results)} requests failed: only the killed worker's in-flight ones may"
+        # only the killed worker's requests: the 4 in flight and those its closing socket still took (connection
+        # errors, never an answer from the gateway), a handful at most
+        assert set(failed) <= {0} and len(failed) <= 8, f"{len(failed)} of {len(results)} failed: {failed}"
         assert gw.admin("/readyz")[0] == 200
 
 
