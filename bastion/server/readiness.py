@@ -19,7 +19,8 @@ PROBE_INTERVAL = 1.0
 
 
 def reasons(listening: bool, gateway: Any, state: Any) -> list[str]:
-    """The reasons this process is not ready; empty when it is."""
+    """The reasons this process is not ready; empty when it is. A layer (a `compiled.shared` value) reports its
+    own with `ready()` (key sets) or `readiness()` (reasons as strings, e.g. the policy engine)."""
     found: list[str] = []
     if not listening or gateway is None:
         return ["starting: not listening yet"]
@@ -27,6 +28,9 @@ def reasons(listening: bool, gateway: Any, state: Any) -> list[str]:
         check = getattr(shared, "ready", None)
         if callable(check) and not check():
             found.append(f"jwks_missing: {type(shared).__name__} has no usable key set yet")
+        more = getattr(shared, "readiness", None)  # a layer's own reasons (the policy engine)
+        if callable(more):
+            found += more()
     if state is not None and getattr(state, "available", True) is False:
         found.append(f"state_unavailable: the {getattr(state, 'name', 'shared')} state backend does not answer")
     return found

@@ -82,3 +82,56 @@ async def test_readyz_is_not_ready_while_jwks_was_never_fetched(tmp_path):
     async with running_gateway(tmp_path, JWKS.replace("PORT", str(free_port()))) as gw:
         status, doc = await _ready(gw.admin_bound[1])
         assert status == 503 and doc["reasons"][0].startswith("jwks_missing:")
+
+
+OPA = """
+version: 1
+gateway:
+  listeners: [{address: 127.0.0.1, port: 0}]
+  admin: {address: 127.0.0.1, port: 0}
+classes:
+  open:
+    identity: {required: false}
+    authz: {opa: {url: "http://127.0.0.1:PORT", path: bastion/allow, timeout: 200ms, on_error: closed}}
+apis:
+  - name: shop
+    owner: team-shop@example.com
+    class: open
+    upstream: "{upstream}"
+    routes: [{name: items, path: /items, methods: [GET]}]
+"""
+
+
+async def _opa_stub(port: int) -> asyncio.Server:
+    """Answers OPA's health API and every decision with `true`."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                body = b'{"result": true}'
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                             % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", port)
+
+
+async def test_readyz_follows_the_policy_engine(tmp_path):
+    port = free_port()
+    async with running_gateway(tmp_path, OPA.replace("PORT", str(port))) as gw:
+        admin = gw.admin_bound[1]
+        doc = await _wait_status(admin, 503)
+        assert [r.split(":")[0] for r in doc["reasons"]] == ["policy_engine_unavailable"]
+        assert (await request(gw.bound[0][1], "GET", "/items"))[0] == 503  # what the node would answer
+        stub = await _opa_stub(port)
+        try:
+            await _wait_status(admin, 200)
+            assert (await request(gw.bound[0][1], "GET", "/items"))[0] == 200
+        finally:
+            stub.close()
+            await stub.wait_closed()
