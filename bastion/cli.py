@@ -18,15 +18,23 @@ def _parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("validate", help="check a config and its OpenAPI files (exit 0 valid, 1 invalid)")
     p.add_argument("-c", "--config", required=True)
+    p.add_argument("--against", nargs="?", const="running", metavar="ADMIN_URL",
+                   help="also ask the running gateway whether a reload applies it live (exit 1: needs a restart)")
 
     p = verbs.add_parser("serve", help="run the gateway")
     p.add_argument("-c", "--config", required=True)
-    p.add_argument("--workers", type=int, default=None, help="worker processes sharing the ports")
+    p.add_argument("--workers", type=_worker_count, default=None,
+                   help="worker processes sharing the ports, or `auto` (one per CPU)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
     p = verbs.add_parser("reload", help="ask a running gateway to reload its config (admin listener)")
     p.add_argument("-c", "--config", required=True)
     p.add_argument("--admin", help="admin URL, default from the config (http://127.0.0.1:9901)")
+
+    p = verbs.add_parser("stop", help="stop the gateway on this host: it drains in-flight requests, then exits")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--admin", help="admin URL, default from the config")
+    p.add_argument("--timeout", type=float, default=60.0, help="how long to wait for it to exit")
 
     p = verbs.add_parser("explain", help="show each route's effective policy and where each control comes from")
     p.add_argument("-c", "--config", required=True)
@@ -67,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _worker_count(text: str) -> int:
+    import os
+
+    count = (os.cpu_count() or 1) if text == "auto" else int(text)
+    if not 1 <= count <= 64:
+        raise argparse.ArgumentTypeError("--workers takes 1 to 64, or auto")
+    return count
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -90,7 +107,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if verb == "validate":
         from bastion.commands import validate
 
-        return validate(args.config)
+        return validate(args.config, args.against)
     if verb == "explain":
         from bastion.commands import explain
 
@@ -113,6 +130,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
         from bastion.commands import reload
 
         return reload(args.config, args.admin)
+    if verb == "stop":
+        from bastion.commands import stop
+
+        return stop(args.config, args.admin, args.timeout)
     if verb in ("blocks", "revoke"):
         from bastion import commands
 

@@ -15,7 +15,9 @@ from bastion.config.loader import ConfigError, load_config
 from bastion.config.models import SECTIONS
 
 
-def validate(path: str) -> int:
+def validate(path: str, against: str | None = None) -> int:
+    """Validate the config; with `against` (`running` = the admin URL in the config, or a URL) also ask the
+    running gateway whether a reload would apply it live or needs a restart (exit 1 then)."""
     from bastion.config.files import missing_files
 
     try:
@@ -33,7 +35,11 @@ def validate(path: str) -> int:
     for diagnostic in compiled.warnings:
         print(diagnostic, file=sys.stderr)
     print(f"{path}: valid ({len(compiled.routes)} routes, config hash {compiled.config_hash})")
-    return 0
+    if against is None:
+        return 0
+    gateway = compiled.config.model.gateway.model_dump(mode="json")
+    return admin_call(path, None if against == "running" else against, "/config/check", "POST",
+                      {"gateway": gateway})
 
 
 def check_files(path: str) -> int:
@@ -189,6 +195,47 @@ def reload(path: str, admin: str | None) -> int:
               f"started with. Edit {running} (or copy {path} over it), or restart with -c {path}", file=sys.stderr)
         return 1
     return admin_call(path, admin, "/reload", "POST")
+
+
+def stop(path: str, admin: str | None, timeout: float) -> int:
+    """`bastion stop`: SIGTERM to the gateway whose admin listener the config names (on this host), then wait
+    until it has drained and exited. The pid comes from `/config` (the supervisor's with workers)."""
+    import io
+    import os
+    import signal
+    import time
+    from contextlib import redirect_stdout
+
+    answer = io.StringIO()
+    with redirect_stdout(answer):
+        if admin_call(path, admin, "/config") != 0:
+            return 1
+    pid = int(json.loads(answer.getvalue())["pid"])
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        print(f"no gateway process {pid} on this host", file=sys.stderr)
+        return 1
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _running(pid):
+            print(f"bastion (pid {pid}) drained and stopped")
+            return 0
+        time.sleep(0.1)
+    print(f"bastion (pid {pid}) still running after {timeout:g}s", file=sys.stderr)
+    return 1
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and has not exited (an exited child its parent has not reaped yet is done)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
 
 
 def blocks(path: str, admin: str | None, action: str, kind: str | None, key: str | None,

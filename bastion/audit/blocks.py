@@ -176,6 +176,12 @@ class BlockList:
             self.audit.admin("block.lift", "success", kind=kind, key=key, was_active=existed)
         return existed
 
+    def forget(self, kind: str, key: str) -> None:
+        """Drop this instance's copy of a block lifted elsewhere (the supervisor tells its workers)."""
+        if self._blocks.pop((kind, key), None) is not None:
+            self._gauge(kind)
+        self._checked.pop((kind, key), None)
+
     async def list_blocks(self) -> list[dict[str, Any]]:
         """Blocks in force as this instance knows them (its own and those it has seen in the shared state;
         a backend with `list_blocks()` adds every instance's)."""

@@ -12,12 +12,18 @@ temporary blocks (`BlockList.place`) and calls the alert webhook, without waitin
 | input_violations     | input-validation denials                                 | IP                         |
 | forged_tokens        | bad signatures, refused algorithms, key-injection headers | IP                         |
 
-Windows are per instance (memory bounded by `max_keys` per detector); blocks are shared through the state
-backend when one is configured.
+Windows are per instance (memory bounded by `max_keys` per detector), except the burst detections
+(credential_stuffing, input_violations, forged_tokens) once `share(state)` is called with a shared backend
+(Redis, or the supervisor of `serve --workers N`): their counts then live in that backend as sliding windows
+(`det:<detection>:<kind>:<key>`), so N workers or nodes fire at the configured threshold, not N times it, and
+one finding fires per key and cooldown across all of them. An unreachable backend falls back to this
+instance's windows. Blocks are shared through the state backend when one is configured.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
 import sys
 from collections import deque
@@ -28,6 +34,9 @@ from bastion.audit.blocks import BlockList
 from bastion.audit.config import AuditConfig, DetectionRule, DetectionsConfig, WebhookConfig
 from bastion.audit.events import finding_event, is_auth_failure
 from bastion.context import Deny, RequestContext
+from bastion.state import Hit, StateUnavailable
+
+MAX_PENDING = 1024  # shared counts in flight; beyond this (a flood) events are counted locally
 
 FORGED_REASONS = frozenset({"jwt_bad_signature", "jwt_alg_not_allowed", "jwt_header_not_allowed"})
 NOT_ATTEMPTS = frozenset({"jwt_missing", "credential_missing", "introspection_unavailable", "jwks_unavailable"})
@@ -242,6 +251,45 @@ class Detector:
         self._forged = Burst(config.forged_tokens.threshold, config.forged_tokens.window, limit)
         self._flows = Burst(config.flow_abuse.threshold, config.flow_abuse.window, limit)
         self._cooldown = _Bounded(limit)  # (detection, key) -> time before which it does not fire again
+        self._shared: Any = None
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def share(self, state: Any) -> None:
+        """Count the burst detections in `state` (a shared backend), so every process sees the same counts."""
+        if getattr(state, "name", "memory") != "memory":
+            self._shared = state
+
+    def _count(self, burst: Burst, detection: str, key: tuple[str, Any], now: float,
+               fire: Callable[[float], None]) -> None:
+        """One event towards a burst: here, or in the shared state (then `fire` runs when the answer comes)."""
+        if self._shared is None or len(self._pending) >= MAX_PENDING:
+            first = burst.hit(key, now)
+            if first is not None:
+                fire(first)
+            return
+        task = asyncio.get_running_loop().create_task(self._count_shared(burst, detection, key, now, fire))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _count_shared(self, burst: Burst, detection: str, key: tuple[str, Any], now: float,
+                            fire: Callable[[float], None]) -> None:
+        name = f"det:{detection}:{key[0]}:{key[1]}"
+        # the threshold-th event within the window is the first one the window refuses
+        count = Hit(name, "sliding_window", limit=burst.threshold - 1, period=burst.window)
+        try:
+            [outcome] = await self._shared.hit([count], now)
+            if outcome.allowed:
+                return
+            # one process fires per key and window: the first to take this single token
+            [gate] = await self._shared.hit([Hit(f"{name}:fired", "token_bucket", limit=1, period=burst.window)],
+                                            now)
+        except StateUnavailable:
+            first = burst.hit(key, now)
+            if first is not None:
+                fire(first)
+            return
+        if gate.allowed:
+            fire(now - burst.window)
 
     # ---- the per-request call -----------------------------------------------------------------------------
 
@@ -271,19 +319,17 @@ class Detector:
         if deny is None and status not in (403, 404):
             return
         if deny is not None and reason in FORGED_REASONS and config.forged_tokens.enabled:
-            rule = config.forged_tokens
-            first = self._forged.hit(ip, now)
-            if first is not None:
-                self._fire("forged_tokens", rule, ("ip", ip), rule.threshold, first, ctx, 4,
-                           "Repeated forged tokens", f"{rule.threshold} tokens with a bad signature or a refused "
-                           f"algorithm from {ip} within {rule.window:g}s (last: {reason})", _FORGED_ATTACK)
+            forged = config.forged_tokens  # a name of its own: the callback may run after `observe` returned
+            self._count(self._forged, "forged_tokens", ("ip", ip), now, lambda first: self._fire(
+                "forged_tokens", forged, ("ip", ip), forged.threshold, first, ctx, 4, "Repeated forged tokens",
+                f"{forged.threshold} tokens with a bad signature or a refused algorithm from {ip} within "
+                f"{forged.window:g}s (last: {reason})", _FORGED_ATTACK))
         if deny is not None and reason in _FLOW_REASONS and config.flow_abuse.enabled:
-            flow_rule = config.flow_abuse
-            first = self._flows.hit(caller, now)
-            if first is not None:
-                self._fire("flow_abuse", flow_rule, caller, flow_rule.threshold, first, ctx, 4, "Business flow abuse",
-                           f"{caller[0]} {caller[1]} broke business flows {flow_rule.threshold} times within "
-                           f"{flow_rule.window:g}s (last: {reason}, {deny.policy_id})", _FLOW_ATTACK)
+            flow_rule = config.flow_abuse  # counted like the other bursts: across processes when state is shared
+            self._count(self._flows, "flow_abuse", caller, now, lambda first: self._fire(
+                "flow_abuse", flow_rule, caller, flow_rule.threshold, first, ctx, 4, "Business flow abuse",
+                f"{caller[0]} {caller[1]} broke business flows {flow_rule.threshold} times within "
+                f"{flow_rule.window:g}s (last: {reason}, {deny.policy_id})", _FLOW_ATTACK))
             return
         if deny is not None and reason not in NOT_ATTEMPTS and config.credential_stuffing.enabled \
                 and is_auth_failure(ctx, deny):
@@ -299,12 +345,11 @@ class Detector:
                            f"{caller[0]} {caller[1]} was refused {count} distinct objects (403/404) within "
                            f"{rule.window:g}s: the BOLA scraping pattern", _ENUM_ATTACK)
         if deny is not None and config.input_violations.enabled and _is_input_violation(ctx, reason):
-            rule = config.input_violations
-            first = self._input.hit(ip, now)
-            if first is not None:
-                self._fire("input_violations", rule, ("ip", ip), rule.threshold, first, ctx, 3,
-                           "Burst of input violations", f"{rule.threshold} requests refused by input validation "
-                           f"from {ip} within {rule.window:g}s (last: {reason})", ())
+            inputs = config.input_violations
+            self._count(self._input, "input_violations", ("ip", ip), now, lambda first: self._fire(
+                "input_violations", inputs, ("ip", ip), inputs.threshold, first, ctx, 3,
+                "Burst of input violations", f"{inputs.threshold} requests refused by input validation from {ip} "
+                f"within {inputs.window:g}s (last: {reason})", ()))
 
     def _stuffing_hit(self, ctx: RequestContext, ip: str, subject: str | None, consumer: str | None,
                       now: float) -> None:
@@ -315,12 +360,16 @@ class Detector:
                                       (per_consumer, ("consumer", consumer), rule.per_consumer)):
             if not key[1]:
                 continue
-            first = burst.hit(key, now)
-            if first is not None:
-                attack = _STUFFING_ATTACK if key[0] == "ip" else _BRUTE_ATTACK
-                self._fire("credential_stuffing", rule, key, threshold, first, ctx, 4,
-                           "Credential stuffing / brute force", f"{threshold} authentication failures for "
-                           f"{key[0]} {key[1]} within {rule.window:g}s", attack)
+            attack = _STUFFING_ATTACK if key[0] == "ip" else _BRUTE_ATTACK
+            description = f"{threshold} authentication failures for {key[0]} {key[1]} within {rule.window:g}s"
+            self._count(burst, "credential_stuffing", key, now, functools.partial(
+                self._fire_at, "credential_stuffing", rule, key, threshold, ctx, 4,
+                "Credential stuffing / brute force", description, attack))
+
+    def _fire_at(self, detection: str, rule: DetectionRule, key: tuple[str, Any], count: int,
+                 ctx: RequestContext, severity: int, title: str, description: str,
+                 attacks: tuple[tuple[str, str, str, str], ...], first: float) -> None:
+        self._fire(detection, rule, key, count, first, ctx, severity, title, description, attacks)
 
     # ---- a finding ----------------------------------------------------------------------------------------
 

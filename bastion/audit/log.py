@@ -56,15 +56,21 @@ class AuditLog:
     """Builds events and hands them to the sinks' channels; `enabled` is False when no sink is configured."""
 
     @classmethod
-    def from_config(cls, config: AuditConfig, base_dir: Path,
-                    registry: CollectorRegistry | None = None) -> AuditLog:
-        """The audit log of `gateway.audit`. Pass the gateway's metrics registry to export its metrics."""
+    def from_config(cls, config: AuditConfig, base_dir: Path, registry: CollectorRegistry | None = None,
+                    process: str = "") -> AuditLog:
+        """The audit log of `gateway.audit`. Pass the gateway's metrics registry to export its metrics.
+
+        `process` (e.g. `worker-1`, `supervisor`) gives each process of `serve --workers N` a spool of its own
+        (`<spool_dir>/<process>/<sink>/`): two processes appending to one spool lose and repeat events. A
+        restarted worker takes its index, so it replays what its predecessor left."""
         specs = []
         for index, sink_config in enumerate(config.sinks):
             name = sink_name(sink_config, index)
             specs.append(SinkSpec(build_sink(sink_config, name, base_dir), sink_config.format,
                                   sink_config.memory_events, sink_config.batch_events, sink_config.batch_bytes))
         spool_dir = config.spool_dir or Path("audit-spool")
+        if process:
+            spool_dir = spool_dir / process
         return cls(specs, queue_size=config.queue_size,
                    spool_dir=spool_dir if spool_dir.is_absolute() else base_dir / spool_dir,
                    spool_max_bytes=config.spool_max_bytes, spool_segment_bytes=config.spool_segment_bytes,

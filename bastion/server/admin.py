@@ -40,6 +40,8 @@ class AdminBackend:
     extra_routes: dict[tuple[str, str], Callable[[Exchange, bytes], Awaitable[None]]] = field(default_factory=dict)
     before_scrape: Callable[[], None] = lambda: None  # e.g. move counts batched on the request path
     clock: Callable[[], float] = time.time  # the data plane's wall clock: evidence is computed at its instant
+    # `/readyz` with reasons: `{"reasons": [...], ...}` (empty reasons = ready); without it, `ready()` decides
+    readiness: Callable[[], Awaitable[Json]] | None = None
 
 
 class AdminApi:
@@ -82,8 +84,10 @@ class AdminApi:
         if path == "/healthz" and read:
             return _json(ex, 200, {"status": "ok"})
         if path == "/readyz" and read:
-            ready = b.ready()
-            return _json(ex, 200 if ready else 503, {"status": "ready" if ready else "not ready"})
+            doc = await b.readiness() if b.readiness is not None else {"reasons": [] if b.ready() else ["not_ready"]}
+            ready = not doc["reasons"]
+            _json(ex, 200 if ready else 503, {"status": "ready" if ready else "not ready", **doc})
+            return ready
         if path == "/metrics" and read:
             b.before_scrape()
             ex.respond(200, [("content-type", CONTENT_TYPE_LATEST), ("x-request-id", request_id())],

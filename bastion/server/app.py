@@ -1,8 +1,6 @@
-"""The running gateway: load and compile the config, open listeners, reload, drain, and run several workers.
+"""The running gateway: load and compile the config, open listeners, reload, drain.
 
-`serve --workers N` starts N worker processes that share the listening ports through SO_REUSEPORT; the parent
-supervises them, serves the admin listener with metrics aggregated over all workers, and forwards SIGHUP
-(reload) and SIGTERM (graceful drain) to them.
+`serve --workers N` runs N of these as workers under `bastion.server.supervisor`.
 """
 
 from __future__ import annotations
@@ -13,9 +11,7 @@ import gc
 import os
 import signal
 import ssl
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +29,7 @@ from bastion.server.http1 import Http1Connection, ServerLimits
 from bastion.server.http2 import H2Limits, H2Stats
 from bastion.server.metrics import Metrics, exceptions_in_force
 from bastion.server.proxy import Gateway
+from bastion.server.reload import check_routes
 from bastion.server.tls import listener_ssl
 from bastion.server.tls import resolve_path as _resolve
 from bastion.stages.base import Services
@@ -58,7 +55,7 @@ def make_admin_auth(compiled: CompiledGateway) -> Any:
 def audit_file_path(gw: GatewayConfig, base: Path) -> Path | None:
     """The first file sink: the admin API's report, inventory and dashboard read their events there."""
     for sink in gw.audit.sinks:
-        path = getattr(sink, "path", None)
+        path: Path | None = getattr(sink, "path", None)
         if getattr(sink, "type", "") == "file" and path is not None:
             return path if path.is_absolute() else base / path
     return None
@@ -88,6 +85,11 @@ class Runtime:
         self._reload_lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
         self._drift: Any = None
+        self._retired: list[CompiledGateway] = []
+        self.limits: ServerLimits | None = None  # one object, read by every connection: a reload updates it
+        self.audit_config: Any = None  # the audit section the detector was built from
+        self._peer = "signal"
+        self._probe: Any = None
 
     # ---- config -------------------------------------------------------------------------------------------
 
@@ -113,32 +115,74 @@ class Runtime:
     async def reload(self, peer: str = "signal") -> tuple[bool, str]:
         """Swap in the config on disk; a config that fails validation is refused and the old one keeps serving."""
         async with self._reload_lock:
-            assert self.gateway is not None
-            audit = self.services.audit
+            compiled, message = await self.prepare(peer)
+            if compiled is None:
+                return False, message
+            self.commit(compiled)
+            await self.settle()
+            return True, message
+
+    async def prepare(self, peer: str = "signal") -> tuple[CompiledGateway | None, str]:
+        """Phase one of a reload: compile the config on disk and start its layers, without serving it yet.
+        Returns the compiled config (to `commit` or `abort`), or None and the reason it was refused."""
+        assert self.gateway is not None
+        audit = self.services.audit
+        try:
+            compiled = await self._compile()
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("refused").inc()
+            audit.admin("config.reload", "failure", peer=peer, errors=[str(d) for d in exc.diagnostics])
+            print(f"bastion: reload refused, still serving the previous config:\n{exc}", file=sys.stderr)
+            return None, str(exc)
+        except Exception as exc:
+            self.metrics.config_reloads.labels("refused").inc()
+            audit.admin("config.reload", "failure", peer=peer, errors=[repr(exc)])
+            return None, repr(exc)
+        from bastion.server.reload import restart_needed
+
+        refusal = restart_needed(self.gateway.compiled.config.model.gateway, compiled.config.model.gateway)
+        if refusal is None:
             try:
-                compiled = await self._compile()
-            except ConfigError as exc:
-                self.metrics.config_reloads.labels("refused").inc()
-                audit.admin("config.reload", "failure", peer=peer, errors=[str(d) for d in exc.diagnostics])
-                print(f"bastion: reload refused, still serving the previous config:\n{exc}", file=sys.stderr)
-                return False, str(exc)
-            except Exception as exc:
-                self.metrics.config_reloads.labels("refused").inc()
-                audit.admin("config.reload", "failure", peer=peer, errors=[repr(exc)])
-                return False, repr(exc)
-            try:
-                self._reload_certificates(compiled)
+                self._check_certificates(compiled)
             except (OSError, ssl.SSLError) as exc:
-                await self._close_shared(compiled)
-                self.metrics.config_reloads.labels("refused").inc()
-                audit.admin("config.reload", "failure", peer=peer, errors=[f"TLS certificate: {exc}"])
-                return False, f"TLS certificate: {exc}"
-            old = self.gateway.compiled
-            self.gateway.install(compiled)
+                refusal = f"TLS certificate: {exc}"
+        if refusal is not None:
+            await self._close_shared(compiled)
+            self.metrics.config_reloads.labels("refused").inc()
+            audit.admin("config.reload", "failure", peer=peer, errors=[refusal])
+            return None, refusal
+        self._peer = peer
+        return compiled, f"config {compiled.config_hash} loaded"
+
+    def commit(self, compiled: CompiledGateway) -> None:
+        """Phase two: serve `compiled` from the next request on (the previous config is closed by `settle`)."""
+        assert self.gateway is not None
+        self._reload_certificates(compiled)
+        self._retired.append(self.gateway.compiled)
+        self.gateway.install(compiled)
+        from bastion.server.reload import apply_gateway_settings
+
+        apply_gateway_settings(self, compiled.config.model.gateway)
+        self.metrics.config_reloads.labels("accepted").inc()
+        self.services.audit.admin("config.reload", "success", peer=self._peer, config_hash=compiled.config_hash)
+
+    async def abort(self, compiled: CompiledGateway) -> None:
+        """A prepared config that another worker refused: close its layers, keep serving the current one."""
+        await self._close_shared(compiled)
+
+    async def settle(self) -> None:
+        """Close the configs retired by `commit` (their in-flight requests keep their own references)."""
+        retired, self._retired = self._retired, []
+        for old in retired:
             await self._close_shared(old)
-            self.metrics.config_reloads.labels("accepted").inc()
-            audit.admin("config.reload", "success", peer=peer, config_hash=compiled.config_hash)
-            return True, f"config {compiled.config_hash} loaded"
+
+    def _check_certificates(self, compiled: CompiledGateway) -> None:
+        """Load every listener's new certificate into a scratch context: a bad one refuses the reload."""
+        base = self.config_path.parent
+        for listener in compiled.config.model.gateway.listeners:
+            if listener.tls is not None:
+                scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                scratch.load_cert_chain(_resolve(base, listener.tls.cert), _resolve(base, listener.tls.key))
 
     def _reload_certificates(self, compiled: CompiledGateway) -> None:
         """New certificates and keys serve the next handshakes; listener addresses change only on restart."""
@@ -148,14 +192,20 @@ class Runtime:
                 context.load_cert_chain(_resolve(base, listener.tls.cert), _resolve(base, listener.tls.key))
 
     def ready(self) -> bool:
-        """Listening, and every layer that needs remote material (e.g. JWKS) has it."""
-        if not self._ready or self.gateway is None:
-            return False
-        for shared in self.gateway.compiled.shared.values():
-            check = getattr(shared, "ready", None)
-            if callable(check) and not check():
-                return False
-        return True
+        """Listening, and every dependency the routes need is there (see `readiness`)."""
+        return not self.readiness()
+
+    def readiness(self) -> list[str]:
+        """Why this process is not ready (empty when it is): not listening yet, a layer without its remote
+        material (JWKS never fetched), or the shared state backend down."""
+        from bastion.server.readiness import reasons
+
+        return reasons(self._ready, self.gateway, self.services.state)
+
+    async def _readiness(self) -> dict[str, Any]:
+        found = self.readiness()
+        self._readiness_gauge.set(found)
+        return {"reasons": found, **self.info()}
 
     def info(self) -> dict[str, Any]:
         gateway = self.gateway
@@ -179,10 +229,12 @@ class Runtime:
         if "blocks" not in extra:  # detections and their responses, shared through the state backend
             extra["blocks"] = BlockList(self.services.state, audit=self.services.audit)
             extra["detector"] = Detector.from_config(gw.audit, self.services.audit, extra["blocks"], base)
+            extra["detector"].share(self.services.state)  # counts across workers and nodes (Redis, supervisor)
         await self.services.audit.start()
         compiled = await self._compile()
         self.gateway = Gateway(compiled, self.services, self.metrics)
-        limits = server_limits(gw)
+        limits = self.limits = server_limits(gw)
+        self.audit_config = gw.audit
         loop = asyncio.get_running_loop()
         gateway = self.gateway
         h2_stats = H2Stats(self.metrics.registry)
@@ -208,7 +260,9 @@ class Runtime:
                 compiled=lambda: gateway.compiled, events=lambda: read_events(audit_file),
                 auth=lambda: gateway.compiled.shared.get("admin_auth"), audit=self.services.audit,
                 blocks=extra["blocks"].list_blocks, before_scrape=self._scrape, clock=self.services.wall_clock,
-                extra_routes={**block_routes(extra["blocks"]), **identity_routes(lambda: gateway.compiled)},
+                readiness=self._readiness,
+                extra_routes={**block_routes(extra["blocks"]), **identity_routes(lambda: gateway.compiled),
+                              **check_routes(lambda: gateway.compiled.config.model.gateway)},
             ))
             admin_tls = listener_ssl(gw.admin, base) if gw.admin.tls is not None else None
             server = await loop.create_server(
@@ -225,6 +279,11 @@ class Runtime:
             await self._drift.start()
         if not self.serve_admin:  # a worker: its supervisor reads the metrics files, keep them current
             self._flusher = loop.create_task(self._flush_metrics())
+        from bastion.server.readiness import ReadinessGauge, StateProbe
+
+        self._readiness_gauge = ReadinessGauge(self.metrics.registry)
+        self._probe = StateProbe(self.services.state)
+        self._probe.start()
         self.services.audit.admin("gateway.start", "success", config_hash=compiled.config_hash,
                                   listeners=[f"{h}:{p}" for h, p in self.bound])
         self._ready = True
@@ -246,6 +305,8 @@ class Runtime:
         self._ready = False
         if self._flusher is not None:
             self._flusher.cancel()
+        if self._probe is not None:
+            await self._probe.close()
         gateway = self.gateway
         if drain_timeout is None:
             drain_timeout = gateway.compiled.config.model.gateway.limits.drain_timeout if gateway else 5.0
@@ -307,7 +368,9 @@ def serve(config_path: str, workers: int | None = None) -> int:
     install_uvloop()
     if count <= 1:
         return asyncio.run(_serve_one(config_path, worker=False, serve_admin=True))
-    return _supervise(config_path, count)
+    from bastion.server.supervisor import supervise
+
+    return supervise(config_path, count)
 
 
 async def _serve_one(config_path: str, *, worker: bool, serve_admin: bool) -> int:
@@ -325,74 +388,3 @@ async def _serve_one(config_path: str, *, worker: bool, serve_admin: bool) -> in
 def worker_main(config_path: str) -> int:
     install_uvloop()
     return asyncio.run(_serve_one(config_path, worker=True, serve_admin=False))
-
-
-def _supervise(config_path: str, count: int) -> int:
-    """Run `count` workers sharing the ports; serve admin with metrics from all of them."""
-    metrics_dir = tempfile.mkdtemp(prefix="bastion-metrics-")
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
-    command = [sys.executable, "-m", "bastion", "serve", "-c", config_path, "--worker"]
-    children = [subprocess.Popen(command, env=env) for _ in range(count)]
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    return asyncio.run(_supervisor(config_path, children))
-
-
-async def _supervisor(config_path: str, children: list[subprocess.Popen[bytes]]) -> int:
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.multiprocess import MultiProcessCollector
-
-    loaded = load_config(config_path)
-    gw = loaded.model.gateway
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry)
-    stopping = asyncio.Event()
-
-    async def reload(peer: str) -> tuple[bool, str]:
-        nonlocal compiled
-        try:
-            compiled = compile_config(load_config(config_path))
-        except ConfigError as exc:
-            return False, str(exc)
-        for child in children:
-            child.send_signal(signal.SIGHUP)
-        return True, "reload signalled to all workers"
-
-    def ready() -> bool:
-        return all(child.poll() is None for child in children)
-
-    base = Path(config_path).parent
-    compiled = compile_config(loaded)
-    auth = make_admin_auth(compiled)
-    if auth is not None:
-        await auth.start()
-    audit_file = audit_file_path(gw, base)
-    admin = AdminApi(AdminBackend(
-        registry=registry, ready=ready, info=lambda: {"workers": [c.pid for c in children],
-                                                    "config_file": str(Path(config_path).resolve())},
-        reload=reload,
-        compiled=lambda: compiled, events=lambda: read_events(audit_file), auth=lambda: auth,
-    ))
-    loop = asyncio.get_running_loop()
-    connections: set[Http1Connection] = set()
-    server = None
-    if gw.admin.enabled:
-        admin_tls = listener_ssl(gw.admin, base) if gw.admin.tls is not None else None
-        server = await loop.create_server(lambda: Http1Connection(admin.handle, server_limits(gw), connections),
-                                          gw.admin.address, gw.admin.port, ssl=admin_tls)
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload("SIGHUP")))
-    loop.add_signal_handler(signal.SIGTERM, stopping.set)
-    loop.add_signal_handler(signal.SIGINT, stopping.set)
-    while not stopping.is_set() and ready():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), 0.5)
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    for child in children:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(gw.limits.drain_timeout + 5)
-        if child.poll() is None:
-            child.kill()
-    if server is not None:
-        server.close()
-    return 0 if stopping.is_set() else 1

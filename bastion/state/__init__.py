@@ -84,8 +84,8 @@ class StateBackend(Protocol):
 
 
 def open_state(url: str, **options: float) -> StateBackend:
-    """`memory`, `redis://host:6379/0`, `rediss://...`, `unix:///run/redis.sock` or
-    `redis+sentinel://host1:26379,host2:26379/<service>/<db>`.
+    """`memory`, `redis://host:6379/0`, `rediss://...`, `unix:///run/redis.sock`,
+    `redis+sentinel://host1:26379,host2:26379/<service>/<db>` or `redis+cluster://host1:6379,host2:6379/`.
 
     `options` (e.g. `timeout=0.25`, `retry_interval=0.5`) tune the Redis backend. Nothing connects until the
     first call, so this may run before the event loop starts.
@@ -95,10 +95,10 @@ def open_state(url: str, **options: float) -> StateBackend:
         from bastion.state.memory import MemoryState
 
         return MemoryState()
-    if scheme in ("redis", "rediss", "unix", "redis+sentinel", "valkey", "valkeys"):
+    if scheme in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "valkey", "valkeys"):
         from bastion.state.redis_state import RedisState
 
-        return RedisState(url, **options)
+        return RedisState(url, **options)  # type: ignore[arg-type]  # the float tunables: timeout, retry_interval
     raise ValueError(f"unknown state backend {url!r}: use `memory` or `redis://host:6379/0`")
 
 

@@ -65,6 +65,11 @@ class MemoryState:
             return None
         return until if until > (self._clock() if now is None else now) else None
 
+    async def list_blocks(self) -> list[tuple[str, str, float]]:
+        """Every block in force: `(kind, key, until)` (the admin API's listing across workers)."""
+        now = self._clock()
+        return [(kind, key, until) for (kind, key), until in self._blocks.items() if until > now]
+
     async def close(self) -> None:
         self._limits.clear()
         self._blocks.clear()

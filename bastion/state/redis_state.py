@@ -5,14 +5,22 @@
 - Unreachable Redis never blocks the event loop: socket and connect timeouts are short, redis-py's own retries
   are off, and after a failure calls fail at once with `StateUnavailable` for `retry_interval` seconds; the
   next call after that reconnects by itself.
+- Redis Cluster (`redis+cluster://h1:p1,h2:p2/`): every Lua script touches the keys of one slot only: a
+  request's hits are grouped by slot, one script per slot, run together. When one slot refuses, the units the
+  others took are given back (a negative charge): all or nothing holds, except that for that moment a
+  concurrent request may find them used (under-admission, never over-admission). Losing a primary makes
+  only its slots unavailable (with the servers' `cluster-require-full-coverage no`), so there is no
+  process-wide fail-fast: each call waits at most its timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -26,7 +34,7 @@ from bastion.state import Hit, Outcome, StateUnavailable
 from bastion.state.scripts import HIT, KIND_CODES
 
 _UNAVAILABLE = (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, rexc.MasterDownError,
-                OSError, TimeoutError)
+                rexc.ClusterError, rexc.RedisClusterException, OSError, TimeoutError)
 
 
 class RedisState:
@@ -53,6 +61,7 @@ class RedisState:
         self._clock = clock
         self._monotonic = monotonic
         self._redis: Redis | None = None
+        self._sentinels: list[Redis] = []  # the clients a Sentinel setup keeps to its sentinels, closed with us
         self._sha = hashlib.sha1(HIT.encode()).hexdigest()
         self._down_until = 0.0
         self._last_error = ""
@@ -61,6 +70,7 @@ class RedisState:
         # until their deadline (a few 503s per 100k requests in bench/). With this queue in front, the pool
         # never waits.
         self._slots = asyncio.Semaphore(self.max_connections)
+        self.cluster = urlsplit(url).scheme == "redis+cluster"
 
     # -- connection -----------------------------------------------------------------------------------------
 
@@ -74,7 +84,7 @@ class RedisState:
             }
             # A bounded pool that waits (within the deadline) for a free connection instead of failing.
             pool = {"max_connections": self.max_connections, "timeout": self.timeout}
-            self._redis = _connect(self.url, options, pool)
+            self._redis, self._sentinels = _connect(self.url, options, pool)
         return self._redis
 
     async def _call(self, operation: Callable[[Redis], Any]) -> Any:
@@ -91,7 +101,8 @@ class RedisState:
             if queued or "No connection available" in str(exc):  # our own pool is busy: overload, Redis is fine
                 raise StateUnavailable("redis connection pool exhausted") from exc
             self._last_error = f"{type(exc).__name__}: {exc}"[:200]
-            self._down_until = self._monotonic() + self.retry_interval
+            if not self.cluster:  # one primary down is not the whole cluster down
+                self._down_until = self._monotonic() + self.retry_interval
             raise StateUnavailable(f"redis unavailable: {self._last_error}") from exc
         self._down_until = 0.0
         return result
@@ -101,9 +112,15 @@ class RedisState:
         """False while calls fail fast after a failure (for /readyz and metrics)."""
         return not (self._down_until and self._monotonic() < self._down_until)
 
+    async def ping(self) -> None:
+        """One PING under the deadline (the readiness probe); raises StateUnavailable."""
+        await self._call(lambda redis: redis.ping())
+
     # -- limits ---------------------------------------------------------------------------------------------
 
     async def hit(self, hits: Sequence[Hit], now: float) -> list[Outcome]:
+        if self.cluster and len(hits) > 1:
+            return await self._hit_by_slot(hits, now)
         keys = [self.prefix + hit.key for hit in hits]
         args: list[Any] = [repr(float(now))]
         for hit in hits:
@@ -122,6 +139,27 @@ class RedisState:
             Outcome(bool(raw[i]), int(raw[i + 1]), float(raw[i + 2]), float(raw[i + 3]), int(raw[i + 4]))
             for i in range(0, len(raw), 5)
         ]
+
+    async def _hit_by_slot(self, hits: Sequence[Hit], now: float) -> list[Outcome]:
+        from redis.crc import key_slot
+
+        groups: dict[int, list[int]] = {}
+        for index, hit in enumerate(hits):
+            groups.setdefault(key_slot((self.prefix + hit.key).encode()), []).append(index)
+        answers = await asyncio.gather(*(self.hit([hits[i] for i in members], now) for members in groups.values()))
+        outcomes: list[Outcome] = [Outcome(False, 0, 0.0, 0.0)] * len(hits)
+        for members, answer in zip(groups.values(), answers, strict=True):
+            for index, outcome in zip(members, answer, strict=True):
+                outcomes[index] = outcome
+        if all(o.allowed for o in outcomes):
+            return outcomes
+        # refused by one slot: give back what the others took (a negative charge), so the request charged
+        # nothing, as on one Redis; until then a concurrent request may see those units as used
+        refunds = [replace(hits[i], cost=-o.granted, take=-o.granted) for i, o in enumerate(outcomes) if o.granted]
+        if refunds:
+            with contextlib.suppress(StateUnavailable):
+                await asyncio.gather(*(self.hit([refund], now) for refund in refunds))
+        return [replace(o, granted=0) for o in outcomes]
 
     # -- blocks (revocations, temporary blocks) -------------------------------------------------------------
 
@@ -152,10 +190,15 @@ class RedisState:
         if self._redis is not None:
             redis, self._redis = self._redis, None
             await redis.aclose()
-            await redis.connection_pool.disconnect()  # a pool passed in is not closed by aclose()
+            pool = getattr(redis, "connection_pool", None)  # a cluster client has one pool per node, closed above
+            if pool is not None:
+                await pool.disconnect()  # a pool passed in is not closed by aclose()
+        sentinels, self._sentinels = self._sentinels, []
+        for sentinel in sentinels:
+            await sentinel.aclose()
 
 
-def _connect(url: str, options: dict[str, Any], pool: dict[str, Any]) -> Redis:
+def _connect(url: str, options: dict[str, Any], pool: dict[str, Any]) -> tuple[Redis, list[Redis]]:
     """A client for `redis://`, `rediss://`, `unix://`, `valkey://` or `redis+sentinel://h1:p1,h2:p2/svc/db`."""
     parts = urlsplit(url)
     if parts.scheme == "redis+sentinel":
@@ -170,8 +213,21 @@ def _connect(url: str, options: dict[str, Any], pool: dict[str, Any]) -> Redis:
         db = int(path[1]) if len(path) > 1 else 0
         password = unquote(parts.password) if parts.password else None
         sentinel = Sentinel(hosts, **options)
-        return sentinel.master_for(path[0], db=db, password=password, max_connections=pool["max_connections"],
-                                   **options)
+        client: Redis = sentinel.master_for(path[0], db=db, password=password,
+                                            max_connections=pool["max_connections"], **options)
+        return client, list(sentinel.sentinels)
+    if parts.scheme == "redis+cluster":
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        nodes = []
+        for item in parts.netloc.rpartition("@")[2].split(","):
+            host, _, port = item.rpartition(":")
+            nodes.append(ClusterNode(host.strip("[]") or "localhost", int(port or 6379)))
+        password = unquote(parts.password) if parts.password else None
+        options = {k: v for k, v in options.items() if k != "health_check_interval"}
+        cluster = RedisCluster(startup_nodes=nodes, password=password, max_connections=pool["max_connections"],
+                               require_full_coverage=False, **options)
+        return cluster, []  # type: ignore[return-value]  # the cluster client speaks the commands we use
     if parts.scheme.startswith("valkey"):
         url = "redis" + url[len("valkey"):]
-    return Redis(connection_pool=BlockingConnectionPool.from_url(url, **pool, **options))
+    return Redis(connection_pool=BlockingConnectionPool.from_url(url, **pool, **options)), []

@@ -100,6 +100,7 @@ class HttpCollector:
     delay: float = 0.0
     raw: list[dict] = field(default_factory=list)
     unauthorised: int = 0
+    keys: list[str] = field(default_factory=list)  # the Idempotency-Key of every accepted POST
     server: asyncio.Server | None = None
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -119,6 +120,7 @@ class HttpCollector:
                     status = 401
                 elif status == 200:
                     self.raw.extend(_decode(body))
+                    self.keys.append(headers.get("idempotency-key", ""))
                 writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nok".encode())
                 await writer.drain()
                 if headers.get("connection", "").lower() == "close":

@@ -225,3 +225,41 @@ async def test_business_flow_violations_block_the_scripted_caller(tmp_path):
     [finding] = await h.findings()
     assert validate(finding) == []
     assert finding["unmapped"]["bastion"]["detection"] == "flow_abuse"
+
+async def _two_processes_feed_one_detection(tmp_path, state) -> tuple[list[dict], list[dict]]:
+    """Two detectors (two workers or nodes) over one shared state: 10 + 9 failures, then the 20th."""
+    config = DetectionsConfig(credential_stuffing=CredentialStuffingRule(threshold=20, window=60))
+    one, two = Harness(tmp_path / "one", config), Harness(tmp_path / "two", config)
+    for h in (one, two):
+        h.detector.share(state)
+        await h.audit.start()
+    record, bad = auth_deny("api_key_invalid")
+    for i in range(19):
+        (one if i % 2 else two).request(401, bad, ip=ATTACKER, records=(record,))
+        await asyncio.sleep(0.01)  # the shared count is asynchronous
+    await asyncio.sleep(0.1)
+    assert one.detector.findings == two.detector.findings == 0  # 19 in all: below the threshold
+    one.request(401, bad, ip=ATTACKER, records=(record,))
+    two.request(401, bad, ip=ATTACKER, records=(record,))  # the 21st: the finding fires once, not twice
+    await asyncio.sleep(0.1)
+    return await one.findings(), await two.findings()
+
+
+async def test_a_detection_fed_by_two_processes_fires_once_at_the_threshold_with_redis(tmp_path, redis_server):
+    from bastion.state.redis_state import RedisState
+
+    state = RedisState(redis_server.url)
+    try:
+        first, second = await _two_processes_feed_one_detection(tmp_path, state)
+    finally:
+        await state.close()
+    assert len(first) + len(second) == 1
+    assert (first or second)[0]["finding_info"]["analytic"]["name"] == "credential_stuffing"
+
+
+async def test_a_detection_fed_by_two_workers_fires_once_through_the_supervisor(tmp_path):
+    from tests.state.test_supervised import supervised_state
+
+    async with supervised_state(tmp_path) as (state, _):
+        first, second = await _two_processes_feed_one_detection(tmp_path, state)
+    assert len(first) + len(second) == 1

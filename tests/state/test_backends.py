@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from bastion.state import Hit, StateBackend, open_state
 from bastion.state.memory import MemoryState
 from bastion.state.redis_state import RedisState
+from tests.state.test_supervised import supervised_state
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[StateBackend]:
+@pytest.fixture(params=["memory", "redis", "supervised", "cluster"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateBackend]:
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        state: StateBackend = open_state(cluster.url)
+        yield state
+        await state.close()
+        return
     if request.param == "memory":
-        state: StateBackend = MemoryState()
+        state = MemoryState()
+    elif request.param == "supervised":  # a worker's view of its supervisor's memory, over a real socket
+        async with supervised_state(tmp_path) as (supervised, _):
+            yield supervised
+        return
     else:
         state = open_state(request.getfixturevalue("redis_server").url)
         assert isinstance(state, RedisState)

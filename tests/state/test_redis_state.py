@@ -137,3 +137,115 @@ async def test_a_caller_queued_past_its_deadline_is_overload_not_an_outage(redis
     assert state.available  # overload of our own pool: Redis itself is not marked down
     assert (await state.hit([hit], time.time()))[0].allowed
     await state.close()
+
+
+async def test_cluster_keeps_serving_the_slots_of_the_primaries_left(tmp_path) -> None:
+    """A 3-primary cluster loses one primary during load: its slots fail fast as StateUnavailable (the caller's
+    on_state_error decides), the others keep answering, no limit admits more than its size, nothing crashes."""
+    from redis.crc import key_slot
+
+    from bastion.state import open_state
+    from tests.state.redis_cluster import RedisCluster, _command
+
+    cluster = RedisCluster(tmp_path / "cluster")
+    cluster.start()
+    state = open_state(cluster.url, timeout=0.25)
+    try:
+        keys = [f"rl:shop:ip:203.0.113.{i}" for i in range(30)]
+        owners = {}  # key -> port of the primary serving its slot
+        for port in cluster.ports:
+            for line in _command(port, "CLUSTER", "NODES").splitlines():
+                if "myself" in line:
+                    for span in line.split()[8:]:
+                        low, _, high = span.partition("-")
+                        for key in keys:
+                            if int(low) <= key_slot(f"bastion:{key}".encode()) <= int(high or low):
+                                owners[key] = port
+        victim = cluster.ports[0]
+        lost = [k for k in keys if owners[k] == victim]
+        kept = [k for k in keys if owners[k] != victim]
+        assert lost and kept
+
+        async def load(key: str, count: int) -> list[object]:
+            hit = Hit(key, "sliding_window", limit=5, period=60)
+            out: list[object] = []
+            for _ in range(count):
+                try:
+                    [outcome] = await state.hit([hit], time.time())
+                    out.append(outcome.allowed)
+                except StateUnavailable:
+                    out.append("unavailable")
+            return out
+
+        first = await asyncio.gather(*(load(k, 3) for k in keys))
+        assert all(r == [True, True, True] for r in first)
+        cluster.kill(victim)
+        started = time.monotonic()
+        second = dict(zip(keys, await asyncio.gather(*(load(k, 4) for k in keys)), strict=True))
+        assert time.monotonic() - started < 5  # each call bounded by its timeout: no hang
+        for key in kept:
+            assert second[key] == [True, True, False, False]  # 5 in all: the limit holds on the survivors
+        for key in lost:
+            assert set(second[key]) == {"unavailable"}  # fail mode: the caller decides (503 or local counts)
+    finally:
+        await state.close()
+        cluster.stop()
+
+
+async def test_sentinel_failover_fails_fast_then_finds_the_new_primary(tmp_path) -> None:
+    """A Sentinel group (primary, replica, one sentinel) loses its primary: calls fail as StateUnavailable (never
+    hang or crash) until the sentinel promotes the replica, then the backend finds the new primary by itself."""
+    import subprocess
+
+    from bastion.state import open_state
+    from tests.state.redis_cluster import _command
+    from tests.state.redis_server import free_port
+
+    primary, replica, sentinel = free_port(), free_port(), free_port()
+    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning"]
+    procs = {primary: subprocess.Popen(["redis-server", "--port", str(primary), *common]),
+             replica: subprocess.Popen(["redis-server", "--port", str(replica), "--replicaof", "127.0.0.1",
+                                        str(primary), *common])}
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {sentinel}\nbind 127.0.0.1\ndir {tmp_path}\n"
+                    f"sentinel monitor main 127.0.0.1 {primary} 1\n"
+                    "sentinel down-after-milliseconds main 500\nsentinel failover-timeout main 3000\n")
+    procs[sentinel] = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
+
+    async def until(predicate, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if predicate():
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.1)
+        raise AssertionError("timed out")
+
+    state = open_state(f"redis+sentinel://127.0.0.1:{sentinel}/main/0", timeout=0.25, retry_interval=0.2)
+    try:
+        await until(lambda: "master_link_status:up" in _command(replica, "INFO", "replication"))
+        await until(lambda: str(replica) in _command(sentinel, "SENTINEL", "REPLICAS", "main"))  # it can promote
+        hit = Hit("rl:failover", "sliding_window", limit=100, period=60)
+        assert (await state.hit([hit], time.time()))[0].allowed
+        dead = procs.pop(primary)
+        dead.kill()
+        dead.wait(10)
+        started, failures, recovered = time.monotonic(), 0, False
+        while time.monotonic() - started < 20:
+            try:
+                [outcome] = await state.hit([hit], time.time())
+            except StateUnavailable:  # the only failure a caller ever sees: its on_state_error decides
+                failures += 1
+                await asyncio.sleep(0.1)
+                continue
+            recovered = outcome.allowed
+            break
+        assert recovered and failures > 0
+        assert "role:master" in _command(replica, "INFO", "replication")
+    finally:
+        await state.close()
+        for proc in procs.values():
+            proc.kill()
+            proc.wait(10)

@@ -8,7 +8,22 @@ import ssl
 from pathlib import Path
 from typing import Protocol
 
+import orjson
+
 from bastion.audit.config import AuditSinkConfig, TlsClientConfig
+
+
+def event_id(line: bytes) -> str | None:
+    """The unique id of one serialised event: OCSF `metadata.uid`, or ECS `event.id` (None if neither)."""
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    meta = doc.get("metadata") if "metadata" in doc else doc.get("event")
+    uid = meta.get("uid", meta.get("id")) if isinstance(meta, dict) else None
+    return uid if isinstance(uid, str) else None
 
 
 class SinkError(Exception):

@@ -3,10 +3,15 @@
 `body: hec` sends `{"event": <event>, "source": "bastion", "sourcetype": "ocsf"}` objects back to back (how a
 HEC takes a batch); `body: ndjson` sends the JSON lines as they are. Any answer but 2xx is a failed delivery:
 the batch stays in the channel and is sent again, never dropped.
+
+Every POST carries `Idempotency-Key` (draft-ietf-httpapi-idempotency-key-header): a digest of the batch's events,
+so a batch sent again after a timeout (the collector took it, the answer was lost) carries the same key.
+Receivers that ignore the header still de-duplicate by `metadata.uid`, which every event has.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ssl
 
 from bastion.audit.sinks import SinkError
@@ -38,7 +43,8 @@ class HttpSink:
 
     async def deliver(self, lines: list[bytes]) -> None:
         try:
-            response = await fetch(self.url, method="POST", headers=self._headers, body=self.encode(lines),
+            headers = (*self._headers, ("Idempotency-Key", idempotency_key(lines)))
+            response = await fetch(self.url, method="POST", headers=headers, body=self.encode(lines),
                                    timeout=self.timeout, max_bytes=64 * 1024, ssl_context=self.ssl_context)
         except FetchError as exc:
             raise SinkError(f"http {self.url}: {exc}") from exc
@@ -47,3 +53,11 @@ class HttpSink:
 
     async def close(self) -> None:
         return None
+
+
+def idempotency_key(lines: list[bytes]) -> str:
+    """The same batch gives the same key: a digest of its serialised events (each carries its unique id)."""
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(line)
+    return digest.hexdigest()[:32]

@@ -68,6 +68,18 @@ class OpaClient:
         self.endpoint = config.url.rstrip("/") + "/v1/data/" + config.path
         self._client = client
         self.cache: DecisionCache[tuple[bool, str]] = DecisionCache(config.cache_ttl, config.cache_size, clock)
+        self.available = True  # False while OPA does not answer: /readyz reports it (routes with on_error: closed)
+
+    async def probe(self) -> None:
+        """One `GET /health` (OPA's health API) within the timeout, so readiness follows OPA without traffic."""
+        assert self.config.url is not None
+        try:
+            answer = await self._client.request("GET", self.config.url.rstrip("/") + "/health",
+                                                timeout=self.config.timeout)
+        except Exception:  # timeout, refused: not available
+            self.available = False
+            return
+        self.available = answer.status == 200
 
     async def decide(self, document: dict[str, Any]) -> EngineVerdict:
         body = orjson.dumps({"input": document}, option=orjson.OPT_SORT_KEYS)
@@ -95,7 +107,9 @@ class OpaClient:
         try:
             (allowed, why), _ = await self.cache.get(body, fetch)
         except Exception as exc:  # timeout, refused, 500, garbage: no decision
+            self.available = False
             return EngineVerdict(False, f"OPA {self.endpoint}: {exc}", unavailable=True)
+        self.available = True
         return EngineVerdict(allowed, why)
 
 

@@ -10,6 +10,8 @@ decided and, for a deny, exactly what was missing (`log_detail`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from bastion import policy_ids as ids
@@ -60,6 +62,7 @@ class AuthzShared:
                 self.tenants[consumer.name] = str(tenant)
         self._opa: dict[str, OpaClient] = {}
         self._cedar: dict[str, Any] = {}
+        self._probe: asyncio.Task[None] | None = None
 
     def opa(self, config: OpaConfig) -> OpaClient:
         """One client and decision cache per distinct OPA config (routes sharing it share the cache)."""
@@ -75,7 +78,26 @@ class AuthzShared:
             self._cedar[key] = CedarEngine.load(path)
         return self._cedar[key]
 
+    async def start(self) -> None:
+        """Probe the fail-closed OPA endpoints once a second, for `/readyz` (`readiness`)."""
+        if any(c.config.on_error == "closed" for c in self._opa.values()):
+            self._probe = asyncio.get_running_loop().create_task(self._probe_loop())
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.gather(*(c.probe() for c in self._opa.values() if c.config.on_error == "closed"))
+            await asyncio.sleep(1.0)
+
+    def readiness(self) -> list[str]:
+        """Reasons not to take traffic: a policy engine that fail-closed routes need does not answer."""
+        return [f"policy_engine_unavailable: OPA {c.endpoint} does not answer" for c in self._opa.values()
+                if c.config.on_error == "closed" and not c.available]
+
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
         await self.client.close()
 
 

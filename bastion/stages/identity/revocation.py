@@ -18,6 +18,7 @@ A lookup is one round trip (Redis MGET of at most three keys). A backend that ca
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import weakref
@@ -275,7 +276,8 @@ class _RedisRecords:
 
     async def get(self, keys: Sequence[str]) -> list[str | None]:
         names = [self._prefix + k for k in keys]
-        raw = await self._call(lambda redis: redis.mget(names))
+        # a cluster's MGET must stay in one slot: its client splits the keys by slot instead
+        raw = await self._call(functools.partial(_mget, names=names))
         return [None if v is None else v.decode() if isinstance(v, bytes) else str(v) for v in raw]
 
     async def merge(self, key: str, record: Revocation, now: float) -> None:
@@ -298,7 +300,11 @@ class _RedisRecords:
         pattern = _glob_escape(self._prefix + prefix) + "*"
         names: list[bytes] = []
         cursor = 0
-        while len(names) < limit:  # one round trip per SCAN page, each under the backend's deadline
+        if getattr(self._state, "cluster", False):  # every primary's keys, page by page
+            async def every(redis: Any) -> list[bytes]:
+                return [name async for name in redis.scan_iter(match=pattern, count=500)][:limit]
+            names = await self._call(every)
+        while not getattr(self._state, "cluster", False) and len(names) < limit:  # a page per round trip
             cursor, page = await self._call(lambda redis, c=cursor: redis.scan(c, match=pattern, count=500))
             names.extend(page)
             if int(cursor) == 0:
@@ -307,11 +313,16 @@ class _RedisRecords:
         out: list[tuple[str, str]] = []
         for start in range(0, len(names), 500):
             batch = names[start:start + 500]
-            values = await self._call(lambda redis, b=batch: redis.mget(b))
+            values = await self._call(functools.partial(_mget, names=batch))
             for name, value in zip(batch, values, strict=True):
                 if value is not None:
                     out.append((name.decode()[len(self._prefix):], value.decode()))
         return out
+
+
+def _mget(redis: Any, names: list[str] | list[bytes]) -> Any:
+    """MGET; a cluster's client splits the keys by slot instead (a cluster MGET must stay in one slot)."""
+    return getattr(redis, "mget_nonatomic", redis.mget)(names)
 
 
 def _glob_escape(text: str) -> str:
@@ -324,6 +335,9 @@ _MEMORY: weakref.WeakKeyDictionary[Any, _MemoryRecords] = weakref.WeakKeyDiction
 
 def records_for(state: Any) -> _Records:
     """The revocation records of a state backend: Redis keys, or a dict tied to a `MemoryState`."""
+    own = getattr(state, "revocation_records", None)
+    if own is not None:  # a backend that keeps them itself (the workers' supervisor)
+        return own()  # type: ignore[no-any-return]
     if getattr(state, "name", None) == "redis":
         return _RedisRecords(state)
     if getattr(state, "name", None) == "memory":

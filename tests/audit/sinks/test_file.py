@@ -32,3 +32,34 @@ async def test_unwritable_path_is_a_sink_error(tmp_path):
         pass
     else:
         raise AssertionError("writing below a regular file succeeded")
+
+
+def _event(uid: str) -> bytes:
+    return b'{"metadata":{"uid":"%s"},"pad":"xxxxxxxx"}\n' % uid.encode()
+
+
+async def test_a_replayed_event_is_written_once_even_by_a_new_process(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    first = FileSink("f", path, 1 << 20, 1)
+    await first.deliver([_event("a"), _event("b")])
+    await first.deliver([_event("b"), _event("c")])  # "b" replayed from the spool
+    await first.close()
+    restarted = FileSink("f", path, 1 << 20, 1)  # a worker restarted after kill -9 replays its spool's head
+    await restarted.deliver([_event("c"), _event("d")])
+    await restarted.close()
+    assert path.read_bytes() == b"".join(_event(u) for u in "abcd")
+    assert first.duplicates == 1 and restarted.duplicates == 1
+
+
+async def test_two_processes_share_one_file_and_its_rotation(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    one, two = FileSink("f", path, 400, 50), FileSink("f", path, 400, 50)  # ~9 events per file
+    for i in range(0, 60, 2):
+        await one.deliver([_event(f"one-{i}"), _event(f"one-{i + 1}")])
+        await two.deliver([_event(f"two-{i}"), _event(f"two-{i + 1}")])
+    await one.close()
+    await two.close()
+    files = [path, *sorted(tmp_path.glob("audit.jsonl.*[0-9]"))]
+    lines = [line for f in files for line in f.read_bytes().splitlines()]
+    assert len(lines) == 120 and len(set(lines)) == 120  # nothing lost to a rotation race, nothing twice
+    assert all(f.stat().st_size <= 400 for f in files)

@@ -37,3 +37,17 @@ def test_token_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("BASTION_TEST_HEC", "from-env")
     sink = build_sink(config, "hec", tmp_path)
     assert isinstance(sink, HttpSink) and ("Authorization", "Bearer from-env") in sink._headers
+
+
+async def test_the_same_batch_carries_the_same_idempotency_key():
+    collector = await HttpCollector(token="t0k3n").start()
+    try:
+        sink = HttpSink("hec", collector.url, token="t0k3n", timeout=1.0)
+        batch = [b'{"metadata":{"uid":"a"}}\n', b'{"metadata":{"uid":"b"}}\n']
+        await sink.deliver(batch)
+        await sink.deliver(batch)  # a resend after a lost answer
+        await sink.deliver(batch[:1])
+        assert collector.keys[0] == collector.keys[1] != collector.keys[2]
+        assert len(collector.keys[0]) == 32
+    finally:
+        await collector.stop()

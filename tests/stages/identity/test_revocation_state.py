@@ -26,19 +26,25 @@ from tests.state.redis_server import RedisServer, free_port
 Factory = Callable[[], StateRevocationList]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def stores(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[Factory]:
     """A factory of deny lists over ONE shared state: the same MemoryState (two workers of one process), or
-    one new Redis client per call (two gateway instances)."""
+    one new Redis (or Redis Cluster) client per call (two gateway instances)."""
     if request.param == "memory":
         state = MemoryState()
         yield lambda: StateRevocationList(state, clock)
         return
-    server: RedisServer = request.getfixturevalue("redis_server")
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        url = cluster.url
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        url = server.url
     clients: list[RedisState] = []
 
     def factory() -> StateRevocationList:
-        clients.append(RedisState(server.url, clock=clock))
+        clients.append(RedisState(url, clock=clock))
         return StateRevocationList(clients[-1], clock)
 
     yield factory

@@ -1,0 +1,105 @@
+"""What a reload may change live, and what it must refuse because only a restart applies it.
+
+A reload never reports success while ignoring a change. The gateway-wide sections split in three:
+- applied with the routes (`Gateway.install`): `trusted_proxies`, `identity_headers`, `admin.auth`,
+  `max_exception_days`, the listeners' certificates and keys (next handshakes);
+- applied here, in place, at commit (`apply_gateway_settings`): `limits` (the server limits every connection
+  reads), `audit.detections` and `audit.responses` (a new detector; its windows start empty);
+- refused with "needs a restart" naming the field (`restart_needed`): everything that owns a socket, a file or
+  a process: listener addresses, ports, protocols and TLS on/off, the admin listener, `workers`, `state`,
+  `audit.sinks`, the spool, `http2`, `drift`, `limits.upstream_pool_size`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pydantic
+
+from bastion.config.models import GatewayConfig
+
+# The fields compared for a restart, as (label, getter). The certificate paths of a listener are not in the
+# list: new files under the same or another path are loaded into the running TLS contexts.
+_RESTART_ONLY: tuple[tuple[str, Any], ...] = (
+    ("gateway.workers", lambda g: g.workers),
+    ("gateway.state", lambda g: g.state),
+    ("gateway.http2", lambda g: g.http2.model_dump()),
+    ("gateway.drift", lambda g: g.drift.model_dump() if g.drift is not None else None),
+    ("gateway.limits.upstream_pool_size", lambda g: g.limits.upstream_pool_size),
+    ("gateway.admin.address", lambda g: str(g.admin.address)),
+    ("gateway.admin.port", lambda g: g.admin.port),
+    ("gateway.admin.enabled", lambda g: g.admin.enabled),
+    ("gateway.admin.tls", lambda g: g.admin.tls is not None),
+    ("gateway.audit.sinks", lambda g: [s.model_dump(mode="json") for s in g.audit.sinks]),
+    ("gateway.audit.spool_dir", lambda g: str(g.audit.spool_dir)),
+    ("gateway.audit.spool_max_bytes", lambda g: g.audit.spool_max_bytes),
+    ("gateway.audit.spool_segment_bytes", lambda g: g.audit.spool_segment_bytes),
+    ("gateway.audit.queue_size", lambda g: g.audit.queue_size),
+    ("gateway.listeners", lambda g: len(g.listeners)),
+)
+_LISTENER_FIELDS = ("address", "port", "http2", "h2c")
+_H2_DERIVED = ("header_timeout", "body_idle_timeout", "keepalive_timeout", "max_header_bytes", "max_headers")
+
+
+def restart_needed(old: GatewayConfig, new: GatewayConfig) -> str | None:
+    """None when `new` can be applied live over `old`; otherwise the refusal, naming the first field."""
+    for label, get in _RESTART_ONLY:
+        if get(old) != get(new):
+            return f"{label} changed: needs a restart (the gateway keeps serving its current config)"
+    for index, (before, after) in enumerate(zip(old.listeners, new.listeners, strict=True)):
+        for name in _LISTENER_FIELDS:
+            if str(getattr(before, name, None)) != str(getattr(after, name, None)):
+                return (f"gateway.listeners[{index}].{name} changed: needs a restart (the gateway keeps serving "
+                        "its current config)")
+        if (before.tls is None) != (after.tls is None):
+            return (f"gateway.listeners[{index}].tls added or removed: needs a restart (the gateway keeps "
+                    "serving its current config)")
+    if any(listener.h2c or (listener.tls is not None and listener.http2) for listener in new.listeners):
+        for name in _H2_DERIVED:  # HTTP/2 connections hold a frozen copy of these (H2Limits.derive)
+            if getattr(old.limits, name) != getattr(new.limits, name):
+                return (f"gateway.limits.{name} changed with an HTTP/2 listener: needs a restart (the gateway "
+                        "keeps serving its current config)")
+    return None
+
+
+def apply_gateway_settings(runtime: Any, gw: GatewayConfig) -> None:
+    """At commit: the server limits (in place: live connections read the same object) and the detector."""
+    limits = runtime.limits
+    if limits is not None:
+        from bastion.server.app import server_limits
+
+        fresh = server_limits(gw)
+        for name in limits.__slots__:
+            setattr(limits, name, getattr(fresh, name))
+    services = runtime.services
+    if services.extra.get("detector") is None or runtime.audit_config == gw.audit:
+        return
+    from bastion.audit.detect import Detector
+
+    detector = Detector.from_config(gw.audit, services.audit, services.extra.get("blocks"),
+                                    runtime.config_path.parent)
+    detector.share(services.state)
+    services.extra["detector"] = detector
+    if runtime.gateway is not None:
+        runtime.gateway.detector = detector
+    runtime.audit_config = gw.audit
+
+
+def check_routes(current: Callable[[], GatewayConfig]) -> dict[tuple[str, str], Any]:
+    """`POST /config/check` with `{"gateway": {...}}` (what `bastion validate --against` sends): 200 when a
+    reload would apply that gateway section live, 409 with the refusal when it needs a restart."""
+
+    async def check(ex: Any, body: bytes) -> None:
+        try:
+            doc = orjson.loads(body)
+            candidate = GatewayConfig.model_validate(doc["gateway"])
+        except (orjson.JSONDecodeError, pydantic.ValidationError, KeyError, TypeError):
+            return ex.problem(400, "Send {\"gateway\": <the gateway section>}.", "")  # type: ignore[no-any-return]
+        refusal = restart_needed(current(), candidate)
+        answer = {"applies_live": refusal is None, "message": refusal or "a reload applies this config live"}
+        ex.respond(200 if refusal is None else 409, [("content-type", "application/json"),
+                                                     ("cache-control", "no-store")], orjson.dumps(answer))
+
+    return {("POST", "/config/check"): check}
