@@ -78,7 +78,8 @@ def explain(path: str, selector: str | None, *, as_json: bool = False) -> int:
     if selector and not routes:
         print(f"no route matches {selector!r}", file=sys.stderr)
         return 1
-    docs = [route_policy(r, compiled.shared.get(authz.prepare)) for r in routes]
+    shared: dict[Any, Any] = compiled.shared  # keyed by each stage's prepare function
+    docs = [route_policy(r, shared.get(authz.prepare)) for r in routes]
     if as_json:
         print(json.dumps(docs, indent=2))
         return 0
@@ -86,8 +87,8 @@ def explain(path: str, selector: str | None, *, as_json: bool = False) -> int:
         admin = "  [administrative]" if doc["administrative"] else ""
         print(f"{doc['route']}  {' '.join(doc['methods'])} {doc['path']}  class={doc['class']}{admin}")
         print(f"  upstream: {doc['upstream']}")
-        for exc in doc["exceptions"]:
-            print(f"  exception in force: {exc['id']} (this plan ends {exc['expires']})")
+        for waiver in doc["exceptions"]:
+            print(f"  exception in force: {waiver['id']} (this plan ends {waiver['expires']})")
         for line in doc["authorization"]:
             print(f"  authorisation: {line}")
         for control, entry in doc["controls"].items():

@@ -267,6 +267,7 @@ class Detector:
                            f"{baseline:.2f}/s", (), {"rate": round(rate, 3), "baseline": round(baseline, 4)})
         if deny is None and status not in (403, 404):
             return
+        rule: DetectionRule  # one of the rules below, each read for its own threshold and window
         if deny is not None and reason in FORGED_REASONS and config.forged_tokens.enabled:
             rule = config.forged_tokens
             first = self._forged.hit(ip, now)

@@ -110,8 +110,8 @@ class IdpServer:
                 return result[0], "application/json", result[1]
             if method == "GET":
                 return 200, "text/plain", result
-            doc = {"access_token": result, "token_type": "Bearer", "expires_in": TOKEN_LIFETIME}
-            return 200, "application/json", json.dumps(doc)
+            token: dict[str, Any] = {"access_token": result, "token_type": "Bearer", "expires_in": TOKEN_LIFETIME}
+            return 200, "application/json", json.dumps(token)
         return 404, "application/json", json.dumps({"error": "not_found"})
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -33,7 +33,7 @@ def _annotations() -> dict[str, tuple[str | None, list[str] | None]]:
         model = Baseline.model_fields[section].annotation
         for name, info in model.model_fields.items():  # type: ignore[union-attr]
             extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            out[f"{section}.{name}"] = (extra.get("stricter"), extra.get("order"))  # type: ignore[assignment]
+            out[f"{section}.{name}"] = (extra.get("stricter"), extra.get("order"))
     return out
 
 

@@ -75,7 +75,7 @@ def build(compiled: CompiledGateway, events: Iterable[RequestEvent], now: float,
     cfg = compiled.config.model
     owners = {api.name: api.owner for api in cfg.apis}
     cutoff = now - idle_days * DAY
-    routes = []
+    routes: list[dict[str, Any]] = []
     for route in compiled.routes:
         info = route.info
         use = usage.get(info.route_id, _Usage())

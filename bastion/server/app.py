@@ -76,7 +76,7 @@ def make_admin_auth(compiled: CompiledGateway) -> Any:
 def audit_file_path(gw: GatewayConfig, base: Path) -> Path | None:
     """The first file sink: the admin API's report, inventory and dashboard read their events there."""
     for sink in gw.audit.sinks:
-        path = getattr(sink, "path", None)
+        path: Path | None = getattr(sink, "path", None)
         if getattr(sink, "type", "") == "file" and path is not None:
             return path if path.is_absolute() else base / path
     return None
@@ -355,8 +355,9 @@ async def _supervisor(config_path: str, children: list[subprocess.Popen[bytes]])
     loaded = load_config(config_path)
     gw = loaded.model.gateway
     registry = CollectorRegistry()
-    MultiProcessCollector(registry)
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
     stopping = asyncio.Event()
+    compiled = compile_config(loaded)
 
     async def reload(peer: str) -> tuple[bool, str]:
         nonlocal compiled
@@ -372,7 +373,6 @@ async def _supervisor(config_path: str, children: list[subprocess.Popen[bytes]])
         return all(child.poll() is None for child in children)
 
     base = Path(config_path).parent
-    compiled = compile_config(loaded)
     auth = make_admin_auth(compiled)
     if auth is not None:
         await auth.start()

@@ -66,7 +66,7 @@ class Metrics:
         for (method, route, status, api, klass), row in observed.items():
             child = self.request_duration.labels(method, route, str(status), api, klass)
             # prometheus_client keeps one value per bucket and one for the sum: add the batch to them directly
-            for index, count in enumerate(row[:-1]):
-                if count:
-                    child._buckets[index].inc(count)  # type: ignore[attr-defined]
-            child._sum.inc(row[-1])  # type: ignore[attr-defined]
+            for index, hits in enumerate(row[:-1]):
+                if hits:
+                    child._buckets[index].inc(hits)
+            child._sum.inc(row[-1])

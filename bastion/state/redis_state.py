@@ -170,8 +170,9 @@ def _connect(url: str, options: dict[str, Any], pool: dict[str, Any]) -> Redis:
         db = int(path[1]) if len(path) > 1 else 0
         password = unquote(parts.password) if parts.password else None
         sentinel = Sentinel(hosts, **options)
-        return sentinel.master_for(path[0], db=db, password=password, max_connections=pool["max_connections"],
-                                   **options)
+        client: Redis = sentinel.master_for(path[0], db=db, password=password,
+                                            max_connections=pool["max_connections"], **options)
+        return client
     if parts.scheme.startswith("valkey"):
         url = "redis" + url[len("valkey"):]
     return Redis(connection_pool=BlockingConnectionPool.from_url(url, **pool, **options))

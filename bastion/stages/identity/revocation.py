@@ -23,6 +23,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from operator import methodcaller
 from typing import Any, Literal, Protocol
 
 from bastion.state import StateUnavailable
@@ -39,7 +40,7 @@ class RevocationList(Protocol):
                          issued_at: float | None = None) -> bool: ...
 
     async def revoke(self, kind: Kind, value: str, until: float, *,
-                     issued_before: float | None = None) -> None:
+                     issued_before: float | None = None) -> object:
         """Deny `value` until the wall-clock time `until`. With `issued_before`, only credentials issued
         before that instant are denied (a new login after a CAEP `session-revoked` works again)."""
         ...
@@ -168,7 +169,9 @@ def _float(text: str) -> float | None:
 
 
 class _Records(Protocol):
-    empty: bool  # known to hold nothing (no lookup needed); always False where others may write
+    @property
+    def empty(self) -> bool:
+        """Known to hold nothing (no lookup needed); always False where others may write."""
 
     async def get(self, keys: Sequence[str]) -> list[str | None]: ...
     async def merge(self, key: str, record: Revocation, now: float) -> None: ...
@@ -284,7 +287,7 @@ class _RedisRecords:
         names: list[bytes] = []
         cursor = 0
         while len(names) < limit:  # one round trip per SCAN page, each under the backend's deadline
-            cursor, page = await self._call(lambda redis, c=cursor: redis.scan(c, match=pattern, count=500))
+            cursor, page = await self._call(methodcaller("scan", cursor, match=pattern, count=500))
             names.extend(page)
             if int(cursor) == 0:
                 break
@@ -292,7 +295,7 @@ class _RedisRecords:
         out: list[tuple[str, str]] = []
         for start in range(0, len(names), 500):
             batch = names[start:start + 500]
-            values = await self._call(lambda redis, b=batch: redis.mget(b))
+            values = await self._call(methodcaller("mget", batch))
             for name, value in zip(batch, values, strict=True):
                 if value is not None:
                     out.append((name.decode()[len(self._prefix):], value.decode()))
