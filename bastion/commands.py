@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime
 from typing import Any
 
 from bastion.compile import CompiledRoute, compile_config
 from bastion.config.loader import ConfigError, load_config
-from bastion.config.models import SECTIONS
+from bastion.posture.policy import route_policy
 
 
 def validate(path: str) -> int:
@@ -28,42 +26,6 @@ def validate(path: str) -> int:
         print(diagnostic, file=sys.stderr)
     print(f"{path}: valid ({len(compiled.routes)} routes, config hash {compiled.config_hash})")
     return 0
-
-
-def _iso(ts: float) -> str:
-    return "never" if math.isinf(ts) else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-def route_policy(route: CompiledRoute, authz_shared: Any = None) -> dict[str, Any]:
-    """The effective policy of a route now, each control with its value and source.
-
-    With the authorisation layer's shared object (from a compile that built stages), also the route's
-    authorisation requirements, one line each.
-    """
-    plan = route.plans[0]
-    info = route.info
-    controls: dict[str, Any] = {}
-    for section in SECTIONS:
-        policy = getattr(plan.policy, section)
-        waived = dict(plan.waived).get(section)
-        for name, value in policy.model_dump(mode="json").items():
-            control = f"{section}.{name}"
-            source = info.sources.get(control) or info.sources.get(section) or f"class:{info.klass}"
-            entry: dict[str, Any] = {"value": value, "source": source}
-            if waived:
-                entry = {"value": "waived", "source": f"exception:{waived}"}
-            controls[control] = entry
-    from bastion.stages import authz
-
-    return {
-        "authorization": authz.explain(plan.policy.authz, info, authz_shared) if authz_shared else [],
-        "route": info.route_id, "api": info.api, "class": info.klass, "path": info.path,
-        "methods": sorted(info.methods), "administrative": route.admin,
-        "upstream": f"{route.upstream.scheme}://{route.upstream.authority}{route.upstream.path_prefix}",
-        "exceptions": [{"id": e, "expires": _iso(plan.valid_until)} for e in plan.exceptions],
-        "policy_changes_at": _iso(plan.valid_until),
-        "controls": controls,
-    }
 
 
 def explain(path: str, selector: str | None, *, as_json: bool = False) -> int:

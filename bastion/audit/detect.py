@@ -24,10 +24,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from bastion.audit.blocks import BlockList
 from bastion.audit.config import AuditConfig, DetectionRule, DetectionsConfig, WebhookConfig
 from bastion.audit.events import finding_event, is_auth_failure
 from bastion.context import Deny, RequestContext
+from bastion.http.fetch import FetchError, fetch
 
 FORGED_REASONS = frozenset({"jwt_bad_signature", "jwt_alg_not_allowed", "jwt_header_not_allowed"})
 NOT_ATTEMPTS = frozenset({"jwt_missing", "credential_missing", "introspection_unavailable", "jwks_unavailable"})
@@ -176,10 +179,6 @@ class Webhook:
         task.add_done_callback(self._tasks.discard)
 
     async def _post(self, event: dict[str, Any]) -> None:
-        import orjson
-
-        from bastion.stages.identity.fetch import FetchError, fetch
-
         try:
             response = await fetch(self.config.url, method="POST", headers=self.headers, body=orjson.dumps(event),
                                    timeout=self.config.timeout, max_bytes=64 * 1024, ssl_context=self.ssl_context)

@@ -14,10 +14,10 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bastion.commands import route_policy
 from bastion.compile import CompiledGateway
 from bastion.config.models import SECTIONS, Baseline
 from bastion.governance.baseline import is_weaker
+from bastion.posture.policy import route_policy
 
 
 def effective_policies(compiled: CompiledGateway) -> dict[str, Any]:

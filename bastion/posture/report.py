@@ -13,12 +13,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from bastion.commands import route_policy
 from bastion.compile import CompiledGateway, CompiledRoute
 from bastion.config.models import ExceptionConfig
 from bastion.posture import owasp
 from bastion.posture.auditlog import RequestEvent
 from bastion.posture.controls import demands
+from bastion.posture.policy import route_policy
 
 EXPIRY_WARNING_DAYS = 14
 DAY = 86400.0

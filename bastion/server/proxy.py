@@ -15,9 +15,9 @@ from urllib.parse import unquote_plus
 import httptools
 import orjson
 
-from bastion.compile import CompiledGateway, CompiledRoute, Plan, Upstream
+from bastion.compile import CompiledGateway, CompiledRoute, Plan
 from bastion.context import ControlRecord, Deny, RequestContext
-from bastion.grpc.proxy import forward_grpc
+from bastion.forwarding import Upstream
 from bastion.grpc.status import grpc_problem, is_grpc
 from bastion.http.framing import FramingError
 from bastion.http.headers import (
@@ -31,6 +31,7 @@ from bastion.http.headers import (
 )
 from bastion.pipeline import run
 from bastion.router import AmbiguousPath, split_request_path
+from bastion.server.grpc_proxy import forward_grpc
 from bastion.server.http1 import BodyMalformed, BodyTimeout, BodyTooLarge, ClientGone, Exchange
 from bastion.server.metrics import Metrics
 from bastion.server.response import ResponseSink

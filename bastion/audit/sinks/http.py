@@ -10,7 +10,7 @@ from __future__ import annotations
 import ssl
 
 from bastion.audit.sinks import SinkError
-from bastion.stages.identity.fetch import FetchError, fetch
+from bastion.http.fetch import FetchError, fetch
 
 
 class HttpSink:
