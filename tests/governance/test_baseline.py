@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from bastion.config.models import Baseline
@@ -96,8 +98,9 @@ def test_weakenings_carry_both_values_and_the_layer_below_a_nested_control():
     assert [(w.control, w.origin, w.baseline, w.declared) for w in found] == [
         ("traffic.max_concurrent", "class", 10, None)]
     found = weakenings(loose, strict, {"traffic.ip.deny": "route:a/r"})  # fewer denied networks: weaker
-    assert [(w.control, w.origin) for w in found] == [("identity.on_revocation_unavailable", "class"),
-                                                     ("traffic.ip.deny", "route:a/r")]
+    assert [(w.control, w.origin, w.baseline, w.declared) for w in found] == [
+        ("identity.on_revocation_unavailable", "class", "closed", "open"),
+        ("traffic.ip.deny", "route:a/r", [ipaddress.ip_network("10.0.0.0/8")], [])]
 
 
 def test_a_whole_model_control_names_the_layer_that_set_one_of_its_fields():
@@ -113,3 +116,7 @@ def test_restore_puts_back_baseline_values_in_a_copy():
     assert declared["identity"]["required"] is False and declared["traffic"]["ip"]["allow"] == ["0.0.0.0/0"]
     out["traffic"]["ip"]["allow"].append("192.0.2.0/24")
     assert baseline["traffic"]["ip"]["allow"] == ["10.0.0.0/8"]
+    limits = {"traffic": {"rate_limits": [{"requests": 10}]}}
+    restored = restore({"traffic": {"rate_limits": []}}, limits, {"traffic.rate_limits"})
+    restored["traffic"]["rate_limits"][0]["requests"] = 1_000_000
+    assert limits["traffic"]["rate_limits"] == [{"requests": 10}]  # a deep copy: the baseline is never shared

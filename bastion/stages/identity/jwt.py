@@ -130,7 +130,7 @@ class ProviderVerifier:
             raise TokenRejected("jwt_unknown_kid", f"no {alg} key with kid {kid!r} for provider {cfg.name}")
         if not any(self._signature_ok(obj, key) for key in keys):
             raise TokenRejected("jwt_bad_signature", f"signature does not verify (kid {kid!r})")
-        return self._claims(claims, now, header)
+        return self._claims(claims, now)
 
     def _signature_ok(self, obj: jws.CompactSignature, key: Any) -> bool:
         try:
@@ -138,7 +138,7 @@ class ProviderVerifier:
         except JoseError:
             return False
 
-    def _claims(self, claims: dict[str, Any], now: float, header: dict[str, Any]) -> VerifiedToken:
+    def _claims(self, claims: dict[str, Any], now: float) -> VerifiedToken:
         cfg = self.config
         leeway = cfg.leeway
         exp = _number(claims, "exp")

@@ -245,34 +245,34 @@ def test_claims_at_their_boundaries(name: str, changes: dict[str, Any], override
     verifier = claims_verifier(**overrides)
     claims = _claims(**changes)
     if reason is None:
-        token = verifier._claims(claims, NOW, {})
+        token = verifier._claims(claims, NOW)
         assert token.claims == claims and token.provider == "corp" and token.issuer == ISSUER
     else:
         with pytest.raises(TokenRejected) as refused:
-            verifier._claims(claims, NOW, {})
+            verifier._claims(claims, NOW)
         assert refused.value.reason == reason and refused.value.log_detail and refused.value.status == 401
 
 
 def test_what_a_verified_token_carries() -> None:
     claims = _claims(azp="spa", client_id=None, roles=["admin", "ops"], scope="a b", cnf={"x5t#S256": "thumb"},
                      jti="j-9", iat=int(NOW) - 5)
-    token = claims_verifier()._claims(claims, NOW, {})
+    token = claims_verifier()._claims(claims, NOW)
     assert (token.subject, token.jti, token.issued_at, token.expires) == ("alice", "j-9", NOW - 5, NOW + 300)
     assert token.client_id == "spa"  # `azp` when the consumer claim is absent
     assert token.roles == frozenset({"admin", "ops"}) and token.scopes == frozenset({"a", "b"})
     assert token.cnf_x5t == "thumb" and token.method == "jwt"
     assert token.headers == ()  # client_id absent: nothing to forward
-    assert claims_verifier(roles_claim=None)._claims(claims, NOW, {}).roles == frozenset()
-    assert claims_verifier(scope_claim="scp")._claims({**claims, "scp": ["x"]}, NOW, {}).scopes == frozenset({"x"})
-    assert claims_verifier()._claims(_claims(client_id=7), NOW, {}).client_id is None  # not a string: no consumer
-    assert claims_verifier()._claims(_claims(), NOW, {}).client_id == "web-app"
+    assert claims_verifier(roles_claim=None)._claims(claims, NOW).roles == frozenset()
+    assert claims_verifier(scope_claim="scp")._claims({**claims, "scp": ["x"]}, NOW).scopes == frozenset({"x"})
+    assert claims_verifier()._claims(_claims(client_id=7), NOW).client_id is None  # not a string: no consumer
+    assert claims_verifier()._claims(_claims(), NOW).client_id == "web-app"
 
 
 def test_claims_become_upstream_headers_only_when_safe() -> None:
     verifier = claims_verifier(claim_to_headers=[{"claim": "client_id", "header": "x-client-id"},
                                                  {"claim": "roles", "header": "x-roles"},
                                                  {"claim": "nested", "header": "x-nested"}])
-    token = verifier._claims(_claims(roles=["a", "b"], nested={"k": 1}), NOW, {})
+    token = verifier._claims(_claims(roles=["a", "b"], nested={"k": 1}), NOW)
     assert token.headers == (("x-client-id", "web-app"), ("x-roles", "a,b"))
 
 
@@ -333,3 +333,52 @@ async def test_an_unregistered_header_parameter_is_ignored(jwks_server: JwksServ
         assert (await shared.verifier.verify(minter.token(header={"x-vendor": 1}))).subject == "alice"
     finally:
         await shared.close()
+
+
+@pytest.mark.parametrize(("name", "build", "reason"), [
+    ("payload a JSON list", lambda m: sign(m.keys.ec, [], {"alg": "ES256", "typ": "at+jwt", "kid": "ec-1"}),  # type: ignore[arg-type]
+     "jwt_malformed"),
+    ("iss not a string", lambda m: m.token(iss=["https://idp.test"]), "jwt_bad_issuer"),
+    ("a header value joserfc refuses (cty a number)", lambda m: m.token(header={"cty": 7}), "jwt_bad_signature"),
+])
+async def test_shapes_a_parser_could_trip_on(jwks_server: JwksServer, minter: Minter, name: str, build: Any,
+                                            reason: str) -> None:
+    shared = await shared_for(provider(jwks_server.url))
+    try:
+        with pytest.raises(TokenRejected) as refused:
+            await shared.verifier.verify(build(minter))
+        assert refused.value.reason == reason
+    finally:
+        await shared.close()
+
+
+async def test_each_provider_keeps_its_own_size_cap(jwks_server: JwksServer, minter: Minter) -> None:
+    token = minter.token()
+    small = provider(jwks_server.url, max_token_bytes=len(token) - 1)
+    large = provider(jwks_server.url, name="other", issuer="https://other.test", max_token_bytes=len(token) * 2)
+    shared = await shared_for(small, large)
+    try:
+        assert shared.verifier.max_bytes == len(token) * 2
+        with pytest.raises(TokenRejected) as refused:
+            await shared.verifier.verify(token)
+        assert refused.value.reason == "jwt_too_large"
+    finally:
+        await shared.close()
+
+
+async def test_roles_are_a_list_never_a_split_string() -> None:
+    token = claims_verifier()._claims(_claims(roles="admin ops"), NOW)
+    assert token.roles == frozenset({"admin ops"})
+
+
+async def test_an_allowed_algorithm_outside_joserfcs_recommended_set_verifies(minter: Minter) -> None:
+    """ES384 is allowed by the provider: the verifier's registry holds exactly the provider's algorithms."""
+    key = ECKey.generate_key("P-384", parameters={"kid": "p384", "alg": "ES384"})
+    server = await JwksServer({"keys": [key.as_dict(private=False)]}).start()
+    shared = await shared_for(provider(server.url, algorithms=["ES384"]))
+    try:
+        token = sign(key, minter.claims(), {"alg": "ES384", "typ": "at+jwt", "kid": "p384"})
+        assert (await shared.verifier.verify(token)).subject == "alice"
+    finally:
+        await shared.close()
+        await server.close()
