@@ -128,6 +128,7 @@ async def test_access_tokens_are_refused_by_the_rule(jwks_server: JwksServer, ke
         with pytest.raises(TokenRejected) as refused:
             await shared.verifier.verify(_signed(keys, minter.claims(), _header(changes)))
         assert (refused.value.rule, refused.value.reason) == (rule, PUBLIC[rule][0])
+        assert refused.value.log_detail != refused.value.reason  # the operator reads which parameter, not the code
     finally:
         await shared.close()
 
