@@ -58,7 +58,7 @@ def test_nested_controls_merge_deeply_and_compare_with_containment():
     (None, None, "y", None, True),
     (None, {"a": 1}, {"a": 2}, None, True), (None, {"a": [1]}, {"a": [1]}, None, False),
     (None, [1, 2], [1, 3], None, True), (None, ("a",), ["a"], None, False),
-    (None, "a", "b", ["b", "a"], True),  # an order is used only for stricter="order"
+    (None, "a", "b", ["a", "b"], True),  # an order is used only for stricter="order"
     ("order", "closed", "open", ["open", "closed"], True), ("order", "open", "closed", ["open", "closed"], False),
     ("subset", ["10.0.0.0/8"], ["10.1.2.3/16"], None, False),  # host bits set: still inside
     ("subset", ["10.0.0.1/8"], ["10.1.0.0/16"], None, False),

@@ -334,6 +334,12 @@ async def test_an_unregistered_header_parameter_is_ignored(jwks_server: JwksServ
     shared = await shared_for(provider(jwks_server.url))  # RFC 7515 §4: ignored unless listed in `crit`
     try:
         assert (await shared.verifier.verify(minter.token(header={"x-vendor": 1}))).subject == "alice"
+        # a long header is fine up to the verifier's own 2 KiB cap (joserfc's default is 512 bytes)
+        long_header = minter.token(header={"x-vendor": "v" * 1200})
+        assert (await shared.verifier.verify(long_header)).subject == "alice"
+        with pytest.raises(TokenRejected) as refused:
+            await shared.verifier.verify(minter.token(header={"x-vendor": "v" * 1600}))
+        assert refused.value.reason == "jwt_malformed"
     finally:
         await shared.close()
 
