@@ -5,8 +5,9 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from pydantic import BaseModel
 
-from bastion.config.models import Baseline
+from bastion.config.models import SECTIONS, Baseline
 from bastion.governance.baseline import _origin_below, is_weaker, merge, restore, weakenings
 
 
@@ -120,3 +121,20 @@ def test_restore_puts_back_baseline_values_in_a_copy():
     restored = restore({"traffic": {"rate_limits": []}}, limits, {"traffic.rate_limits"})
     restored["traffic"]["rate_limits"][0]["requests"] = 1_000_000
     assert limits["traffic"]["rate_limits"] == [{"requests": 10}]  # a deep copy: the baseline is never shared
+
+
+def test_every_plain_control_is_annotated_and_no_model_is_compared_whole():
+    """What `_compare` relies on (and why its mutants are equivalent): see docs/architecture.md."""
+    def walk(model: BaseModel, prefix: str) -> list[str]:
+        wrong = []
+        for name, info in type(model).model_fields.items():
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            value = getattr(model, name)
+            if isinstance(value, BaseModel):
+                wrong += [f"{prefix}.{name} (a model with stricter=)"] if "stricter" in extra else walk(value, f"{prefix}.{name}")
+            elif "stricter" not in extra:
+                wrong.append(f"{prefix}.{name} (no stricter=)")
+        return wrong
+
+    baseline = Baseline()
+    assert [w for section in SECTIONS for w in walk(getattr(baseline, section), section)] == []
