@@ -26,7 +26,7 @@ system-deps:
 # ruff, mypy strict, the layer contracts (.importlinter) and the test mirror (tests/mirror_exempt.toml).
 lint: install
 	$(VENV)/bin/ruff check bastion tests $(wildcard bench) scripts
-	$(VENV)/bin/mypy bastion
+	$(VENV)/bin/mypy bastion scripts
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) scripts/mirror_check.py
 
