@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps test lint demo bench clean
+.PHONY: install system-deps test lint mutate demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,8 +24,18 @@ system-deps:
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 
+# ruff, mypy strict, the layer contracts (.importlinter) and the test mirror (tests/mirror_exempt.toml).
 lint: install
-	$(VENV)/bin/ruff check bastion tests $(wildcard bench)
+	$(VENV)/bin/ruff check bastion tests $(wildcard bench) scripts
+	$(VENV)/bin/mypy bastion scripts
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) scripts/mirror_check.py
+
+# Mutation testing of the core modules ([tool.mutmut] in pyproject.toml); survivors: docs/architecture.md.
+mutate: install
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children 2
+	$(VENV)/bin/mutmut results
 
 test: install system-deps lint
 	$(PY) -m pytest
@@ -39,4 +49,4 @@ bench: install system-deps
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info mutants

@@ -115,7 +115,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if verb == "serve":
         from bastion.commands import check_files
         from bastion.config.loader import ConfigError
-        from bastion.server.app import serve, worker_main
+        from bastion.server.serve import serve, worker_main
 
         if not args.worker and check_files(args.config):  # a missing certificate: say which, at its line
             return 1

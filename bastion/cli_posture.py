@@ -211,7 +211,7 @@ def _probe(args: argparse.Namespace) -> int:
         import contextlib
         import io
 
-        from bastion.commands import admin_call
+        from bastion.posture.admin_client import admin_call
 
         with contextlib.redirect_stdout(io.StringIO()):
             published = admin_call(args.config, None, "/probe", "POST", doc)

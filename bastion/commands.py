@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
-import urllib.error
-import urllib.request
-from datetime import UTC, datetime
 from typing import Any
 
 from bastion.compile import CompiledRoute, compile_config
 from bastion.config.loader import ConfigError, load_config
-from bastion.config.models import SECTIONS
+from bastion.posture.admin_client import admin_call
+from bastion.posture.policy import route_policy
 
 
 def validate(path: str, against: str | None = None) -> int:
@@ -56,51 +53,6 @@ def check_files(path: str) -> int:
     return 1 if missing else 0
 
 
-def _iso(ts: float) -> str:
-    return "never" if math.isinf(ts) else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-def route_policy(route: CompiledRoute, authz_shared: Any = None, *, now: float) -> dict[str, Any]:
-    """The effective policy of a route at `now` (the plan the data plane enforces then), each control with its
-    value and source.
-
-    With the authorisation layer's shared object (from a compile that built stages), also the route's
-    authorisation requirements, one line each.
-    """
-    from bastion.posture.controls import plan_at
-
-    plan = plan_at(route, now)
-    info = route.info
-    sources = plan_sources(route, plan)
-    controls: dict[str, Any] = {}
-    for section in SECTIONS:
-        policy = getattr(plan.policy, section)
-        waived = dict(plan.waived).get(section)
-        for name, value in policy.model_dump(mode="json").items():
-            control = f"{section}.{name}"
-            source = sources.get(control) or sources.get(section) or f"class:{info.klass}"
-            entry: dict[str, Any] = {"value": value, "source": source}
-            if waived:
-                entry = {"value": "waived", "source": f"exception:{waived}"}
-            controls[control] = entry
-    from bastion.stages import authz
-
-    return {
-        "authorization": authz.explain(plan.policy.authz, info, authz_shared) if authz_shared else [],
-        "route": info.route_id, "api": info.api, "class": info.klass, "path": info.path,
-        "methods": sorted(info.methods), "administrative": route.admin,
-        "upstream": f"{route.upstream.scheme}://{route.upstream.authority}{route.upstream.path_prefix}",
-        "exceptions": [{"id": e, "expires": _iso(plan.valid_until)} for e in plan.exceptions],
-        "policy_changes_at": _iso(plan.valid_until),
-        "controls": controls,
-    }
-
-
-def plan_sources(route: CompiledRoute, plan: Any) -> dict[str, str]:
-    """Where each control of `plan` comes from (a plan built before `Plan.info` existed: the route's first)."""
-    return (plan.info or route.info).sources
-
-
 def explain(path: str, selector: str | None, *, as_json: bool = False, at: float | None = None) -> int:
     from bastion.stages import authz
 
@@ -122,8 +74,8 @@ def explain(path: str, selector: str | None, *, as_json: bool = False, at: float
         admin = "  [administrative]" if doc["administrative"] else ""
         print(f"{doc['route']}  {' '.join(doc['methods'])} {doc['path']}  class={doc['class']}{admin}")
         print(f"  upstream: {doc['upstream']}")
-        for exception in doc["exceptions"]:
-            print(f"  exception in force: {exception['id']} (this plan ends {exception['expires']})")
+        for waiver in doc["exceptions"]:
+            print(f"  exception in force: {waiver['id']} (this plan ends {waiver['expires']})")
         for line in doc["authorization"]:
             print(f"  authorisation: {line}")
         for control, entry in doc["controls"].items():
@@ -137,44 +89,6 @@ def _selected(route: CompiledRoute, selector: str | None) -> bool:
         return True
     info = route.info
     return selector in (info.route_id, info.api, info.path, info.route)
-
-
-def _admin_url(path: str, admin: str | None) -> str:
-    """The admin listener's URL: given, or from the config (raises ConfigError)."""
-    if admin is not None:
-        return admin
-    cfg = load_config(path).model
-    scheme = "https" if cfg.gateway.admin.tls else "http"
-    return f"{scheme}://{cfg.gateway.admin.address}:{cfg.gateway.admin.port}"
-
-
-def admin_call(path: str, admin: str | None, endpoint: str, method: str = "GET",
-               doc: dict[str, Any] | None = None) -> int:
-    """Call the running gateway's admin API and print its JSON answer. The bearer token, when the admin API
-    requires one, comes from $BASTION_ADMIN_TOKEN (never from the command line, where `ps` shows it)."""
-    import os
-
-    try:
-        admin = _admin_url(path, admin)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    headers = {"Content-Type": "application/json"}
-    token = os.environ.get("BASTION_ADMIN_TOKEN")
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = json.dumps(doc).encode() if doc is not None else (b"" if method == "POST" else None)
-    request = urllib.request.Request(admin.rstrip("/") + endpoint, method=method, data=data, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            print(response.read().decode())
-            return 0
-    except urllib.error.HTTPError as exc:
-        print(exc.read().decode(), file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"cannot reach the admin listener at {admin}: {exc}", file=sys.stderr)
-        return 1
 
 
 def reload(path: str, admin: str | None) -> int:

@@ -27,40 +27,13 @@ from bastion.config.loader import (
 )
 from bastion.config.models import SECTIONS, ApiConfig, Baseline, ExceptionConfig
 from bastion.context import Decision, Deny, RequestContext
+from bastion.forwarding import GrpcLimits, Upstream
 from bastion.governance.baseline import Weakening, merge, restore, weakenings
 from bastion.openapi.loader import load_openapi
 from bastion.pipeline import PIPELINE
 from bastion.router import Router
 from bastion.stages import response as response_layer
 from bastion.stages.base import RouteInfo, Services, Stage
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    """Where an API's requests go, and how the gateway may connect there."""
-
-    name: str
-    scheme: str
-    host: str
-    port: int
-    path_prefix: str  # prepended to the forwarded path ("" when the upstream URL has no path)
-    allow_private: bool = False  # a host name may resolve to a private/loopback/link-local address
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_server_name: str | None = None
-    authority: str = field(init=False, compare=False, repr=False)  # host[:port], as the Host header says it
-    _hash: int = field(init=False, compare=False, repr=False)  # the pool key, looked up on every request
-
-    def __post_init__(self) -> None:
-        default = 443 if self.scheme == "https" else 80
-        object.__setattr__(self, "authority", self.host if self.port == default else f"{self.host}:{self.port}")
-        object.__setattr__(self, "_hash", hash((self.name, self.scheme, self.host, self.port, self.path_prefix,
-                                                self.allow_private, self.tls_ca, self.tls_cert, self.tls_key,
-                                                self.tls_server_name)))
-
-    def __hash__(self) -> int:
-        return self._hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +57,7 @@ class CompiledRoute:
     strip_prefix: str
     plans: list[Plan]
     admin: bool = False
-    grpc: Any = None  # bastion.grpc.proxy.GrpcLimits: a gRPC method, forwarded over HTTP/2
+    grpc: Any = None  # bastion.forwarding.GrpcLimits: a gRPC method, forwarded over HTTP/2
 
     def plan(self, now: float) -> Plan:
         """The plan in force at `now`: an expired exception stops applying at its instant, not at a reload."""
@@ -479,8 +452,6 @@ def _compile_route(api: ApiConfig, decl: _RouteDecl, baseline: dict[str, Any], b
     strip = api.base_path if api.strip_base_path else ""
     grpc = None
     if api.grpc is not None:
-        from bastion.grpc.proxy import GrpcLimits  # imports the server's upstream module, which imports this one
-
         g = api.grpc
         grpc = GrpcLimits(max_message_bytes=g.max_message_bytes, max_messages=g.max_messages,
                           default_timeout=g.default_timeout, max_timeout=g.max_timeout,

@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import uvloop
 
-from bastion.server.app import Runtime, server_limits
+from bastion.server.app import Runtime
 from bastion.server.http1 import Http1Connection
+from bastion.server.settings import server_limits
 from bastion.server.upstream import UpstreamConnection, UpstreamPool
 from bench import tokens
 

@@ -160,7 +160,7 @@ async def bench_requests(n: int, workdir: Path) -> list[tuple[str, float]]:
     rows.append(("transport stage, mTLS + CRL check", await _per_request(stage, lambda i: _ctx(der), n)))
 
     async def answer(url: str, **kwargs: object) -> object:
-        from bastion.stages.identity.fetch import HttpResponse
+        from bastion.http.fetch import HttpResponse
 
         return HttpResponse(200, {}, ca.ocsp_answer(kwargs["body"], subject=cert))  # type: ignore[arg-type]
 

@@ -111,14 +111,14 @@ class CredentialStuffingRule(DetectionRule):
     threshold: int = Field(20, ge=1, description="Failures per IP within `window`.")
     per_subject: int = Field(10, ge=1, description="Failures per subject (token `sub` / key id) within `window`.")
     per_consumer: int = Field(50, ge=1, description="Failures per consumer within `window`.")
-    block: list[BlockKind] = Field(default_factory=lambda: ["ip"])
+    block: list[BlockKind] = Field(["ip"])  # pydantic copies a mutable default per instance
 
 
 class EnumerationRule(DetectionRule):
     """Distinct object ids answered 403/404 for one caller (BOLA scraping)."""
 
     threshold: int = Field(30, ge=1, description="Distinct object ids refused within `window`.")
-    block: list[BlockKind] = Field(default_factory=lambda: ["subject"], description="The caller's subject "
+    block: list[BlockKind] = Field(["subject"], description="The caller's subject "
                                    "(its IP when it has none).")
 
 
@@ -142,7 +142,7 @@ class ForgedTokenRule(DetectionRule):
 
     threshold: int = Field(3, ge=1)
     window: Duration = Field(600.0)
-    block: list[BlockKind] = Field(default_factory=lambda: ["ip"])
+    block: list[BlockKind] = Field(["ip"])  # pydantic copies a mutable default per instance
 
 
 class FlowAbuseRule(DetectionRule):

@@ -30,10 +30,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from bastion.audit.blocks import BlockList
 from bastion.audit.config import AuditConfig, DetectionRule, DetectionsConfig, WebhookConfig
 from bastion.audit.events import finding_event, is_auth_failure
 from bastion.context import Deny, RequestContext
+from bastion.http.fetch import FetchError, fetch
 from bastion.state import Hit, StateUnavailable
 
 MAX_PENDING = 1024  # shared counts in flight; beyond this (a flood) events are counted locally
@@ -187,10 +190,6 @@ class Webhook:
         task.add_done_callback(self._tasks.discard)
 
     async def _post(self, event: dict[str, Any]) -> None:
-        import orjson
-
-        from bastion.stages.identity.fetch import FetchError, fetch
-
         try:
             response = await fetch(self.config.url, method="POST", headers=self.headers, body=orjson.dumps(event),
                                    timeout=self.config.timeout, max_bytes=64 * 1024, ssl_context=self.ssl_context)
@@ -318,6 +317,7 @@ class Detector:
                            f"{baseline:.2f}/s", (), {"rate": round(rate, 3), "baseline": round(baseline, 4)})
         if deny is None and status not in (403, 404):
             return
+        rule: DetectionRule  # one of the rules below, each read for its own threshold and window
         if deny is not None and reason in FORGED_REASONS and config.forged_tokens.enabled:
             forged = config.forged_tokens  # a name of its own: the callback may run after `observe` returned
             self._count(self._forged, "forged_tokens", ("ip", ip), now, lambda first: self._fire(

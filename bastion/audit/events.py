@@ -109,8 +109,8 @@ def _bastion(ctx: RequestContext, status: int, deny: Deny | None, exceptions: tu
 def request_event(uid: str, ctx: RequestContext, status: int, deny: Deny | None, duration: float,
                   exceptions: tuple[str, ...] = (), upstream_status: int | None = None) -> dict[str, Any]:
     """The event of one request: Authentication (3002) for an identity failure, else API Activity (6003)."""
-    if is_auth_failure(ctx, deny):
-        return auth_failure_event(uid, ctx, status, deny, duration, exceptions, upstream_status)  # type: ignore[arg-type]
+    if deny is not None and is_auth_failure(ctx, deny):
+        return auth_failure_event(uid, ctx, status, deny, duration, exceptions, upstream_status)
     denied = deny is not None
     activity, activity_name = _ACTIVITIES.get(ctx.method, (99, "Other"))
     identity = ctx.identity

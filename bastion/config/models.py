@@ -22,9 +22,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from bastion.audit.config import AuditConfig
+from bastion.config.admin import AdminAuthConfig
 from bastion.config.base import Duration, Model, Size
-from bastion.posture.admin_auth import AdminAuthConfig
-from bastion.posture.drift import DriftConfig
+from bastion.config.drift import DriftConfig
 from bastion.stages.authz.config import AuthzPolicy
 from bastion.stages.flows.config import FlowConfig
 from bastion.stages.graphql.config import GraphqlPolicy

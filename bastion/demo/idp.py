@@ -122,7 +122,7 @@ class IdpServer:
                 return result[0], "application/json", result[1]
             if method == "GET":
                 return 200, "text/plain", result
-            answer = {"access_token": result, "token_type": "Bearer", "expires_in": TOKEN_LIFETIME}
+            answer: dict[str, Any] = {"access_token": result, "token_type": "Bearer", "expires_in": TOKEN_LIFETIME}
             return 200, "application/json", json.dumps(answer)
         return 404, "application/json", json.dumps({"error": "not_found"})
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from bastion.demo.idp import start_idp
 from bastion.demo.upstream import start_upstream
-from bastion.server.app import Runtime, install_uvloop
+from bastion.server.app import Runtime
+from bastion.server.settings import install_uvloop
 
 IDP_PORT = 8081
 UPSTREAM_PORT = 8082

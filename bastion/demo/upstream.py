@@ -43,7 +43,7 @@ def main() -> None:
     """`python -m bastion.demo.upstream PORT`: run the echo upstream on its own (tests, benchmarks)."""
     import sys
 
-    from bastion.server.app import install_uvloop
+    from bastion.server.settings import install_uvloop
 
     async def serve(port: int) -> None:
         await start_upstream("127.0.0.1", port)

@@ -89,7 +89,7 @@ def is_weaker(stricter: str | None, baseline: Any, declared: Any, order: list[st
         return any(item not in kept for item in _items(baseline))
     if stricter == "order" and order:
         return order.index(str(declared)) < order.index(str(baseline))
-    return _freeze(baseline) != _freeze(declared)  # unannotated: must stay equal
+    return bool(_freeze(baseline) != _freeze(declared))  # unannotated: must stay equal
 
 
 def _inside(item: Any, allowed: list[Any]) -> bool:

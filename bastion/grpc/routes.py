@@ -87,7 +87,8 @@ def message_decoders(data: bytes | Path) -> dict[str, Callable[[bytes], dict[str
 
         def decode(payload: bytes, cls: Any = cls) -> dict[str, Any]:
             message = cls.FromString(payload)
-            return json_format.MessageToDict(message, preserving_proto_field_name=True)
+            decoded: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+            return decoded
 
         decoders[method.path] = decode
     return decoders

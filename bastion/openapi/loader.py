@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from bastion.config.loader import ConfigError, Diagnostic, Positions, read_yaml
+from bastion.openapi.keys import REFS_KEY, VERSION_KEY
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 # values that are data, not OpenAPI/Schema objects: a "$ref" key inside them is just a key
@@ -30,8 +31,6 @@ _NAMED_MAPS = frozenset({
     "parameters", "headers", "content", "examples", "links", "callbacks", "securitySchemes", "requestBodies",
     "paths", "encoding", "pathItems", "webhooks",
 })
-REFS_KEY = "x-bastion-refs"
-VERSION_KEY = "x-bastion-oas"
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,43 +23,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
-
-from bastion.config.base import Model
+from bastion.config.admin import AdminAuthConfig
 from bastion.stages.identity.config import JwtProviderConfig
 from bastion.stages.identity.jwks import JwksCache
 from bastion.stages.identity.jwt import JwtVerifier, ProviderVerifier, TokenRejected
 from bastion.stages.identity.mtls import CertParser
-
-
-class AdminAuthConfig(Model):
-    """`gateway.admin.auth`: who may call the admin API. With no method configured every call is refused,
-    except `open_paths`."""
-
-    provider: str | None = Field(None, description="JWT provider (name in `providers.jwt`) of admin tokens.")
-    scope: str = Field("bastion:admin", min_length=1, description="Scope an admin token must carry.")
-    token_sha256: list[str] = Field(default_factory=list,
-                                    description="SHA-256 (hex) of static admin bearer tokens.")
-    client_certificates: list[str] = Field(default_factory=list,
-                                           description="Subjects (RFC 4514) or SANs of admin client certificates.")
-    require_client_certificate: bool = Field(False, description="Require a listed client certificate, and a "
-                                                                "token too when tokens are configured.")
-    open_paths: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz"],
-                                  description="Paths served without credentials.")
-
-    @field_validator("token_sha256")
-    @classmethod
-    def _hex(cls, value: list[str]) -> list[str]:
-        for item in value:
-            if len(item) != 64 or any(c not in "0123456789abcdefABCDEF" for c in item):
-                raise ValueError("token_sha256 holds hex SHA-256 digests (64 characters), never tokens")
-        return [v.lower() for v in value]
-
-    @model_validator(mode="after")
-    def _cert_list(self) -> AdminAuthConfig:
-        if self.require_client_certificate and not self.client_certificates:
-            raise ValueError("require_client_certificate needs client_certificates (who is an admin)")
-        return self
 
 
 @dataclass(frozen=True, slots=True)

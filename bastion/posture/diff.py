@@ -14,11 +14,11 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bastion.commands import route_policy
 from bastion.compile import CompiledGateway
 from bastion.config.models import SECTIONS, Baseline
 from bastion.governance.baseline import is_weaker
 from bastion.posture import settings_diff
+from bastion.posture.policy import route_policy
 
 
 def effective_policies(compiled: CompiledGateway, now: float | None = None) -> dict[str, Any]:

@@ -29,28 +29,19 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
-from pydantic import Field
 
-from bastion.config.base import Duration, Model
-
-if TYPE_CHECKING:  # imported where used: bastion.config.models imports DriftConfig from here
-    from bastion.compile import CompiledGateway
-    from bastion.posture.diff import Change
+from bastion.audit.events import admin_event, finding_event
+from bastion.compile import CompiledGateway, compile_config
+from bastion.config.drift import DriftConfig
+from bastion.config.loader import load_config
+from bastion.posture.diff import Change, compare, effective_policies
 
 DETECTION = "config_drift"
 MAX_CHANGES_IN_EVENT = 50
 _ATTACK = (("TA0005", "Defense Evasion", "T1562", "Impair Defenses"),)
-
-
-class DriftConfig(Model):
-    """`gateway.drift: {approved: approved/bastion.yaml, interval: 5m}`: alert when the running config drifts."""
-
-    approved: Path = Field(description="The approved config file (relative paths: to the running config's "
-                                       "directory), e.g. a checkout of the config in git.")
-    interval: Duration = Field(300.0, gt=0, description="How often to compare, e.g. `5m`.")
 
 
 class DriftWatch:
@@ -111,9 +102,6 @@ class DriftWatch:
 
     async def check(self) -> list[Change] | None:
         """One comparison; emits on a change of state. The changes, or None when the approved file is unusable."""
-        from bastion.audit.events import admin_event
-        from bastion.posture.diff import compare, effective_policies
-
         running = self.current()
         self.checks += 1
         try:
@@ -138,7 +126,6 @@ class DriftWatch:
         return changes
 
     def _open(self, changes: list[Change], approved: dict[str, Any], other: dict[str, Any]) -> None:
-        from bastion.audit.events import finding_event
 
         weakenings = sum(c.kind in ("weaker", "added") for c in changes)
         uid = self.audit.ids.new()
@@ -158,7 +145,6 @@ class DriftWatch:
         self.audit.emit(event)
 
     def _close(self, approved: dict[str, Any], other: dict[str, Any]) -> None:
-        from bastion.audit.events import finding_event
 
         opened = self._open_uid
         self._open_uid = None
@@ -180,10 +166,6 @@ class DriftWatch:
 
 
 def _approved_policies(path: Path, at: float) -> dict[str, Any]:
-    from bastion.compile import compile_config
-    from bastion.config.loader import load_config
-    from bastion.posture.diff import effective_policies
-
     return effective_policies(compile_config(load_config(path), now=at, build_stages=False))
 
 

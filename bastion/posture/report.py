@@ -13,12 +13,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from bastion.commands import route_policy
 from bastion.compile import CompiledGateway, CompiledRoute
 from bastion.config.models import ExceptionConfig
 from bastion.posture import owasp
 from bastion.posture.auditlog import RequestEvent
 from bastion.posture.controls import demands, plan_at
+from bastion.posture.policy import route_policy
 from bastion.posture.transport import annotate
 
 EXPIRY_WARNING_DAYS = 14

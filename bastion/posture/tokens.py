@@ -65,7 +65,7 @@ def new_probe_key(directory: Path, kid: str | None = None) -> tuple[Path, Path]:
     return private, public
 
 
-def load_key(path: Path) -> Key:
+def load_key(path: Path) -> ECKey | RSAKey:
     data = json.loads(path.read_text())
     if data.get("kty") == "EC":
         return ECKey.import_key(data)
@@ -96,7 +96,8 @@ class TokenForge:
     `public_keys` are the keys the gateway trusts for this issuer (for the HS256 key-confusion attack).
     """
 
-    def __init__(self, issuer: str, audience: str, key: Key | None, public_keys: list[Key] | None = None, *,
+    def __init__(self, issuer: str, audience: str, key: ECKey | RSAKey | None,
+                 public_keys: list[ECKey | RSAKey] | None = None, *,
                  subject: str = PROBE_SUBJECT, client_id: str = PROBE_SUBJECT, clock: Any = time.time) -> None:
         self.issuer = issuer
         self.audience = audience
@@ -198,7 +199,7 @@ def forge_for(providers: list[JwtProviderConfig], identity: ProbeIdentityConfig 
     return TokenForge(provider.issuer, provider.audiences[0], None, _public_keys(provider, base_dir))
 
 
-def _public_keys(provider: JwtProviderConfig, base_dir: Path) -> list[Key]:
+def _public_keys(provider: JwtProviderConfig, base_dir: Path) -> list[ECKey | RSAKey]:
     """The provider's public keys, read from its jwks_file or fetched from its JWKS URL (best effort)."""
     try:
         if provider.jwks_file is not None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import ssl
@@ -21,7 +20,6 @@ from bastion.audit.detect import Detector
 from bastion.audit.log import AuditLog
 from bastion.compile import CompiledGateway, compile_config
 from bastion.config.loader import ConfigError, load_config
-from bastion.config.models import GatewayConfig
 from bastion.server.admin import AdminApi, AdminBackend, read_events
 from bastion.server.admin_routes import block_routes, identity_routes
 from bastion.server.dispatch import protocol_factory
@@ -30,35 +28,11 @@ from bastion.server.http2 import H2Limits, H2Stats
 from bastion.server.metrics import Metrics, exceptions_in_force
 from bastion.server.proxy import Gateway
 from bastion.server.reload import check_routes
+from bastion.server.settings import audit_file_path, make_admin_auth, server_limits
 from bastion.server.tls import listener_ssl
 from bastion.server.tls import resolve_path as _resolve
 from bastion.stages.base import Services
 from bastion.state import open_state
-
-
-def server_limits(gw: GatewayConfig) -> ServerLimits:
-    lim = gw.limits
-    return ServerLimits(lim.header_timeout, lim.body_idle_timeout, lim.keepalive_timeout, lim.max_header_bytes,
-                        lim.max_headers, lim.min_body_rate, lim.min_body_rate_grace)
-
-
-def make_admin_auth(compiled: CompiledGateway) -> Any:
-    """The admin API's authenticator for this config, or None (loopback admin without `auth`)."""
-    cfg = compiled.config.model
-    if cfg.gateway.admin.auth is None:
-        return None
-    from bastion.posture.admin_auth import AdminAuth
-
-    return AdminAuth(cfg.gateway.admin.auth, cfg.providers.jwt)
-
-
-def audit_file_path(gw: GatewayConfig, base: Path) -> Path | None:
-    """The first file sink: the admin API's report, inventory and dashboard read their events there."""
-    for sink in gw.audit.sinks:
-        path: Path | None = getattr(sink, "path", None)
-        if getattr(sink, "type", "") == "file" and path is not None:
-            return path if path.is_absolute() else base / path
-    return None
 
 
 class Runtime:
@@ -350,41 +324,3 @@ class Runtime:
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)
         await self._stopping.wait()
         await self.stop()
-
-
-def install_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
-def serve(config_path: str, workers: int | None = None) -> int:
-    """`bastion serve`: one process, or a supervisor of N workers."""
-    loaded = load_config(config_path)  # fail fast, before forking anything
-    compile_config(loaded)
-    count = workers or loaded.model.gateway.workers
-    install_uvloop()
-    if count <= 1:
-        return asyncio.run(_serve_one(config_path, worker=False, serve_admin=True))
-    from bastion.server.supervisor import supervise
-
-    return supervise(config_path, count)
-
-
-async def _serve_one(config_path: str, *, worker: bool, serve_admin: bool) -> int:
-    runtime = Runtime(config_path, worker=worker, serve_admin=serve_admin)
-    await runtime.start()
-    # what start-up built (modules, config, compiled plans) lives as long as the process: out of the cyclic
-    # collector's sight, so its collections walk only what requests allocate
-    gc.freeze()
-    listening = ", ".join(f"http://{h}:{p}" for h, p in runtime.bound)
-    print(f"bastion: pid {os.getpid()} serving {listening}", file=sys.stderr, flush=True)
-    await runtime.run_forever()
-    return 0
-
-
-def worker_main(config_path: str) -> int:
-    install_uvloop()
-    return asyncio.run(_serve_one(config_path, worker=True, serve_admin=False))

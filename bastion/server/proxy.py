@@ -16,9 +16,9 @@ import httptools
 import orjson
 
 from bastion import policy_ids as ids
-from bastion.compile import CompiledGateway, CompiledRoute, Plan, Upstream
+from bastion.compile import CompiledGateway, CompiledRoute, Plan
 from bastion.context import ControlRecord, Deny, RequestContext
-from bastion.grpc.proxy import forward_grpc
+from bastion.forwarding import Upstream
 from bastion.grpc.status import grpc_problem, is_grpc
 from bastion.http.framing import FramingError
 from bastion.http.headers import (
@@ -32,6 +32,7 @@ from bastion.http.headers import (
 )
 from bastion.pipeline import run
 from bastion.router import AmbiguousPath, split_request_path
+from bastion.server.grpc_proxy import forward_grpc
 from bastion.server.http1 import BodyMalformed, BodyTimeout, BodyTooLarge, ClientGone, Exchange
 from bastion.server.metrics import Metrics
 from bastion.server.response import ResponseSink

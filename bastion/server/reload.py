@@ -68,7 +68,7 @@ def apply_gateway_settings(runtime: Any, gw: GatewayConfig) -> None:
     """At commit: the server limits (in place: live connections read the same object) and the detector."""
     limits = runtime.limits
     if limits is not None:
-        from bastion.server.app import server_limits
+        from bastion.server.settings import server_limits
 
         fresh = server_limits(gw)
         for name in limits.__slots__:

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from bastion.stages.identity.fetch import FetchError, HttpResponse, fetch
+from bastion.http.fetch import FetchError, HttpResponse, fetch
 
 MAX_ENTRIES = 64  # distinct URLs remembered (providers x documents): bounded
 

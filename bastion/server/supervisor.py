@@ -36,14 +36,14 @@ from bastion.audit.events import finding_event
 from bastion.audit.log import AuditLog
 from bastion.compile import CompiledGateway, compile_config
 from bastion.config.loader import ConfigError, load_config
-from bastion.server.app import make_admin_auth
 from bastion.server.http1 import Http1Connection
 from bastion.server.link import Link, LinkClosed
+from bastion.server.settings import make_admin_auth
 from bastion.server.shared_fetch import FetchPool
+from bastion.server.state_service import StateService
 from bastion.server.supervisor_admin import serve_admin
 from bastion.stages.base import Services
 from bastion.state.memory import MemoryState
-from bastion.state.supervised import StateService
 
 BACKOFF_START = 0.05  # the first restart of a slot is almost immediate
 BACKOFF_MAX = 30.0
@@ -380,7 +380,7 @@ def _exists(pid: int) -> bool:
 
 def supervise(config_path: str, count: int) -> int:
     """`serve --workers N` (N >= 2)."""
-    from bastion.server.app import install_uvloop
+    from bastion.server.settings import install_uvloop
 
     install_uvloop()
     with contextlib.suppress(LinkClosed):

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from bastion.server.admin import AdminApi, AdminBackend, read_events
 from bastion.server.admin_routes import _json_body, _reply, block_routes, identity_routes
-from bastion.server.app import audit_file_path, listener_ssl, server_limits
 from bastion.server.http1 import Exchange, Http1Connection
 from bastion.server.reload import check_routes
+from bastion.server.settings import audit_file_path, server_limits
+from bastion.server.tls import listener_ssl
 
 if TYPE_CHECKING:
     from bastion.server.supervisor import Supervisor

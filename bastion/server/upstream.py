@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import httptools
 
-from bastion.compile import Upstream
+from bastion.forwarding import Upstream
 from bastion.server.deadlines import NEVER, deadlines
 
 

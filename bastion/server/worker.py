@@ -19,8 +19,9 @@ from typing import Any
 from bastion.audit.log import AuditLog
 from bastion.compile import CompiledGateway
 from bastion.config.loader import load_config
-from bastion.server.app import Runtime, install_uvloop
+from bastion.server.app import Runtime
 from bastion.server.link import Link, connect
+from bastion.server.settings import install_uvloop
 from bastion.server.shared_fetch import SharedFetcher
 from bastion.state.supervised import SupervisedState
 
@@ -93,7 +94,7 @@ async def run_worker(config_path: str, index: int, socket_path: str, generation:
     runtime.services.audit = AuditLog.from_config(gw.audit, runtime.config_path.parent,
                                                   registry=runtime.metrics.registry, process=f"worker-{index}")
     await runtime.start()
-    gc.freeze()  # see app._serve_one: start-up objects out of the cyclic collector's sight
+    gc.freeze()  # see serve._serve_one: start-up objects out of the cyclic collector's sight
     await link.call("hello", control.status(), timeout=5.0)
     print(f"bastion: worker {index} pid {os.getpid()} serving", file=sys.stderr, flush=True)
     loop = asyncio.get_running_loop()

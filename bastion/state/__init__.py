@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypedDict, Unpack, runtime_checkable
 from urllib.parse import urlsplit
 
 Kind = Literal["token_bucket", "sliding_window", "fixed_window"]
@@ -83,7 +83,16 @@ class StateBackend(Protocol):
     async def close(self) -> None: ...
 
 
-def open_state(url: str, **options: float) -> StateBackend:
+class RedisOptions(TypedDict, total=False):
+    """The Redis backend's tuning knobs that `open_state` passes on."""
+
+    timeout: float
+    retry_interval: float
+    max_connections: int
+    prefix: str
+
+
+def open_state(url: str, **options: Unpack[RedisOptions]) -> StateBackend:
     """`memory`, `redis://host:6379/0`, `rediss://...`, `unix:///run/redis.sock`,
     `redis+sentinel://host1:26379,host2:26379/<service>/<db>` or `redis+cluster://host1:6379,host2:6379/`.
 
@@ -98,7 +107,7 @@ def open_state(url: str, **options: float) -> StateBackend:
     if scheme in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "valkey", "valkeys"):
         from bastion.state.redis_state import RedisState
 
-        return RedisState(url, **options)  # type: ignore[arg-type]  # the float tunables: timeout, retry_interval
+        return RedisState(url, **options)
     raise ValueError(f"unknown state backend {url!r}: use `memory` or `redis://host:6379/0`")
 
 

@@ -12,10 +12,10 @@ from joserfc.jwk import KeySet
 
 from bastion.context import Continue, Deny, RequestContext
 from bastion.demo.idp import IdpServer, start_idp
+from bastion.http.fetch import fetch
 from bastion.stages.base import RouteInfo, Services
 from bastion.stages.identity import IdentityPolicy, IdentityShared, build
 from bastion.stages.identity.config import JwtProviderConfig, ProvidersConfig
-from bastion.stages.identity.fetch import fetch
 
 ROUTE = RouteInfo(api="orders", route="get", klass="partner", path="/orders/{id}", methods=frozenset({"GET"}))
 

@@ -4,7 +4,7 @@ import pytest
 
 from bastion.config.loader import ConfigError
 from bastion.openapi import load_openapi
-from bastion.openapi.loader import REFS_KEY, VERSION_KEY
+from bastion.openapi.keys import REFS_KEY, VERSION_KEY
 
 DATA = Path(__file__).parent.parent / "data" / "openapi"
 

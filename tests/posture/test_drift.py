@@ -13,8 +13,9 @@ from prometheus_client import CollectorRegistry
 from bastion.audit.events import Ids
 from bastion.audit.ocsf import validate
 from bastion.compile import CompiledGateway, compile_config
+from bastion.config.drift import DriftConfig
 from bastion.config.loader import load_config
-from bastion.posture.drift import DriftConfig, DriftWatch
+from bastion.posture.drift import DriftWatch
 from tests.posture.conftest import demo_config, dump_doc, load_doc
 from tests.posture.test_probe import _weaken
 
@@ -165,8 +166,6 @@ async def test_an_exception_that_expired_after_the_last_reload_is_not_drift(tmp_
 
 def test_drift_config():
     config = DriftConfig.model_validate({"approved": "approved/bastion.yaml"})
-    assert config.interval == 300.0
-    assert DriftConfig.model_validate({"approved": "a.yaml", "interval": "50ms"}).interval == 0.05
     watch = DriftWatch.from_config(config, Path("/etc/bastion"), lambda: None, Events(),  # type: ignore[arg-type,return-value]
                                    CollectorRegistry())
     assert watch.approved_path == Path("/etc/bastion/approved/bastion.yaml") and watch.interval == 300.0

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from joserfc.jwk import ECKey
 
+from bastion.http.fetch import FetchError
 from bastion.server.link import Link, connect
 from bastion.server.shared_fetch import FetchPool, SharedFetcher
 from bastion.stages.identity.config import JwksCacheConfig
-from bastion.stages.identity.fetch import FetchError
 from bastion.stages.identity.jwks import JwksCache
 from tests.stages.identity.conftest import JwksServer
 

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from bastion.server.link import Link, connect
+from bastion.server.state_service import StateService
 from bastion.stages.identity.revocation import StateRevocationList
 from bastion.state import Hit, StateUnavailable
 from bastion.state.memory import MemoryState
-from bastion.state.supervised import StateService, SupervisedState
+from bastion.state.supervised import SupervisedState
 
 
 @asynccontextmanager

@@ -15,7 +15,7 @@ import hashlib
 import ssl
 
 from bastion.audit.sinks import SinkError
-from bastion.stages.identity.fetch import FetchError, fetch
+from bastion.http.fetch import FetchError, fetch
 
 
 class HttpSink:

@@ -163,7 +163,7 @@ class CedarEngine:
         attrs = {k: v for k, v in attrs.items() if v is not None}
         attrs["claims"] = _cedar_value(identity.claims) if identity is not None else {}
         resource = {"type": "Route", "id": self.route.route_id}
-        entities = [
+        entities: list[dict[str, Any]] = [
             {"uid": principal, "attrs": attrs, "parents": [{"type": "Role", "id": r} for r in roles]},
             *({"uid": {"type": "Role", "id": r}, "attrs": {}, "parents": []} for r in roles),
             {"uid": resource, "parents": [], "attrs": {

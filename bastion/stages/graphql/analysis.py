@@ -15,7 +15,7 @@ run a checked one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from graphql.language import (
     DocumentNode,
@@ -226,7 +226,7 @@ class _Walker:
             elif isinstance(sel, InlineFragmentNode):
                 d, c = self.selection_set(sel.selection_set, depth)
             else:
-                d, c = self.fragments[sel.name.value]  # type: ignore[union-attr]
+                d, c = self.fragments[cast(FragmentSpreadNode, sel).name.value]  # the third kind of selection
                 if depth + d > self.max_depth:
                     raise DocumentError("graphql_depth_exceeded", "The query is nested too deeply.")
             deepest = max(deepest, d)

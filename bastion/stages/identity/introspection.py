@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from bastion.http.fetch import FetchError, HttpResponse, fetch
 from bastion.stages.base import Services
 from bastion.stages.identity.config import IntrospectionProviderConfig
-from bastion.stages.identity.fetch import FetchError, HttpResponse, fetch
 from bastion.stages.identity.jwt import TokenRejected, VerifiedToken, header_value, string_set
 from bastion.stages.identity.tokencache import TokenCache, token_key
 

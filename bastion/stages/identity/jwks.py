@@ -22,8 +22,8 @@ from typing import Any
 from joserfc.errors import JoseError
 from joserfc.jwk import JWKRegistry, Key
 
+from bastion.http.fetch import FetchError, HttpResponse, fetch
 from bastion.stages.identity.config import JwksCacheConfig
-from bastion.stages.identity.fetch import FetchError, HttpResponse, fetch
 from bastion.stages.identity.metrics import IdentityMetrics, identity_metrics
 
 log = logging.getLogger("bastion.identity.jwks")

@@ -19,17 +19,19 @@ from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
 
 from bastion.stages.identity.config import JwtProviderConfig
+from bastion.stages.identity.jose import FORBIDDEN_HEADERS, HeaderFault, check_header, check_typ, normalize_typ
 from bastion.stages.identity.jwks import JwksCache, JwksUnavailable
 
 
 class TokenRejected(Exception):
     """A credential failed a check. `reason` is the stable code; `log_detail` is for the audit event only."""
 
-    def __init__(self, reason: str, log_detail: str = "", status: int = 401) -> None:
+    def __init__(self, reason: str, log_detail: str = "", status: int = 401, rule: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
         self.log_detail = log_detail or reason
         self.status = status
+        self.rule = rule  # the JOSE header rule that refused the token (`jose.HeaderFault.rule`), if one did
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +55,11 @@ class VerifiedToken:
 
 # RFC 7515 §7.1: compact JWS is three base64url segments; JWE compact (RFC 7516 §7.1) has five.
 _JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
-# RFC 8725 §3.10: keys are never located through the token itself.
-_FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c")
-_MAX_KID = 256
+# A refused JOSE header (jose.check_header / check_typ) -> the public reason code of an access token.
+_HEADER_REASONS = {"alg_missing": "jwt_alg_not_allowed", "alg_none": "jwt_alg_not_allowed",
+                   "crit": "jwt_crit_unsupported", "b64": "jwt_crit_unsupported",
+                   **dict.fromkeys(FORBIDDEN_HEADERS, "jwt_header_not_allowed"),
+                   "kid": "jwt_malformed", "typ": "jwt_bad_typ", "typ_missing": "jwt_bad_typ"}
 
 
 def _number(claims: dict[str, Any], name: str) -> float | None:
@@ -67,10 +71,8 @@ def _number(claims: dict[str, Any], name: str) -> float | None:
     return float(value)
 
 
-def _normalize_typ(value: str) -> str:
-    """RFC 7515 §4.1.9: `application/` may be omitted, and media types compare case-insensitively."""
-    lowered = value.lower()
-    return lowered[len("application/"):] if lowered.startswith("application/") else lowered
+def _rejected(fault: HeaderFault) -> TokenRejected:
+    return TokenRejected(_HEADER_REASONS[fault.rule], fault.detail, rule=fault.rule)
 
 
 def string_set(value: Any, *, split: bool) -> frozenset[str]:
@@ -104,7 +106,7 @@ class ProviderVerifier:
         self.config = config
         self.jwks = jwks
         self.registry = JWSRegistry(algorithms=list(config.algorithms), strict_check_header=False)
-        self._typ = frozenset(_normalize_typ(t) for t in config.typ)
+        self._typ = frozenset(normalize_typ(t) for t in config.typ)
         self._audiences = frozenset(config.audiences)
         self._required = tuple(config.required_claims)
 
@@ -116,15 +118,10 @@ class ProviderVerifier:
         alg = header["alg"]
         if alg not in cfg.algorithms:
             raise TokenRejected("jwt_alg_not_allowed", f"alg {alg!r} not allowed by provider {cfg.name}")
-        typ = header.get("typ")
-        if typ is None:
-            if not cfg.allow_missing_typ:
-                raise TokenRejected("jwt_bad_typ", "token has no typ header")
-        elif not isinstance(typ, str) or _normalize_typ(typ) not in self._typ:
-            raise TokenRejected("jwt_bad_typ", f"typ {typ!r} not accepted by provider {cfg.name}")
-        kid = header.get("kid")
-        if kid is not None and (not isinstance(kid, str) or not kid or len(kid) > _MAX_KID):
-            raise TokenRejected("jwt_malformed", "kid is not a short string")
+        fault = check_typ(header, self._typ, allow_missing=cfg.allow_missing_typ)
+        if fault is not None:
+            raise _rejected(fault)
+        kid = header.get("kid")  # a string of 1 to MAX_KID characters, or absent (jose.check_header)
         try:
             keys = await self.jwks.keys_for(kid, alg)
         except JwksUnavailable as exc:
@@ -133,7 +130,7 @@ class ProviderVerifier:
             raise TokenRejected("jwt_unknown_kid", f"no {alg} key with kid {kid!r} for provider {cfg.name}")
         if not any(self._signature_ok(obj, key) for key in keys):
             raise TokenRejected("jwt_bad_signature", f"signature does not verify (kid {kid!r})")
-        return self._claims(claims, now, header)
+        return self._claims(claims, now)
 
     def _signature_ok(self, obj: jws.CompactSignature, key: Any) -> bool:
         try:
@@ -141,7 +138,7 @@ class ProviderVerifier:
         except JoseError:
             return False
 
-    def _claims(self, claims: dict[str, Any], now: float, header: dict[str, Any]) -> VerifiedToken:
+    def _claims(self, claims: dict[str, Any], now: float) -> VerifiedToken:
         cfg = self.config
         leeway = cfg.leeway
         exp = _number(claims, "exp")
@@ -227,11 +224,6 @@ class JwtVerifier:
 
     @staticmethod
     def _check_header(header: dict[str, Any]) -> None:
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg.lower() == "none":  # RFC 8725 §3.1
-            raise TokenRejected("jwt_alg_not_allowed", f"alg {alg!r}")
-        if "crit" in header or "b64" in header:  # RFC 7515 §4.1.11: we understand no extension
-            raise TokenRejected("jwt_crit_unsupported", f"crit {header.get('crit')!r}")
-        for name in _FORBIDDEN_HEADERS:
-            if name in header:
-                raise TokenRejected("jwt_header_not_allowed", f"header parameter {name!r} is never used")
+        fault = check_header(header)  # alg none, crit/b64, key-locating headers, kid (RFC 8725 §3.1, §3.10)
+        if fault is not None:
+            raise _rejected(fault)

@@ -24,6 +24,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from operator import methodcaller
 from typing import Any, Literal, Protocol
 
 from bastion.state import StateUnavailable
@@ -45,7 +46,7 @@ class RevocationList(Protocol):
         ...
 
     async def revoke(self, kind: Kind, value: str, until: float, *,
-                     issued_before: float | None = None) -> None:
+                     issued_before: float | None = None) -> object:
         """Deny `value` until the wall-clock time `until`. With `issued_before`, only credentials issued
         before that instant are denied (a new login after a CAEP `session-revoked` works again)."""
         ...
@@ -184,7 +185,9 @@ def _float(text: str) -> float | None:
 
 
 class _Records(Protocol):
-    empty: bool  # known to hold nothing (no lookup needed); always False where others may write
+    @property
+    def empty(self) -> bool:
+        """Known to hold nothing (no lookup needed); always False where others may write."""
 
     async def get(self, keys: Sequence[str]) -> list[str | None]: ...
     async def merge(self, key: str, record: Revocation, now: float) -> None: ...
@@ -305,7 +308,7 @@ class _RedisRecords:
                 return [name async for name in redis.scan_iter(match=pattern, count=500)][:limit]
             names = await self._call(every)
         while not getattr(self._state, "cluster", False) and len(names) < limit:  # a page per round trip
-            cursor, page = await self._call(lambda redis, c=cursor: redis.scan(c, match=pattern, count=500))
+            cursor, page = await self._call(methodcaller("scan", cursor, match=pattern, count=500))
             names.extend(page)
             if int(cursor) == 0:
                 break

@@ -9,7 +9,13 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 from bastion.stages.base import Services
-from bastion.stages.identity.config import ConsumerConfig, ProvidersConfig, check_consumers
+from bastion.stages.identity.config import (
+    ConsumerConfig,
+    IntrospectionProviderConfig,
+    JwtProviderConfig,
+    ProvidersConfig,
+    check_consumers,
+)
 from bastion.stages.identity.consumers import ConsumerIndex
 from bastion.stages.identity.jwks import JwksCache
 from bastion.stages.identity.jwt import JwtVerifier, ProviderVerifier, VerifiedToken
@@ -45,8 +51,8 @@ class IdentityShared:
         services = services or Services()
         errors = check_consumers(consumers)
         patterns = tuple(identity_headers)
-        with_claims: list[Any] = [*providers.jwt, *providers.introspection]  # both carry claim_to_headers
-        for provider in with_claims:
+        listed: list[JwtProviderConfig | IntrospectionProviderConfig] = [*providers.jwt, *providers.introspection]
+        for provider in listed:
             for item in provider.claim_to_headers:
                 if not _protected(item.header, patterns):
                     errors.append(f"providers: {provider.name}: claim_to_headers header {item.header!r} is "

@@ -3,7 +3,8 @@
 A SET is accepted only when every check passes, in this order (the first failure answers):
 
 1. `Content-Type: application/secevent+jwt`, at most `max_bytes`, a compact JWS (RFC 8935 §2);
-2. no `alg: none`, no `crit`, no key-locating header (`jku`, `x5u`, `jwk`, `x5c`; RFC 8725 §3.10),
+2. the JOSE header rules shared with access tokens (`jose.py`): no `alg: none`, no `crit`/`b64`, no
+   key-locating header (`jku`, `x5u`, `jwk`, `x5c`; RFC 8725 §3.10), a short string `kid`; and
    `typ: secevent+jwt` (RFC 8417 §2.3, so an access token or ID token is never taken for a SET);
 3. `iss` exactly a configured transmitter; its `Authorization` header when one is configured;
 4. `alg` in the transmitter's allowlist, a key of its JWKS that fits the `alg`, a valid signature;
@@ -35,6 +36,7 @@ from joserfc.jws import JWSRegistry
 
 from bastion.stages.identity.challenge import StepUp
 from bastion.stages.identity.config import SsfTransmitterConfig
+from bastion.stages.identity.jose import FORBIDDEN_HEADERS, check_header, check_typ
 from bastion.stages.identity.jwks import JwksCache, JwksUnavailable
 from bastion.stages.identity.jwt import string_set
 from bastion.stages.identity.metrics import IdentityMetrics, identity_metrics
@@ -48,19 +50,24 @@ DEFAULT_REVOKE_FOR = 86400.0
 
 
 _JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
-_FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c")
 _MAX_ID = 256
+_SET_TYP = frozenset({"secevent+jwt"})  # RFC 8417 §2.3: explicit typing keeps SETs and other JWTs apart
+# A refused JOSE header (jose.check_header / check_typ) -> the RFC 8935 §2.3 error code of the answer.
+_HEADER_ERRORS = {"alg_missing": "invalid_key", "alg_none": "invalid_key", "crit": "invalid_request",
+                  "b64": "invalid_request", **dict.fromkeys(FORBIDDEN_HEADERS, "invalid_key"),
+                  "kid": "invalid_request", "typ": "invalid_request", "typ_missing": "invalid_request"}
 
 
 class SetRejected(Exception):
     """A SET that is refused. `err` is the RFC 8935 §2.3 error code, `description` a sentence for the
     transmitter (it never contains secrets)."""
 
-    def __init__(self, err: str, description: str, status: int = 400) -> None:
+    def __init__(self, err: str, description: str, status: int = 400, rule: str = "") -> None:
         super().__init__(f"{err}: {description}")
         self.err = err
         self.description = description
         self.status = status
+        self.rule = rule  # the JOSE header rule that refused the SET (`jose.HeaderFault.rule`), if one did
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +90,6 @@ class ReceivedSet:
     events: tuple[str, ...]
     actions: tuple[Action, ...] = field(default=())
     ignored: tuple[str, ...] = field(default=())  # events that asked for nothing we can do, and why
-
-
-def _normalize_typ(value: str) -> str:
-    lowered = value.lower()
-    return lowered[len("application/"):] if lowered.startswith("application/") else lowered
 
 
 def _number(claims: dict[str, Any], name: str) -> float | None:
@@ -208,7 +210,8 @@ class SetReceiver:
         try:
             received = await self.receive(body, content_type, now, authorization=authorization)
         except SetRejected as exc:
-            self._record(exc.err, None, {"err": exc.err, "description": exc.description})
+            rule = {"rule": exc.rule} if exc.rule else {}  # which JOSE header rule refused it, for the operator
+            self._record(exc.err, None, {"err": exc.err, "description": exc.description, **rule})
             return exc.status, json.dumps({"err": exc.err, "description": exc.description}).encode()
         self._record("accepted", received, {})
         return 202, b""
@@ -297,17 +300,9 @@ class SetReceiver:
 
     @staticmethod
     def _check_header(header: dict[str, Any]) -> None:
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg.lower() == "none":  # RFC 8725 §3.1
-            raise SetRejected("invalid_key", "unsigned SETs are not accepted")
-        if "crit" in header or "b64" in header:
-            raise SetRejected("invalid_request", "critical header parameters are not supported")
-        for name in _FORBIDDEN_HEADERS:
-            if name in header:
-                raise SetRejected("invalid_key", f"header parameter {name} is never used to find a key")
-        typ = header.get("typ")  # RFC 8417 §2.3: explicit typing keeps SETs and other JWTs apart
-        if not isinstance(typ, str) or _normalize_typ(typ) != "secevent+jwt":
-            raise SetRejected("invalid_request", "typ must be secevent+jwt")
+        fault = check_header(header) or check_typ(header, _SET_TYP)  # the same rules as access tokens
+        if fault is not None:
+            raise SetRejected(_HEADER_ERRORS[fault.rule], fault.detail, rule=fault.rule)
 
     @staticmethod
     async def _check_signature(transmitter: Transmitter, obj: jws.CompactSignature,
@@ -315,9 +310,7 @@ class SetReceiver:
         alg = header["alg"]
         if alg not in transmitter.config.algorithms:
             raise SetRejected("invalid_key", f"alg {alg[:20]} is not accepted from this transmitter")
-        kid = header.get("kid")
-        if kid is not None and (not isinstance(kid, str) or not kid or len(kid) > _MAX_ID):
-            raise SetRejected("invalid_request", "kid is not a short string")
+        kid = header.get("kid")  # a string of 1 to MAX_KID characters, or absent (jose.check_header)
         try:
             keys = await transmitter.jwks.keys_for(kid, alg)
         except JwksUnavailable as exc:

@@ -15,7 +15,7 @@ from typing import Any
 
 import jsonschema_rs
 
-from bastion.openapi.loader import REFS_KEY
+from bastion.openapi.keys import REFS_KEY, VERSION_KEY
 
 _INT_RANGE = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "dependentSchemas")
@@ -124,8 +124,6 @@ def compile_schema(schema: Any) -> jsonschema_rs.Validator:
 
 
 def normaliser(operation: dict[str, Any], closed: bool) -> Normaliser:
-    from bastion.openapi.loader import VERSION_KEY
-
     return Normaliser(str(operation.get(VERSION_KEY, "3.1")), closed, operation.get(REFS_KEY))
 
 

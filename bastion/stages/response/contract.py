@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema_rs
 import orjson
 
-from bastion.openapi.loader import REFS_KEY
+from bastion.openapi.keys import REFS_KEY
 from bastion.stages.input import jsonbody
 from bastion.stages.input.media import is_json, match_media, media_type
 from bastion.stages.input.schema import compile_schema, normaliser, pointer, undeclared_names

@@ -42,8 +42,8 @@ def parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         address = ipaddress.ip_address(text.split("%", 1)[0])  # a zone id never changes the rule
     except ValueError:
         return None
-    if address.version == 6 and address.ipv4_mapped is not None:  # type: ignore[union-attr]
-        return address.ipv4_mapped  # type: ignore[union-attr]
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
     return address
 
 

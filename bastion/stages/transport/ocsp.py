@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
-from bastion.stages.identity.fetch import FetchError, HttpResponse, fetch
+from bastion.http.fetch import FetchError, HttpResponse, fetch
 from bastion.stages.transport.status import CertStatus
 
 Fetch = Callable[..., Awaitable[HttpResponse]]

@@ -8,7 +8,7 @@ import pytest
 
 from bastion.context import Continue, Deny, Identity
 from bastion.stages.authz import AuthzPolicy, build, missing_scopes
-from bastion.stages.authz.scopes import requirement
+from bastion.stages.authz.scopes import ScopeRequirement, requirement
 
 from .conftest import caller, request, route, stage
 
@@ -118,3 +118,64 @@ def test_scope_tokens_are_validated(scope: str) -> None:
     if scope:
         with pytest.raises(ValueError):
             AuthzPolicy(scopes=[scope])
+
+
+def _req(security: Any, scopes: list[str] | None = None) -> ScopeRequirement:
+    return requirement(AuthzPolicy(scopes=scopes or []), route(operation={"security": security}))
+
+
+@pytest.mark.parametrize(("security", "config", "always", "alternatives", "anonymous"), [
+    (None, [], set(), (), False),
+    ([], ["admin"], {"admin"}, (), False),
+    ([{"oauth": ["a", "b"]}, {"oauth": ["c"]}], [], set(), ({"a", "b"}, {"c"}), False),
+    ([{}, {"oauth": ["a"]}], [], set(), ({"a"},), True),  # `{}` anywhere: anonymous, and the rest still read
+    ([{"oauth": ["a"]}, {"key": None}], [], set(), ({"a"}, set()), False),  # a scheme without scopes
+    ([{"oauth": ["a"], "mtls": ["b"]}], [], set(), ({"a", "b"},), False),  # AND across schemes
+])
+def test_requirement_reads_openapi_security(security: Any, config: list[str], always: set[str],
+                                            alternatives: tuple[set[str], ...], anonymous: bool) -> None:
+    req = _req(security, config)
+    assert req.always == frozenset(always) and req.alternatives == tuple(frozenset(a) for a in alternatives)
+    assert req.anonymous is anonymous
+
+
+@pytest.mark.parametrize(("security", "match"), [
+    (["oauth"], "get-account: OpenAPI security requirement 'oauth' is not an object"),
+    ([{"oauth": ["a b"]}], "get-account: scope 'a b' of security scheme 'oauth' is not a valid scope token"),
+])
+def test_requirement_errors_name_the_route_and_the_value(security: Any, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        _req(security)
+
+
+@pytest.mark.parametrize(("always", "alternatives", "anonymous", "granted", "missing"), [
+    ((), (), False, "", None),
+    (("x",), (), False, "", {"x"}),
+    (("x",), (), True, "x", None),
+    ((), ({"a", "b"}, {"c", "d"}), False, "", {"a", "b"}),  # a tie: the first alternative is named
+    ((), ({"a", "b"}, {"c"}), False, "", {"c"}),  # else the closest one
+    ((), ({"a"}, {"b", "c"}), False, "", {"a"}),
+    ((), ({"a", "b"}, {"c"}), False, "a", {"b"}),
+    ((), ({"a", "b"}, {"c"}), False, "c", None),
+    (("x",), ({"a"},), False, "a", {"x"}),
+    (("x",), ({"a"},), False, "x", {"a"}),
+    (("x",), ({"a"},), True, "", {"x"}),  # `{}` satisfies the alternatives, never the config scopes
+    ((), ({"a"},), True, "", None),
+])
+def test_missing_names_the_closest_alternative(always: tuple[str, ...], alternatives: tuple[set[str], ...],
+                                               anonymous: bool, granted: str, missing: set[str] | None) -> None:
+    req = ScopeRequirement(frozenset(always), tuple(frozenset(a) for a in alternatives), anonymous)
+    result = req.missing(frozenset(granted.split()))
+    assert result == (frozenset(missing) if missing is not None else None)
+
+
+@pytest.mark.parametrize(("always", "alternatives", "anonymous", "text"), [
+    ((), (), False, "none"),
+    (("b", "a"), (), False, "config: a b"),
+    ((), ({"w", "r"}, set()), False, "openapi: [r w] | [authenticated]"),
+    ((), ({"r"},), True, "openapi: [r] | anonymous"),
+    (("x",), ({"r"}, {"s", "t"}), False, "openapi: [r] | [s t]; config: x"),
+])
+def test_describe_is_the_line_bastion_explain_prints(always: tuple[str, ...], alternatives: tuple[set[str], ...],
+                                                     anonymous: bool, text: str) -> None:
+    assert ScopeRequirement(frozenset(always), tuple(frozenset(a) for a in alternatives), anonymous).describe() == text

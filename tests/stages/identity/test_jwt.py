@@ -17,6 +17,7 @@ from bastion.context import Continue, Deny
 from bastion.stages.base import RouteInfo, Services
 from bastion.stages.identity import IdentityPolicy, IdentityShared, build
 from bastion.stages.identity.config import JwtProviderConfig, ProvidersConfig
+from bastion.stages.identity.jwt import JwtVerifier, ProviderVerifier, TokenRejected, header_value, string_set
 
 
 def provider(url: str, **overrides: Any) -> JwtProviderConfig:
@@ -122,6 +123,7 @@ async def test_tokens(jwks_server: JwksServer, keys: Keys, minter: Minter, route
         else:
             assert isinstance(decision, Deny)
             assert (decision.status, decision.reason) == (status, reason), decision.log_detail
+            assert decision.log_detail and reason not in (decision.log_detail, f"identity: {reason}")  # says why
             challenge = 'Bearer realm="bastion", error="invalid_token"'
             assert decision.headers == (("www-authenticate", challenge),)
             assert ctx.identity is None
@@ -192,5 +194,200 @@ async def test_jwks_unavailable_is_503(keys: Keys, minter: Minter, route: RouteI
     decision = await stage.check(make_ctx([("authorization", f"Bearer {minter.token()}")]))
     assert isinstance(decision, Deny)
     assert (decision.status, decision.reason) == (503, "jwks_unavailable")
+    assert decision.log_detail and "jwks_unavailable" not in decision.log_detail  # the fetch error itself
     assert not shared.ready()
     await shared.close()
+
+
+# ---- the claim checks on their own, at their boundaries (no network: the signature is not involved) ----------
+
+def claims_verifier(**overrides: Any) -> ProviderVerifier:
+    return ProviderVerifier(provider("http://127.0.0.1:9", **overrides), None)  # type: ignore[arg-type]
+
+
+def _claims(**changes: Any) -> dict[str, Any]:
+    return Minter(None).claims(**changes)  # type: ignore[arg-type]
+
+
+CLAIM_CASES: list[tuple[str, dict[str, Any], dict[str, Any], str | None]] = [
+    ("valid", {}, {}, None),
+    ("exp inside the leeway", {"exp": int(NOW) - 29, "iat": int(NOW) - 100}, {}, None),
+    ("exp at the end of the leeway", {"exp": int(NOW) - 30, "iat": int(NOW) - 100}, {}, "jwt_expired"),
+    ("exp missing", {"exp": None}, {}, "jwt_missing_claim"),
+    ("exp a bool", {"exp": True}, {}, "jwt_malformed"),
+    ("nbf a second ahead", {"nbf": int(NOW) + 1}, {}, None),
+    ("nbf at the end of the leeway", {"nbf": int(NOW) + 30}, {}, None),
+    ("nbf past the leeway", {"nbf": int(NOW) + 31}, {}, "jwt_not_yet_valid"),
+    ("iat a second ahead", {"iat": int(NOW) + 1}, {}, None),
+    ("iat at the end of the leeway", {"iat": int(NOW) + 30}, {}, None),
+    ("iat past the leeway", {"iat": int(NOW) + 31}, {}, "jwt_not_yet_valid"),
+    ("no leeway", {"nbf": int(NOW) + 1}, {"leeway": 0}, "jwt_not_yet_valid"),
+    ("lifetime exactly the maximum", {"iat": int(NOW), "exp": int(NOW) + 86400}, {}, None),
+    ("lifetime a second over", {"iat": int(NOW), "exp": int(NOW) + 86401}, {}, "jwt_lifetime_too_long"),
+    ("lifetime counted from iat", {"iat": int(NOW) - 86400, "exp": int(NOW) + 10}, {}, "jwt_lifetime_too_long"),
+    ("lifetime counted from now without iat", {"iat": None, "exp": int(NOW) + 86401}, {"required_claims": ["sub"]},
+     "jwt_lifetime_too_long"),
+    ("aud a list naming us", {"aud": ["other", AUDIENCE]}, {}, None),
+    ("aud is never split on spaces", {"aud": f"{AUDIENCE} other"}, {}, "jwt_bad_audience"),
+    ("a required claim missing", {"sub": None}, {}, "jwt_missing_claim"),
+    ("sub not required and absent", {"sub": None}, {"required_claims": ["iat"]}, None),
+    ("sub not a string", {"sub": 7}, {}, "jwt_malformed"),
+    ("jti absent", {"jti": None}, {}, None),
+    ("jti not a string", {"jti": 7}, {}, "jwt_malformed"),
+    ("cnf with a certificate thumbprint", {"cnf": {"x5t#S256": "thumb"}}, {}, None),
+    ("cnf without a thumbprint", {"cnf": {"jkt": "x"}}, {}, "jwt_malformed"),
+    ("cnf thumbprint not a string", {"cnf": {"x5t#S256": 7}}, {}, "jwt_malformed"),
+    ("cnf not an object", {"cnf": "thumb"}, {}, "jwt_malformed"),
+]
+
+
+@pytest.mark.parametrize(("name", "changes", "overrides", "reason"), CLAIM_CASES, ids=[c[0] for c in CLAIM_CASES])
+def test_claims_at_their_boundaries(name: str, changes: dict[str, Any], overrides: dict[str, Any],
+                                    reason: str | None) -> None:
+    verifier = claims_verifier(**overrides)
+    claims = _claims(**changes)
+    if reason is None:
+        token = verifier._claims(claims, NOW)
+        assert token.claims == claims and token.provider == "corp" and token.issuer == ISSUER
+    else:
+        with pytest.raises(TokenRejected) as refused:
+            verifier._claims(claims, NOW)
+        assert refused.value.reason == reason and refused.value.status == 401
+        assert refused.value.log_detail not in ("", reason)  # the operator learns which value failed, not just the code
+
+
+def test_what_a_verified_token_carries() -> None:
+    claims = _claims(azp="spa", client_id=None, roles=["admin", "ops"], scope="a b", cnf={"x5t#S256": "thumb"},
+                     jti="j-9", iat=int(NOW) - 5)
+    token = claims_verifier()._claims(claims, NOW)
+    assert (token.subject, token.jti, token.issued_at, token.expires) == ("alice", "j-9", NOW - 5, NOW + 300)
+    assert token.client_id == "spa"  # `azp` when the consumer claim is absent
+    assert token.roles == frozenset({"admin", "ops"}) and token.scopes == frozenset({"a", "b"})
+    assert token.cnf_x5t == "thumb" and token.method == "jwt"
+    assert token.headers == ()  # client_id absent: nothing to forward
+    assert claims_verifier(roles_claim=None)._claims(claims, NOW).roles == frozenset()
+    assert claims_verifier(scope_claim="scp")._claims({**claims, "scp": ["x"]}, NOW).scopes == frozenset({"x"})
+    assert claims_verifier()._claims(_claims(client_id=7), NOW).client_id is None  # not a string: no consumer
+    assert claims_verifier()._claims(_claims(), NOW).client_id == "web-app"
+
+
+def test_claims_become_upstream_headers_only_when_safe() -> None:
+    verifier = claims_verifier(claim_to_headers=[{"claim": "client_id", "header": "x-client-id"},
+                                                 {"claim": "roles", "header": "x-roles"},
+                                                 {"claim": "nested", "header": "x-nested"}])
+    token = verifier._claims(_claims(roles=["a", "b"], nested={"k": 1}), NOW)
+    assert token.headers == (("x-client-id", "web-app"), ("x-roles", "a,b"))
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    ("plain", "plain"), (["a", "b"], "a,b"), ([], ""), (True, "true"), (7, "7"), (1.5, "1.5"),
+    (["a", 1], None), ({"k": "v"}, None), (None, None),
+    ("bad\x00", None), ("bad\x1f", None), ("bad\x7f", None), ("ok\x80é", "ok\x80é"), (" ~", " ~"),
+    ("x" * 4096, "x" * 4096), ("x" * 4097, None),
+])
+def test_header_value(value: Any, text: str | None) -> None:
+    assert header_value(value) == text
+
+
+@pytest.mark.parametrize(("value", "split", "result"), [
+    ("a b", True, {"a", "b"}), ("a b", False, {"a b"}), (["a", "b c", 1], True, {"a", "b c"}),
+    (["a"], False, {"a"}), (7, True, set()), (None, False, set()),
+])
+def test_string_set(value: Any, split: bool, result: set[str]) -> None:
+    assert string_set(value, split=split) == frozenset(result)
+
+
+def test_token_rejected_keeps_its_detail_apart_from_its_reason() -> None:
+    refused = TokenRejected("jwt_expired", "expired at 1, now 2")
+    assert (str(refused), refused.reason, refused.log_detail, refused.status, refused.rule) == (
+        "jwt_expired", "jwt_expired", "expired at 1, now 2", 401, "")
+    assert TokenRejected("jwt_malformed").log_detail == "jwt_malformed"
+    assert TokenRejected("jwks_unavailable", "down", status=503, rule="").status == 503
+
+
+async def test_size_limits_are_inclusive(jwks_server: JwksServer, minter: Minter) -> None:
+    token = minter.token()
+    assert JwtVerifier([claims_verifier(max_token_bytes=len(token))]).max_bytes == len(token)
+    with pytest.raises(TokenRejected) as refused:
+        await JwtVerifier([ProviderVerifier(provider(jwks_server.url, max_token_bytes=len(token) - 1), None)],  # type: ignore[arg-type]
+                          ).verify(token)
+    assert refused.value.reason == "jwt_too_large"
+    assert JwtVerifier([]).max_bytes == 8192  # no provider: the default cap, and every token is refused
+    with pytest.raises(TokenRejected) as refused:
+        await JwtVerifier([]).verify("x" * 8193)
+    assert refused.value.reason == "jwt_too_large" and refused.value.log_detail != "jwt_too_large"
+    with pytest.raises(TokenRejected) as refused:
+        await JwtVerifier([]).verify(minter.token()[:8192])
+    assert refused.value.reason == "jwt_bad_issuer"
+
+
+async def test_a_token_exactly_at_the_provider_cap_is_verified(jwks_server: JwksServer, minter: Minter) -> None:
+    token = minter.token()
+    shared = await shared_for(provider(jwks_server.url, max_token_bytes=len(token)))
+    try:
+        assert (await shared.verifier.verify(token)).subject == "alice"
+    finally:
+        await shared.close()
+
+
+async def test_an_unregistered_header_parameter_is_ignored(jwks_server: JwksServer, minter: Minter) -> None:
+    shared = await shared_for(provider(jwks_server.url))  # RFC 7515 §4: ignored unless listed in `crit`
+    try:
+        assert (await shared.verifier.verify(minter.token(header={"x-vendor": 1}))).subject == "alice"
+        # a long header is fine up to the verifier's own 2 KiB cap (joserfc's default is 512 bytes)
+        long_header = minter.token(header={"x-vendor": "v" * 1200})
+        assert (await shared.verifier.verify(long_header)).subject == "alice"
+        with pytest.raises(TokenRejected) as refused:
+            await shared.verifier.verify(minter.token(header={"x-vendor": "v" * 1600}))
+        assert refused.value.reason == "jwt_malformed"
+    finally:
+        await shared.close()
+
+
+@pytest.mark.parametrize(("name", "build", "reason"), [
+    ("payload a JSON list", lambda m: sign(m.keys.ec, [], {"alg": "ES256", "typ": "at+jwt", "kid": "ec-1"}),  # type: ignore[arg-type]
+     "jwt_malformed"),
+    ("iss not a string", lambda m: m.token(iss=["https://idp.test"]), "jwt_bad_issuer"),
+    ("a header value joserfc refuses (cty a number)", lambda m: m.token(header={"cty": 7}), "jwt_bad_signature"),
+])
+async def test_shapes_a_parser_could_trip_on(jwks_server: JwksServer, minter: Minter, name: str, build: Any,
+                                            reason: str) -> None:
+    shared = await shared_for(provider(jwks_server.url))
+    try:
+        with pytest.raises(TokenRejected) as refused:
+            await shared.verifier.verify(build(minter))
+        assert refused.value.reason == reason and refused.value.log_detail != reason
+    finally:
+        await shared.close()
+
+
+async def test_each_provider_keeps_its_own_size_cap(jwks_server: JwksServer, minter: Minter) -> None:
+    token = minter.token()
+    small = provider(jwks_server.url, max_token_bytes=len(token) - 1)
+    large = provider(jwks_server.url, name="other", issuer="https://other.test", max_token_bytes=len(token) * 2)
+    shared = await shared_for(small, large)
+    try:
+        assert shared.verifier.max_bytes == len(token) * 2
+        with pytest.raises(TokenRejected) as refused:
+            await shared.verifier.verify(token)
+        assert refused.value.reason == "jwt_too_large" and "corp" in refused.value.log_detail  # names the provider
+    finally:
+        await shared.close()
+
+
+async def test_roles_are_a_list_never_a_split_string() -> None:
+    token = claims_verifier()._claims(_claims(roles="admin ops"), NOW)
+    assert token.roles == frozenset({"admin ops"})
+
+
+async def test_an_allowed_algorithm_outside_joserfcs_recommended_set_verifies(minter: Minter) -> None:
+    """ES384 is allowed by the provider: the verifier's registry holds exactly the provider's algorithms."""
+    key = ECKey.generate_key("P-384", parameters={"kid": "p384", "alg": "ES384"})
+    server = await JwksServer({"keys": [key.as_dict(private=False)]}).start()
+    shared = await shared_for(provider(server.url, algorithms=["ES384"]))
+    try:
+        token = sign(key, minter.claims(), {"alg": "ES384", "typ": "at+jwt", "kid": "p384"})
+        assert (await shared.verifier.verify(token)).subject == "alice"
+    finally:
+        await shared.close()
+        await server.close()

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import trustme
 
-from bastion.stages.identity.fetch import FetchError, fetch
+from bastion.http.fetch import FetchError, fetch
 
 Reply = Callable[[bytes], bytes]
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bastion.context import RequestContext
+from bastion.forwarding import GrpcLimits
 from bastion.grpc.framing import MessageCounter, MessageLimitError
 from bastion.grpc.status import (
     CANCELLED,
@@ -29,19 +30,6 @@ from bastion.server.upstream_h2 import H2Upstream, UpstreamStream
 # never copied to the upstream: re-made by the gateway, or meaningless across the hop
 _REQUEST_DROP = frozenset({"te", "grpc-timeout", "content-length"})  # set here from the limits
 _RESPONSE_DROP = SOFTWARE | {"x-request-id", "content-length"}  # the gateway sets or frames these itself
-
-
-@dataclass(frozen=True, slots=True)
-class GrpcLimits:
-    """Per-route gRPC limits."""
-
-    max_message_bytes: int = 4 * 1024 * 1024  # each request message (gRPC's own default receive limit)
-    max_messages: int | None = None  # request messages per call (client and bidi streaming)
-    max_response_message_bytes: int | None = None
-    default_timeout: float | None = None  # deadline when the client sends no grpc-timeout
-    max_timeout: float | None = None  # a longer client deadline is cut to this
-    connect_timeout: float = 5.0
-    decode: Any = None  # first request message -> dict, for owner rules on message fields (descriptor set)
 
 
 @dataclass(frozen=True, slots=True)

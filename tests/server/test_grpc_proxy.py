@@ -16,9 +16,10 @@ import grpc
 import pytest
 
 from bastion.context import Deny, RequestContext
-from bastion.grpc.proxy import GrpcLimits, GrpcResult, forward_grpc
+from bastion.forwarding import GrpcLimits
 from bastion.grpc.routes import GrpcMethod, GrpcRoutes
 from bastion.grpc.status import grpc_problem
+from bastion.server.grpc_proxy import GrpcResult, forward_grpc
 from bastion.server.http2 import H2Connection, H2Limits
 from bastion.server.upstream_h2 import H2Upstream
 
