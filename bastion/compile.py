@@ -33,6 +33,8 @@ from bastion.pipeline import PIPELINE
 from bastion.router import Router
 from bastion.stages import response as response_layer
 from bastion.stages.base import RouteInfo, Services, Stage
+from bastion.upstreams.config import targets_of
+from bastion.upstreams.spec import pool_spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,7 @@ class Upstream:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_server_name: str | None = None
+    pool: Any = None  # bastion.upstreams.spec.PoolSpec: several targets (host and port above are the first's)
     authority: str = field(init=False, compare=False, repr=False)  # host[:port], as the Host header says it
     _hash: int = field(init=False, compare=False, repr=False)  # the pool key, looked up on every request
 
@@ -57,7 +60,7 @@ class Upstream:
         object.__setattr__(self, "authority", self.host if self.port == default else f"{self.host}:{self.port}")
         object.__setattr__(self, "_hash", hash((self.name, self.scheme, self.host, self.port, self.path_prefix,
                                                 self.allow_private, self.tls_ca, self.tls_cert, self.tls_key,
-                                                self.tls_server_name)))
+                                                self.tls_server_name, self.pool)))
 
     def __hash__(self) -> int:
         return self._hash
@@ -127,7 +130,7 @@ class _RouteDecl:
 
 
 def parse_upstream(api: ApiConfig, base_dir: Path | None = None) -> Upstream:
-    url = urlsplit(api.upstream)
+    url = urlsplit(api.upstream if isinstance(api.upstream, str) else targets_of(api.upstream)[0].url)
     port = url.port or (443 if url.scheme == "https" else 80)
     tls = api.upstream_tls
 
@@ -138,7 +141,8 @@ def parse_upstream(api: ApiConfig, base_dir: Path | None = None) -> Upstream:
 
     return Upstream(api.name, url.scheme, url.hostname or "", port, url.path.rstrip("/"), api.allow_private_upstream,
                     path(tls.ca) if tls else None, path(tls.client_cert) if tls else None,
-                    path(tls.client_key) if tls else None, tls.server_name if tls else None)
+                    path(tls.client_key) if tls else None, tls.server_name if tls else None,
+                    pool_spec(api.upstream, api.load_balancing))
 
 
 _NAME_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -315,6 +319,10 @@ def compile_config(loaded: LoadedConfig, services: Services | None = None, *, no
         baseline_model = Baseline.model_validate(klass.model_dump(include=set(SECTIONS)))
         baseline = baseline_model.model_dump(mode="python")
         upstream = parse_upstream(api, base_dir)
+        if upstream.pool is not None and api.grpc is not None:
+            diags.append(positions.diagnostic((*api_loc, "upstream"), "a gRPC API has one upstream URL (pools "
+                                              "of targets are for HTTP APIs)"))
+            continue
         for field_name, file in (("ca", upstream.tls_ca), ("client_cert", upstream.tls_cert),
                                  ("client_key", upstream.tls_key)):
             if file is not None and not Path(file).is_file():

@@ -14,7 +14,6 @@ exceptions: [{id: EXC-1, target: {api: orders}, controls: [identity], owner: ...
 from __future__ import annotations
 
 import ipaddress
-import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +31,7 @@ from bastion.stages.input.config import InputPolicy
 from bastion.stages.response.config import ResponsePolicy
 from bastion.stages.traffic.config import TrafficPolicy
 from bastion.stages.transport import TransportPolicy
+from bastion.upstreams.config import LoadBalancingConfig, UpstreamField, check_upstream
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -252,7 +252,10 @@ class ApiConfig(Model):
     name: str = Field(pattern=_NAME)
     owner: str | None = Field(None, description="Team or person accountable (required).")
     klass: str = Field(alias="class")
-    upstream: str = Field(description="`http://host:port` or `https://host:port`, optionally with a path.")
+    upstream: UpstreamField = Field(description="`http://host:port` or `https://host:port`, optionally with a "
+                                    "path; or a list of targets, a pool (see `load_balancing`).")
+    load_balancing: LoadBalancingConfig | None = Field(None, description="How a pool of targets is used "
+                                                       "(docs/upstreams.md).")
     base_path: str = "/"
     strip_base_path: bool = Field(False, description="Forward `/orders/1` under base_path `/orders` as `/1`.")
     hosts: list[str] = Field(default_factory=list)
@@ -268,10 +271,8 @@ class ApiConfig(Model):
 
     @field_validator("upstream")
     @classmethod
-    def _upstream(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
-            raise ValueError("upstream must be an http:// or https:// URL")
-        return value
+    def _upstream(cls, value: UpstreamField) -> UpstreamField:
+        return check_upstream(value)
 
     @field_validator("base_path")
     @classmethod

@@ -33,6 +33,7 @@ from bastion.pipeline import run
 from bastion.router import AmbiguousPath, split_request_path
 from bastion.server.http1 import BodyMalformed, BodyTimeout, BodyTooLarge, ClientGone, Exchange
 from bastion.server.metrics import Metrics
+from bastion.server.pool import PoolMetrics, TargetPool
 from bastion.server.response import ResponseSink
 from bastion.server.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 from bastion.server.upstream_h2 import H2Upstream
@@ -50,6 +51,8 @@ class Gateway:
         self.request_ids = RequestIds()
         self.pools: dict[Upstream, UpstreamPool] = {}
         self.h2_upstreams: dict[Upstream, H2Upstream] = {}  # gRPC upstreams, multiplexed HTTP/2
+        self.target_pools: dict[Upstream, TargetPool] = {}  # APIs with several targets
+        self.pool_metrics = PoolMetrics(metrics.registry)
         self.in_flight = 0
         self.install(compiled)
 
@@ -60,11 +63,17 @@ class Gateway:
         self.trusted = TrustedProxies(gw.trusted_proxies)
         self.identity_headers = HeaderNames(gw.identity_headers)
         pool_size = gw.limits.upstream_pool_size
-        wanted = {r.upstream for r in compiled.routes if r.grpc is None}
+        wanted = {r.upstream for r in compiled.routes if r.grpc is None and r.upstream.pool is None}
         for upstream in wanted - self.pools.keys():
             self.pools[upstream] = UpstreamPool(upstream, pool_size, _client_ssl(upstream))
         for upstream in self.pools.keys() - wanted:
             self.pools.pop(upstream).close()
+        wanted = {r.upstream for r in compiled.routes if r.grpc is None and r.upstream.pool is not None}
+        for upstream in wanted - self.target_pools.keys():  # several targets: bastion.server.pool
+            self.target_pools[upstream] = TargetPool(upstream, pool_size, _client_ssl(upstream), self.audit,
+                                                     self.pool_metrics)
+        for upstream in self.target_pools.keys() - wanted:
+            self.target_pools.pop(upstream).close()
         wanted_h2 = {r.upstream for r in compiled.routes if r.grpc is not None}
         for upstream in wanted_h2 - self.h2_upstreams.keys():
             self.h2_upstreams[upstream] = H2Upstream(upstream.host, upstream.port, tls=_client_ssl(upstream))
@@ -167,7 +176,7 @@ class Gateway:
                     except _UpstreamDeny as exc:
                         err = exc.error
                         deny = Deny(err.status, err.reason, f"api:{info.api}/{info.route_id}/upstream",
-                                    log_detail=str(err))
+                                    log_detail=str(err), headers=err.headers)
                     except _StageDeny as exc:
                         deny = exc.deny
             if deny is not None:
@@ -246,8 +255,8 @@ class Gateway:
     # ---- forwarding ---------------------------------------------------------------------------------------
 
     def _request_head(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, traceparent: str,
-                      framing: str) -> bytes:
-        up = route.upstream
+                      framing: str, upstream: Upstream | None = None) -> bytes:
+        up = upstream or route.upstream  # a pool's target names itself in Host
         path = ctx.path
         if route.strip_prefix and path.startswith(route.strip_prefix):
             path = path[len(route.strip_prefix):] or "/"
@@ -261,8 +270,6 @@ class Gateway:
 
     async def _forward(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, plan: Plan,
                        traceparent: str) -> int | None:
-        limits = plan.policy.traffic
-        pool = self.pools[route.upstream]
         body = ctx.body
         if body is None and ex.has_body and ex.body_received:
             body = await ex.read_body()  # all here already: re-framed by its length, in the same write as the head
@@ -277,16 +284,31 @@ class Gateway:
             framing = ""
         if plan.response is not None and plan.response.filters_bodies:
             ctx.drop_upstream_headers.add("accept-encoding")  # a compressed body could not be filtered
-        head = self._request_head(ex, ctx, route, traceparent, framing)
+        targets = self.target_pools.get(route.upstream)
+        try:
+            if targets is None:
+                head = self._request_head(ex, ctx, route, traceparent, framing)
+                return await self._send(ex, ctx, self.pools[route.upstream], head, body, streaming, plan, traceparent)
+            # a pool of targets: bastion.server.pool picks one per attempt, retries elsewhere, ejects
+            return await targets.forward(ctx, ex.method, not streaming, lambda target, wrap: self._send(
+                ex, ctx, target.conns, self._request_head(ex, ctx, route, traceparent, framing, target.upstream),
+                body, streaming, plan, traceparent, wrap))
+        except UpstreamError as err:
+            raise _UpstreamDeny(err) from None
+
+    async def _send(self, ex: Exchange, ctx: RequestContext, pool: UpstreamPool, head: bytes, body: bytes | None,
+                    streaming: bool, plan: Plan, traceparent: str, wrap: Any = None) -> int | None:
+        """One request on one upstream's connections; an `UpstreamError` means nothing reached the client."""
+        limits = plan.policy.traffic
         for attempt in (0, 1):
             try:
                 conn = (attempt == 0 and pool.idle()) or await pool.acquire(limits.upstream_connect_timeout,
                                                                             fresh=attempt == 1)
             except UpstreamError as err:
                 self.metrics.upstream_errors.labels(err.reason).inc()
-                raise _UpstreamDeny(err) from None
+                raise
             sink = ResponseSink(ex, ctx, traceparent, conn, plan.response)
-            done = conn.begin(sink, ex.method == "HEAD")
+            done = conn.begin(sink if wrap is None else wrap(sink), ex.method == "HEAD")
             try:
                 if body is not None:
                     conn.write(head + body if body else head)
@@ -307,7 +329,7 @@ class Gateway:
                 if ex.response_started:
                     ex.keep_alive = False
                     raise ClientGone() from None
-                raise _UpstreamDeny(err) from None
+                raise
             except BaseException:
                 conn.close()
                 pool.release(conn)
@@ -408,6 +430,8 @@ class Gateway:
             pool.close()
         for h2 in self.h2_upstreams.values():
             h2.close()
+        for targets in self.target_pools.values():
+            targets.close()
 
 
 def _limit_body(ex: Exchange, ctx: RequestContext, plan: Plan) -> Deny | None:
