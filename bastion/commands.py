@@ -60,6 +60,8 @@ def route_policy(route: CompiledRoute, authz_shared: Any = None) -> dict[str, An
         "route": info.route_id, "api": info.api, "class": info.klass, "path": info.path,
         "methods": sorted(info.methods), "administrative": route.admin,
         "upstream": f"{route.upstream.scheme}://{route.upstream.authority}{route.upstream.path_prefix}",
+        **({"targets": [t.name for t in route.upstream.pool.targets],
+            "load_balancing": route.upstream.pool.settings.policy} if route.upstream.pool is not None else {}),
         "exceptions": [{"id": e, "expires": _iso(plan.valid_until)} for e in plan.exceptions],
         "policy_changes_at": _iso(plan.valid_until),
         "controls": controls,

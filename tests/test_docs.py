@@ -33,3 +33,10 @@ def test_every_yaml_example_in_the_docs_parses():
     for doc in sorted((ROOT / "docs").glob("*.md")):
         for block in re.findall(r"```yaml\n(.*?)```", doc.read_text(), re.S):
             yaml.load(block)
+
+
+def test_pool_example_is_valid():
+    compiled = compile_config(load_config(ROOT / "docs" / "examples" / "pool.yaml"))
+    assert not compiled.errors
+    [pool] = {r.upstream.pool for r in compiled.routes}
+    assert [t.weight for t in pool.targets] == [1, 2]

@@ -108,7 +108,8 @@ class Health:
 
     def back_in(self, now: float) -> float:
         """Seconds until some target may be tried again (the `Retry-After` of a 503 with none available)."""
-        waits = [max(t.ejected_until, t.not_before) - now for t in self._targets if t.healthy]
-        if self._checks is not None:
+        waits = [max(t.ejected_until, t.not_before) - now for t in self._targets
+                 if t.healthy and not t.available(now)]
+        if self._checks is not None and any(not t.healthy for t in self._targets):
             waits.append(self._checks.interval * self._checks.healthy_threshold)
         return max(1.0, math.ceil(min(waits))) if waits else 1.0
