@@ -157,5 +157,10 @@ def load_config(path: str | Path) -> LoadedConfig:
         model = BastionConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(pydantic_diagnostics(exc, positions)) from None
+    from bastion.config.secrets import resolve_secrets  # `{env: ..}` / `{file: ..}` secrets, read on every load
+
+    unread = resolve_secrets(model, path.parent)
+    if unread:
+        raise ConfigError([positions.diagnostic(loc, message) for loc, message in unread])
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return LoadedConfig(path, model, positions, data, digest)

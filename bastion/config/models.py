@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from bastion.audit.config import AuditConfig
 from bastion.config.base import Duration, Model, Size
+from bastion.config.secrets import SecretRef
 from bastion.posture.admin_auth import AdminAuthConfig
 from bastion.posture.drift import DriftConfig
 from bastion.stages.authz.config import AuthzPolicy
@@ -183,6 +184,8 @@ class GatewayConfig(Model):
     limits: ServerLimits = ServerLimits()
     http2: Http2Config = Http2Config()
     state: str = Field("memory", description="`memory` (one process) or `redis://host:6379/0`.")
+    state_password: SecretRef | None = Field(None, description="Redis password: `{env: REDIS_PASSWORD}` or "
+                                             "`{file: /run/secrets/redis}` (docs/config.md).")
     audit: AuditConfig = AuditConfig()
     max_exception_days: int = Field(90, ge=1, description="Longest allowed exception lifetime.")
     drift: DriftConfig | None = Field(None, description="Alert when the running config's effective policies "

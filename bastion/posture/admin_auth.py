@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from bastion.config.base import Model
+from bastion.config.secrets import SecretRef, hmac_jwks
 from bastion.stages.identity.config import JwtProviderConfig
 from bastion.stages.identity.jwks import JwksCache
 from bastion.stages.identity.jwt import JwtVerifier, ProviderVerifier, TokenRejected
@@ -40,6 +41,8 @@ class AdminAuthConfig(Model):
     scope: str = Field("bastion:admin", min_length=1, description="Scope an admin token must carry.")
     token_sha256: list[str] = Field(default_factory=list,
                                     description="SHA-256 (hex) of static admin bearer tokens.")
+    tokens: list[SecretRef] = Field(default_factory=list, description="Static admin bearer tokens by reference: "
+                                    "`[{env: BASTION_ADMIN_TOKEN}, {file: secrets/admin-token}]`.")
     client_certificates: list[str] = Field(default_factory=list,
                                            description="Subjects (RFC 4514) or SANs of admin client certificates.")
     require_client_certificate: bool = Field(False, description="Require a listed client certificate, and a "
@@ -82,7 +85,8 @@ class AdminAuth:
     def __init__(self, config: AdminAuthConfig, providers: Iterable[JwtProviderConfig] = (), *,
                  wall_clock: Any = None) -> None:
         self.config = config
-        self._hashes = tuple(bytes.fromhex(h) for h in config.token_sha256)
+        self._hashes = tuple(bytes.fromhex(h) for h in config.token_sha256) + tuple(
+            hashlib.sha256(ref.value().encode()).digest() for ref in config.tokens)  # compared as hashes too
         self._certs = frozenset(config.client_certificates)
         self._parser = CertParser(64)
         self._jwks: JwksCache | None = None
@@ -94,7 +98,7 @@ class AdminAuth:
             self._jwks = JwksCache(provider.name, provider.jwks_cache,
                                    jwks_uri=provider.jwks_uri,
                                    discovery_issuer=provider.issuer if provider.discovery else None,
-                                   jwks_file=provider.jwks_file)
+                                   jwks_file=provider.jwks_file, jwks_bytes=hmac_jwks(provider.hmac_key))
             extra = {"wall_clock": wall_clock} if wall_clock is not None else {}
             self._verifier = JwtVerifier([ProviderVerifier(provider, self._jwks)], **extra)
 

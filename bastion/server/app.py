@@ -190,7 +190,7 @@ class Runtime:
         if self.services.audit is None:
             self.services.audit = AuditLog.from_config(gw.audit, base, registry=self.metrics.registry)
         if self.services.state is None:  # shared limits, blocks and revocations; lives as long as the process
-            self.services.state = open_state(gw.state)
+            self.services.state = open_state(gw.state, gw.state_password.value() if gw.state_password else None)
         extra = self.services.extra
         if "blocks" not in extra:  # detections and their responses, shared through the state backend
             extra["blocks"] = BlockList(self.services.state, audit=self.services.audit)

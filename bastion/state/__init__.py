@@ -83,7 +83,7 @@ class StateBackend(Protocol):
     async def close(self) -> None: ...
 
 
-def open_state(url: str, **options: float) -> StateBackend:
+def open_state(url: str, password: str | None = None, **options: float) -> StateBackend:
     """`memory`, `redis://host:6379/0`, `rediss://...`, `unix:///run/redis.sock` or
     `redis+sentinel://host1:26379,host2:26379/<service>/<db>`.
 
@@ -98,7 +98,7 @@ def open_state(url: str, **options: float) -> StateBackend:
     if scheme in ("redis", "rediss", "unix", "redis+sentinel", "valkey", "valkeys"):
         from bastion.state.redis_state import RedisState
 
-        return RedisState(url, **options)
+        return RedisState(url, password=password, **options)
     raise ValueError(f"unknown state backend {url!r}: use `memory` or `redis://host:6379/0`")
 
 

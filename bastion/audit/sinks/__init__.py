@@ -60,7 +60,9 @@ def build_sink(config: AuditSinkConfig, name: str, base_dir: Path) -> Sink:
 
     assert config.url is not None
     token = None
-    if config.token_env:
+    if config.token is not None:  # loaded with the config
+        token = config.token.value()
+    elif config.token_env:
         token = os.environ.get(config.token_env)
         if not token:
             raise ValueError(f"audit sink {name}: environment variable {config.token_env} is not set")

@@ -8,6 +8,7 @@ import fnmatch
 from collections.abc import Iterable
 from typing import Any
 
+from bastion.config.secrets import hmac_jwks
 from bastion.stages.base import Services
 from bastion.stages.identity.config import ConsumerConfig, ProvidersConfig, check_consumers
 from bastion.stages.identity.consumers import ConsumerIndex
@@ -58,7 +59,7 @@ class IdentityShared:
         self.jwks: dict[str, JwksCache] = {
             p.name: JwksCache(
                 p.name, p.jwks_cache, jwks_uri=p.jwks_uri, discovery_issuer=p.issuer if p.discovery else None,
-                jwks_file=p.jwks_file, monotonic=services.monotonic, **extra)
+                jwks_file=p.jwks_file, jwks_bytes=hmac_jwks(p.hmac_key), monotonic=services.monotonic, **extra)
             for p in providers.jwt
         }
         self.verifier = JwtVerifier([ProviderVerifier(p, self.jwks[p.name]) for p in providers.jwt],
