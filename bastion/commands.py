@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bastion.compile import CompiledRoute, compile_config
+from bastion.config.include import api_sources
 from bastion.config.loader import ConfigError, load_config
 from bastion.config.models import SECTIONS
 
@@ -81,6 +82,9 @@ def explain(path: str, selector: str | None, *, as_json: bool = False) -> int:
         print(f"no route matches {selector!r}", file=sys.stderr)
         return 1
     docs = [route_policy(r, compiled.shared.get(authz.prepare)) for r in routes]
+    defined_in = api_sources(compiled.config)  # which file of a config directory each route comes from
+    for doc in docs:
+        doc["source"] = defined_in.get(doc["api"], "")
     if as_json:
         print(json.dumps(docs, indent=2))
         return 0
@@ -88,6 +92,7 @@ def explain(path: str, selector: str | None, *, as_json: bool = False) -> int:
         admin = "  [administrative]" if doc["administrative"] else ""
         print(f"{doc['route']}  {' '.join(doc['methods'])} {doc['path']}  class={doc['class']}{admin}")
         print(f"  upstream: {doc['upstream']}")
+        print(f"  defined in: {doc['source']}")
         for exc in doc["exceptions"]:
             print(f"  exception in force: {exc['id']} (this plan ends {exc['expires']})")
         for line in doc["authorization"]:

@@ -40,3 +40,12 @@ def test_pool_example_is_valid():
     assert not compiled.errors
     [pool] = {r.upstream.pool for r in compiled.routes}
     assert [t.weight for t in pool.targets] == [1, 2]
+
+
+def test_config_directory_example_is_valid():
+    from bastion.config.include import api_sources
+
+    loaded = load_config(ROOT / "docs" / "examples" / "config-dir")
+    compiled = compile_config(loaded)
+    assert not compiled.errors and len(compiled.routes) == 3
+    assert api_sources(loaded)["orders"] == "apis/orders.yaml:3"

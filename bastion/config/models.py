@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from bastion.audit.config import AuditConfig
 from bastion.config.base import Duration, Model, Size
+from bastion.config.include import FileOwners
 from bastion.config.secrets import SecretRef
 from bastion.posture.admin_auth import AdminAuthConfig
 from bastion.posture.drift import DriftConfig
@@ -331,6 +332,10 @@ class BastionConfig(Model):
     """The whole `bastion.yaml`."""
 
     version: Literal[1] = 1
+    include: list[str] = Field(default_factory=list, description="Files merged into this one (globs, relative "
+                               "to it): `[classes.yaml, apis/*.yaml]` (docs/config.md).")
+    owners: dict[str, FileOwners] | None = Field(None, description="What each included file may define: "
+                                                 "`{apis/orders.yaml: {apis: [team-orders@example.com]}}`.")
     gateway: GatewayConfig = GatewayConfig()
     classes: dict[str, ClassConfig] = Field(min_length=1)
     providers: ProvidersConfig = ProvidersConfig()

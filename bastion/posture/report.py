@@ -15,6 +15,7 @@ from typing import Any
 
 from bastion.commands import route_policy
 from bastion.compile import CompiledGateway, CompiledRoute
+from bastion.config.include import api_sources
 from bastion.config.models import ExceptionConfig
 from bastion.posture import owasp
 from bastion.posture.auditlog import RequestEvent
@@ -125,6 +126,9 @@ def build(compiled: CompiledGateway, now: float, *, events: Iterable[RequestEven
     for result in (probe or {}).get("results", []):
         by_route.setdefault(result["route"], []).append(result)
     routes = [route_doc(r, owners.get(r.info.api), exceptions, by_route if probe else {}) for r in compiled.routes]
+    defined_in = api_sources(compiled.config)  # which file (a config may be a directory of them)
+    for route in routes:
+        route["source"] = defined_in.get(route["api"], "")
     apis = []
     for api in cfg.apis:
         mine = [r for r in routes if r["api"] == api.name]

@@ -24,6 +24,7 @@ from bastion.audit.blocks import BlockList
 from bastion.audit.detect import Detector
 from bastion.audit.log import AuditLog
 from bastion.compile import CompiledGateway, compile_config
+from bastion.config.include import root_file
 from bastion.config.loader import ConfigError, load_config
 from bastion.config.models import AdminConfig, GatewayConfig, ListenerConfig
 from bastion.server.admin import AdminApi, AdminBackend, read_events
@@ -87,7 +88,7 @@ class Runtime:
 
     def __init__(self, config_path: str | Path, *, services: Services | None = None, worker: bool = False,
                  serve_admin: bool = True) -> None:
-        self.config_path = Path(config_path)
+        self.config_path = root_file(Path(config_path))  # a config directory means its bastion.yaml
         self.services = services or Services()
         self.metrics = Metrics()
         self.worker = worker
