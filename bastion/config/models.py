@@ -33,6 +33,7 @@ from bastion.stages.input.config import InputPolicy
 from bastion.stages.response.config import ResponsePolicy
 from bastion.stages.traffic.config import TrafficPolicy
 from bastion.stages.transport import TransportPolicy
+from bastion.tracing import TracingConfig
 from bastion.upstreams.config import LoadBalancingConfig, UpstreamField, check_upstream
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
@@ -192,6 +193,7 @@ class GatewayConfig(Model):
     drift: DriftConfig | None = Field(None, description="Alert when the running config's effective policies "
                                       "differ from this approved file (`{approved: approved.yaml, interval: 5m}`).")
     workers: int = Field(1, ge=1, le=64)
+    tracing: TracingConfig | None = Field(None, description="OpenTelemetry spans over OTLP (docs/tracing.md).")
 
     @field_validator("identity_headers")
     @classmethod

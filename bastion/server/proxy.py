@@ -38,6 +38,7 @@ from bastion.server.response import ResponseSink
 from bastion.server.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 from bastion.server.upstream_h2 import H2Upstream
 from bastion.stages.base import Services
+from bastion.tracing import Tracing
 
 
 class Gateway:
@@ -53,6 +54,7 @@ class Gateway:
         self.h2_upstreams: dict[Upstream, H2Upstream] = {}  # gRPC upstreams, multiplexed HTTP/2
         self.target_pools: dict[Upstream, TargetPool] = {}  # APIs with several targets
         self.pool_metrics = PoolMetrics(metrics.registry)
+        self.tracing = Tracing.start(compiled.config.model.gateway.tracing)  # None unless `gateway.tracing`
         self.in_flight = 0
         self.install(compiled)
 
@@ -60,6 +62,8 @@ class Gateway:
         """Make `compiled` the config that serves the next request. In-flight requests finish on the old one."""
         gw = compiled.config.model.gateway
         self.compiled = compiled
+        if self.tracing is not None:  # a span per stage: the stages are wrapped once per load
+            self.tracing.instrument(compiled.routes)
         self.trusted = TrustedProxies(gw.trusted_proxies)
         self.identity_headers = HeaderNames(gw.identity_headers)
         pool_size = gw.limits.upstream_pool_size
@@ -130,6 +134,9 @@ class Gateway:
             request_id=request_id, start=services.wall_clock(), tls=ex.tls, peer_cert=ex.peer_cert,
         )
         traceparent = next_traceparent(first_header(headers, "traceparent"))
+        span: Any = None
+        if self.tracing is not None:  # OpenTelemetry: the request's span; its context is the traceparent sent on
+            span, span_tokens, traceparent = self.tracing.begin(ctx, host)
         deny: Deny | None = None
         status = 0
         plan: Plan | None = None
@@ -170,6 +177,9 @@ class Gateway:
                 if deny is None and route.grpc is not None:
                     status, upstream_status = await self._forward_grpc(ex, ctx, route, plan, traceparent)
                 elif deny is None:
+                    up_span: Any = None
+                    if self.tracing is not None:
+                        up_span, traceparent = self.tracing.upstream(route.upstream.authority)
                     try:
                         upstream_status = await self._forward(ex, ctx, route, plan, traceparent)
                         status = ex.status
@@ -179,6 +189,10 @@ class Gateway:
                                     log_detail=str(err), headers=err.headers)
                     except _StageDeny as exc:
                         deny = exc.deny
+                    finally:
+                        if up_span is not None:
+                            up_span.set_attribute("http.response.status_code", upstream_status or 0)
+                            up_span.end()
             if deny is not None:
                 status = deny.status
                 if ex.response_started:
@@ -206,6 +220,8 @@ class Gateway:
                 with contextlib.suppress(Exception):  # a finalizer must never mask the response
                     finalizer(status)
             self._account(ctx, route, plan, status, deny, time.perf_counter() - started, upstream_status)
+            if span is not None:
+                self.tracing.finish(span, span_tokens, ctx, status, deny)  # type: ignore[union-attr]
 
     def _preflight(self, ex: Exchange, ctx: RequestContext, table: dict[str, CompiledRoute],
                    params: dict[str, str], request_id: str,
@@ -421,7 +437,11 @@ class Gateway:
             for record in ctx.records:
                 metrics.decision(record.control, record.outcome, record.reason)
         if self.audit is not None and self.audit.enabled:
-            self.audit.request(ctx, status, deny, seconds, plan.exceptions if plan else (), upstream_status)
+            if self.tracing is not None:  # the hand-off to the audit queue, as a span
+                with self.tracing.audit():
+                    self.audit.request(ctx, status, deny, seconds, plan.exceptions if plan else (), upstream_status)
+            else:
+                self.audit.request(ctx, status, deny, seconds, plan.exceptions if plan else (), upstream_status)
         if self.detector is not None:  # runs with or without sinks: detections answer attacks, not logs
             self.detector.observe(ctx, status, deny)
 
@@ -432,6 +452,8 @@ class Gateway:
             h2.close()
         for targets in self.target_pools.values():
             targets.close()
+        if self.tracing is not None:
+            self.tracing.close()
 
 
 def _limit_body(ex: Exchange, ctx: RequestContext, plan: Plan) -> Deny | None:
