@@ -28,6 +28,7 @@ from bastion.config.loader import (
 from bastion.config.models import SECTIONS, ApiConfig, Baseline, ExceptionConfig
 from bastion.context import Decision, Deny, RequestContext
 from bastion.governance.baseline import Weakening, merge, restore, weakenings
+from bastion.http.websocket import websocket_config
 from bastion.openapi.loader import load_openapi
 from bastion.pipeline import PIPELINE
 from bastion.router import Router
@@ -87,6 +88,7 @@ class CompiledRoute:
     plans: list[Plan]
     admin: bool = False
     grpc: Any = None  # bastion.grpc.proxy.GrpcLimits: a gRPC method, forwarded over HTTP/2
+    websocket: Any = None  # bastion.http.websocket.WebSocketConfig: WebSocket upgrades accepted, with limits
 
     def plan(self, now: float) -> Plan:
         """The plan in force at `now`: an expired exception stops applying at its instant, not at a reload."""
@@ -127,6 +129,7 @@ class _RouteDecl:
     operation: dict[str, Any] | None = None
     admin: bool = False
     grpc_decode: Any = None  # decodes a gRPC request message to a dict (methods from a descriptor set)
+    websocket: Any = None  # bastion.http.websocket.WebSocketConfig: the route accepts WebSocket upgrades
 
 
 def parse_upstream(api: ApiConfig, base_dir: Path | None = None) -> Upstream:
@@ -232,6 +235,7 @@ def _route_decls(api: ApiConfig, index: int, base_dir: Path, diags: list[Diagnos
                                                   f"no operationId {route.operation!r} in {api.openapi}"))
                 continue
             target.policy, target.loc, target.admin = route.policy, loc, route.admin or target.admin
+            target.websocket = websocket_config(route.websocket)
             if route.name:
                 target.name = route.name
             continue
@@ -240,7 +244,8 @@ def _route_decls(api: ApiConfig, index: int, base_dir: Path, diags: list[Diagnos
         if name in by_name:
             diags.append(positions.diagnostic((*loc, "name"), f"route name {name!r} is used twice in API"))
             continue
-        decl = _RouteDecl(name, route.path, route.methods, route.policy, loc, None, route.admin)
+        decl = _RouteDecl(name, route.path, route.methods, route.policy, loc, None, route.admin,
+                          websocket=websocket_config(route.websocket))
         by_name[name] = decl
         decls.append(decl)
     return decls, spec_hash
@@ -485,7 +490,7 @@ def _compile_route(api: ApiConfig, decl: _RouteDecl, baseline: dict[str, Any], b
                           default_timeout=g.default_timeout, max_timeout=g.max_timeout,
                           connect_timeout=plans[0].policy.traffic.upstream_connect_timeout,
                           decode=decl.grpc_decode)
-    return CompiledRoute(infos[0], upstream, strip, plans, decl.admin, grpc)
+    return CompiledRoute(infos[0], upstream, strip, plans, decl.admin, grpc, decl.websocket)
 
 
 def _loc_of(w: Weakening, decl: _RouteDecl) -> tuple[str | int, ...]:

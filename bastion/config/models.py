@@ -24,6 +24,7 @@ from bastion.audit.config import AuditConfig
 from bastion.config.base import Duration, Model, Size
 from bastion.config.include import FileOwners
 from bastion.config.secrets import SecretRef
+from bastion.http.websocket import WebSocketConfig
 from bastion.posture.admin_auth import AdminAuthConfig
 from bastion.posture.drift import DriftConfig
 from bastion.stages.authz.config import AuthzPolicy
@@ -210,6 +211,8 @@ class RouteConfig(Model):
     methods: list[str] = Field(default_factory=list)
     admin: bool = False
     policy: dict[str, Any] = Field(default_factory=dict)
+    websocket: bool | WebSocketConfig = Field(False, description="Accept WebSocket upgrades (RFC 6455) on this "
+                                              "route, with these limits (`true`: the defaults; docs/websocket.md).")
 
     @field_validator("methods")
     @classmethod

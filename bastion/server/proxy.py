@@ -31,6 +31,7 @@ from bastion.http.headers import (
 )
 from bastion.pipeline import run
 from bastion.router import AmbiguousPath, split_request_path
+from bastion.server import websocket
 from bastion.server.http1 import BodyMalformed, BodyTimeout, BodyTooLarge, ClientGone, Exchange
 from bastion.server.metrics import Metrics
 from bastion.server.pool import PoolMetrics, TargetPool
@@ -172,10 +173,14 @@ class Gateway:
                 ctx.api, ctx.route = info.api, info.route
                 plan = route.plan(ctx.start)
                 deny = _limit_body(ex, ctx, plan)
+                if deny is None and getattr(ex, "upgrade", None) is not None:  # a WebSocket upgrade request
+                    deny = websocket.refusal(route, ex)
                 if deny is None and (plan.stages or plan.body_stages or plan.waived):
                     deny = await self._enforce(ex, ctx, plan, buffer_body=route.grpc is None)
                 if deny is None and route.grpc is not None:
                     status, upstream_status = await self._forward_grpc(ex, ctx, route, plan, traceparent)
+                elif deny is None and getattr(ex, "upgrade", None) is not None:  # RFC 6455: relayed frames
+                    status, upstream_status, deny = await websocket.relay(self, ex, ctx, route, plan, traceparent)
                 elif deny is None:
                     up_span: Any = None
                     if self.tracing is not None:
