@@ -13,6 +13,7 @@ gateway:
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import importlib.util
@@ -25,6 +26,8 @@ from bastion.context import Decision, Deny, RequestContext
 
 # the trace id of the request being handled, for its audit event (None when tracing is off)
 _TRACE_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("bastion_trace_id", default=None)
+# whether the request being handled is recorded: stage spans are made only then
+_RECORDING: contextvars.ContextVar[bool] = contextvars.ContextVar("bastion_recording", default=False)
 
 
 class TracingConfig(Model):
@@ -62,14 +65,19 @@ class Tracing:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self._trace = trace
         self._propagator = TraceContextTextMapPropagator()
-        # a private provider: tests and workers may run several gateways, and the global one is not ours
+        # a private provider: tests and workers may run several gateways, and the global one is not ours.
+        # The sampling decision is taken in `begin`, before any span exists (an unsampled request then costs
+        # no OpenTelemetry object at all); what reaches the SDK is recorded.
         self.provider = TracerProvider(resource=Resource.create({"service.name": config.service_name}),
-                                       sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)))
+                                       sampler=ParentBased(ALWAYS_ON))
+        # TraceIdRatioBased's rule: the trace id's low 64 bits under ratio x 2^64
+        self._bound = round(config.sample_ratio * (2**64 - 1))
+        self._null = contextlib.nullcontext()
         exporter = exporter or OTLPSpanExporter(endpoint=config.endpoint, headers=config.headers or None,
                                                 timeout=config.timeout)
         self.provider.add_span_processor(BatchSpanProcessor(
@@ -85,11 +93,25 @@ class Tracing:
 
     # ---- the request --------------------------------------------------------------------------------------
 
-    def begin(self, ctx: RequestContext, host: str) -> tuple[Any, Any, str]:
-        """The request's span, made current (a caller's `traceparent` is its parent); returns it, the token to
-        end it with, and the `traceparent` the gateway sends on."""
+    def begin(self, ctx: RequestContext, host: str, traceparent: str) -> tuple[Any, Any, str]:
+        """The request's span, made current (a caller's `traceparent` is its parent); returns it (None when the
+        request is not sampled), the tokens to end it with, and the `traceparent` the gateway sends on.
+
+        `traceparent` is the one the gateway made (`next_traceparent`): the caller's trace id and flags when the
+        caller sent a valid one, else a new trace. W3C Trace Context / OpenTelemetry ParentBased sampling: a
+        caller's sampled flag decides; a new trace is sampled when its id falls under `sample_ratio`.
+        """
         incoming = ctx.header("traceparent")
-        parent = self._propagator.extract({"traceparent": incoming}) if incoming else None
+        continued = incoming is not None and incoming.strip()[3:35] == traceparent[3:35]
+        if continued:
+            sampled = bool(int(traceparent[53:55], 16) & 1)
+        else:
+            sampled = int(traceparent[19:35], 16) <= self._bound and self._bound > 0
+        if not sampled:
+            if not continued:
+                traceparent = traceparent[:53] + "00"  # the upstream is told: not recorded
+            return None, (_TRACE_ID.set(traceparent[3:35]), None, None), traceparent
+        parent = self._propagator.extract({"traceparent": incoming}) if continued else None
         span = self.tracer.start_span(f"{ctx.method}", context=parent, kind=self._server, attributes={
             "http.request.method": ctx.method, "url.path": ctx.path, "client.address": ctx.client_ip,
             "server.address": host, "bastion.request_id": ctx.request_id})
@@ -98,20 +120,28 @@ class Tracing:
         token = otel_context.attach(self._trace.set_span_in_context(span))
         span_context = span.get_span_context()
         trace_token = _TRACE_ID.set(f"{span_context.trace_id:032x}")
-        return span, (token, trace_token), _traceparent(span_context)
+        return span, (trace_token, token, _RECORDING.set(True)), _traceparent(span_context)
 
-    def upstream(self, address: str) -> tuple[Any, str]:
-        """A client span for the call to the upstream, and the `traceparent` that names it as the parent."""
+    def upstream(self, address: str, traceparent: str) -> tuple[Any, str]:
+        """A client span for the call to the upstream and the `traceparent` naming it as the parent; nothing
+        for a request that is not recorded."""
+        if not _RECORDING.get():
+            return None, traceparent
         span = self.tracer.start_span("upstream", kind=self._client, attributes={"server.address": address})
         return span, _traceparent(span.get_span_context())
 
     def audit(self) -> Any:
         """A span around the audit hand-off (building the event and queueing it to the sinks)."""
-        return self.tracer.start_as_current_span("audit")
+        return self.tracer.start_as_current_span("audit") if _RECORDING.get() else self._null
 
     def finish(self, span: Any, tokens: Any, ctx: RequestContext, status: int, deny: Deny | None) -> None:
         from opentelemetry import context as otel_context
 
+        trace_token, token, recording_token = tokens
+        _TRACE_ID.reset(trace_token)
+        if span is None:
+            return
+        _RECORDING.reset(recording_token)
         if ctx.route:
             span.update_name(f"{ctx.method} {ctx.route}")
             span.set_attribute("http.route", ctx.route)
@@ -123,8 +153,6 @@ class Tracing:
         if status >= 500:
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR))
         span.end()
-        token, trace_token = tokens
-        _TRACE_ID.reset(trace_token)
         otel_context.detach(token)
 
     # ---- stages -------------------------------------------------------------------------------------------
@@ -154,6 +182,8 @@ class _TracedStage:
         return getattr(self._stage, name)
 
     async def check(self, ctx: RequestContext) -> Decision:
+        if not _RECORDING.get():
+            return await self._stage.check(ctx)  # type: ignore[no-any-return]
         with self._tracer.start_as_current_span(f"stage {self.control}") as span:
             decision: Decision = await self._stage.check(ctx)
             if decision.__class__ is Deny:

@@ -1,6 +1,6 @@
 """Microbenchmark: the gateway's own Python work per proxied request, with no sockets at all.
 
-    python bench/micro_core.py [--n 50000] [--post | --jwt | --limit] [--profile]
+    python bench/micro_core.py [--n 50000] [--post | --jwt | --limit | --pool] [--profile]
 
 A real `Runtime` compiles a plain route (every control off), then one client connection and one pooled upstream
 connection are driven through in-memory transports: the client "sends" a request, the gateway parses, routes,
@@ -57,6 +57,12 @@ apis:
         methods: [GET]
         policy: {traffic: {rate_limits: [{name: bench, algorithm: sliding_window, limit: 1000000000, window: 1s,
                                           key: client_ip}]}}
+  - name: bench-pool
+    owner: perf@example.com
+    class: plain
+    upstream: [http://127.0.0.1:9, http://127.0.0.1:10]
+    routes:
+      - {name: pool, path: /pool, methods: [GET]}
   - name: bench-jwt
     owner: perf@example.com
     class: authn
@@ -158,6 +164,9 @@ async def drive(runtime: Runtime, n: int, request: bytes) -> float:
 
     for pool in gateway.pools.values():  # one pooled connection per upstream, answering every request
         pool.release(memory_upstream(pool))
+    for targets in gateway.target_pools.values():  # and per target of a pool
+        for target in targets.targets:
+            target.conns.release(memory_upstream(target.conns))
     client.connection_made(MemoryTransport(client_received, ("127.0.0.1", 50000)))
     started = time.process_time()
     client.data_received(request)
@@ -175,6 +184,8 @@ async def main(args: argparse.Namespace) -> None:
         request = POST if args.post else GET
         if args.limit:
             request = GET.replace(b"/get", b"/limited")
+        if args.pool:
+            request = GET.replace(b"/get", b"/pool")
         if args.jwt:
             request = b"GET /jwt HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer %b\r\n\r\n" % token.encode()
         try:
@@ -188,7 +199,7 @@ async def main(args: argparse.Namespace) -> None:
                 pstats.Stats(prof).sort_stats("tottime").print_stats(40)
         finally:
             await runtime.stop(drain_timeout=0.1)
-    shape = "POST 1 KB" if args.post else "GET with a cached JWT" if args.jwt else "GET, rate-limited" if args.limit else "GET"
+    shape = "GET to a pool of two targets" if args.pool else "POST 1 KB" if args.post else "GET with a cached JWT" if args.jwt else "GET, rate-limited" if args.limit else "GET"
     print(f"{shape}: {seconds * 1e6 / args.n:.1f} µs CPU per request "
           f"(in-process, no sockets; n={args.n})")
 
@@ -200,5 +211,6 @@ if __name__ == "__main__":
     shape.add_argument("--post", action="store_true")
     shape.add_argument("--jwt", action="store_true")
     shape.add_argument("--limit", action="store_true")
+    shape.add_argument("--pool", action="store_true", help="a route whose upstream is a pool of two targets")
     parser.add_argument("--profile", action="store_true")
     uvloop.run(main(parser.parse_args()))

@@ -60,15 +60,21 @@ class Target:
 
 class Held(ResponseSink):
     """Wraps an attempt's response sink: a retryable answer (502/503/504) is read and dropped instead of sent,
-    when the pool decided that this attempt may be retried. Every answer's status and `Retry-After` are noted."""
+    when `may_retry()` says another attempt will be made. Every answer's status and `Retry-After` are noted."""
 
-    def __init__(self, inner: Any, retry_on: frozenset[int], may_drop: bool) -> None:
-        self.inner = inner
+    __slots__ = ("_may_retry", "_retry_on", "dropped", "inner", "retry_after", "status")
+
+    def __init__(self, retry_on: frozenset[int], may_retry: Callable[[], bool]) -> None:
+        self.inner: Any = None
         self._retry_on = retry_on
-        self._may_drop = may_drop
+        self._may_retry = may_retry
         self.status = 0
         self.retry_after: bytes | None = None
         self.dropped = False
+
+    def wrap(self, inner: Any) -> Held:
+        self.inner = inner
+        return self
 
     @property
     def paused(self) -> bool:
@@ -80,10 +86,11 @@ class Held(ResponseSink):
 
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         self.status = status
-        for name, value in headers:
-            if name.lower() == b"retry-after":
-                self.retry_after = value
-        if self._may_drop and status in self._retry_on:
+        if status in (429, 503):
+            for name, value in headers:
+                if name.lower() == b"retry-after":
+                    self.retry_after = value
+        if status in self._retry_on and self._may_retry():  # decided only when it matters: rare
             self.dropped = True
             return
         self.inner.on_head(status, headers, keep_alive)
@@ -127,8 +134,12 @@ class TargetPool:
             self.targets.append(Target(TargetState(t.name, t.weight, t.zone), one, UpstreamPool(one, size,
                                                                                                  ssl_context)))
         states = [t.state for t in self.targets]
+        self._states = states
+        self._by_state = {id(t.state): t for t in self.targets}
+        self._clean_from = 0.0  # from then on every target is available (inf while one is unhealthy)
         self.health = Health(states, settings.outlier, settings.health_check)
         self._balancer = balancer(settings.policy, states)
+        self._hashed = settings.policy == "consistent_hash"  # only a hash ring needs the request's key
         self.budget = RetryBudget(settings.retry.budget_percent, settings.retry.min_concurrency)
         self._retry_on = frozenset(settings.retry.on_status)
         self._probes: list[asyncio.Task[None]] = []
@@ -151,24 +162,36 @@ class TargetPool:
         return first_header(ctx.headers, hash_on[7:])
 
     def _candidates(self, tried: list[Target], now: float, *, count_breaker: bool) -> list[Target]:
-        up = [t for t in self.targets if t not in tried and t.state.available(now)]
-        open_ = [t for t in up if t.state.active >= self._full]
-        if count_breaker:
-            for target in open_:
-                self._metrics.breaker_rejections.labels(self.api, target.state.name).inc()
-                if not target.state.breaker_open:
-                    target.state.breaker_open = True
-                    self._publish([TargetEvent(target.state.name, "breaker_open", "max_pending", 0.0)])
-        up = [t for t in up if t.state.active < self._full]
+        """Available targets not yet tried with room under their breaker (the local zone's, if any is)."""
+        full = self._full
+        up = [t for t in self.targets if t.state.healthy and now >= t.state.ejected_until
+              and now >= t.state.not_before and t not in tried]
+        room = [t for t in up if t.state.active < full]
+        if count_breaker and len(room) < len(up):  # a breaker refused someone: count it, audit a new trip
+            for target in up:
+                if target.state.active >= full:
+                    self._metrics.breaker_rejections.labels(self.api, target.state.name).inc()
+                    if not target.state.breaker_open:
+                        target.state.breaker_open = True
+                        self._publish([TargetEvent(target.state.name, "breaker_open", "max_pending", 0.0)])
         local = self.settings.local_zone
         if local is not None:
-            near = [t for t in up if t.state.zone == local]
-            return near or up
-        return up
+            near = [t for t in room if t.state.zone == local]
+            return near or room
+        return room
 
-    def pick(self, ctx: RequestContext, tried: list[Target]) -> Target:
+    def pick(self, ctx: RequestContext, tried: list[Target], now: float | None = None) -> Target:
         """The target of the next attempt, or an `UpstreamError` 503 with `Retry-After` when none can take it."""
-        now = self._clock()
+        now = self._clock() if now is None else now
+        if not tried and now >= self._clean_from and self.settings.local_zone is None:
+            # the common case: every target up; only the breakers are to be looked at
+            full = self._full
+            for target in self.targets:
+                if target.state.active >= full:
+                    break
+            else:
+                key = self._key(ctx) if self._hashed else None
+                return self._by_state[id(self._balancer.choose(self._states, key))]
         candidates = self._candidates(tried, now, count_breaker=True)
         if not candidates:
             healthy_but_full = [t for t in self.targets if t not in tried and t.state.available(now)]
@@ -181,42 +204,42 @@ class TargetPool:
                 seconds = self.health.back_in(now)
             err.headers = (("retry-after", str(max(1, math.ceil(seconds)))),)
             raise err
-        by_state = {id(t.state): t for t in candidates}
-        chosen = self._balancer.choose([t.state for t in candidates], self._key(ctx))
-        return by_state[id(chosen)]
+        if len(candidates) == 1:
+            return candidates[0]
+        key = self._key(ctx) if self._hashed else None
+        return self._by_state[id(self._balancer.choose([t.state for t in candidates], key))]
 
     # ---- one request --------------------------------------------------------------------------------------
 
     async def forward(self, ctx: RequestContext, method: str, replayable: bool, send: Send) -> int | None:
         """Run the request's attempts: `send(target, wrap)` makes one on `target` (wrapping its response sink with
         `wrap`) and returns the upstream status, or raises `UpstreamError` with nothing sent to the client."""
-        retry = self.settings.retry
+        attempts = self.settings.retry.attempts
         budget = self.budget
         tried: list[Target] = []
         budget.requests += 1
         try:
             while True:
-                target = self.pick(ctx, tried)
+                now = self._clock()
+                target = self.pick(ctx, tried, now)
                 attempt = len(tried)
-                # a later attempt is possible: tries left, a replayable idempotent request, budget, another target
-                more = (attempt + 1 < retry.attempts and budget.allows()
-                        and bool(self._candidates([*tried, target], self._clock(), count_breaker=False)))
-                may_drop = more and replayable and method in IDEMPOTENT
-                held: list[Held] = []
 
-                def wrap(sink: Any, may_drop: bool = may_drop, held: list[Held] = held) -> Held:
-                    held.append(Held(sink, self._retry_on, may_drop))
-                    return held[-1]
+                def more(target: Target = target, attempt: int = attempt) -> bool:
+                    """Another attempt is possible: tries left, budget, another target."""
+                    return (attempt + 1 < attempts and budget.allows()
+                            and bool(self._candidates([*tried, target], self._clock(), count_breaker=False)))
 
+                held = Held(self._retry_on, (lambda: replayable and method in IDEMPOTENT and more()))
                 state = target.state
                 state.active += 1
                 if attempt:
                     budget.retries += 1
                 try:
-                    status = await send(target, wrap)
+                    status = await send(target, held.wrap)
                 except UpstreamError as err:
                     self._publish(self.health.failed(state, err.reason, self._clock()))
-                    if more and (err.reason in _NOT_SENT or (may_drop and err.status >= 502)):
+                    if (err.reason in _NOT_SENT or (err.status >= 502 and replayable and method in IDEMPOTENT)) \
+                            and more():
                         self._metrics.retries.labels(self.api, err.reason).inc()
                         tried.append(target)
                         continue
@@ -227,14 +250,15 @@ class TargetPool:
                         budget.retries -= 1
                     if state.breaker_open and state.active < self._full:
                         state.breaker_open = False
-                answer = held[-1] if held else None
-                if answer is not None and answer.status:
-                    seconds = retry_after(answer.retry_after, self._wall()) if answer.retry_after else None
-                    self._publish(self.health.answered(state, answer.status, seconds, self._clock()))
-                    if answer.dropped:
-                        self._metrics.retries.labels(self.api, f"status_{answer.status}").inc()
-                        tried.append(target)
-                        continue
+                answered = held.status
+                if answered and (answered >= 500 or held.retry_after is not None or state.consecutive_5xx
+                                 or state.consecutive_connect_failures or state.ejections):
+                    seconds = retry_after(held.retry_after, self._wall()) if held.retry_after else None
+                    self._publish(self.health.answered(state, answered, seconds, self._clock()))
+                if held.dropped:
+                    self._metrics.retries.labels(self.api, f"status_{answered}").inc()
+                    tried.append(target)
+                    continue
                 return status
         finally:
             budget.requests -= 1
@@ -243,7 +267,12 @@ class TargetPool:
 
     def _publish(self, events: list[TargetEvent]) -> None:
         """One metric and one audit event per state change."""
+        if not events:
+            return
         now = self._clock()
+        states = self._states
+        self._clean_from = (max(max(t.ejected_until, t.not_before) for t in states)
+                            if all(t.healthy for t in states) else math.inf)
         for event in events:
             self._metrics.events.labels(self.api, event.target, event.action).inc()
             for target in self.targets:

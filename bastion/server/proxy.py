@@ -137,7 +137,7 @@ class Gateway:
         traceparent = next_traceparent(first_header(headers, "traceparent"))
         span: Any = None
         if self.tracing is not None:  # OpenTelemetry: the request's span; its context is the traceparent sent on
-            span, span_tokens, traceparent = self.tracing.begin(ctx, host)
+            span, span_tokens, traceparent = self.tracing.begin(ctx, host, traceparent)
         deny: Deny | None = None
         status = 0
         plan: Plan | None = None
@@ -184,7 +184,7 @@ class Gateway:
                 elif deny is None:
                     up_span: Any = None
                     if self.tracing is not None:
-                        up_span, traceparent = self.tracing.upstream(route.upstream.authority)
+                        up_span, traceparent = self.tracing.upstream(route.upstream.authority, traceparent)
                     try:
                         upstream_status = await self._forward(ex, ctx, route, plan, traceparent)
                         status = ex.status
@@ -225,8 +225,8 @@ class Gateway:
                 with contextlib.suppress(Exception):  # a finalizer must never mask the response
                     finalizer(status)
             self._account(ctx, route, plan, status, deny, time.perf_counter() - started, upstream_status)
-            if span is not None:
-                self.tracing.finish(span, span_tokens, ctx, status, deny)  # type: ignore[union-attr]
+            if self.tracing is not None:
+                self.tracing.finish(span, span_tokens, ctx, status, deny)
 
     def _preflight(self, ex: Exchange, ctx: RequestContext, table: dict[str, CompiledRoute],
                    params: dict[str, str], request_id: str,
