@@ -214,7 +214,8 @@ def _section(rows: list[tuple[str, str, str, str]], args: argparse.Namespace) ->
         f"- Plain GET on a route with the default controls, `wrk -t1 -c{args.connections}` against one Bastion process on its own "
         "CPU; the upstreams are nginx (1 worker each) on the load CPU.",
         "- Tracing sends OTLP/HTTP to a sink process that reads and discards; 1% records one request in a "
-        "hundred, the others still carry non-recording spans and a trace id in their audit event.",
+        "hundred; the others make no span at all (the sampling decision comes first) but still carry a trace id "
+        "in their audit event.",
         "- WebSocket: 8 connections, each keeping 32 messages of 64 bytes in flight to an echo server "
         "(`websockets`); *each way* counts client→upstream messages per second; CPU per relayed message "
         "divides by both directions.", "",
