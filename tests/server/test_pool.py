@@ -362,14 +362,3 @@ async def test_reload_keeps_an_unchanged_pools_state(tmp_path):
     finally:
         await runtime.stop(drain_timeout=0.5)
         good.close()
-
-
-def test_ejection_events_carry_no_secret(tmp_path):
-    """Events name the API, the target and the reason; nothing of the request."""
-    from bastion.upstreams.events import target_event
-    from bastion.upstreams.health import TargetEvent
-
-    event = target_event("u1", "shop", TargetEvent("10.0.0.1:8080", "ejected", "consecutive_5xx", 10.0), 1.0)
-    assert event["dst_endpoint"] == {"hostname": "10.0.0.1", "port": 8080}
-    assert event["api"]["operation"] == "upstream.ejected" and event["severity_id"] == 3
-
