@@ -221,9 +221,12 @@ class Session:
     # ---- bytes in ---------------------------------------------------------------------------------------
 
     def from_client(self, data: bytes) -> None:
-        if not data:  # the client's connection ended
+        if not data:  # the client's connection ended (after a close, or abruptly): the upstream is told
             self._client_open = False
             self.client.receive_eof()
+            if self.upstream.state is State.OPEN:
+                self.upstream.send_close(CloseCode.GOING_AWAY)
+                self.loop.call_later(_CLOSE_GRACE, self._finish)
         else:
             self.client.receive_data(data)
         for frame in _frames(self.client):

@@ -72,7 +72,7 @@ async def stack(tmp_path):
     runtime = Runtime(path, services=Services(extra={"revocations": revocations}))
     await runtime.start()
     try:
-        yield runtime.bound[0][1], idp, revocations, tmp_path
+        yield runtime.bound[0][1], idp, revocations, tmp_path, runtime.metrics.registry
     finally:
         await runtime.stop(drain_timeout=0.5)
         upstream.close()
@@ -92,7 +92,7 @@ async def _closed(ws) -> tuple[int, str]:
 
 
 async def test_the_upgrade_runs_the_pipeline_then_messages_flow(stack):
-    port, idp, _, tmp_path = stack
+    port, idp, _, tmp_path, _ = stack
     url = f"ws://127.0.0.1:{port}/room"
     with pytest.raises(InvalidStatus) as refused:
         await connect(url)
@@ -126,7 +126,7 @@ async def test_the_upgrade_runs_the_pipeline_then_messages_flow(stack):
 
 
 async def test_a_message_over_the_limit_closes_with_1009_either_way(stack):
-    port, idp, _, _ = stack
+    port, idp, _, _, _ = stack
     async with connect(f"ws://127.0.0.1:{port}/room", additional_headers=_auth(idp), max_size=None) as ws:
         await ws.send("y" * 2048)
         code, _ = await _closed(ws)
@@ -138,7 +138,7 @@ async def test_a_message_over_the_limit_closes_with_1009_either_way(stack):
 
 
 async def test_the_message_rate_is_limited_with_1008(stack):
-    port, idp, _, _ = stack
+    port, idp, _, _, _ = stack
     async with connect(f"ws://127.0.0.1:{port}/room", additional_headers=_auth(idp)) as ws:
         for n in range(20):
             try:
@@ -149,7 +149,7 @@ async def test_the_message_rate_is_limited_with_1008(stack):
 
 
 async def test_an_idle_session_is_closed_with_1001(stack):
-    port, idp, _, _ = stack
+    port, idp, _, _, _ = stack
     async with connect(f"ws://127.0.0.1:{port}/quiet", additional_headers=_auth(idp), ping_interval=None) as ws:
         started = time.monotonic()
         assert await _closed(ws) == (1001, "idle timeout")
@@ -157,7 +157,7 @@ async def test_an_idle_session_is_closed_with_1001(stack):
 
 
 async def test_an_expiring_credential_ends_the_session_with_1008(stack):
-    port, idp, _, _ = stack
+    port, idp, _, _, _ = stack
     async with connect(f"ws://127.0.0.1:{port}/room", additional_headers=_auth(idp, exp=int(time.time()) + 2)) as ws:
         await ws.send("still here")
         assert await ws.recv() == "still here"
@@ -165,7 +165,7 @@ async def test_an_expiring_credential_ends_the_session_with_1008(stack):
 
 
 async def test_a_revoked_credential_ends_the_session_with_1008(stack):
-    port, idp, revocations, tmp_path = stack
+    port, idp, revocations, tmp_path, _ = stack
     async with connect(f"ws://127.0.0.1:{port}/room", additional_headers=_auth(idp)) as ws:
         await ws.send("one")
         assert await ws.recv() == "one"
@@ -178,8 +178,20 @@ async def test_a_revoked_credential_ends_the_session_with_1008(stack):
     assert "websocket_credential_revoked" in reasons
 
 
+async def test_a_client_that_vanishes_ends_its_session(stack):
+    port, idp, _, _, registry = stack
+    ws = await connect(f"ws://127.0.0.1:{port}/room", additional_headers=_auth(idp))
+    await ws.send("hi")
+    assert await ws.recv() == "hi"
+    ws.transport.abort()  # no close frame, no FIN handshake
+    deadline = time.monotonic() + 5
+    while registry.get_sample_value("bastion_websocket_sessions") != 0:
+        assert time.monotonic() < deadline, "the session outlived its client"
+        await asyncio.sleep(0.05)
+
+
 async def test_framing_stays_strict_on_other_routes(stack):
-    port, idp, _, _ = stack
+    port, idp, _, _, _ = stack
     token = _auth(idp)["Authorization"]
     head = ("GET /plain HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
             "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
