@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 Kind = Literal["token_bucket", "sliding_window", "fixed_window"]
@@ -83,7 +83,7 @@ class StateBackend(Protocol):
     async def close(self) -> None: ...
 
 
-def open_state(url: str, password: str | None = None, **options: float) -> StateBackend:
+def open_state(url: str, password: str | None = None, **options: Any) -> StateBackend:
     """`memory`, `redis://host:6379/0`, `rediss://...`, `unix:///run/redis.sock` or
     `redis+sentinel://host1:26379,host2:26379/<service>/<db>`.
 

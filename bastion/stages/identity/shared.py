@@ -71,7 +71,7 @@ class IdentityShared:
         # reloads); without a backend (unit tests) in a private in-memory one. `extra["revocations"]` replaces it.
         state = services.state if services.state is not None else MemoryState()
         self.revocation_store = StateRevocationList(state, services.wall_clock)
-        injected = services.extra.get("revocations")  # `is None`: an empty list is falsy, and still the one to use
+        injected: RevocationList | None = services.extra.get("revocations")  # `is None`: an empty list is falsy
         self.revocations: RevocationList = injected if injected is not None else self.revocation_store
         # CAEP / Shared Signals receiver (POST /ssf/events on the admin listener), None without providers.ssf
         self.ssf_receiver: SetReceiver | None = None
