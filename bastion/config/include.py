@@ -11,7 +11,8 @@ owners:
 gateway: {...}
 ```
 
-Included files hold `classes`, `providers`, `consumers`, `apis` and `exceptions`; they are merged into one
+Without `include:`, a `bastion.d/` directory beside the root file is included (`bastion.d/*.yaml` and
+`bastion.d/*/*.yaml`). Included files hold `classes`, `providers`, `consumers`, `apis` and `exceptions`; they are merged into one
 document before validation. Every field keeps the file and line it was written at, so each error points there.
 With `owners`, an included file may define only the sections its entry allows (default: `apis`) and only APIs
 whose `owner` it lists; a file no entry matches may define nothing. The root file may define anything.
@@ -91,7 +92,9 @@ def include_files(path: Path, data: dict[str, Any], positions: Positions) -> tup
     file, and every file read (the root first). Raises ConfigError with every problem found."""
     root_dir = path.parent.resolve()
     merged = FilePositions(positions.file, dict(positions.index), {(): positions.file}, root_dir)
-    patterns = data.get("include") or []
+    patterns = data.get("include")
+    if patterns is None and (root_dir / "bastion.d").is_dir():  # the conventional directory, without `include`
+        patterns = ["bastion.d/*.yaml", "bastion.d/*/*.yaml"]
     if not patterns:
         return data, merged, [path]
     diags: list[Diagnostic] = []
@@ -109,7 +112,7 @@ def include_files(path: Path, data: dict[str, Any], positions: Positions) -> tup
     files: list[Path] = []
     for index, pattern in enumerate(patterns):
         found = sorted(Path(p) for p in glob.glob(str(root_dir / pattern), recursive=True))
-        if not found:
+        if not found and "include" in data:  # bastion.d/ may hold only some of its conventional shapes
             diags.append(merged.diagnostic(("include", index), f"no file matches {pattern!r}"))
         for file in found:
             resolved = file.resolve()

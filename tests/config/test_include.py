@@ -57,7 +57,8 @@ apis:
 def tree(tmp_path: Path, **files: str) -> Path:
     contents = {"bastion.yaml": ROOT, "classes.yaml": CLASSES, "apis/orders.yaml": ORDERS,
                 "apis/payments.yaml": PAYMENTS}
-    contents.update({name.replace("__", "/").replace("_yaml", ".yaml"): text for name, text in files.items()})
+    contents.update({name.replace("__", "/").replace("_yaml", ".yaml").replace("bastion_d/", "bastion.d/"): text
+                     for name, text in files.items()})
     for name, text in contents.items():
         if text is None:
             continue
@@ -173,3 +174,13 @@ async def test_a_reload_reads_the_included_files_again(tmp_path):
             assert (await request(port, "GET", "/orders/new"))[0] == 200
         finally:
             await runtime.stop(drain_timeout=0.5)
+
+
+def test_a_bastion_d_directory_is_included_without_include(tmp_path):
+    root = "\n".join(line for line in ROOT.splitlines() if not line.startswith("include"))
+    root = root.replace("classes.yaml:", "bastion.d/classes.yaml:").replace("apis/", "bastion.d/apis/")
+    tree(tmp_path, bastion_yaml=root, classes_yaml=None, apis__orders_yaml=None, apis__payments_yaml=None,
+         bastion_d__classes_yaml=CLASSES, bastion_d__apis__orders_yaml=ORDERS)
+    loaded = load_config(tmp_path)
+    assert api_sources(loaded) == {"orders": "bastion.d/apis/orders.yaml:2"}
+    assert not compile_config(loaded).errors
