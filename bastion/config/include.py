@@ -12,10 +12,11 @@ gateway: {...}
 ```
 
 Without `include:`, a `bastion.d/` directory beside the root file is included (`bastion.d/*.yaml` and
-`bastion.d/*/*.yaml`). Included files hold `classes`, `providers`, `consumers`, `apis` and `exceptions`; they are merged into one
-document before validation. Every field keeps the file and line it was written at, so each error points there.
-With `owners`, an included file may define only the sections its entry allows (default: `apis`) and only APIs
-whose `owner` it lists; a file no entry matches may define nothing. The root file may define anything.
+`bastion.d/*/*.yaml`). Included files hold `classes`, `providers`, `consumers`, `apis` and `exceptions`;
+they are merged into one document before validation. Every field keeps the file and line it was written at,
+so each error points there. With `owners`, an included file may define only the sections its entry allows
+(default: `apis`) and only APIs whose `owner` it lists; a file no entry matches may define nothing. The root
+file may define anything.
 """
 
 from __future__ import annotations
