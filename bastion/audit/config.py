@@ -33,7 +33,8 @@ class TlsClientConfig(Model):
     ca: Path | None = Field(None, description="CA bundle the receiver's certificate must chain to "
                             "(the system store when omitted).")
     cert: Path | None = Field(None, description="Client certificate (PEM), when the receiver asks for one.")
-    key: Path | None = Field(None, description="Key of `cert` (PEM).")
+    key: Path | SecretRef | None = Field(None, description="Key of `cert` (PEM): a path, or `{env: NAME}` / "
+                                         "`{file: PATH}`.")
     server_name: str | None = Field(None, description="Name to verify instead of the sink's host.")
 
 

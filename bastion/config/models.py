@@ -83,7 +83,7 @@ class TlsListenerConfig(Model):
     """TLS on a listener: `tls: {cert: certs/gw.pem, key: certs/gw.key, client_ca: certs/ca.pem}`"""
 
     cert: Path
-    key: Path
+    key: Path | SecretRef = Field(description="The private key: a path, or `{env: NAME}` / `{file: PATH}`.")
     client_ca: Path | None = Field(None, description="CA bundle to verify client certificates (mTLS).")
     client_cert: Literal["none", "optional", "required"] = Field(
         "optional", description="Ask for a client certificate; classes decide whether it is required."

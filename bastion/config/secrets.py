@@ -19,6 +19,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -117,6 +119,22 @@ def hmac_jwks(key: SecretRef | None) -> bytes | None:
         return None
     k = base64.urlsafe_b64encode(key.value().encode()).rstrip(b"=").decode("ascii")
     return json.dumps({"keys": [{"kty": "oct", "k": k}]}).encode()
+
+
+def load_cert_chain(context: ssl.SSLContext, cert: str, key: Path | SecretRef, base_dir: Path) -> None:
+    """`context.load_cert_chain` with the private key as a path or a secret reference. Python's `ssl` reads keys
+    only from files: a referenced key is written to a private file (memory-backed /dev/shm when there is one),
+    loaded and removed at once."""
+    if not isinstance(key, SecretRef):
+        context.load_cert_chain(cert, str(key if key.is_absolute() else base_dir / key))
+        return
+    directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(prefix="bastion-key-", dir=directory) as private:  # mode 0700
+        path = Path(private) / "key.pem"
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(key.value() + "\n")
+        context.load_cert_chain(cert, str(path))
 
 
 def secret_values(model: BaseModel) -> list[str]:

@@ -27,6 +27,7 @@ from bastion.compile import CompiledGateway, compile_config
 from bastion.config.include import root_file
 from bastion.config.loader import ConfigError, load_config
 from bastion.config.models import AdminConfig, GatewayConfig, ListenerConfig
+from bastion.config.secrets import load_cert_chain
 from bastion.server.admin import AdminApi, AdminBackend, read_events
 from bastion.server.admin_routes import block_routes, identity_routes
 from bastion.server.dispatch import alpn, protocol_factory
@@ -53,7 +54,7 @@ def listener_ssl(listener: ListenerConfig | AdminConfig, base: Path) -> ssl.SSLC
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    context.load_cert_chain(_resolve(base, tls.cert), _resolve(base, tls.key))
+    load_cert_chain(context, _resolve(base, tls.cert), tls.key, base)  # the key: a path or {env:}/{file:}
     if tls.client_ca is not None and tls.client_cert != "none":
         context.load_verify_locations(_resolve(base, tls.client_ca))
         context.verify_mode = ssl.CERT_REQUIRED if tls.client_cert == "required" else ssl.CERT_OPTIONAL
@@ -162,7 +163,7 @@ class Runtime:
         base = self.config_path.parent
         for context, listener in zip(self.tls_contexts, compiled.config.model.gateway.listeners, strict=False):
             if context is not None and listener.tls is not None:
-                context.load_cert_chain(_resolve(base, listener.tls.cert), _resolve(base, listener.tls.key))
+                load_cert_chain(context, _resolve(base, listener.tls.cert), listener.tls.key, base)
 
     def ready(self) -> bool:
         """Listening, and every layer that needs remote material (e.g. JWKS) has it."""

@@ -195,3 +195,46 @@ async def test_redis_password_by_reference(redis_server, tmp_path, env):
     finally:
         await good.close()
         await bad.close()
+
+
+async def test_a_listener_key_by_reference_serves_tls_and_leaves_no_file(tmp_path, monkeypatch):
+    import glob
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    (tmp_path / "gw.pem").write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    key_pem = leaf.private_key_pem.bytes().decode()
+    monkeypatch.setenv("T_TLS_KEY", key_pem)
+    before = set(glob.glob("/dev/shm/bastion-key-*")) | set(glob.glob("/tmp/bastion-key-*"))
+    async with upstream_server() as up:
+        path = tmp_path / "bastion.yaml"
+        path.write_text(textwrap.dedent(f"""
+            version: 1
+            gateway:
+              listeners: [{{address: 127.0.0.1, port: 0, tls: {{cert: gw.pem, key: {{env: T_TLS_KEY}}}}}}]
+              admin: {{enabled: false, port: 0}}
+            classes:
+              open: {{identity: {{required: false, methods: []}}}}
+            apis:
+              - {{name: shop, owner: o@example.com, class: open, upstream: "http://127.0.0.1:{up}",
+                 routes: [{{name: items, path: /items, methods: [GET]}}]}}
+            """))
+        runtime = Runtime(path)
+        await runtime.start()
+        try:
+            client = ssl.create_default_context()
+            ca.configure_trust(client)
+            reader, writer = await asyncio.open_connection("127.0.0.1", runtime.bound[0][1], ssl=client)
+            writer.write(b"GET /items HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answer = await reader.read()
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 200")
+            assert (await runtime.reload())[0]  # the key is read again, and still serves
+        finally:
+            await runtime.stop(drain_timeout=0.5)
+    after = set(glob.glob("/dev/shm/bastion-key-*")) | set(glob.glob("/tmp/bastion-key-*"))
+    assert after <= before  # the key's private file is gone
+    assert key_pem.splitlines()[1] not in json.dumps(load_config(path).model.model_dump(mode="json"))

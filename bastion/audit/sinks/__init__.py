@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bastion.audit.config import AuditSinkConfig, TlsClientConfig
+from bastion.config.secrets import load_cert_chain
 
 
 class SinkError(Exception):
@@ -33,7 +34,7 @@ def client_ssl(tls: TlsClientConfig | None, base_dir: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=resolve(tls.ca) if tls and tls.ca else None)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if tls is not None and tls.cert is not None and tls.key is not None:
-        context.load_cert_chain(resolve(tls.cert), resolve(tls.key))
+        load_cert_chain(context, resolve(tls.cert), tls.key, base_dir)  # the key: a path or a secret reference
     return context
 
 
