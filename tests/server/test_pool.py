@@ -149,7 +149,7 @@ async def test_a_dead_target_is_ejected_requests_keep_succeeding_and_it_comes_ba
         await runtime.stop(drain_timeout=0.5)
 
 
-async def test_a_hanging_target_costs_one_timeout_then_is_taken_out_until_it_thaws(tmp_path, targets):
+async def test_a_hanging_target_costs_one_timeout_then_stays_out_for_its_ejection(tmp_path, targets):
     a, b = targets
     runtime = await _gateway(tmp_path, f"{a.url}, {b.url}",
                              "{policy: least_requests, outlier: {consecutive_5xx: 1, base_ejection: 30s}, "
@@ -171,6 +171,28 @@ async def test_a_hanging_target_costs_one_timeout_then_is_taken_out_until_it_tha
 
         with pytest.raises(AssertionError):  # ejected for 30s: a thaw alone does not bring it back early
             await _until(b_serves, timeout=1.0)
+    finally:
+        await runtime.stop(drain_timeout=0.5)
+
+
+async def test_a_hung_target_that_thaws_comes_back(tmp_path, targets):
+    a, b = targets
+    runtime = await _gateway(tmp_path, f"{a.url}, {b.url}",
+                             "{outlier: {consecutive_5xx: 1, base_ejection: 500ms}, "
+                             "health_check: {path: /healthz, interval: 200ms, timeout: 200ms, "
+                             "healthy_threshold: 1, unhealthy_threshold: 1}}")
+    port = runtime.bound[0][1]
+    try:
+        b.signal(signal.SIGSTOP)
+        assert [await _who(port) for _ in range(4)] == [(200, "a")] * 4
+        b.signal(signal.SIGCONT)
+
+        async def b_serves() -> bool:
+            return "b" in {(await _who(port))[1] for _ in range(4)}
+
+        await _until(b_serves)  # its ejection ended and its probes pass again
+        await _until(lambda: _has(tmp_path, "ejected"))
+        assert _events(tmp_path, "ejected")[0]["unmapped"]["bastion"]["target"] == f"127.0.0.1:{b.port}"
     finally:
         await runtime.stop(drain_timeout=0.5)
 
