@@ -263,6 +263,10 @@ class TargetPool:
         finally:
             budget.requests -= 1
 
+    def connect_failed(self, target: Target, reason: str) -> None:
+        """A connection made outside `forward` (a WebSocket session) could not be opened: passive detection."""
+        self._publish(self.health.failed(target.state, reason, self._clock()))
+
     # ---- state changes ------------------------------------------------------------------------------------
 
     def _publish(self, events: list[TargetEvent]) -> None:

@@ -76,18 +76,12 @@ async def relay(gateway: Any, ex: Any, ctx: RequestContext, route: Any, plan: An
     limits = plan.policy.traffic
     ctx.drop_upstream_headers.add("sec-websocket-extensions")  # no compression: every frame stays readable
     try:
-        upstream, conns = _target(gateway, ctx, route)
-        address = await asyncio.wait_for(conns._address(asyncio.get_running_loop()), limits.upstream_connect_timeout)
-        head = gateway._request_head(ex, ctx, route, traceparent, _UPGRADE_FRAMING, upstream)
-        side = _UpstreamSide()
-        transport, _ = await asyncio.wait_for(asyncio.get_running_loop().create_connection(
-            lambda: side, address, upstream.port, ssl=conns._ssl,
-            server_hostname=(upstream.tls_server_name or upstream.host) if conns._ssl else None),
-            limits.upstream_connect_timeout)
+        connected = await _connect(gateway, ctx, route, limits.upstream_connect_timeout)
     except UpstreamError as err:
-        return err.status, None, Deny(err.status, err.reason, pid, log_detail=str(err), close=True)
-    except (TimeoutError, OSError, ssl.SSLError) as exc:
-        return 502, None, Deny(502, "upstream_connect_failed", pid, log_detail=repr(exc), close=True)
+        return err.status, None, Deny(err.status, err.reason, pid, log_detail=str(err), headers=err.headers,
+                                      close=True)
+    upstream, transport, side = connected
+    head = gateway._request_head(ex, ctx, route, traceparent, _UPGRADE_FRAMING, upstream)
     transport.write(head)
     try:
         status, headers = await asyncio.wait_for(side.head, limits.upstream_timeout)
@@ -116,13 +110,33 @@ async def relay(gateway: Any, ex: Any, ctx: RequestContext, route: Any, plan: An
     return 101, 101, None
 
 
-def _target(gateway: Any, ctx: RequestContext, route: Any) -> tuple[Any, Any]:
-    """The upstream (and its connection pool, for the address rules) of this session: a pool picks a target."""
+async def _connect(gateway: Any, ctx: RequestContext, route: Any,
+                   timeout: float) -> tuple[Any, asyncio.Transport, _UpstreamSide]:
+    """A fresh connection for the session (never a pooled one). A pool picks a target; a target that cannot be
+    reached is reported to the pool (outlier detection) and the next one is tried: nothing was sent yet."""
     pool = gateway.pools.get(route.upstream)
-    if pool is not None:
-        return route.upstream, pool
-    target = gateway.target_pools[route.upstream].pick(ctx, [])
-    return target.upstream, target.conns
+    targets = gateway.target_pools.get(route.upstream) if pool is None else None
+    tried: list[Any] = []
+    while True:
+        if targets is None:
+            upstream, conns = route.upstream, pool
+        else:
+            target = targets.pick(ctx, tried)  # raises a 503 with Retry-After when none is left
+            upstream, conns = target.upstream, target.conns
+        side = _UpstreamSide()
+        try:
+            # the same address rules as requests: a name must not lead inside unless the API allows it
+            address = await asyncio.wait_for(conns._address(asyncio.get_running_loop()), timeout)
+            transport, _ = await asyncio.wait_for(asyncio.get_running_loop().create_connection(
+                lambda side=side: side, address, upstream.port, ssl=conns._ssl,
+                server_hostname=(upstream.tls_server_name or upstream.host) if conns._ssl else None), timeout)
+            return upstream, transport, side
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
+            reason = "upstream_connect_timeout" if isinstance(exc, TimeoutError) else "upstream_connect_failed"
+            if targets is None:
+                raise UpstreamError(reason, f"websocket upstream: {exc!r}") from None
+            targets.connect_failed(target, reason)
+            tried.append(target)
 
 
 class _UpstreamSide(asyncio.Protocol):

@@ -230,3 +230,31 @@ async def test_an_upstream_that_refuses_the_upgrade_is_a_502(tmp_path):
         await runtime.stop(drain_timeout=0.5)
         upstream.close()
         await idp.close()
+
+
+async def test_a_pool_skips_a_dead_target_for_the_session(tmp_path):
+    from tests.helpers import free_port
+
+    idp = await start_idp()
+    upstream = await serve(_upstream, "127.0.0.1", 0, compression=None)
+    alive = upstream.sockets[0].getsockname()[1]
+    dead = free_port()
+    path = tmp_path / "bastion.yaml"
+    config = CONFIG.format(issuer=idp.issuer, upstream=alive).replace(
+        f"upstream: http://127.0.0.1:{alive}",
+        f"upstream: [http://127.0.0.1:{dead}, http://127.0.0.1:{alive}]\n"
+        "    load_balancing: {outlier: {consecutive_connect_failures: 1, base_ejection: 30s}}")
+    path.write_text(textwrap.dedent(config))
+    runtime = Runtime(path)
+    await runtime.start()
+    try:
+        for _ in range(3):  # round robin would send one of these to the dead target: it is skipped, then ejected
+            async with connect(f"ws://127.0.0.1:{runtime.bound[0][1]}/room", additional_headers=_auth(idp)) as ws:
+                await ws.send("whoami")
+                assert json.loads(await ws.recv())["path"] == "/room"
+        [pool] = runtime.gateway.target_pools.values()
+        assert not pool.targets[0].state.available(time.monotonic())
+    finally:
+        await runtime.stop(drain_timeout=0.5)
+        upstream.close()
+        await idp.close()
