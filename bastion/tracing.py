@@ -130,6 +130,11 @@ class Tracing:
         span = self.tracer.start_span("upstream", kind=self._client, attributes={"server.address": address})
         return span, _traceparent(span.get_span_context())
 
+    def end_upstream(self, span: Any, status: int | None, name: str = "http.response.status_code") -> None:
+        """The upstream call is over, with its status (`rpc.grpc.status_code` for a gRPC call)."""
+        span.set_attribute(name, status or 0)
+        span.end()
+
     def audit(self) -> Any:
         """A span around the audit hand-off (building the event and queueing it to the sinks)."""
         return self.tracer.start_as_current_span("audit") if _RECORDING.get() else self._null

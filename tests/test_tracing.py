@@ -173,3 +173,47 @@ def test_disabled_tracing_imports_no_opentelemetry():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr
     assert time.monotonic() - started < 60
+
+
+async def test_a_grpc_call_has_its_upstream_span(tmp_path):
+    import grpc
+
+    async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    upstream = grpc.aio.server()
+    upstream.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "t.v1.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(unary)}),))
+    up_port = upstream.add_insecure_port("127.0.0.1:0")
+    await upstream.start()
+    collector = Collector()
+    otlp = collector.start()
+    path = tmp_path / "bastion.yaml"
+    path.write_text(textwrap.dedent(f"""
+        version: 1
+        gateway:
+          listeners: [{{address: 127.0.0.1, port: 0, h2c: true}}]
+          admin: {{enabled: false, port: 0}}
+          tracing: {{enabled: true, endpoint: "http://127.0.0.1:{otlp}/v1/traces", export_interval: 100ms}}
+        classes:
+          open: {{identity: {{required: false, methods: []}}}}
+        apis:
+          - name: echo
+            owner: o@example.com
+            class: open
+            upstream: http://127.0.0.1:{up_port}
+            grpc: {{methods: [/t.v1.Echo/Unary]}}
+        """))
+    runtime = Runtime(path)
+    await runtime.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.bound[0][1]}") as channel:
+            call = channel.unary_unary("/t.v1.Echo/Unary", request_serializer=None, response_deserializer=None)
+            assert await call(b"hi", timeout=5) == b"hi"
+    finally:
+        await runtime.stop(drain_timeout=0.5)
+        await upstream.stop(None)
+        collector.close()
+    [root] = [s for s in collector.spans if s["parent"] == ""]
+    [up] = [s for s in collector.spans if s["name"] == "upstream"]
+    assert up["parent"] == root["id"] and up["kind"] == 3 and up["attrs"]["rpc.grpc.status_code"] == 0

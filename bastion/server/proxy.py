@@ -178,11 +178,19 @@ class Gateway:
                 if deny is None and (plan.stages or plan.body_stages or plan.waived):
                     deny = await self._enforce(ex, ctx, plan, buffer_body=route.grpc is None)
                 if deny is None and route.grpc is not None:
-                    status, upstream_status = await self._forward_grpc(ex, ctx, route, plan, traceparent)
+                    up_span: Any = None
+                    if self.tracing is not None:
+                        up_span, traceparent = self.tracing.upstream(route.upstream.authority, traceparent)
+                    try:
+                        status, upstream_status = await self._forward_grpc(ex, ctx, route, plan, traceparent)
+                    finally:
+                        if up_span is not None:
+                            self.tracing.end_upstream(up_span, upstream_status,  # type: ignore[union-attr]
+                                                      "rpc.grpc.status_code")
                 elif deny is None and getattr(ex, "upgrade", None) is not None:  # RFC 6455: relayed frames
                     status, upstream_status, deny = await websocket.relay(self, ex, ctx, route, plan, traceparent)
                 elif deny is None:
-                    up_span: Any = None
+                    up_span = None
                     if self.tracing is not None:
                         up_span, traceparent = self.tracing.upstream(route.upstream.authority, traceparent)
                     try:
@@ -196,8 +204,7 @@ class Gateway:
                         deny = exc.deny
                     finally:
                         if up_span is not None:
-                            up_span.set_attribute("http.response.status_code", upstream_status or 0)
-                            up_span.end()
+                            self.tracing.end_upstream(up_span, upstream_status)  # type: ignore[union-attr]
             if deny is not None:
                 status = deny.status
                 if ex.response_started:
