@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from bastion.compile import CompiledRoute, compile_config
+from bastion.config.include import api_sources
 from bastion.config.loader import ConfigError, load_config
 from bastion.posture.admin_client import admin_call
 from bastion.posture.policy import route_policy
@@ -67,6 +68,9 @@ def explain(path: str, selector: str | None, *, as_json: bool = False, at: float
         return 1
     shared: dict[Any, Any] = compiled.shared  # keyed by each layer's prepare function
     docs = [route_policy(r, shared.get(authz.prepare), now=compiled.loaded_at) for r in routes]
+    defined_in = api_sources(compiled.config)  # which file of a config directory each route comes from
+    for doc in docs:
+        doc["source"] = defined_in.get(doc["api"], "")
     if as_json:
         print(json.dumps(docs, indent=2))
         return 0
@@ -74,6 +78,7 @@ def explain(path: str, selector: str | None, *, as_json: bool = False, at: float
         admin = "  [administrative]" if doc["administrative"] else ""
         print(f"{doc['route']}  {' '.join(doc['methods'])} {doc['path']}  class={doc['class']}{admin}")
         print(f"  upstream: {doc['upstream']}")
+        print(f"  defined in: {doc['source']}")
         for waiver in doc["exceptions"]:
             print(f"  exception in force: {waiver['id']} (this plan ends {waiver['expires']})")
         for line in doc["authorization"]:

@@ -29,11 +29,14 @@ from bastion.config.models import SECTIONS, ApiConfig, Baseline, ExceptionConfig
 from bastion.context import Decision, Deny, RequestContext
 from bastion.forwarding import GrpcLimits, Upstream
 from bastion.governance.baseline import Weakening, merge, restore, weakenings
+from bastion.http.websocket import websocket_config
 from bastion.openapi.loader import load_openapi
 from bastion.pipeline import PIPELINE
 from bastion.router import Router
 from bastion.stages import response as response_layer
 from bastion.stages.base import RouteInfo, Services, Stage
+from bastion.upstreams.config import targets_of
+from bastion.upstreams.spec import pool_spec
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,7 @@ class CompiledRoute:
     plans: list[Plan]
     admin: bool = False
     grpc: Any = None  # bastion.forwarding.GrpcLimits: a gRPC method, forwarded over HTTP/2
+    websocket: Any = None  # bastion.http.websocket.WebSocketConfig: WebSocket upgrades accepted, with limits
 
     def plan(self, now: float) -> Plan:
         """The plan in force at `now`: an expired exception stops applying at its instant, not at a reload."""
@@ -98,10 +102,11 @@ class _RouteDecl:
     operation: dict[str, Any] | None = None
     admin: bool = False
     grpc_decode: Any = None  # decodes a gRPC request message to a dict (methods from a descriptor set)
+    websocket: Any = None  # bastion.http.websocket.WebSocketConfig: the route accepts WebSocket upgrades
 
 
 def parse_upstream(api: ApiConfig, base_dir: Path | None = None) -> Upstream:
-    url = urlsplit(api.upstream)
+    url = urlsplit(api.upstream if isinstance(api.upstream, str) else targets_of(api.upstream)[0].url)
     port = url.port or (443 if url.scheme == "https" else 80)
     tls = api.upstream_tls
 
@@ -112,7 +117,8 @@ def parse_upstream(api: ApiConfig, base_dir: Path | None = None) -> Upstream:
 
     return Upstream(api.name, url.scheme, url.hostname or "", port, url.path.rstrip("/"), api.allow_private_upstream,
                     path(tls.ca) if tls else None, path(tls.client_cert) if tls else None,
-                    path(tls.client_key) if tls else None, tls.server_name if tls else None)
+                    path(tls.client_key) if tls else None, tls.server_name if tls else None,
+                    pool_spec(api.upstream, api.load_balancing))
 
 
 _NAME_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -202,6 +208,7 @@ def _route_decls(api: ApiConfig, index: int, base_dir: Path, diags: list[Diagnos
                                                   f"no operationId {route.operation!r} in {api.openapi}"))
                 continue
             target.policy, target.loc, target.admin = route.policy, loc, route.admin or target.admin
+            target.websocket = websocket_config(route.websocket)
             if route.name:
                 target.name = route.name
             continue
@@ -210,7 +217,8 @@ def _route_decls(api: ApiConfig, index: int, base_dir: Path, diags: list[Diagnos
         if name in by_name:
             diags.append(positions.diagnostic((*loc, "name"), f"route name {name!r} is used twice in API"))
             continue
-        decl = _RouteDecl(name, route.path, route.methods, route.policy, loc, None, route.admin)
+        decl = _RouteDecl(name, route.path, route.methods, route.policy, loc, None, route.admin,
+                          websocket=websocket_config(route.websocket))
         by_name[name] = decl
         decls.append(decl)
     return decls, spec_hash
@@ -289,6 +297,10 @@ def compile_config(loaded: LoadedConfig, services: Services | None = None, *, no
         baseline_model = Baseline.model_validate(klass.model_dump(include=set(SECTIONS)))
         baseline = baseline_model.model_dump(mode="python")
         upstream = parse_upstream(api, base_dir)
+        if upstream.pool is not None and api.grpc is not None:
+            diags.append(positions.diagnostic((*api_loc, "upstream"), "a gRPC API has one upstream URL (pools "
+                                              "of targets are for HTTP APIs)"))
+            continue
         for field_name, file in (("ca", upstream.tls_ca), ("client_cert", upstream.tls_cert),
                                  ("client_key", upstream.tls_key)):
             if file is not None and not Path(file).is_file():
@@ -457,7 +469,7 @@ def _compile_route(api: ApiConfig, decl: _RouteDecl, baseline: dict[str, Any], b
                           default_timeout=g.default_timeout, max_timeout=g.max_timeout,
                           connect_timeout=plans[0].policy.traffic.upstream_connect_timeout,
                           decode=decl.grpc_decode)
-    return CompiledRoute(infos[0], upstream, strip, plans, decl.admin, grpc)
+    return CompiledRoute(infos[0], upstream, strip, plans, decl.admin, grpc, decl.websocket)
 
 
 def _loc_of(w: Weakening, decl: _RouteDecl) -> tuple[str | int, ...]:

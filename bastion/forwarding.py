@@ -24,6 +24,7 @@ class Upstream:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_server_name: str | None = None
+    pool: Any = None  # bastion.upstreams.spec.PoolSpec: several targets (host and port above are the first's)
     authority: str = field(init=False, compare=False, repr=False)  # host[:port], as the Host header says it
     _hash: int = field(init=False, compare=False, repr=False)  # the pool key, looked up on every request
 
@@ -32,7 +33,7 @@ class Upstream:
         object.__setattr__(self, "authority", self.host if self.port == default else f"{self.host}:{self.port}")
         object.__setattr__(self, "_hash", hash((self.name, self.scheme, self.host, self.port, self.path_prefix,
                                                 self.allow_private, self.tls_ca, self.tls_cert, self.tls_key,
-                                                self.tls_server_name)))
+                                                self.tls_server_name, self.pool)))
 
     def __hash__(self) -> int:
         return self._hash

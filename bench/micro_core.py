@@ -1,6 +1,6 @@
 """Microbenchmark: the gateway's own Python work per proxied request, with no sockets at all.
 
-    python bench/micro_core.py [--n 50000] [--post | --jwt | --limit | --chain] [--profile]
+    python bench/micro_core.py [--n 50000] [--post | --jwt | --limit | --chain | --pool] [--profile]
 
 A real `Runtime` compiles a plain route (every control off), then one client connection and one pooled upstream
 connection are driven through in-memory transports: the client "sends" a request, the gateway parses, routes,
@@ -59,6 +59,12 @@ apis:
         methods: [GET]
         policy: {traffic: {rate_limits: [{name: bench, algorithm: sliding_window, limit: 1000000000, window: 1s,
                                           key: client_ip}]}}
+  - name: bench-pool
+    owner: perf@example.com
+    class: plain
+    upstream: [http://127.0.0.1:9, http://127.0.0.1:10]
+    routes:
+      - {name: pool, path: /pool, methods: [GET]}
   - name: bench-jwt
     owner: perf@example.com
     class: authn
@@ -167,6 +173,9 @@ async def drive(runtime: Runtime, n: int, request: bytes) -> float:
 
     for pool in gateway.pools.values():  # one pooled connection per upstream, answering every request
         pool.release(memory_upstream(pool))
+    for targets in gateway.target_pools.values():  # and per target of a pool
+        for target in targets.targets:
+            target.conns.release(memory_upstream(target.conns))
     client.connection_made(MemoryTransport(client_received, ("127.0.0.1", 50000)))
     started = time.process_time()
     client.data_received(request)
@@ -186,6 +195,8 @@ async def main(args: argparse.Namespace) -> None:
             request = GET.replace(b"/get", b"/limited")
         if args.chain:
             request = b"GET /chain HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer %b\r\n\r\n" % token.encode()
+        if args.pool:
+            request = GET.replace(b"/get", b"/pool")
         if args.jwt:
             request = b"GET /jwt HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer %b\r\n\r\n" % token.encode()
         try:
@@ -199,8 +210,9 @@ async def main(args: argparse.Namespace) -> None:
                 pstats.Stats(prof).sort_stats("tottime").print_stats(40)
         finally:
             await runtime.stop(drain_timeout=0.1)
-    shape = "POST 1 KB" if args.post else "GET with a cached JWT" if args.jwt else \
-        "GET, identity chain (cached JWT + scope + rate limit)" if args.chain else "GET, rate-limited" if args.limit else "GET"
+    shape = "GET to a pool of two targets" if args.pool else "POST 1 KB" if args.post else \
+        "GET with a cached JWT" if args.jwt else "GET, identity chain (cached JWT + scope + rate limit)" if args.chain \
+        else "GET, rate-limited" if args.limit else "GET"
     print(f"{shape}: {seconds * 1e6 / args.n:.1f} µs CPU per request "
           f"(in-process, no sockets; n={args.n})")
 
@@ -213,5 +225,6 @@ if __name__ == "__main__":
     shape.add_argument("--jwt", action="store_true")
     shape.add_argument("--limit", action="store_true")
     shape.add_argument("--chain", action="store_true", help="cached JWT + scope + rate limit (Envoy's chain)")
+    shape.add_argument("--pool", action="store_true", help="a route whose upstream is a pool of two targets")
     parser.add_argument("--profile", action="store_true")
     uvloop.run(main(parser.parse_args()))

@@ -91,3 +91,19 @@ def test_the_example_passes_validate_once_its_files_exist(tmp_path: Path, capsys
     for name in ("gw.pem", "gw.key", "partners-ca.pem"):
         (tmp_path / "certs" / name).write_text("placeholder\n")
     assert validate(str(tmp_path / "bastion.yaml")) == 0
+
+
+def test_pool_example_is_valid():
+    compiled = compile_config(load_config(ROOT / "docs" / "examples" / "pool.yaml"))
+    assert not compiled.errors
+    [pool] = {r.upstream.pool for r in compiled.routes}
+    assert [t.weight for t in pool.targets] == [1, 2]
+
+
+def test_config_directory_example_is_valid():
+    from bastion.config.include import api_sources
+
+    loaded = load_config(ROOT / "docs" / "examples" / "config-dir")
+    compiled = compile_config(loaded)
+    assert not compiled.errors and len(compiled.routes) == 3
+    assert api_sources(loaded)["orders"] == "apis/orders.yaml:3"

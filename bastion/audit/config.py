@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from bastion.config.base import Duration, Model, Size
+from bastion.config.secrets import SecretRef
 
 Format = Literal["ocsf", "ecs"]
 BlockKind = Literal["ip", "subject", "consumer"]
@@ -32,7 +33,8 @@ class TlsClientConfig(Model):
     ca: Path | None = Field(None, description="CA bundle the receiver's certificate must chain to "
                             "(the system store when omitted).")
     cert: Path | None = Field(None, description="Client certificate (PEM), when the receiver asks for one.")
-    key: Path | None = Field(None, description="Key of `cert` (PEM).")
+    key: Path | SecretRef | None = Field(None, description="Key of `cert` (PEM): a path, or `{env: NAME}` / "
+                                         "`{file: PATH}`.")
     server_name: str | None = Field(None, description="Name to verify instead of the sink's host.")
 
 
@@ -67,6 +69,8 @@ class AuditSinkConfig(Model):
     url: str | None = Field(None, pattern=r"^https?://", description="HTTP sink: collector URL.")
     token_env: str | None = Field(None, description="HTTP sink: environment variable holding the bearer token.")
     token_file: Path | None = Field(None, description="HTTP sink: file holding the bearer token.")
+    token: SecretRef | None = Field(None, description="HTTP sink: the bearer token, `{env: NAME}` or "
+                                    "`{file: PATH}`.")
     auth_scheme: str = Field("Bearer", pattern=r"^[A-Za-z]+$",
                              description="HTTP sink: `Bearer`, or `Splunk` for a Splunk HEC.")
     body: Literal["hec", "ndjson"] = Field("hec", description="HTTP sink: `hec` (`{\"event\": ...}` objects "
@@ -175,6 +179,7 @@ class WebhookConfig(Model):
 
     url: str = Field(pattern=r"^https?://")
     token_env: str | None = None
+    token: SecretRef | None = Field(None, description="`{env: NAME}` or `{file: PATH}`.")
     timeout: Duration = 5.0
     tls: TlsClientConfig | None = None
 

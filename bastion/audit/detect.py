@@ -219,6 +219,8 @@ class Detector:
         hook = config.responses.webhook
         if hook is not None:
             token = os.environ.get(hook.token_env) if hook.token_env else None
+            if hook.token is not None:  # loaded with the config
+                token = hook.token.value()
             if hook.token_env and not token:
                 raise ValueError(f"alert webhook: environment variable {hook.token_env} is not set")
             context = client_ssl(hook.tls, Path(base_dir or ".")) if hook.url.startswith("https:") else None

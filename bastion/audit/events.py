@@ -18,6 +18,7 @@ from typing import Any
 from bastion import __version__
 from bastion import policy_ids as ids
 from bastion.context import Deny, RequestContext
+from bastion.tracing import current_trace_id
 
 OCSF_VERSION = "1.3.0"
 PRODUCT = {"name": "Bastion", "vendor_name": "Bastion", "version": __version__}
@@ -90,7 +91,7 @@ def _http_request(ctx: RequestContext) -> dict[str, Any]:
 def _bastion(ctx: RequestContext, status: int, deny: Deny | None, exceptions: tuple[str, ...],
              upstream_status: int | None) -> dict[str, Any]:
     identity = ctx.identity
-    return {
+    out: dict[str, Any] = {
         "request_id": ctx.request_id, "api": ctx.api, "route": ctx.route, "client_ip": ctx.client_ip,
         "decision": "deny" if deny is not None else "allow",
         "reason": deny.reason if deny is not None else None,
@@ -104,6 +105,10 @@ def _bastion(ctx: RequestContext, status: int, deny: Deny | None, exceptions: tu
         "credential_id": identity.credential_id if identity else None,
         "status": status, "upstream_status": upstream_status, "tls": ctx.tls,
     }
+    trace_id = current_trace_id()  # with `gateway.tracing` on: the request's OpenTelemetry trace
+    if trace_id is not None:
+        out["trace_id"] = trace_id
+    return out
 
 
 def request_event(uid: str, ctx: RequestContext, status: int, deny: Deny | None, duration: float,

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from bastion.config.base import Model
+from bastion.config.secrets import SecretRef
 
 
 class AdminAuthConfig(Model):
@@ -27,6 +28,8 @@ class AdminAuthConfig(Model):
     scope: str = Field("bastion:admin", min_length=1, description="Scope an admin token must carry.")
     token_sha256: list[str] = Field(default_factory=list,
                                     description="SHA-256 (hex) of static admin bearer tokens.")
+    tokens: list[SecretRef] = Field(default_factory=list, description="Static admin bearer tokens by reference: "
+                                    "`[{env: BASTION_ADMIN_TOKEN}, {file: secrets/admin-token}]`.")
     client_certificates: list[str] = Field(default_factory=list,
                                            description="Subjects (RFC 4514) or SANs of admin client certificates.")
     require_client_certificate: bool = Field(False, description="Require a listed client certificate, and a "

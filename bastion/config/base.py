@@ -23,7 +23,8 @@ Strictness = Literal["higher", "lower", "true", "false", "subset", "superset", "
 class Model(BaseModel):
     """Base of every config model: immutable, and unknown fields are errors (a typo must not disable a control)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    # hide_input_in_errors: a secret pasted into the wrong field never comes back in a validation message
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, hide_input_in_errors=True)
 
 
 def control(

@@ -252,15 +252,22 @@ def load_config(path: str | Path) -> LoadedConfig:
     """Read and validate the root model; cross-section rules are checked by `compile`."""
     import hashlib
 
+    from bastion.config.include import include_files, root_file  # `include:` files and their `owners`
     from bastion.config.models import BastionConfig
 
-    path = Path(path)
+    path = root_file(Path(path))
     data, positions = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError([positions.diagnostic((), "the config must be a YAML mapping")])
+    data, positions, files = include_files(path, data, positions)
     try:
         model = BastionConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(pydantic_diagnostics(exc, positions)) from None
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    from bastion.config.secrets import resolve_secrets  # `{env: ..}` / `{file: ..}` secrets, read on every load
+
+    unread = resolve_secrets(model, path.parent)
+    if unread:
+        raise ConfigError([positions.diagnostic(loc, message) for loc, message in unread])
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
     return LoadedConfig(path, model, positions, data, digest)

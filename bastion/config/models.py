@@ -14,7 +14,6 @@ exceptions: [{id: EXC-1, target: {api: orders}, controls: [identity], owner: ...
 from __future__ import annotations
 
 import ipaddress
-import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +24,9 @@ from bastion.audit.config import AuditConfig
 from bastion.config.admin import AdminAuthConfig
 from bastion.config.base import Duration, Model, Size
 from bastion.config.drift import DriftConfig
+from bastion.config.owners import FileOwners
+from bastion.config.secrets import SecretRef
+from bastion.http.websocket import WebSocketConfig
 from bastion.stages.authz.config import AuthzPolicy
 from bastion.stages.flows.config import FlowConfig
 from bastion.stages.graphql.config import GraphqlPolicy
@@ -35,6 +37,8 @@ from bastion.stages.signals import SignalsConfig
 from bastion.stages.traffic.config import TrafficPolicy
 from bastion.stages.transport import TransportPolicy
 from bastion.stages.transport.config import ListenerTlsSettings, RevocationConfig
+from bastion.tracing import TracingConfig
+from bastion.upstreams.config import LoadBalancingConfig, UpstreamField, check_upstream
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -82,7 +86,7 @@ class TlsListenerConfig(ListenerTlsSettings):
     """TLS on a listener: `tls: {cert: certs/gw.pem, key: certs/gw.key, client_ca: certs/ca.pem}`"""
 
     cert: Path
-    key: Path
+    key: Path | SecretRef = Field(description="The private key: a path, or `{env: NAME}` / `{file: PATH}`.")
     client_ca: Path | None = Field(None, description="CA bundle to verify client certificates (mTLS).")
     client_cert: Literal["none", "optional", "required"] = Field(
         "optional", description="Ask for a client certificate; classes decide whether it is required."
@@ -186,6 +190,8 @@ class GatewayConfig(Model):
     limits: ServerLimits = ServerLimits()
     http2: Http2Config = Http2Config()
     state: str = Field("memory", description="`memory` (one process) or `redis://host:6379/0`.")
+    state_password: SecretRef | None = Field(None, description="Redis password: `{env: REDIS_PASSWORD}` or "
+                                             "`{file: /run/secrets/redis}` (docs/config.md).")
     audit: AuditConfig = AuditConfig()
     max_exception_days: int = Field(90, ge=1, description="Longest allowed exception lifetime.")
     drift: DriftConfig | None = Field(None, description="Alert when the running config's effective policies "
@@ -193,6 +199,7 @@ class GatewayConfig(Model):
     workers: int = Field(1, ge=1, le=64)
     revocation: RevocationConfig = RevocationConfig()
     signals: SignalsConfig = SignalsConfig()
+    tracing: TracingConfig | None = Field(None, description="OpenTelemetry spans over OTLP (docs/tracing.md).")
 
     @field_validator("identity_headers")
     @classmethod
@@ -209,6 +216,8 @@ class RouteConfig(Model):
     methods: list[str] = Field(default_factory=list)
     admin: bool = False
     policy: dict[str, Any] = Field(default_factory=dict)
+    websocket: bool | WebSocketConfig = Field(False, description="Accept WebSocket upgrades (RFC 6455) on this "
+                                              "route, with these limits (`true`: the defaults; docs/websocket.md).")
 
     @field_validator("methods")
     @classmethod
@@ -257,7 +266,10 @@ class ApiConfig(Model):
     name: str = Field(pattern=_NAME)
     owner: str | None = Field(None, description="Team or person accountable (required).")
     klass: str = Field(alias="class")
-    upstream: str = Field(description="`http://host:port` or `https://host:port`, optionally with a path.")
+    upstream: UpstreamField = Field(description="`http://host:port` or `https://host:port`, optionally with a "
+                                    "path; or a list of targets, a pool (see `load_balancing`).")
+    load_balancing: LoadBalancingConfig | None = Field(None, description="How a pool of targets is used "
+                                                       "(docs/upstreams.md).")
     base_path: str = "/"
     strip_base_path: bool = Field(False, description="Forward `/orders/1` under base_path `/orders` as `/1`.")
     hosts: list[str] = Field(default_factory=list)
@@ -273,10 +285,8 @@ class ApiConfig(Model):
 
     @field_validator("upstream")
     @classmethod
-    def _upstream(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
-            raise ValueError("upstream must be an http:// or https:// URL")
-        return value
+    def _upstream(cls, value: UpstreamField) -> UpstreamField:
+        return check_upstream(value)
 
     @field_validator("base_path")
     @classmethod
@@ -332,6 +342,10 @@ class BastionConfig(Model):
     """The whole `bastion.yaml`."""
 
     version: Literal[1] = 1
+    include: list[str] = Field(default_factory=list, description="Files merged into this one (globs, relative "
+                               "to it): `[classes.yaml, apis/*.yaml]` (docs/config.md).")
+    owners: dict[str, FileOwners] | None = Field(None, description="What each included file may define: "
+                                                 "`{apis/orders.yaml: {apis: [team-orders@example.com]}}`.")
     gateway: GatewayConfig = GatewayConfig()
     classes: dict[str, ClassConfig] = Field(min_length=1)
     providers: ProvidersConfig = ProvidersConfig()

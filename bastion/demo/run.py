@@ -16,14 +16,17 @@ from bastion.server.settings import install_uvloop
 
 IDP_PORT = 8081
 UPSTREAM_PORT = 8082
+UPSTREAM_B_PORT = 8083  # the second target of the orders API, a process of its own
 ADMIN_PORT = 9901
 
 
 def render_config(directory: Path, port: int, issuer: str, upstream: str, now: datetime,
-                  admin_port: int = ADMIN_PORT) -> Path:
-    """Write the demo config, with an exception created now and expiring in 30 days."""
+                  admin_port: int = ADMIN_PORT, upstream_b: str | None = None) -> Path:
+    """Write the demo config, with an exception created now and expiring in 30 days. With `upstream_b`, the
+    orders API is a pool of two targets."""
     text = resources.files("bastion.demo").joinpath("bastion.yaml").read_text()
     fields = {
+        "{orders_upstream}": f"[{upstream}, {upstream_b}]" if upstream_b else upstream,
         "{port}": str(port), "{admin_port}": str(admin_port), "{issuer}": issuer, "{upstream}": upstream,
         "{created}": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "{expires}": (now + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -41,7 +44,7 @@ def render_config(directory: Path, port: int, issuer: str, upstream: str, now: d
 
 
 def instructions(port: int, issuer: str, config: Path, upstream_port: int = UPSTREAM_PORT,
-                 admin_port: int = ADMIN_PORT) -> str:
+                 admin_port: int = ADMIN_PORT, upstream_b_port: int = UPSTREAM_B_PORT, upstream_b_pid: int = 0) -> str:
     gw = f"http://127.0.0.1:{port}"
     bastion = Path(sys.executable).parent / "bastion"  # the virtualenv's command, which `make demo` ran
     return f"""
@@ -51,6 +54,7 @@ Bastion demo is running. In another shell, put the `bastion` command on your PAT
   gateway   {gw}          (config: {config})
   IdP       {issuer}     (JWKS at {issuer}/jwks.json)
   upstream  http://127.0.0.1:{upstream_port}     (echoes what reached it)
+  orders-b  http://127.0.0.1:{upstream_b_port}     (second target of the orders API, pid {upstream_b_pid})
   admin     http://127.0.0.1:{admin_port}     (/healthz /readyz /metrics /config)
   audit     {config.parent / 'audit.jsonl'}
 
@@ -90,10 +94,16 @@ Try:
   curl -s {gw}/catalog/status
   bastion explain -c {config} catalog/status
 
-  # 9. attack it: every refusal the config promises, with the probe identity the demo trusts
+  # 9. the orders API runs on two targets; stop one (or freeze it: kill -STOP), requests keep succeeding
+  for i in 1 2 3 4; do curl -s {gw}/orders/42 -H "Authorization: Bearer $TOKEN" | grep -o '"instance":"[^"]*"'; done
+  kill {upstream_b_pid}
+  for i in 1 2 3 4; do curl -s {gw}/orders/42 -H "Authorization: Bearer $TOKEN" | grep -o '"instance":"[^"]*"'; done
+  grep upstream.ejected {config.parent / 'audit.jsonl'}
+
+  # 10. attack it: every refusal the config promises, with the probe identity the demo trusts
   bastion probe -c {config} --target {gw} | tail -3
 
-  # 10. what the auditors see: the audit log, and the posture report
+  # 11. what the auditors see: the audit log, and the posture report
   bastion report -c {config} | head -20
   tail -n 3 {config.parent / 'audit.jsonl'}
 
@@ -101,19 +111,38 @@ Ctrl-C stops the demo.
 """
 
 
+async def _second_target(port: int) -> asyncio.subprocess.Process:
+    """The orders API's second target, a process of its own so that it can be stopped like a real instance."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bastion.demo.upstream", str(port),
+                                                "orders-b")
+    for _ in range(300):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return proc
+    proc.kill()
+    raise OSError(f"the second demo upstream did not start on port {port}")
+
+
 async def run_demo(port: int, *, idp_port: int = IDP_PORT, upstream_port: int = UPSTREAM_PORT,
                    admin_port: int = ADMIN_PORT, ready: asyncio.Event | None = None,
-                   stop: asyncio.Event | None = None, info: dict[str, object] | None = None) -> None:
+                   stop: asyncio.Event | None = None, info: dict[str, object] | None = None,
+                   upstream_b_port: int = UPSTREAM_B_PORT) -> None:
     idp = await start_idp("127.0.0.1", idp_port)
-    upstream = await start_upstream("127.0.0.1", upstream_port)
+    upstream = await start_upstream("127.0.0.1", upstream_port, "orders-a")
+    second = await _second_target(upstream_b_port)
     with tempfile.TemporaryDirectory(prefix="bastion-demo-") as tmp:
         config = render_config(Path(tmp), port, idp.issuer, f"http://127.0.0.1:{upstream_port}",
-                               datetime.now(UTC), admin_port)
+                               datetime.now(UTC), admin_port, f"http://127.0.0.1:{upstream_b_port}")
         runtime = Runtime(config)
         await runtime.start()
-        print(instructions(port, idp.issuer, config, upstream_port, admin_port), flush=True)
+        print(instructions(port, idp.issuer, config, upstream_port, admin_port, upstream_b_port, second.pid),
+              flush=True)
         if info is not None:
-            info.update(config=config, issuer=idp.issuer, runtime=runtime)
+            info.update(config=config, issuer=idp.issuer, runtime=runtime, second_target=second)
         if ready is not None:
             ready.set()
         try:
@@ -124,6 +153,9 @@ async def run_demo(port: int, *, idp_port: int = IDP_PORT, upstream_port: int = 
                 await runtime.stop(drain_timeout=1.0)
         finally:
             upstream.close()
+            if second.returncode is None:
+                second.kill()
+            await second.wait()
             await idp.close()
 
 
@@ -134,7 +166,7 @@ def main(port: int = 8080) -> int:
     except KeyboardInterrupt:
         pass
     except OSError as exc:
-        print(f"bastion demo: cannot start: {exc} (are ports {port}, {IDP_PORT}, {UPSTREAM_PORT} and "
-              f"{ADMIN_PORT} free?)", file=sys.stderr)
+        print(f"bastion demo: cannot start: {exc} (are ports {port}, {IDP_PORT}, {UPSTREAM_PORT}, "
+              f"{UPSTREAM_B_PORT} and {ADMIN_PORT} free?)", file=sys.stderr)
         return 1
     return 0

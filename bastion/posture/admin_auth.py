@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bastion.config.admin import AdminAuthConfig
+from bastion.config.secrets import hmac_jwks
 from bastion.stages.identity.config import JwtProviderConfig
 from bastion.stages.identity.jwks import JwksCache
 from bastion.stages.identity.jwt import JwtVerifier, ProviderVerifier, TokenRejected
@@ -50,7 +51,8 @@ class AdminAuth:
     def __init__(self, config: AdminAuthConfig, providers: Iterable[JwtProviderConfig] = (), *,
                  wall_clock: Any = None) -> None:
         self.config = config
-        self._hashes = tuple(bytes.fromhex(h) for h in config.token_sha256)
+        self._hashes = tuple(bytes.fromhex(h) for h in config.token_sha256) + tuple(
+            hashlib.sha256(ref.value().encode()).digest() for ref in config.tokens)  # compared as hashes too
         self._certs = frozenset(config.client_certificates)
         self._parser = CertParser(64)
         self._jwks: JwksCache | None = None
@@ -62,7 +64,7 @@ class AdminAuth:
             self._jwks = JwksCache(provider.name, provider.jwks_cache,
                                    jwks_uri=provider.jwks_uri,
                                    discovery_issuer=provider.issuer if provider.discovery else None,
-                                   jwks_file=provider.jwks_file)
+                                   jwks_file=provider.jwks_file, jwks_bytes=hmac_jwks(provider.hmac_key))
             extra = {"wall_clock": wall_clock} if wall_clock is not None else {}
             self._verifier = JwtVerifier([ProviderVerifier(provider, self._jwks)], **extra)
 

@@ -68,7 +68,7 @@ def markdown(report: dict[str, Any]) -> str:
         status = "meets its class baseline" if r["meets_baseline"] else \
             f"relaxed by exception: {', '.join(r['relaxed_controls'])}"
         out += [f"### {r['route']}  `{' '.join(r['methods'])} {r['path']}`", "",
-                f"Class `{r['class']}`, owner {r['owner']}; {status}."]
+                f"Class `{r['class']}`, owner {r['owner']}, defined in `{r.get('source', '')}`; {status}."]
         gaps = [g.replace("_", " ") for g, on in r["gaps"].items() if on]
         if gaps:
             out.append(f"Not required by its class, and not set: {', '.join(gaps)}.")

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bastion.compile import CompiledGateway, CompiledRoute
+from bastion.config.include import api_sources
 from bastion.config.models import ExceptionConfig
 from bastion.posture import owasp
 from bastion.posture.auditlog import RequestEvent
@@ -109,6 +110,9 @@ def build(compiled: CompiledGateway, now: float, *, events: Iterable[RequestEven
     routes = [route_doc(r, owners.get(r.info.api), exceptions, by_route if probe else {}, now)
               for r in compiled.routes]
     annotate(routes, compiled, now)  # TLS policy, revocation and flows per route; API6 only where a flow applies
+    defined_in = api_sources(compiled.config)  # which file (a config may be a directory of them)
+    for route in routes:
+        route["source"] = defined_in.get(route["api"], "")
     apis = []
     for api in cfg.apis:
         mine = [r for r in routes if r["api"] == api.name]

@@ -19,7 +19,9 @@ from bastion.audit.blocks import BlockList
 from bastion.audit.detect import Detector
 from bastion.audit.log import AuditLog
 from bastion.compile import CompiledGateway, compile_config
+from bastion.config.include import root_file
 from bastion.config.loader import ConfigError, load_config
+from bastion.config.secrets import load_cert_chain
 from bastion.server.admin import AdminApi, AdminBackend, read_events
 from bastion.server.admin_routes import block_routes, identity_routes
 from bastion.server.dispatch import protocol_factory
@@ -40,7 +42,7 @@ class Runtime:
 
     def __init__(self, config_path: str | Path, *, services: Services | None = None, worker: bool = False,
                  serve_admin: bool = True) -> None:
-        self.config_path = Path(config_path)
+        self.config_path = root_file(Path(config_path))  # a config directory means its bastion.yaml
         self.services = services or Services()
         self.metrics = Metrics()
         if self.services.registry is None:  # identity counters land where /metrics reads
@@ -156,14 +158,14 @@ class Runtime:
         for listener in compiled.config.model.gateway.listeners:
             if listener.tls is not None:
                 scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                scratch.load_cert_chain(_resolve(base, listener.tls.cert), _resolve(base, listener.tls.key))
+                load_cert_chain(scratch, _resolve(base, listener.tls.cert), listener.tls.key, base)
 
     def _reload_certificates(self, compiled: CompiledGateway) -> None:
         """New certificates and keys serve the next handshakes; listener addresses change only on restart."""
         base = self.config_path.parent
         for context, listener in zip(self.tls_contexts, compiled.config.model.gateway.listeners, strict=False):
             if context is not None and listener.tls is not None:
-                context.load_cert_chain(_resolve(base, listener.tls.cert), _resolve(base, listener.tls.key))
+                load_cert_chain(context, _resolve(base, listener.tls.cert), listener.tls.key, base)
 
     def ready(self) -> bool:
         """Listening, and every dependency the routes need is there (see `readiness`)."""
@@ -198,7 +200,7 @@ class Runtime:
         if self.services.audit is None:
             self.services.audit = AuditLog.from_config(gw.audit, base, registry=self.metrics.registry)
         if self.services.state is None:  # shared limits, blocks and revocations; lives as long as the process
-            self.services.state = open_state(gw.state)
+            self.services.state = open_state(gw.state, gw.state_password.value() if gw.state_password else None)
         extra = self.services.extra
         if "blocks" not in extra:  # detections and their responses, shared through the state backend
             extra["blocks"] = BlockList(self.services.state, audit=self.services.audit)

@@ -16,6 +16,7 @@ import httptools
 
 from bastion.http.framing import FramingError, check_head
 from bastion.http.problem import problem_body, status_line, status_phrase
+from bastion.http.websocket import wants_websocket
 from bastion.server.deadlines import NEVER, deadlines
 from bastion.server.exchange import ExchangeBase, transport_peer
 
@@ -76,6 +77,7 @@ class Exchange(ExchangeBase):
         "response_started",
         "status",
         "target",
+        "upgrade",
         "version",
     )
 
@@ -101,6 +103,7 @@ class Exchange(ExchangeBase):
         self.status = 0
         self.closed_after = False
         self._pending: bytes | None = None  # a response head held back to go out with the first body bytes
+        self.upgrade: bytes | None = None  # a WebSocket upgrade held for the gateway: the bytes after its head
 
     # ---- request body -------------------------------------------------------------------------------------
 
@@ -271,6 +274,7 @@ class Http1Connection(asyncio.Protocol):
         self.peer = ""
         self.tls = False
         self.peer_cert: bytes | None = None
+        self.tunnel: Callable[[bytes], None] | None = None  # an accepted WebSocket (server/websocket.py) owns the bytes
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------------------
 
@@ -288,6 +292,8 @@ class Http1Connection(asyncio.Protocol):
         self._registry.discard(self)
         self._deadlines.discard(self)
         self.deadline = NEVER
+        if self.tunnel is not None:
+            self.tunnel(b"")  # end of stream for the WebSocket session
         gone = ClientGone()
         for exchange in (self._current, *self._ready):
             if exchange is not None:
@@ -300,10 +306,18 @@ class Http1Connection(asyncio.Protocol):
             drain.set_exception(ClientGone())
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel(data)
+            return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._reject(FramingError(400, "upgrade_not_supported", "protocol upgrade requested"))
+        except httptools.HttpParserUpgrade as exc:
+            last = self._ready[-1] if self._ready else None
+            if last is not None and wants_websocket(last.headers):  # RFC 6455: the route decides (proxy)
+                last.upgrade, last.keep_alive = data[exc.args[0]:], False
+                self._pause_reading()
+            else:
+                self._reject(FramingError(400, "upgrade_not_supported", "protocol upgrade requested"))
         except httptools.HttpParserError as exc:
             if self._closed:
                 return

@@ -32,13 +32,16 @@ from bastion.http.headers import (
 )
 from bastion.pipeline import run
 from bastion.router import AmbiguousPath, split_request_path
+from bastion.server import websocket
 from bastion.server.grpc_proxy import forward_grpc
 from bastion.server.http1 import BodyMalformed, BodyTimeout, BodyTooLarge, ClientGone, Exchange
 from bastion.server.metrics import Metrics
+from bastion.server.pool import PoolMetrics, TargetPool
 from bastion.server.response import ResponseSink
 from bastion.server.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 from bastion.server.upstream_h2 import H2Upstream
 from bastion.stages.base import Services
+from bastion.tracing import Tracing
 
 
 class Gateway:
@@ -52,6 +55,9 @@ class Gateway:
         self.request_ids = RequestIds()
         self.pools: dict[Upstream, UpstreamPool] = {}
         self.h2_upstreams: dict[Upstream, H2Upstream] = {}  # gRPC upstreams, multiplexed HTTP/2
+        self.target_pools: dict[Upstream, TargetPool] = {}  # APIs with several targets
+        self.pool_metrics = PoolMetrics(metrics.registry)
+        self.tracing = Tracing.start(compiled.config.model.gateway.tracing)  # None unless `gateway.tracing`
         self.in_flight = 0
         self.install(compiled)
 
@@ -59,14 +65,22 @@ class Gateway:
         """Make `compiled` the config that serves the next request. In-flight requests finish on the old one."""
         gw = compiled.config.model.gateway
         self.compiled = compiled
+        if self.tracing is not None:  # a span per stage: the stages are wrapped once per load
+            self.tracing.instrument(compiled.routes)
         self.trusted = TrustedProxies(gw.trusted_proxies)
         self.identity_headers = HeaderNames(gw.identity_headers)
         pool_size = gw.limits.upstream_pool_size
-        wanted = {r.upstream for r in compiled.routes if r.grpc is None}
+        wanted = {r.upstream for r in compiled.routes if r.grpc is None and r.upstream.pool is None}
         for upstream in wanted - self.pools.keys():
             self.pools[upstream] = UpstreamPool(upstream, pool_size, _client_ssl(upstream))
         for upstream in self.pools.keys() - wanted:
             self.pools.pop(upstream).close()
+        wanted = {r.upstream for r in compiled.routes if r.grpc is None and r.upstream.pool is not None}
+        for upstream in wanted - self.target_pools.keys():  # several targets: bastion.server.pool
+            self.target_pools[upstream] = TargetPool(upstream, pool_size, _client_ssl(upstream), self.audit,
+                                                     self.pool_metrics)
+        for upstream in self.target_pools.keys() - wanted:
+            self.target_pools.pop(upstream).close()
         wanted_h2 = {r.upstream for r in compiled.routes if r.grpc is not None}
         for upstream in wanted_h2 - self.h2_upstreams.keys():
             self.h2_upstreams[upstream] = H2Upstream(upstream.host, upstream.port, tls=_client_ssl(upstream))
@@ -123,6 +137,9 @@ class Gateway:
             request_id=request_id, start=services.wall_clock(), tls=ex.tls, peer_cert=ex.peer_cert,
         )
         traceparent = next_traceparent(first_header(headers, "traceparent"))
+        span: Any = None
+        if self.tracing is not None:  # OpenTelemetry: the request's span; its context is the traceparent sent on
+            span, span_tokens, traceparent = self.tracing.begin(ctx, host, traceparent)
         deny: Deny | None = None
         status = 0
         plan: Plan | None = None
@@ -158,20 +175,38 @@ class Gateway:
                 ctx.api, ctx.route = info.api, info.route
                 plan = route.plan(ctx.start)
                 deny = _limit_body(ex, ctx, plan)
+                if deny is None and getattr(ex, "upgrade", None) is not None:  # a WebSocket upgrade request
+                    deny = websocket.refusal(route, ex)
                 if deny is None and (plan.stages or plan.body_stages or plan.waived):
                     deny = await self._enforce(ex, ctx, plan, buffer_body=route.grpc is None)
                 if deny is None and route.grpc is not None:
-                    status, upstream_status = await self._forward_grpc(ex, ctx, route, plan, traceparent)
+                    up_span: Any = None
+                    if self.tracing is not None:
+                        up_span, traceparent = self.tracing.upstream(route.upstream.authority, traceparent)
+                    try:
+                        status, upstream_status = await self._forward_grpc(ex, ctx, route, plan, traceparent)
+                    finally:
+                        if up_span is not None:
+                            self.tracing.end_upstream(up_span, upstream_status,  # type: ignore[union-attr]
+                                                      "rpc.grpc.status_code")
+                elif deny is None and getattr(ex, "upgrade", None) is not None:  # RFC 6455: relayed frames
+                    status, upstream_status, deny = await websocket.relay(self, ex, ctx, route, plan, traceparent)
                 elif deny is None:
+                    up_span = None
+                    if self.tracing is not None:
+                        up_span, traceparent = self.tracing.upstream(route.upstream.authority, traceparent)
                     try:
                         upstream_status = await self._forward(ex, ctx, route, plan, traceparent)
                         status = ex.status
                     except _UpstreamDeny as exc:
                         err = exc.error
                         deny = Deny(err.status, err.reason, ids.of_api(info, "upstream"),
-                                    log_detail=str(err))
+                                    log_detail=str(err), headers=err.headers)
                     except _StageDeny as exc:
                         deny = exc.deny
+                    finally:
+                        if up_span is not None:
+                            self.tracing.end_upstream(up_span, upstream_status)  # type: ignore[union-attr]
             if deny is not None:
                 status = deny.status
                 if ex.response_started:
@@ -199,6 +234,8 @@ class Gateway:
                 with contextlib.suppress(Exception):  # a finalizer must never mask the response
                     finalizer(status)
             self._account(ctx, route, plan, status, deny, time.perf_counter() - started, upstream_status)
+            if self.tracing is not None:
+                self.tracing.finish(span, span_tokens, ctx, status, deny)
 
     def _preflight(self, ex: Exchange, ctx: RequestContext, table: dict[str, CompiledRoute],
                    params: dict[str, str], request_id: str,
@@ -249,8 +286,8 @@ class Gateway:
     # ---- forwarding ---------------------------------------------------------------------------------------
 
     def _request_head(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, traceparent: str,
-                      framing: str) -> bytes:
-        up = route.upstream
+                      framing: str, upstream: Upstream | None = None) -> bytes:
+        up = upstream or route.upstream  # a pool's target names itself in Host
         path = ctx.path
         if route.strip_prefix and path.startswith(route.strip_prefix):
             path = path[len(route.strip_prefix):] or "/"
@@ -264,8 +301,6 @@ class Gateway:
 
     async def _forward(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, plan: Plan,
                        traceparent: str) -> int | None:
-        limits = plan.policy.traffic
-        pool = self.pools[route.upstream]
         body = ctx.body
         if body is None and ex.has_body and ex.body_received:
             body = await ex.read_body()  # all here already: re-framed by its length, in the same write as the head
@@ -280,16 +315,31 @@ class Gateway:
             framing = ""
         if plan.response is not None and plan.response.filters_bodies:
             ctx.drop_upstream_headers.add("accept-encoding")  # a compressed body could not be filtered
-        head = self._request_head(ex, ctx, route, traceparent, framing)
+        targets = self.target_pools.get(route.upstream)
+        try:
+            if targets is None:
+                head = self._request_head(ex, ctx, route, traceparent, framing)
+                return await self._send(ex, ctx, self.pools[route.upstream], head, body, streaming, plan, traceparent)
+            # a pool of targets: bastion.server.pool picks one per attempt, retries elsewhere, ejects
+            return await targets.forward(ctx, ex.method, not streaming, lambda target, wrap: self._send(
+                ex, ctx, target.conns, self._request_head(ex, ctx, route, traceparent, framing, target.upstream),
+                body, streaming, plan, traceparent, wrap))
+        except UpstreamError as err:
+            raise _UpstreamDeny(err) from None
+
+    async def _send(self, ex: Exchange, ctx: RequestContext, pool: UpstreamPool, head: bytes, body: bytes | None,
+                    streaming: bool, plan: Plan, traceparent: str, wrap: Any = None) -> int | None:
+        """One request on one upstream's connections; an `UpstreamError` means nothing reached the client."""
+        limits = plan.policy.traffic
         for attempt in (0, 1):
             try:
                 conn = (attempt == 0 and pool.idle()) or await pool.acquire(limits.upstream_connect_timeout,
                                                                             fresh=attempt == 1)
             except UpstreamError as err:
                 self.metrics.upstream_errors.labels(err.reason).inc()
-                raise _UpstreamDeny(err) from None
+                raise
             sink = ResponseSink(ex, ctx, traceparent, conn, plan.response)
-            done = conn.begin(sink, ex.method == "HEAD")
+            done = conn.begin(sink if wrap is None else wrap(sink), ex.method == "HEAD")
             try:
                 if body is not None:
                     conn.write(head + body if body else head)
@@ -310,7 +360,7 @@ class Gateway:
                 if ex.response_started:
                     ex.keep_alive = False
                     raise ClientGone() from None
-                raise _UpstreamDeny(err) from None
+                raise
             except BaseException:
                 conn.close()
                 pool.release(conn)
@@ -403,7 +453,11 @@ class Gateway:
             for record in ctx.records:
                 metrics.decision(record.control, record.outcome, record.reason)
         if self.audit is not None and self.audit.enabled:
-            self.audit.request(ctx, status, deny, seconds, plan.exceptions if plan else (), upstream_status)
+            if self.tracing is not None:  # the hand-off to the audit queue, as a span
+                with self.tracing.audit():
+                    self.audit.request(ctx, status, deny, seconds, plan.exceptions if plan else (), upstream_status)
+            else:
+                self.audit.request(ctx, status, deny, seconds, plan.exceptions if plan else (), upstream_status)
         if self.detector is not None:  # runs with or without sinks: detections answer attacks, not logs
             self.detector.observe(ctx, status, deny)
 
@@ -412,6 +466,10 @@ class Gateway:
             pool.close()
         for h2 in self.h2_upstreams.values():
             h2.close()
+        for targets in self.target_pools.values():
+            targets.close()
+        if self.tracing is not None:
+            self.tracing.close()
 
 
 def _limit_body(ex: Exchange, ctx: RequestContext, plan: Plan) -> Deny | None:

@@ -10,6 +10,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from bastion.config.secrets import load_cert_chain
 from bastion.stages.transport.config import ALPN_PROTOCOLS, TLS_VERSIONS
 
 
@@ -32,7 +33,7 @@ def listener_ssl(listener: Any, base: Path) -> ssl.SSLContext | None:
     alpn = tls.alpn if tls.alpn is not None else (list(ALPN_PROTOCOLS) if getattr(listener, "http2", False) else [])
     if alpn:
         context.set_alpn_protocols(alpn)  # RFC 7301; dispatch hands "h2" to HTTP/2 (RFC 9113 §3.2)
-    context.load_cert_chain(resolve_path(base, tls.cert), resolve_path(base, tls.key))
+    load_cert_chain(context, resolve_path(base, tls.cert), tls.key, base)  # the key: a path or {env:}/{file:}
     if tls.client_ca is not None and tls.client_cert != "none":
         context.load_verify_locations(resolve_path(base, tls.client_ca))
         context.verify_mode = ssl.CERT_REQUIRED if tls.client_cert == "required" else ssl.CERT_OPTIONAL

@@ -24,6 +24,8 @@ from bastion.server.deadlines import NEVER, deadlines
 class UpstreamError(Exception):
     """The upstream could not be used; `reason` is the stable code (`upstream_connect_failed`, ...)."""
 
+    headers: tuple[tuple[str, str], ...] = ()  # for the client's answer, e.g. a pool's `Retry-After`
+
     def __init__(self, reason: str, detail: str, *, status: int = 502, retryable: bool = False) -> None:
         super().__init__(detail)
         self.reason = reason

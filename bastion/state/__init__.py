@@ -92,7 +92,7 @@ class RedisOptions(TypedDict, total=False):
     prefix: str
 
 
-def open_state(url: str, **options: Unpack[RedisOptions]) -> StateBackend:
+def open_state(url: str, password: str | None = None, **options: Unpack[RedisOptions]) -> StateBackend:
     """`memory`, `redis://host:6379/0`, `rediss://...`, `unix:///run/redis.sock`,
     `redis+sentinel://host1:26379,host2:26379/<service>/<db>` or `redis+cluster://host1:6379,host2:6379/`.
 
@@ -107,7 +107,7 @@ def open_state(url: str, **options: Unpack[RedisOptions]) -> StateBackend:
     if scheme in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "valkey", "valkeys"):
         from bastion.state.redis_state import RedisState
 
-        return RedisState(url, **options)
+        return RedisState(url, password=password, **options)
     raise ValueError(f"unknown state backend {url!r}: use `memory` or `redis://host:6379/0`")
 
 

@@ -52,8 +52,10 @@ class RedisState:
         prefix: str = "bastion:",
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        password: str | None = None,
     ) -> None:
         self.url = url
+        self._password = password  # `gateway.state_password` ({env: ..} / {file: ..}); never in the URL
         self.timeout = timeout
         self.retry_interval = retry_interval
         self.max_connections = int(max_connections)
@@ -82,6 +84,8 @@ class RedisState:
                 "retry": Retry(NoBackoff(), 0),  # we fail fast and let the caller choose; no hidden waits
                 "health_check_interval": 0,
             }
+            if self._password is not None:
+                options["password"] = self._password
             # A bounded pool that waits (within the deadline) for a free connection instead of failing.
             pool = {"max_connections": self.max_connections, "timeout": self.timeout}
             self._redis, self._sentinels = _connect(self.url, options, pool)

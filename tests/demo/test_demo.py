@@ -19,7 +19,7 @@ async def test_demo_allows_denies_and_honours_its_exception(capsys):
     port, idp_port, up_port, admin_port = free_port(), free_port(), free_port(), free_port()
     ready, stop, info = asyncio.Event(), asyncio.Event(), {}
     task = asyncio.create_task(run_demo(port, idp_port=idp_port, upstream_port=up_port, admin_port=admin_port,
-                                        ready=ready, stop=stop, info=info))
+                                        ready=ready, stop=stop, info=info, upstream_b_port=free_port()))
     await asyncio.wait_for(ready.wait(), 10)
     try:
         printed = capsys.readouterr().out
@@ -65,6 +65,16 @@ async def test_demo_allows_denies_and_honours_its_exception(capsys):
 
         assert explain(str(info["config"]), "catalog/status") == 0
         assert "exception:EXC-DEMO-1" in capsys.readouterr().out
+
+        # the orders API has two targets; with the second process stopped, requests keep succeeding
+        auth = {"Authorization": f"Bearer {token}"}
+        served = [json.loads((await request(port, "GET", "/orders/42", auth))[2])["instance"] for _ in range(4)]
+        assert set(served) == {"orders-a", "orders-b"}
+        second = info["second_target"]
+        second.kill()
+        await second.wait()
+        answers = [await request(port, "GET", "/orders/42", auth) for _ in range(6)]
+        assert [(status, json.loads(body)["instance"]) for status, _, body in answers] == [(200, "orders-a")] * 6
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)

@@ -11,6 +11,7 @@ from typing import Protocol
 import orjson
 
 from bastion.audit.config import AuditSinkConfig, TlsClientConfig
+from bastion.config.secrets import load_cert_chain
 
 
 def event_id(line: bytes) -> str | None:
@@ -48,7 +49,7 @@ def client_ssl(tls: TlsClientConfig | None, base_dir: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=resolve(tls.ca) if tls and tls.ca else None)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if tls is not None and tls.cert is not None and tls.key is not None:
-        context.load_cert_chain(resolve(tls.cert), resolve(tls.key))
+        load_cert_chain(context, resolve(tls.cert), tls.key, base_dir)  # the key: a path or a secret reference
     return context
 
 
@@ -75,7 +76,9 @@ def build_sink(config: AuditSinkConfig, name: str, base_dir: Path) -> Sink:
 
     assert config.url is not None
     token = None
-    if config.token_env:
+    if config.token is not None:  # loaded with the config
+        token = config.token.value()
+    elif config.token_env:
         token = os.environ.get(config.token_env)
         if not token:
             raise ValueError(f"audit sink {name}: environment variable {config.token_env} is not set")

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from bastion.config.base import Duration, Model, Size, control
+from bastion.config.secrets import SecretRef
 
 Method = Literal["jwt", "api_key", "mtls", "introspection"]
 
@@ -140,6 +141,8 @@ class JwtProviderConfig(Model):
         False, description="Find `jwks_uri` in `<issuer>/.well-known/openid-configuration`."
     )
     jwks_file: Path | None = Field(None, description="A local JWKS file (the only source for HS* keys).")
+    hmac_key: SecretRef | None = Field(None, description="Or the HS* shared key itself by reference: "
+                                       "`{env: JWT_HMAC_KEY}` or `{file: secrets/jwt-hmac}` (its UTF-8 bytes).")
     typ: Annotated[list[str], BeforeValidator(_as_list)] = Field(
         ["at+jwt"], min_length=1, description="Accepted `typ` values (RFC 9068 §2.1), e.g. `[at+jwt, JWT]`.")
     allow_missing_typ: bool = Field(False, description="Accept tokens without a `typ` header (some IdPs).")
@@ -156,14 +159,14 @@ class JwtProviderConfig(Model):
 
     @model_validator(mode="after")
     def _one_source(self) -> JwtProviderConfig:
-        sources = [self.jwks_uri is not None, self.discovery, self.jwks_file is not None]
+        sources = [self.jwks_uri is not None, self.discovery, self.jwks_file is not None, self.hmac_key is not None]
         if sum(sources) != 1:
-            raise ValueError(f"provider {self.name!r}: set one of jwks_uri, discovery: true, jwks_file")
+            raise ValueError(f"provider {self.name!r}: set one of jwks_uri, discovery: true, jwks_file, hmac_key")
         if self.jwks_uri is not None:
             check_url(self.jwks_uri, self.allow_insecure_http, "jwks_uri")
         if self.discovery:
             check_url(self.issuer, self.allow_insecure_http, "issuer (discovery)")
-        if HMAC_ALGORITHMS.intersection(self.algorithms) and self.jwks_file is None:
+        if HMAC_ALGORITHMS.intersection(self.algorithms) and self.jwks_file is None and self.hmac_key is None:
             raise ValueError(f"provider {self.name!r}: HS* algorithms need a local jwks_file (shared secrets "
                              "are never fetched)")
         return self
@@ -176,7 +179,9 @@ class IntrospectionProviderConfig(Model):
     endpoint: str
     issuer: str | None = Field(None, description="The identity's issuer; `iss` must match if sent.")
     client_id: str = Field(min_length=1)
-    client_secret_env: str = Field(min_length=1, description="Environment variable with the client secret.")
+    client_secret_env: str | None = Field(None, min_length=1, description="Environment variable with the "
+                                          "client secret (or `client_secret`).")
+    client_secret: SecretRef | None = Field(None, description="`{env: NAME}` or `{file: PATH}`.")
     audiences: list[str] = Field(default_factory=list, description="If set, `aud` must contain one of these.")
     cache_ttl: Duration = Field(60.0, description="Longest time an introspection answer is reused.")
     timeout: Duration = Field(5.0, gt=0)
@@ -187,6 +192,8 @@ class IntrospectionProviderConfig(Model):
     @model_validator(mode="after")
     def _url(self) -> IntrospectionProviderConfig:
         check_url(self.endpoint, self.allow_insecure_http, "endpoint")
+        if (self.client_secret is None) == (self.client_secret_env is None):
+            raise ValueError("set one of client_secret ({env: NAME} or {file: PATH}), client_secret_env")
         return self
 
 
@@ -220,6 +227,7 @@ class SsfTransmitterConfig(Model):
     authorization_env: str | None = Field(
         None, description="Environment variable holding the exact `Authorization` header value the "
                           "transmitter sends with each push (SSF stream `delivery.authorization_header`).")
+    authorization: SecretRef | None = Field(None, description="The same, as `{env: NAME}` or `{file: PATH}`.")
     leeway: Duration = Field(30.0, le=300, description="Clock skew allowed for `iat` and `exp`.")
     max_age: Duration = Field(
         3600.0, gt=0, description="Oldest accepted SET (`iat`); its `jti` is remembered this long to refuse "

@@ -38,7 +38,10 @@ class Introspector:
         env = os.environ if environ is None else environ
         self._endpoints = []
         for provider in providers:
-            secret = env.get(provider.client_secret_env)
+            if provider.client_secret is not None:  # loaded with the config
+                self._endpoints.append(_Endpoint(provider, provider.client_secret.value()))
+                continue
+            secret = env.get(provider.client_secret_env or "")
             if not secret:
                 raise ValueError(f"providers: {provider.name}: environment variable "
                                  f"{provider.client_secret_env} (client secret) is not set")

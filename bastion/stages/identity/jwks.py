@@ -99,6 +99,7 @@ class JwksCache:
         jwks_uri: str | None = None,
         discovery_issuer: str | None = None,
         jwks_file: Path | None = None,
+        jwks_bytes: bytes | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         fetcher: Fetcher = fetch,
         metrics: IdentityMetrics | None = None,
@@ -109,6 +110,7 @@ class JwksCache:
         self._jwks_uri = jwks_uri
         self._issuer = discovery_issuer
         self._file = jwks_file
+        self._bytes = jwks_bytes
         self._now = monotonic
         self._fetch = fetcher
         self._keys: dict[str | None, list[Key]] | None = None
@@ -120,13 +122,14 @@ class JwksCache:
         self._negative: OrderedDict[str, float] = OrderedDict()
         self.fetch_count = 0
         self.discovery_count = 0
-        if jwks_file is not None:
-            self._keys = parse_jwks(jwks_file.read_bytes(), allow_symmetric=True)
+        if jwks_file is not None or jwks_bytes is not None:  # local keys (a file, or a secret by reference)
+            raw = jwks_bytes if jwks_bytes is not None else Path(str(jwks_file)).read_bytes()
+            self._keys = parse_jwks(raw, allow_symmetric=True)
             self._usable_until = float("inf")
 
     @property
     def remote(self) -> bool:
-        return self._file is None
+        return self._file is None and self._bytes is None
 
     async def start(self) -> None:
         """Fetch the keys once (a failure is logged; requests get 503 until a fetch succeeds), then keep them

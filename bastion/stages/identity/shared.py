@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import Any
 
+from bastion.config.secrets import hmac_jwks
 from bastion.stages.base import Services
 from bastion.stages.identity.config import (
     ConsumerConfig,
@@ -67,7 +68,8 @@ class IdentityShared:
         self.jwks: dict[str, JwksCache] = {
             p.name: JwksCache(
                 p.name, p.jwks_cache, jwks_uri=p.jwks_uri, discovery_issuer=p.issuer if p.discovery else None,
-                jwks_file=p.jwks_file, monotonic=services.monotonic, metrics=self.metrics, **extra)
+                jwks_file=p.jwks_file, jwks_bytes=hmac_jwks(p.hmac_key), monotonic=services.monotonic,
+                metrics=self.metrics, **extra)
             for p in providers.jwt
         }
         self.verifier = JwtVerifier([ProviderVerifier(p, self.jwks[p.name]) for p in providers.jwt],
@@ -79,8 +81,8 @@ class IdentityShared:
         # reloads); without a backend (unit tests) in a private in-memory one. `extra["revocations"]` replaces it.
         state = services.state if services.state is not None else MemoryState()
         self.revocation_store = StateRevocationList(state, services.wall_clock)
-        self.revocations: RevocationList = (services.extra.get("revocations")
-                                            or cast(RevocationList, self.revocation_store))
+        injected: RevocationList | None = services.extra.get("revocations")  # `is None`: an empty list is falsy
+        self.revocations: RevocationList = injected if injected is not None else self.revocation_store
         # CAEP / Shared Signals receiver (POST /ssf/events on the admin listener), None without providers.ssf
         self.ssf_receiver: SetReceiver | None = None
         if providers.ssf:

@@ -120,7 +120,9 @@ class Transmitter:
         self.subject_issuers = frozenset(config.subject_issuers)
         self.revoke_for = config.revoke_for if config.revoke_for is not None else revoke_for
         self.authorization: str | None = None
-        if config.authorization_env is not None:
+        if config.authorization is not None:  # loaded with the config
+            self.authorization = config.authorization.value()
+        elif config.authorization_env is not None:
             value = os.environ.get(config.authorization_env)
             if not value:
                 raise ValueError(f"providers.ssf {config.name}: environment variable "
