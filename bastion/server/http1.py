@@ -19,6 +19,7 @@ from bastion.http.problem import problem_body, status_line, status_phrase
 from bastion.server.body import BodyMalformed, BodyTimeout, BodyTooLarge, ClientGone, RequestBody
 from bastion.server.deadlines import NEVER, deadlines
 from bastion.server.exchange import ExchangeBase, transport_peer
+from bastion.server.flow import WriteFlow
 
 _READ_HIGH_WATER = 256 * 1024  # buffered request body above this pauses reading from the client
 
@@ -187,8 +188,7 @@ class Http1Connection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._paused_reading = False
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._flow = WriteFlow(self.loop)
         self._in_request = False  # a request has begun and its head is not complete
         self._busy = False  # the handler is working on a request
         self._broken = False  # unparseable input arrived while busy: close after the current response
@@ -219,9 +219,7 @@ class Http1Connection(asyncio.Protocol):
         waiter = self._ready_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        drain = self._drain_waiter
-        if drain is not None and not drain.done():
-            drain.set_exception(ClientGone())
+        self._flow.release(ClientGone())
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -238,13 +236,10 @@ class Http1Connection(asyncio.Protocol):
                 self._reject(FramingError(400, "malformed_request", f"parser: {exc}"))
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self._flow.pause()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._flow.resume()
 
     # ---- httptools callbacks ------------------------------------------------------------------------------
 
@@ -367,17 +362,12 @@ class Http1Connection(asyncio.Protocol):
 
     @property
     def writable(self) -> bool:
-        return not self._write_paused
+        return not self._flow.paused
 
     async def drain(self) -> None:
         if self._closed:
             raise ClientGone()
-        if self._write_paused:
-            self._drain_waiter = self.loop.create_future()
-            try:
-                await self._drain_waiter
-            finally:
-                self._drain_waiter = None
+        await self._flow.wait()
 
     def body_drained(self) -> None:
         self._resume_reading()

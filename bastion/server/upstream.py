@@ -19,6 +19,7 @@ import httptools
 
 from bastion.compile import Upstream
 from bastion.server.deadlines import NEVER, deadlines
+from bastion.server.flow import WriteFlow
 
 
 class UpstreamError(Exception):
@@ -62,8 +63,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = False
         self.closed = False
         self.reusable = False
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._flow = WriteFlow(self.loop)
 
     # ---- protocol -----------------------------------------------------------------------------------------
 
@@ -81,8 +81,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self._parser.feed_data(b"")
         error = UpstreamError("upstream_closed", "upstream closed the connection",
                               retryable=not self._received_any)
-        for fut in (self._done, self._drain_waiter):
-            _set_error(fut, error)
+        _set_error(self._done, error)
+        self._flow.release(error)
 
     def data_received(self, data: bytes) -> None:
         self._received_any = True
@@ -100,12 +100,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._sink.flush()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self._flow.pause()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
+        self._flow.resume()
 
     # ---- httptools callbacks ------------------------------------------------------------------------------
 
@@ -187,12 +185,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.write(data)
 
     async def drain(self) -> None:
-        if self._write_paused and not self.closed:
-            self._drain_waiter = self.loop.create_future()
-            try:
-                await self._drain_waiter
-            finally:
-                self._drain_waiter = None
+        if not self.closed:
+            await self._flow.wait()
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:

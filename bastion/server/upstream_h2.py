@@ -19,6 +19,7 @@ import h2.exceptions
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
+from bastion.server.flow import WriteFlow
 from bastion.server.upstream import UpstreamError
 
 _WINDOW = 1024 * 1024
@@ -122,8 +123,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.streams: dict[int, UpstreamStream] = {}
         self.closed = False
         self.goaway = False
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._flow = WriteFlow(self.loop)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -138,24 +138,17 @@ class H2UpstreamConnection(asyncio.Protocol):
         for stream in list(self.streams.values()):
             stream._fail(error)
         self.streams.clear()
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
+        self._flow.release()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self._flow.pause()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
+        self._flow.resume()
 
     async def drain(self) -> None:
-        if self._write_paused and not self.closed:
-            self._drain_waiter = self.loop.create_future()
-            try:
-                await self._drain_waiter
-            finally:
-                self._drain_waiter = None
+        if not self.closed:
+            await self._flow.wait()
 
     def data_received(self, data: bytes) -> None:
         try:
