@@ -86,6 +86,7 @@ class RequestContext:
         "drop_upstream_headers",
         "finalizers",
         "headers",
+        "host",
         "identity",
         "method",
         "path",
@@ -115,6 +116,7 @@ class RequestContext:
         start: float,
         tls: bool = False,
         peer_cert: bytes | None = None,
+        host: str = "",
     ) -> None:
         self.method = method
         self.raw_target = raw_target
@@ -127,6 +129,7 @@ class RequestContext:
         self.start = start
         self.tls = tls
         self.peer_cert = peer_cert  # DER of a verified client certificate
+        self.host = host  # the target's host (absolute-form authority, else Host), lower-case, without port
         self.api = ""
         self.route = ""
         self.path_params: dict[str, str] = {}

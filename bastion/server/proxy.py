@@ -1,7 +1,9 @@
-"""The gateway's request handler: route, run the pipeline, forward, answer, audit.
+"""The gateway's request handler: route -> enforce -> forward -> render, then account.
 
-This is the whole life of a request in one readable function (`Gateway.handle`); the controls themselves live
-in the stages, the wire format in `http1` and `upstream`.
+`Gateway.handle` reads top to bottom, one short method per step, each returning a value: `Routed` or a
+`Problem` (route), a `Decision` (enforce), `Forwarded` or a `Problem` (forward); `render` turns a `Problem` into
+what the client understands. No step raises to say "no". The controls themselves live in the stages, the wire
+format in `http1`, `http2` and `upstream`; a request is an `Exchange` whichever protocol carried it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -16,8 +19,8 @@ import httptools
 import orjson
 
 from bastion.compile import CompiledGateway, CompiledRoute, Plan, Upstream
-from bastion.context import ControlRecord, Deny, RequestContext
-from bastion.grpc.proxy import forward_grpc
+from bastion.context import CONTINUE, ControlRecord, Decision, Deny, RequestContext
+from bastion.grpc.proxy import GrpcLimits, forward_grpc
 from bastion.grpc.status import grpc_problem, is_grpc
 from bastion.http.framing import FramingError
 from bastion.http.headers import (
@@ -31,7 +34,8 @@ from bastion.http.headers import (
 )
 from bastion.pipeline import run
 from bastion.router import AmbiguousPath, split_request_path
-from bastion.server.http1 import BodyMalformed, BodyTimeout, BodyTooLarge, ClientGone, Exchange
+from bastion.server.body import BodyMalformed, BodyTimeout, BodyTooLarge, ClientGone
+from bastion.server.exchange import Exchange
 from bastion.server.metrics import Metrics
 from bastion.server.response import ResponseSink
 from bastion.server.upstream import UpstreamConnection, UpstreamError, UpstreamPool
@@ -84,164 +88,136 @@ class Gateway:
                                       error.status)
         return request_id
 
-    # ---- the request --------------------------------------------------------------------------------------
+    # ---- the request: route -> enforce -> forward -> render ------------------------------------------------
 
     async def handle(self, ex: Exchange) -> None:
+        """One request, top to bottom. Each step returns a value; whatever happened is accounted for once."""
         started = time.perf_counter()
-        compiled = self.compiled  # one config for the whole request, even across a reload
-        services = self.services
-        peer = ex.peer
-        trusted_peer = self.trusted.trusts(peer) if self.trusted.networks else False
-
-        # request id: a trusted proxy's is kept, anything else is ours
-        request_id = ""
-        if trusted_peer:
-            sent = first_header(ex.headers, "x-request-id")
-            if sent and valid_request_id(sent):
-                request_id = sent
-        request_id = request_id or self.request_ids.new()
-
-        headers = self.identity_headers.filter(ex.headers)
-        target = ex.target
-        if target.startswith("/"):
-            path, _, query = target.partition("?")
-            host = first_header(headers, "host") or ""
-        else:
-            try:  # RFC 9112 §3.2.2: absolute-form; its authority replaces Host
-                url = httptools.parse_url(target.encode("latin-1"))
-                path = (url.path or b"/").decode("latin-1")
-                query = (url.query or b"").decode("latin-1")
-                host = (url.host or b"").decode("latin-1")
-            except httptools.HttpParserInvalidURLError:
-                path, query, host = target, "", ""
-        host = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else host.split("]")[0] + "]"
-        ctx = RequestContext(
-            method=ex.method, raw_target=target, path=path, query=query, headers=headers,
-            client_ip=self.trusted.client_ip(peer, headers) if trusted_peer else peer,
-            request_id=request_id, start=services.wall_clock(), tls=ex.tls, peer_cert=ex.peer_cert,
-        )
-        traceparent = next_traceparent(first_header(headers, "traceparent"))
-        deny: Deny | None = None
-        status = 0
-        plan: Plan | None = None
-        route: CompiledRoute | None = None
-        upstream_status: int | None = None
+        ctx, traceparent = self._context(ex)
+        routed: Routed | None = None
+        outcome: Forwarded | Problem = _GATEWAY_ERROR
         try:
-            if not path.startswith("/"):
-                deny = Deny(400, "bad_request_target", "gateway/request-target")
+            found = self._route(ex, ctx)
+            if isinstance(found, Routed):
+                routed = found
+                outcome = await self._serve(ex, ctx, routed, traceparent)
             else:
-                try:
-                    segments = split_request_path(path)
-                except (AmbiguousPath, UnicodeDecodeError) as exc:
-                    segments = None
-                    deny = Deny(400, "ambiguous_path", "gateway/path-normalisation", log_detail=str(exc))
-                if segments is not None:
-                    table, params = compiled.router.match(host, segments)
-                    if table is None:
-                        deny = Deny(404, "unknown_route", "gateway/default-deny")
-                    else:
-                        route = table.get(ex.method) or (table.get("GET") if ex.method == "HEAD" else None)
-                        if ex.method == "OPTIONS" and route is None:
-                            preflight = self._preflight(ex, ctx, table, params, request_id, traceparent)
-                            if preflight is not None:
-                                status, deny, route, plan = preflight
-                        if route is None:
-                            allow = ", ".join(sorted(table))
-                            deny = Deny(405, "method_not_allowed", "gateway/default-deny",
-                                        headers=(("allow", allow),))
-                        else:
-                            ctx.path_params = params
-            if deny is None and route is not None and not ex.response_started:
-                info = route.info
-                ctx.api, ctx.route = info.api, info.route
-                plan = route.plan(ctx.start)
-                deny = _limit_body(ex, ctx, plan)
-                if deny is None and (plan.stages or plan.body_stages or plan.waived):
-                    deny = await self._enforce(ex, ctx, plan, buffer_body=route.grpc is None)
-                if deny is None and route.grpc is not None:
-                    status, upstream_status = await self._forward_grpc(ex, ctx, route, plan, traceparent)
-                elif deny is None:
-                    try:
-                        upstream_status = await self._forward(ex, ctx, route, plan, traceparent)
-                        status = ex.status
-                    except _UpstreamDeny as exc:
-                        err = exc.error
-                        deny = Deny(err.status, err.reason, f"api:{info.api}/{info.route_id}/upstream",
-                                    log_detail=str(err))
-                    except _StageDeny as exc:
-                        deny = exc.deny
-            if deny is not None:
-                status = deny.status
-                if ex.response_started:
-                    ex.keep_alive = False
-                elif ex.version == "2" and is_grpc(ex.headers):  # gRPC clients read statuses from trailers
-                    grpc_problem(ex, deny, request_id, [("traceparent", traceparent), *ctx.response_headers])
-                else:
-                    close = deny.close or (ex.has_body and not ex.body_complete)
-                    extra = plan.response.answer_headers(ctx, ex.tls) if plan and plan.response else []
-                    ex.problem(deny.status, deny.detail, request_id,
-                               [*deny.headers, ("traceparent", traceparent), *ctx.response_headers, *extra],
-                               close=close)
+                outcome = found
+            if isinstance(outcome, Problem):
+                self._render(ex, ctx, outcome.deny, routed, traceparent)
         except ClientGone:
-            status = status or 499
+            outcome = _CLIENT_GONE
             raise
         except Exception as exc:  # a gateway bug: fail closed, tell the operator everything, the client nothing
-            deny = Deny(500, "gateway_error", "gateway/internal", log_detail=repr(exc))
-            status = 500
+            outcome = Problem(Deny(500, "gateway_error", "gateway/internal", log_detail=repr(exc)))
             if not ex.response_started:
-                ex.problem(500, None, request_id, close=True)
+                ex.problem(500, None, ctx.request_id, close=True)
             else:
                 ex.keep_alive = False
         finally:
-            for finalizer in ctx.finalizers:
-                with contextlib.suppress(Exception):  # a finalizer must never mask the response
-                    finalizer(status)
-            self._account(ctx, route, plan, status, deny, time.perf_counter() - started, upstream_status)
+            self._finish(ctx, routed, outcome, time.perf_counter() - started)
 
-    def _preflight(self, ex: Exchange, ctx: RequestContext, table: dict[str, CompiledRoute],
-                   params: dict[str, str], request_id: str,
-                   traceparent: str) -> tuple[int, Deny | None, CompiledRoute, Plan] | None:
-        """A CORS preflight (Fetch §4.8) for a route with CORS is answered here: no credentials needed, never
-        forwarded. None when it is not one (the OPTIONS request is then routed like any other)."""
-        asked = first_header(ctx.headers, "access-control-request-method")
-        if first_header(ctx.headers, "origin") is None or asked is None:
-            return None
-        target = table.get(asked) or (table.get("GET") if asked == "HEAD" else None)
-        if target is None:
-            return None
-        plan = target.plan(ctx.start)
-        answer = plan.response.preflight(ctx) if plan.response is not None else None
-        if answer is None:
-            return None
-        ctx.api, ctx.route, ctx.path_params = target.info.api, target.info.route, params
-        status, headers = answer
-        if status == 204:
-            ex.respond(204, [*headers, ("x-request-id", request_id), ("traceparent", traceparent)], b"")
-            return 204, None, target, plan
-        deny = Deny(403, "cors_preflight_refused", plan.response.pid_cors,
-                    detail="This cross-origin request is not allowed.", headers=tuple(headers))
-        return 403, deny, target, plan
+    def _context(self, ex: Exchange) -> tuple[RequestContext, str]:
+        """The request as stages see it (client address, request id, target), and its trace context."""
+        peer = ex.peer
+        trusted_peer = self.trusted.trusts(peer) if self.trusted.networks else False
+        request_id = ""
+        if trusted_peer:  # a trusted proxy's request id is kept, anything else is ours
+            sent = first_header(ex.headers, "x-request-id")
+            if sent and valid_request_id(sent):
+                request_id = sent
+        headers = self.identity_headers.filter(ex.headers)
+        path, query, host = _split_target(ex.target, headers)
+        ctx = RequestContext(
+            method=ex.method, raw_target=ex.target, path=path, query=query, headers=headers,
+            client_ip=self.trusted.client_ip(peer, headers) if trusted_peer else peer,
+            request_id=request_id or self.request_ids.new(), start=self.services.wall_clock(), tls=ex.tls,
+            peer_cert=ex.peer_cert, host=host,
+        )
+        return ctx, next_traceparent(first_header(headers, "traceparent"))
 
-    async def _enforce(self, ex: Exchange, ctx: RequestContext, plan: Plan, *, buffer_body: bool = True) -> Deny | None:
-        """The route's stages (the body limit is already set)."""
+    def _route(self, ex: Exchange, ctx: RequestContext) -> Routed | Problem:
+        """The route and plan of the request, or why there is none (default deny)."""
+        path = ctx.path
+        if not path.startswith("/"):
+            return Problem(Deny(400, "bad_request_target", "gateway/request-target"))
+        try:
+            segments = split_request_path(path)
+        except (AmbiguousPath, UnicodeDecodeError) as exc:
+            return Problem(Deny(400, "ambiguous_path", "gateway/path-normalisation", log_detail=str(exc)))
+        table, params = self.compiled.router.match(ctx.host, segments)
+        if table is None:
+            return Problem(Deny(404, "unknown_route", "gateway/default-deny"))
+        method = ex.method
+        route = table.get(method) or (table.get("GET") if method == "HEAD" else None)
+        preflight = None
+        if route is None and method == "OPTIONS":
+            route, preflight = _preflight(ctx, table)
+        if route is None:
+            return Problem(Deny(405, "method_not_allowed", "gateway/default-deny",
+                                headers=(("allow", ", ".join(sorted(table))),)))
+        info = route.info
+        ctx.api, ctx.route, ctx.path_params = info.api, info.route, params
+        return Routed(route, route.plan(ctx.start), preflight)
+
+    async def _serve(self, ex: Exchange, ctx: RequestContext, routed: Routed,
+                     traceparent: str) -> Forwarded | Problem:
+        if routed.preflight is not None:
+            return _answer_preflight(ex, ctx, routed, traceparent)
+        decision = await self._enforce(ex, ctx, routed)
+        if decision.__class__ is Deny:
+            return Problem(decision)  # type: ignore[arg-type]
+        if routed.route.grpc is not None:
+            return await self._forward_grpc(ex, ctx, routed.route, routed.plan, traceparent)
+        return await self._forward(ex, ctx, routed.route, routed.plan, traceparent)
+
+    async def _enforce(self, ex: Exchange, ctx: RequestContext, routed: Routed) -> Decision:
+        """The route's body limit, then its stages: on the head, then (once it is read) on the body."""
+        plan = routed.plan
+        limit = plan.policy.traffic.max_body_bytes
+        if ex.content_length is not None and ex.content_length > limit:
+            return Deny(413, "body_too_large", f"{ctx.api}/{ctx.route}/traffic.max_body_bytes",
+                        log_detail=f"Content-Length {ex.content_length} > {limit}", close=True)
+        ex.limit_body(limit)
         for control, exception_id in plan.waived:
-            ctx.records.append(ControlRecord(control, "waived", f"exception:{exception_id}", "",
-                                             exception_id))
+            ctx.records.append(ControlRecord(control, "waived", f"exception:{exception_id}", "", exception_id))
         if plan.stages:
             deny = await run(plan.stages, ctx)
             if deny is not None:
                 return deny
-        if plan.body_stages and buffer_body:  # gRPC: the first message is checked by `_forward_grpc`
-            try:
-                ctx.body = await ex.read_body()
-            except BodyTooLarge:
-                return Deny(413, "body_too_large", f"{ctx.api}/{ctx.route}/traffic.max_body_bytes", close=True)
-            except BodyTimeout:
-                return Deny(408, "body_timeout", "gateway/limits.body_idle_timeout", close=True)
-            except BodyMalformed as exc:
-                return Deny(400, exc.error.reason, "gateway/framing", log_detail=exc.error.message, close=True)
-            return await run(plan.body_stages, ctx)
-        return None
+        if plan.body_stages and routed.route.grpc is None:  # gRPC: the first message is read by `_forward_grpc`
+            body = await _read_body(ex, ctx)
+            if body.__class__ is Deny:
+                return body  # type: ignore[return-value]
+            ctx.body = body  # type: ignore[assignment]
+            return await run(plan.body_stages, ctx) or CONTINUE
+        return CONTINUE
+
+    def _render(self, ex: Exchange, ctx: RequestContext, deny: Deny, routed: Routed | None,
+                traceparent: str) -> None:
+        """A refusal as the client understands it: an RFC 9457 problem, a gRPC status, or a cut response."""
+        if ex.response_started:  # too late for a problem: the client must not take the response as complete
+            ex.keep_alive = False
+        elif ex.version == "2" and is_grpc(ex.headers):  # gRPC clients read statuses from trailers
+            grpc_problem(ex, deny, ctx.request_id, [("traceparent", traceparent), *ctx.response_headers])
+        else:
+            close = deny.close or (ex.has_body and not ex.body_complete)
+            response = routed.plan.response if routed is not None else None
+            extra = response.answer_headers(ctx, ex.tls) if response is not None else []
+            ex.problem(deny.status, deny.detail, ctx.request_id,
+                       [*deny.headers, ("traceparent", traceparent), *ctx.response_headers, *extra], close=close)
+
+    def _finish(self, ctx: RequestContext, routed: Routed | None, outcome: Forwarded | Problem,
+                seconds: float) -> None:
+        status = outcome.status
+        for finalizer in ctx.finalizers:
+            with contextlib.suppress(Exception):  # a finalizer must never mask the response
+                finalizer(status)
+        route, plan = (routed.route, routed.plan) if routed is not None else (None, None)
+        if isinstance(outcome, Problem):
+            self._account(ctx, route, plan, status, outcome.deny, seconds, None)
+        else:
+            self._account(ctx, route, plan, status, None, seconds, outcome.upstream_status)
 
     # ---- forwarding ---------------------------------------------------------------------------------------
 
@@ -260,7 +236,8 @@ class Gateway:
         return f"{ex.method} {target} HTTP/1.1\r\nhost: {up.authority}\r\n{lines}{framing}\r\n".encode("latin-1")
 
     async def _forward(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, plan: Plan,
-                       traceparent: str) -> int | None:
+                       traceparent: str) -> Forwarded | Problem:
+        """The request to the upstream over a pooled HTTP/1.1 connection, its response streamed back."""
         limits = plan.policy.traffic
         pool = self.pools[route.upstream]
         body = ctx.body
@@ -279,12 +256,12 @@ class Gateway:
             ctx.drop_upstream_headers.add("accept-encoding")  # a compressed body could not be filtered
         head = self._request_head(ex, ctx, route, traceparent, framing)
         for attempt in (0, 1):
-            try:
-                conn = (attempt == 0 and pool.idle()) or await pool.acquire(limits.upstream_connect_timeout,
-                                                                            fresh=attempt == 1)
-            except UpstreamError as err:
-                self.metrics.upstream_errors.labels(err.reason).inc()
-                raise _UpstreamDeny(err) from None
+            conn = pool.idle() if attempt == 0 else None
+            if conn is None:
+                try:
+                    conn = await pool.acquire(limits.upstream_connect_timeout, fresh=attempt == 1)
+                except UpstreamError as err:
+                    return self._upstream_problem(route, err)
             sink = ResponseSink(ex, ctx, traceparent, conn, plan.response)
             done = conn.begin(sink, ex.method == "HEAD")
             try:
@@ -293,94 +270,69 @@ class Gateway:
                 else:
                     conn.write(head)
                     if ex.has_body:
-                        await self._stream_body(ex, conn)
+                        refused = await self._stream_body(ex, ctx, conn)
+                        if refused is not None:
+                            conn.close()
+                            pool.release(conn)
+                            return refused
                 conn.expect_response(limits.upstream_timeout)
                 await done
-                pool.release(conn)
-                return sink.status
             except UpstreamError as err:
                 conn.close()
                 pool.release(conn)
                 if err.retryable and attempt == 0 and not streaming and not ex.response_started:
                     continue  # a pooled connection the upstream had already closed: try a fresh one
-                self.metrics.upstream_errors.labels(err.reason).inc()
-                if ex.response_started:
-                    ex.keep_alive = False
-                    raise ClientGone() from None
-                raise _UpstreamDeny(err) from None
+                return self._upstream_problem(route, err)
             except BaseException:
                 conn.close()
                 pool.release(conn)
                 raise
-        return None
+            pool.release(conn)
+            return Forwarded(ex.status, sink.status)
+        raise AssertionError("unreachable: the second attempt returns")
+
+    def _upstream_problem(self, route: CompiledRoute, err: UpstreamError) -> Problem:
+        self.metrics.upstream_errors.labels(err.reason).inc()
+        return Problem(Deny(err.status, err.reason, f"api:{route.info.api}/{route.info.route_id}/upstream",
+                            log_detail=str(err)))
 
     async def _forward_grpc(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, plan: Plan,
-                            traceparent: str) -> tuple[int, int | None]:
+                            traceparent: str) -> Forwarded | Problem:
         """A gRPC call over HTTP/2 to the upstream; every failure is answered with a gRPC status."""
+        grpc = route.grpc
+        pid = f"api:{route.info.route_id}/grpc"
         if ex.version != "2":  # gRPC needs HTTP/2 end to end
             ex.problem(426, "gRPC needs HTTP/2.", ctx.request_id, [("upgrade", "h2c")])
-            ctx.records.append(ControlRecord("grpc", "deny", f"api:{route.info.route_id}/grpc", "grpc_needs_http2"))
-            return 426, None
+            ctx.records.append(ControlRecord("grpc", "deny", pid, "grpc_needs_http2"))
+            return Forwarded(426)
         prefetched = b""
-        if plan.body_stages and route.grpc.decode is not None:
+        if plan.body_stages and grpc.decode is not None:
             # owner rules on message fields: read and decode the first request message, then check it
-            prefetched, deny = await self._first_message(ex, ctx, route)
+            prefetched, deny = await _first_message(ex, ctx, grpc, pid)
             if deny is None:
                 deny = await run(plan.body_stages, ctx)
             if deny is not None:
-                grpc_problem(ex, deny, ctx.request_id, [("traceparent", traceparent)])
-                self.metrics.decision(ctx.records[-1].control if ctx.records else "grpc", "deny", deny.reason)
-                return 200, None
-        result = await forward_grpc(ex, ctx, self.h2_upstreams[route.upstream], route.grpc,
+                return Problem(deny)
+        result = await forward_grpc(ex, ctx, self.h2_upstreams[route.upstream], grpc,
                                     path=route.upstream.path_prefix + ctx.path, traceparent=traceparent,
                                     prefetched=prefetched)
         if result.reason:  # the gateway ended the call (deadline, message limit, upstream down)
-            ctx.records.append(ControlRecord("grpc", "deny", f"api:{route.info.route_id}/grpc", result.reason))
+            ctx.records.append(ControlRecord("grpc", "deny", pid, result.reason))
             self.metrics.decision("grpc", "deny", result.reason)
-        return result.http_status, result.grpc_status
+        return Forwarded(result.http_status, result.grpc_status)
 
-    async def _first_message(self, ex: Exchange, ctx: RequestContext,
-                             route: CompiledRoute) -> tuple[bytes, Deny | None]:
-        """The bytes of the first length-prefixed gRPC message (bounded), decoded into `ctx.body` as JSON."""
-        limits = route.grpc
-        pid = f"api:{route.info.route_id}/grpc"
-        buffered = b""
-        try:
-            while len(buffered) < 5 or len(buffered) < 5 + int.from_bytes(buffered[1:5], "big"):
-                if len(buffered) >= 5 and int.from_bytes(buffered[1:5], "big") > limits.max_message_bytes:
-                    return buffered, Deny(413, "grpc_message_too_large", pid)
-                chunk = await ex.read_chunk()
-                if not chunk:
-                    return buffered, Deny(400, "grpc_missing_message", pid, "The call carries no request message.")
-                buffered += chunk
-        except (BodyTooLarge, BodyTimeout, BodyMalformed) as exc:
-            return buffered, Deny(400, "grpc_bad_request_stream", pid, log_detail=type(exc).__name__)
-        if buffered[0] != 0:  # compressed: its fields cannot be read, so its owner cannot be checked
-            return buffered, Deny(400, "grpc_compressed_message", pid,
-                                  "Compressed request messages are not accepted on this method.")
-        length = int.from_bytes(buffered[1:5], "big")
-        try:
-            ctx.body = orjson.dumps(limits.decode(buffered[5:5 + length]))
-        except Exception as exc:  # protobuf's DecodeError, or a value JSON cannot carry
-            return buffered, Deny(400, "grpc_malformed_message", pid, "The request message cannot be decoded.",
-                                  log_detail=repr(exc))
-        return buffered, None
-
-    async def _stream_body(self, ex: Exchange, conn: UpstreamConnection) -> None:
+    async def _stream_body(self, ex: Exchange, ctx: RequestContext, conn: UpstreamConnection) -> Problem | None:
+        """The request body to the upstream as it arrives (chunked when it came without a length)."""
         chunked = ex.chunked
         while True:
             try:
                 data = await ex.read_chunk()
-            except BodyTooLarge:
-                raise _StageDeny(Deny(413, "body_too_large", "traffic.max_body_bytes", close=True)) from None
-            except BodyTimeout:
-                raise _StageDeny(Deny(408, "body_timeout", "gateway/limits.body_idle_timeout", close=True)) from None
-            except BodyMalformed as exc:
-                raise _StageDeny(Deny(400, exc.error.reason, "gateway/framing", close=True)) from None
+            except BODY_ERRORS as error:
+                return Problem(_body_deny(error, ctx))
             if not data:
                 if chunked:
                     conn.write(b"0\r\n\r\n")
-                return
+                return None
             conn.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
             await conn.drain()
 
@@ -410,26 +362,123 @@ class Gateway:
             h2.close()
 
 
-def _limit_body(ex: Exchange, ctx: RequestContext, plan: Plan) -> Deny | None:
-    """The route's body limit: a declared length over it is refused now, a body growing past it once it does."""
-    limit = plan.policy.traffic.max_body_bytes
-    if ex.content_length is not None and ex.content_length > limit:
-        return Deny(413, "body_too_large", f"{ctx.api}/{ctx.route}/traffic.max_body_bytes",
-                    log_detail=f"Content-Length {ex.content_length} > {limit}", close=True)
-    ex.limit_body(limit)
-    return None
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """The route a request goes to and the plan in force for it; `preflight`: a CORS preflight for that route,
+    answered by its response controls (status, headers), never forwarded."""
+
+    route: CompiledRoute
+    plan: Plan
+    preflight: tuple[int, list[tuple[str, str]]] | None = None
 
 
-class _UpstreamDeny(Exception):
-    def __init__(self, error: UpstreamError) -> None:
-        super().__init__(str(error))
-        self.error = error
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """The client got its answer: from the upstream, or from the gateway without a refusal (a preflight)."""
+
+    status: int  # what the client was sent; 499 when it left before
+    upstream_status: int | None = None  # the upstream's HTTP status (gRPC: its grpc-status)
 
 
-class _StageDeny(Exception):
-    def __init__(self, deny: Deny) -> None:
-        super().__init__(deny.reason)
-        self.deny = deny
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A refusal, to be rendered to the client as an RFC 9457 problem (or a gRPC status) and audited."""
+
+    deny: Deny
+
+    @property
+    def status(self) -> int:
+        return self.deny.status
+
+
+_GATEWAY_ERROR = Problem(Deny(500, "gateway_error", "gateway/internal"))
+_CLIENT_GONE = Forwarded(499)
+BODY_ERRORS = (BodyTooLarge, BodyTimeout, BodyMalformed)
+
+
+def _split_target(target: str, headers: list[tuple[str, str]]) -> tuple[str, str, str]:
+    """(path, query, host) of a request target; the host without its port, lower-cased."""
+    if target.startswith("/"):
+        path, _, query = target.partition("?")
+        host = first_header(headers, "host") or ""
+    else:
+        try:  # RFC 9112 §3.2.2: absolute-form; its authority replaces Host
+            url = httptools.parse_url(target.encode("latin-1"))
+            path = (url.path or b"/").decode("latin-1")
+            query = (url.query or b"").decode("latin-1")
+            host = (url.host or b"").decode("latin-1")
+        except httptools.HttpParserInvalidURLError:
+            path, query, host = target, "", ""
+    host = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else host.split("]")[0] + "]"
+    return path, query, host
+
+
+def _preflight(ctx: RequestContext, table: dict[str, CompiledRoute]) -> tuple[CompiledRoute | None,
+                                                                             tuple[int, list[tuple[str, str]]] | None]:
+    """A CORS preflight (Fetch §4.8) for a route with CORS: that route and the answer of its response controls.
+    (None, None) when it is not one (the OPTIONS request is then routed like any other)."""
+    asked = first_header(ctx.headers, "access-control-request-method")
+    if first_header(ctx.headers, "origin") is None or asked is None:
+        return None, None
+    target = table.get(asked) or (table.get("GET") if asked == "HEAD" else None)
+    if target is None:
+        return None, None
+    response = target.plan(ctx.start).response
+    answer = response.preflight(ctx) if response is not None else None
+    return (target, answer) if answer is not None else (None, None)
+
+
+def _answer_preflight(ex: Exchange, ctx: RequestContext, routed: Routed, traceparent: str) -> Forwarded | Problem:
+    """No credentials needed, never forwarded: 204 with the CORS headers, or a 403 problem."""
+    status, headers = routed.preflight or (403, [])
+    if status == 204:
+        ex.respond(204, [*headers, ("x-request-id", ctx.request_id), ("traceparent", traceparent)], b"")
+        return Forwarded(204)
+    return Problem(Deny(403, "cors_preflight_refused", routed.plan.response.pid_cors,
+                        detail="This cross-origin request is not allowed.", headers=tuple(headers)))
+
+
+async def _read_body(ex: Exchange, ctx: RequestContext) -> bytes | Deny:
+    """The whole request body (bounded by the route's limit), or the refusal of a body that went wrong."""
+    try:
+        return await ex.read_body()
+    except BODY_ERRORS as error:
+        return _body_deny(error, ctx)
+
+
+def _body_deny(error: BodyTooLarge | BodyTimeout | BodyMalformed, ctx: RequestContext) -> Deny:
+    if isinstance(error, BodyTooLarge):
+        return Deny(413, "body_too_large", f"{ctx.api}/{ctx.route}/traffic.max_body_bytes", close=True)
+    if isinstance(error, BodyTimeout):
+        return Deny(408, "body_timeout", "gateway/limits.body_idle_timeout", close=True)
+    return Deny(400, error.error.reason, "gateway/framing", log_detail=error.error.message, close=True)
+
+
+async def _first_message(ex: Exchange, ctx: RequestContext, limits: GrpcLimits,
+                         pid: str) -> tuple[bytes, Deny | None]:
+    """The bytes of the first length-prefixed gRPC message (bounded), decoded into `ctx.body` as JSON."""
+    buffered = b""
+    try:
+        while len(buffered) < 5 or len(buffered) < 5 + int.from_bytes(buffered[1:5], "big"):
+            if len(buffered) >= 5 and int.from_bytes(buffered[1:5], "big") > limits.max_message_bytes:
+                return buffered, Deny(413, "grpc_message_too_large", pid)
+            chunk = await ex.read_chunk()
+            if not chunk:
+                return buffered, Deny(400, "grpc_missing_message", pid, "The call carries no request message.")
+            buffered += chunk
+    except BODY_ERRORS as exc:
+        return buffered, Deny(400, "grpc_bad_request_stream", pid, log_detail=type(exc).__name__)
+    if buffered[0] != 0:  # compressed: its fields cannot be read, so its owner cannot be checked
+        return buffered, Deny(400, "grpc_compressed_message", pid,
+                              "Compressed request messages are not accepted on this method.")
+    length = int.from_bytes(buffered[1:5], "big")
+    decode = limits.decode
+    try:
+        ctx.body = orjson.dumps(decode(buffered[5:5 + length]) if decode is not None else None)
+    except Exception as exc:  # protobuf's DecodeError, or a value JSON cannot carry
+        return buffered, Deny(400, "grpc_malformed_message", pid, "The request message cannot be decoded.",
+                              log_detail=repr(exc))
+    return buffered, None
 
 
 def _without_params(query: str, names: set[str]) -> str:
@@ -449,4 +498,4 @@ def _client_ssl(upstream: Upstream) -> Any:
     return context
 
 
-__all__ = ["Gateway"]
+__all__ = ["Forwarded", "Gateway", "Problem", "Routed"]

@@ -11,7 +11,8 @@ from typing import Any
 
 from bastion.context import RequestContext
 from bastion.http.headers import response_fields, response_headers
-from bastion.server.http1 import Exchange
+from bastion.server.exchange import Exchange
+from bastion.server.http1 import H1Exchange
 from bastion.server.upstream import UpstreamConnection
 
 _SLOW_READER_TIMEOUT = 60.0  # seconds a client may leave a response unread before the transfer is abandoned
@@ -31,7 +32,7 @@ class ResponseSink:
     def __init__(self, ex: Exchange, ctx: RequestContext, traceparent: str, conn: UpstreamConnection,
                  response_filter: Any = None) -> None:
         self._ex = ex
-        self._h1 = type(ex) is Exchange
+        self._h1 = type(ex) is H1Exchange  # HTTP/1.1: framing and the held-back head are ours to write
         self._ctx = ctx
         self._trace = traceparent
         self._conn = conn
