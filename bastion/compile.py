@@ -74,6 +74,10 @@ class Plan:
     exceptions: tuple[str, ...]  # exception ids in force
     waived: tuple[tuple[str, str], ...]  # (control, exception id) switched off entirely
     response: Any = None  # bastion.stages.response.ResponseFilter: what happens to the upstream's answer
+    enforces: bool = field(init=False, compare=False)  # anything to run or record before forwarding
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "enforces", bool(self.stages or self.body_stages or self.waived))
 
 
 @dataclass(slots=True)

@@ -10,7 +10,6 @@ flow-control window) is the owner's `body_read` / `body_failed`.
 from __future__ import annotations
 
 import asyncio
-import collections
 from typing import Protocol
 
 from bastion.http.framing import FramingError
@@ -53,15 +52,13 @@ class BodyOwner(Protocol):
 class RequestBody:
     """The bytes of one request body, between the protocol that receives them and the handler that reads them."""
 
-    __slots__ = ("_buffered", "_chunks", "_error", "_idle_timeout", "_loop", "_owner", "_waiter", "deadline",
-                 "done", "first_at", "limit", "seen")
+    __slots__ = ("_buffered", "_chunks", "_error", "_idle_timeout", "_owner", "_waiter", "deadline", "done",
+                 "first_at", "limit", "seen")
 
-    def __init__(self, owner: BodyOwner, loop: asyncio.AbstractEventLoop, idle_timeout: float, *,
-                 done: bool = False) -> None:
+    def __init__(self, owner: BodyOwner, idle_timeout: float, *, done: bool = False) -> None:
         self._owner = owner
-        self._loop = loop
         self._idle_timeout = idle_timeout
-        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunks: list[bytes] = []  # always read whole: a list is enough (and cheaper to make than a deque)
         self._buffered = 0
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -158,10 +155,11 @@ class RequestBody:
             await self._wait()
 
     async def _wait(self) -> None:
+        loop = asyncio.get_running_loop()
         sweep = deadlines()
         sweep.add(self, self._idle_timeout)
-        self.deadline = self._loop.time() + self._idle_timeout
-        self._waiter = self._loop.create_future()
+        self.deadline = loop.time() + self._idle_timeout
+        self._waiter = loop.create_future()
         try:
             await self._waiter
         finally:
@@ -177,3 +175,43 @@ class RequestBody:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+
+class _NoOwner:
+    def body_read(self) -> None:
+        pass
+
+    def body_failed(self) -> None:
+        pass
+
+
+class _NoBody(RequestBody):
+    """The body of a request that has none: complete from the start, nothing to feed, limit or fail. One object
+    serves every such request (most of them), so they build no body of their own."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(_NoOwner(), 0.0, done=True)
+
+    def set_limit(self, limit: int) -> None:
+        pass
+
+    def feed(self, data: bytes) -> bool:
+        return False
+
+    def finish(self) -> None:
+        pass
+
+    def fail(self, error: Exception) -> None:
+        pass  # nothing to read, so nothing to fail: a read still ends at once
+
+    def expire(self) -> None:
+        pass
+
+    async def read(self) -> bytes:
+        return b""
+
+
+NO_BODY: RequestBody = _NoBody()

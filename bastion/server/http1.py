@@ -16,7 +16,7 @@ import httptools
 
 from bastion.http.framing import FramingError, check_head
 from bastion.http.problem import problem_body, status_line, status_phrase
-from bastion.server.body import BodyMalformed, BodyTimeout, BodyTooLarge, ClientGone, RequestBody
+from bastion.server.body import NO_BODY, BodyMalformed, BodyTimeout, BodyTooLarge, ClientGone, RequestBody
 from bastion.server.deadlines import NEVER, deadlines
 from bastion.server.exchange import ExchangeBase, transport_peer
 from bastion.server.flow import WriteFlow
@@ -67,19 +67,15 @@ class H1Exchange(ExchangeBase):
         self.content_length = content_length
         self.chunked = chunked
         self.expect_continue = expect_continue
-        self.body = RequestBody(self, conn.loop, conn.body_idle_timeout, done=not self.has_body)
+        # the connection, not the exchange, owns the body: no reference cycle, so an exchange is freed the
+        # moment its handler is done with it (a cycle would leave every request to the garbage collector)
+        self.body = RequestBody(conn, conn.body_idle_timeout) if chunked or content_length else NO_BODY
         self.response_started = False
         self.status = 0
         self.closed_after = False
         self._pending: bytes | None = None  # a response head held back to go out with the first body bytes
 
-    # ---- request body (RequestBody's owner) ---------------------------------------------------------------
-
-    def body_read(self) -> None:
-        self._conn.body_drained()
-
-    def body_failed(self) -> None:
-        pass  # the connection decides what to do with the socket (close after the response)
+    # ---- request body -------------------------------------------------------------------------------------
 
     async def read_chunk(self) -> bytes:
         """The next piece of the body, or b"" at its end. Raises BodyTooLarge, BodyTimeout or ClientGone."""
@@ -312,7 +308,8 @@ class Http1Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         exchange = self._current
         if exchange is not None:
-            exchange.body.finish()
+            if not exchange.body.done:
+                exchange.body.finish()
             self._current = None
 
     # ---- the request loop ---------------------------------------------------------------------------------
@@ -341,7 +338,7 @@ class Http1Connection(asyncio.Protocol):
                     self._busy = False
                 if self._closed:
                     return
-                if self._broken or not exchange.keep_alive or not exchange.body_complete:
+                if self._broken or not exchange.keep_alive or not exchange.body.complete:
                     # an unread body would be parsed as the next request: close instead
                     self.close()
                     return
@@ -369,8 +366,12 @@ class Http1Connection(asyncio.Protocol):
             raise ClientGone()
         await self._flow.wait()
 
-    def body_drained(self) -> None:
+    def body_read(self) -> None:
+        """The handler read the buffered body (`RequestBody`'s owner): the client may send more."""
         self._resume_reading()
+
+    def body_failed(self) -> None:
+        pass  # the socket is closed once the handler is done (an unread body cannot be skipped)
 
     def _pause_reading(self) -> None:
         if not self._paused_reading and self._transport is not None and not self._closed:

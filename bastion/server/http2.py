@@ -27,7 +27,7 @@ from hyperframe.frame import GoAwayFrame
 
 from bastion.http.framing import FramingError
 from bastion.http.problem import problem_body
-from bastion.server.body import ClientGone, RequestBody
+from bastion.server.body import NO_BODY, ClientGone, RequestBody
 from bastion.server.exchange import ExchangeBase, transport_peer
 from bastion.server.http1 import ServerLimits
 
@@ -126,7 +126,7 @@ class H2Exchange(ExchangeBase):
         self.chunked = not ended and content_length is None
         self.expect_continue = False
         self._unacked = 0  # flow-controlled bytes received and not yet read by the handler
-        self.body = RequestBody(self, conn.loop, conn.limits.body_idle_timeout, done=ended)
+        self.body = NO_BODY if ended else RequestBody(self, conn.limits.body_idle_timeout)
         self.response_started = False
         self.status = 0
         self._declared: int | None = None  # response content-length

@@ -91,20 +91,29 @@ class Gateway:
     # ---- the request: route -> enforce -> forward -> render ------------------------------------------------
 
     async def handle(self, ex: Exchange) -> None:
-        """One request, top to bottom. Each step returns a value; whatever happened is accounted for once."""
+        """One request, top to bottom: route -> enforce -> forward -> render. Each step returns a value; whatever
+        happened is accounted for once, at the end."""
         started = time.perf_counter()
         ctx, traceparent = self._context(ex)
         routed: Routed | None = None
         outcome: Forwarded | Problem = _GATEWAY_ERROR
         try:
             found = self._route(ex, ctx)
-            if isinstance(found, Routed):
-                routed = found
-                outcome = await self._serve(ex, ctx, routed, traceparent)
-            else:
+            if found.__class__ is Problem:
                 outcome = found
-            if isinstance(outcome, Problem):
-                self._render(ex, ctx, outcome.deny, routed, traceparent)
+            elif found.preflight is not None:  # type: ignore[union-attr]
+                routed = found  # type: ignore[assignment]
+                outcome = _answer_preflight(ex, ctx, found, traceparent)  # type: ignore[arg-type]
+            else:
+                routed = found  # type: ignore[assignment]
+                route, plan = found.route, found.plan  # type: ignore[union-attr]
+                decision = await self._enforce(ex, ctx, route, plan) if plan.enforces else _limit_body(ex, ctx, plan)
+                if decision.__class__ is Deny:
+                    outcome = Problem(decision)  # type: ignore[arg-type]
+                else:
+                    outcome = await self._forward(ex, ctx, route, plan, traceparent)
+            if outcome.__class__ is Problem:
+                self._render(ex, ctx, outcome.deny, routed, traceparent)  # type: ignore[union-attr]
         except ClientGone:
             outcome = _CLIENT_GONE
             raise
@@ -115,7 +124,7 @@ class Gateway:
             else:
                 ex.keep_alive = False
         finally:
-            self._finish(ctx, routed, outcome, time.perf_counter() - started)
+            self._account(ctx, routed, outcome, time.perf_counter() - started)
 
     def _context(self, ex: Exchange) -> tuple[RequestContext, str]:
         """The request as stages see it (client address, request id, target), and its trace context."""
@@ -127,7 +136,13 @@ class Gateway:
             if sent and valid_request_id(sent):
                 request_id = sent
         headers = self.identity_headers.filter(ex.headers)
-        path, query, host = _split_target(ex.target, headers)
+        target = ex.target
+        if target.startswith("/"):
+            path, _, query = target.partition("?")
+            host = first_header(headers, "host") or ""
+        else:
+            path, query, host = _absolute_form(target)
+        host = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else host.split("]")[0] + "]"
         ctx = RequestContext(
             method=ex.method, raw_target=ex.target, path=path, query=query, headers=headers,
             client_ip=self.trusted.client_ip(peer, headers) if trusted_peer else peer,
@@ -160,32 +175,18 @@ class Gateway:
         ctx.api, ctx.route, ctx.path_params = info.api, info.route, params
         return Routed(route, route.plan(ctx.start), preflight)
 
-    async def _serve(self, ex: Exchange, ctx: RequestContext, routed: Routed,
-                     traceparent: str) -> Forwarded | Problem:
-        if routed.preflight is not None:
-            return _answer_preflight(ex, ctx, routed, traceparent)
-        decision = await self._enforce(ex, ctx, routed)
-        if decision.__class__ is Deny:
-            return Problem(decision)  # type: ignore[arg-type]
-        if routed.route.grpc is not None:
-            return await self._forward_grpc(ex, ctx, routed.route, routed.plan, traceparent)
-        return await self._forward(ex, ctx, routed.route, routed.plan, traceparent)
-
-    async def _enforce(self, ex: Exchange, ctx: RequestContext, routed: Routed) -> Decision:
+    async def _enforce(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, plan: Plan) -> Decision:
         """The route's body limit, then its stages: on the head, then (once it is read) on the body."""
-        plan = routed.plan
-        limit = plan.policy.traffic.max_body_bytes
-        if ex.content_length is not None and ex.content_length > limit:
-            return Deny(413, "body_too_large", f"{ctx.api}/{ctx.route}/traffic.max_body_bytes",
-                        log_detail=f"Content-Length {ex.content_length} > {limit}", close=True)
-        ex.limit_body(limit)
+        decision = _limit_body(ex, ctx, plan)
+        if decision is not CONTINUE:
+            return decision
         for control, exception_id in plan.waived:
             ctx.records.append(ControlRecord(control, "waived", f"exception:{exception_id}", "", exception_id))
         if plan.stages:
             deny = await run(plan.stages, ctx)
             if deny is not None:
                 return deny
-        if plan.body_stages and routed.route.grpc is None:  # gRPC: the first message is read by `_forward_grpc`
+        if plan.body_stages and route.grpc is None:  # gRPC: the first message is read by `_forward_grpc`
             body = await _read_body(ex, ctx)
             if body.__class__ is Deny:
                 return body  # type: ignore[return-value]
@@ -207,18 +208,6 @@ class Gateway:
             ex.problem(deny.status, deny.detail, ctx.request_id,
                        [*deny.headers, ("traceparent", traceparent), *ctx.response_headers, *extra], close=close)
 
-    def _finish(self, ctx: RequestContext, routed: Routed | None, outcome: Forwarded | Problem,
-                seconds: float) -> None:
-        status = outcome.status
-        for finalizer in ctx.finalizers:
-            with contextlib.suppress(Exception):  # a finalizer must never mask the response
-                finalizer(status)
-        route, plan = (routed.route, routed.plan) if routed is not None else (None, None)
-        if isinstance(outcome, Problem):
-            self._account(ctx, route, plan, status, outcome.deny, seconds, None)
-        else:
-            self._account(ctx, route, plan, status, None, seconds, outcome.upstream_status)
-
     # ---- forwarding ---------------------------------------------------------------------------------------
 
     def _request_head(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, traceparent: str,
@@ -237,7 +226,10 @@ class Gateway:
 
     async def _forward(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, plan: Plan,
                        traceparent: str) -> Forwarded | Problem:
-        """The request to the upstream over a pooled HTTP/1.1 connection, its response streamed back."""
+        """The request to the upstream over a pooled HTTP/1.1 connection (gRPC: HTTP/2), its response streamed
+        back."""
+        if route.grpc is not None:
+            return await self._forward_grpc(ex, ctx, route, plan, traceparent)
         limits = plan.policy.traffic
         pool = self.pools[route.upstream]
         body = ctx.body
@@ -338,10 +330,19 @@ class Gateway:
 
     # ---- accounting ---------------------------------------------------------------------------------------
 
-    def _account(self, ctx: RequestContext, route: CompiledRoute | None, plan: Plan | None, status: int,
-                 deny: Deny | None, seconds: float, upstream_status: int | None) -> None:
+    def _account(self, ctx: RequestContext, routed: Routed | None, outcome: Forwarded | Problem,
+                 seconds: float) -> None:
+        """Release what the request held, then one metric observation and one audit event for it."""
+        status = outcome.status
+        for finalizer in ctx.finalizers:
+            with contextlib.suppress(Exception):  # a finalizer must never mask the response
+                finalizer(status)
+        if outcome.__class__ is Problem:
+            deny, upstream_status = outcome.deny, None  # type: ignore[union-attr]
+        else:
+            deny, upstream_status = None, outcome.upstream_status  # type: ignore[union-attr]
         metrics = self.metrics
-        info = route.info if route is not None else None
+        info = routed.route.info if routed is not None else None
         metrics.observe(ctx.method, info.path if info else "_unmatched", status, ctx.api, info.klass if info else "",
                         seconds)
         if deny is not None:
@@ -351,7 +352,8 @@ class Gateway:
             for record in ctx.records:
                 metrics.decision(record.control, record.outcome, record.reason)
         if self.audit is not None and self.audit.enabled:
-            self.audit.request(ctx, status, deny, seconds, plan.exceptions if plan else (), upstream_status)
+            exceptions = routed.plan.exceptions if routed is not None else ()
+            self.audit.request(ctx, status, deny, seconds, exceptions, upstream_status)
         if self.detector is not None:  # runs with or without sinks: detections answer attacks, not logs
             self.detector.observe(ctx, status, deny)
 
@@ -362,7 +364,9 @@ class Gateway:
             h2.close()
 
 
-@dataclass(frozen=True, slots=True)
+# The values of the request path: never changed once built. Not frozen: a frozen dataclass (or a named tuple)
+# takes twice as long to build, and every request builds two of them.
+@dataclass(slots=True)
 class Routed:
     """The route a request goes to and the plan in force for it; `preflight`: a CORS preflight for that route,
     answered by its response controls (status, headers), never forwarded."""
@@ -372,7 +376,7 @@ class Routed:
     preflight: tuple[int, list[tuple[str, str]]] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Forwarded:
     """The client got its answer: from the upstream, or from the gateway without a refusal (a preflight)."""
 
@@ -380,7 +384,7 @@ class Forwarded:
     upstream_status: int | None = None  # the upstream's HTTP status (gRPC: its grpc-status)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Problem:
     """A refusal, to be rendered to the client as an RFC 9457 problem (or a gRPC status) and audited."""
 
@@ -396,21 +400,14 @@ _CLIENT_GONE = Forwarded(499)
 BODY_ERRORS = (BodyTooLarge, BodyTimeout, BodyMalformed)
 
 
-def _split_target(target: str, headers: list[tuple[str, str]]) -> tuple[str, str, str]:
-    """(path, query, host) of a request target; the host without its port, lower-cased."""
-    if target.startswith("/"):
-        path, _, query = target.partition("?")
-        host = first_header(headers, "host") or ""
-    else:
-        try:  # RFC 9112 §3.2.2: absolute-form; its authority replaces Host
-            url = httptools.parse_url(target.encode("latin-1"))
-            path = (url.path or b"/").decode("latin-1")
-            query = (url.query or b"").decode("latin-1")
-            host = (url.host or b"").decode("latin-1")
-        except httptools.HttpParserInvalidURLError:
-            path, query, host = target, "", ""
-    host = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else host.split("]")[0] + "]"
-    return path, query, host
+def _absolute_form(target: str) -> tuple[str, str, str]:
+    """(path, query, host) of a target in absolute-form: RFC 9112 §3.2.2, its authority replaces Host."""
+    try:
+        url = httptools.parse_url(target.encode("latin-1"))
+    except httptools.HttpParserInvalidURLError:
+        return target, "", ""
+    return ((url.path or b"/").decode("latin-1"), (url.query or b"").decode("latin-1"),
+            (url.host or b"").decode("latin-1"))
 
 
 def _preflight(ctx: RequestContext, table: dict[str, CompiledRoute]) -> tuple[CompiledRoute | None,
@@ -436,6 +433,16 @@ def _answer_preflight(ex: Exchange, ctx: RequestContext, routed: Routed, tracepa
         return Forwarded(204)
     return Problem(Deny(403, "cors_preflight_refused", routed.plan.response.pid_cors,
                         detail="This cross-origin request is not allowed.", headers=tuple(headers)))
+
+
+def _limit_body(ex: Exchange, ctx: RequestContext, plan: Plan) -> Decision:
+    """The route's body limit: a declared length over it is refused now, a body growing past it once it does."""
+    limit = plan.policy.traffic.max_body_bytes
+    if ex.content_length is not None and ex.content_length > limit:
+        return Deny(413, "body_too_large", f"{ctx.api}/{ctx.route}/traffic.max_body_bytes",
+                    log_detail=f"Content-Length {ex.content_length} > {limit}", close=True)
+    ex.body.set_limit(limit)
+    return CONTINUE
 
 
 async def _read_body(ex: Exchange, ctx: RequestContext) -> bytes | Deny:
