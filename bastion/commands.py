@@ -67,7 +67,6 @@ def route_policy(route: CompiledRoute, authz_shared: Any = None) -> dict[str, An
 
 
 def explain(path: str, selector: str | None, *, as_json: bool = False) -> int:
-    from bastion.stages import authz
 
     try:
         compiled = compile_config(load_config(path))
@@ -78,7 +77,7 @@ def explain(path: str, selector: str | None, *, as_json: bool = False) -> int:
     if selector and not routes:
         print(f"no route matches {selector!r}", file=sys.stderr)
         return 1
-    docs = [route_policy(r, compiled.shared.get(authz.prepare)) for r in routes]
+    docs = [route_policy(r, compiled.shared.authz) for r in routes]
     if as_json:
         print(json.dumps(docs, indent=2))
         return 0

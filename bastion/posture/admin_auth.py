@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from bastion.config.base import Model
+from bastion.stages.base import SharedBase
 from bastion.stages.identity.config import JwtProviderConfig
 from bastion.stages.identity.jwks import JwksCache
 from bastion.stages.identity.jwt import JwtVerifier, ProviderVerifier, TokenRejected
@@ -76,7 +77,7 @@ class AdminDecision:
 _CHALLENGE = ("www-authenticate", 'Bearer realm="bastion-admin"')
 
 
-class AdminAuth:
+class AdminAuth(SharedBase):
     """Checks admin requests. Build once per config load; `await start()` fetches a remote JWKS."""
 
     def __init__(self, config: AdminAuthConfig, providers: Iterable[JwtProviderConfig] = (), *,

@@ -110,21 +110,15 @@ class Runtime:
     async def _compile(self) -> CompiledGateway:
         loaded = load_config(self.config_path)
         compiled = compile_config(loaded, self.services)
-        admin_auth = make_admin_auth(compiled)
-        if admin_auth is not None:
-            compiled.shared["admin_auth"] = admin_auth  # started, reloaded and closed with the layers
-        for shared in compiled.shared.values():
-            start = getattr(shared, "start", None)
-            if start is not None:
-                await start()
+        compiled.shared.admin_auth = make_admin_auth(compiled)  # started, reloaded and closed with the layers
+        for shared in compiled.shared.lifecycle():
+            await shared.start()
         return compiled
 
     async def _close_shared(self, compiled: CompiledGateway) -> None:
-        for shared in compiled.shared.values():
-            close = getattr(shared, "close", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    await close()
+        for shared in compiled.shared.lifecycle():
+            with contextlib.suppress(Exception):
+                await shared.close()
 
     async def reload(self, peer: str = "signal") -> tuple[bool, str]:
         """Swap in the config on disk; a config that fails validation is refused and the old one keeps serving."""
@@ -167,11 +161,7 @@ class Runtime:
         """Listening, and every layer that needs remote material (e.g. JWKS) has it."""
         if not self._ready or self.gateway is None:
             return False
-        for shared in self.gateway.compiled.shared.values():
-            check = getattr(shared, "ready", None)
-            if callable(check) and not check():
-                return False
-        return True
+        return all(shared.ready() for shared in self.gateway.compiled.shared.lifecycle())
 
     def info(self) -> dict[str, Any]:
         gateway = self.gateway
@@ -191,10 +181,11 @@ class Runtime:
             self.services.audit = AuditLog.from_config(gw.audit, base, registry=self.metrics.registry)
         if self.services.state is None:  # shared limits, blocks and revocations; lives as long as the process
             self.services.state = open_state(gw.state)
-        extra = self.services.extra
-        if "blocks" not in extra:  # detections and their responses, shared through the state backend
-            extra["blocks"] = BlockList(self.services.state, audit=self.services.audit)
-            extra["detector"] = Detector.from_config(gw.audit, self.services.audit, extra["blocks"], base)
+        services = self.services
+        if services.blocks is None:  # detections and their responses, shared through the state backend
+            services.blocks = BlockList(services.state, audit=services.audit)
+            services.detector = Detector.from_config(gw.audit, services.audit, services.blocks, base)
+        blocks = services.blocks
         await self.services.audit.start()
         compiled = await self._compile()
         self.gateway = Gateway(compiled, self.services, self.metrics)
@@ -224,9 +215,9 @@ class Runtime:
             admin = AdminApi(AdminBackend(
                 registry=self.metrics.registry, ready=self.ready, info=self.info, reload=self.reload,
                 compiled=lambda: gateway.compiled, events=lambda: read_events(audit_file),
-                auth=lambda: gateway.compiled.shared.get("admin_auth"), audit=self.services.audit,
-                blocks=extra["blocks"].list_blocks, before_scrape=self.metrics.flush,
-                extra_routes={**block_routes(extra["blocks"]), **identity_routes(lambda: gateway.compiled)},
+                auth=lambda: gateway.compiled.shared.admin_auth, audit=self.services.audit,
+                blocks=blocks.list_blocks, before_scrape=self.metrics.flush,
+                extra_routes={**block_routes(blocks), **identity_routes(lambda: gateway.compiled)},
             ))
             admin_tls = listener_ssl(gw.admin, base) if gw.admin.tls is not None else None
             server = await loop.create_server(
@@ -282,7 +273,7 @@ class Runtime:
         self.metrics.flush()
         if self._drift is not None:
             await self._drift.close()
-        blocks = self.services.extra.get("blocks")
+        blocks = self.services.blocks
         if blocks is not None:
             with contextlib.suppress(Exception):
                 await blocks.close()

@@ -50,7 +50,7 @@ class Gateway:
         self.services = services
         self.metrics = metrics
         self.audit = services.audit
-        self.detector = services.extra.get("detector")
+        self.detector = services.detector
         self.request_ids = RequestIds()
         self.pools: dict[Upstream, UpstreamPool] = {}
         self.h2_upstreams: dict[Upstream, H2Upstream] = {}  # gRPC upstreams, multiplexed HTTP/2

@@ -53,7 +53,7 @@ class IdentityShared:
             raise ValueError("; ".join(errors))
         self.wall_clock = services.wall_clock
         self.monotonic = services.monotonic
-        fetcher = services.extra.get("identity_fetcher")
+        fetcher = services.identity_fetcher
         extra: dict[str, Any] = {"fetcher": fetcher} if fetcher is not None else {}
         self.jwks: dict[str, JwksCache] = {
             p.name: JwksCache(
@@ -67,10 +67,10 @@ class IdentityShared:
         self.consumers = ConsumerIndex(consumers)
         self.certs = CertParser()
         # The deny list lives in the state backend (shared by workers and instances with Redis, kept across
-        # reloads); without a backend (unit tests) in a private in-memory one. `extra["revocations"]` replaces it.
+        # reloads); without a backend (unit tests) in a private in-memory one. `services.revocations` replaces it.
         state = services.state if services.state is not None else MemoryState()
         self.revocation_store = StateRevocationList(state, services.wall_clock)
-        self.revocations: RevocationList = services.extra.get("revocations") or self.revocation_store
+        self.revocations: RevocationList = services.revocations or self.revocation_store
         # CAEP / Shared Signals receiver (POST /ssf/events on the admin listener), None without providers.ssf
         self.ssf_receiver: SetReceiver | None = None
         if providers.ssf:
