@@ -49,6 +49,11 @@ class Deny:
     log_detail: str | None = None
     close: bool = False
 
+    def __post_init__(self) -> None:
+        # a "no" is never a success: a 2xx (or 1xx/3xx) deny would let a client read a refusal as an answer
+        if not 400 <= self.status <= 599:
+            raise ValueError(f"a Deny needs a 4xx or 5xx status, not {self.status} ({self.reason})")
+
 
 @dataclass(frozen=True, slots=True)
 class NotResponsible:
