@@ -57,5 +57,5 @@ def test_decisions_are_frozen_values():
     for value, field in values:
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(value, field, "changed")
-    assert CONTINUE == Continue() and NotResponsible() == NotResponsible()
+    assert Continue() == CONTINUE and NotResponsible() == NotResponsible()
     assert (deny.log_detail, deny.headers, deny.close) == (None, (), False)

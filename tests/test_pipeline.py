@@ -16,7 +16,6 @@ from bastion.stages.base import Services
 from tests.helpers import BASIC, request, running_gateway
 
 
-
 def context() -> RequestContext:
     ctx = RequestContext(method="GET", raw_target="/x", path="/x", query="", headers=[], client_ip="192.0.2.1",
                          request_id="r1", start=0.0)
