@@ -11,43 +11,7 @@ import pytest
 from bastion.server.body import BodyTimeout, BodyTooLarge, ClientGone
 from bastion.server.deadlines import NEVER, deadlines
 from bastion.server.http1 import H1Exchange, Http1Connection, ServerLimits
-
-
-class MemoryTransport(asyncio.Transport):
-    """What the connection writes, and whether it paused reading or closed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-        self.closed = False
-        self.paused = False
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return {"peername": ("192.0.2.7", 50000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-    def take(self) -> bytes:
-        data = bytes(self.out)
-        self.out.clear()
-        return data
-
+from tests.server.memory import MemoryTransport
 
 Handler = Callable[[H1Exchange], Awaitable[None]]
 
