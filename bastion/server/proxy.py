@@ -235,6 +235,9 @@ class Gateway:
         body = ctx.body
         if body is None and ex.has_body and ex.body_received:
             body = await ex.read_body()  # all here already: re-framed by its length, in the same write as the head
+        elif ex.body.failed:  # refused before it was forwarded (e.g. past the limit): the upstream never sees it
+            refused = await _read_body(ex, ctx)
+            return Problem(refused) if refused.__class__ is Deny else _GATEWAY_ERROR  # type: ignore[arg-type]
         streaming = body is None and ex.has_body
         if body is not None:
             framing = f"content-length: {len(body)}\r\n" if body or ex.method in ("POST", "PUT", "PATCH") else ""
