@@ -106,7 +106,7 @@ async def run(chain: tuple[Stage, ...], ctx: RequestContext) -> Deny | None:
                             log_detail=f"{detail}\n{traceback.format_exc(limit=6)}")
         if decision.__class__ is Deny:
             ctx.records.append(ControlRecord(stage.control, "deny", decision.policy_id, decision.reason))
-            return decision  # type: ignore[return-value]
+            return decision
         if decision.policy_id:  # a bare CONTINUE (e.g. no block in force) decided nothing worth recording
             ctx.records.append(ControlRecord(stage.control, "allow", decision.policy_id, "",
                                              decision.exception_id))  # type: ignore[union-attr]

@@ -38,6 +38,8 @@ class ServerLimits:
 class H1Exchange(ExchangeBase):
     """One request and its response on an HTTP/1.1 client connection."""
 
+    _conn: Http1Connection
+
     __slots__ = (
         "_conn",
         "_pending",

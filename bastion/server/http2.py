@@ -104,7 +104,9 @@ ErrorHook = Callable[[str, FramingError, str], str]
 
 
 class H2Exchange(ExchangeBase):
-    """One request stream and its response: the interface of `http1.Exchange`, over HTTP/2 frames."""
+    """One request stream and its response: the `Exchange` protocol over HTTP/2 frames."""
+
+    _conn: H2Connection
 
     __slots__ = (
         "_aborted", "_conn", "_declared", "_drain_waiter", "_end_pending", "_ended", "_handled", "_pending",
@@ -361,7 +363,7 @@ class H2Connection(asyncio.Protocol):
                                 "bytes", ErrorCodes.ENHANCE_YOUR_CALM)
         return True
 
-    def _event(self, event: h2.events.Event) -> bool:
+    def _event(self, event: Any) -> bool:  # an h2 event, told apart by its class below
         kind = type(event)
         if kind is h2.events.DataReceived:
             ex = self._streams.get(event.stream_id)
@@ -457,13 +459,13 @@ class H2Connection(asyncio.Protocol):
         if size > lim.max_header_list_size or len(headers) > lim.max_headers:
             request_id = self._report("header_too_large", f"header list of {size} bytes, {len(headers)} fields",
                                       target, 431)
-            self._answer(stream_id, 431, request_id, event.stream_ended)
+            self._answer(stream_id, 431, request_id, event.stream_ended is not None)
             return True
         if authority and not host_seen:
             headers.insert(0, ("host", authority))
-        if content_length is not None and not event.stream_ended:
+        if content_length is not None and event.stream_ended is None:
             headers.append(("content-length", str(content_length)))
-        ex = H2Exchange(self, stream_id, method, target, headers, content_length, event.stream_ended)
+        ex = H2Exchange(self, stream_id, method, target, headers, content_length, event.stream_ended is not None)
         if content_length == 0:
             ex.chunked = False
         self._streams[stream_id] = ex

@@ -74,7 +74,7 @@ class Gateway:
             self.h2_upstreams[upstream] = H2Upstream(upstream.host, upstream.port, tls=_client_ssl(upstream))
         for upstream in self.h2_upstreams.keys() - wanted_h2:
             self.h2_upstreams.pop(upstream).close()
-        for old in self.metrics.config_info.collect()[0].samples:
+        for old in next(iter(self.metrics.config_info.collect())).samples:
             self.metrics.config_info.remove(old.labels["hash"])
         self.metrics.config_info.labels(compiled.config_hash).set(1)
 
@@ -109,11 +109,11 @@ class Gateway:
                 route, plan = found.route, found.plan  # type: ignore[union-attr]
                 decision = await self._enforce(ex, ctx, route, plan) if plan.enforces else _limit_body(ex, ctx, plan)
                 if decision.__class__ is Deny:
-                    outcome = Problem(decision)  # type: ignore[arg-type]
+                    outcome = Problem(decision)
                 else:
                     outcome = await self._forward(ex, ctx, route, plan, traceparent)
             if outcome.__class__ is Problem:
-                self._render(ex, ctx, outcome.deny, routed, traceparent)  # type: ignore[union-attr]
+                self._render(ex, ctx, outcome.deny, routed, traceparent)
         except ClientGone:
             outcome = _CLIENT_GONE
             raise
@@ -189,7 +189,7 @@ class Gateway:
         if plan.body_stages and route.grpc is None:  # gRPC: the first message is read by `_forward_grpc`
             body = await _read_body(ex, ctx)
             if body.__class__ is Deny:
-                return body  # type: ignore[return-value]
+                return body
             ctx.body = body  # type: ignore[assignment]
             return await run(plan.body_stages, ctx) or CONTINUE
         return CONTINUE
@@ -237,7 +237,7 @@ class Gateway:
             body = await ex.read_body()  # all here already: re-framed by its length, in the same write as the head
         elif ex.body.failed:  # refused before it was forwarded (e.g. past the limit): the upstream never sees it
             refused = await _read_body(ex, ctx)
-            return Problem(refused) if refused.__class__ is Deny else _GATEWAY_ERROR  # type: ignore[arg-type]
+            return Problem(refused) if refused.__class__ is Deny else _GATEWAY_ERROR
         streaming = body is None and ex.has_body
         if body is not None:
             framing = f"content-length: {len(body)}\r\n" if body or ex.method in ("POST", "PUT", "PATCH") else ""
@@ -265,11 +265,11 @@ class Gateway:
                 else:
                     conn.write(head)
                     if ex.has_body:
-                        refused = await self._stream_body(ex, ctx, conn)
-                        if refused is not None:
+                        cut = await self._stream_body(ex, ctx, conn)
+                        if cut is not None:
                             conn.close()
                             pool.release(conn)
-                            return refused
+                            return cut
                 conn.expect_response(limits.upstream_timeout)
                 await done
             except UpstreamError as err:
@@ -341,7 +341,7 @@ class Gateway:
             with contextlib.suppress(Exception):  # a finalizer must never mask the response
                 finalizer(status)
         if outcome.__class__ is Problem:
-            deny, upstream_status = outcome.deny, None  # type: ignore[union-attr]
+            deny, upstream_status = outcome.deny, None
         else:
             deny, upstream_status = None, outcome.upstream_status  # type: ignore[union-attr]
         metrics = self.metrics

@@ -14,6 +14,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import httptools
 
@@ -32,10 +33,10 @@ class UpstreamError(Exception):
         self.retryable = retryable
 
 
-class ResponseSink:
-    """Where a response goes: implemented by the proxy for one exchange."""
+class ResponseSink(Protocol):
+    """Where a response goes: implemented by the proxy for one exchange (`server.response.ResponseSink`)."""
 
-    paused = False  # the client reads slower than the upstream sends (the upstream is paused, not stalled)
+    paused: bool  # the client reads slower than the upstream sends (the upstream is paused, not stalled)
 
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None: ...
     def on_body(self, data: bytes) -> None: ...
@@ -229,9 +230,9 @@ class UpstreamPool:
 
     async def acquire(self, connect_timeout: float, fresh: bool = False) -> UpstreamConnection:
         if not fresh:
-            conn = self.idle()
-            if conn is not None:
-                return conn
+            pooled = self.idle()
+            if pooled is not None:
+                return pooled
         while self._open >= self.size:
             if len(self._waiters) >= self.size:  # never an unbounded queue in front of a saturated upstream
                 raise UpstreamError("upstream_pool_exhausted", "upstream connection queue full", status=503)
@@ -328,7 +329,7 @@ def internal_address(address: str) -> bool:
             or ip.is_multicast or any(ip in net for net in _METADATA))
 
 
-def _set_error(fut: asyncio.Future[object] | None, error: Exception) -> None:
+def _set_error(fut: asyncio.Future[None] | None, error: Exception) -> None:
     """Fail a future that may or may not be awaited any more, without 'exception never retrieved' noise."""
     if fut is not None and not fut.done():
         fut.set_exception(error)

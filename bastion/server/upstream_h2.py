@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import ssl
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -160,7 +161,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         for event in events:
             stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
             if isinstance(event, h2.events.ResponseReceived) and stream is not None:
-                headers = [(n, v) for n, v in event.headers]
+                headers = _decoded(event.headers)
                 status = int(next((v for n, v in headers if n == ":status"), "0"))
                 if not stream.response.done():
                     stream.response.set_result((status, headers, bool(event.stream_ended)))
@@ -171,7 +172,7 @@ class H2UpstreamConnection(asyncio.Protocol):
                     stream._chunks.append((event.data, event.flow_controlled_length))
                     stream._wake()
             elif isinstance(event, h2.events.TrailersReceived) and stream is not None:
-                stream.trailers = [(n, v) for n, v in event.headers]
+                stream.trailers = _decoded(event.headers)
             elif isinstance(event, h2.events.StreamEnded) and stream is not None:
                 stream._ended = True
                 stream.closed = True
@@ -294,3 +295,8 @@ class H2Upstream:
         for conn in self._conns:
             conn.close()
         self._conns.clear()
+
+
+def _decoded(headers: Any) -> list[tuple[str, str]]:
+    """Header fields as h2 hands them over: str already (`header_encoding="latin-1"`), whatever its stubs say."""
+    return [(str(n), str(v)) for n, v in headers]
