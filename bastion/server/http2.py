@@ -99,7 +99,7 @@ class H2Stats:
         return self.counts[reason]
 
 
-Handler = Callable[[Any], Awaitable[None]]
+Handler = Callable[["H2Exchange"], Awaitable[None]]
 ErrorHook = Callable[[str, FramingError, str], str]
 
 
