@@ -50,8 +50,8 @@ class Exchange(Protocol):
     def tls(self) -> bool: ...
     @property
     def peer_cert(self) -> bytes | None: ...
-    @property
-    def has_body(self) -> bool: ...
+    has_body: bool  # a body follows the head (chunked, or a non-zero length)
+
     @property
     def body_complete(self) -> bool: ...
     @property
@@ -90,15 +90,12 @@ class ExchangeBase:
     headers: Fields
     chunked: bool
     content_length: int | None
+    has_body: bool  # set by the protocol when the head is parsed
 
     def respond(self, status: int, headers: Fields, body: bytes, *, close: bool = False) -> None:
         raise NotImplementedError
 
     # ---- request body -------------------------------------------------------------------------------------
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
 
     @property
     def body_complete(self) -> bool:

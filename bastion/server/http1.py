@@ -48,6 +48,7 @@ class H1Exchange(ExchangeBase):
         "closed_after",
         "content_length",
         "expect_continue",
+        "has_body",
         "headers",
         "keep_alive",
         "method",
@@ -58,7 +59,7 @@ class H1Exchange(ExchangeBase):
     )
 
     def __init__(self, conn: Http1Connection, method: str, target: str, version: str,
-                 headers: list[tuple[str, str]], keep_alive: bool, *, content_length: int | None = None,
+                 headers: list[tuple[str, str]], keep_alive: bool, content_length: int | None = None,
                  chunked: bool = False, expect_continue: bool = False) -> None:
         self._conn = conn
         self.method = method
@@ -69,9 +70,10 @@ class H1Exchange(ExchangeBase):
         self.content_length = content_length
         self.chunked = chunked
         self.expect_continue = expect_continue
+        self.has_body = chunked or bool(content_length)
         # the connection, not the exchange, owns the body: no reference cycle, so an exchange is freed the
         # moment its handler is done with it (a cycle would leave every request to the garbage collector)
-        self.body = RequestBody(conn, conn.body_idle_timeout) if chunked or content_length else NO_BODY
+        self.body = RequestBody(conn, conn.body_idle_timeout) if self.has_body else NO_BODY
         self.response_started = False
         self.status = 0
         self.closed_after = False
@@ -283,8 +285,7 @@ class Http1Connection(asyncio.Protocol):
             elif name == "expect" and value.lower() == "100-continue" and version == "1.1":
                 expect_continue = True
         exchange = H1Exchange(self, parser.get_method().decode("ascii"), self._url.decode("latin-1"), version,
-                              headers, parser.should_keep_alive(), content_length=content_length, chunked=chunked,
-                              expect_continue=expect_continue)
+                              headers, parser.should_keep_alive(), content_length, chunked, expect_continue)
         self._current = exchange
         self._ready.append(exchange)
         if not self._busy:

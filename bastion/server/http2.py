@@ -111,7 +111,7 @@ class H2Exchange(ExchangeBase):
     __slots__ = (
         "_aborted", "_conn", "_declared", "_drain_waiter", "_end_pending", "_ended", "_handled", "_pending",
         "_progress", "_queued", "_trailers", "_unacked", "body", "chunked", "content_length", "expect_continue",
-        "headers", "method", "response_started", "status", "stream_id", "target", "task", "version",
+        "has_body", "headers", "method", "response_started", "status", "stream_id", "target", "task", "version",
     )
 
     def __init__(self, conn: H2Connection, stream_id: int, method: str, target: str,
@@ -126,6 +126,7 @@ class H2Exchange(ExchangeBase):
         # an HTTP/2 body without content-length has no length up front: forwarded chunked to an HTTP/1.1
         # upstream (never unframed, which would let the body be read as a second request)
         self.chunked = not ended and content_length is None
+        self.has_body = self.chunked or bool(content_length)
         self.expect_continue = False
         self._unacked = 0  # flow-controlled bytes received and not yet read by the handler
         self.body = NO_BODY if ended else RequestBody(self, conn.limits.body_idle_timeout)
@@ -467,7 +468,7 @@ class H2Connection(asyncio.Protocol):
             headers.append(("content-length", str(content_length)))
         ex = H2Exchange(self, stream_id, method, target, headers, content_length, event.stream_ended is not None)
         if content_length == 0:
-            ex.chunked = False
+            ex.chunked = ex.has_body = False
         self._streams[stream_id] = ex
         self._cancel_timer()
         ex.task = self.loop.create_task(self._run(ex))

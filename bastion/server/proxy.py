@@ -233,12 +233,14 @@ class Gateway:
         limits = plan.policy.traffic
         pool = self.pools[route.upstream]
         body = ctx.body
-        if body is None and ex.has_body and ex.body_received:
-            body = await ex.read_body()  # all here already: re-framed by its length, in the same write as the head
-        elif ex.body.failed:  # refused before it was forwarded (e.g. past the limit): the upstream never sees it
-            refused = await _read_body(ex, ctx)
-            return Problem(refused) if refused.__class__ is Deny else _GATEWAY_ERROR
-        streaming = body is None and ex.has_body
+        has_body = ex.has_body
+        if body is None and has_body:
+            if ex.body_received:  # all here already: re-framed by its length, in the same write as the head
+                body = await ex.read_body()
+            elif ex.body.failed:  # refused before it was forwarded (e.g. past the limit): the upstream never sees it
+                refused = await _read_body(ex, ctx)
+                return Problem(refused) if refused.__class__ is Deny else _GATEWAY_ERROR
+        streaming = body is None and has_body
         if body is not None:
             framing = f"content-length: {len(body)}\r\n" if body or ex.method in ("POST", "PUT", "PATCH") else ""
         elif ex.chunked:
@@ -264,7 +266,7 @@ class Gateway:
                     conn.write(head + body if body else head)
                 else:
                     conn.write(head)
-                    if ex.has_body:
+                    if has_body:
                         cut = await self._stream_body(ex, ctx, conn)
                         if cut is not None:
                             conn.close()
@@ -440,6 +442,8 @@ def _answer_preflight(ex: Exchange, ctx: RequestContext, routed: Routed, tracepa
 
 def _limit_body(ex: Exchange, ctx: RequestContext, plan: Plan) -> Decision:
     """The route's body limit: a declared length over it is refused now, a body growing past it once it does."""
+    if not ex.has_body:
+        return CONTINUE
     limit = plan.policy.traffic.max_body_bytes
     if ex.content_length is not None and ex.content_length > limit:
         return Deny(413, "body_too_large", f"{ctx.api}/{ctx.route}/traffic.max_body_bytes",
