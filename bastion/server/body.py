@@ -154,6 +154,20 @@ class RequestBody:
                 return b""
             await self._wait()
 
+    def whole(self) -> bytes | None:
+        """The whole body at once, without waiting, when all of it has arrived and nothing went wrong; else None
+        (then `read` it). The common case of a small body that came with its head."""
+        if not self.done or self._error is not None:
+            return None
+        chunks = self._chunks
+        if not chunks:
+            return b""
+        data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
+        chunks.clear()
+        self._buffered = 0
+        self._owner.body_read()
+        return data
+
     async def _wait(self) -> None:
         loop = asyncio.get_running_loop()
         sweep = deadlines()

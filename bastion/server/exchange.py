@@ -118,6 +118,9 @@ class ExchangeBase:
 
     async def read_body(self) -> bytes:
         """The whole request body (bounded by the exchange's body limit)."""
+        whole = self.body.whole()
+        if whole is not None:  # all here already (and within the limit): no read to wait for
+            return whole
         parts = []
         while chunk := await self.read_chunk():
             parts.append(chunk)

@@ -96,3 +96,21 @@ async def test_no_body_is_shared_and_nothing_poisons_it():
     assert not NO_BODY.feed(b"x")
     assert await NO_BODY.read() == b""
     assert NO_BODY.complete and NO_BODY.received and NO_BODY.limit is None
+
+
+async def test_a_body_that_has_all_arrived_is_taken_whole_without_waiting():
+    owner = Owner()
+    body = RequestBody(owner, 30.0)
+    body.feed(b"ab")
+    assert body.whole() is None  # more may come: read it
+    body.feed(b"cd")
+    body.finish()
+    assert body.whole() == b"abcd" and owner.events == ["read"]
+    assert body.whole() == b"" and await body.read() == b""
+    failed = RequestBody(owner, 30.0)
+    failed.feed(b"x")
+    failed.finish()
+    failed.set_limit(0)
+    assert failed.whole() is None  # the read raises the failure
+    with pytest.raises(BodyTooLarge):
+        await failed.read()
