@@ -52,14 +52,14 @@ class BodyOwner(Protocol):
 class RequestBody:
     """The bytes of one request body, between the protocol that receives them and the handler that reads them."""
 
-    __slots__ = ("_buffered", "_chunks", "_error", "_idle_timeout", "_owner", "_waiter", "deadline", "done",
+    __slots__ = ("_chunks", "_error", "_idle_timeout", "_owner", "_waiter", "buffered", "deadline", "done",
                  "first_at", "limit", "seen")
 
     def __init__(self, owner: BodyOwner, idle_timeout: float, *, done: bool = False) -> None:
         self._owner = owner
         self._idle_timeout = idle_timeout
         self._chunks: list[bytes] = []  # always read whole: a list is enough (and cheaper to make than a deque)
-        self._buffered = 0
+        self.buffered = 0  # bytes received and not read yet
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
         self.deadline = NEVER  # loop time by which a waiting read must have data (swept by `Deadlines`)
@@ -84,11 +84,6 @@ class RequestBody:
     def failed(self) -> bool:
         return self._error is not None
 
-    @property
-    def buffered(self) -> int:
-        """Bytes received and not read yet."""
-        return self._buffered
-
     # ---- the protocol side --------------------------------------------------------------------------------
 
     def set_limit(self, limit: int) -> None:
@@ -105,14 +100,16 @@ class RequestBody:
             self.fail(BodyTooLarge())
             return False
         self._chunks.append(data)
-        self._buffered += len(data)
-        self._wake()
+        self.buffered += len(data)
+        if self._waiter is not None:
+            self._wake()
         return True
 
     def finish(self) -> None:
         """The last byte arrived."""
         self.done = True
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def fail(self, error: Exception) -> None:
         """The body cannot be completed: every later read raises `error` (the first failure wins)."""
@@ -147,7 +144,7 @@ class RequestBody:
             if chunks:
                 data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
                 chunks.clear()
-                self._buffered = 0
+                self.buffered = 0
                 self._owner.body_read()
                 return data
             if self.done:
@@ -164,7 +161,7 @@ class RequestBody:
             return b""
         data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
         chunks.clear()
-        self._buffered = 0
+        self.buffered = 0
         self._owner.body_read()
         return data
 
@@ -183,7 +180,7 @@ class RequestBody:
 
     def _drop(self) -> None:
         self._chunks.clear()
-        self._buffered = 0
+        self.buffered = 0
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -235,7 +235,7 @@ class Gateway:
         body = ctx.body
         has_body = ex.has_body
         if body is None and has_body:
-            if ex.body_received:  # all here already: re-framed by its length, in the same write as the head
+            if ex.body.received:  # all here already: re-framed by its length, in the same write as the head
                 body = await ex.read_body()
             elif ex.body.failed:  # refused before it was forwarded (e.g. past the limit): the upstream never sees it
                 refused = await _read_body(ex, ctx)
