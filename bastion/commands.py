@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
 from bastion.compile import CompiledRoute, compile_config
 from bastion.config.include import api_sources
@@ -55,7 +54,6 @@ def check_files(path: str) -> int:
 
 
 def explain(path: str, selector: str | None, *, as_json: bool = False, at: float | None = None) -> int:
-    from bastion.stages import authz
 
     try:
         compiled = compile_config(load_config(path), now=at)
@@ -66,8 +64,7 @@ def explain(path: str, selector: str | None, *, as_json: bool = False, at: float
     if selector and not routes:
         print(f"no route matches {selector!r}", file=sys.stderr)
         return 1
-    shared: dict[Any, Any] = compiled.shared  # keyed by each layer's prepare function
-    docs = [route_policy(r, shared.get(authz.prepare), now=compiled.loaded_at) for r in routes]
+    docs = [route_policy(r, compiled.shared.authz, now=compiled.loaded_at) for r in routes]
     defined_in = api_sources(compiled.config)  # which file of a config directory each route comes from
     for doc in docs:
         doc["source"] = defined_in.get(doc["api"], "")

@@ -31,10 +31,10 @@ from bastion.forwarding import GrpcLimits, Upstream
 from bastion.governance.baseline import Weakening, merge, restore, weakenings
 from bastion.http.websocket import websocket_config
 from bastion.openapi.loader import load_openapi
-from bastion.pipeline import PIPELINE
+from bastion.pipeline import PIPELINE, Prepared, StageSpec, prepare
 from bastion.router import Router
-from bastion.stages import response as response_layer
 from bastion.stages.base import RouteInfo, Services, Stage
+from bastion.stages.traffic import tier_warnings
 from bastion.upstreams.config import targets_of
 from bastion.upstreams.spec import pool_spec
 
@@ -51,6 +51,10 @@ class Plan:
     waived: tuple[tuple[str, str], ...]  # (control, exception id) switched off entirely
     response: Any = None  # bastion.stages.response.ResponseFilter: what happens to the upstream's answer
     info: RouteInfo | None = None  # the route as this plan sees it: sources name the exceptions in force
+    enforces: bool = field(init=False, compare=False)  # anything to run or record before forwarding
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "enforces", bool(self.stages or self.body_stages or self.waived))
 
 
 @dataclass(slots=True)
@@ -80,7 +84,7 @@ class CompiledGateway:
     routes: list[CompiledRoute]
     config_hash: str
     loaded_at: float
-    shared: dict[str, Any] = field(default_factory=dict)
+    shared: Prepared = field(default_factory=Prepared)  # what the layers prepared for this config, by name
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
     @property
@@ -228,128 +232,150 @@ def _join(base: str, path: str) -> str:
     return (base.rstrip("/") + "/" + path.lstrip("/")).rstrip("/") or "/"
 
 
-def _exception_diagnostics(exc: ExceptionConfig, index: int, max_days: int, now: float,
+def _exception_diagnostics(waiver: ExceptionConfig, index: int, max_days: int, now: float,
                            positions: Positions, diags: list[Diagnostic]) -> None:
     loc = ("exceptions", index)
-    lifetime = (exc.expires - exc.created).total_seconds() / 86400
+    lifetime = (waiver.expires - waiver.created).total_seconds() / 86400
     if lifetime > max_days:
         diags.append(positions.diagnostic((*loc, "expires"),
-                                          f"exception {exc.id} lasts {lifetime:.0f} days; the maximum is "
+                                          f"exception {waiver.id} lasts {lifetime:.0f} days; the maximum is "
                                           f"{max_days} (gateway.max_exception_days)"))
-    if exc.expires.timestamp() <= now:
+    if waiver.expires.timestamp() <= now:
         diags.append(positions.diagnostic((*loc, "expires"),
-                                          f"exception {exc.id} expired at {exc.expires.isoformat()}; its "
+                                          f"exception {waiver.id} expired at {waiver.expires.isoformat()}; its "
                                           "controls are enforced again. Remove it or renew it", "warning"))
+
+
+@dataclass(slots=True)
+class _Build:
+    """One compilation: the config, the instant it is compiled for, what the layers prepared, and what it found."""
+
+    cfg: Any  # bastion.config.models.BastionConfig
+    positions: Positions
+    base_dir: Path
+    now: float
+    prepared: Prepared
+    build_stages: bool
+    diags: list[Diagnostic] = field(default_factory=list)
+    used_waivers: set[str] = field(default_factory=set)  # exception ids that relax something somewhere
+
+    def error(self, loc: tuple[str | int, ...], message: str, severity: str = "error") -> None:
+        self.diags.append(self.positions.diagnostic(loc, message, severity))
 
 
 def compile_config(loaded: LoadedConfig, services: Services | None = None, *, now: float | None = None,
                    build_stages: bool = True) -> CompiledGateway:
     """Compile a validated config. Raises ConfigError listing every error; warnings stay on the result."""
     services = services or Services()
-    now = services.wall_clock() if now is None else now
-    cfg = loaded.model
-    positions = loaded.positions
-    base_dir = loaded.path.parent
-    diags: list[Diagnostic] = []
-    hasher = hashlib.sha256(loaded.text_hash.encode())
-
-    for i, exc in enumerate(cfg.exceptions):
-        _exception_diagnostics(exc, i, cfg.gateway.max_exception_days, now, positions, diags)
-    ids = [e.id for e in cfg.exceptions]
-    for i, exc_id in enumerate(ids):
-        if ids.index(exc_id) != i:
-            diags.append(positions.diagnostic(("exceptions", i, "id"), f"exception id {exc_id!r} is used twice"))
-
-    shared: dict[Any, Any] = {}
+    build = _Build(loaded.model, loaded.positions, loaded.path.parent,
+                   services.wall_clock() if now is None else now, Prepared(), build_stages)
+    _check_waivers(build)
     if build_stages:
-        shared[response_layer.prepare] = response_layer.prepare(cfg, services)
-        for spec in PIPELINE:
-            if spec.prepare is not None and spec.prepare not in shared:
-                try:
-                    shared[spec.prepare] = spec.prepare(cfg, services)
-                except ValueError as exc:  # a cross-section rule of that layer (e.g. duplicate consumers)
-                    diags.append(positions.diagnostic((), f"{spec.section or 'gateway'}: {exc}"))
-                    build_stages = False
-
+        problems: list[str] = []
+        build.prepared = prepare(build.cfg, services, problems)
+        for problem in problems:  # a cross-section rule of a layer (e.g. duplicate consumers)
+            build.error((), problem)
+        build.build_stages = not problems
     router = Router()
     routes: list[CompiledRoute] = []
-    seen_apis: set[str] = set()
-    used_exceptions: set[str] = set()
-    route_names: dict[str, set[str]] = {}
-    for a_index, api in enumerate(cfg.apis):
-        api_loc = ("apis", a_index)
-        if api.name in seen_apis:
-            diags.append(positions.diagnostic((*api_loc, "name"), f"API name {api.name!r} is used twice"))
+    seen: set[str] = set()
+    route_names: dict[str, set[str]] = {}  # API name -> its route names, for the exceptions' targets
+    hasher = hashlib.sha256(loaded.text_hash.encode())
+    for index, api in enumerate(build.cfg.apis):
+        if api.name in seen:
+            build.error(("apis", index, "name"), f"API name {api.name!r} is used twice")
             continue
-        seen_apis.add(api.name)
-        if not api.owner:
-            diags.append(positions.diagnostic(api_loc, f"API {api.name!r} has no `owner`: every API needs an "
-                                              "accountable owner; its routes are not served"))
+        seen.add(api.name)
+        compiled = _compile_api(build, api, index, router)
+        if compiled is None:
             continue
-        klass = cfg.classes.get(api.klass)
-        if klass is None:
-            diags.append(positions.diagnostic((*api_loc, "class"),
-                                              f"unknown class {api.klass!r} (classes: {', '.join(cfg.classes)})"))
-            continue
-        decls, spec_hash = _route_decls(api, a_index, base_dir, diags, positions)
+        api_routes, names, spec_hash = compiled
+        routes += api_routes
+        route_names[api.name] = names
         hasher.update(spec_hash.encode())
-        route_names[api.name] = {d.name for d in decls}
-        baseline_model = Baseline.model_validate(klass.model_dump(include=set(SECTIONS)))
-        baseline = baseline_model.model_dump(mode="python")
-        upstream = parse_upstream(api, base_dir)
-        if upstream.pool is not None and api.grpc is not None:
-            diags.append(positions.diagnostic((*api_loc, "upstream"), "a gRPC API has one upstream URL (pools "
-                                              "of targets are for HTTP APIs)"))
-            continue
-        for field_name, file in (("ca", upstream.tls_ca), ("client_cert", upstream.tls_cert),
-                                 ("client_key", upstream.tls_key)):
-            if file is not None and not Path(file).is_file():
-                diags.append(positions.diagnostic((*api_loc, "upstream_tls", field_name), f"no such file: {file}"))
-        for decl in decls:
-            compiled = _compile_route(api, decl, baseline, baseline_model, cfg.exceptions, now, positions,
-                                      diags, used_exceptions, upstream, shared, build_stages)
-            if compiled is None:
-                continue
-            routes.append(compiled)
-            full = _join(api.base_path, decl.path)
-            for method in decl.methods:
-                clash = router.add(api.hosts, full, method, compiled)
-                if clash is not None:
-                    diags.append(positions.diagnostic(decl.loc, f"{method} {full} is already routed to "
-                                                      f"{clash.info.route_id}"))
-
-    for i, exc in enumerate(cfg.exceptions):
-        loc = ("exceptions", i, "target")
-        if exc.target.api not in route_names:
-            diags.append(positions.diagnostic((*loc, "api"), f"exception {exc.id} targets unknown API "
-                                              f"{exc.target.api!r}"))
-        elif exc.target.route is not None and exc.target.route not in route_names[exc.target.api]:
-            diags.append(positions.diagnostic((*loc, "route"), f"exception {exc.id} targets unknown route "
-                                              f"{exc.target.api}/{exc.target.route}"))
-        elif exc.id not in used_exceptions and exc.expires.timestamp() > now:
-            diags.append(positions.diagnostic(("exceptions", i, "controls"), f"exception {exc.id} relaxes "
-                                              "nothing: no targeted route weakens these controls", "warning"))
-
-    from bastion.stages.traffic import tier_warnings
-
-    for message in tier_warnings(cfg):  # e.g. a consumer tier no limit names: a typo would lift its limits
-        diags.append(positions.diagnostic(("consumers",), message, "warning"))
+    _check_waiver_targets(build, route_names)
+    for message in tier_warnings(build.cfg):  # e.g. a consumer tier no limit names: a typo would lift its limits
+        build.error(("consumers",), message, "warning")
     from bastion.stages.transport.listeners import listener_conflicts
 
-    for where, message in listener_conflicts(cfg):  # a class demanding more TLS than a listener offers
-        diags.append(positions.diagnostic(where, message))
+    for where, message in listener_conflicts(build.cfg):  # a class demanding more TLS than a listener offers
+        build.diags.append(build.positions.diagnostic(where, message))
     from bastion.stages.flows import flow_diagnostics
 
-    for where, message in flow_diagnostics(cfg.flows, route_names):  # a flow step naming no route
-        diags.append(positions.diagnostic(where, message))
-    errors = [d for d in diags if d.severity == "error"]
-    if errors:
-        raise ConfigError(diags)
-    return CompiledGateway(loaded, router, routes, hasher.hexdigest()[:16], now, shared, diags)
+    for where, message in flow_diagnostics(build.cfg.flows, route_names):  # a flow step naming no route
+        build.diags.append(build.positions.diagnostic(where, message))
+    if any(d.severity == "error" for d in build.diags):
+        raise ConfigError(build.diags)
+    return CompiledGateway(loaded, router, routes, hasher.hexdigest()[:16], build.now, build.prepared,
+                           build.diags)
+
+
+def _check_waivers(build: _Build) -> None:
+    """Each exception's lifetime and expiry, and that its id is unique."""
+    waivers = build.cfg.exceptions
+    for i, waiver in enumerate(waivers):
+        _exception_diagnostics(waiver, i, build.cfg.gateway.max_exception_days, build.now, build.positions,
+                               build.diags)
+    ids = [w.id for w in waivers]
+    for i, waiver_id in enumerate(ids):
+        if ids.index(waiver_id) != i:
+            build.error(("exceptions", i, "id"), f"exception id {waiver_id!r} is used twice")
+
+
+def _check_waiver_targets(build: _Build, route_names: dict[str, set[str]]) -> None:
+    """Every exception targets an API and route that exist, and relaxes something while it is in force."""
+    for i, waiver in enumerate(build.cfg.exceptions):
+        loc = ("exceptions", i, "target")
+        target = waiver.target
+        if target.api not in route_names:
+            build.error((*loc, "api"), f"exception {waiver.id} targets unknown API {target.api!r}")
+        elif target.route is not None and target.route not in route_names[target.api]:
+            build.error((*loc, "route"), f"exception {waiver.id} targets unknown route {target.api}/{target.route}")
+        elif waiver.id not in build.used_waivers and waiver.expires.timestamp() > build.now:
+            build.error(("exceptions", i, "controls"), f"exception {waiver.id} relaxes nothing: no targeted route "
+                        "weakens these controls", "warning")
+
+
+def _compile_api(build: _Build, api: ApiConfig, index: int,
+                 router: Router) -> tuple[list[CompiledRoute], set[str], str] | None:
+    """The routes of one API, added to `router`: (routes, their names, hash of its specs). None: not served."""
+    api_loc = ("apis", index)
+    if not api.owner:
+        build.error(api_loc, f"API {api.name!r} has no `owner`: every API needs an accountable owner; its routes "
+                    "are not served")
+        return None
+    klass = build.cfg.classes.get(api.klass)
+    if klass is None:
+        build.error((*api_loc, "class"), f"unknown class {api.klass!r} (classes: {', '.join(build.cfg.classes)})")
+        return None
+    decls, spec_hash = _route_decls(api, index, build.base_dir, build.diags, build.positions)
+    baseline_model = Baseline.model_validate(klass.model_dump(include=set(SECTIONS)))
+    upstream = parse_upstream(api, build.base_dir)
+    if upstream.pool is not None and api.grpc is not None:
+        build.error((*api_loc, "upstream"), "a gRPC API has one upstream URL (pools of targets are for HTTP APIs)")
+        return None
+    for field_name, file in (("ca", upstream.tls_ca), ("client_cert", upstream.tls_cert),
+                             ("client_key", upstream.tls_key)):
+        if file is not None and not Path(file).is_file():
+            build.error((*api_loc, "upstream_tls", field_name), f"no such file: {file}")
+    routes = []
+    for decl in decls:
+        route = _compile_route(build, api, decl, baseline_model, upstream)
+        if route is None:
+            continue
+        routes.append(route)
+        full = _join(api.base_path, decl.path)
+        for method in decl.methods:
+            clash = router.add(api.hosts, full, method, route)
+            if clash is not None:
+                build.error(decl.loc, f"{method} {full} is already routed to {clash.info.route_id}")
+    return routes, {d.name for d in decls}, spec_hash
 
 
 class Unsatisfiable:
     """A control that cannot be built for a route: every request is refused (fail closed)."""
+
+    needs_body = False
 
     def __init__(self, control: str, policy_id: str, reason: str) -> None:
         self.control = control
@@ -359,117 +385,145 @@ class Unsatisfiable:
         return self._deny
 
 
-def _covers(exc: ExceptionConfig, control: str) -> bool:
+def _covers(waiver: ExceptionConfig, control: str) -> bool:
     """An exception naming `traffic.ip` covers `traffic.ip.allow`; one naming `traffic` covers all of it."""
     parts = control.split(".")
-    return any(".".join(parts[:i]) in exc.controls for i in range(1, len(parts) + 1))
+    return any(".".join(parts[:i]) in waiver.controls for i in range(1, len(parts) + 1))
 
 
-def _compile_route(api: ApiConfig, decl: _RouteDecl, baseline: dict[str, Any], baseline_model: Baseline,
-                   exceptions: list[ExceptionConfig], now: float, positions: Positions,
-                   diags: list[Diagnostic], used: set[str], upstream: Upstream,
-                   shared: dict[Any, Any], build_stages: bool) -> CompiledRoute | None:
+def _compile_route(build: _Build, api: ApiConfig, decl: _RouteDecl, baseline_model: Baseline,
+                   upstream: Upstream) -> CompiledRoute | None:
+    """One route: its declared policy checked against the class baseline, then one plan per interval between the
+    instants its exceptions start or stop applying."""
     route_id = f"{api.name}/{decl.name}"
-    layers = [(f"api:{api.name}", api.policy), (f"route:{route_id}", decl.policy)]
-    declared_data, sources = merge(baseline, *layers)
+    baseline = baseline_model.model_dump(mode="python")
+    declared_data, sources = merge(baseline, (f"api:{api.name}", api.policy), (f"route:{route_id}", decl.policy))
     try:
         declared = Baseline.model_validate(declared_data)
-    except ValidationError as exc:
+    except ValidationError as invalid:
         # point at the layer that set the bad value: the route's policy if it has one, else the API's
         where = (*decl.loc, "policy") if decl.policy else ("apis", decl.loc[1], "policy")
-        diags.extend(pydantic_diagnostics(exc, positions, where))
+        build.diags.extend(pydantic_diagnostics(invalid, build.positions, where))
         return None
-
-    mine = [e for e in exceptions
-            if e.target.api == api.name and e.target.route in (None, decl.name)]
-    weak = weakenings(baseline_model, declared, sources)
-    for w in weak:
-        covering = [e for e in mine if _covers(e, w.control)]
-        if not covering:
-            diags.append(positions.diagnostic(_loc_of(w, decl), _weak_message(w, route_id, api.klass)))
-        elif all(e.expires.timestamp() <= now for e in covering):
-            diags.append(positions.diagnostic(_loc_of(w, decl), f"route {route_id} sets {w.control} weaker than "
-                                              f"class {api.klass!r}, but its exception expired: the class "
-                                              "baseline is enforced", "warning"))
-        used.update(e.id for e in covering)
-    for e in mine:  # a whole-section waiver is used by every route it targets
-        if any("." not in c for c in e.controls):
-            used.add(e.id)
-
-    # every instant at which an exception starts or stops applying splits the timeline into plans
-    points = sorted({t for e in mine for t in (e.created.timestamp(), e.expires.timestamp()) if t > now})
-    starts = [now, *points]
-    ends = [*points, math.inf]
+    waivers = [w for w in build.cfg.exceptions if w.target.api == api.name and w.target.route in (None, decl.name)]
+    weak = _weakenings_checked(build, api, decl, baseline_model, declared, sources, waivers)
     path = _join(api.base_path, decl.path)
     params = tuple(p[1:-1] for p in path.split("/") if p.startswith("{") and p.endswith("}"))
-    info_sources = dict(sources)
     plans: list[Plan] = []
     infos: list[RouteInfo] = []
-    for start, end in zip(starts, ends, strict=True):
-        active = [e for e in mine if e.created.timestamp() <= start < e.expires.timestamp()]
-        relaxed = {w.control for w in weak if any(_covers(e, w.control) for e in active)}
-        data = restore(declared_data, baseline, {w.control for w in weak} - relaxed)
-        policy = Baseline.model_validate(data)
-        waived_sections = {c: e.id for e in active for c in e.controls if "." not in c}
-        srcs = dict(info_sources)
-        for control in {w.control for w in weak} - relaxed:  # restored: the class enforces it again
-            srcs[control] = f"class:{api.klass}"
-        for control in relaxed:
-            exc_id = next(e.id for e in active if _covers(e, control))
-            srcs[control] = f"exception:{exc_id}"
-        for section, exc_id in waived_sections.items():
-            srcs[section] = f"exception:{exc_id}"
-        info = RouteInfo(api=api.name, route=decl.name, klass=api.klass, path=path,
-                         methods=frozenset(decl.methods), path_params=params, operation=decl.operation,
-                         admin=decl.admin, sources=srcs)
-        head: list[Stage] = []
-        body: list[Stage] = []
-        if build_stages:
-            for spec in PIPELINE:
-                if spec.section in waived_sections:
-                    continue
-                try:
-                    section = getattr(policy, spec.section) if spec.section else None
-                    stage = spec.build(section, info, shared.get(spec.prepare) if spec.prepare else None)
-                except ValueError as exc:  # e.g. a condition that does not compile
-                    if start <= now:
-                        diags.append(positions.diagnostic((*decl.loc, "policy", spec.section or ""), str(exc)))
-                        continue
-                    # a later plan (once an exception ends) that cannot be satisfied: the route will refuse
-                    # every request from then on, fail closed, and the operator is told now
-                    when = datetime.fromtimestamp(start, UTC).isoformat().replace("+00:00", "Z")
-                    diags.append(positions.diagnostic((*decl.loc, "policy", spec.section or ""),
-                                                      f"from {when}, when its exception ends: {exc}; the route "
-                                                      "will refuse every request then", "warning"))
-                    stage = Unsatisfiable(spec.section or "gateway", info.policy_id(spec.section or "gateway"),
-                                          str(exc))
-
-                if stage is not None:
-                    if getattr(stage, "needs_body", False):
-                        # gRPC bodies are framed messages, streamed: only owner rules on message fields
-                        # (authz, reading the decoded first message) run on them
-                        if api.grpc is None or (spec.section == "authz" and decl.grpc_decode is not None):
-                            body.append(stage)
-                    elif not head or stage is not head[-1]:  # the same stage again with nothing between
-                        head.append(stage)  # (blocks, when no identity stage ran) would decide the same
-        response = None
-        if build_stages and "response" not in waived_sections and api.grpc is None:
-            try:
-                response = response_layer.build(policy.response, info, shared.get(response_layer.prepare))
-            except ValueError as exc:
-                diags.append(positions.diagnostic((*decl.loc, "policy", "response"), str(exc)))
-        plans.append(Plan(end, policy, tuple(head), tuple(body), tuple(e.id for e in active),
+    for start, end in _intervals(waivers, build.now):
+        active = [w for w in waivers if w.created.timestamp() <= start < w.expires.timestamp()]
+        relaxed = {w.control for w in weak if any(_covers(waiver, w.control) for waiver in active)}
+        restored = {w.control for w in weak} - relaxed  # weaker than the class and not (or no longer) waived
+        policy = Baseline.model_validate(restore(declared_data, baseline, restored))
+        waived_sections = {c: w.id for w in active for c in w.controls if "." not in c}
+        info = RouteInfo(api=api.name, route=decl.name, klass=api.klass, path=path, methods=frozenset(decl.methods),
+                         path_params=params, operation=decl.operation, admin=decl.admin,
+                         sources=_sources(sources, api.klass, restored, relaxed, active, waived_sections))
+        head, body, response = _stages(build, api, decl, policy, info, waived_sections, start)
+        plans.append(Plan(end, policy, head, body, tuple(w.id for w in active),
                           tuple(sorted(waived_sections.items())), response, info))
         infos.append(info)
     strip = api.base_path if api.strip_base_path else ""
-    grpc = None
-    if api.grpc is not None:
-        g = api.grpc
-        grpc = GrpcLimits(max_message_bytes=g.max_message_bytes, max_messages=g.max_messages,
-                          default_timeout=g.default_timeout, max_timeout=g.max_timeout,
-                          connect_timeout=plans[0].policy.traffic.upstream_connect_timeout,
-                          decode=decl.grpc_decode)
-    return CompiledRoute(infos[0], upstream, strip, plans, decl.admin, grpc, decl.websocket)
+    return CompiledRoute(infos[0], upstream, strip, plans, decl.admin, _grpc_limits(api, decl, plans[0]),
+                         decl.websocket)
+
+
+def _weakenings_checked(build: _Build, api: ApiConfig, decl: _RouteDecl, baseline: Baseline, declared: Baseline,
+                        sources: dict[str, str], waivers: list[ExceptionConfig]) -> list[Weakening]:
+    """Where the route is weaker than its class: an error without an exception that covers it, a warning once that
+    exception expired. Records the exceptions that are used."""
+    route_id = f"{api.name}/{decl.name}"
+    weak = weakenings(baseline, declared, sources)
+    for w in weak:
+        covering = [waiver for waiver in waivers if _covers(waiver, w.control)]
+        if not covering:
+            build.error(_loc_of(w, decl), _weak_message(w, route_id, api.klass))
+        elif all(waiver.expires.timestamp() <= build.now for waiver in covering):
+            build.error(_loc_of(w, decl), f"route {route_id} sets {w.control} weaker than class {api.klass!r}, but "
+                        "its exception expired: the class baseline is enforced", "warning")
+        build.used_waivers.update(waiver.id for waiver in covering)
+    for waiver in waivers:  # a whole-section waiver is used by every route it targets
+        if any("." not in c for c in waiver.controls):
+            build.used_waivers.add(waiver.id)
+    return weak
+
+
+def _intervals(waivers: list[ExceptionConfig], now: float) -> list[tuple[float, float]]:
+    """[start, end) intervals from `now` on, split at every instant an exception starts or stops applying."""
+    points = sorted({t for w in waivers for t in (w.created.timestamp(), w.expires.timestamp()) if t > now})
+    return list(zip([now, *points], [*points, math.inf], strict=True))
+
+
+def _sources(declared: dict[str, str], klass: str, restored: set[str], relaxed: set[str],
+             active: list[ExceptionConfig], waived_sections: dict[str, str]) -> dict[str, str]:
+    """Where each control's value comes from during one interval (class, API, route or exception)."""
+    sources = dict(declared)
+    for control in restored:  # the class enforces it again
+        sources[control] = f"class:{klass}"
+    for control in relaxed:
+        sources[control] = "exception:" + next(w.id for w in active if _covers(w, control))
+    for section, waiver_id in waived_sections.items():
+        sources[section] = f"exception:{waiver_id}"
+    return sources
+
+
+def _stages(build: _Build, api: ApiConfig, decl: _RouteDecl, policy: Baseline, info: RouteInfo,
+            waived_sections: dict[str, str], start: float) -> tuple[tuple[Stage, ...], tuple[Stage, ...], Any]:
+    """The route's head stages, body stages and response filter for one interval, in PIPELINE order."""
+    head: list[Stage] = []
+    body: list[Stage] = []
+    response = None
+    if not build.build_stages:
+        return (), (), None
+    for spec in PIPELINE:
+        if spec.section in waived_sections or (spec.phase == "response" and api.grpc is not None):
+            continue  # waived; gRPC answers are relayed as they are (trailers carry their status)
+        stage = _build_stage(build, spec, policy, info, decl, start)
+        if stage is None:
+            continue
+        if spec.phase == "response":
+            response = stage
+        elif stage.needs_body:
+            # gRPC bodies are framed messages, streamed: only owner rules on message fields (authz, reading the
+            # decoded first message) run on them
+            if api.grpc is None or (spec.section == "authz" and decl.grpc_decode is not None):
+                body.append(stage)
+        elif not head or stage is not head[-1]:  # the same stage again with nothing between (blocks, when
+            head.append(stage)  # no identity stage ran) would decide the same
+    return tuple(head), tuple(body), response
+
+
+def _build_stage(build: _Build, spec: StageSpec, policy: Baseline, info: RouteInfo, decl: _RouteDecl,
+                 start: float) -> Any:
+    """One step of the pipeline for one route. A control that does not build fails the config now, or, in a later
+    interval (once an exception ends), makes the route refuse every request from then on."""
+    section_name = spec.section or ""
+    try:
+        section = getattr(policy, spec.section) if spec.section else None
+        return spec.build(section, info, spec.shared(build.prepared) if spec.shared is not None else None)
+    except ValueError as invalid:  # e.g. a condition that does not compile
+        loc = (*decl.loc, "policy", section_name)
+        if start <= build.now:
+            build.error(loc, str(invalid))
+            return None
+        when = datetime.fromtimestamp(start, UTC).isoformat().replace("+00:00", "Z")
+        build.error(loc, f"from {when}, when its exception ends: {invalid}; the route will refuse every request "
+                    "then", "warning")
+        if spec.phase == "response":
+            return None
+        control = spec.section or "gateway"
+        return Unsatisfiable(control, info.policy_id(control), str(invalid))
+
+
+def _grpc_limits(api: ApiConfig, decl: _RouteDecl, first: Plan) -> Any:
+    """The gRPC limits of a gRPC method's route (None for HTTP routes)."""
+    if api.grpc is None:
+        return None
+    g = api.grpc
+    return GrpcLimits(max_message_bytes=g.max_message_bytes, max_messages=g.max_messages,
+                      default_timeout=g.default_timeout, max_timeout=g.max_timeout,
+                      connect_timeout=first.policy.traffic.upstream_connect_timeout, decode=decl.grpc_decode)
 
 
 def _loc_of(w: Weakening, decl: _RouteDecl) -> tuple[str | int, ...]:

@@ -56,6 +56,11 @@ class Deny:
     log_detail: str | None = None
     close: bool = False
 
+    def __post_init__(self) -> None:
+        # a "no" is never a success: a 2xx (or 1xx/3xx) deny would let a client read a refusal as an answer
+        if not 400 <= self.status <= 599:
+            raise ValueError(f"a Deny needs a 4xx or 5xx status, not {self.status} ({self.reason})")
+
 
 @dataclass(frozen=True, slots=True)
 class NotResponsible:
@@ -93,6 +98,7 @@ class RequestContext:
         "drop_upstream_headers",
         "finalizers",
         "headers",
+        "host",
         "identity",
         "method",
         "path",
@@ -122,6 +128,7 @@ class RequestContext:
         start: float,
         tls: bool = False,
         peer_cert: bytes | None = None,
+        host: str = "",
     ) -> None:
         self.method = method
         self.raw_target = raw_target
@@ -134,6 +141,7 @@ class RequestContext:
         self.start = start
         self.tls = tls
         self.peer_cert = peer_cert  # DER of a verified client certificate
+        self.host = host  # the target's host (absolute-form authority, else Host), lower-case, without port
         self.api = ""
         self.route = ""
         self.path_params: dict[str, str] = {}

@@ -164,7 +164,7 @@ async def bench_requests(n: int, workdir: Path) -> list[tuple[str, float]]:
 
         return HttpResponse(200, {}, ca.ocsp_answer(kwargs["body"], subject=cert))  # type: ignore[arg-type]
 
-    services.extra["ocsp_fetcher"] = answer
+    services.ocsp_fetcher = answer
     ocsp = load_revocation(RevocationConfig(issuers=[workdir / "partner-ca.pem"], ocsp=True), services)
     stage = TransportStage(TransportPolicy(tls="required", mtls="required", revocation="hard"), route, ocsp)
     rows.append(("transport stage, mTLS + OCSP (answer cached)", await _per_request(stage, lambda i: _ctx(der), n)))

@@ -122,14 +122,19 @@ apis:
 def wait_http(url: str, timeout: float = 15.0) -> None:
     """Poll `url` until it answers 200 (a process's readiness), or fail the test."""
     deadline = time.monotonic() + timeout
+    last = "no answer"
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
                     return
-        except OSError:
+        except urllib.error.HTTPError as exc:  # e.g. 503 from /readyz, with its reasons: say them if we give up
+            last = f"{exc.code} {exc.read()[:500]!r}"
             time.sleep(0.05)
-    raise AssertionError(f"{url} not ready")
+        except OSError as exc:
+            last = repr(exc)
+            time.sleep(0.05)
+    raise AssertionError(f"{url} not ready after {timeout:g}s: {last}")
 
 
 def http_get(url: str) -> tuple[int, dict[str, str], bytes]:

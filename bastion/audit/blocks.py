@@ -47,6 +47,7 @@ class BlockList:
     """Blocks in force, as a stage-like object (`control = "blocklist"`, `async check(ctx)`)."""
 
     control = "blocklist"
+    needs_body = False
 
     def __init__(self, state: Any = None, *, audit: Any = None, metrics: AuditMetrics | None = None,
                  clock: Callable[[], float] = time.time, shared_cache: float = 1.0,

@@ -25,6 +25,7 @@ from typing import Any
 
 from bastion.config.admin import AdminAuthConfig
 from bastion.config.secrets import hmac_jwks
+from bastion.stages.base import SharedBase
 from bastion.stages.identity.config import JwtProviderConfig
 from bastion.stages.identity.jwks import JwksCache
 from bastion.stages.identity.jwt import JwtVerifier, ProviderVerifier, TokenRejected
@@ -45,7 +46,7 @@ class AdminDecision:
 _CHALLENGE = ("www-authenticate", 'Bearer realm="bastion-admin"')
 
 
-class AdminAuth:
+class AdminAuth(SharedBase):
     """Checks admin requests. Build once per config load; `await start()` fetches a remote JWKS."""
 
     def __init__(self, config: AdminAuthConfig, providers: Iterable[JwtProviderConfig] = (), *,

@@ -58,11 +58,10 @@ def identity_routes(current: Any) -> dict[tuple[str, str], Any]:
 
     Both look up the layer of the config serving now: a reload replaces the receiver and its key cache.
     """
-    from bastion.stages import identity
     from bastion.state import StateUnavailable
 
     def layer() -> Any:
-        return current().shared.get(identity.prepare)
+        return current().shared.identity
 
     async def ssf_events(ex: Exchange, body: bytes) -> None:
         receiver = getattr(layer(), "ssf_receiver", None)

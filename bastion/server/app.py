@@ -72,21 +72,15 @@ class Runtime:
     async def _compile(self) -> CompiledGateway:
         loaded = load_config(self.config_path)
         compiled = compile_config(loaded, self.services)
-        admin_auth = make_admin_auth(compiled)
-        if admin_auth is not None:
-            compiled.shared["admin_auth"] = admin_auth  # started, reloaded and closed with the layers
-        for shared in compiled.shared.values():
-            start = getattr(shared, "start", None)
-            if start is not None:
-                await start()
+        compiled.shared.admin_auth = make_admin_auth(compiled)  # started, reloaded and closed with the layers
+        for shared in compiled.shared.lifecycle():
+            await shared.start()
         return compiled
 
     async def _close_shared(self, compiled: CompiledGateway) -> None:
-        for shared in compiled.shared.values():
-            close = getattr(shared, "close", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    await close()
+        for shared in compiled.shared.lifecycle():
+            with contextlib.suppress(Exception):
+                await shared.close()
 
     async def reload(self, peer: str = "signal") -> tuple[bool, str]:
         """Swap in the config on disk; a config that fails validation is refused and the old one keeps serving."""
@@ -201,11 +195,12 @@ class Runtime:
             self.services.audit = AuditLog.from_config(gw.audit, base, registry=self.metrics.registry)
         if self.services.state is None:  # shared limits, blocks and revocations; lives as long as the process
             self.services.state = open_state(gw.state, gw.state_password.value() if gw.state_password else None)
-        extra = self.services.extra
-        if "blocks" not in extra:  # detections and their responses, shared through the state backend
-            extra["blocks"] = BlockList(self.services.state, audit=self.services.audit)
-            extra["detector"] = Detector.from_config(gw.audit, self.services.audit, extra["blocks"], base)
-            extra["detector"].share(self.services.state)  # counts across workers and nodes (Redis, supervisor)
+        services = self.services
+        if services.blocks is None:  # detections and their responses, shared through the state backend
+            services.blocks = BlockList(services.state, audit=services.audit)
+            services.detector = Detector.from_config(gw.audit, services.audit, services.blocks, base)
+            services.detector.share(services.state)  # counts across workers and nodes (Redis, supervisor)
+        blocks = services.blocks
         await self.services.audit.start()
         compiled = await self._compile()
         self.gateway = Gateway(compiled, self.services, self.metrics)
@@ -234,10 +229,10 @@ class Runtime:
             admin = AdminApi(AdminBackend(
                 registry=self.metrics.registry, ready=self.ready, info=self.info, reload=self.reload,
                 compiled=lambda: gateway.compiled, events=lambda: read_events(audit_file),
-                auth=lambda: gateway.compiled.shared.get("admin_auth"), audit=self.services.audit,
-                blocks=extra["blocks"].list_blocks, before_scrape=self._scrape, clock=self.services.wall_clock,
+                auth=lambda: gateway.compiled.shared.admin_auth, audit=self.services.audit,
+                blocks=blocks.list_blocks, before_scrape=self._scrape, clock=self.services.wall_clock,
                 readiness=self._readiness,
-                extra_routes={**block_routes(extra["blocks"]), **identity_routes(lambda: gateway.compiled),
+                extra_routes={**block_routes(blocks), **identity_routes(lambda: gateway.compiled),
                               **check_routes(lambda: gateway.compiled.config.model.gateway)},
             ))
             admin_tls = listener_ssl(gw.admin, base) if gw.admin.tls is not None else None
@@ -308,7 +303,7 @@ class Runtime:
         self.metrics.flush()
         if self._drift is not None:
             await self._drift.close()
-        blocks = self.services.extra.get("blocks")
+        blocks = self.services.blocks
         if blocks is not None:
             with contextlib.suppress(Exception):
                 await blocks.close()

@@ -8,13 +8,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bastion.server.http1 import ErrorHook, Handler, Http1Connection, ServerLimits
+from bastion.server.exchange import Exchange
+from bastion.server.http1 import ErrorHook, Http1Connection, ServerLimits
 from bastion.server.http2 import PREFACE, H2Connection, H2Limits, H2Stats
 
 ALPN = ["h2", "http/1.1"]
+# one handler for both protocols: mypy checks that HTTP/1.1 and HTTP/2 exchanges both are an `Exchange`
+ExchangeHandler = Callable[[Exchange], Awaitable[None]]
 
 
 def alpn(context: ssl.SSLContext) -> None:
@@ -22,7 +25,7 @@ def alpn(context: ssl.SSLContext) -> None:
     context.set_alpn_protocols(ALPN)
 
 
-def protocol_factory(handler: Handler, limits: ServerLimits, registry: set[Any], on_error: ErrorHook | None,
+def protocol_factory(handler: ExchangeHandler, limits: ServerLimits, registry: set[Any], on_error: ErrorHook | None,
                      *, h2c: bool, h2_limits: H2Limits | None = None,
                      stats: H2Stats | None = None) -> Callable[[], asyncio.Protocol]:
     """A `loop.create_server` factory that serves HTTP/2 and HTTP/1.1 on one listener."""

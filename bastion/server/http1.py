@@ -17,8 +17,10 @@ import httptools
 from bastion.http.framing import FramingError, check_head
 from bastion.http.problem import problem_body, status_line, status_phrase
 from bastion.http.websocket import wants_websocket
+from bastion.server.body import NO_BODY, BodyMalformed, BodyTimeout, BodyTooLarge, ClientGone, RequestBody
 from bastion.server.deadlines import NEVER, deadlines
 from bastion.server.exchange import ExchangeBase, transport_peer
+from bastion.server.flow import WriteFlow
 
 _READ_HIGH_WATER = 256 * 1024  # buffered request body above this pauses reading from the client
 
@@ -34,43 +36,20 @@ class ServerLimits:
     min_body_rate_grace: float = 10.0
 
 
-class BodyTooLarge(Exception):
-    """The request body passed the route's limit."""
+class H1Exchange(ExchangeBase):
+    """One request and its response on an HTTP/1.1 client connection."""
 
-
-class BodyTimeout(Exception):
-    """The client stopped sending its body."""
-
-
-class ClientGone(Exception):
-    """The client closed the connection."""
-
-
-class BodyMalformed(Exception):
-    """The request body's framing was invalid (e.g. a bad chunk size)."""
-
-    def __init__(self, error: FramingError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
-class Exchange(ExchangeBase):
-    """One request and its response on a client connection."""
+    _conn: Http1Connection
 
     __slots__ = (
-        "_body_done",
-        "_body_error",
-        "_body_seen",
-        "_body_started",
-        "_chunks",
         "_conn",
         "_pending",
-        "_waiter",
-        "body_limit",
+        "body",
         "chunked",
         "closed_after",
         "content_length",
         "expect_continue",
+        "has_body",
         "headers",
         "keep_alive",
         "method",
@@ -82,23 +61,21 @@ class Exchange(ExchangeBase):
     )
 
     def __init__(self, conn: Http1Connection, method: str, target: str, version: str,
-                 headers: list[tuple[str, str]], keep_alive: bool) -> None:
+                 headers: list[tuple[str, str]], keep_alive: bool, content_length: int | None = None,
+                 chunked: bool = False, expect_continue: bool = False) -> None:
         self._conn = conn
         self.method = method
         self.target = target
         self.version = version
         self.headers = headers  # lower-case names
         self.keep_alive = keep_alive
-        self.content_length: int | None = None
-        self.chunked = False
-        self.expect_continue = False
-        self.body_limit: int | None = None
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._body_done = False
-        self._body_seen = 0
-        self._body_started = 0.0
-        self._body_error: Exception | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self.content_length = content_length
+        self.chunked = chunked
+        self.expect_continue = expect_continue
+        self.has_body = chunked or bool(content_length)
+        # the connection, not the exchange, owns the body: no reference cycle, so an exchange is freed the
+        # moment its handler is done with it (a cycle would leave every request to the garbage collector)
+        self.body = RequestBody(conn, conn.body_idle_timeout) if self.has_body else NO_BODY
         self.response_started = False
         self.status = 0
         self.closed_after = False
@@ -107,70 +84,16 @@ class Exchange(ExchangeBase):
 
     # ---- request body -------------------------------------------------------------------------------------
 
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
-
-    @property
-    def body_complete(self) -> bool:
-        """The whole body arrived and was read."""
-        return self._body_done and not self._chunks
-
-    @property
-    def body_received(self) -> bool:
-        """The whole body arrived (it may still be waiting to be read) and nothing went wrong with it."""
-        return self._body_done and self._body_error is None
-
-    def limit_body(self, limit: int) -> None:
-        """Refuse the body once it passes `limit` bytes (including what already arrived)."""
-        self.body_limit = limit
-        if self._body_seen > limit:
-            self._chunks.clear()
-            self._fail(BodyTooLarge())
-
-    def _feed(self, data: bytes) -> None:
-        self._body_seen += len(data)
-        if self.body_limit is not None and self._body_seen > self.body_limit:
-            self._fail(BodyTooLarge())
-            return
-        self._chunks.append(data)
-        self._wake()
-
-    def _finish(self) -> None:
-        self._body_done = True
-        self._wake()
-
-    def _fail(self, error: Exception) -> None:
-        if self._body_error is None:
-            self._body_error = error
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
     async def read_chunk(self) -> bytes:
         """The next piece of the body, or b"" at its end. Raises BodyTooLarge, BodyTimeout or ClientGone."""
         if self.expect_continue and not self.response_started:
+            # RFC 9110 §10.1.1: the client waits for this before sending the body we now want
             self.expect_continue = False
             self._conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        while True:
-            if self._body_error is not None:
-                raise self._body_error
-            if self._chunks:
-                data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
-                self._chunks.clear()
-                self._conn.body_drained()
-                return data
-            if self._body_done:
-                return b""
-            self._waiter = self._conn.loop.create_future()
-            self._conn.arm_body_timer()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+        return await self.body.read()
+
+    def send_trailers(self, trailers: list[tuple[str, str]]) -> None:
+        raise NotImplementedError("HTTP/1.1 responses carry no trailers here (gRPC needs HTTP/2)")
 
     # ---- response -----------------------------------------------------------------------------------------
 
@@ -238,7 +161,8 @@ class Exchange(ExchangeBase):
 
 
 
-Handler = Callable[[Exchange], Awaitable[None]]
+Exchange = H1Exchange  # the name other modules import
+Handler = Callable[[H1Exchange], Awaitable[None]]
 ErrorHook = Callable[[str, FramingError, str], str]  # (peer, error, target) -> request id
 
 
@@ -252,11 +176,12 @@ class Http1Connection(asyncio.Protocol):
         self._limits = limits
         self._registry = registry
         self._on_error = on_error
+        self.body_idle_timeout = limits.body_idle_timeout
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
-        self._ready: collections.deque[Exchange] = collections.deque()
+        self._ready: collections.deque[H1Exchange] = collections.deque()
         self._ready_waiter: asyncio.Future[None] | None = None
-        self._current: Exchange | None = None  # the exchange whose body the parser is feeding
+        self._current: H1Exchange | None = None  # the exchange whose body the parser is feeding
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
@@ -266,8 +191,7 @@ class Http1Connection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._paused_reading = False
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._flow = WriteFlow(self.loop)
         self._in_request = False  # a request has begun and its head is not complete
         self._busy = False  # the handler is working on a request
         self._broken = False  # unparseable input arrived while busy: close after the current response
@@ -297,13 +221,11 @@ class Http1Connection(asyncio.Protocol):
         gone = ClientGone()
         for exchange in (self._current, *self._ready):
             if exchange is not None:
-                exchange._fail(gone)
+                exchange.body.fail(gone)
         waiter = self._ready_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        drain = self._drain_waiter
-        if drain is not None and not drain.done():
-            drain.set_exception(ClientGone())
+        self._flow.release(ClientGone())
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -328,13 +250,10 @@ class Http1Connection(asyncio.Protocol):
                 self._reject(FramingError(400, "malformed_request", f"parser: {exc}"))
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self._flow.pause()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._flow.resume()
 
     # ---- httptools callbacks ------------------------------------------------------------------------------
 
@@ -370,17 +289,17 @@ class Http1Connection(asyncio.Protocol):
             self._reject(error)
             return
         headers = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in self._headers]
-        exchange = Exchange(self, parser.get_method().decode("ascii"), self._url.decode("latin-1"), version,
-                            headers, parser.should_keep_alive())
+        content_length: int | None = None
+        chunked = expect_continue = False
         for name, value in headers:
             if name == "content-length":
-                exchange.content_length = int(value)
+                content_length = int(value)
             elif name == "transfer-encoding":
-                exchange.chunked = True
+                chunked = True
             elif name == "expect" and value.lower() == "100-continue" and version == "1.1":
-                exchange.expect_continue = True
-        if not exchange.has_body:
-            exchange._body_done = True
+                expect_continue = True
+        exchange = H1Exchange(self, parser.get_method().decode("ascii"), self._url.decode("latin-1"), version,
+                              headers, parser.should_keep_alive(), content_length, chunked, expect_continue)
         self._current = exchange
         self._ready.append(exchange)
         if not self._busy:
@@ -394,27 +313,21 @@ class Http1Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         exchange = self._current
         if exchange is not None:
-            exchange._feed(body)
+            request_body = exchange.body
+            request_body.feed(body)
             rate = self._limits.min_body_rate
-            if rate:  # slow-client protection: a trickled body is refused once the grace is over
-                now = self.loop.time()
-                if not exchange._body_started:
-                    exchange._body_started = now
-                elapsed = now - exchange._body_started
-                if elapsed > self._limits.min_body_rate_grace and exchange._body_seen < rate * elapsed:
-                    exchange._fail(BodyTimeout())
-            if self.deadline != NEVER and self._busy:
-                self.arm_body_timer()
-            if len(exchange._chunks) and sum(map(len, exchange._chunks)) > _READ_HIGH_WATER:
+            # slow-client protection: a trickled body is refused once the grace is over
+            if rate and request_body.too_slow(self.loop.time(), rate, self._limits.min_body_rate_grace):
+                request_body.fail(BodyTimeout())
+            if request_body.buffered > _READ_HIGH_WATER:
                 self._pause_reading()
 
     def on_message_complete(self) -> None:
         exchange = self._current
         if exchange is not None:
-            exchange._finish()
+            if not exchange.body.done:
+                exchange.body.finish()
             self._current = None
-        if self._busy:
-            self._cancel_timer()
 
     # ---- the request loop ---------------------------------------------------------------------------------
 
@@ -442,7 +355,7 @@ class Http1Connection(asyncio.Protocol):
                     self._busy = False
                 if self._closed:
                     return
-                if self._broken or not exchange.keep_alive or not exchange.body_complete:
+                if self._broken or not exchange.keep_alive or not exchange.body.complete:
                     # an unread body would be parsed as the next request: close instead
                     self.close()
                     return
@@ -463,20 +376,19 @@ class Http1Connection(asyncio.Protocol):
 
     @property
     def writable(self) -> bool:
-        return not self._write_paused
+        return not self._flow.paused
 
     async def drain(self) -> None:
         if self._closed:
             raise ClientGone()
-        if self._write_paused:
-            self._drain_waiter = self.loop.create_future()
-            try:
-                await self._drain_waiter
-            finally:
-                self._drain_waiter = None
+        await self._flow.wait()
 
-    def body_drained(self) -> None:
+    def body_read(self) -> None:
+        """The handler read the buffered body (`RequestBody`'s owner): the client may send more."""
         self._resume_reading()
+
+    def body_failed(self) -> None:
+        pass  # the socket is closed once the handler is done (an unread body cannot be skipped)
 
     def _pause_reading(self) -> None:
         if not self._paused_reading and self._transport is not None and not self._closed:
@@ -516,19 +428,12 @@ class Http1Connection(asyncio.Protocol):
         self.deadline = NEVER
         self._on_deadline()
 
-    def arm_body_timer(self) -> None:
-        self._set_timer(self._limits.body_idle_timeout, self._body_timeout)
-
     def _idle_timeout(self) -> None:
         if self.idle:
             self.close()
 
     def _header_timeout(self) -> None:
         self._reject(FramingError(408, "header_timeout", "request head not received in time"))
-
-    def _body_timeout(self) -> None:
-        if self._current is not None:
-            self._current._fail(BodyTimeout())
 
     def _reject(self, error: FramingError) -> None:
         """Answer a request we will not parse further, and close: its framing cannot be trusted."""
@@ -539,7 +444,7 @@ class Http1Connection(asyncio.Protocol):
             self._broken = True
             self._pause_reading()
             if self._current is not None:
-                self._current._fail(BodyMalformed(error))
+                self._current.body.fail(BodyMalformed(error))
             return
         request_id = ""
         if self._on_error is not None:
@@ -551,6 +456,10 @@ class Http1Connection(asyncio.Protocol):
                 f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
         self.write(head + body)
         self.close()
+
+
+__all__ = ["BodyMalformed", "BodyTimeout", "BodyTooLarge", "ClientGone", "ErrorHook", "Exchange", "H1Exchange",
+           "Handler", "Http1Connection", "ServerLimits"]
 
 
 class _HeadTooLarge(Exception):

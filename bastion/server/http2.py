@@ -27,8 +27,9 @@ from hyperframe.frame import GoAwayFrame
 
 from bastion.http.framing import FramingError
 from bastion.http.problem import problem_body
+from bastion.server.body import NO_BODY, ClientGone, RequestBody
 from bastion.server.exchange import ExchangeBase, transport_peer
-from bastion.server.http1 import BodyTimeout, BodyTooLarge, ClientGone, ServerLimits
+from bastion.server.http1 import ServerLimits
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -98,18 +99,20 @@ class H2Stats:
         return self.counts[reason]
 
 
-Handler = Callable[[Any], Awaitable[None]]
+Handler = Callable[["H2Exchange"], Awaitable[None]]
 ErrorHook = Callable[[str, FramingError, str], str]
 
 
 class H2Exchange(ExchangeBase):
-    """One request stream and its response: the interface of `http1.Exchange`, over HTTP/2 frames."""
+    """One request stream and its response: the `Exchange` protocol over HTTP/2 frames."""
+
+    _conn: H2Connection
+    upgrade: bytes | None = None  # RFC 9113 §8.2.2: HTTP/2 has no Upgrade (a class default, never set)
 
     __slots__ = (
-        "_aborted", "_body_done", "_body_error", "_body_seen", "_chunks", "_conn", "_declared", "_drain_waiter",
-        "_end_pending", "_ended", "_handled", "_pending", "_progress", "_queued", "_timer", "_trailers", "_unacked",
-        "_waiter", "body_limit", "chunked", "content_length", "expect_continue", "headers", "method",
-        "response_started", "status", "stream_id", "target", "task", "version",
+        "_aborted", "_conn", "_declared", "_drain_waiter", "_end_pending", "_ended", "_handled", "_pending",
+        "_progress", "_queued", "_trailers", "_unacked", "body", "chunked", "content_length", "expect_continue",
+        "has_body", "headers", "method", "response_started", "status", "stream_id", "target", "task", "version",
     )
 
     def __init__(self, conn: H2Connection, stream_id: int, method: str, target: str,
@@ -124,15 +127,10 @@ class H2Exchange(ExchangeBase):
         # an HTTP/2 body without content-length has no length up front: forwarded chunked to an HTTP/1.1
         # upstream (never unframed, which would let the body be read as a second request)
         self.chunked = not ended and content_length is None
+        self.has_body = self.chunked or bool(content_length)
         self.expect_continue = False
-        self.body_limit: int | None = None
-        self._chunks: collections.deque[bytes] = collections.deque()
         self._unacked = 0  # flow-controlled bytes received and not yet read by the handler
-        self._body_done = ended
-        self._body_seen = 0
-        self._body_error: Exception | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self.body = NO_BODY if ended else RequestBody(self, conn.limits.body_idle_timeout)
         self.response_started = False
         self.status = 0
         self._declared: int | None = None  # response content-length
@@ -147,19 +145,7 @@ class H2Exchange(ExchangeBase):
         self._handled = False  # the handler has returned
         self.task: asyncio.Task[None] | None = None
 
-    # ---- request body -------------------------------------------------------------------------------------
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
-
-    @property
-    def body_complete(self) -> bool:
-        return self._body_done and not self._chunks
-
-    @property
-    def body_received(self) -> bool:
-        return self._body_done and self._body_error is None
+    # ---- request body (RequestBody's owner) ---------------------------------------------------------------
 
     @property
     def keep_alive(self) -> bool:
@@ -171,62 +157,20 @@ class H2Exchange(ExchangeBase):
         if not value and self.response_started:
             self._aborted = True
 
-    def limit_body(self, limit: int) -> None:
-        self.body_limit = limit
-        if self._body_seen > limit:
-            self._chunks.clear()
-            self._fail(BodyTooLarge())
-
-    def _feed(self, data: bytes, flow: int) -> None:
-        self._body_seen += len(data)
-        if self._body_error is not None or (self.body_limit is not None and self._body_seen > self.body_limit):
+    def feed(self, data: bytes, flow: int) -> None:
+        """DATA from the client; `flow` is its flow-controlled length (data plus padding)."""
+        if self.body.feed(data):
+            self._unacked += flow
+        else:
             self._conn.ack(self.stream_id, flow)  # nobody will read it: give the window back now
-            self._fail(BodyTooLarge())
-            return
-        self._chunks.append(data)
-        self._unacked += flow
-        self._wake()
 
-    def _finish_body(self) -> None:
-        self._body_done = True
-        self._wake()
-
-    def _fail(self, error: Exception) -> None:
-        if self._body_error is None:
-            self._body_error = error
-        if self._unacked:
+    def body_read(self) -> None:
+        if self._unacked:  # the client may send as much again
             self._conn.ack(self.stream_id, self._unacked)
             self._unacked = 0
-        self._wake()
 
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def read_chunk(self) -> bytes:
-        """The next piece of the body, or b"" at its end. Raises BodyTooLarge, BodyTimeout or ClientGone."""
-        while True:
-            if self._body_error is not None:
-                raise self._body_error
-            if self._chunks:
-                data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
-                self._chunks.clear()
-                if self._unacked:  # the client may send as much again
-                    self._conn.ack(self.stream_id, self._unacked)
-                    self._unacked = 0
-                return data
-            if self._body_done:
-                return b""
-            loop = self._conn.loop
-            self._waiter = loop.create_future()
-            timer = loop.call_later(self._conn.limits.body_idle_timeout, self._fail, BodyTimeout())
-            try:
-                await self._waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
-
+    def body_failed(self) -> None:
+        self.body_read()  # what is buffered will never be read: its window goes back
 
     # ---- response -----------------------------------------------------------------------------------------
 
@@ -421,7 +365,7 @@ class H2Connection(asyncio.Protocol):
                                 "bytes", ErrorCodes.ENHANCE_YOUR_CALM)
         return True
 
-    def _event(self, event: h2.events.Event) -> bool:
+    def _event(self, event: Any) -> bool:  # an h2 event, told apart by its class below
         kind = type(event)
         if kind is h2.events.DataReceived:
             ex = self._streams.get(event.stream_id)
@@ -430,15 +374,15 @@ class H2Connection(asyncio.Protocol):
             if ex is None:
                 self.ack(event.stream_id, event.flow_controlled_length)
             else:
-                ex._feed(event.data, event.flow_controlled_length)
+                ex.feed(event.data, event.flow_controlled_length)
             if event.stream_ended and ex is not None:
-                ex._finish_body()
+                ex.body.finish()
         elif kind is h2.events.RequestReceived:
             return self._request(event)
         elif kind is h2.events.StreamEnded:
             ex = self._streams.get(event.stream_id)
             if ex is not None:
-                ex._finish_body()
+                ex.body.finish()
         elif kind is h2.events.WindowUpdated:
             if not self._rate("window_update"):
                 return False
@@ -517,15 +461,15 @@ class H2Connection(asyncio.Protocol):
         if size > lim.max_header_list_size or len(headers) > lim.max_headers:
             request_id = self._report("header_too_large", f"header list of {size} bytes, {len(headers)} fields",
                                       target, 431)
-            self._answer(stream_id, 431, request_id, event.stream_ended)
+            self._answer(stream_id, 431, request_id, event.stream_ended is not None)
             return True
         if authority and not host_seen:
             headers.insert(0, ("host", authority))
-        if content_length is not None and not event.stream_ended:
+        if content_length is not None and event.stream_ended is None:
             headers.append(("content-length", str(content_length)))
-        ex = H2Exchange(self, stream_id, method, target, headers, content_length, event.stream_ended)
+        ex = H2Exchange(self, stream_id, method, target, headers, content_length, event.stream_ended is not None)
         if content_length == 0:
-            ex.chunked = False
+            ex.chunked = ex.has_body = False
         self._streams[stream_id] = ex
         self._cancel_timer()
         ex.task = self.loop.create_task(self._run(ex))
@@ -647,7 +591,7 @@ class H2Connection(asyncio.Protocol):
         ex._ended = True
         ex._aborted = True
         ex._pending.clear()
-        ex._fail(ClientGone())
+        ex.body.fail(ClientGone())
         ex._drained()
         task = ex.task
         if task is not None and not task.done():
@@ -660,8 +604,8 @@ class H2Connection(asyncio.Protocol):
         ex._drained()
         with contextlib.suppress(h2.exceptions.H2Error):
             self._h2.reset_stream(ex.stream_id, code)
-        if not ex._body_done:
-            ex._fail(ClientGone())
+        if not ex.body.done:
+            ex.body.fail(ClientGone())
 
     # ---- frames out ---------------------------------------------------------------------------------------
 
@@ -724,10 +668,10 @@ class H2Connection(asyncio.Protocol):
             self._forget(ex)
 
     def _end_request_side(self, ex: H2Exchange) -> None:
-        if not ex._body_done:  # RFC 9113 §8.1: response complete, request body not needed: RST_STREAM NO_ERROR
+        if not ex.body.done:  # RFC 9113 §8.1: response complete, request body not needed: RST_STREAM NO_ERROR
             with contextlib.suppress(h2.exceptions.H2Error):
                 self._h2.reset_stream(ex.stream_id, ErrorCodes.NO_ERROR)
-            ex._fail(ClientGone())
+            ex.body.fail(ClientGone())
 
     def _flush_all(self) -> None:
         for ex in list(self._streams.values()):

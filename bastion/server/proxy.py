@@ -1,7 +1,9 @@
-"""The gateway's request handler: route, run the pipeline, forward, answer, audit.
+"""The gateway's request handler: route -> enforce -> forward -> render, then account.
 
-This is the whole life of a request in one readable function (`Gateway.handle`); the controls themselves live
-in the stages, the wire format in `http1` and `upstream`.
+`Gateway.handle` reads top to bottom, one short method per step, each returning a value: `Routed` or a
+`Problem` (route), a `Decision` (enforce), `Forwarded` or a `Problem` (forward); `render` turns a `Problem` into
+what the client understands. No step raises to say "no". The controls themselves live in the stages, the wire
+format in `http1`, `http2` and `upstream`; a request is an `Exchange` whichever protocol carried it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -17,8 +20,8 @@ import orjson
 
 from bastion import policy_ids as ids
 from bastion.compile import CompiledGateway, CompiledRoute, Plan
-from bastion.context import ControlRecord, Deny, RequestContext
-from bastion.forwarding import Upstream
+from bastion.context import CONTINUE, ControlRecord, Decision, Deny, RequestContext
+from bastion.forwarding import GrpcLimits, Upstream
 from bastion.grpc.status import grpc_problem, is_grpc
 from bastion.http.framing import FramingError
 from bastion.http.headers import (
@@ -33,8 +36,9 @@ from bastion.http.headers import (
 from bastion.pipeline import run
 from bastion.router import AmbiguousPath, split_request_path
 from bastion.server import websocket
+from bastion.server.body import BodyMalformed, BodyTimeout, BodyTooLarge, ClientGone
+from bastion.server.exchange import Exchange
 from bastion.server.grpc_proxy import forward_grpc
-from bastion.server.http1 import BodyMalformed, BodyTimeout, BodyTooLarge, ClientGone, Exchange
 from bastion.server.metrics import Metrics
 from bastion.server.pool import PoolMetrics, TargetPool
 from bastion.server.response import ResponseSink
@@ -51,7 +55,7 @@ class Gateway:
         self.services = services
         self.metrics = metrics
         self.audit = services.audit
-        self.detector = services.extra.get("detector")
+        self.detector = services.detector
         self.request_ids = RequestIds()
         self.pools: dict[Upstream, UpstreamPool] = {}
         self.h2_upstreams: dict[Upstream, H2Upstream] = {}  # gRPC upstreams, multiplexed HTTP/2
@@ -86,7 +90,7 @@ class Gateway:
             self.h2_upstreams[upstream] = H2Upstream(upstream.host, upstream.port, tls=_client_ssl(upstream))
         for upstream in self.h2_upstreams.keys() - wanted_h2:
             self.h2_upstreams.pop(upstream).close()
-        for old in self.metrics.config_info.collect()[0].samples:
+        for old in next(iter(self.metrics.config_info.collect())).samples:
             self.metrics.config_info.remove(old.labels["hash"])
         self.metrics.config_info.labels(compiled.config_hash).set(1)
 
@@ -100,169 +104,107 @@ class Gateway:
                                       error.status)
         return request_id
 
-    # ---- the request --------------------------------------------------------------------------------------
+    # ---- the request: route -> enforce -> forward -> render ------------------------------------------------
 
     async def handle(self, ex: Exchange) -> None:
+        """One request, top to bottom: route -> enforce -> forward -> render. Each step returns a value; whatever
+        happened is accounted for once, at the end."""
         started = time.perf_counter()
-        compiled = self.compiled  # one config for the whole request, even across a reload
-        services = self.services
+        ctx, traceparent = self._context(ex)
+        span: Any = None
+        span_tokens: Any = None
+        if self.tracing is not None:  # OpenTelemetry: the request's span; its context is the traceparent sent on
+            span, span_tokens, traceparent = self.tracing.begin(ctx, ctx.host, traceparent)
+        routed: Routed | None = None
+        outcome: Forwarded | Problem = _GATEWAY_ERROR
+        try:
+            found = self._route(ex, ctx)
+            if found.__class__ is Problem:
+                outcome = found
+            elif found.preflight is not None:  # type: ignore[union-attr]
+                routed = found  # type: ignore[assignment]
+                outcome = _answer_preflight(ex, ctx, found, traceparent)  # type: ignore[arg-type]
+            else:
+                routed = found  # type: ignore[assignment]
+                route, plan = found.route, found.plan  # type: ignore[union-attr]
+                refused = websocket.refusal(route, ex) if ex.upgrade is not None else None  # RFC 6455 upgrade
+                decision = refused or (await self._enforce(ex, ctx, route, plan) if plan.enforces
+                                       else _limit_body(ex, ctx, plan))
+                if decision.__class__ is Deny:
+                    outcome = Problem(decision)
+                else:
+                    outcome = await self._forward(ex, ctx, route, plan, traceparent)
+            if outcome.__class__ is Problem:
+                self._render(ex, ctx, outcome.deny, routed, traceparent)
+        except ClientGone:
+            outcome = _CLIENT_GONE
+            raise
+        except Exception as exc:  # a gateway bug: fail closed, tell the operator everything, the client nothing
+            outcome = Problem(Deny(500, "gateway_error", ids.gateway_at(ctx, "internal"), log_detail=repr(exc)))
+            if not ex.response_started:
+                ex.problem(500, None, ctx.request_id, close=True)
+            else:
+                ex.keep_alive = False
+        finally:
+            self._account(ctx, routed, outcome, time.perf_counter() - started)
+            if self.tracing is not None:
+                self.tracing.finish(span, span_tokens, ctx, outcome.status,
+                                    outcome.deny if isinstance(outcome, Problem) else None)
+
+    def _context(self, ex: Exchange) -> tuple[RequestContext, str]:
+        """The request as stages see it (client address, request id, target), and its trace context."""
         peer = ex.peer
         trusted_peer = self.trusted.trusts(peer) if self.trusted.networks else False
-
-        # request id: a trusted proxy's is kept, anything else is ours
         request_id = ""
-        if trusted_peer:
+        if trusted_peer:  # a trusted proxy's request id is kept, anything else is ours
             sent = first_header(ex.headers, "x-request-id")
             if sent and valid_request_id(sent):
                 request_id = sent
-        request_id = request_id or self.request_ids.new()
-
         headers = self.identity_headers.filter(ex.headers)
         target = ex.target
         if target.startswith("/"):
             path, _, query = target.partition("?")
             host = first_header(headers, "host") or ""
         else:
-            try:  # RFC 9112 §3.2.2: absolute-form; its authority replaces Host
-                url = httptools.parse_url(target.encode("latin-1"))
-                path = (url.path or b"/").decode("latin-1")
-                query = (url.query or b"").decode("latin-1")
-                host = (url.host or b"").decode("latin-1")
-            except httptools.HttpParserInvalidURLError:
-                path, query, host = target, "", ""
+            path, query, host = _absolute_form(target)
         host = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else host.split("]")[0] + "]"
         ctx = RequestContext(
-            method=ex.method, raw_target=target, path=path, query=query, headers=headers,
+            method=ex.method, raw_target=ex.target, path=path, query=query, headers=headers,
             client_ip=self.trusted.client_ip(peer, headers) if trusted_peer else peer,
-            request_id=request_id, start=services.wall_clock(), tls=ex.tls, peer_cert=ex.peer_cert,
+            request_id=request_id or self.request_ids.new(), start=self.services.wall_clock(), tls=ex.tls,
+            peer_cert=ex.peer_cert, host=host,
         )
-        traceparent = next_traceparent(first_header(headers, "traceparent"))
-        span: Any = None
-        if self.tracing is not None:  # OpenTelemetry: the request's span; its context is the traceparent sent on
-            span, span_tokens, traceparent = self.tracing.begin(ctx, host, traceparent)
-        deny: Deny | None = None
-        status = 0
-        plan: Plan | None = None
-        route: CompiledRoute | None = None
-        upstream_status: int | None = None
+        return ctx, next_traceparent(first_header(headers, "traceparent"))
+
+    def _route(self, ex: Exchange, ctx: RequestContext) -> Routed | Problem:
+        """The route and plan of the request, or why there is none (default deny)."""
+        path = ctx.path
+        if not path.startswith("/"):
+            return Problem(Deny(400, "bad_request_target", ids.gateway("framing.request_target")))
         try:
-            if not path.startswith("/"):
-                deny = Deny(400, "bad_request_target", ids.gateway("framing.request_target"))
-            else:
-                try:
-                    segments = split_request_path(path)
-                except (AmbiguousPath, UnicodeDecodeError) as exc:
-                    segments = None
-                    deny = Deny(400, "ambiguous_path", ids.gateway("framing.path_normalisation"), log_detail=str(exc))
-                if segments is not None:
-                    table, params = compiled.router.match(host, segments)
-                    if table is None:
-                        deny = Deny(404, "unknown_route", ids.gateway("routing.default_deny"))
-                    else:
-                        route = table.get(ex.method) or (table.get("GET") if ex.method == "HEAD" else None)
-                        if ex.method == "OPTIONS" and route is None:
-                            preflight = self._preflight(ex, ctx, table, params, request_id, traceparent)
-                            if preflight is not None:
-                                status, deny, route, plan = preflight
-                        if route is None:
-                            allow = ", ".join(sorted(table))
-                            deny = Deny(405, "method_not_allowed", ids.gateway("routing.methods"),
-                                        headers=(("allow", allow),))
-                        else:
-                            ctx.path_params = params
-            if deny is None and route is not None and not ex.response_started:
-                info = route.info
-                ctx.api, ctx.route = info.api, info.route
-                plan = route.plan(ctx.start)
-                deny = _limit_body(ex, ctx, plan)
-                if deny is None and getattr(ex, "upgrade", None) is not None:  # a WebSocket upgrade request
-                    deny = websocket.refusal(route, ex)
-                if deny is None and (plan.stages or plan.body_stages or plan.waived):
-                    deny = await self._enforce(ex, ctx, plan, buffer_body=route.grpc is None)
-                if deny is None and route.grpc is not None:
-                    up_span: Any = None
-                    if self.tracing is not None:
-                        up_span, traceparent = self.tracing.upstream(route.upstream.authority, traceparent)
-                    try:
-                        status, upstream_status = await self._forward_grpc(ex, ctx, route, plan, traceparent)
-                    finally:
-                        if up_span is not None:
-                            self.tracing.end_upstream(up_span, upstream_status,  # type: ignore[union-attr]
-                                                      "rpc.grpc.status_code")
-                elif deny is None and getattr(ex, "upgrade", None) is not None:  # RFC 6455: relayed frames
-                    status, upstream_status, deny = await websocket.relay(self, ex, ctx, route, plan, traceparent)
-                elif deny is None:
-                    up_span = None
-                    if self.tracing is not None:
-                        up_span, traceparent = self.tracing.upstream(route.upstream.authority, traceparent)
-                    try:
-                        upstream_status = await self._forward(ex, ctx, route, plan, traceparent)
-                        status = ex.status
-                    except _UpstreamDeny as exc:
-                        err = exc.error
-                        deny = Deny(err.status, err.reason, ids.of_api(info, "upstream"),
-                                    log_detail=str(err), headers=err.headers)
-                    except _StageDeny as exc:
-                        deny = exc.deny
-                    finally:
-                        if up_span is not None:
-                            self.tracing.end_upstream(up_span, upstream_status)  # type: ignore[union-attr]
-            if deny is not None:
-                status = deny.status
-                if ex.response_started:
-                    ex.keep_alive = False
-                elif ex.version == "2" and is_grpc(ex.headers):  # gRPC clients read statuses from trailers
-                    grpc_problem(ex, deny, request_id, [("traceparent", traceparent), *ctx.response_headers])
-                else:
-                    close = deny.close or (ex.has_body and not ex.body_complete)
-                    extra = plan.response.answer_headers(ctx, ex.tls) if plan and plan.response else []
-                    ex.problem(deny.status, deny.detail, request_id,
-                               [*deny.headers, ("traceparent", traceparent), *ctx.response_headers, *extra],
-                               close=close)
-        except ClientGone:
-            status = status or 499
-            raise
-        except Exception as exc:  # a gateway bug: fail closed, tell the operator everything, the client nothing
-            deny = Deny(500, "gateway_error", ids.gateway_at(ctx, "internal"), log_detail=repr(exc))
-            status = 500
-            if not ex.response_started:
-                ex.problem(500, None, request_id, close=True)
-            else:
-                ex.keep_alive = False
-        finally:
-            for finalizer in ctx.finalizers:
-                with contextlib.suppress(Exception):  # a finalizer must never mask the response
-                    finalizer(status)
-            self._account(ctx, route, plan, status, deny, time.perf_counter() - started, upstream_status)
-            if self.tracing is not None:
-                self.tracing.finish(span, span_tokens, ctx, status, deny)
+            segments = split_request_path(path)
+        except (AmbiguousPath, UnicodeDecodeError) as exc:
+            return Problem(Deny(400, "ambiguous_path", ids.gateway("framing.path_normalisation"), log_detail=str(exc)))
+        table, params = self.compiled.router.match(ctx.host, segments)
+        if table is None:
+            return Problem(Deny(404, "unknown_route", ids.gateway("routing.default_deny")))
+        method = ex.method
+        route = table.get(method) or (table.get("GET") if method == "HEAD" else None)
+        preflight = None
+        if route is None and method == "OPTIONS":
+            route, preflight = _preflight(ctx, table)
+        if route is None:
+            return Problem(Deny(405, "method_not_allowed", ids.gateway("routing.methods"),
+                                headers=(("allow", ", ".join(sorted(table))),)))
+        info = route.info
+        ctx.api, ctx.route, ctx.path_params = info.api, info.route, params
+        return Routed(route, route.plan(ctx.start), preflight)
 
-    def _preflight(self, ex: Exchange, ctx: RequestContext, table: dict[str, CompiledRoute],
-                   params: dict[str, str], request_id: str,
-                   traceparent: str) -> tuple[int, Deny | None, CompiledRoute, Plan] | None:
-        """A CORS preflight (Fetch §4.8) for a route with CORS is answered here: no credentials needed, never
-        forwarded. None when it is not one (the OPTIONS request is then routed like any other)."""
-        asked = first_header(ctx.headers, "access-control-request-method")
-        if first_header(ctx.headers, "origin") is None or asked is None:
-            return None
-        target = table.get(asked) or (table.get("GET") if asked == "HEAD" else None)
-        if target is None:
-            return None
-        plan = target.plan(ctx.start)
-        answer = plan.response.preflight(ctx) if plan.response is not None else None
-        if answer is None:
-            return None
-        ctx.api, ctx.route, ctx.path_params = target.info.api, target.info.route, params
-        status, headers = answer
-        if status == 204:
-            ex.respond(204, [*headers, ("x-request-id", request_id), ("traceparent", traceparent)], b"")
-            return 204, None, target, plan
-        deny = Deny(403, "cors_preflight_refused", plan.response.pid_cors,
-                    detail="This cross-origin request is not allowed.", headers=tuple(headers))
-        return 403, deny, target, plan
-
-    async def _enforce(self, ex: Exchange, ctx: RequestContext, plan: Plan, *, buffer_body: bool = True) -> Deny | None:
-        """The route's stages (the body limit is already set)."""
+    async def _enforce(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, plan: Plan) -> Decision:
+        """The route's body limit, then its stages: on the head, then (once it is read) on the body."""
+        decision = _limit_body(ex, ctx, plan)
+        if decision is not CONTINUE:
+            return decision
         for control, exception_id in plan.waived:
             ctx.records.append(ControlRecord(control, "waived", ids.of_exception(exception_id, ctx, control), "",
                                              exception_id))
@@ -270,18 +212,27 @@ class Gateway:
             deny = await run(plan.stages, ctx)
             if deny is not None:
                 return deny
-        if plan.body_stages and buffer_body:  # gRPC: the first message is checked by `_forward_grpc`
-            try:
-                ctx.body = await ex.read_body()
-            except BodyTooLarge:
-                return Deny(413, "body_too_large", ids.body_limit(ctx, plan), close=True)
-            except BodyTimeout:
-                return Deny(408, "body_timeout", ids.gateway_at(ctx, "limits.body_idle_timeout"), close=True)
-            except BodyMalformed as exc:
-                return Deny(400, exc.error.reason, ids.gateway_at(ctx, "framing"), log_detail=exc.error.message,
-                            close=True)
-            return await run(plan.body_stages, ctx)
-        return None
+        if plan.body_stages and route.grpc is None:  # gRPC: the first message is read by `_forward_grpc`
+            body = await _read_body(ex, ctx, plan)
+            if body.__class__ is Deny:
+                return body
+            ctx.body = body  # type: ignore[assignment]
+            return await run(plan.body_stages, ctx) or CONTINUE
+        return CONTINUE
+
+    def _render(self, ex: Exchange, ctx: RequestContext, deny: Deny, routed: Routed | None,
+                traceparent: str) -> None:
+        """A refusal as the client understands it: an RFC 9457 problem, a gRPC status, or a cut response."""
+        if ex.response_started:  # too late for a problem: the client must not take the response as complete
+            ex.keep_alive = False
+        elif ex.version == "2" and is_grpc(ex.headers):  # gRPC clients read statuses from trailers
+            grpc_problem(ex, deny, ctx.request_id, [("traceparent", traceparent), *ctx.response_headers])
+        else:
+            close = deny.close or (ex.has_body and not ex.body_complete)
+            response = routed.plan.response if routed is not None else None
+            extra = response.answer_headers(ctx, ex.tls) if response is not None else []
+            ex.problem(deny.status, deny.detail, ctx.request_id,
+                       [*deny.headers, ("traceparent", traceparent), *ctx.response_headers, *extra], close=close)
 
     # ---- forwarding ---------------------------------------------------------------------------------------
 
@@ -300,11 +251,36 @@ class Gateway:
         return f"{ex.method} {target} HTTP/1.1\r\nhost: {up.authority}\r\n{lines}{framing}\r\n".encode("latin-1")
 
     async def _forward(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, plan: Plan,
-                       traceparent: str) -> int | None:
+                       traceparent: str) -> Forwarded | Problem:
+        """The request to the upstream over a pooled HTTP/1.1 connection (gRPC: HTTP/2), its response streamed
+        back."""
+        if self.tracing is None:
+            return await self._forward_once(ex, ctx, route, plan, traceparent)
+        span, traceparent = self.tracing.upstream(route.upstream.authority, traceparent)
+        outcome: Forwarded | Problem = _GATEWAY_ERROR
+        try:
+            outcome = await self._forward_once(ex, ctx, route, plan, traceparent)
+        finally:
+            upstream_status = None if outcome.__class__ is Problem else outcome.upstream_status  # type: ignore[union-attr]
+            self.tracing.end_upstream(span, upstream_status, *(("rpc.grpc.status_code",) if route.grpc else ()))
+        return outcome
+
+    async def _forward_once(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, plan: Plan,
+                            traceparent: str) -> Forwarded | Problem:
+        if route.grpc is not None:
+            return await self._forward_grpc(ex, ctx, route, plan, traceparent)
+        if ex.upgrade is not None:  # RFC 6455: the session is relayed frame by frame (bastion.server.websocket)
+            status, upstream_status, deny = await websocket.relay(self, ex, ctx, route, plan, traceparent)
+            return Problem(deny) if deny is not None else Forwarded(status, upstream_status)
         body = ctx.body
-        if body is None and ex.has_body and ex.body_received:
-            body = await ex.read_body()  # all here already: re-framed by its length, in the same write as the head
-        streaming = body is None and ex.has_body
+        has_body = ex.has_body
+        if body is None and has_body:
+            if ex.body.received:  # all here already: re-framed by its length, in the same write as the head
+                body = await ex.read_body()
+            elif ex.body.failed:  # refused before it was forwarded (e.g. past the limit): the upstream never sees it
+                refused = await _read_body(ex, ctx, plan)
+                return Problem(refused) if refused.__class__ is Deny else _GATEWAY_ERROR
+        streaming = body is None and has_body
         if body is not None:
             framing = f"content-length: {len(body)}\r\n" if body or ex.method in ("POST", "PUT", "PATCH") else ""
         elif ex.chunked:
@@ -316,28 +292,41 @@ class Gateway:
         if plan.response is not None and plan.response.filters_bodies:
             ctx.drop_upstream_headers.add("accept-encoding")  # a compressed body could not be filtered
         targets = self.target_pools.get(route.upstream)
+        if targets is None:
+            head = self._request_head(ex, ctx, route, traceparent, framing)
+            sent = await self._send(ex, ctx, self.pools[route.upstream], head, body, plan, traceparent)
+            return self._upstream_problem(route, sent) if sent.__class__ is UpstreamError else sent  # type: ignore
+        # a pool of targets: bastion.server.pool picks one per attempt, retries elsewhere, ejects
+        outcome: list[Forwarded | Problem] = []
+
+        async def attempt(target: Any, wrap: Any) -> int | None:
+            head = self._request_head(ex, ctx, route, traceparent, framing, target.upstream)
+            sent = await self._send(ex, ctx, target.conns, head, body, plan, traceparent, wrap)
+            if isinstance(sent, UpstreamError):
+                raise sent  # the pool's contract: nothing reached the client, it may try another target
+            outcome.append(sent)
+            return sent.upstream_status if isinstance(sent, Forwarded) else None
+
         try:
-            if targets is None:
-                head = self._request_head(ex, ctx, route, traceparent, framing)
-                return await self._send(ex, ctx, self.pools[route.upstream], head, body, streaming, plan, traceparent)
-            # a pool of targets: bastion.server.pool picks one per attempt, retries elsewhere, ejects
-            return await targets.forward(ctx, ex.method, not streaming, lambda target, wrap: self._send(
-                ex, ctx, target.conns, self._request_head(ex, ctx, route, traceparent, framing, target.upstream),
-                body, streaming, plan, traceparent, wrap))
+            await targets.forward(ctx, ex.method, not streaming, attempt)
         except UpstreamError as err:
-            raise _UpstreamDeny(err) from None
+            return self._upstream_problem(route, err)
+        return outcome[-1]
 
     async def _send(self, ex: Exchange, ctx: RequestContext, pool: UpstreamPool, head: bytes, body: bytes | None,
-                    streaming: bool, plan: Plan, traceparent: str, wrap: Any = None) -> int | None:
-        """One request on one upstream's connections; an `UpstreamError` means nothing reached the client."""
+                    plan: Plan, traceparent: str, wrap: Any = None) -> Forwarded | Problem | UpstreamError:
+        """One request on one upstream's connections: what came back, or the `UpstreamError` when nothing
+        reached the client."""
         limits = plan.policy.traffic
+        has_body = ex.has_body
+        streaming = body is None and has_body
         for attempt in (0, 1):
-            try:
-                conn = (attempt == 0 and pool.idle()) or await pool.acquire(limits.upstream_connect_timeout,
-                                                                            fresh=attempt == 1)
-            except UpstreamError as err:
-                self.metrics.upstream_errors.labels(err.reason).inc()
-                raise
+            conn = pool.idle() if attempt == 0 else None
+            if conn is None:
+                try:
+                    conn = await pool.acquire(limits.upstream_connect_timeout, fresh=attempt == 1)
+                except UpstreamError as err:
+                    return err
             sink = ResponseSink(ex, ctx, traceparent, conn, plan.response)
             done = conn.begin(sink if wrap is None else wrap(sink), ex.method == "HEAD")
             try:
@@ -345,105 +334,89 @@ class Gateway:
                     conn.write(head + body if body else head)
                 else:
                     conn.write(head)
-                    if ex.has_body:
-                        await self._stream_body(ex, conn, ctx, plan)
+                    if has_body:
+                        cut = await self._stream_body(ex, ctx, conn, plan)
+                        if cut is not None:
+                            conn.close()
+                            pool.release(conn)
+                            return cut
                 conn.expect_response(limits.upstream_timeout)
                 await done
-                pool.release(conn)
-                return sink.status
             except UpstreamError as err:
                 conn.close()
                 pool.release(conn)
                 if err.retryable and attempt == 0 and not streaming and not ex.response_started:
                     continue  # a pooled connection the upstream had already closed: try a fresh one
-                self.metrics.upstream_errors.labels(err.reason).inc()
-                if ex.response_started:
-                    ex.keep_alive = False
-                    raise ClientGone() from None
-                raise
+                return err
             except BaseException:
                 conn.close()
                 pool.release(conn)
                 raise
-        return None
+            pool.release(conn)
+            return Forwarded(ex.status, sink.status)
+        raise AssertionError("unreachable: the second attempt returns")
+
+    def _upstream_problem(self, route: CompiledRoute, err: UpstreamError) -> Problem:
+        self.metrics.upstream_errors.labels(err.reason).inc()
+        return Problem(Deny(err.status, err.reason, ids.of_api(route.info, "upstream"), log_detail=str(err),
+                            headers=err.headers))
 
     async def _forward_grpc(self, ex: Exchange, ctx: RequestContext, route: CompiledRoute, plan: Plan,
-                            traceparent: str) -> tuple[int, int | None]:
+                            traceparent: str) -> Forwarded | Problem:
         """A gRPC call over HTTP/2 to the upstream; every failure is answered with a gRPC status."""
+        grpc = route.grpc
+        pid = ids.of_api(route.info, "grpc")
         if ex.version != "2":  # gRPC needs HTTP/2 end to end
             ex.problem(426, "gRPC needs HTTP/2.", ctx.request_id, [("upgrade", "h2c")])
-            ctx.records.append(ControlRecord("grpc", "deny", ids.of_api(route.info, "grpc"), "grpc_needs_http2"))
-            return 426, None
+            ctx.records.append(ControlRecord("grpc", "deny", pid, "grpc_needs_http2"))
+            return Forwarded(426)
         prefetched = b""
-        if plan.body_stages and route.grpc.decode is not None:
+        if plan.body_stages and grpc.decode is not None:
             # owner rules on message fields: read and decode the first request message, then check it
-            prefetched, deny = await self._first_message(ex, ctx, route)
+            prefetched, deny = await _first_message(ex, ctx, grpc, pid)
             if deny is None:
                 deny = await run(plan.body_stages, ctx)
             if deny is not None:
-                grpc_problem(ex, deny, ctx.request_id, [("traceparent", traceparent)])
-                self.metrics.decision(ctx.records[-1].control if ctx.records else "grpc", "deny", deny.reason)
-                return 200, None
-        result = await forward_grpc(ex, ctx, self.h2_upstreams[route.upstream], route.grpc,
+                return Problem(deny)
+        result = await forward_grpc(ex, ctx, self.h2_upstreams[route.upstream], grpc,
                                     path=route.upstream.path_prefix + ctx.path, traceparent=traceparent,
                                     prefetched=prefetched)
         if result.reason:  # the gateway ended the call (deadline, message limit, upstream down)
-            ctx.records.append(ControlRecord("grpc", "deny", ids.of_api(route.info, "grpc"), result.reason))
+            ctx.records.append(ControlRecord("grpc", "deny", pid, result.reason))
             self.metrics.decision("grpc", "deny", result.reason)
-        return result.http_status, result.grpc_status
+        return Forwarded(result.http_status, result.grpc_status)
 
-    async def _first_message(self, ex: Exchange, ctx: RequestContext,
-                             route: CompiledRoute) -> tuple[bytes, Deny | None]:
-        """The bytes of the first length-prefixed gRPC message (bounded), decoded into `ctx.body` as JSON."""
-        limits = route.grpc
-        pid = ids.of_api(route.info, "grpc")
-        buffered = b""
-        try:
-            while len(buffered) < 5 or len(buffered) < 5 + int.from_bytes(buffered[1:5], "big"):
-                if len(buffered) >= 5 and int.from_bytes(buffered[1:5], "big") > limits.max_message_bytes:
-                    return buffered, Deny(413, "grpc_message_too_large", pid)
-                chunk = await ex.read_chunk()
-                if not chunk:
-                    return buffered, Deny(400, "grpc_missing_message", pid, "The call carries no request message.")
-                buffered += chunk
-        except (BodyTooLarge, BodyTimeout, BodyMalformed) as exc:
-            return buffered, Deny(400, "grpc_bad_request_stream", pid, log_detail=type(exc).__name__)
-        if buffered[0] != 0:  # compressed: its fields cannot be read, so its owner cannot be checked
-            return buffered, Deny(400, "grpc_compressed_message", pid,
-                                  "Compressed request messages are not accepted on this method.")
-        length = int.from_bytes(buffered[1:5], "big")
-        try:
-            ctx.body = orjson.dumps(limits.decode(buffered[5:5 + length]))
-        except Exception as exc:  # protobuf's DecodeError, or a value JSON cannot carry
-            return buffered, Deny(400, "grpc_malformed_message", pid, "The request message cannot be decoded.",
-                                  log_detail=repr(exc))
-        return buffered, None
-
-    async def _stream_body(self, ex: Exchange, conn: UpstreamConnection, ctx: RequestContext, plan: Plan) -> None:
+    async def _stream_body(self, ex: Exchange, ctx: RequestContext, conn: UpstreamConnection,
+                           plan: Plan) -> Problem | None:
+        """The request body to the upstream as it arrives (chunked when it came without a length)."""
         chunked = ex.chunked
         while True:
             try:
                 data = await ex.read_chunk()
-            except BodyTooLarge:
-                raise _StageDeny(Deny(413, "body_too_large", ids.body_limit(ctx, plan), close=True)) from None
-            except BodyTimeout:
-                raise _StageDeny(Deny(408, "body_timeout", ids.gateway_at(ctx, "limits.body_idle_timeout"),
-                                      close=True)) from None
-            except BodyMalformed as exc:
-                raise _StageDeny(Deny(400, exc.error.reason, ids.gateway_at(ctx, "framing"), close=True)) from None
+            except BODY_ERRORS as error:
+                return Problem(_body_deny(error, ctx, plan))
             if not data:
                 if chunked:
                     conn.write(b"0\r\n\r\n")
-                return
+                return None
             conn.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
             await conn.drain()
 
     # ---- accounting ---------------------------------------------------------------------------------------
 
-    def _account(self, ctx: RequestContext, route: CompiledRoute | None, plan: Plan | None, status: int,
-                 deny: Deny | None, seconds: float, upstream_status: int | None) -> None:
+    def _account(self, ctx: RequestContext, routed: Routed | None, outcome: Forwarded | Problem,
+                 seconds: float) -> None:
+        """Release what the request held, then one metric observation and one audit event for it."""
+        status = outcome.status
+        for finalizer in ctx.finalizers:
+            with contextlib.suppress(Exception):  # a finalizer must never mask the response
+                finalizer(status)
+        if outcome.__class__ is Problem:
+            deny, upstream_status = outcome.deny, None
+        else:
+            deny, upstream_status = None, outcome.upstream_status  # type: ignore[union-attr]
         metrics = self.metrics
-        info = route.info if route is not None else None
+        info = routed.route.info if routed is not None else None
         metrics.observe(ctx.method, info.path if info else "_unmatched", status, ctx.api, info.klass if info else "",
                         seconds)
         if deny is not None:
@@ -453,11 +426,12 @@ class Gateway:
             for record in ctx.records:
                 metrics.decision(record.control, record.outcome, record.reason)
         if self.audit is not None and self.audit.enabled:
+            exceptions = routed.plan.exceptions if routed is not None else ()
             if self.tracing is not None:  # the hand-off to the audit queue, as a span
                 with self.tracing.audit():
-                    self.audit.request(ctx, status, deny, seconds, plan.exceptions if plan else (), upstream_status)
+                    self.audit.request(ctx, status, deny, seconds, exceptions, upstream_status)
             else:
-                self.audit.request(ctx, status, deny, seconds, plan.exceptions if plan else (), upstream_status)
+                self.audit.request(ctx, status, deny, seconds, exceptions, upstream_status)
         if self.detector is not None:  # runs with or without sinks: detections answer attacks, not logs
             self.detector.observe(ctx, status, deny)
 
@@ -472,26 +446,130 @@ class Gateway:
             self.tracing.close()
 
 
-def _limit_body(ex: Exchange, ctx: RequestContext, plan: Plan) -> Deny | None:
+# The values of the request path: never changed once built. Not frozen: a frozen dataclass (or a named tuple)
+# takes twice as long to build, and every request builds two of them.
+@dataclass(slots=True)
+class Routed:
+    """The route a request goes to and the plan in force for it; `preflight`: a CORS preflight for that route,
+    answered by its response controls (status, headers), never forwarded."""
+
+    route: CompiledRoute
+    plan: Plan
+    preflight: tuple[int, list[tuple[str, str]]] | None = None
+
+
+@dataclass(slots=True)
+class Forwarded:
+    """The client got its answer: from the upstream, or from the gateway without a refusal (a preflight)."""
+
+    status: int  # what the client was sent; 499 when it left before
+    upstream_status: int | None = None  # the upstream's HTTP status (gRPC: its grpc-status)
+
+
+@dataclass(slots=True)
+class Problem:
+    """A refusal, to be rendered to the client as an RFC 9457 problem (or a gRPC status) and audited."""
+
+    deny: Deny
+
+    @property
+    def status(self) -> int:
+        return self.deny.status
+
+
+_GATEWAY_ERROR = Problem(Deny(500, "gateway_error", ids.gateway("internal")))
+_CLIENT_GONE = Forwarded(499)
+BODY_ERRORS = (BodyTooLarge, BodyTimeout, BodyMalformed)
+
+
+def _absolute_form(target: str) -> tuple[str, str, str]:
+    """(path, query, host) of a target in absolute-form: RFC 9112 §3.2.2, its authority replaces Host."""
+    try:
+        url = httptools.parse_url(target.encode("latin-1"))
+    except httptools.HttpParserInvalidURLError:
+        return target, "", ""
+    return ((url.path or b"/").decode("latin-1"), (url.query or b"").decode("latin-1"),
+            (url.host or b"").decode("latin-1"))
+
+
+def _preflight(ctx: RequestContext, table: dict[str, CompiledRoute]) -> tuple[CompiledRoute | None,
+                                                                             tuple[int, list[tuple[str, str]]] | None]:
+    """A CORS preflight (Fetch §4.8) for a route with CORS: that route and the answer of its response controls.
+    (None, None) when it is not one (the OPTIONS request is then routed like any other)."""
+    asked = first_header(ctx.headers, "access-control-request-method")
+    if first_header(ctx.headers, "origin") is None or asked is None:
+        return None, None
+    target = table.get(asked) or (table.get("GET") if asked == "HEAD" else None)
+    if target is None:
+        return None, None
+    response = target.plan(ctx.start).response
+    answer = response.preflight(ctx) if response is not None else None
+    return (target, answer) if answer is not None else (None, None)
+
+
+def _answer_preflight(ex: Exchange, ctx: RequestContext, routed: Routed, traceparent: str) -> Forwarded | Problem:
+    """No credentials needed, never forwarded: 204 with the CORS headers, or a 403 problem."""
+    status, headers = routed.preflight or (403, [])
+    if status == 204:
+        ex.respond(204, [*headers, ("x-request-id", ctx.request_id), ("traceparent", traceparent)], b"")
+        return Forwarded(204)
+    return Problem(Deny(403, "cors_preflight_refused", routed.plan.response.pid_cors,
+                        detail="This cross-origin request is not allowed.", headers=tuple(headers)))
+
+
+def _limit_body(ex: Exchange, ctx: RequestContext, plan: Plan) -> Decision:
     """The route's body limit: a declared length over it is refused now, a body growing past it once it does."""
+    if not ex.has_body:
+        return CONTINUE
     limit = plan.policy.traffic.max_body_bytes
     if ex.content_length is not None and ex.content_length > limit:
         return Deny(413, "body_too_large", ids.body_limit(ctx, plan),
                     log_detail=f"Content-Length {ex.content_length} > {limit}", close=True)
-    ex.limit_body(limit)
-    return None
+    ex.body.set_limit(limit)
+    return CONTINUE
 
 
-class _UpstreamDeny(Exception):
-    def __init__(self, error: UpstreamError) -> None:
-        super().__init__(str(error))
-        self.error = error
+async def _read_body(ex: Exchange, ctx: RequestContext, plan: Plan) -> bytes | Deny:
+    """The whole request body (bounded by the route's limit), or the refusal of a body that went wrong."""
+    try:
+        return await ex.read_body()
+    except BODY_ERRORS as error:
+        return _body_deny(error, ctx, plan)
 
 
-class _StageDeny(Exception):
-    def __init__(self, deny: Deny) -> None:
-        super().__init__(deny.reason)
-        self.deny = deny
+def _body_deny(error: BodyTooLarge | BodyTimeout | BodyMalformed, ctx: RequestContext, plan: Plan) -> Deny:
+    if isinstance(error, BodyTooLarge):
+        return Deny(413, "body_too_large", ids.body_limit(ctx, plan), close=True)
+    if isinstance(error, BodyTimeout):
+        return Deny(408, "body_timeout", ids.gateway_at(ctx, "limits.body_idle_timeout"), close=True)
+    return Deny(400, error.error.reason, ids.gateway_at(ctx, "framing"), log_detail=error.error.message, close=True)
+
+
+async def _first_message(ex: Exchange, ctx: RequestContext, limits: GrpcLimits,
+                         pid: str) -> tuple[bytes, Deny | None]:
+    """The bytes of the first length-prefixed gRPC message (bounded), decoded into `ctx.body` as JSON."""
+    buffered = b""
+    try:
+        while len(buffered) < 5 or len(buffered) < 5 + int.from_bytes(buffered[1:5], "big"):
+            if len(buffered) >= 5 and int.from_bytes(buffered[1:5], "big") > limits.max_message_bytes:
+                return buffered, Deny(413, "grpc_message_too_large", pid)
+            chunk = await ex.read_chunk()
+            if not chunk:
+                return buffered, Deny(400, "grpc_missing_message", pid, "The call carries no request message.")
+            buffered += chunk
+    except BODY_ERRORS as exc:
+        return buffered, Deny(400, "grpc_bad_request_stream", pid, log_detail=type(exc).__name__)
+    if buffered[0] != 0:  # compressed: its fields cannot be read, so its owner cannot be checked
+        return buffered, Deny(400, "grpc_compressed_message", pid,
+                              "Compressed request messages are not accepted on this method.")
+    length = int.from_bytes(buffered[1:5], "big")
+    decode = limits.decode
+    try:
+        ctx.body = orjson.dumps(decode(buffered[5:5 + length]) if decode is not None else None)
+    except Exception as exc:  # protobuf's DecodeError, or a value JSON cannot carry
+        return buffered, Deny(400, "grpc_malformed_message", pid, "The request message cannot be decoded.",
+                              log_detail=repr(exc))
+    return buffered, None
 
 
 def _without_params(query: str, names: set[str]) -> str:
@@ -511,4 +589,4 @@ def _client_ssl(upstream: Upstream) -> Any:
     return context
 
 
-__all__ = ["Gateway"]
+__all__ = ["Forwarded", "Gateway", "Problem", "Routed"]

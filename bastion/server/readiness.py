@@ -24,9 +24,8 @@ def reasons(listening: bool, gateway: Any, state: Any) -> list[str]:
     found: list[str] = []
     if not listening or gateway is None:
         return ["starting: not listening yet"]
-    for shared in gateway.compiled.shared.values():
-        check = getattr(shared, "ready", None)
-        if callable(check) and not check():
+    for shared in gateway.compiled.shared.lifecycle():
+        if not shared.ready():
             found.append(f"jwks_missing: {type(shared).__name__} has no usable key set yet")
         more = getattr(shared, "readiness", None)  # a layer's own reasons (the policy engine)
         if callable(more):

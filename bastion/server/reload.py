@@ -74,14 +74,14 @@ def apply_gateway_settings(runtime: Any, gw: GatewayConfig) -> None:
         for name in limits.__slots__:
             setattr(limits, name, getattr(fresh, name))
     services = runtime.services
-    if services.extra.get("detector") is None or runtime.audit_config == gw.audit:
+    if services.detector is None or runtime.audit_config == gw.audit:
         return
     from bastion.audit.detect import Detector
 
-    detector = Detector.from_config(gw.audit, services.audit, services.extra.get("blocks"),
+    detector = Detector.from_config(gw.audit, services.audit, services.blocks,
                                     runtime.config_path.parent)
     detector.share(services.state)
-    services.extra["detector"] = detector
+    services.detector = detector
     if runtime.gateway is not None:
         runtime.gateway.detector = detector
     runtime.audit_config = gw.audit

@@ -11,7 +11,8 @@ from typing import Any
 
 from bastion.context import RequestContext
 from bastion.http.headers import response_fields, response_headers
-from bastion.server.http1 import Exchange
+from bastion.server.exchange import Exchange
+from bastion.server.http1 import H1Exchange
 from bastion.server.upstream import UpstreamConnection
 
 _SLOW_READER_TIMEOUT = 60.0  # seconds a client may leave a response unread before the transfer is abandoned
@@ -25,13 +26,30 @@ class ResponseSink:
     replace it (the upstream body is then read and dropped, so the connection stays reusable).
     """
 
-    __slots__ = ("_chunked", "_conn", "_ctx", "_discard", "_ex", "_filter", "_h1", "_held", "_held_len",
-                 "_length", "_plan", "_trace", "paused", "status")
+    __slots__ = (
+        "_chunked",
+        "_conn",
+        "_ctx",
+        "_discard",
+        "_ex",
+        "_filter",
+        "_h1",
+        "_held",
+        "_held_len",
+        "_length",
+        "_plan",
+        "_trace",
+        "_wire",
+        "paused",
+        "status",
+    )
 
     def __init__(self, ex: Exchange, ctx: RequestContext, traceparent: str, conn: UpstreamConnection,
                  response_filter: Any = None) -> None:
         self._ex = ex
-        self._h1 = type(ex) is Exchange
+        # HTTP/1.1: framing and the held-back head are ours to write (HTTP/2 frames the body itself)
+        self._wire = ex if type(ex) is H1Exchange else None
+        self._h1 = self._wire is not None
         self._ctx = ctx
         self._trace = traceparent
         self._conn = conn
@@ -47,7 +65,8 @@ class ResponseSink:
 
     def on_head(self, status: int, raw: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         self.status = status
-        if self._h1 and status not in (204, 304) and self._ex.method != "HEAD":
+        wire = self._wire
+        if wire is not None and status not in (204, 304) and wire.method != "HEAD":
             # the common case, on bytes: no decoding, no lists of pairs
             filt = self._filter
             ctx = self._ctx
@@ -57,7 +76,7 @@ class ResponseSink:
                 fields += f"x-request-id: {ctx.request_id}\r\ntraceparent: {self._trace}\r\n".encode("latin-1")
                 if ctx.response_headers:
                     fields += "".join([f"{n}: {v}\r\n" for n, v in ctx.response_headers]).encode("latin-1")
-                self._chunked = self._ex.start_response_fields(status, fields, length=length, defer=True)
+                self._chunked = wire.start_response_fields(status, fields, length=length, defer=True)
                 return
         decoded = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in raw]
         if self._filter is None:
@@ -139,7 +158,8 @@ class ResponseSink:
     def on_end(self) -> None:
         if self._held is not None:
             plan = self._plan
-            self._held, held = None, self._held
+            held = self._held
+            self._held = None
             self._send_whole(*self._filter.body(self._ctx, plan.status, plan.headers, b"".join(held)))
             return
         if self._discard:

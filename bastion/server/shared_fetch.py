@@ -25,7 +25,7 @@ MAX_ENTRIES = 64  # distinct URLs remembered (providers x documents): bounded
 
 
 class SharedFetcher:
-    """A worker's fetcher (`Services.extra["identity_fetcher"]`): plain GETs are asked of the supervisor."""
+    """A worker's fetcher (`Services.identity_fetcher`): plain GETs are asked of the supervisor."""
 
     def __init__(self, link: Any, local: Callable[..., Any] = fetch) -> None:
         self.link = link

@@ -121,11 +121,9 @@ class Supervisor:
         compiled = compile_config(load_config(self.config_path), self.services)
         auth = make_admin_auth(compiled)
         if auth is not None:
-            compiled.shared["admin_auth"] = auth
-        for shared in compiled.shared.values():
-            start = getattr(shared, "start", None)
-            if start is not None:
-                await start()
+            compiled.shared.admin_auth = auth
+        for shared in compiled.shared.lifecycle():
+            await shared.start()
         return compiled
 
     async def run(self) -> int:
@@ -137,7 +135,7 @@ class Supervisor:
         self.audit = AuditLog.from_config(gw.audit, self.base, registry=None, process="supervisor")
         self.services.audit = self.audit
         self.blocks = BlockList(self.state, audit=self.audit)
-        self.services.extra["blocks"] = self.blocks
+        self.services.blocks = self.blocks
         await self.audit.start()
         self.compiled = await self._compile()
         self._context = multiprocessing.get_context("forkserver")
@@ -321,11 +319,9 @@ class Supervisor:
             return True, f"generation {self.generation}: config {fresh.config_hash} loaded by every worker"
 
     async def _close_shared(self, compiled: CompiledGateway) -> None:
-        for shared in compiled.shared.values():
-            close = getattr(shared, "close", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    await close()
+        for shared in compiled.shared.lifecycle():
+            with contextlib.suppress(Exception):
+                await shared.close()
 
     # ---- readiness and admin -------------------------------------------------------------------------------
 

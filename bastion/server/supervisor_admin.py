@@ -29,7 +29,7 @@ async def serve_admin(sup: Supervisor, gw: Any) -> asyncio.base_events.Server:
     admin = AdminApi(AdminBackend(
         registry=sup.registry, ready=lambda: False, info=sup.info, reload=sup.reload,
         compiled=lambda: sup.compiled, events=lambda: read_events(audit_file),
-        auth=lambda: sup.compiled.shared.get("admin_auth") if sup.compiled is not None else None,
+        auth=lambda: sup.compiled.shared.admin_auth if sup.compiled is not None else None,
         audit=sup.audit, blocks=sup.blocks.list_blocks, extra_routes=routes, readiness=sup.readiness,
     ))
     admin_tls = listener_ssl(gw.admin, sup.base) if gw.admin.tls is not None else None

@@ -14,11 +14,13 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import httptools
 
 from bastion.forwarding import Upstream
 from bastion.server.deadlines import NEVER, deadlines
+from bastion.server.flow import WriteFlow
 
 
 class UpstreamError(Exception):
@@ -33,10 +35,10 @@ class UpstreamError(Exception):
         self.retryable = retryable
 
 
-class ResponseSink:
-    """Where a response goes: implemented by the proxy for one exchange."""
+class ResponseSink(Protocol):
+    """Where a response goes: implemented by the proxy for one exchange (`server.response.ResponseSink`)."""
 
-    paused = False  # the client reads slower than the upstream sends (the upstream is paused, not stalled)
+    paused: bool  # the client reads slower than the upstream sends (the upstream is paused, not stalled)
 
     def on_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None: ...
     def on_body(self, data: bytes) -> None: ...
@@ -64,8 +66,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = False
         self.closed = False
         self.reusable = False
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._flow = WriteFlow(self.loop)
 
     # ---- protocol -----------------------------------------------------------------------------------------
 
@@ -83,8 +84,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self._parser.feed_data(b"")
         error = UpstreamError("upstream_closed", "upstream closed the connection",
                               retryable=not self._received_any)
-        for fut in (self._done, self._drain_waiter):
-            _set_error(fut, error)
+        _set_error(self._done, error)
+        self._flow.release(error)
 
     def data_received(self, data: bytes) -> None:
         self._received_any = True
@@ -102,12 +103,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._sink.flush()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self._flow.pause()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
+        self._flow.resume()
 
     # ---- httptools callbacks ------------------------------------------------------------------------------
 
@@ -189,12 +188,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.write(data)
 
     async def drain(self) -> None:
-        if self._write_paused and not self.closed:
-            self._drain_waiter = self.loop.create_future()
-            try:
-                await self._drain_waiter
-            finally:
-                self._drain_waiter = None
+        if not self.closed:
+            await self._flow.wait()
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
@@ -237,9 +232,9 @@ class UpstreamPool:
 
     async def acquire(self, connect_timeout: float, fresh: bool = False) -> UpstreamConnection:
         if not fresh:
-            conn = self.idle()
-            if conn is not None:
-                return conn
+            pooled = self.idle()
+            if pooled is not None:
+                return pooled
         while self._open >= self.size:
             if len(self._waiters) >= self.size:  # never an unbounded queue in front of a saturated upstream
                 raise UpstreamError("upstream_pool_exhausted", "upstream connection queue full", status=503)
@@ -336,7 +331,7 @@ def internal_address(address: str) -> bool:
             or ip.is_multicast or any(ip in net for net in _METADATA))
 
 
-def _set_error(fut: asyncio.Future[object] | None, error: Exception) -> None:
+def _set_error(fut: asyncio.Future[None] | None, error: Exception) -> None:
     """Fail a future that may or may not be awaited any more, without 'exception never retrieved' noise."""
     if fut is not None and not fut.done():
         fut.set_exception(error)

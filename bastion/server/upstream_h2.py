@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import ssl
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -19,6 +20,7 @@ import h2.exceptions
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
+from bastion.server.flow import WriteFlow
 from bastion.server.upstream import UpstreamError
 
 _WINDOW = 1024 * 1024
@@ -122,8 +124,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.streams: dict[int, UpstreamStream] = {}
         self.closed = False
         self.goaway = False
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._flow = WriteFlow(self.loop)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -138,24 +139,17 @@ class H2UpstreamConnection(asyncio.Protocol):
         for stream in list(self.streams.values()):
             stream._fail(error)
         self.streams.clear()
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
+        self._flow.release()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self._flow.pause()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
+        self._flow.resume()
 
     async def drain(self) -> None:
-        if self._write_paused and not self.closed:
-            self._drain_waiter = self.loop.create_future()
-            try:
-                await self._drain_waiter
-            finally:
-                self._drain_waiter = None
+        if not self.closed:
+            await self._flow.wait()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -167,7 +161,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         for event in events:
             stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
             if isinstance(event, h2.events.ResponseReceived) and stream is not None:
-                headers = [(n, v) for n, v in event.headers]
+                headers = _decoded(event.headers)
                 status = int(next((v for n, v in headers if n == ":status"), "0"))
                 if not stream.response.done():
                     stream.response.set_result((status, headers, bool(event.stream_ended)))
@@ -178,7 +172,7 @@ class H2UpstreamConnection(asyncio.Protocol):
                     stream._chunks.append((event.data, event.flow_controlled_length))
                     stream._wake()
             elif isinstance(event, h2.events.TrailersReceived) and stream is not None:
-                stream.trailers = [(n, v) for n, v in event.headers]
+                stream.trailers = _decoded(event.headers)
             elif isinstance(event, h2.events.StreamEnded) and stream is not None:
                 stream._ended = True
                 stream.closed = True
@@ -301,3 +295,8 @@ class H2Upstream:
         for conn in self._conns:
             conn.close()
         self._conns.clear()
+
+
+def _decoded(headers: Any) -> list[tuple[str, str]]:
+    """Header fields as h2 hands them over: str already (`header_encoding="latin-1"`), whatever its stubs say."""
+    return [(str(n), str(v)) for n, v in headers]

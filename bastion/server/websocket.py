@@ -409,7 +409,5 @@ def _frames(side: Protocol) -> list[Frame]:
 
 
 def _identity_shared(gateway: Any) -> Any:
-    from bastion.stages import identity
-
-    return gateway.compiled.shared.get(identity.prepare)
+    return gateway.compiled.shared.identity
 

@@ -45,7 +45,7 @@ class WorkerControl:
         if op == "abort":
             return await self.abort()
         if op == "forget_block":  # an operator lifted a block: drop this worker's cached copy at once
-            blocks = self.runtime.services.extra.get("blocks")
+            blocks = self.runtime.services.blocks
             if blocks is not None:
                 blocks.forget(str(args[0]), str(args[1]))
             return True
@@ -90,7 +90,8 @@ async def run_worker(config_path: str, index: int, socket_path: str, generation:
     if gw.state == "memory":  # the embedded shared state: the supervisor's, for every worker of the machine
         runtime.services.state = SupervisedState(link)
     # key sets fetched once for all workers (one fetch per rotation, not one per worker)
-    runtime.services.extra.setdefault("identity_fetcher", SharedFetcher(link))
+    if runtime.services.identity_fetcher is None:
+        runtime.services.identity_fetcher = SharedFetcher(link)
     runtime.services.audit = AuditLog.from_config(gw.audit, runtime.config_path.parent,
                                                   registry=runtime.metrics.registry, process=f"worker-{index}")
     await runtime.start()

@@ -10,20 +10,54 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bastion import policy_ids as ids
 from bastion.context import Decision, RequestContext
+
+if TYPE_CHECKING:  # types only: the wiring names what it carries without importing those layers at run time
+    from bastion.audit.blocks import BlockList
+    from bastion.audit.detect import Detector
+    from bastion.stages.identity.jwks import Fetcher
+    from bastion.stages.identity.revocation import RevocationList
+    from bastion.stages.traffic.limiter import Alert
 
 
 class Stage(Protocol):
     """One control on one route."""
 
     control: str
-    # A stage with `needs_body = True` runs after the body is read (up to the route's max_body_bytes) and
-    # finds it in `ctx.body`; all others run on the request head, before any body byte is read.
+    # True: the stage runs after the body is read (up to the route's max_body_bytes) and finds it in `ctx.body`;
+    # False: it runs on the request head, before any body byte is read.
+    needs_body: bool
 
     async def check(self, ctx: RequestContext) -> Decision: ...
+
+
+class Shared(Protocol):
+    """What a layer prepares once per config load for all its routes' stages (key caches, clients, limiters).
+
+    The runtime starts it once the config is compiled, asks it whether it is ready (readiness probe), and closes
+    it when the config is replaced."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    def ready(self) -> bool: ...
+
+
+class SharedBase:
+    """A `Shared` with nothing to start, check or close: subclasses override what they hold."""
+
+    __slots__ = ()
+
+    async def start(self) -> None:
+        """Fetch or open what the layer needs before it serves (nothing here)."""
+
+    async def close(self) -> None:
+        """Release what `start` opened (nothing here)."""
+
+    def ready(self) -> bool:
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +87,16 @@ class RouteInfo:
 
 @dataclass(slots=True)
 class Services:
-    """Process-wide things stages may use; injected so tests can replace the clock and the state."""
+    """Process-wide things stages may use, each a named field; injected so tests can replace any of them."""
 
     wall_clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     state: Any = None  # bastion.state backend (memory or Redis)
     audit: Any = None  # bastion.audit.AuditLog
     registry: Any = None  # the prometheus_client CollectorRegistry `/metrics` serves (None: metrics not exported)
-    extra: dict[str, Any] = field(default_factory=dict)
+    blocks: BlockList | None = None  # blocked IPs, subjects and consumers; the stage of the same name
+    detector: Detector | None = None  # detections over every request's outcome (they may add blocks)
+    alert: Alert | None = None  # limiter events (state backend lost, back); default: an audit admin event
+    identity_fetcher: Fetcher | None = None  # HTTP GET for JWKS, discovery and introspection (tests: a fake)
+    revocations: RevocationList | None = None  # replaces the deny list kept in `state` (tests)
+    ocsp_fetcher: Any = None  # the OCSP round trip (bastion.http.fetch); tests count or fail it

@@ -1,7 +1,7 @@
 """Blocks set by detections or operators (IP, subject, consumer), checked on every route.
 
 Not a baseline control: no class can switch it off. The `BlockList` itself (bastion.audit.blocks) is the stage;
-it lives as long as the process, in `Services.extra["blocks"]`.
+it lives as long as the process, in `Services.blocks`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from bastion.stages.base import RouteInfo, Services
 
 
 def prepare(config: Any, services: Services) -> Any:
-    return services.extra.get("blocks")
+    return services.blocks
 
 
 def build(policy: Any, route: RouteInfo, shared: Any) -> Any:

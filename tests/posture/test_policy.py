@@ -9,7 +9,6 @@ import pytest
 from bastion.compile import CompiledGateway, compile_config
 from bastion.config.loader import load_config
 from bastion.posture.policy import route_policy
-from bastion.stages import authz
 from tests.posture.conftest import demo_config
 
 
@@ -35,7 +34,7 @@ def test_every_control_has_its_value_and_source(compiled: CompiledGateway):
 
 
 def test_authorisation_lines_come_from_the_authz_layer(compiled: CompiledGateway):
-    doc = route_policy(_route(compiled, "orders/create-order"), compiled.shared.get(authz.prepare), now=compiled.loaded_at)
+    doc = route_policy(_route(compiled, "orders/create-order"), compiled.shared.authz, now=compiled.loaded_at)
     assert len(doc["authorization"]) == 1 and "orders:write" in doc["authorization"][0]
 
 

@@ -69,7 +69,7 @@ async def stack(tmp_path):
     path = tmp_path / "bastion.yaml"
     path.write_text(textwrap.dedent(CONFIG.format(issuer=idp.issuer, upstream=port)))
     revocations = MemoryRevocationList()
-    runtime = Runtime(path, services=Services(extra={"revocations": revocations}))
+    runtime = Runtime(path, services=Services(revocations=revocations))
     await runtime.start()
     try:
         yield runtime.bound[0][1], idp, revocations, tmp_path, runtime.metrics.registry

@@ -23,7 +23,7 @@ from bastion.stages.authz.config import AuthzPolicy, OpaConfig, RoleClause
 from bastion.stages.authz.engines import CedarEngine, OpaClient, describe_request
 from bastion.stages.authz.owner import BodyError, OwnerCheck, OwnerLookups, OwnerOutcome, parse_body
 from bastion.stages.authz.scopes import ScopeRequirement, challenge, requirement
-from bastion.stages.base import RouteInfo, Services
+from bastion.stages.base import RouteInfo, Services, SharedBase
 from bastion.stages.signals import signals_for
 
 DETAIL = {
@@ -42,7 +42,7 @@ DETAIL = {
 _SPECIFIC = ("route/", "exception:", "api/")  # most specific origin first, for the id of an allow
 
 
-class AuthzShared:
+class AuthzShared(SharedBase):
     """Built once per config load: the CEL environment, the HTTP client and the decision caches.
 
     Call `await close()` when the config is replaced (it closes idle connections to OPA/ownership services).
@@ -149,6 +149,7 @@ class AuthzStage:
     """Scopes, roles, conditions, head owner rules and policy engines of one route."""
 
     control = "authz"
+    needs_body = False
 
     def __init__(self, policy: AuthzPolicy, route: RouteInfo, shared: AuthzShared) -> None:
         self.route = route

@@ -90,6 +90,7 @@ class FlowStage:
     """Refuses (or flags) a step taken out of order or too fast, and a flow used beyond its limits."""
 
     control = "flows"
+    needs_body = False
 
     def __init__(self, checks: list[_StepCheck], state: Any, clock: Callable[[], float]) -> None:
         self._checks = checks

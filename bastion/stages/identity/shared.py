@@ -63,7 +63,7 @@ class IdentityShared:
         self.wall_clock = services.wall_clock
         self.monotonic = services.monotonic
         self.metrics = identity_metrics(services.registry)
-        fetcher = services.extra.get("identity_fetcher")
+        fetcher = services.identity_fetcher
         extra: dict[str, Any] = {"fetcher": fetcher} if fetcher is not None else {}
         self.jwks: dict[str, JwksCache] = {
             p.name: JwksCache(
@@ -78,11 +78,11 @@ class IdentityShared:
         self.consumers = ConsumerIndex(consumers)
         self.certs = CertParser()
         # The deny list lives in the state backend (shared by workers and instances with Redis, kept across
-        # reloads); without a backend (unit tests) in a private in-memory one. `extra["revocations"]` replaces it.
+        # reloads); without a backend (unit tests) in a private in-memory one. `services.revocations` replaces it.
         state = services.state if services.state is not None else MemoryState()
         self.revocation_store = StateRevocationList(state, services.wall_clock)
-        injected: RevocationList | None = services.extra.get("revocations")  # `is None`: an empty list is falsy
-        self.revocations: RevocationList = injected if injected is not None else self.revocation_store
+        self.revocations: RevocationList = (services.revocations if services.revocations is not None
+                                            else self.revocation_store)  # `is not None`: an empty list is falsy
         # CAEP / Shared Signals receiver (POST /ssf/events on the admin listener), None without providers.ssf
         self.ssf_receiver: SetReceiver | None = None
         if providers.ssf:

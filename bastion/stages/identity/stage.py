@@ -40,6 +40,7 @@ class IdentityStage:
     """Authenticates the caller of one route with the methods its effective policy accepts."""
 
     control = "identity"
+    needs_body = False
 
     def __init__(self, policy: IdentityPolicy, route: RouteInfo, shared: IdentityShared) -> None:
         self._shared = shared

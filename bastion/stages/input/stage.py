@@ -58,6 +58,7 @@ class _Common:
     """What both stages share: policy ids, the inspector and the exclusions."""
 
     control = "input"
+    needs_body = False
 
     def __init__(self, policy: InputPolicy, route: RouteInfo, shared: InputShared | None) -> None:
         self.policy = policy

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bastion.stages.base import RouteInfo, Services
+from bastion.stages.base import RouteInfo, Services, SharedBase
 from bastion.stages.traffic.concurrency import ConcurrencyGate, ConcurrencyStage
 from bastion.stages.traffic.config import TrafficPolicy
 from bastion.stages.traffic.iprules import IpRulesStage, NetworkRules, consumer_networks_decision
@@ -30,7 +30,7 @@ __all__ = [
 
 
 @dataclass(slots=True)
-class TrafficShared:
+class TrafficShared(SharedBase):
     """What every route's traffic stages share within one config load."""
 
     limiter: Limiter
@@ -42,9 +42,8 @@ class TrafficShared:
 
 
 def _audit_alert(services: Services) -> Alert | None:
-    alert = services.extra.get("alert")
-    if callable(alert):
-        return alert  # type: ignore[no-any-return]
+    if services.alert is not None:
+        return services.alert
     audit = services.audit
     if audit is None or not hasattr(audit, "admin"):
         return None

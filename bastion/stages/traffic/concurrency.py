@@ -35,6 +35,7 @@ class ConcurrencyStage:
     """`max_concurrent: 64`: 503 `concurrency_limit` when the route already has 64 requests in flight."""
 
     control = "traffic.concurrency"
+    needs_body = False
 
     def __init__(self, limit: int, policy_id: str) -> None:
         self.gate = ConcurrencyGate(limit)

@@ -75,6 +75,7 @@ class IpRulesStage:
     """`ip: {allow: [...], deny: [...]}` on a route: 403 when the client address is not permitted."""
 
     control = "traffic.ip"
+    needs_body = False
 
     def __init__(self, rules: NetworkRules, policy_id: str) -> None:
         self.rules = rules

@@ -116,6 +116,7 @@ class RateLimitStage:
     """Charges every limit of the route at once; 429 with `Retry-After` and RateLimit fields when one is out."""
 
     control = "traffic.rate_limits"
+    needs_body = False
 
     def __init__(
         self,

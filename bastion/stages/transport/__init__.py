@@ -27,6 +27,7 @@ class TransportStage:
     """Refuses requests that did not arrive over the transport the route's class demands."""
 
     control = "transport"
+    needs_body = False
 
     def __init__(self, policy: TransportPolicy, route: RouteInfo, revocation: Revocation | None = None) -> None:
         self._need_tls = policy.tls == "required"

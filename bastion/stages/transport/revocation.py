@@ -60,7 +60,7 @@ def load_revocation(config: RevocationConfig, services: Services) -> Revocation:
             raise ValueError(f"revocation issuer {path}: {exc}") from None
     crls = CrlStore(config.crls, issuers, grace=config.grace, reload_interval=config.reload_interval,
                     wall_clock=services.wall_clock, monotonic=services.monotonic)
-    fetcher: Any = services.extra.get("ocsp_fetcher")  # tests may count or fail round trips
+    fetcher: Any = services.ocsp_fetcher  # tests may count or fail round trips
     ocsp = None
     if config.ocsp:
         ocsp = OcspChecker(issuers, responder=config.ocsp_responder, timeout=config.timeout, grace=config.grace,

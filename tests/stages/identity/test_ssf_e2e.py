@@ -14,7 +14,6 @@ from joserfc import jwt
 
 from bastion.demo.idp import IdpServer, start_idp
 from bastion.server.app import Runtime
-from bastion.stages import identity
 from bastion.stages.identity import IdentityShared
 from tests.helpers import request, running_gateway
 from tests.state.redis_server import RedisServer
@@ -60,7 +59,7 @@ async def idp() -> AsyncIterator[IdpServer]:
 
 def identity_of(runtime: Runtime) -> IdentityShared:
     assert runtime.gateway is not None
-    shared = runtime.gateway.compiled.shared[identity.prepare]
+    shared = runtime.gateway.compiled.shared.identity
     assert isinstance(shared, IdentityShared)
     return shared
 

@@ -1,0 +1,61 @@
+"""The values a request carries: the context's header lookups and the decisions' own rules."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from bastion.context import CONTINUE, Continue, ControlRecord, Deny, Identity, NotResponsible, RequestContext
+
+
+def context(headers: list[tuple[str, str]]) -> RequestContext:
+    return RequestContext(method="GET", raw_target="/a?b=1", path="/a", query="b=1", headers=headers,
+                          client_ip="192.0.2.1", request_id="r1", start=1.0, host="api.example")
+
+
+HEADERS = [("accept", "a/b"), ("x-many", "1"), ("x-many", "2")]
+LOOKUPS = [
+    ("first_of_one", "accept", "a/b", ["a/b"]),
+    ("first_of_many", "x-many", "1", ["1", "2"]),
+    ("absent", "x-none", None, []),
+    ("names_are_lower_case_already", "Accept", None, []),
+]
+
+
+@pytest.mark.parametrize(("name", "header", "first", "values"), LOOKUPS, ids=[c[0] for c in LOOKUPS])
+def test_header_lookups(name, header, first, values):
+    ctx = context(HEADERS)
+    assert ctx.header(header) == first
+    assert ctx.header_values(header) == values
+
+
+def test_a_new_context_has_decided_nothing_and_holds_no_body():
+    ctx = context([])
+    assert (ctx.api, ctx.route, ctx.identity, ctx.body, ctx.host) == ("", "", None, None, "api.example")
+    assert ctx.records == [] and ctx.finalizers == [] and ctx.path_params == {}
+    assert ctx.upstream_headers == [] and ctx.response_headers == [] and not ctx.drop_upstream_headers
+    with pytest.raises(AttributeError):  # slots: a typo is an error, never a new attribute
+        ctx.idenity = None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("status", [100, 200, 204, 302, 399, 600])
+def test_a_deny_never_has_a_success_status(status):
+    with pytest.raises(ValueError, match="4xx or 5xx"):
+        Deny(status, "anything", "gateway/test")
+
+
+@pytest.mark.parametrize("status", [400, 403, 429, 500, 599])
+def test_a_deny_has_a_client_or_server_error_status(status):
+    assert Deny(status, "r", "p").status == status
+
+
+def test_decisions_are_frozen_values():
+    deny = Deny(403, "scope_missing", "class:c/a/r/authz", detail="Forbidden.")
+    values = [(deny, "status"), (CONTINUE, "policy_id"), (Identity("jwt", subject="alice"), "subject"),
+              (ControlRecord("authz", "deny", "p"), "outcome")]
+    for value, field in values:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, field, "changed")
+    assert Continue() == CONTINUE and NotResponsible() == NotResponsible()
+    assert (deny.log_detail, deny.headers, deny.close) == (None, (), False)
