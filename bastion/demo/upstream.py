@@ -35,7 +35,7 @@ async def start_upstream(host: str = "127.0.0.1", port: int = 0) -> asyncio.base
     """Start the echo upstream; `port=0` picks a free port (see `server.sockets[0].getsockname()`)."""
     loop = asyncio.get_running_loop()
     connections: set[Http1Connection] = set()
-    limits = ServerLimits()
+    limits = ServerLimits(max_header_bytes=64 * 1024)  # the gateway adds its own fields to a head at its limit
     return await loop.create_server(lambda: Http1Connection(_echo, limits, connections), host, port)
 
 

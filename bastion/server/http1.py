@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import httptools
 
+from bastion.http.budget import FramingBudget
 from bastion.http.framing import FramingError, check_head
 from bastion.http.problem import problem_body, status_line, status_phrase
 from bastion.server.deadlines import NEVER, deadlines
@@ -256,7 +257,7 @@ class Http1Connection(asyncio.Protocol):
         self._current: Exchange | None = None  # the exchange whose body the parser is feeding
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
+        self._budget = FramingBudget(limits.max_header_bytes)  # head bytes counted as they arrive
         self.deadline = NEVER  # loop time at which `_on_deadline` runs (swept by `Deadlines`)
         self._on_deadline: Callable[[], None] = _nothing
         self._deadlines = deadlines()
@@ -300,8 +301,15 @@ class Http1Connection(asyncio.Protocol):
             drain.set_exception(ClientGone())
 
     def data_received(self, data: bytes) -> None:
+        view, start = memoryview(data), 0
         try:
-            self._parser.feed_data(data)
+            while start < len(data) and not self._closed:  # the parser sees what the budget allows: no unended line
+                end = self._budget.take(data, start)
+                if isinstance(end, FramingError):
+                    self._reject(end)
+                    return
+                self._parser.feed_data(view[start:end] if start or end < len(data) else data)
+                start = end
         except httptools.HttpParserUpgrade:
             self._reject(FramingError(400, "upgrade_not_supported", "protocol upgrade requested"))
         except httptools.HttpParserError as exc:
@@ -327,25 +335,17 @@ class Http1Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._head_bytes = 0
         self._in_request = True
         if not self._busy:
             self._set_timer(self._limits.header_timeout, self._header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        self._count(len(name) + len(value) + 4)
         if len(self._headers) > self._limits.max_headers:
             raise _HeadTooLarge(f"more than {self._limits.max_headers} header fields")
-
-    def _count(self, n: int) -> None:
-        self._head_bytes += n
-        if self._head_bytes > self._limits.max_header_bytes:
-            raise _HeadTooLarge(f"request head over {self._limits.max_header_bytes} bytes")
 
     def on_headers_complete(self) -> None:
         self._in_request = False
@@ -367,6 +367,7 @@ class Http1Connection(asyncio.Protocol):
                 exchange.expect_continue = True
         if not exchange.has_body:
             exchange._body_done = True
+        self._budget.head_done(chunked=exchange.chunked, content_length=exchange.content_length)
         self._current = exchange
         self._ready.append(exchange)
         if not self._busy:
@@ -395,6 +396,7 @@ class Http1Connection(asyncio.Protocol):
                 self._pause_reading()
 
     def on_message_complete(self) -> None:
+        self._budget.message_done()
         exchange = self._current
         if exchange is not None:
             exchange._finish()
