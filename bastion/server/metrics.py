@@ -6,6 +6,12 @@ from bisect import bisect_left
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# Label sets per metric: the config bounds them (routes, reasons); this bound holds whatever a client sends.
+# Past it, new label sets are counted under one overflow set (`_other`): totals stay right, memory stays flat.
+MAX_LABEL_SETS = 10_000
+# OpenTelemetry HTTP semantic conventions: a method outside the known set is recorded as `_OTHER`
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"))
+
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -35,11 +41,12 @@ class Metrics:
         self._pending: dict[tuple[str, str, str], int] = {}
         # per label set: a count per bucket (the last one is +Inf), then the sum of the observed seconds
         self._observed: dict[tuple[str, str, int, str, str], list[float]] = {}
+        self._durations: set[tuple[str, str, int, str, str]] = set()  # label sets the histogram has
 
     def observe(self, method: str, route: str, status: int, api: str, klass: str, seconds: float) -> None:
         """Record a request's duration. Like `decision`, batched on the request path (a bucket index and two
         additions) and moved to the Prometheus histogram by `flush`."""
-        key = (method, route, status, api, klass)
+        key = (method if method in _METHODS else "_OTHER", route, status, api, klass)
         row = self._observed.get(key)
         if row is None:
             row = self._observed[key] = [0.0] * (len(_BUCKETS) + 2)
@@ -58,12 +65,20 @@ class Metrics:
         for key, count in pending.items():
             child = self._decisions.get(key)
             if child is None:
-                if len(self._decisions) > 50_000:  # label sets are bounded by the config; be safe anyway
-                    self._decisions.clear()
-                child = self._decisions[key] = self.decisions.labels(*key)
+                if len(self._decisions) >= MAX_LABEL_SETS:
+                    key = (key[0], key[1], "_other")
+                    child = self._decisions.get(key)
+                if child is None:
+                    child = self._decisions[key] = self.decisions.labels(*key)
             child.inc(count)  # type: ignore[attr-defined]
         observed, self._observed = self._observed, {}
-        for (method, route, status, api, klass), row in observed.items():
+        durations = self._durations
+        for labels, row in observed.items():
+            if labels not in durations:
+                if len(durations) >= MAX_LABEL_SETS:
+                    labels = ("_OTHER", "_other", 0, "_other", "_other")
+                durations.add(labels)
+            method, route, status, api, klass = labels
             child = self.request_duration.labels(method, route, str(status), api, klass)
             # prometheus_client keeps one value per bucket and one for the sum: add the batch to them directly
             for index, count in enumerate(row[:-1]):
