@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps test lint demo bench clean
+.PHONY: install system-deps test lint demo bench fuzz clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,13 +24,18 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 
 lint: install
-	$(VENV)/bin/ruff check bastion tests $(wildcard bench)
+	$(VENV)/bin/ruff check bastion tests $(wildcard bench) fuzz
 
 test: install system-deps lint
 	$(PY) -m pytest
 
 demo: install
 	$(VENV)/bin/bastion demo
+
+# Coverage-guided fuzzing of every parser (atheris), FUZZ_SECONDS per target; `make test` runs them briefly
+FUZZ_SECONDS ?= 60
+fuzz: install
+	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS)
 
 bench: install system-deps
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \

@@ -104,8 +104,9 @@ class Baseline:
         self.factor = factor
         self.tau = tau
         self.warmup = warmup
-        # a caller's baseline decays to nothing after a few `tau` of silence: it is forgotten then
-        self.keys: BoundedCache[Any, list[float]] = BoundedCache(limit, max(warmup, 5 * tau, 2 * window))
+        # a caller silent for its warm-up starts afresh (a fresh credential would give it a warm-up all the same),
+        # so a stream of one-time subjects holds at most `warmup` seconds of them
+        self.keys: BoundedCache[Any, list[float]] = BoundedCache(limit, max(warmup, 2 * window))
 
     def hit(self, key: Any, now: float) -> tuple[float, float] | None:
         """(rate, baseline) when this caller's rate is far above its own baseline, else None."""

@@ -60,8 +60,10 @@ class IdentityStage:
         self._revocation_open = policy.on_revocation_unavailable == "open"
         self._policy = route.policy_id("identity")
         # the Identity made for a verified token (cached) and its consumer: immutable, so made once per pair
-        # identities built per verified token (keyed by its id, checked by identity): follows the token cache
-        self._identities: BoundedCache[int, tuple[VerifiedToken, Consumer | None, Identity]] = BoundedCache(10_000)
+        # keyed by the verified token's id (checked by identity): as big and as long-lived as the token cache
+        cache = shared.token_cache
+        self._identities: BoundedCache[int, tuple[VerifiedToken, Consumer | None, Identity]] = BoundedCache(
+            cache.max_entries, cache.max_ttl)
         self._pid = {name: route.policy_id(f"identity.{name}") for name in IdentityPolicy.model_fields}
         self._scheme = "ApiKey" if self._api_key and not self._bearer else "Bearer"
 
