@@ -175,7 +175,7 @@ async def connection(port: int, queue: asyncio.Queue[tuple[float, bytes]], inter
             status = await asyncio.wait_for(_read_response(reader), 30)
             current = interval[0]
             current.latencies.append(loop.time() - due)
-            key = f"{status // 100}xx" if status not in (403, 429) else str(status)
+            key = str(status) if 400 <= status < 500 else f"{status // 100}xx"
             current.statuses[key] = current.statuses.get(key, 0) + 1
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
             interval[0].errors += 1
@@ -277,7 +277,9 @@ def markdown(samples: list[Sample], ok: bool, why: str, args: argparse.Namespace
         "",
         f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by `python bench/soak.py --minutes {args.minutes:g} "
         f"--rate {args.rate:g}` (one gateway process, the demo upstream, {args.connections} keep-alive client "
-        f"connections; the mix is described in bench/soak.py). Warm-up {args.warmup:g} s. {why}.",
+        f"connections; the mix is described in bench/soak.py). Warm-up {args.warmup:g} s. {why}. "
+        "Latency is measured from the moment each request was due, on whatever else the machine runs: its "
+        "percentiles are noisy when the machine is shared, RSS and descriptors are not.",
         "",
         "| t (s) | RSS (MiB) | fds | req/s | p50 (ms) | p99 (ms) | answers | errors |",
         "|---:|---:|---:|---:|---:|---:|---|---:|",
