@@ -21,8 +21,9 @@ Loc = tuple[str | int, ...]
 
 # Config and OpenAPI files are read whole and expanded into plain data: bound both (a YAML alias "bomb" of a few
 # hundred bytes expands to billions of nodes, a deep nesting exhausts the stack). Refused to load above these.
+# Without aliases a document has fewer values than bytes, so the value budget follows the file's size.
 MAX_YAML_BYTES = 8 * 1024 * 1024
-MAX_YAML_NODES = 1_000_000
+YAML_NODES_BASE = 100_000  # values allowed besides one per byte of the file
 MAX_YAML_DEPTH = 200
 
 
@@ -88,7 +89,7 @@ def _plain(node: Any, loc: Loc, positions: Positions, budget: list[int]) -> Any:
     `budget` holds the nodes still allowed: aliases are expanded here, so they are counted as often as used."""
     budget[0] -= 1
     if budget[0] < 0:
-        raise _TooLarge(f"more than {MAX_YAML_NODES} values (after expanding aliases)")
+        raise _TooLarge(f"more values than the file has bytes + {YAML_NODES_BASE} (aliases expanded)")
     if len(loc) >= MAX_YAML_DEPTH:  # this node is at depth len(loc) + 1
         raise _TooLarge(f"nested deeper than {MAX_YAML_DEPTH}")
     if isinstance(node, CommentedMap):
@@ -135,7 +136,7 @@ def read_yaml(path: Path) -> tuple[Any, Positions]:
         raise ConfigError([Diagnostic(str(path), 1, 1, "", f"YAML: {exc}")]) from None
     positions.index[()] = (1, 1)
     try:
-        return _plain(data, (), positions, [MAX_YAML_NODES]), positions
+        return _plain(data, (), positions, [YAML_NODES_BASE + len(raw)]), positions
     except _TooLarge as exc:
         raise ConfigError([Diagnostic(str(path), 1, 1, "", f"YAML: {exc}")]) from None
 

@@ -98,7 +98,7 @@ def test_an_alias_bomb_is_refused_not_expanded(tmp_path):
         levels.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]")
     path = tmp_path / "bomb.yaml"
     path.write_text("\n".join(levels) + "\n")
-    with pytest.raises(loader.ConfigError, match="more than 1000000 values"):
+    with pytest.raises(loader.ConfigError, match="more values than the file has bytes"):
         loader.read_yaml(path)
 
 

@@ -29,6 +29,7 @@ def test_every_target_runs_under_atheris_without_a_crash(tmp_path: Path):
     args = command("all", 3, tmp_path / "work")
     args[-1] = str(seeds)
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
-    crashes = [p.name for p in (tmp_path / "work").iterdir() if p.name.startswith(("crash-", "timeout-", "oom-"))]
-    assert done.returncode == 0 and not crashes, done.stderr[-3000:]
+    crashes = [p for p in (tmp_path / "work").iterdir() if p.name.startswith(("crash-", "timeout-", "oom-"))]
+    found = done.stderr[done.stderr.find("=== Uncaught"):] if "=== Uncaught" in done.stderr else done.stderr[-2000:]
+    assert done.returncode == 0 and not crashes, f"{[(p.name, p.read_bytes()[:300]) for p in crashes]}\n{found}"
     assert "DONE" in done.stderr
