@@ -18,6 +18,7 @@ import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -271,6 +272,12 @@ class ApiConfig(Model):
     def _upstream(cls, value: str) -> str:
         if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
             raise ValueError("upstream must be an http:// or https:// URL")
+        try:  # found by fuzz/loaders.py: `http://[127.0.0.1:9` or a port that is no number failed in compile
+            url = urlsplit(value)
+            if not url.hostname or url.port == 0:
+                raise ValueError("no host or port 0")
+        except ValueError as exc:
+            raise ValueError(f"upstream is not a valid URL ({exc})") from None
         return value
 
     @field_validator("base_path")

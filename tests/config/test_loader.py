@@ -111,3 +111,21 @@ def test_nesting_past_the_depth_limit_is_refused(tmp_path):
         loader.read_yaml(path)
     path.write_text("[" * loader.MAX_YAML_DEPTH + "]" * loader.MAX_YAML_DEPTH + "\n")
     loader.read_yaml(path)
+
+
+@pytest.mark.parametrize("upstream", ["http://[127.0.0.1:9", "http://127.0.0.1:x9", "http://127.0.0.1:99999",
+                                      "http://:80"])  # the first two found by fuzz/loaders.py
+def test_an_upstream_that_is_no_url_is_a_config_error(tmp_path, upstream):
+    text = f"""
+    version: 1
+    classes:
+      open: {{identity: {{required: false}}}}
+    apis:
+      - name: a
+        owner: o@example.com
+        class: open
+        upstream: "{upstream}"
+        routes: [{{name: r, path: /r, methods: [GET]}}]
+    """
+    errors = _errors(tmp_path, text)
+    assert any("upstream" in e for e in errors), errors
