@@ -9,7 +9,7 @@ request was due, so a stalled gateway shows as latency, not as a lower rate):
 - 55% GET with a JWT from a pool of 50 (the verified-token cache), 5% GET with a never-seen JWT (fresh `sub`,
   `jti`: the cache and every per-subject table churn), each from its own X-Forwarded-For address;
 - 20% POST of the 1 KB order validated against its OpenAPI operation, with injection inspection;
-- 5% POST with an injection payload (403 from inspection), 15% from one noisy client over its rate limit (429);
+- 5% POST with an injection payload (400 from inspection), 15% from one noisy client over its rate limit (429);
 - every request audited to a file sink that rotates every MiB.
 Every table reaches its steady state within the default 5-minute warm-up: verified tokens live 5 minutes in the
 cache, rate-limit windows a minute, and the usage-anomaly warm-up is shortened to 2 minutes (it sets how long a
@@ -50,7 +50,7 @@ RESULTS = REPO / "bench" / "RESULTS.md"
 ISSUER = "https://idp.soak.invalid"
 SECRET = b"soak-secret-soak-secret-32-bytes"
 PAYLOAD = (REPO / "bench" / "payload_1k.json").read_bytes()
-# the same valid order with a SQL injection in a string the schema allows: refused by inspection (403)
+# the same valid order with a SQL injection in a string the schema allows: refused by inspection (400)
 _ORDER = json.loads(PAYLOAD)
 _ORDER["customer"]["id"] = "1' UNION SELECT password FROM users--"
 INJECTION = json.dumps(_ORDER).encode()
