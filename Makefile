@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps test lint mutate demo bench clean
+.PHONY: install system-deps test lint mutate demo bench fuzz clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,7 +26,7 @@ system-deps:
 
 # ruff, mypy strict, the layer contracts (.importlinter) and the test mirror (tests/mirror_exempt.toml).
 lint: install
-	$(VENV)/bin/ruff check bastion tests $(wildcard bench) scripts
+	$(VENV)/bin/ruff check bastion tests $(wildcard bench) scripts fuzz
 	$(VENV)/bin/mypy bastion scripts
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) scripts/mirror_check.py
@@ -42,6 +42,11 @@ test: install system-deps lint
 
 demo: install
 	$(VENV)/bin/bastion demo
+
+# Coverage-guided fuzzing of every parser (atheris), FUZZ_SECONDS per target; `make test` runs them briefly
+FUZZ_SECONDS ?= 60
+fuzz: install
+	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS)
 
 bench: install system-deps
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \

@@ -43,7 +43,10 @@ def split_request_path(path: str) -> list[str]:
                 raise AmbiguousPath("encoded '/', '\\', '%' or NUL in path")
             if _BAD_ESCAPE.search(raw):
                 raise AmbiguousPath("invalid percent-encoding in path")
-            seg = unquote(raw, errors="strict")
+            try:
+                seg = unquote(raw, errors="strict")
+            except UnicodeDecodeError:  # found by fuzz/http.py: the refusal is this function's own
+                raise AmbiguousPath("percent-encoding that is not UTF-8 in path") from None
         else:
             seg = raw
         if seg in (".", "..") or "\\" in seg or "\x00" in seg:

@@ -25,6 +25,7 @@ from typing import Any
 
 from bastion import policy_ids as ids
 from bastion.audit.metrics import AuditMetrics
+from bastion.cache import BoundedCache
 from bastion.context import CONTINUE, Decision, Deny, RequestContext
 
 KINDS = ("ip", "subject", "consumer")
@@ -51,7 +52,7 @@ class BlockList:
 
     def __init__(self, state: Any = None, *, audit: Any = None, metrics: AuditMetrics | None = None,
                  clock: Callable[[], float] = time.time, shared_cache: float = 1.0,
-                 max_blocks: int = 10_000) -> None:
+                 max_blocks: int = 10_000, max_checked: int = 100_000) -> None:
         self.state = state
         self.audit = audit
         self.metrics = metrics if metrics is not None else getattr(audit, "metrics", None)
@@ -59,7 +60,9 @@ class BlockList:
         self.shared_cache = shared_cache
         self.max_blocks = max_blocks
         self._blocks: dict[tuple[str, str], Block] = {}
-        self._checked: dict[tuple[str, str], float] = {}  # shared look-ups: key -> next look-up time
+        # keys asked of the shared state within the last `shared_cache` seconds (LRU with expiry: a client
+        # rotating addresses or subjects cannot flush it, nor grow it past its bound)
+        self._checked: BoundedCache[tuple[str, str], bool] = BoundedCache(max_checked, shared_cache)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._warned = False
 
@@ -111,14 +114,12 @@ class BlockList:
              now: float) -> list[tuple[str, str]]:
         """The keys whose shared-state answer is older than `shared_cache`."""
         checked = self._checked
-        if len(checked) > 100_000:
-            checked.clear()
         return [(kind, key) for kind, key in (("ip", ip), ("subject", subject), ("consumer", consumer))
-                if key and checked.get((kind, key), 0.0) <= now]
+                if key and checked.get((kind, key), now) is None]
 
     async def _shared(self, due: list[tuple[str, str]], now: float) -> Block | None:
         for kind, key in due:
-            self._checked[(kind, key)] = now + self.shared_cache
+            self._checked.put((kind, key), True, now)
             try:
                 until = await self.state.is_blocked(kind, key, now)
             except Exception as exc:  # StateUnavailable or a broken backend: fail open, say it once
@@ -148,7 +149,7 @@ class BlockList:
         if existing is not None and existing.until >= until:
             return existing.until
         self._blocks[(kind, key)] = Block(kind, key, until, reason, finding, now)
-        self._checked.pop((kind, key), None)
+        self._checked.pop((kind, key))
         if self.metrics is not None:
             self.metrics.blocks.labels(kind).inc()
         self._gauge(kind)
@@ -172,7 +173,7 @@ class BlockList:
         self._gauge(kind)
         if self.state is not None:
             await self.state.unblock(kind, key)
-        self._checked.pop((kind, key), None)
+        self._checked.pop((kind, key))
         if self.audit is not None:
             self.audit.admin("block.lift", "success", kind=kind, key=key, was_active=existed)
         return existed
@@ -181,7 +182,7 @@ class BlockList:
         """Drop this instance's copy of a block lifted elsewhere (the supervisor tells its workers)."""
         if self._blocks.pop((kind, key), None) is not None:
             self._gauge(kind)
-        self._checked.pop((kind, key), None)
+        self._checked.pop((kind, key))
 
     async def list_blocks(self) -> list[dict[str, Any]]:
         """Blocks in force as this instance knows them (its own and those it has seen in the shared state;

@@ -168,8 +168,8 @@ class DetectionsConfig(Model):
     input_violations: InputViolationRule = InputViolationRule()
     forged_tokens: ForgedTokenRule = ForgedTokenRule()
     flow_abuse: FlowAbuseRule = FlowAbuseRule()
-    max_keys: int = Field(100_000, ge=100, description="Most tracked keys per detector (oldest evicted first), "
-                          "so an attacker rotating addresses cannot grow memory without bound.")
+    max_keys: int = Field(100_000, ge=100, description="Most tracked keys per detector (least recently used "
+                          "evicted first), so an attacker rotating addresses cannot grow memory without bound.")
     never_block: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"],
                                    description="IPs, subjects or consumers never blocked (alerts still fire).")
 

@@ -35,6 +35,7 @@ import orjson
 from bastion.audit.blocks import BlockList
 from bastion.audit.config import AuditConfig, DetectionRule, DetectionsConfig, WebhookConfig
 from bastion.audit.events import finding_event, is_auth_failure
+from bastion.cache import BoundedCache
 from bastion.context import Deny, RequestContext
 from bastion.http.fetch import FetchError, fetch
 from bastion.state import Hit, StateUnavailable
@@ -53,33 +54,21 @@ _FLOW_ATTACK = (("TA0040", "Impact", "T1496", "Resource Hijacking"),)
 _FLOW_REASONS = frozenset({"flow_order", "flow_tempo", "flow_limit"})  # bastion.stages.flows.FLOW_REASONS
 
 
-class _Bounded(dict[Any, Any]):
-    """A dict that forgets its oldest key past `limit` (an attacker rotating keys cannot grow memory)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def put(self, key: Any, value: Any) -> None:
-        self[key] = value
-        if len(self) > self.limit:
-            del self[next(iter(self))]
-
-
 class Burst:
     """`threshold` events within `window` seconds: the timestamps of the last `threshold` events per key."""
 
     def __init__(self, threshold: int, window: float, limit: int) -> None:
         self.threshold = threshold
         self.window = window
-        self.keys = _Bounded(limit)
+        # a key quiet for a whole window has nothing left in it; a key in steady use survives a flood of new ones
+        self.keys: BoundedCache[Any, deque[float]] = BoundedCache(limit, window)
 
     def hit(self, key: Any, now: float) -> float | None:
         """The first event's time when this event completes a burst (the key then starts afresh), else None."""
-        times = self.keys.get(key)
+        times = self.keys.get(key, now)
         if times is None:
             times = deque(maxlen=self.threshold)
-            self.keys.put(key, times)
+        self.keys.put(key, times, now)  # each event keeps the key for another window
         times.append(now)
         if len(times) == self.threshold and now - times[0] <= self.window:
             first: float = times[0]
@@ -94,13 +83,13 @@ class Distinct:
     def __init__(self, threshold: int, window: float, limit: int) -> None:
         self.threshold = threshold
         self.window = window
-        self.keys = _Bounded(limit)
+        self.keys: BoundedCache[Any, dict[str, float]] = BoundedCache(limit, window)
 
     def hit(self, key: Any, value: str, now: float) -> tuple[int, float] | None:
-        seen = self.keys.get(key)
+        seen = self.keys.get(key, now)
         if seen is None:
             seen = {}
-            self.keys.put(key, seen)
+        self.keys.put(key, seen, now)
         seen.pop(value, None)
         seen[value] = now
         horizon = now - self.window
@@ -129,16 +118,19 @@ class Baseline:
         self.factor = factor
         self.tau = tau
         self.warmup = warmup
-        self.keys = _Bounded(limit)
+        # a caller silent for its warm-up starts afresh (a fresh credential would give it a warm-up all the same),
+        # so a stream of one-time subjects holds at most `warmup` seconds of them
+        self.keys: BoundedCache[Any, list[float]] = BoundedCache(limit, max(warmup, 2 * window))
 
     def hit(self, key: Any, now: float) -> tuple[float, float] | None:
         """(rate, baseline) when this caller's rate is far above its own baseline, else None."""
         window = self.window
         index = math.floor(now / window)
-        state = self.keys.get(key)
+        state = self.keys.get(key, now)
         if state is None:
-            self.keys.put(key, [now, index, 1.0, 0.0, 0.0])
+            self.keys.put(key, [now, index, 1.0, 0.0, 0.0], now)
             return None
+        self.keys.put(key, state, now)
         if index != state[1]:
             gap = index - state[1]
             alpha = 1 - math.exp(-window / self.tau)
@@ -251,7 +243,7 @@ class Detector:
         self._input = Burst(config.input_violations.threshold, config.input_violations.window, limit)
         self._forged = Burst(config.forged_tokens.threshold, config.forged_tokens.window, limit)
         self._flows = Burst(config.flow_abuse.threshold, config.flow_abuse.window, limit)
-        self._cooldown = _Bounded(limit)  # (detection, key) -> time before which it does not fire again
+        self._cooldown: BoundedCache[tuple[str, Any], bool] = BoundedCache(limit)  # (detection, key): quiet
         self._shared: Any = None
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -380,9 +372,9 @@ class Detector:
               attacks: tuple[tuple[str, str, str, str], ...], extra: dict[str, Any] | None = None) -> None:
         now = ctx.start
         cooldown_key = (detection, key)
-        if self._cooldown.get(cooldown_key, 0.0) > now:
+        if self._cooldown.get(cooldown_key, now):
             return
-        self._cooldown.put(cooldown_key, now + max(rule.window, rule.block_for if rule.block else 0.0))
+        self._cooldown.put(cooldown_key, True, now, now + max(rule.window, rule.block_for if rule.block else 0.0))
         identity = ctx.identity
         subject = identity.subject if identity is not None else None
         consumer = identity.consumer if identity is not None else None

@@ -20,6 +20,17 @@ if TYPE_CHECKING:
 
 Loc = tuple[str | int, ...]
 
+# Config and OpenAPI files are read whole and expanded into plain data: bound both (a YAML alias "bomb" of a few
+# hundred bytes expands to billions of nodes, a deep nesting exhausts the stack). Refused to load above these.
+# Without aliases a document has fewer values than bytes, so the value budget follows the file's size.
+MAX_YAML_BYTES = 8 * 1024 * 1024
+YAML_NODES_BASE = 100_000  # values allowed besides one per byte of the file
+MAX_YAML_DEPTH = 200
+
+
+class _TooLarge(Exception):
+    pass
+
 
 @dataclass(frozen=True, slots=True)
 class Diagnostic:
@@ -80,21 +91,28 @@ def dotted(loc: Loc) -> str:
     return out
 
 
-def _plain(node: Any, loc: Loc, positions: Positions) -> Any:
-    """ruamel's round-trip nodes -> dict/list/scalars, recording where each key and item starts."""
+def _plain(node: Any, loc: Loc, positions: Positions, budget: list[int]) -> Any:
+    """ruamel's round-trip nodes -> dict/list/scalars, recording where each key and item starts.
+
+    `budget` holds the nodes still allowed: aliases are expanded here, so they are counted as often as used."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooLarge(f"more values than the file has bytes + {YAML_NODES_BASE} (aliases expanded)")
+    if len(loc) >= MAX_YAML_DEPTH:  # this node is at depth len(loc) + 1
+        raise _TooLarge(f"nested deeper than {MAX_YAML_DEPTH}")
     if isinstance(node, CommentedMap):
         out: dict[Any, Any] = {}
         for key, value in node.items():
             line, col = node.lc.key(key)
             positions.index[(*loc, key)] = (line + 1, col + 1)
-            out[str(key)] = _plain(value, (*loc, str(key)), positions)
+            out[str(key)] = _plain(value, (*loc, str(key)), positions, budget)
         return out
     if isinstance(node, CommentedSeq):
         items = []
         for i, value in enumerate(node):
             line, col = node.lc.item(i)
             positions.index[(*loc, i)] = (line + 1, col + 1)
-            items.append(_plain(value, (*loc, i), positions))
+            items.append(_plain(value, (*loc, i), positions, budget))
         return items
     if node is None or isinstance(node, bool | int | float | str):
         return node
@@ -107,7 +125,11 @@ def read_yaml(path: Path) -> tuple[Any, Positions]:
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False  # a duplicated key silently replacing a control is a config bug
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)  # never more than the limit in memory, whatever the file's size
+        if len(raw) > MAX_YAML_BYTES:
+            raise ConfigError([Diagnostic(str(path), 1, 1, "", f"file larger than {MAX_YAML_BYTES} bytes")])
+        text = raw.decode("utf-8")
     except OSError as exc:
         raise ConfigError([Diagnostic(str(path), 1, 1, "", f"cannot read: {exc.strerror}")]) from None
     except UnicodeDecodeError:
@@ -121,7 +143,10 @@ def read_yaml(path: Path) -> tuple[Any, Positions]:
     except Exception as exc:  # ruamel raises a few unmarked errors (e.g. duplicate anchors)
         raise ConfigError([Diagnostic(str(path), 1, 1, "", f"YAML: {exc}")]) from None
     positions.index[()] = (1, 1)
-    return _plain(data, (), positions), positions
+    try:
+        return _plain(data, (), positions, [YAML_NODES_BASE + len(raw)]), positions
+    except _TooLarge as exc:
+        raise ConfigError([Diagnostic(str(path), 1, 1, "", f"YAML: {exc}")]) from None
 
 
 def pydantic_diagnostics(exc: ValidationError, positions: Positions, prefix: Loc = ()) -> list[Diagnostic]:
@@ -134,6 +159,8 @@ def pydantic_diagnostics(exc: ValidationError, positions: Positions, prefix: Loc
                if err["type"] == "extra_forbidden"}
     meant: dict[Loc, str] = {}
     for loc, where in unknown.items():
+        if not loc:  # an extra value with no field name (found by fuzz/loaders.py): nothing to suggest
+            continue
         guess = did_you_mean(str(loc[-1]), known_fields(where[:-1]))
         if guess:
             meant[loc] = guess

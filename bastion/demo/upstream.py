@@ -38,7 +38,7 @@ async def start_upstream(host: str = "127.0.0.1", port: int = 0, instance: str =
     names it in every answer (a pool's targets tell which one answered)."""
     loop = asyncio.get_running_loop()
     connections: set[Http1Connection] = set()
-    limits = ServerLimits()
+    limits = ServerLimits(max_header_bytes=64 * 1024)  # the gateway adds its own fields to a head at its limit
     return await loop.create_server(
         lambda: Http1Connection(functools.partial(_echo, instance=instance), limits, connections), host, port)
 

@@ -19,6 +19,11 @@ _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
 _NUMBER = re.compile(r"^\d+$")
 _HEX = re.compile(r"^(?=.*\d)[0-9a-fA-F]{8,}$")
 MAX_CALLERS = 20
+# Memory while reading an audit log of any size: distinct callers tracked per route (past it `caller_count` is a
+# lower bound), distinct shadow requests (past it they are counted in `shadow_dropped`), methods per entry.
+MAX_TRACKED_CALLERS = 10_000
+MAX_SHADOWS = 1_000
+MAX_METHODS = 32
 
 
 def template(path: str) -> str:
@@ -50,9 +55,9 @@ class _Usage:
         self.denied += event.decision == "deny"
         self.first = event.time if self.first is None else min(self.first, event.time)
         self.last = event.time if self.last is None else max(self.last, event.time)
-        if caller:
+        if caller and len(self.callers) < MAX_TRACKED_CALLERS:
             self.callers.add(caller)
-        if event.method:
+        if event.method and len(self.methods) < MAX_METHODS:
             self.methods.add(event.method)
 
 
@@ -61,6 +66,7 @@ def build(compiled: CompiledGateway, events: Iterable[RequestEvent], now: float,
     """The inventory as a JSON-ready dict."""
     usage: dict[str, _Usage] = {}
     shadow: dict[str, _Usage] = {}
+    shadow_dropped = 0
     first_event: float | None = None
     for event in events:
         if event.probe:
@@ -69,7 +75,13 @@ def build(compiled: CompiledGateway, events: Iterable[RequestEvent], now: float,
         if event.decision == "deny" and event.reason in UNDECLARED_REASONS:
             key = f"{event.method} {template(event.path)}" if event.reason == "unknown_route" else \
                 f"{event.method} {template(event.path)} (undeclared method)"
-            shadow.setdefault(key, _Usage()).add(event, event.caller or event.client_ip)
+            use = shadow.get(key)
+            if use is None:
+                if len(shadow) >= MAX_SHADOWS:
+                    shadow_dropped += 1
+                    continue
+                use = shadow[key] = _Usage()
+            use.add(event, event.caller or event.client_ip)
         elif event.api and event.route:
             usage.setdefault(f"{event.api}/{event.route}", _Usage()).add(event, event.caller or event.client_ip)
     cfg = compiled.config.model
@@ -100,7 +112,7 @@ def build(compiled: CompiledGateway, events: Iterable[RequestEvent], now: float,
     return {"kind": "bastion.inventory", "version": 1, "generated": iso(now), "config_hash": compiled.config_hash,
             "idle_days": idle_days, "audit_from": iso(first_event) if first_event is not None else None,
             "apis": apis, "routes": routes, "idle_routes": [r["route"] for r in routes if r["idle"]],
-            "shadow": shadows}
+            "shadow": shadows, "shadow_dropped": shadow_dropped}
 
 
 def text(doc: dict[str, Any]) -> str:

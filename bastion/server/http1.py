@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import httptools
 
+from bastion.http.budget import FramingBudget
 from bastion.http.framing import FramingError, check_head
 from bastion.http.problem import problem_body, status_line, status_phrase
 from bastion.http.websocket import wants_websocket
@@ -184,7 +185,7 @@ class Http1Connection(asyncio.Protocol):
         self._current: H1Exchange | None = None  # the exchange whose body the parser is feeding
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
+        self._budget = FramingBudget(limits.max_header_bytes)  # head bytes counted as they arrive
         self.deadline = NEVER  # loop time at which `_on_deadline` runs (swept by `Deadlines`)
         self._on_deadline: Callable[[], None] = _nothing
         self._deadlines = deadlines()
@@ -231,12 +232,20 @@ class Http1Connection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel(data)
             return
+        view, start = memoryview(data), 0
         try:
-            self._parser.feed_data(data)
+            while start < len(data) and not self._closed:  # the parser sees what the budget allows: no unended line
+                end = self._budget.take(data, start)
+                if isinstance(end, FramingError):
+                    self._reject(end)
+                    return
+                self._parser.feed_data(view[start:end] if start or end < len(data) else data)
+                start = end
         except httptools.HttpParserUpgrade as exc:
             last = self._ready[-1] if self._ready else None
             if last is not None and wants_websocket(last.headers):  # RFC 6455: the route decides (proxy)
-                last.upgrade, last.keep_alive = data[exc.args[0]:], False
+                # the parser stopped after the head: what follows in this segment is the session's first bytes
+                last.upgrade, last.keep_alive = data[start + exc.args[0]:], False
                 self._pause_reading()
             else:
                 self._reject(FramingError(400, "upgrade_not_supported", "protocol upgrade requested"))
@@ -260,25 +269,17 @@ class Http1Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._head_bytes = 0
         self._in_request = True
         if not self._busy:
             self._set_timer(self._limits.header_timeout, self._header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        self._count(len(name) + len(value) + 4)
         if len(self._headers) > self._limits.max_headers:
             raise _HeadTooLarge(f"more than {self._limits.max_headers} header fields")
-
-    def _count(self, n: int) -> None:
-        self._head_bytes += n
-        if self._head_bytes > self._limits.max_header_bytes:
-            raise _HeadTooLarge(f"request head over {self._limits.max_header_bytes} bytes")
 
     def on_headers_complete(self) -> None:
         self._in_request = False
@@ -300,6 +301,7 @@ class Http1Connection(asyncio.Protocol):
                 expect_continue = True
         exchange = H1Exchange(self, parser.get_method().decode("ascii"), self._url.decode("latin-1"), version,
                               headers, parser.should_keep_alive(), content_length, chunked, expect_continue)
+        self._budget.head_done(chunked=chunked, content_length=content_length)
         self._current = exchange
         self._ready.append(exchange)
         if not self._busy:
@@ -323,6 +325,7 @@ class Http1Connection(asyncio.Protocol):
                 self._pause_reading()
 
     def on_message_complete(self) -> None:
+        self._budget.message_done()
         exchange = self._current
         if exchange is not None:
             if not exchange.body.done:

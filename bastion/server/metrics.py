@@ -10,12 +10,18 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 
+# Label sets per metric: the config bounds them (routes, reasons); this bound holds whatever a client sends.
+# Past it, new label sets are counted under one overflow set (`_other`): totals stay right, memory stays flat.
+MAX_LABEL_SETS = 10_000
+# OpenTelemetry HTTP semantic conventions: a method outside the known set is recorded as `_OTHER`
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"))
+
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _DURATION = "http_server_request_duration_seconds"
 _DURATION_HELP = "Duration of requests through the gateway."
 _DURATION_LABELS = ["http_request_method", "http_route", "http_response_status_code", "bastion_api",
                     "bastion_class"]
-_MAX_LABEL_SETS = 50_000
+_OVERFLOW = ("_OTHER", "_other", 0, "_other", "_other")  # the label set past MAX_LABEL_SETS
 
 
 class _Durations:
@@ -29,6 +35,7 @@ class _Durations:
 
     def __init__(self, registry: CollectorRegistry, multiprocess: bool) -> None:
         self._rows: dict[tuple[str, str, int, str, str], list[float]] = {}
+        self._known: set[tuple[str, str, int, str, str]] = set()  # label sets seen: at most MAX_LABEL_SETS + 1
         self._histogram: Histogram | None = None
         if multiprocess:
             self._histogram = Histogram(_DURATION, _DURATION_HELP, _DURATION_LABELS, buckets=_BUCKETS,
@@ -38,7 +45,13 @@ class _Durations:
 
     def add(self, observed: dict[tuple[str, str, int, str, str], list[float]]) -> None:
         n = len(_BUCKETS) + 1
-        for key, row in observed.items():
+        for labels, row in observed.items():
+            known = self._known
+            if labels not in known:
+                if len(known) >= MAX_LABEL_SETS:  # whatever clients send: fold into one overflow set
+                    labels = _OVERFLOW
+                known.add(labels)
+            key = labels
             if self._histogram is not None:
                 child = self._histogram.labels(key[0], key[1], str(key[2]), key[3], key[4])
                 for index in range(n):
@@ -48,8 +61,6 @@ class _Durations:
                 continue
             total = self._rows.get(key)
             if total is None:
-                if len(self._rows) > _MAX_LABEL_SETS:  # label sets are bounded by the config; be safe anyway
-                    continue
                 total = self._rows[key] = [0.0] * len(row)
             for index, value in enumerate(row):
                 total[index] += value
@@ -102,7 +113,7 @@ class Metrics:
     def observe(self, method: str, route: str, status: int, api: str, klass: str, seconds: float) -> None:
         """Record a request's duration. Like `decision`, batched on the request path (a bucket index and two
         additions) and handed to Prometheus by `flush`."""
-        key = (method, route, status, api, klass)
+        key = (method if method in _METHODS else "_OTHER", route, status, api, klass)
         row = self._observed.get(key)
         if row is None:
             row = self._observed[key] = [0.0] * (2 * len(_BUCKETS) + 2)
@@ -127,9 +138,11 @@ class Metrics:
         for key, count in pending.items():
             child = self._decisions.get(key)
             if child is None:
-                if len(self._decisions) > _MAX_LABEL_SETS:  # label sets are bounded by the config; be safe anyway
-                    self._decisions.clear()
-                child = self._decisions[key] = self.decisions.labels(*key)
+                if len(self._decisions) >= MAX_LABEL_SETS:
+                    key = (key[0], key[1], "_other")
+                    child = self._decisions.get(key)
+                if child is None:
+                    child = self._decisions[key] = self.decisions.labels(*key)
             child.inc(count)
         observed, self._observed = self._observed, {}
         self._durations.add(observed)

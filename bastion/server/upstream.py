@@ -19,6 +19,8 @@ from typing import Protocol
 import httptools
 
 from bastion.forwarding import Upstream
+from bastion.http.budget import UPSTREAM_HEAD_BYTES, FramingBudget
+from bastion.http.framing import FramingError
 from bastion.server.deadlines import NEVER, deadlines
 from bastion.server.flow import WriteFlow
 
@@ -56,6 +58,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._sink: ResponseSink | None = None
         self._headers: list[tuple[bytes, bytes]] = []
+        self._budget = FramingBudget(UPSTREAM_HEAD_BYTES)  # an unended head line is refused, not buffered
         self._done: asyncio.Future[None] | None = None
         self._head_seen = False
         self.deadline = NEVER  # for the response's head, then for each next piece of its body
@@ -94,8 +97,15 @@ class UpstreamConnection(asyncio.Protocol):
         if self._sink is None:  # bytes nobody asked for: the connection cannot be trusted any more
             self.close()
             return
+        view, start = memoryview(data), 0
         try:
-            self._parser.feed_data(data)
+            while start < len(data):
+                end = self._budget.take(data, start)
+                if isinstance(end, FramingError):
+                    self._fail(UpstreamError("upstream_head_too_large", f"upstream response: {end.message}"))
+                    return
+                self._parser.feed_data(view[start:end] if start or end < len(data) else data)
+                start = end
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError("upstream_bad_response", f"malformed upstream response: {exc}"))
             return
@@ -119,6 +129,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._headers = []
             return
         self._head_seen = True
+        self._budget.head_done(chunked=any(n.lower() == b"transfer-encoding" for n, _ in self._headers),
+                               content_length=None)
         sink = self._sink
         if sink is not None:
             sink.on_head(status, self._headers, self._parser.should_keep_alive())
@@ -131,6 +143,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._sink.on_body(body)
 
     def on_message_complete(self) -> None:
+        self._budget.message_done()
         if self._done is not None and not self._done.done():
             self._complete(reusable=self._parser.should_keep_alive())
 

@@ -6,18 +6,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from bastion.cache import BoundedCache
 from bastion.state import Hit, Outcome
 from bastion.state.algorithms import ALGORITHMS, State
 
 
 class MemoryState:
-    """Limits and blocks in a dict. Expired entries are swept at most every `sweep_interval` seconds."""
+    """Limits in a `BoundedCache` (at most `max_keys`; a key counted once leaves first when full, a key in steady
+    use stays), blocks in a dict bounded by the block list's `max_blocks`. Expired blocks are swept at most every
+    `sweep_interval` seconds, expired limits as new keys arrive."""
 
     name = "memory"
 
-    def __init__(self, clock: Callable[[], float] = time.time, sweep_interval: float = 10.0) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, sweep_interval: float = 10.0,
+                 max_keys: int = 200_000) -> None:
         self._clock = clock
-        self._limits: dict[str, tuple[State, float]] = {}  # key -> (state, expires at)
+        self._limits: BoundedCache[str, State] = BoundedCache(max_keys)
         self._blocks: dict[tuple[str, str], float] = {}
         self._sweep_interval = sweep_interval
         self._next_sweep = 0.0
@@ -34,22 +38,19 @@ class MemoryState:
         writes: list[tuple[str, State, float]] = []
         admitted = True
         for hit in hits:
-            entry = limits.get(hit.key)
-            state = entry[0] if entry is not None and entry[1] > now else None
+            state = limits.get(hit.key, now)
             outcome, new_state, ttl = ALGORITHMS[hit.kind](hit, state, now)
             outcomes.append(outcome)
             writes.append((hit.key, new_state, now + ttl))
             admitted = admitted and outcome.allowed
         if admitted:  # all or nothing: a refused request charges no limit
             for key, new_state, expires in writes:
-                limits[key] = (new_state, expires)
+                limits.put(key, new_state, now, expires)
             return outcomes
         return [replace(o, granted=0) if o.granted else o for o in outcomes]  # nothing was taken
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + self._sweep_interval
-        for key in [k for k, (_, expires) in self._limits.items() if expires <= now]:
-            del self._limits[key]
         for bkey in [k for k, until in self._blocks.items() if until <= now]:
             del self._blocks[bkey]
 

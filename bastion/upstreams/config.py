@@ -31,6 +31,12 @@ _URL = re.compile(r"^https?://[^/\s]+(/\S*)?$")
 def check_url(value: str) -> str:
     if not _URL.match(value):
         raise ValueError("upstream must be an http:// or https:// URL")
+    try:  # found by fuzz/loaders.py: `http://[127.0.0.1:9` or a port that is no number failed in compile
+        url = urlsplit(value)
+        if not url.hostname or url.port == 0:
+            raise ValueError("no host or port 0")
+    except ValueError as exc:
+        raise ValueError(f"upstream is not a valid URL ({exc})") from None
     return value
 
 

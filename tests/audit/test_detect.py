@@ -263,3 +263,29 @@ async def test_a_detection_fed_by_two_workers_fires_once_through_the_supervisor(
     async with supervised_state(tmp_path) as (state, _):
         first, second = await _two_processes_feed_one_detection(tmp_path, state)
     assert len(first) + len(second) == 1
+
+def test_a_flood_of_fresh_keys_cannot_reset_a_burst_in_progress():
+    from bastion.audit.detect import Burst, Distinct
+
+    burst = Burst(threshold=5, window=60.0, limit=100)
+    distinct = Distinct(threshold=5, window=60.0, limit=100)
+    for i in range(4):
+        assert burst.hit("attacker", float(i)) is None
+        assert distinct.hit("attacker", f"object-{i}", float(i)) is None
+    for i in range(10_000):  # rotating addresses to push the attacker's window out
+        burst.hit(f"decoy-{i}", 5.0)
+        distinct.hit(f"decoy-{i}", "x", 5.0)
+    assert len(burst.keys) == 100
+    assert burst.hit("attacker", 6.0) == 0.0
+    assert distinct.hit("attacker", "object-4", 6.0) == (5, 0.0)
+
+
+def test_a_quiet_key_is_forgotten_after_its_window():
+    from bastion.audit.detect import Burst
+
+    burst = Burst(threshold=3, window=10.0, limit=100)
+    burst.hit("k", 0.0)
+    burst.hit("k", 1.0)
+    burst.hit("other", 20.0)
+    assert "k" not in burst.keys or burst.keys.get("k", 20.0) is None
+    assert burst.hit("k", 20.5) is None  # starts afresh

@@ -87,3 +87,20 @@ async def test_https_with_verification(servers: list[asyncio.Server]) -> None:
     with pytest.raises(FetchError):  # an unknown CA is refused
         await fetch(f"https://127.0.0.1:{port}/", ssl_context=ssl.create_default_context())
     await asyncio.sleep(0.1)  # let the server side finish its failed handshake
+
+
+@pytest.mark.parametrize(("name", "reply", "ok"), [
+    ("body_at_limit", b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n\r\n" + b"x" * 1024, True),
+    ("body_one_over", b"HTTP/1.1 200 OK\r\nContent-Length: 1025\r\n\r\n" + b"x" * 1025, False),
+    ("close_delimited_one_over", b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 1025, False),
+    ("endless_header_line", b"HTTP/1.1 200 OK\r\nX-Endless: " + b"a" * (200 * 1024), False),
+])
+async def test_jwks_introspection_and_ssf_fetches_stop_one_byte_over(servers: list[asyncio.Server], name: str,
+                                                                      reply: bytes, ok: bool) -> None:
+    server, port, _ = await serve(reply)
+    servers.append(server)
+    if ok:
+        assert len((await fetch(f"http://127.0.0.1:{port}/", max_bytes=1024)).body) == 1024
+    else:
+        with pytest.raises(FetchError, match="larger"):
+            await fetch(f"http://127.0.0.1:{port}/", max_bytes=1024)

@@ -88,3 +88,21 @@ def test_inventory_cli(tmp_path: Path, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["shadow"][0]["count"] == 3
     assert dispatch(parse("inventory", "-c", str(config), "--audit", str(tmp_path / "missing"))) == 2
+
+
+def test_inventory_memory_is_bounded_whatever_the_audit_log_holds(tmp_path: Path):
+    config, _ = demo_config(tmp_path, "https://idp.example.com", "http://127.0.0.1:9")
+    compiled = compile_config(load_config(config), build_stages=False)
+    now = time.time()
+    flood = (auditlog.RequestEvent(now, f"/scan-{i}/x", "GET", None, None, "deny", "unknown_route", "routing",
+                                   f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}", None)
+             for i in range(inventory.MAX_SHADOWS + 50))
+    many_callers = (auditlog.RequestEvent(now, "/v1/orders/1", "GET", None, None, "deny", "unknown_route",
+                                          "routing", f"10.9.{i // 256 % 256}.{i % 256}", None)
+                    for i in range(inventory.MAX_TRACKED_CALLERS + 10))
+    doc = inventory.build(compiled, [*many_callers, *flood], now)
+    assert len(doc["shadow"]) == inventory.MAX_SHADOWS
+    assert doc["shadow_dropped"] == 51  # "/v1/orders/{n}" took the first place
+    orders = next(s for s in doc["shadow"] if s["request"] == "GET /v1/orders/{n}")
+    assert orders["count"] == inventory.MAX_TRACKED_CALLERS + 10
+    assert orders["caller_count"] == inventory.MAX_TRACKED_CALLERS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -246,3 +247,122 @@ async def test_a_slow_reader_pauses_the_upstream_instead_of_filling_gateway_memo
             assert received > total  # the whole body (and the head) arrived once the client read
     finally:
         upstream.close()
+
+
+# ---- byte budget (bastion/http/budget.py): counted where the bytes arrive ----------------------------------
+
+HEAD_LIMIT = 16 * 1024  # the default `limits.max_header_bytes`
+
+
+def _head_of(size: int, *, close: bool = True) -> bytes:
+    """A complete request head of exactly `size` bytes (request line to the empty line included)."""
+    start = GET + (b"Connection: close\r\n" if close else b"") + b"X-Pad: "
+    return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize(("size", "status"), [(HEAD_LIMIT, 200), (HEAD_LIMIT + 1, 431)])
+async def test_head_exactly_at_the_limit_passes_and_one_byte_over_gets_431(tmp_path, size, status):
+    async with running_gateway(tmp_path, BASIC) as gw:
+        raw = _head_of(size)
+        assert len(raw) == size
+        code, _, _ = parse_response(await exchange(gw.bound[0][1], raw))
+        assert code == status
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+async def test_an_unended_header_line_gets_431_one_byte_over_the_limit(tmp_path):
+    async with running_gateway(tmp_path, BASIC) as gw:
+        start = GET + b"X-Endless: "
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.bound[0][1])
+        writer.write(start + b"a" * (HEAD_LIMIT - len(start)))  # the whole budget, the line still open
+        await writer.drain()
+        with pytest.raises(TimeoutError):  # nothing to say yet: the head may still end at the limit
+            await asyncio.wait_for(reader.read(1), 0.2)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        writer.write(b"a")  # one byte over: answered at once, not at the header timeout
+        reply = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert reply.startswith(b"HTTP/1.1 431 "), reply[:60]
+        assert loop.time() - began < 1.0
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+async def test_endless_header_lines_are_cut_off_and_memory_stays_flat(tmp_path):
+    async with running_gateway(tmp_path, BASIC) as gw:
+        before = _rss()
+        for _ in range(4):  # the attack of the issue: connections each sending a line that never ends
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.bound[0][1])
+            writer.write(GET + b"X-Endless: ")
+            sent = 0
+            with contextlib.suppress(ConnectionError):  # the gateway closes with our bytes unread: a reset
+                while sent < 64 * 1024 * 1024 and not reader.at_eof():
+                    writer.write(b"a" * 65536)
+                    sent += 65536
+                    await asyncio.wait_for(writer.drain(), 5)
+            writer.close()
+            # what the kernel's socket buffers absorbed before the close, not megabytes of a parser buffer
+            assert sent < 16 * 1024 * 1024
+        gw.gateway.metrics.flush()
+        refused = gw.gateway.metrics.registry.get_sample_value(
+            "bastion_decisions_total", {"control": "http", "outcome": "deny", "reason": "header_too_large"})
+        assert refused == 4
+        assert _rss() - before < 8 * 1024 * 1024, "an unended line must never be buffered"
+
+
+@pytest.mark.parametrize(("name", "raw", "status"), [
+    ("bare_cr_run", b"\r\r\r\r\r" + GET + b"\r\n", 400),
+    ("single_bare_cr", b"\r" + GET + b"\r\n", 400),
+    ("crlf_empty_lines", b"\r\n\r\n" + GET + b"Connection: close\r\n\r\n", 200),  # RFC 9112 §2.2: tolerated
+])
+async def test_only_crlf_empty_lines_may_precede_the_request_line(tmp_path, name, raw, status):
+    async with running_gateway(tmp_path, BASIC) as gw:
+        code, _, _ = parse_response(await exchange(gw.bound[0][1], raw))
+        assert code == status
+
+
+async def test_bare_cr_split_across_segments_is_refused(tmp_path):
+    async with running_gateway(tmp_path, BASIC) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.bound[0][1])
+        writer.write(b"\r")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(GET + b"\r\n")
+        reply = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert reply.startswith(b"HTTP/1.1 400 "), reply[:60]
+
+
+CHUNKED = b"POST /shop/items HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+
+
+@pytest.mark.parametrize(("name", "body", "status"), [
+    ("extension_at_limit", b"3;x=" + b"e" * (HEAD_LIMIT - 6) + b"\r\nabc\r\n0\r\n\r\n", 200),
+    ("extension_one_over", b"3;x=" + b"e" * (HEAD_LIMIT - 5) + b"\r\nabc\r\n0\r\n\r\n", 400),
+    ("endless_extension", b"3;x=" + b"e" * (4 * HEAD_LIMIT), 400),
+    ("trailers_at_limit", b"3\r\nabc\r\n0\r\nX-T: " + b"t" * (HEAD_LIMIT - 9) + b"\r\n\r\n", 200),
+    ("trailers_one_over", b"3\r\nabc\r\n0\r\nX-T: " + b"t" * (HEAD_LIMIT - 8) + b"\r\n\r\n", 400),
+    ("endless_trailer_line", b"3\r\nabc\r\n0\r\nX-T: " + b"t" * (4 * HEAD_LIMIT), 400),
+])
+async def test_chunk_lines_and_trailers_are_bounded(tmp_path, name, body, status):
+    async with running_gateway(tmp_path, BASIC) as gw:
+        code, _, _ = parse_response(await exchange(gw.bound[0][1], CHUNKED + body, timeout=3))
+        assert code == status
+
+
+async def test_large_chunked_and_pipelined_bodies_pass_the_budget(tmp_path):
+    async with running_gateway(tmp_path, BASIC) as gw:
+        data = b"x" * (200 * 1024)
+        body = b"%x\r\n" % len(data) + data + b"\r\n0\r\n\r\n"
+        second = b"POST /shop/items HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
+        reply = await exchange(gw.bound[0][1], CHUNKED.replace(b"Connection: close\r\n", b"") + body + second
+                               + _head_of(HEAD_LIMIT), timeout=3)
+        assert reply.count(b"HTTP/1.1 200 OK") == 3, reply[:300]

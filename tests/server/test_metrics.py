@@ -101,3 +101,26 @@ async def test_every_documented_series_is_on_metrics_after_real_traffic(tmp_path
     assert _value(text, "bastion_jwks_fetch_total") >= 1
     assert _value(text, "bastion_ssf_sets_total") == 1
     assert _value(text, "http_server_request_duration_seconds_count") >= 3
+
+def test_label_sets_are_bounded_whatever_clients_send(monkeypatch):
+    from bastion.server import metrics as module
+
+    monkeypatch.setattr(module, "MAX_LABEL_SETS", 100)  # the bound's logic, without 10,000 histograms to build
+    limit = module.MAX_LABEL_SETS
+    metrics = Metrics()
+    for i in range(3):
+        metrics.observe(f"X-METHOD-{i}", "/items", 405, "shop", "open", 0.001)  # arbitrary method tokens
+    for i in range(limit + 500):
+        metrics.decision("http", "deny", f"reason-{i}")
+        metrics.observe("GET", f"/route-{i}", 200, "shop", "open", 0.001)
+    metrics.flush()
+    decisions = {labels: value for (name, labels), value in samples(metrics.registry, "bastion_decisions").items()
+                 if name == "bastion_decisions_total"}
+    assert len(decisions) == limit + 1  # the first ones, then one overflow set
+    assert sum(decisions.values()) == limit + 500  # every decision still counted
+    counts = {labels: value for (name, labels), value in samples(
+        metrics.registry, "http_server_request_duration_seconds").items() if name.endswith("_count")}
+    assert len(counts) == limit + 1
+    assert sum(counts.values()) == limit + 503
+    methods = {dict(labels)["http_request_method"] for labels in counts}
+    assert methods == {"GET", "_OTHER"}

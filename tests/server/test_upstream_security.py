@@ -132,3 +132,43 @@ def test_missing_tls_files_are_config_errors(tmp_path):
     with pytest.raises(ConfigError) as info:
         compile_config(load_config(path))
     assert "apis[0].upstream_tls.ca: no such file" in str(info.value)
+
+
+async def _hostile_upstream(head: bytes, endless: bool) -> asyncio.base_events.Server:
+    """Answers every request with `head`, then (if `endless`) a header line that never ends."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(head)
+        try:
+            while endless:
+                writer.write(b"a" * 65536)
+                await writer.drain()
+            await writer.drain()
+            await reader.read()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize(("name", "head", "endless", "status"), [
+    ("endless_line", b"HTTP/1.1 200 OK\r\nX-Endless: ", True, 502),
+    ("head_one_over", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Pad: " + b"a" * (64 * 1024 - 46) + b"\r\n\r\n{}",
+     False, 502),
+    ("head_at_limit", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Pad: " + b"a" * (64 * 1024 - 47) + b"\r\n\r\n{}",
+     False, 200),
+])
+async def test_upstream_response_heads_are_bounded_where_they_arrive(tmp_path, name, head, endless, status):
+    upstream = await _hostile_upstream(head, endless)
+    try:
+        port = upstream.sockets[0].getsockname()[1]
+        code, _ = await _gateway_status(tmp_path, f"http://127.0.0.1:{port}", "    allow_private_upstream: true")
+    finally:
+        upstream.close()
+    assert code == status
+    if status == 502:
+        events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+        assert any("upstream_head_too_large" in json.dumps(event) for event in events)

@@ -7,9 +7,10 @@ same key share one call, so a burst of identical requests costs the peer one que
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
+
+from bastion.cache import BoundedCache
 
 V = TypeVar("V")
 
@@ -21,7 +22,7 @@ class DecisionCache(Generic[V]):
         self._ttl = ttl
         self._size = size
         self._clock = clock
-        self._items: OrderedDict[Hashable, tuple[float, V]] = OrderedDict()
+        self._items: BoundedCache[Hashable, V] = BoundedCache(size if ttl > 0 else 0, ttl)
         self._flights: dict[Hashable, asyncio.Future[V]] = {}
         self.calls = 0  # how many times the peer was asked (tests and metrics)
 
@@ -30,11 +31,9 @@ class DecisionCache(Generic[V]):
 
     async def get(self, key: Hashable, fetch: Callable[[], Awaitable[V]]) -> tuple[V, bool]:
         """(answer, whether it came from the cache). Exceptions of `fetch` propagate to every waiter."""
-        hit = self._items.get(key)
+        hit = self._items.get(key, self._clock())
         if hit is not None:
-            if hit[0] > self._clock():
-                return hit[1], True
-            del self._items[key]
+            return hit, True
         flight = self._flights.get(key)
         if flight is not None:
             return await asyncio.shield(flight), True
@@ -53,8 +52,5 @@ class DecisionCache(Generic[V]):
         finally:
             self._flights.pop(key, None)
         future.set_result(value)
-        if self._ttl > 0 and self._size > 0:
-            self._items[key] = (self._clock() + self._ttl, value)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+        self._items.put(key, value, self._clock())
         return value, False

@@ -12,6 +12,7 @@ import re
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
+from bastion.cache import BoundedCache
 from bastion.context import Continue, Decision, Deny, Identity, RequestContext
 from bastion.stages.base import RouteInfo
 from bastion.stages.identity.challenge import StepUp
@@ -60,7 +61,10 @@ class IdentityStage:
         self._revocation_open = policy.on_revocation_unavailable == "open"
         self._policy = route.policy_id("identity")
         # the Identity made for a verified token (cached) and its consumer: immutable, so made once per pair
-        self._identities: dict[int, tuple[VerifiedToken, Consumer | None, Identity]] = {}
+        # keyed by the verified token's id (checked by identity): as big and as long-lived as the token cache
+        cache = shared.token_cache
+        self._identities: BoundedCache[int, tuple[VerifiedToken, Consumer | None, Identity]] = BoundedCache(
+            cache.max_entries, cache.max_ttl)
         self._pid = {name: route.policy_id(f"identity.{name}") for name in IdentityPolicy.model_fields}
         self._scheme = "ApiKey" if self._api_key and not self._bearer else "Bearer"
 
@@ -163,7 +167,7 @@ class IdentityStage:
         if revoked:
             return self._deny(401, "credential_revoked", "methods", f"consumer {consumer and consumer.name} "
                               "credential mapping is revoked")
-        made = self._identities.get(id(verified))
+        made = self._identities.get(id(verified), now)
         if made is not None and made[0] is verified and made[1] is consumer:
             identity = made[2]
         else:
@@ -172,9 +176,7 @@ class IdentityStage:
                 issuer=verified.issuer, claims=verified.claims, scopes=verified.scopes,
                 roles=verified.roles | consumer.roles if consumer else verified.roles, credential_id=verified.jti,
             )
-            if len(self._identities) >= 10_000:  # bounded like the token cache it follows
-                self._identities.clear()
-            self._identities[id(verified)] = (verified, consumer, identity)
+            self._identities.put(id(verified), (verified, consumer, identity), now, verified.expires)
         return await self._finish(ctx, identity, consumer, verified.issued_at, "authorization" if
                                   source == "header" else None, verified.headers)
 

@@ -74,6 +74,10 @@ class Part:
     data: bytes
 
 
+# A part's own header section (Content-Disposition, Content-Type): a few hundred bytes in practice
+MAX_PART_HEAD_BYTES = 8 * 1024
+
+
 def parse_multipart(body: bytes, boundary: str, max_parts: int, max_part_bytes: int) -> list[Part]:
     """RFC 7578 multipart/form-data, strictly: a part without a name, a missing closing delimiter or a
     part over the limits is an error."""
@@ -94,6 +98,9 @@ def parse_multipart(body: bytes, boundary: str, max_parts: int, max_part_bytes: 
             raise FormError("input_invalid_body", "The multipart body is malformed.")
         if len(data) > max_part_bytes:
             raise FormError("input_json_limits", f"A multipart part is larger than {max_part_bytes} bytes.")
+        if len(head) > MAX_PART_HEAD_BYTES:
+            raise FormError("input_json_limits", f"A multipart part header is larger than {MAX_PART_HEAD_BYTES} "
+                            "bytes.")
         headers: dict[str, str] = {}
         try:
             lines = head.decode("utf-8").split("\r\n")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from bastion.cache import BoundedCache
 from bastion.state import Hit, Outcome, StateBackend, StateUnavailable
 from bastion.state.memory import MemoryState
 
@@ -25,14 +26,15 @@ class Limiter:
     """Charges a request's hits against the shared state, with leases and an optional local fallback."""
 
     def __init__(self, state: StateBackend, *, alert: Alert | None = None, lease_ttl: float = 1.0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, max_leases: int = 65_536) -> None:
         self.state = state
         self.local = MemoryState()  # counts in this process only: the `open_local` fallback
         self.alert = alert
         self.lease_ttl = lease_ttl
         self.monotonic = monotonic
         self.degraded = False  # True while running on the local fallback
-        self._leases: dict[str, list[float]] = {}  # key -> [units left, expires (monotonic), last reset]
+        # key -> [units left, expires (monotonic), last reset]; a lease evicted early is units lost (safe side)
+        self._leases: BoundedCache[str, list[float]] = BoundedCache(max_leases)
         self._shared = getattr(state, "name", "") != "memory"
 
     async def hit(self, hits: Sequence[Hit], now: float, *, leases: Sequence[int] = (),
@@ -65,16 +67,16 @@ class Limiter:
         mono = self.monotonic()
         table = self._leases
         outcomes: list[Outcome | None] = [None] * len(hits)
-        local: list[int] = []
+        local: list[tuple[int, list[float]]] = []
         remote_at: list[int] = []
         remote: list[Hit] = []
         for i, hit in enumerate(hits):
             lease = leases[i] if i < len(leases) else 0
             if lease:
-                entry = table.get(hit.key)
-                if entry is not None and entry[1] > mono and entry[0] >= hit.cost:
+                entry = table.get(hit.key, mono)
+                if entry is not None and entry[0] >= hit.cost:
                     outcomes[i] = Outcome(True, int(entry[0] - hit.cost), entry[2], 0.0, hit.cost)
-                    local.append(i)
+                    local.append((i, entry))
                     continue
                 if lease > hit.cost:
                     hit = replace(hit, take=lease)
@@ -86,19 +88,17 @@ class Limiter:
                 outcomes[i] = outcome
             if not all(o.allowed for o in got):
                 return outcomes  # type: ignore[return-value]  # nothing charged, leases untouched
-            if len(table) > 4096:
-                for key in [k for k, e in table.items() if e[1] <= mono]:
-                    del table[key]
             for i, outcome in zip(remote_at, got, strict=True):
                 extra = outcome.granted - hits[i].cost
                 if extra > 0:
-                    entry = table.get(hits[i].key)
-                    if entry is not None and entry[1] > mono:
+                    entry = table.get(hits[i].key, mono)
+                    if entry is not None:
                         entry[0] += extra
                         entry[1], entry[2] = mono + self.lease_ttl, outcome.reset
                     else:
-                        table[hits[i].key] = [float(extra), mono + self.lease_ttl, outcome.reset]
+                        entry = [float(extra), mono + self.lease_ttl, outcome.reset]
+                    table.put(hits[i].key, entry, mono, entry[1])
                     outcomes[i] = replace(outcome, remaining=outcome.remaining + extra)
-        for i in local:
-            table[hits[i].key][0] -= hits[i].cost
+        for i, entry in local:
+            entry[0] -= hits[i].cost
         return outcomes  # type: ignore[return-value]

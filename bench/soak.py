@@ -1,0 +1,324 @@
+"""Soak: a gateway under a moderate, realistic load for minutes, its memory, descriptors and latency sampled.
+
+    python bench/soak.py                            # 30 minutes at 200 req/s, a sample every 30 s
+    python bench/soak.py --minutes 5 --rate 150     # a short run; writes the `soak` section of RESULTS.md
+
+One Bastion process (`bastion serve`) in front of the demo echo upstream, both on 127.0.0.1. The mix, sent by
+an asyncio client over keep-alive connections at a fixed rate (open loop: latency counts from the moment a
+request was due, so a stalled gateway shows as latency, not as a lower rate):
+- 55% GET with a JWT from a pool of 50 (the verified-token cache), 5% GET with a never-seen JWT (fresh `sub`,
+  `jti`: the cache and every per-subject table churn), each from its own X-Forwarded-For address;
+- 20% POST of the 1 KB order validated against its OpenAPI operation, with injection inspection;
+- 5% POST with an injection payload (400 from inspection), 15% from one noisy client over its rate limit (429);
+- every request audited to a file sink that rotates every MiB.
+Every table reaches its steady state within the default 5-minute warm-up: verified tokens live 5 minutes in the
+cache, rate-limit windows a minute, and the usage-anomaly warm-up is shortened to 2 minutes (it sets how long a
+one-time subject's baseline is kept; with the default 10 minutes, use `--warmup 900`).
+Every `--interval` seconds: the gateway's RSS and open descriptors (/proc), the latency percentiles and the
+answers of the requests finished in the interval. The verdict is PASS when, after `--warmup`, the least-squares
+slope of RSS projected over the rest of the run stays within noise (3 residual standard deviations, at least
+1 MiB) and the descriptors do not grow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python bench/soak.py`: make `bench` importable from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import procs, report
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "RESULTS.md"
+ISSUER = "https://idp.soak.invalid"
+SECRET = b"soak-secret-soak-secret-32-bytes"
+PAYLOAD = (REPO / "bench" / "payload_1k.json").read_bytes()
+# the same valid order with a SQL injection in a string the schema allows: refused by inspection (400)
+_ORDER = json.loads(PAYLOAD)
+_ORDER["customer"]["id"] = "1' UNION SELECT password FROM users--"
+INJECTION = json.dumps(_ORDER).encode()
+NOISY = "203.0.113.7"
+
+CONFIG = """\
+version: 1
+gateway:
+  listeners: [{{address: 127.0.0.1, port: {port}}}]
+  admin: {{enabled: false}}
+  trusted_proxies: [127.0.0.1/32]
+  audit:
+    sinks: [{{type: file, path: "{tmp}/audit.jsonl", max_bytes: 1MiB, backups: 2}}]
+    detections: {{usage_anomaly: {{warmup: 2m}}}}
+classes:
+  partner:
+    identity: {{required: true, methods: [jwt]}}
+    input: {{contract: "off", inspection: "off"}}
+    traffic: {{rate_limits: [{{name: per-client, algorithm: sliding_window, limit: 10, window: 1s, key: client_ip}}]}}
+apis:
+  - name: soak
+    owner: perf@example.com
+    class: partner
+    upstream: http://127.0.0.1:{upstream}
+    routes:
+      - {{name: items, path: /items, methods: [GET]}}
+  - name: orders
+    owner: perf@example.com
+    class: partner
+    upstream: http://127.0.0.1:{upstream}
+    openapi: {openapi}
+    routes:
+      - {{operation: postOrderInspected, policy: {{input: {{contract: enforce, inspection: block}}}}}}
+providers:
+  jwt:
+    - {{name: soak, issuer: "{issuer}", audiences: ["api://soak"], algorithms: [HS256], jwks_file: "{tmp}/jwks.json"}}
+"""
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+_HEADER = _b64(json.dumps({"alg": "HS256", "typ": "at+jwt", "kid": "soak"}).encode())
+
+
+def token(subject: str, now: int) -> bytes:
+    claims = {"iss": ISSUER, "aud": "api://soak", "sub": subject, "jti": subject, "iat": now, "exp": now + 7200,
+              "client_id": "soak"}
+    signing = _HEADER + b"." + _b64(json.dumps(claims, separators=(",", ":")).encode())
+    return signing + b"." + _b64(hmac.new(SECRET, signing, hashlib.sha256).digest())
+
+
+@dataclass
+class Mix:
+    """Builds the next request of the realistic mix."""
+
+    now: int = field(default_factory=lambda: int(time.time()))
+    pool: list[bytes] = field(default_factory=list)
+    fresh: int = 0
+
+    def __post_init__(self) -> None:
+        self.pool = [token(f"regular-{i}", self.now) for i in range(50)]
+
+    def next(self, rng: random.Random) -> bytes:
+        roll = rng.random()
+        address = f"10.0.{rng.randrange(8)}.{rng.randrange(1, 251)}"  # 2,000 regular client addresses
+        if roll < 0.15:
+            return self._get(self.pool[0], NOISY)
+        if roll < 0.20:  # a never-seen token from a never-seen address
+            self.fresh += 1
+            return self._get(token(f"fresh-{self.fresh}", self.now),
+                             f"10.{1 + self.fresh // 65536 % 250}.{self.fresh // 256 % 256}.{self.fresh % 256}")
+        if roll < 0.40:
+            return self._post(rng.choice(self.pool), address, PAYLOAD)
+        if roll < 0.45:
+            return self._post(rng.choice(self.pool), address, INJECTION)
+        return self._get(rng.choice(self.pool), address)
+
+    @staticmethod
+    def _get(bearer: bytes, address: str) -> bytes:
+        return (b"GET /items HTTP/1.1\r\nHost: soak\r\nX-Forwarded-For: %b\r\nAuthorization: Bearer %b\r\n\r\n"
+                % (address.encode(), bearer))
+
+    @staticmethod
+    def _post(bearer: bytes, address: str, body: bytes) -> bytes:
+        return (b"POST /contract/post-inspected HTTP/1.1\r\nHost: soak\r\nX-Forwarded-For: %b\r\n"
+                b"Authorization: Bearer %b\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                % (address.encode(), bearer, len(body), body))
+
+
+@dataclass
+class Interval:
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if length:
+        await reader.readexactly(length)
+    return status
+
+
+async def connection(port: int, queue: asyncio.Queue[tuple[float, bytes]], interval: list[Interval]) -> None:
+    loop = asyncio.get_running_loop()
+    reader = writer = None
+    while True:
+        due, raw = await queue.get()
+        try:
+            if writer is None or writer.is_closing():
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(raw)
+            assert reader is not None
+            status = await asyncio.wait_for(_read_response(reader), 30)
+            current = interval[0]
+            current.latencies.append(loop.time() - due)
+            key = str(status) if 400 <= status < 500 else f"{status // 100}xx"
+            current.statuses[key] = current.statuses.get(key, 0) + 1
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+            interval[0].errors += 1
+            if writer is not None:
+                writer.close()
+            writer = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _proc_sample(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/status") as f:
+        rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class Sample:
+    at: float  # seconds since the start
+    rss: int
+    fds: int
+    requests: int
+    p50_ms: float
+    p99_ms: float
+    statuses: dict[str, int]
+    errors: int
+
+
+async def drive(port: int, pid: int, seconds: float, rate: float, every: float, connections: int) -> list[Sample]:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+    interval = [Interval()]
+    workers = [asyncio.create_task(connection(port, queue, interval)) for _ in range(connections)]
+    mix, rng = Mix(), random.Random(18)
+    samples: list[Sample] = []
+    start = loop.time()
+    next_sample = start + every
+    sent = 0
+    try:
+        while (now := loop.time()) < start + seconds:
+            due = start + sent / rate
+            if due > now:
+                await asyncio.sleep(min(due - now, max(0.0, next_sample - now)))
+            if loop.time() >= next_sample:
+                done, interval[0] = interval[0], Interval()
+                rss, fds = _proc_sample(pid)
+                samples.append(Sample(round(loop.time() - start), rss, fds, len(done.latencies),
+                                      _pct(done.latencies, 0.5) * 1000, _pct(done.latencies, 0.99) * 1000,
+                                      done.statuses, done.errors))
+                s = samples[-1]
+                print(f"{s.at:6.0f} s  RSS {s.rss / 2**20:6.1f} MiB  fds {s.fds:3d}  {s.requests / every:6.0f} req/s  "
+                      f"p50 {s.p50_ms:6.2f} ms  p99 {s.p99_ms:7.2f} ms  {s.statuses} errors {s.errors}", flush=True)
+                next_sample += every
+                continue
+            while sent < (loop.time() - start) * rate:
+                queue.put_nowait((start + sent / rate, mix.next(rng)))
+                sent += 1
+    finally:
+        for worker in workers:
+            worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*workers, return_exceptions=True)
+    return samples
+
+
+def verdict(samples: list[Sample], warmup: float) -> tuple[bool, str]:
+    """PASS when RSS after warm-up has no slope beyond noise and descriptors do not grow."""
+    kept = [s for s in samples if s.at > warmup]
+    if len(kept) < 3:
+        return False, f"too few samples after the {warmup:.0f} s warm-up ({len(kept)}): run longer"
+    xs = [s.at for s in kept]
+    ys = [s.rss / 2**20 for s in kept]
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum((x - mean_x) ** 2 for x in xs)
+    residuals = [y - (mean_y + slope * (x - mean_x)) for x, y in zip(xs, ys, strict=True)]
+    noise = max(1.0, 3 * statistics.pstdev(residuals))
+    growth = slope * (xs[-1] - xs[0])
+    fds_grew = kept[-1].fds > kept[0].fds + 2
+    ok = abs(growth) <= noise and not fds_grew
+    why = (f"RSS slope after warm-up {slope * 60:+.3f} MiB/min, {growth:+.2f} MiB over {xs[-1] - xs[0]:.0f} s "
+           f"(noise band ±{noise:.2f} MiB); descriptors {kept[0].fds} -> {kept[-1].fds}")
+    return ok, why
+
+
+def markdown(samples: list[Sample], ok: bool, why: str, args: argparse.Namespace) -> str:
+    lines = [
+        f"## Soak: {args.minutes:g} minutes at {args.rate:g} req/s — **{'PASS' if ok else 'FAIL'}**",
+        "",
+        f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by `python bench/soak.py --minutes {args.minutes:g} "
+        f"--rate {args.rate:g}` (one gateway process, the demo upstream, {args.connections} keep-alive client "
+        f"connections; the mix is described in bench/soak.py). Warm-up {args.warmup:g} s. {why}. "
+        "Latency is measured from the moment each request was due, on whatever else the machine runs: its "
+        "percentiles are noisy when the machine is shared, RSS and descriptors are not.",
+        "",
+        "| t (s) | RSS (MiB) | fds | req/s | p50 (ms) | p99 (ms) | answers | errors |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for s in samples:
+        answers = ", ".join(f"{k} {v}" for k, v in sorted(s.statuses.items()))
+        lines.append(f"| {s.at:.0f} | {s.rss / 2**20:.1f} | {s.fds} | {s.requests / args.interval:.0f} | "
+                     f"{s.p50_ms:.2f} | {s.p99_ms:.2f} | {answers} | {s.errors} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python bench/soak.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    parser.add_argument("--interval", type=float, default=30.0, help="seconds between samples")
+    parser.add_argument("--warmup", type=float, default=300.0, help="seconds left out of the verdict")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bastion-soak-") as folder, procs.Processes(Path(folder)) as children:
+        tmp = Path(folder)
+        key = {"kty": "oct", "kid": "soak", "alg": "HS256", "k": _b64(SECRET).decode()}
+        (tmp / "jwks.json").write_text(json.dumps({"keys": [key]}))
+        upstream_port, port = free_port(), free_port()
+        (tmp / "bastion.yaml").write_text(CONFIG.format(port=port, upstream=upstream_port, tmp=tmp, issuer=ISSUER,
+                                                        openapi=REPO / "bench" / "bench-openapi.yaml"))
+        upstream = children.start("upstream", [sys.executable, "-m", "bastion.demo.upstream", str(upstream_port)])
+        procs.wait_port(upstream, upstream_port)
+        gateway = children.start("bastion", [sys.executable, "-m", "bastion", "serve", "-c", str(tmp / "bastion.yaml")])
+        procs.wait_port(gateway, port)
+        samples = asyncio.run(drive(port, gateway.pid, args.minutes * 60, args.rate, args.interval,
+                                    args.connections))
+    ok, why = verdict(samples, args.warmup)
+    print(("PASS: " if ok else "FAIL: ") + why)
+    if not args.no_write:
+        report.write_section(RESULTS, "soak", markdown(samples, ok, why, args), RESULTS.read_text().split("\n")[0])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
