@@ -44,6 +44,9 @@ _INERT_CTL = frozenset({"auditEngine", "auditLogParts", "requestBodyAccess", "re
                         "requestBodyProcessor", "ruleEngine"})
 _SEVERITIES = {"EMERGENCY": 0, "ALERT": 1, "CRITICAL": 2, "ERROR": 3, "WARNING": 4, "NOTICE": 5, "INFO": 6,
                "DEBUG": 7}
+# Variables that change during a transaction: rules reading them are never prefiltered.
+_STATEFUL = frozenset({"TX", "MATCHED_VAR", "MATCHED_VARS", "MATCHED_VAR_NAME", "MATCHED_VARS_NAMES",
+                       "REQUEST_BODY"})
 _MACRO = re.compile(r"%\{([A-Za-z_]+)(?:[.:]([^}]+))?\}")
 MAX_MATCHES = 256
 """Most match records kept per request (the audit needs the first ones; a flood must not grow memory)."""
@@ -87,6 +90,7 @@ class Rule:
     paranoia: int
     chained: tuple[Rule, ...] = ()
     set_index: int = -1          # its pattern's index in the chain's RE2 Set, or -1
+    gate: int | None = None      # N when the operator is `@lt N` (a paranoia gate candidate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +164,8 @@ def compile_rule(spec: RuleSpec, operators: Operators, parent: Rule | None = Non
     if spec.operator.name == "rx" and not spec.operator.negated and "%{" not in spec.operator.argument \
             and rule_id not in FALLBACKS and not rule.multi_match and parent is None:
         rule.set_index = -2  # a Set candidate; the compiler assigns the index
+    if spec.operator.name == "lt" and not spec.operator.negated and spec.operator.argument.strip().isdigit():
+        rule.gate = int(spec.operator.argument)
     rule.chained = tuple(compile_rule(c, operators, rule) for c in spec.chained)
     return rule
 
@@ -205,6 +211,9 @@ class Program:
     phases: dict[int, list[Rule | Marker]]
     sets: dict[tuple[str, ...], Callable[[str], list[int]]]
     rules: dict[str, Rule] = field(default_factory=dict)
+    group_targets: dict[tuple[str, ...], frozenset[str]] = field(default_factory=dict)
+    group_transforms: dict[tuple[str, ...], tuple[Transform, ...]] = field(default_factory=dict)
+    """Per chain: every request variable its Set rules read (the prefilter transforms each value once)."""
 
 
 def build_program(items: list[RuleSpec | Marker], operators: Operators, active_paranoia: int = 4) -> Program:
@@ -213,6 +222,7 @@ def build_program(items: list[RuleSpec | Marker], operators: Operators, active_p
     phases: dict[int, list[Rule | Marker]] = {1: [], 2: []}
     rules: dict[str, Rule] = {}
     patterns: dict[tuple[str, ...], list[str]] = {}
+    targets: dict[tuple[str, ...], set[str]] = {}
     for item in items:
         if isinstance(item, Marker):
             for lst in phases.values():
@@ -224,14 +234,51 @@ def build_program(items: list[RuleSpec | Marker], operators: Operators, active_p
         phases[rule.phase].append(rule)
         rules[rule.id] = rule
         if rule.set_index == -2:
-            if rule.paranoia <= active_paranoia:
+            if rule.paranoia <= active_paranoia and all(v.collection not in _STATEFUL for v in rule.targets):
                 group = patterns.setdefault(rule.chain_key, [])
                 rule.set_index = len(group)
                 group.append(_set_source(item.operator.argument))
+                targets.setdefault(rule.chain_key, set()).update(v.collection for v in rule.targets)
             else:
                 rule.set_index = -1
     sets = {key: _compile_set(srcs) for key, srcs in patterns.items()}
-    return Program(phases, sets, rules)
+    for number, lst in phases.items():
+        phases[number] = _fold_paranoia(lst, active_paranoia)
+    transforms = {k: tuple(TRANSFORMS[n] for n in k) for k in patterns}
+    return Program(phases, sets, rules, {k: frozenset(v) for k, v in targets.items()}, transforms)
+
+
+_PL_VARS = frozenset({"executing_paranoia_level", "paranoia_level", "detection_paranoia_level"})
+
+
+def _fold_paranoia(items: list[Rule | Marker], paranoia: int) -> list[Rule | Marker]:
+    """Constant-fold CRS's `SecRule TX:EXECUTING_PARANOIA_LEVEL "@lt N" "skipAfter:..."` gates: the level is
+    fixed by the config, so a gate either always skips (its rules are dropped) or never (it is dropped)."""
+    out: list[Rule | Marker] = []
+    skip_to: str | None = None
+    for item in items:
+        if isinstance(item, Marker):
+            if skip_to == item.name:
+                skip_to = None
+            out.append(item)
+            continue
+        if skip_to is not None:
+            continue
+        gate = _gate_level(item)
+        if gate is None:
+            out.append(item)
+        elif paranoia < gate:
+            skip_to = item.skip_after
+    return out
+
+
+def _gate_level(rule: Rule) -> int | None:
+    """N for a paranoia gate `TX:EXECUTING_PARANOIA_LEVEL "@lt N"` with skipAfter and nothing else."""
+    if (len(rule.targets) == 1 and rule.targets[0].collection == "TX" and not rule.targets[0].count
+            and (rule.targets[0].selector or "").lower() in _PL_VARS and rule.skip_after and not rule.chained
+            and not rule.setvars and not rule.ctls and rule.gate is not None):
+        return rule.gate
+    return None
 
 
 def _set_source(pattern: str) -> str:
@@ -265,6 +312,8 @@ class Transaction:
         self.matched_vars: list[tuple[str, str]] = []
         self._transformed: dict[tuple[tuple[str, ...], str], str] = {}
         self._set_hits: dict[tuple[tuple[str, ...], str], frozenset[int]] = {}
+        self._selected: dict[VarSpec, list[tuple[str, str]]] = {}
+        self._prefilter: dict[tuple[str, ...], frozenset[int]] = {}
 
     # ------------------------------------------------------------------ run
     def run(self) -> Outcome:
@@ -295,6 +344,8 @@ class Transaction:
 
     # ------------------------------------------------------------ one rule
     def _evaluate(self, rule: Rule) -> bool:
+        if rule.set_index >= 0 and rule.set_index not in self._group_hits(rule.chain_key):
+            return False  # no value this rule could read matches its pattern: skip without looking at targets
         matches = self._match_rule(rule)
         if not matches:
             return False
@@ -315,6 +366,34 @@ class Transaction:
             if len(self.hits) < MAX_MATCHES:
                 self.hits.append(Hit(rule.id, name, value, rule.tags, rule.severity, rule.paranoia))
         return True
+
+    def _group_hits(self, chain: tuple[str, ...]) -> frozenset[int]:
+        """Every Set index that matches at least one value of the chain's variables (computed once)."""
+        hits = self._prefilter.get(chain)
+        if hits is None:
+            found: set[int] = set()
+            match = self.program.sets[chain]
+            transforms = self.program.group_transforms[chain]
+            for collection in self.program.group_targets[chain]:
+                if collection in SCALARS:
+                    value = self.request.scalars.get(collection)
+                    values = [] if value is None else [value]
+                else:
+                    values = [v for _, v in self.request.pairs(collection)]
+                for value in values:
+                    key = (chain, value)
+                    got = self._set_hits.get(key)
+                    if got is None:
+                        text = self._transformed.get(key)
+                        if text is None:
+                            text = value
+                            for transform in transforms:
+                                text = transform(text)
+                            self._transformed[key] = text
+                        got = self._set_hits[key] = frozenset(match(text))
+                    found |= got
+            hits = self._prefilter[chain] = frozenset(found)
+        return hits
 
     def _match_rule(self, rule: Rule) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = []
@@ -396,13 +475,21 @@ class Transaction:
     def _select(self, var: VarSpec) -> list[tuple[str, str]]:
         collection = var.collection
         if collection == "TX":
+            if var.selector is not None and not var.is_regex:
+                value = self.tx.get(var.selector.lower())
+                return [] if value is None else [(var.selector.lower(), value)]
             pairs = list(self.tx.items())
         elif collection == "MATCHED_VARS":
             pairs = list(self.matched_vars)
         elif collection == "MATCHED_VARS_NAMES":
             pairs = [(n, n) for n, _ in self.matched_vars]
         else:
-            pairs = self.request.pairs(collection)
+            cached = self._selected.get(var)
+            if cached is None:  # request collections do not change during the transaction
+                pairs = self.request.pairs(collection)
+                cached = self._selected[var] = pairs if var.selector is None else \
+                    [(k, v) for k, v in pairs if _key_selected(var, k)]
+            return cached
         if var.selector is None:
             return pairs
         return [(k, v) for k, v in pairs if _key_selected(var, k)]
@@ -468,11 +555,12 @@ class Transaction:
 
 
 def _key_selected(var: VarSpec, key: str) -> bool:
-    if var.selector is None:
+    selector = var.selector
+    if selector is None:
         return True
-    if var.is_regex:
-        return _selector_regex(var.selector).search(key) is not None
-    return key.lower() == var.selector.lower()
+    if selector[0] == "/" and selector[-1] == "/" and len(selector) >= 2:
+        return _selector_regex(selector).search(key) is not None
+    return key.lower() == selector.lower()
 
 
 _SELECTORS: dict[str, re.Pattern[str]] = {}
@@ -496,5 +584,7 @@ def _excluded(collection: str, key: str, removed: list[VarSpec] | tuple[VarSpec,
 
 
 def _atoi(text: str) -> int:
+    if text.isdigit():
+        return int(text)
     m = re.match(r"\s*([+-]?\d+)", text)
     return int(m.group(1)) if m else 0

@@ -253,5 +253,7 @@ def _groups(match: re2._Match | re.Match[str] | None) -> Groups | None:
 
 def _atoi(text: str) -> int:
     """C atoi as ModSecurity uses it: leading spaces and sign, then digits; anything else is 0."""
+    if text.isdigit():
+        return int(text)
     m = re.match(r"\s*([+-]?\d+)", text)
     return int(m.group(1)) if m else 0
