@@ -137,7 +137,7 @@ class ParameterSet:
 
 def parse_query(raw: str) -> list[tuple[str, str]]:
     """`a=1&b=x+y` -> [("a", "1"), ("b", "x y")]; invalid UTF-8 in an escape is an error, not U+FFFD."""
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     if not raw:
         return pairs
     for part in raw.split("&"):

@@ -18,6 +18,8 @@ from bastion.context import Continue, ControlRecord, Decision, Deny, RequestCont
 from bastion.stages.base import RouteInfo, Services
 from bastion.stages.input import jsonbody
 from bastion.stages.input.config import InputPolicy
+from bastion.stages.input.crs import check as crs
+from bastion.stages.input.crs.request import Part as CrsPart
 from bastion.stages.input.inspection import Finding, Inspector, RuleSet, load_rules
 from bastion.stages.input.media import (
     FormError,
@@ -70,6 +72,11 @@ class _Common:
         self.pid_limits = route.policy_id("input.max_json_depth")
         self.pid_inspection = route.policy_id("input.inspection")
         self.allow = Continue(self.pid_contract)  # built once: the audit names the control that let it through
+        self.crs = crs.CrsCheck(policy.crs, self.block, route.policy_id("input.crs")) \
+            if policy.crs is not None and policy.inspection != "off" else None
+        op = route.operation or {}
+        # the CRS sees the whole request once: in the body stage when one runs and a body comes, else here
+        self.body_stage = not (route.methods <= _NO_BODY_METHODS and not op.get("requestBody"))
 
     def is_excluded(self, where: str) -> bool:
         return any(where == ex or where.startswith(ex + "/") for ex in self.excluded)
@@ -136,6 +143,10 @@ class HeadStage(_Common):
             deny = self.inspect(ctx, self._values(ctx, query))
             if deny is not None:
                 return deny
+        if self.crs is not None and not (self.body_stage and _has_body(ctx)):
+            deny = self.crs.run(ctx, crs.head_request(ctx))
+            if deny is not None:
+                return deny
         return self.allow
 
     def _contract(self, ctx: RequestContext, query: list[tuple[str, str]]) -> Deny | None:
@@ -162,9 +173,7 @@ class HeadStage(_Common):
         return self._content_type(ctx)
 
     def _content_type(self, ctx: RequestContext) -> Deny | None:
-        length = ctx.header("content-length")
-        has_body = (length is not None and length.strip() != "0") or ctx.header("transfer-encoding") is not None
-        if not has_body:
+        if not _has_body(ctx):
             if self.body_required:
                 return self.invalid("input_invalid_body", "This operation requires a request body.")
             return None
@@ -194,6 +203,11 @@ class HeadStage(_Common):
                 if p.name in cookies:
                     out.append((f"cookie.{p.name}", f"cookie '{p.name}'", cookies[p.name]))
         return out
+
+
+def _has_body(ctx: RequestContext) -> bool:
+    length = ctx.header("content-length")
+    return (length is not None and length.strip() != "0") or ctx.header("transfer-encoding") is not None
 
 
 def _param_detail(error: Any) -> str:
@@ -241,6 +255,8 @@ class BodyStage(_Common):
                 return self._form(ctx, body, schema, validator)
             if kind == "multipart/form-data":
                 return self._multipart(ctx, body, params.get("boundary", ""), schema, validator)
+            if self.crs is not None:
+                return self._crs_other(ctx, self.crs, kind, body)
         except jsonbody.JsonError as exc:
             return self.invalid(exc.reason, exc.why, self._pid(exc.reason))
         except FormError as exc:
@@ -262,7 +278,20 @@ class BodyStage(_Common):
             deny = self._inspect_json(ctx, doc)
             if deny is not None:
                 return deny
+        if self.crs is not None:
+            return self.crs.run(ctx, crs.body_request(ctx, "json", body, doc=doc)) or self.allow
         return self.allow
+
+    def _crs_other(self, ctx: RequestContext, check: crs.CrsCheck, kind: str, body: bytes) -> Decision:
+        """XML is inspected as `XML:/*` when the operation declares it, else refused (415): a body the CRS
+        cannot see into must not pass as inspected. Other types get the CRS without a body processor."""
+        if kind.endswith("/xml") or kind.endswith("+xml"):
+            text = crs.xml_text(body) if match_media(kind, self.content) is not None else None
+            if text is None:
+                return Deny(415, "input_unsupported_media_type", self.pid_inspection,
+                            "XML bodies are not accepted here.", log_detail="crs: undeclared or malformed XML")
+            return check.run(ctx, crs.body_request(ctx, kind, body, xml_text=text)) or self.allow
+        return check.run(ctx, crs.body_request(ctx, kind, body)) or self.allow
 
     def _inspect_json(self, ctx: RequestContext, doc: Any) -> Deny | None:
         inspector = self.inspector
@@ -332,7 +361,11 @@ class BodyStage(_Common):
                     pairs = [(k, v) for k, v in pairs if k in doc]
                     ctx.body = encode_form(pairs)
         values = [(f"body./{k}", f"form field '{k}'", v) for k, v in pairs]
+        values += [(f"body./{k}", f"form field name '{k}'", k) for k, _ in pairs]  # names are input too
         deny = self.inspect(ctx, values)
+        if deny is None and self.crs is not None:
+            deny = self.crs.run(ctx, crs.body_request(ctx, "form", body,
+                                                      form=crs.form_pairs(body, self.policy.max_form_fields)))
         return deny or self.allow
 
     def _multipart(self, ctx: RequestContext, body: bytes, boundary: str, schema: Any,
@@ -356,7 +389,15 @@ class BodyStage(_Common):
                 error = next(iter(validator.iter_errors(doc)))
                 return self._deny(error)  # multipart is never rewritten: undeclared parts are rejected
         values = [(f"body./{k}", f"form field '{k}'", v) for k, v in texts]
+        # file names and parts of any declared type are input too (the issue's multipart gap)
+        values += [(f"body./{p.name}", f"file name of '{p.name}'", p.filename) for p in parts if p.filename]
+        values += [(f"body./{p.name}", f"form field '{p.name}'", p.data.decode("utf-8", "replace"))
+                   for p in parts if p.filename is None and not p.content_type.startswith("text/")]
         deny = self.inspect(ctx, values)
+        if deny is None and self.crs is not None:
+            crs_parts = [CrsPart(p.name, p.filename, "" if p.filename else p.data.decode("utf-8", "replace"))
+                         for p in parts]
+            deny = self.crs.run(ctx, crs.body_request(ctx, "multipart", body, parts=crs_parts))
         return deny or self.allow
 
 

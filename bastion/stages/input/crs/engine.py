@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import re2
 
-from bastion.stages.input.crs.operators import RE2_OPTIONS, FALLBACKS, Match, Operators, possessive_to_greedy
+from bastion.stages.input.crs.operators import FALLBACKS, RE2_OPTIONS, Match, Operators, possessive_to_greedy
 from bastion.stages.input.crs.request import CrsRequest
 from bastion.stages.input.crs.seclang import Action, Marker, RuleSpec, SecLangError, VarSpec, parse_variables
 from bastion.stages.input.crs.transforms import TRANSFORMS, Transform
@@ -88,6 +88,7 @@ class Rule:
     tags: tuple[str, ...]
     severity: int | None
     paranoia: int
+    log: bool = True             # False for `nolog` rules: they change TX but are not reported
     chained: tuple[Rule, ...] = ()
     set_index: int = -1          # its pattern's index in the chain's RE2 Set, or -1
     gate: int | None = None      # N when the operator is `@lt N` (a paranoia gate candidate)
@@ -127,7 +128,7 @@ def compile_rule(spec: RuleSpec, operators: Operators, parent: Rule | None = Non
     if not rule_id and parent is None:
         raise SecLangError(file, line, "rule without id")
     phase_text = spec.action("phase") or (str(parent.phase) if parent else "2")
-    phase = {"request": 2, "response": 4, "logging": 5}.get(phase_text, None) or _int(phase_text, file, line)
+    phase = {"request": 2, "response": 4, "logging": 5}.get(phase_text) or _int(phase_text, file, line)
     names: list[str] = []
     for action in spec.actions:
         if action.name not in _INERT_ACTIONS:
@@ -160,6 +161,7 @@ def compile_rule(spec: RuleSpec, operators: Operators, parent: Rule | None = Non
         setvars=setvars, ctls=ctls, skip_after=spec.action("skipAfter"),
         deny=any(a.name in ("deny", "drop") for a in spec.actions),
         msg=spec.action("msg") or "", tags=tags, severity=severity, paranoia=paranoia,
+        log=not any(a.name == "nolog" for a in spec.actions),
     )
     if spec.operator.name == "rx" and not spec.operator.negated and "%{" not in spec.operator.argument \
             and rule_id not in FALLBACKS and not rule.multi_match and parent is None:
@@ -361,7 +363,7 @@ class Transaction:
                     self._setvar(sv)
             for ctl in member.ctls:
                 self._ctl(ctl)
-        if rule.msg or any(member.setvars for member, _ in pending):
+        if rule.log:
             name, value = matches[0]
             if len(self.hits) < MAX_MATCHES:
                 self.hits.append(Hit(rule.id, name, value, rule.tags, rule.severity, rule.paranoia))

@@ -116,7 +116,7 @@ class Operators:
     def _op_pmf(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         return self._op_pmFromFile(argument, rule_id, file, line)
 
-    def _op_pmFromFile(self, argument: str, rule_id: str, file: str, line: int) -> Match:  # noqa: N802
+    def _op_pmFromFile(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         phrases: list[str] = []
         for name in argument.split():
             path = self.data_dir / name
@@ -129,13 +129,13 @@ class Operators:
         return _phrases(phrases, rule_id, file, line)
 
     # ------------------------------------------------------------ libinjection
-    def _op_detectSQLi(self, argument: str, rule_id: str, file: str, line: int) -> Match:  # noqa: N802
+    def _op_detectSQLi(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         def sqli(value: str, expand: Expand) -> Groups | None:
             result = libinjection.is_sql_injection(value)
             return (str(result["fingerprint"]),) if result["is_sqli"] else None
         return sqli
 
-    def _op_detectXSS(self, argument: str, rule_id: str, file: str, line: int) -> Match:  # noqa: N802
+    def _op_detectXSS(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         return lambda value, expand: (value,) if value and libinjection.is_xss(value)["is_xss"] else None
 
     # ----------------------------------------------------------------- strings
@@ -145,10 +145,10 @@ class Operators:
     def _op_contains(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         return lambda value, expand: (expand(argument),) if expand(argument) in value else None
 
-    def _op_beginsWith(self, argument: str, rule_id: str, file: str, line: int) -> Match:  # noqa: N802
+    def _op_beginsWith(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         return lambda value, expand: (value,) if value.startswith(expand(argument)) else None
 
-    def _op_endsWith(self, argument: str, rule_id: str, file: str, line: int) -> Match:  # noqa: N802
+    def _op_endsWith(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         return lambda value, expand: (value,) if value.endswith(expand(argument)) else None
 
     def _op_streq(self, argument: str, rule_id: str, file: str, line: int) -> Match:
@@ -174,15 +174,15 @@ class Operators:
         return self._numeric(argument, lambda a, b: a <= b)
 
     # -------------------------------------------------------------- validators
-    def _op_validateUrlEncoding(self, argument: str, rule_id: str, file: str, line: int) -> Match:  # noqa: N802
+    def _op_validateUrlEncoding(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         bad = re2.compile(r"%(?:[^0-9a-fA-F]|.[^0-9a-fA-F]|.?$)")
         return lambda value, expand: (value,) if "%" in value and bad.search(value) else None
 
-    def _op_validateUtf8Encoding(self, argument: str, rule_id: str, file: str, line: int) -> Match:  # noqa: N802
+    def _op_validateUtf8Encoding(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         # Values are decoded before the rules see them; bytes that were not UTF-8 arrive as U+FFFD.
         return lambda value, expand: (value,) if "\ufffd" in value else None
 
-    def _op_validateByteRange(self, argument: str, rule_id: str, file: str, line: int) -> Match:  # noqa: N802
+    def _op_validateByteRange(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         allowed = bytearray(256)
         for part in argument.replace(" ", "").split(","):
             if not part:
@@ -199,7 +199,7 @@ class Operators:
                               "[^" + "".join(f"\\x{b:02x}" for b in range(128) if allowed[b]) + "]")
         return lambda value, expand: (value,) if outside.search(value) else None
 
-    def _op_ipMatch(self, argument: str, rule_id: str, file: str, line: int) -> Match:  # noqa: N802
+    def _op_ipMatch(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         try:
             networks = tuple(ipaddress.ip_network(n.strip(), strict=False) for n in argument.split(",") if n.strip())
         except ValueError as exc:
@@ -213,7 +213,7 @@ class Operators:
             return (value,) if any(address in n for n in networks if n.version == address.version) else None
         return ip
 
-    def _op_unconditionalMatch(self, argument: str, rule_id: str, file: str, line: int) -> Match:  # noqa: N802
+    def _op_unconditionalMatch(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         return lambda value, expand: (value,)
 
 

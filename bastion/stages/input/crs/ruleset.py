@@ -11,7 +11,7 @@ from pathlib import Path
 from bastion.stages.input.crs.engine import Outcome, Program, Transaction, build_program
 from bastion.stages.input.crs.operators import Operators
 from bastion.stages.input.crs.request import CrsRequest
-from bastion.stages.input.crs.seclang import Marker, RuleSpec, parse_file
+from bastion.stages.input.crs.seclang import Marker, RuleSpec, parse_file, parse_variables
 
 DEFAULT_RULES_DIR = Path("/usr/share/modsecurity-crs/rules")
 """Debian's `modsecurity-crs` package (CRS 3.3.4 on bookworm)."""
@@ -79,10 +79,15 @@ class CrsEngine:
         self.setup = {"crs_setup_version": "334", "paranoia_level": str(paranoia),
                       "executing_paranoia_level": str(paranoia), "inbound_anomaly_score_threshold": str(threshold)}
 
-    def evaluate(self, request: CrsRequest, removed: tuple[str, ...] = ()) -> Outcome:
-        """Run phases 1 and 2; `removed` are rule ids an exception switched off for this route."""
+    def evaluate(self, request: CrsRequest, removed: tuple[str, ...] = (),
+                 removed_targets: tuple[tuple[str, str], ...] = ()) -> Outcome:
+        """Run phases 1 and 2. `removed` are rule ids and `removed_targets` (rule id, target such as
+        `ARGS:comment`) that a governed exception switched off for this route (ctl:ruleRemoveById and
+        ctl:ruleRemoveTargetById applied before the first rule)."""
         tx = Transaction(self.program, request, self.setup)
         tx.removed_ids.update(removed)
+        for rule_id, target in removed_targets:
+            tx.removed_targets.setdefault(rule_id, []).extend(parse_variables(target, "exception", 0))
         return tx.run()
 
 

@@ -108,7 +108,7 @@ _IGNORED_DIRECTIVES = frozenset({
 
 def logical_lines(text: str) -> Iterator[tuple[int, str]]:
     """Lines with `\\` continuations joined, comments and blanks dropped, each with its first line number."""
-    start, parts = 0, []
+    start, parts = 0, list[str]()
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.rstrip()
         if not parts:
@@ -165,7 +165,7 @@ def parse_variables(text: str, file: str, line: int) -> tuple[VarSpec, ...]:
         if ch == "'" and not in_regex:
             in_quote = not in_quote
             continue
-        if ch == "/" and not in_quote and (buf and buf[-1] == ":" or in_regex):
+        if ch == "/" and not in_quote and ((buf and buf[-1] == ":") or in_regex):
             if in_regex and i + 1 < len(text) and text[i + 1] not in "|":
                 buf.append(ch)  # a slash inside the regex (XML:/*, /a/b/)
                 continue

@@ -2,7 +2,7 @@
 
 ModSecurity transforms bytes; Bastion transforms the decoded text of a value. For ASCII the results are the
 same byte for byte. Where ModSecurity keeps only the low byte of a decoded code point (`%u0627` and the
-UTF-8 letter ا both become `'`), Bastion keeps the character: every such deliberate deviation is marked
+UTF-8 letter U+0627 both become `'`), Bastion keeps the character: every such deliberate deviation is marked
 `# deviation:` below and listed in docs/input.md. Each function returns its input object unchanged when it has
 nothing to do, so the engine can tell "no change" by identity and skip matching the same text twice.
 """
@@ -152,9 +152,8 @@ def cmd_line(value: str) -> str:
                 out.append(" ")
                 space = True
             continue
-        if ch in "/(":
-            if space and out:
-                out.pop()
+        if ch in "/(" and space and out:
+            out.pop()
         out.append(ch.lower())
         space = False
     result = "".join(out)
