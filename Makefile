@@ -16,7 +16,8 @@ install: $(VENV)/.installed
 # Tests start a real Redis server and drive the dashboard in headless Chromium (Debian packages);
 # the benchmark needs nginx and wrk.
 # rsyslog receives audit events in the syslog sink tests (a private daemon on a loopback port).
-SYSTEM_PACKAGES := redis-server chromium rsyslog rsyslog-openssl
+# modsecurity-crs: the OWASP CRS that `input.inspection.crs` loads by default (/usr/share/modsecurity-crs/rules).
+SYSTEM_PACKAGES := redis-server chromium rsyslog rsyslog-openssl modsecurity-crs
 system-deps:
 	@missing=""; for pkg in $(SYSTEM_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" || missing="$$missing $$pkg"; done; \
@@ -29,7 +30,7 @@ lint: install
 test: install system-deps lint
 	$(PY) -m pytest
 
-demo: install
+demo: install system-deps
 	$(VENV)/bin/bastion demo
 
 bench: install system-deps

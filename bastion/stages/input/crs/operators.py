@@ -229,7 +229,12 @@ def compile_rx(pattern: str, rule_id: str, file: str, line: int) -> re2._Regexp:
             from None
 
 
+_PERL_ONLY = re.compile(r"\(\?<?[!=]|\\[1-9]")
+
+
 def _re2_ok(pattern: str) -> bool:
+    if _PERL_ONLY.search(pattern):  # look-around or a back-reference: RE2 refuses these (without logging)
+        return False
     try:
         re2.compile("(?sm)" + pattern, RE2_OPTIONS)
     except re2.error:

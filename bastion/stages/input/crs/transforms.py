@@ -244,7 +244,7 @@ def escape_seq_decode(value: str) -> str:
 
 def length(value: str) -> str:
     """`t:length`: the length in bytes of the UTF-8 value, as ModSecurity counts it."""
-    return str(len(_raw(value)))
+    return str(len(value.encode("utf-8", "replace")))
 
 
 def trim(value: str) -> str:
