@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps test lint demo bench clean
+.PHONY: install system-deps crs-rules test lint demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,8 +30,13 @@ lint: install
 test: install system-deps lint
 	$(PY) -m pytest
 
-demo: install system-deps
+demo: install crs-rules
 	$(VENV)/bin/bastion demo
+
+# Only the CRS for the demo (system-deps would also pull Chromium and Redis).
+crs-rules:
+	@dpkg-query -W -f='$${Status}' modsecurity-crs 2>/dev/null | grep -q "ok installed" || { $(SUDO) apt-get \
+		update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq modsecurity-crs; }
 
 bench: install system-deps
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
