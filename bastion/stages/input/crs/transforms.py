@@ -114,9 +114,10 @@ def css_decode(value: str) -> str:
 
 
 def utf8_to_unicode(value: str) -> str:
-    """`t:utf8toUnicode`: identity. deviation: ModSecurity rewrites each non-ASCII character as `%uXXXX` text,
-    which a later urlDecodeUni turns into its low byte; values here are already Unicode text."""
-    return value
+    """`t:utf8toUnicode`: NUL characters dropped (ModSecurity v3 does so), text otherwise unchanged.
+    deviation: ModSecurity rewrites each non-ASCII character as `%uXXXX` text, which a later urlDecodeUni
+    turns into its low byte (Arabic U+0627 becomes `'`); values here are already Unicode text."""
+    return value.replace("\x00", "") if "\x00" in value else value
 
 
 def lowercase(value: str) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bastion.stages.input.crs.engine import Outcome, build_program, Transaction
+from bastion.stages.input.crs.engine import Outcome, Transaction, build_program
 from bastion.stages.input.crs.operators import Operators
 from bastion.stages.input.crs.request import CrsRequest, Part, flatten_json, from_parts
 from bastion.stages.input.crs.seclang import SecLangError, parse_file

@@ -68,7 +68,7 @@ def test_pm_from_file_reads_phrases_beside_the_rules(tmp_path: Path) -> None:
     (tmp_path / "words.data").write_text("# comment\n\n/etc/passwd\n.ssh/id_rsa\n")
     assert run("pmFromFile", "words.data", "cat ~/.SSH/id_rsa", data=tmp_path) is not None
     assert run("pmFromFile", "words.data", "etc", data=tmp_path) is None
-    with pytest.raises(SecLangError, match="missing.data not found"):
+    with pytest.raises(SecLangError, match=r"missing\.data not found"):
         run("pmFromFile", "missing.data", "x", data=tmp_path)
 
 

@@ -24,7 +24,8 @@ from bastion.stages.input.crs.transforms import TRANSFORMS
     ("jsDecode", r"\x3cscript\u003e\101\n\q", "<script>A\nq"),
     ("cssDecode", r"\3c script\000041\\", "<scriptA\\"),
     ("cssDecode", "j\\\navascript", "javascript"),
-    ("utf8toUnicode", "ا", "ا"),                          # deviation: ModSecurity writes %u0627
+    ("utf8toUnicode", "\u0627", "\u0627"),                # deviation: ModSecurity writes %u0627
+    ("utf8toUnicode", "c\x00at", "cat"),                 # ModSecurity v3 drops NUL here (checked with 3.0.15)
     ("lowercase", "SeLeCT", "select"),
     ("removeNulls", "a\x00b", "ab"),
     ("removeWhitespace", " a \t b\xa0c\n", "abc"),
