@@ -30,8 +30,14 @@ DEFAULT_INSPECTED_HEADERS = ("user-agent", "referer", "origin", "x-forwarded-hos
 
 
 class CrsPolicy(Model):
-    """`crs: {rules: /usr/share/modsecurity-crs/rules, paranoia: 1, inbound_threshold: 5}`: the OWASP Core
-    Rule Set run by Bastion's own engine (docs/input.md). A missing or unreadable directory fails validate."""
+    """`crs: {enabled: true, rules: /usr/share/modsecurity-crs/rules, paranoia: 1, inbound_threshold: 5}`: the
+    OWASP Core Rule Set run by Bastion's own engine (docs/input.md). A missing or unreadable directory fails
+    validate. Every field is a control: switching it off or removing rules for a route needs an exception."""
+
+    enabled: bool = control(
+        False, stricter="true",
+        description="Run the CRS on every part of the request, besides Bastion's own rules (`enabled: true`).",
+    )
 
     rules: str = Field(
         "/usr/share/modsecurity-crs/rules",
@@ -112,9 +118,10 @@ class InputPolicy(Model):
         description="Values not inspected, as `query.NAME`, `path.NAME`, `header.NAME`, `cookie.NAME` or "
                     "`body./json/pointer` (e.g. `[body./article/html]`); each is an exception-grade waiver.",
     )
-    crs: CrsPolicy | None = Field(
-        None, description="Run the OWASP CRS on every part of the request, besides Bastion's own rules "
-                          "(`crs: {paranoia: 1}` for the Debian CRS).",
+    crs: CrsPolicy = Field(
+        default_factory=CrsPolicy,
+        description="The OWASP CRS, besides Bastion's own rules: `crs: {enabled: true, paranoia: 1}` runs the "
+                    "Debian CRS at paranoia 1.",
     )
     inspected_headers: list[str] = Field(
         default_factory=lambda: list(DEFAULT_INSPECTED_HEADERS),

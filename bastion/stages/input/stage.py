@@ -73,7 +73,7 @@ class _Common:
         self.pid_inspection = route.policy_id("input.inspection")
         self.allow = Continue(self.pid_contract)  # built once: the audit names the control that let it through
         self.crs = crs.CrsCheck(policy.crs, self.block, route.policy_id("input.crs")) \
-            if policy.crs is not None and policy.inspection != "off" else None
+            if policy.crs.enabled and policy.inspection != "off" else None
         op = route.operation or {}
         # the CRS sees the whole request once: in the body stage when one runs and a body comes, else here
         self.body_stage = not (route.methods <= _NO_BODY_METHODS and not op.get("requestBody"))
