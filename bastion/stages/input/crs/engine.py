@@ -90,8 +90,9 @@ class Rule:
     paranoia: int
     log: bool = True             # False for `nolog` rules: they change TX but are not reported
     chained: tuple[Rule, ...] = ()
-    set_index: int = -1          # its pattern's index in the chain's RE2 Set, or -1
-    gate: int | None = None      # N when the operator is `@lt N` (a paranoia gate candidate)
+    set_index: int = -1          # its pattern's index in its RE2 Set, or -1
+    set_key: tuple[tuple[str, ...], str] = ((), "\n")  # which Set: (transformation chain, value separator)
+    joinable: bool = False       # its operator can be tried once on all values joined by newlines
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,11 +164,12 @@ def compile_rule(spec: RuleSpec, operators: Operators, parent: Rule | None = Non
         msg=spec.action("msg") or "", tags=tags, severity=severity, paranoia=paranoia,
         log=not any(a.name == "nolog" for a in spec.actions),
     )
+    edge_free = not _TEXT_EDGES.search(spec.operator.argument)
     if spec.operator.name == "rx" and not spec.operator.negated and "%{" not in spec.operator.argument \
-            and rule_id not in FALLBACKS and not rule.multi_match and parent is None:
+            and rule_id not in FALLBACKS and not rule.multi_match and parent is None and edge_free:
         rule.set_index = -2  # a Set candidate; the compiler assigns the index
-    if spec.operator.name == "lt" and not spec.operator.negated and spec.operator.argument.strip().isdigit():
-        rule.gate = int(spec.operator.argument)
+    rule.joinable = spec.operator.name in ("rx", "pm", "pmFromFile", "pmf") and not spec.operator.negated \
+        and not rule.multi_match and edge_free and "%{" not in spec.operator.argument
     rule.chained = tuple(compile_rule(c, operators, rule) for c in spec.chained)
     return rule
 
@@ -211,20 +213,24 @@ class Program:
     """The compiled rules of one phase list, with markers, and the RE2 Sets per transformation chain."""
 
     phases: dict[int, list[Rule | Marker]]
-    sets: dict[tuple[str, ...], Callable[[str], list[int]]]
+    sets: dict[tuple[tuple[str, ...], str], Callable[[str], list[int]]]
     rules: dict[str, Rule] = field(default_factory=dict)
-    group_targets: dict[tuple[str, ...], frozenset[str]] = field(default_factory=dict)
-    group_transforms: dict[tuple[str, ...], tuple[Transform, ...]] = field(default_factory=dict)
+    group_targets: dict[tuple[tuple[str, ...], str], frozenset[str]] = field(default_factory=dict)
+    group_transforms: dict[tuple[tuple[str, ...], str], tuple[Transform, ...]] = field(default_factory=dict)
     """Per chain: every request variable its Set rules read (the prefilter transforms each value once)."""
 
 
-def build_program(items: list[RuleSpec | Marker], operators: Operators, active_paranoia: int = 4) -> Program:
+def build_program(items: list[RuleSpec | Marker], operators: Operators, active_paranoia: int = 4,
+                  setup: dict[str, str] | None = None) -> Program:
     """Rules per phase in file order (markers in every phase), and one RE2 Set per transformation chain
-    holding the static `@rx` patterns of rules up to `active_paranoia` (others run their own regex)."""
+    holding the static `@rx` patterns of rules up to `active_paranoia` (others run their own regex).
+    `setup` is the TX the transaction starts with (crs-setup.conf's role): gates reading only it are folded."""
+    if setup is None:
+        setup = {"executing_paranoia_level": str(active_paranoia), "paranoia_level": str(active_paranoia)}
     phases: dict[int, list[Rule | Marker]] = {1: [], 2: []}
     rules: dict[str, Rule] = {}
-    patterns: dict[tuple[str, ...], list[str]] = {}
-    targets: dict[tuple[str, ...], set[str]] = {}
+    patterns: dict[tuple[tuple[str, ...], str], list[str]] = {}
+    targets: dict[tuple[tuple[str, ...], str], set[str]] = {}
     for item in items:
         if isinstance(item, Marker):
             for lst in phases.values():
@@ -237,25 +243,31 @@ def build_program(items: list[RuleSpec | Marker], operators: Operators, active_p
         rules[rule.id] = rule
         if rule.set_index == -2:
             if rule.paranoia <= active_paranoia and all(v.collection not in _STATEFUL for v in rule.targets):
-                group = patterns.setdefault(rule.chain_key, [])
+                # values are joined with a newline where the pattern has line anchors (they then hold at each
+                # value's edges), else with NUL, which far fewer patterns can match (fewer false candidates)
+                anchored = "^" in item.operator.argument or "$" in item.operator.argument
+                rule.set_key = (rule.chain_key, "\n" if anchored else "\x00")
+                group = patterns.setdefault(rule.set_key, [])
                 rule.set_index = len(group)
                 group.append(_set_source(item.operator.argument))
-                targets.setdefault(rule.chain_key, set()).update(v.collection for v in rule.targets)
+                targets.setdefault(rule.set_key, set()).update(v.collection for v in rule.targets)
             else:
                 rule.set_index = -1
     sets = {key: _compile_set(srcs) for key, srcs in patterns.items()}
     for number, lst in phases.items():
-        phases[number] = _fold_paranoia(lst, active_paranoia)
-    transforms = {k: tuple(TRANSFORMS[n] for n in k) for k in patterns}
+        phases[number] = _fold_gates(lst, setup)
+    transforms = {k: tuple(TRANSFORMS[n] for n in k[0]) for k in patterns}
     return Program(phases, sets, rules, {k: frozenset(v) for k, v in targets.items()}, transforms)
 
 
-_PL_VARS = frozenset({"executing_paranoia_level", "paranoia_level", "detection_paranoia_level"})
-
-
-def _fold_paranoia(items: list[Rule | Marker], paranoia: int) -> list[Rule | Marker]:
-    """Constant-fold CRS's `SecRule TX:EXECUTING_PARANOIA_LEVEL "@lt N" "skipAfter:..."` gates: the level is
-    fixed by the config, so a gate either always skips (its rules are dropped) or never (it is dropped)."""
+_TEXT_EDGES = re.compile(r"\\[AzZ]")  # whole-text anchors: such patterns cannot run on joined values
+def _fold_gates(items: list[Rule | Marker], setup: dict[str, str]) -> list[Rule | Marker]:
+    """Constant-fold the gates CRS puts in front of rule groups, e.g. `SecRule TX:EXECUTING_PARANOIA_LEVEL
+    "@lt 2" "skipAfter:..."` or `SecRule &TX:crs_exclusions_drupal "@eq 0" "skipAfter:..."`: a gate that only
+    reads TX variables no rule can change (set by the config, or never set) either always skips (its rules
+    are dropped) or never does (the gate is dropped)."""
+    written = _written(items, setup)
+    probe = Transaction(Program({1: [], 2: []}, {}), CrsRequest(), setup)
     out: list[Rule | Marker] = []
     skip_to: str | None = None
     for item in items:
@@ -266,21 +278,46 @@ def _fold_paranoia(items: list[Rule | Marker], paranoia: int) -> list[Rule | Mar
             continue
         if skip_to is not None:
             continue
-        gate = _gate_level(item)
-        if gate is None:
+        if not _is_static_gate(item, written):
             out.append(item)
-        elif paranoia < gate:
+        elif probe._match_rule(item):
             skip_to = item.skip_after
     return out
 
 
-def _gate_level(rule: Rule) -> int | None:
-    """N for a paranoia gate `TX:EXECUTING_PARANOIA_LEVEL "@lt N"` with skipAfter and nothing else."""
-    if (len(rule.targets) == 1 and rule.targets[0].collection == "TX" and not rule.targets[0].count
-            and (rule.targets[0].selector or "").lower() in _PL_VARS and rule.skip_after and not rule.chained
-            and not rule.setvars and not rule.ctls and rule.gate is not None):
-        return rule.gate
-    return None
+def _written(items: list[Rule | Marker], setup: dict[str, str]) -> set[str] | None:
+    """TX names some rule may set; a name built with a macro (`tx.header_name_%{tx.0}`) is kept as its
+    literal prefix followed by `*`, and one that starts with a macro makes everything writable (None).
+    A default (`SecRule &TX:x "@eq 0" "setvar:tx.x=..."`) does not count for a name the setup gives."""
+    names: set[str] = set()
+    for item in items:
+        if isinstance(item, Marker):
+            continue
+        for rule in (item, *item.chained):
+            default = (len(rule.targets) == 1 and rule.targets[0].count and rule.targets[0].collection == "TX"
+                       and (rule.targets[0].selector or "").lower() in setup)
+            for sv in rule.setvars:
+                if "%{" in sv.name:
+                    prefix = sv.name.split("%{", 1)[0]
+                    if not prefix:
+                        return None
+                    names.add(prefix + "*")
+                    continue
+                if not (default and sv.name == (rule.targets[0].selector or "").lower()):
+                    names.add(sv.name)
+    return names
+
+
+def _is_static_gate(rule: Rule, written: set[str] | None) -> bool:
+    if written is None or not rule.skip_after or rule.chained or rule.setvars or rule.ctls or rule.deny:
+        return False
+    for var in rule.targets:
+        if var.collection != "TX" or var.selector is None or var.is_regex:
+            return False
+        name = var.selector.lower()
+        if name in written or any(w.endswith("*") and name.startswith(w[:-1]) for w in written):
+            return False
+    return not rule.excludes
 
 
 def _set_source(pattern: str) -> str:
@@ -313,9 +350,9 @@ class Transaction:
         self.matched_var_name = ""
         self.matched_vars: list[tuple[str, str]] = []
         self._transformed: dict[tuple[tuple[str, ...], str], str] = {}
-        self._set_hits: dict[tuple[tuple[str, ...], str], frozenset[int]] = {}
+        self._set_hits: dict[tuple[tuple[tuple[str, ...], str], str], frozenset[int]] = {}
         self._selected: dict[VarSpec, list[tuple[str, str]]] = {}
-        self._prefilter: dict[tuple[str, ...], frozenset[int]] = {}
+        self._prefilter: dict[tuple[tuple[str, ...], str], frozenset[int]] = {}
 
     # ------------------------------------------------------------------ run
     def run(self) -> Outcome:
@@ -346,7 +383,7 @@ class Transaction:
 
     # ------------------------------------------------------------ one rule
     def _evaluate(self, rule: Rule) -> bool:
-        if rule.set_index >= 0 and rule.set_index not in self._group_hits(rule.chain_key):
+        if rule.set_index >= 0 and rule.set_index not in self._group_hits(rule.set_key):
             return False  # no value this rule could read matches its pattern: skip without looking at targets
         matches = self._match_rule(rule)
         if not matches:
@@ -369,14 +406,19 @@ class Transaction:
                 self.hits.append(Hit(rule.id, name, value, rule.tags, rule.severity, rule.paranoia))
         return True
 
-    def _group_hits(self, chain: tuple[str, ...]) -> frozenset[int]:
-        """Every Set index that matches at least one value of the chain's variables (computed once)."""
-        hits = self._prefilter.get(chain)
+    def _group_hits(self, group: tuple[tuple[str, ...], str]) -> frozenset[int]:
+        """Every Set index that can match a value of the chain's variables: one Set pass over all the
+        transformed values joined by newlines (computed once per chain and request).
+
+        A superset of the per-value matches: patterns run with MULTILINE, so `^`/`$` hold at each newline as at
+        a value's edges, and `\\b` sees the newline as the non-word edge it replaces; patterns with `\\A` or
+        `\\z` are kept out of the Sets. The rules found here are then matched value by value."""
+        hits = self._prefilter.get(group)
         if hits is None:
-            found: set[int] = set()
-            match = self.program.sets[chain]
-            transforms = self.program.group_transforms[chain]
-            for collection in self.program.group_targets[chain]:
+            chain, separator = group
+            texts: list[str] = []
+            transforms = self.program.group_transforms[group]
+            for collection in self.program.group_targets[group]:
                 if collection in SCALARS:
                     value = self.request.scalars.get(collection)
                     values = [] if value is None else [value]
@@ -384,22 +426,25 @@ class Transaction:
                     values = [v for _, v in self.request.pairs(collection)]
                 for value in values:
                     key = (chain, value)
-                    got = self._set_hits.get(key)
-                    if got is None:
-                        text = self._transformed.get(key)
-                        if text is None:
-                            text = value
-                            for transform in transforms:
-                                text = transform(text)
-                            self._transformed[key] = text
-                        got = self._set_hits[key] = frozenset(match(text))
-                    found |= got
-            hits = self._prefilter[chain] = frozenset(found)
+                    text = self._transformed.get(key)
+                    if text is None:
+                        text = value
+                        for transform in transforms:
+                            text = transform(text)
+                        self._transformed[key] = text
+                    texts.append(text)
+            hits = self._prefilter[group] = frozenset(self.program.sets[group](separator.join(texts))) if texts \
+                else frozenset()
         return hits
 
     def _match_rule(self, rule: Rule) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = []
         values = self._values(rule)  # before MATCHED_VARS is reset: a chained rule reads its parent's
+        if rule.joinable and len(values) > 1:
+            # one search over every transformed value joined by newlines: no match there, no match anywhere
+            joined = "\n".join(self._transform(rule, v) for _, v in values)
+            if rule.match(joined, self.expand) is None:
+                return found
         self.matched_vars = []
         for name, value in values:
             groups = self._match_value(rule, value)
@@ -418,11 +463,11 @@ class Transaction:
 
     def _match_value(self, rule: Rule, value: str) -> tuple[str, ...] | None:
         if rule.set_index >= 0:
-            key = (rule.chain_key, value)
-            hits = self._set_hits.get(key)
+            set_key = (rule.set_key, value)
+            hits = self._set_hits.get(set_key)
             if hits is None:
                 text = self._transform(rule, value)
-                hits = self._set_hits[key] = frozenset(self.program.sets[rule.chain_key](text))
+                hits = self._set_hits[set_key] = frozenset(self.program.sets[rule.set_key](text))
             if rule.set_index not in hits:
                 return None
             if not rule.capture:

@@ -74,10 +74,11 @@ class CrsEngine:
         self.ruleset = ruleset
         self.paranoia = paranoia
         self.threshold = threshold
-        self.program: Program = build_program(list(ruleset.items), Operators(Path(ruleset.directory)), paranoia)
         # what crs-setup.conf would set: the initialisation rules (901xxx) fill in every other default
         self.setup = {"crs_setup_version": "334", "paranoia_level": str(paranoia),
                       "executing_paranoia_level": str(paranoia), "inbound_anomaly_score_threshold": str(threshold)}
+        self.program: Program = build_program(list(ruleset.items), Operators(Path(ruleset.directory)), paranoia,
+                                              self.setup)
 
     def evaluate(self, request: CrsRequest, removed: tuple[str, ...] = (),
                  removed_targets: tuple[tuple[str, str], ...] = ()) -> Outcome:

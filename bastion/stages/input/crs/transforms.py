@@ -25,6 +25,9 @@ _JS = re.compile(r"\\(?:u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|([0-7]{1,3})|(.))", 
 _JS_SIMPLE = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
 _CSS = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\n\f\r]?|\n|(.))", re.DOTALL)
 _WS = " \t\n\r\f\v\xa0"
+_CMD_DROP = re.compile(r"[\\\"'^]")
+_CMD_SPACE = re.compile(r"[ ,;\t\r\n]+")
+_CMD_BEFORE = re.compile(r" (?=[/(])")
 _WS_RUN = re.compile(r"[ \t\n\r\f\v\xa0]+")
 _C_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.DOTALL)
 _ALL_COMMENTS = re.compile(r"/\*.*?(?:\*/|$)|<!--.*?(?:-->|$)|--.*$|#.*$", re.DOTALL)
@@ -142,23 +145,12 @@ def compress_whitespace(value: str) -> str:
 
 
 def cmd_line(value: str) -> str:
-    """`t:cmdLine`: drop `\\ " ' ^`, space before `/` and `(`, `,` `;` and whitespace as one space, lowercase."""
-    out: list[str] = []
-    space = False
-    for ch in value:
-        if ch in "\"'\\^":
-            continue
-        if ch in " ,;\t\r\n\f\v":
-            if not space:
-                out.append(" ")
-                space = True
-            continue
-        if ch in "/(" and space and out:
-            out.pop()
-        out.append(ch.lower())
-        space = False
-    result = "".join(out)
-    return value if result == value else result
+    """`t:cmdLine`: drop `\\ " ' ^`, `,` `;` and whitespace runs as one space, no space before `/` and `(`,
+    lowercase (the same steps as ModSecurity's loop, as three linear substitutions)."""
+    out = _CMD_DROP.sub("", value)
+    out = _CMD_SPACE.sub(" ", out)
+    out = _CMD_BEFORE.sub("", out).lower()
+    return value if out == value else out
 
 
 def normalize_path(value: str) -> str:
