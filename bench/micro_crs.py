@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.crs_reference import Bastion, ModSecurity, Request  # noqa: E402
+from bench.crs_reference import Bastion, ModSecurity, Request
 
 HEADERS = (("Host", "api.example"), ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) Firefox/130.0"),
            ("Accept", "application/json"), ("Accept-Language", "en-GB,en;q=0.8"),
