@@ -55,8 +55,11 @@ def route_policy(route: CompiledRoute, authz_shared: Any = None) -> dict[str, An
             controls[control] = entry
     from bastion.stages import authz
 
+    from bastion.stages.input.crs import check as crs
+
     return {
         "authorization": authz.explain(plan.policy.authz, info, authz_shared) if authz_shared else [],
+        "inspection": crs.explain(plan.policy.input.crs),
         "route": info.route_id, "api": info.api, "class": info.klass, "path": info.path,
         "methods": sorted(info.methods), "administrative": route.admin,
         "upstream": f"{route.upstream.scheme}://{route.upstream.authority}{route.upstream.path_prefix}",
@@ -90,6 +93,8 @@ def explain(path: str, selector: str | None, *, as_json: bool = False) -> int:
             print(f"  exception in force: {exc['id']} (this plan ends {exc['expires']})")
         for line in doc["authorization"]:
             print(f"  authorisation: {line}")
+        for line in doc["inspection"]:
+            print(f"  inspection: {line}")
         for control, entry in doc["controls"].items():
             print(f"  {control:34} {json.dumps(entry['value']):28} <- {entry['source']}")
         print()

@@ -69,7 +69,17 @@ Try:
   curl -s {gw}/catalog/status
   bastion explain -c {config} catalog/status
 
-  # 8. what the auditors see
+  # 8. the OWASP CRS (paranoia 1) refuses a SQL injection -> 400; the audit event names the CRS rules
+  curl -si "{gw}/orders/?q=1%27%20UNION%20SELECT%20password%20FROM%20users--" -H "Authorization: Bearer $TOKEN"
+
+  # 9. a governed CRS exclusion (EXC-DEMO-2): HTML is accepted in the note's `html` field only
+  curl -s {gw}/orders/42/note -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+       -d '{{"html": "<b onmouseover=alert(1)>hi</b>"}}'
+  curl -si {gw}/orders/42/note -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+       -d '{{"text": "<b onmouseover=alert(1)>hi</b>"}}'
+  bastion explain -c {config} orders/order-note
+
+  # 10. what the auditors see
   tail -n 3 {config.parent / 'audit.jsonl'}
 
 Ctrl-C stops the demo.

@@ -14,7 +14,7 @@ from bastion.context import ControlRecord, Deny, RequestContext
 from bastion.stages.input.config import CrsPolicy
 from bastion.stages.input.crs.engine import Outcome
 from bastion.stages.input.crs.request import CrsRequest, Pairs, Part, flatten_json, from_parts, parse_args
-from bastion.stages.input.crs.ruleset import CrsEngine, crs_engine
+from bastion.stages.input.crs.ruleset import CrsEngine, crs_engine, load_ruleset
 
 EXCERPT = 24
 """Characters of a matched value kept in the audit detail (the rest is elided)."""
@@ -57,6 +57,22 @@ class CrsCheck:
                         "The request was refused by content inspection.", log_detail=detail)
         ctx.records.append(ControlRecord("input.inspection", "detect", self.policy_id, "input_injection_crs"))
         return None
+
+
+def explain(policy: CrsPolicy) -> list[str]:
+    """`bastion explain` lines for a route's CRS setting: rule set version and hash, level, what is off."""
+    if not policy.enabled:
+        return []
+    try:
+        rs = load_ruleset(policy.rules)
+    except ValueError as exc:  # validate reports it; explain still shows the setting
+        return [f"crs: {policy.rules}: {exc}"]
+    lines = [f"crs: {rs.version} sha256:{rs.digest} ({len(rs.files)} files in {rs.directory}) paranoia "
+             f"{policy.paranoia}, inbound threshold {policy.inbound_threshold}"]
+    lines += [f"crs: not loaded {name}: {why}" for name, why in rs.skipped]
+    if policy.remove_rules or policy.remove_targets:
+        lines.append(f"crs: removed rules {policy.remove_rules} targets {policy.remove_targets}")
+    return lines
 
 
 def audit_detail(outcome: Outcome, engine: CrsEngine) -> str:

@@ -150,3 +150,14 @@ def test_rule_removal_is_a_governed_exception(tmp_path: Path) -> None:
     during = route.plan(expires - 1)
     assert during.policy.input.crs.remove_rules == ["941100"] and during.exceptions == ("EXC-CRS",)
     assert route.plan(expires).policy.input.crs.remove_rules == []  # enforced again at expiry
+
+
+def test_explain_names_version_hash_and_skipped_files() -> None:
+    from bastion.stages.input.config import CrsPolicy
+    from bastion.stages.input.crs.check import explain
+
+    lines = explain(CrsPolicy(enabled=True, paranoia=2, remove_rules=["942100"]))
+    assert lines[0].startswith("crs: OWASP_CRS/3.3.4 sha256:") and "paranoia 2" in lines[0]
+    assert any("REQUEST-910-IP-REPUTATION.conf" in line for line in lines)
+    assert "942100" in lines[-1]
+    assert explain(CrsPolicy()) == []
