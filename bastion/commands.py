@@ -54,7 +54,6 @@ def route_policy(route: CompiledRoute, authz_shared: Any = None) -> dict[str, An
                 entry = {"value": "waived", "source": f"exception:{waived}"}
             controls[control] = entry
     from bastion.stages import authz
-
     from bastion.stages.input.crs import check as crs
 
     return {
