@@ -51,6 +51,11 @@ class CrsPolicy(Model):
         5, stricter="lower", ge=1,
         description="Inbound anomaly score at which CRS rule 949110 blocks (a critical rule scores 5).",
     )
+    api_aware: bool = control(
+        True, stricter="false",
+        description="Scope the rules per field from the OpenAPI contract: typed/enum/format/pattern values are "
+                    "not inspected, `x-bastion-content: html|markdown|code` strings get the families that fit.",
+    )
     remove_rules: list[str] = control(
         [], stricter="subset",
         description="CRS rule ids switched off for these routes (ctl:ruleRemoveById), e.g. `[942100]`; "

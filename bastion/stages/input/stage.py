@@ -15,11 +15,13 @@ from typing import Any
 import orjson
 
 from bastion.context import Continue, ControlRecord, Decision, Deny, RequestContext
+from bastion.openapi.loader import REFS_KEY
 from bastion.stages.base import RouteInfo, Services
 from bastion.stages.input import jsonbody
 from bastion.stages.input.config import InputPolicy
 from bastion.stages.input.crs import check as crs
 from bastion.stages.input.crs.request import Part as CrsPart
+from bastion.stages.input.crs.scope import Kind, Scope, classify, operation_scope, parameter_kinds
 from bastion.stages.input.inspection import Finding, Inspector, RuleSet, load_rules
 from bastion.stages.input.media import (
     FormError,
@@ -129,6 +131,9 @@ class HeadStage(_Common):
             self.params = ParameterSet(op.get("parameters") or [], normaliser(op, closed=False))
             self.validator = compile_schema(self.params.schema)
         self.headers = tuple(h.lower() for h in policy.inspected_headers)
+        # API-aware CRS: query parameters the contract types are not inspected by negative rules
+        self.query_kinds: dict[str, Kind] = parameter_kinds(op.get("parameters") or [], op.get(REFS_KEY)) \
+            if self.contract and self.crs is not None else {}
 
     async def check(self, ctx: RequestContext) -> Decision:
         try:
@@ -144,7 +149,7 @@ class HeadStage(_Common):
             if deny is not None:
                 return deny
         if self.crs is not None and not (self.body_stage and _has_body(ctx)):
-            deny = self.crs.run(ctx, crs.head_request(ctx))
+            deny = self.crs.run(ctx, crs.head_request(ctx), self.query_kinds)
             if deny is not None:
                 return deny
         return self.allow
@@ -234,12 +239,16 @@ class BodyStage(_Common):
         closed = policy.undeclared != "allow"
         norm = normaliser(op, closed=closed)
         self.schemas: dict[str, tuple[Any, Any]] = {}  # content key -> (normalised schema, validator)
+        self.scopes: dict[str, Scope] = {}  # content key -> API-aware CRS scope of its fields
         if self.contract:
             for key, media in self.content.items():
                 schema = (media or {}).get("schema")
                 if schema is not None:
                     normalised = norm.root(schema)
                     self.schemas[key] = (normalised, compile_schema(normalised))
+                    scope = operation_scope(op, key) if self.crs is not None else None
+                    if scope is not None:
+                        self.scopes[key] = scope
 
     async def check(self, ctx: RequestContext) -> Decision:
         body = ctx.body or b""
@@ -250,7 +259,7 @@ class BodyStage(_Common):
         schema, validator = self.schemas.get(key, (None, None)) if key else (None, None)
         try:
             if is_json(kind):
-                return self._json(ctx, body, validator)
+                return self._json(ctx, body, validator, self.scopes.get(key) if key else None)
             if kind == "application/x-www-form-urlencoded":
                 return self._form(ctx, body, schema, validator)
             if kind == "multipart/form-data":
@@ -266,7 +275,7 @@ class BodyStage(_Common):
     def _pid(self, reason: str) -> str:
         return self.pid_limits if reason == "input_json_limits" else self.pid_contract
 
-    def _json(self, ctx: RequestContext, body: bytes, validator: Any) -> Decision:
+    def _json(self, ctx: RequestContext, body: bytes, validator: Any, scope: Scope | None = None) -> Decision:
         doc = jsonbody.parse(body, self.limits)
         if validator is not None and not validator.is_valid(doc):
             deny, changed = self._validate(doc, validator)
@@ -279,7 +288,9 @@ class BodyStage(_Common):
             if deny is not None:
                 return deny
         if self.crs is not None:
-            return self.crs.run(ctx, crs.body_request(ctx, "json", body, doc=doc)) or self.allow
+            # API-aware scoping needs a validated document: the contract ran above, or there is no scope
+            kinds = classify(doc, scope) if scope is not None and validator is not None else None
+            return self.crs.run(ctx, crs.body_request(ctx, "json", body, doc=doc), kinds) or self.allow
         return self.allow
 
     def _crs_other(self, ctx: RequestContext, check: crs.CrsCheck, kind: str, body: bytes) -> Decision:

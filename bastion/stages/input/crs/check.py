@@ -15,6 +15,8 @@ from bastion.stages.input.config import CrsPolicy
 from bastion.stages.input.crs.engine import Outcome
 from bastion.stages.input.crs.request import CrsRequest, Pairs, Part, flatten_json, from_parts, parse_args
 from bastion.stages.input.crs.ruleset import CrsEngine, crs_engine, load_ruleset
+from bastion.stages.input.crs.scope import ATTACK_TAGS, KEEP_TAGS, Kind
+from bastion.stages.input.crs.seclang import VarSpec
 
 EXCERPT = 24
 """Characters of a matched value kept in the audit detail (the rest is elided)."""
@@ -38,6 +40,7 @@ class CrsCheck:
         self.removed_targets = tuple(targets)
         self.block = block
         self.policy_id = policy_id
+        self.api_aware = policy.api_aware
 
     def describe(self) -> dict[str, Any]:
         """For explain and the posture report: which rule set, its version and hash, what is skipped."""
@@ -47,8 +50,10 @@ class CrsCheck:
                 "inbound_threshold": self.engine.threshold, "removed": list(self.removed),
                 "removed_targets": [f"{r};{t}" for r, t in self.removed_targets]}
 
-    def run(self, ctx: RequestContext, request: CrsRequest) -> Deny | None:
-        outcome = self.engine.evaluate(request, self.removed, self.removed_targets)
+    def run(self, ctx: RequestContext, request: CrsRequest, kinds: dict[str, Kind] | None = None) -> Deny | None:
+        """Evaluate; `kinds` (argument name -> contract kind) scopes the rules per field (scope.py)."""
+        tag_targets = apply_scope(request, kinds) if kinds and self.api_aware else None
+        outcome = self.engine.evaluate(request, self.removed, self.removed_targets, tag_targets)
         if outcome.denied_by is None:
             return None
         detail = audit_detail(outcome, self.engine)
@@ -57,6 +62,23 @@ class CrsCheck:
                         "The request was refused by content inspection.", log_detail=detail)
         ctx.records.append(ControlRecord("input.inspection", "detect", self.policy_id, "input_injection_crs"))
         return None
+
+
+def apply_scope(request: CrsRequest, kinds: dict[str, Kind]) -> list[tuple[str, VarSpec]]:
+    """Drop contract-typed arguments from the request's variables (their names too: the contract declares
+    them) and return the rule families to switch off per content-typed argument (html, markdown, code)."""
+    typed = {name for name, kind in kinds.items() if kind == "typed"}
+    cols = request.collections
+    if typed:
+        for collection in ("ARGS", "ARGS_GET", "ARGS_POST"):
+            cols[collection] = [(k, v) for k, v in cols.get(collection, []) if k not in typed]
+    for collection in ("ARGS_NAMES", "ARGS_GET_NAMES", "ARGS_POST_NAMES"):
+        cols[collection] = [(k, v) for k, v in cols.get(collection, []) if k not in kinds]
+    out: list[tuple[str, VarSpec]] = []
+    for name, kind in kinds.items():
+        if kind in KEEP_TAGS:
+            out += [(tag, VarSpec("ARGS", name)) for tag in ATTACK_TAGS if tag not in KEEP_TAGS[kind]]
+    return out
 
 
 def explain(policy: CrsPolicy) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from bastion.stages.input.crs.engine import Outcome, Program, Transaction, build_program
 from bastion.stages.input.crs.operators import Operators
 from bastion.stages.input.crs.request import CrsRequest
-from bastion.stages.input.crs.seclang import Marker, RuleSpec, parse_file, parse_variables
+from bastion.stages.input.crs.seclang import Marker, RuleSpec, VarSpec, parse_file, parse_variables
 
 DEFAULT_RULES_DIR = Path("/usr/share/modsecurity-crs/rules")
 """Debian's `modsecurity-crs` package (CRS 3.3.4 on bookworm)."""
@@ -81,7 +81,8 @@ class CrsEngine:
                                               self.setup)
 
     def evaluate(self, request: CrsRequest, removed: tuple[str, ...] = (),
-                 removed_targets: tuple[tuple[str, str], ...] = ()) -> Outcome:
+                 removed_targets: tuple[tuple[str, str], ...] = (),
+                 tag_targets: list[tuple[str, VarSpec]] | None = None) -> Outcome:
         """Run phases 1 and 2. `removed` are rule ids and `removed_targets` (rule id, target such as
         `ARGS:comment`) that a governed exception switched off for this route (ctl:ruleRemoveById and
         ctl:ruleRemoveTargetById applied before the first rule)."""
@@ -89,6 +90,8 @@ class CrsEngine:
         tx.removed_ids.update(removed)
         for rule_id, target in removed_targets:
             tx.removed_targets.setdefault(rule_id, []).extend(parse_variables(target, "exception", 0))
+        if tag_targets:  # ctl:ruleRemoveTargetByTag, from API-aware scoping
+            tx.removed_tag_targets.extend(tag_targets)
         return tx.run()
 
 
