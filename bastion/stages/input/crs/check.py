@@ -15,7 +15,7 @@ from bastion.stages.input.config import CrsPolicy
 from bastion.stages.input.crs.engine import Outcome
 from bastion.stages.input.crs.request import CrsRequest, Pairs, Part, flatten_json, from_parts, parse_args
 from bastion.stages.input.crs.ruleset import CrsEngine, crs_engine, load_ruleset
-from bastion.stages.input.crs.scope import ATTACK_TAGS, KEEP_TAGS, Kind
+from bastion.stages.input.crs.scope import ATTACK_TAGS, DROP_RULES, KEEP_TAGS, Kind
 from bastion.stages.input.crs.seclang import VarSpec
 
 EXCERPT = 24
@@ -78,6 +78,7 @@ def apply_scope(request: CrsRequest, kinds: dict[str, Kind]) -> list[tuple[str, 
     for name, kind in kinds.items():
         if kind in KEEP_TAGS:
             out += [(tag, VarSpec("ARGS", name)) for tag in ATTACK_TAGS if tag not in KEEP_TAGS[kind]]
+            out += [(rule_id, VarSpec("ARGS", name)) for rule_id in DROP_RULES.get(kind, ())]
     return out
 
 

@@ -499,8 +499,9 @@ class Transaction:
     def _values(self, rule: Rule) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
         removed = self.removed_targets.get(rule.id, ())
-        tag_removed = [v for t, v in self.removed_tag_targets if t in rule.tags] if self.removed_tag_targets \
-            else []
+        # ctl:ruleRemoveTargetByTag; API-aware scoping also names single rules by id here
+        tag_removed = [v for t, v in self.removed_tag_targets if t == rule.id or t in rule.tags] \
+            if self.removed_tag_targets else []
         for var in rule.targets:
             if var.count:
                 out.append((f"&{var.collection}", str(len(self._select(var)))))

@@ -4,8 +4,9 @@ A value the contract already constrains positively (integer, number, boolean, en
 `format` such as email/uuid/date-time/uri, or a `pattern`) was validated before inspection runs: negative rules
 add nothing but false positives, so it is not presented to the CRS at all. A string the contract marks with
 `x-bastion-content: html | markdown` keeps only the XSS family (script and event handlers matter where HTML is
-rendered; SQL keywords in prose do not); `code` keeps only the protocol family (a code sample is full of shell
-and SQL by design). Every other string is free text and gets every rule.
+rendered; SQL keywords in prose do not), less the rule that refuses any HTML tag at all (941160: rich text is
+tags); `code` keeps no attack family (a code sample is full of shell, SQL and log lines by design: it must be
+stored and shown escaped). Every other string is free text and gets every rule.
 """
 
 from __future__ import annotations
@@ -22,11 +23,16 @@ TYPED_FORMATS = frozenset({
     "idn-hostname", "ipv4", "ipv6", "byte", "int32", "int64", "float", "double", "json-pointer",
 })
 KEEP_TAGS: dict[str, frozenset[str]] = {
-    "html": frozenset({"attack-xss", "attack-protocol"}),
-    "markdown": frozenset({"attack-xss", "attack-protocol"}),
-    "code": frozenset({"attack-protocol"}),
+    "html": frozenset({"attack-xss"}),
+    "markdown": frozenset({"attack-xss"}),
+    "code": frozenset(),
 }
 """The CRS families (rule tags) a field of each content kind keeps; every other `attack-*` family is off."""
+DROP_RULES: dict[str, frozenset[str]] = {
+    "html": frozenset({"941160"}),
+    "markdown": frozenset({"941160"}),
+}
+"""Single rules off for a content kind within a family it keeps (941160: "HTML injection", any tag)."""
 ATTACK_TAGS = ("attack-sqli", "attack-xss", "attack-rce", "attack-lfi", "attack-rfi", "attack-php",
                "attack-nodejs", "attack-java", "attack-injection-php", "attack-injection-generic",
                "attack-fixation", "attack-multipart-header", "attack-protocol", "attack-reputation-scanner",
