@@ -21,9 +21,9 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bastion.stages.input.crs.check import apply_scope  # noqa: E402
-from bastion.stages.input.crs.scope import Scope, build_scope, classify  # noqa: E402
-from bench.crs_reference import Bastion, ModSecurity, Request, crs_request  # noqa: E402
+from bastion.stages.input.crs.check import apply_scope
+from bastion.stages.input.crs.scope import Scope, build_scope, classify
+from bench.crs_reference import Bastion, ModSecurity, Request, crs_request
 
 LOCALES = ("en_US", "fr_FR", "de_DE", "nl_NL", "es_ES", "pl_PL", "tr_TR", "ru_RU", "el_GR", "ar_AA", "zh_CN",
            "ja_JP")
