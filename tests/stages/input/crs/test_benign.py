@@ -32,10 +32,10 @@ def test_api_aware_crs_blocks_a_tenth_of_modsecuritys_false_positives_at_most() 
 @requires_crs
 def test_unicode_text_is_not_read_as_quotes() -> None:
     """ModSecurity's utf8toUnicode + urlDecodeUni keep the low byte: the Arabic alef U+0627 becomes `'`, and
-    `ا or اا = ا` reads as the tautology `' or '' = '`. Bastion decodes Unicode correctly (a listed deviation)."""
+    `\u0627 or \u0627\u0627 = \u0627` reads as the tautology `' or '' = '`. Bastion decodes Unicode correctly (a listed deviation)."""
     from bench.crs_reference import Request
 
-    body = '{"text": "ا or اا = ا"}'.encode()
+    body = '{"text": "\u0627 or \u0627\u0627 = \u0627"}'.encode()  # Arabic alef, raw UTF-8 in the body
     req = Request("POST", "/api/review", (("Host", "api.example"), ("Content-Type", "application/json"),
                                           ("Content-Length", str(len(body)))), body)
     assert ModSecurity(1).run(req) == (True, frozenset({"942100", "949110"}))
