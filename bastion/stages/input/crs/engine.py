@@ -388,16 +388,13 @@ class Transaction:
         matches = self._match_rule(rule)
         if not matches:
             return False
-        pending = [(rule, matches)]
+        # setvar runs in each rule of a chain as it matches, once per matched value (with that value's
+        # MATCHED_VAR and captures), before the next rule is evaluated: CRS 931130's chained rule reads the
+        # TX variable its head just set. ctl waits for the whole chain.
         for child in rule.chained:
-            child_matches = self._match_rule(child)
-            if not child_matches:
+            if not self._match_rule(child):
                 return False
-            pending.append((child, child_matches))
-        for member, found in pending:
-            for _ in found:  # ModSecurity v3 runs setvar once per matched value
-                for sv in member.setvars:
-                    self._setvar(sv)
+        for member in (rule, *rule.chained):
             for ctl in member.ctls:
                 self._ctl(ctl)
         if rule.log:
@@ -459,6 +456,8 @@ class Transaction:
                         self.tx[str(i)] = groups[i]
                     else:
                         self.tx.pop(str(i), None)
+            for sv in rule.setvars:
+                self._setvar(sv)
         return found
 
     def _match_value(self, rule: Rule, value: str) -> tuple[str, ...] | None:
