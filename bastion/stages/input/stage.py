@@ -149,7 +149,7 @@ class HeadStage(_Common):
             if deny is not None:
                 return deny
         if self.crs is not None and not (self.body_stage and _has_body(ctx)):
-            deny = self.crs.run(ctx, crs.head_request(ctx), self.query_kinds)
+            deny = self.crs.run(ctx, crs.head_request(ctx), self.query_kinds or None)
             if deny is not None:
                 return deny
         return self.allow

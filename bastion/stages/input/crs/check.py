@@ -52,7 +52,7 @@ class CrsCheck:
 
     def run(self, ctx: RequestContext, request: CrsRequest, kinds: dict[str, Kind] | None = None) -> Deny | None:
         """Evaluate; `kinds` (argument name -> contract kind) scopes the rules per field (scope.py)."""
-        tag_targets = apply_scope(request, kinds) if kinds and self.api_aware else None
+        tag_targets = apply_scope(request, kinds) if kinds is not None and self.api_aware else None
         outcome = self.engine.evaluate(request, self.removed, self.removed_targets, tag_targets)
         if outcome.denied_by is None:
             return None
@@ -66,9 +66,14 @@ class CrsCheck:
 
 def apply_scope(request: CrsRequest, kinds: dict[str, Kind]) -> list[tuple[str, VarSpec]]:
     """Drop contract-typed arguments from the request's variables (their names too: the contract declares
-    them) and return the rule families to switch off per content-typed argument (html, markdown, code)."""
+    them) and the raw text of a validated JSON body, and return the rule families to switch off per
+    content-typed argument (html, markdown, code)."""
     typed = {name for name, kind in kinds.items() if kind == "typed"}
     cols = request.collections
+    # a contract-validated JSON body is inspected field by field, each as its contract says; its raw text
+    # (REQUEST_BODY) would hand every field to every rule again
+    if any(name.startswith("json") for name in kinds) or request.scalars.get("REQBODY_PROCESSOR") == "JSON":
+        request.scalars.pop("REQUEST_BODY", None)
     if typed:
         for collection in ("ARGS", "ARGS_GET", "ARGS_POST"):
             cols[collection] = [(k, v) for k, v in cols.get(collection, []) if k not in typed]

@@ -93,6 +93,8 @@ class Rule:
     set_index: int = -1          # its pattern's index in its RE2 Set, or -1
     set_key: tuple[tuple[str, ...], str] = ((), "\n")  # which Set: (transformation chain, value separator)
     joinable: bool = False       # its operator can be tried once on all values joined by newlines
+    static_targets: bool = False  # reads only request variables, which do not change during a transaction
+    static_operator: bool = False  # its operator argument has no macro other than %{tx.*}
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +170,9 @@ def compile_rule(spec: RuleSpec, operators: Operators, parent: Rule | None = Non
     if spec.operator.name == "rx" and not spec.operator.negated and "%{" not in spec.operator.argument \
             and rule_id not in FALLBACKS and not rule.multi_match and parent is None and edge_free:
         rule.set_index = -2  # a Set candidate; the compiler assigns the index
+    rule.static_operator = not _TX_MACRO.search(spec.operator.argument)
+    rule.static_targets = all(v.collection not in _STATEFUL and v.collection not in ("MATCHED_VAR_NAME",)
+                              for v in rule.targets)
     rule.joinable = spec.operator.name in ("rx", "pm", "pmFromFile", "pmf") and not spec.operator.negated \
         and not rule.multi_match and edge_free and "%{" not in spec.operator.argument
     rule.chained = tuple(compile_rule(c, operators, rule) for c in spec.chained)
@@ -218,6 +223,8 @@ class Program:
     group_targets: dict[tuple[tuple[str, ...], str], frozenset[str]] = field(default_factory=dict)
     group_transforms: dict[tuple[tuple[str, ...], str], tuple[Transform, ...]] = field(default_factory=dict)
     """Per chain: every request variable its Set rules read (the prefilter transforms each value once)."""
+    initial_tx: dict[str, str] = field(default_factory=dict)
+    """TX after the setup and the folded initialisation rules: every transaction starts from it."""
 
 
 def build_program(items: list[RuleSpec | Marker], operators: Operators, active_paranoia: int = 4,
@@ -256,10 +263,45 @@ def build_program(items: list[RuleSpec | Marker], operators: Operators, active_p
     sets = {key: _compile_set(srcs) for key, srcs in patterns.items()}
     for number, lst in phases.items():
         phases[number] = _fold_gates(lst, setup)
+    phases[1], initial = _fold_initialisation(phases[1], setup)
     transforms = {k: tuple(TRANSFORMS[n] for n in k[0]) for k in patterns}
-    return Program(phases, sets, rules, {k: frozenset(v) for k, v in targets.items()}, transforms)
+    return Program(phases, sets, rules, {k: frozenset(v) for k, v in targets.items()}, transforms, initial)
 
 
+def _fold_initialisation(items: list[Rule | Marker], setup: dict[str, str]) -> tuple[list[Rule | Marker],
+                                                                                      dict[str, str]]:
+    """Run the leading rules that read and write only TX (CRS 901's defaults: `SecRule &TX:x "@eq 0"
+    "setvar:tx.x=..."`) once at compile time; every transaction then starts from the resulting TX."""
+    probe = Transaction(Program({1: [], 2: []}, {}), CrsRequest(), setup)
+    for index, item in enumerate(items):
+        if isinstance(item, Marker):
+            continue
+        if not _tx_only(item):
+            return items[index:], probe.tx
+        before = dict(probe.tx)
+        if probe._evaluate(item) and (item.deny or item.log):  # e.g. 901001: CRS deployed without setup
+            probe.tx = before
+            return items[index:], probe.tx
+    return [], probe.tx
+
+
+def _tx_only(rule: Rule) -> bool:
+    for member in (rule, *rule.chained):
+        if member.skip_after or member.ctls or member.excludes:
+            return False
+        if any(v.collection != "TX" for v in member.targets):
+            return False
+        if any(_TX_MACRO.search(sv.name + sv.value) for sv in member.setvars):
+            return False
+        if member.set_index >= 0:
+            return False
+    return rule.static_operator
+
+
+
+
+
+_TX_MACRO = re.compile(r"%\{(?!tx[.:])", re.IGNORECASE)  # a macro reading anything but TX
 _TEXT_EDGES = re.compile(r"\\[AzZ]")  # whole-text anchors: such patterns cannot run on joined values
 def _fold_gates(items: list[Rule | Marker], setup: dict[str, str]) -> list[Rule | Marker]:
     """Constant-fold the gates CRS puts in front of rule groups, e.g. `SecRule TX:EXECUTING_PARANOIA_LEVEL
@@ -353,6 +395,7 @@ class Transaction:
         self._set_hits: dict[tuple[tuple[tuple[str, ...], str], str], frozenset[int]] = {}
         self._selected: dict[VarSpec, list[tuple[str, str]]] = {}
         self._prefilter: dict[tuple[tuple[str, ...], str], frozenset[int]] = {}
+        self._values_cache: dict[tuple[tuple[VarSpec, ...], tuple[VarSpec, ...]], list[tuple[str, str]]] = {}
 
     # ------------------------------------------------------------------ run
     def run(self) -> Outcome:
@@ -496,11 +539,22 @@ class Transaction:
 
     # ------------------------------------------------------------ variables
     def _values(self, rule: Rule) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
         removed = self.removed_targets.get(rule.id, ())
         # ctl:ruleRemoveTargetByTag; API-aware scoping also names single rules by id here
         tag_removed = [v for t, v in self.removed_tag_targets if t == rule.id or t in rule.tags] \
             if self.removed_tag_targets else []
+        if removed or tag_removed or not rule.static_targets:
+            return self._collect(rule, removed, tag_removed)
+        # ~100 CRS rules read the same target list: build it once per transaction
+        key = (rule.targets, rule.excludes)
+        values = self._values_cache.get(key)
+        if values is None:
+            values = self._values_cache[key] = self._collect(rule, removed, tag_removed)
+        return values
+
+    def _collect(self, rule: Rule, removed: list[VarSpec] | tuple[VarSpec, ...],
+                 tag_removed: list[VarSpec]) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
         for var in rule.targets:
             if var.count:
                 out.append((f"&{var.collection}", str(len(self._select(var)))))
@@ -597,8 +651,7 @@ class Transaction:
         elif ctl.name == "ruleRemoveTargetByTag":
             tag, _, target = value.partition(";")
             self.removed_tag_targets.extend((tag, v) for v in parse_variables(target, "ctl", 0))
-        elif ctl.name == "forceRequestBodyVariable" and value.lower() == "on":
-            self.request.scalars.setdefault("REQUEST_BODY", self.request.scalars.get("_BODY_TEXT", ""))
+        # forceRequestBodyVariable: REQUEST_BODY is always there when a body is (as in ModSecurity v3)
 
 
 def _key_selected(var: VarSpec, key: str) -> bool:

@@ -140,10 +140,8 @@ def from_parts(method: str, target: str, version: str, headers: Iterable[tuple[s
     sc["DURATION"] = "0"
     sc["ARGS_COMBINED_SIZE"] = str(sum(len(k) + len(v) for k, v in get + post))
     sc["FILES_COMBINED_SIZE"] = "0"
-    text = body.decode("utf-8", "replace") if body else ""
-    if processor == "URLENCODED":
-        sc["REQUEST_BODY"] = text
-    req.scalars["_BODY_TEXT"] = text  # for ctl:forceRequestBodyVariable
+    if body:  # ModSecurity v3 fills REQUEST_BODY for every body processor (checked with 3.0.15)
+        sc["REQUEST_BODY"] = body.decode("utf-8", "replace")
     return req
 
 

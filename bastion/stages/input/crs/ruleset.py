@@ -86,7 +86,7 @@ class CrsEngine:
         """Run phases 1 and 2. `removed` are rule ids and `removed_targets` (rule id, target such as
         `ARGS:comment`) that a governed exception switched off for this route (ctl:ruleRemoveById and
         ctl:ruleRemoveTargetById applied before the first rule)."""
-        tx = Transaction(self.program, request, self.setup)
+        tx = Transaction(self.program, request, self.program.initial_tx)
         tx.removed_ids.update(removed)
         for rule_id, target in removed_targets:
             tx.removed_targets.setdefault(rule_id, []).extend(parse_variables(target, "exception", 0))
