@@ -95,6 +95,7 @@ class Rule:
     joinable: bool = False       # its operator can be tried once on all values joined by newlines
     static_targets: bool = False  # reads only request variables, which do not change during a transaction
     static_operator: bool = False  # its operator argument has no macro other than %{tx.*}
+    joinable_stages: bool = False  # multiMatch with an operator that can run on joined values
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +174,10 @@ def compile_rule(spec: RuleSpec, operators: Operators, parent: Rule | None = Non
     rule.static_operator = not _TX_MACRO.search(spec.operator.argument)
     rule.static_targets = all(v.collection not in _STATEFUL and v.collection not in ("MATCHED_VAR_NAME",)
                               for v in rule.targets)
-    rule.joinable = spec.operator.name in ("rx", "pm", "pmFromFile", "pmf") and not spec.operator.negated \
-        and not rule.multi_match and edge_free and "%{" not in spec.operator.argument
+    joins = spec.operator.name in ("rx", "pm", "pmFromFile", "pmf") and not spec.operator.negated and edge_free \
+        and "%{" not in spec.operator.argument
+    rule.joinable = joins and not rule.multi_match
+    rule.joinable_stages = joins and rule.multi_match
     rule.chained = tuple(compile_rule(c, operators, rule) for c in spec.chained)
     return rule
 
@@ -485,6 +488,8 @@ class Transaction:
             joined = "\n".join(self._transform(rule, v) for _, v in values)
             if rule.match(joined, self.expand) is None:
                 return found
+        elif rule.multi_match and rule.joinable_stages and len(values) > 1 and not self._any_stage(rule, values):
+            return found
         self.matched_vars = []
         for name, value in values:
             groups = self._match_value(rule, value)
@@ -502,6 +507,18 @@ class Transaction:
             for sv in rule.setvars:
                 self._setvar(sv)
         return found
+
+    def _any_stage(self, rule: Rule, values: list[tuple[str, str]]) -> bool:
+        """multiMatch: whether the operator matches any value at any transformation stage, trying each stage
+        once on all values joined by newlines (a superset, as for the Set prefilter)."""
+        texts = [v for _, v in values]
+        if rule.match("\n".join(texts), self.expand) is not None:
+            return True
+        for transform in rule.transforms:
+            texts = [transform(t) for t in texts]
+            if rule.match("\n".join(texts), self.expand) is not None:
+                return True
+        return False
 
     def _match_value(self, rule: Rule, value: str) -> tuple[str, ...] | None:
         if rule.set_index >= 0:
