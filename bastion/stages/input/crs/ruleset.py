@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from bastion.stages.input.crs.engine import Outcome, Program, Transaction, build_program
+from bastion.stages.input.crs.compiler import Program, build_program
+from bastion.stages.input.crs.engine import Outcome, Transaction
 from bastion.stages.input.crs.operators import Operators
 from bastion.stages.input.crs.request import CrsRequest
 from bastion.stages.input.crs.seclang import Marker, RuleSpec, VarSpec, parse_file, parse_variables
