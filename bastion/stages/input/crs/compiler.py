@@ -233,9 +233,13 @@ def build_program(items: list[RuleSpec | Marker], operators: Operators, active_p
             else:
                 rule.set_index = -1
     sets = {key: _compile_set(srcs) for key, srcs in patterns.items()}
-    for number, lst in phases.items():
-        phases[number] = _fold_gates(lst, setup)
+    # gates on the setup, then the initialisation rules, then gates on what they set (e.g. the sampling gate
+    # `TX:sampling_percentage "@eq 100"`); a TX name any remaining rule may write is never folded
+    for number in phases:
+        phases[number] = _fold_gates(phases[number], setup, _written([*phases[1], *phases[2]], setup))
     phases[1], initial = _fold_initialisation(phases[1], setup)
+    for number in phases:
+        phases[number] = _fold_gates(phases[number], initial, _written([*phases[1], *phases[2]], initial))
     transforms = {k: tuple(TRANSFORMS[n] for n in k[0]) for k in patterns}
     return Program(phases, sets, rules, {k: frozenset(v) for k, v in targets.items()}, transforms, initial)
 
@@ -277,12 +281,11 @@ def _tx_only(rule: Rule) -> bool:
 
 _TX_MACRO = re.compile(r"%\{(?!tx[.:])", re.IGNORECASE)  # a macro reading anything but TX
 _TEXT_EDGES = re.compile(r"\\[AzZ]")  # whole-text anchors: such patterns cannot run on joined values
-def _fold_gates(items: list[Rule | Marker], setup: dict[str, str]) -> list[Rule | Marker]:
+def _fold_gates(items: list[Rule | Marker], setup: dict[str, str], written: set[str] | None) -> list[Rule | Marker]:
     """Constant-fold the gates CRS puts in front of rule groups, e.g. `SecRule TX:EXECUTING_PARANOIA_LEVEL
     "@lt 2" "skipAfter:..."` or `SecRule &TX:crs_exclusions_drupal "@eq 0" "skipAfter:..."`: a gate that only
     reads TX variables no rule can change (set by the config, or never set) either always skips (its rules
-    are dropped) or never does (the gate is dropped)."""
-    written = _written(items, setup)
+    are dropped) or never does (the gate is dropped). `written`: the TX names some rule of any phase sets."""
     from bastion.stages.input.crs.engine import Transaction  # the engine imports this module
 
     probe = Transaction(Program({1: [], 2: []}, {}), CrsRequest(), setup)
