@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from bastion.stages.input.crs.compiler import MACRO, MAX_MATCHES, SCALARS, Ctl, Program, Rule, Setvar
 from bastion.stages.input.crs.request import CrsRequest
@@ -344,16 +345,10 @@ def _key_selected(var: VarSpec, key: str) -> bool:
     return key.lower() == selector.lower()
 
 
-_SELECTORS: dict[str, re.Pattern[str]] = {}
-
-
+@lru_cache(maxsize=4096)
 def _selector_regex(selector: str) -> re.Pattern[str]:
-    compiled = _SELECTORS.get(selector)
-    if compiled is None:
-        if len(_SELECTORS) > 4096:
-            _SELECTORS.clear()  # bounded; selectors come from rule files and exceptions, not requests
-        compiled = _SELECTORS[selector] = re.compile(selector[1:-1], re.IGNORECASE)
-    return compiled
+    """`/regex/` key selectors: from rule files and exceptions (a fixed set per config), compiled once (LRU)."""
+    return re.compile(selector[1:-1], re.IGNORECASE)
 
 
 def _excluded(collection: str, key: str, removed: list[VarSpec] | tuple[VarSpec, ...],

@@ -13,6 +13,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import libinjection
@@ -86,16 +87,11 @@ class Operators:
     # --------------------------------------------------------------- patterns
     def _op_rx(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         if "%{" in argument:
-            cache: dict[str, re2._Regexp] = {}
+            # the pattern depends on TX (which a request can fill): RE2 keeps it linear, an LRU bounds compiles
+            compile_once = lru_cache(maxsize=64)(lambda pattern: compile_rx(pattern, rule_id, file, line))
 
             def dynamic(value: str, expand: Expand) -> Groups | None:
-                pattern = expand(argument)
-                compiled = cache.get(pattern)
-                if compiled is None:
-                    if len(cache) > 64:
-                        cache.clear()  # bounded: macros here come from the rule set, not the request
-                    compiled = cache[pattern] = compile_rx(pattern, rule_id, file, line)
-                return _groups(compiled.search(value))
+                return _groups(compile_once(expand(argument)).search(value))
             return dynamic
         fallback = FALLBACKS.get(rule_id)
         if fallback is not None and not _re2_ok(argument):

@@ -58,6 +58,8 @@ def test_negation_and_macros() -> None:
     assert run("eq", "0", "1", negated=True) is not None
     assert run("ge", "%{tx.x}", "5", tx={"x": "5"}) is not None
     assert run("ge", "%{tx.x}", "4", tx={"x": "5"}) is None
+    assert run("rx", "^%{tx.x}$", "abc", tx={"x": "abc"}) is not None  # a pattern built per transaction
+    assert run("rx", "^%{tx.x}$", "abcd", tx={"x": "abc"}) is None
 
 
 def test_rx_returns_captures() -> None:
