@@ -344,8 +344,11 @@ def compile_config(loaded: LoadedConfig, services: Services | None = None, *, no
             diags.append(positions.diagnostic(("exceptions", i, "controls"), f"exception {exc.id} relaxes "
                                               "nothing: no targeted route weakens these controls", "warning"))
 
+    from bastion.stages.input.crs.check import ruleset_digests
     from bastion.stages.traffic import tier_warnings
 
+    for digest in ruleset_digests(r.plans[0].policy.input.crs for r in routes):  # CRS files are config too
+        hasher.update(digest.encode())
     for message in tier_warnings(cfg):  # e.g. a consumer tier no limit names: a typo would lift its limits
         diags.append(positions.diagnostic(("consumers",), message, "warning"))
     errors = [d for d in diags if d.severity == "error"]

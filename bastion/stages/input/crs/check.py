@@ -8,6 +8,7 @@ the paranoia level and a bounded, redacted excerpt of each matched value; never 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterable
 from typing import Any
 
 from bastion.context import ControlRecord, Deny, RequestContext
@@ -85,6 +86,20 @@ def apply_scope(request: CrsRequest, kinds: dict[str, Kind]) -> list[tuple[str, 
             out += [(tag, VarSpec("ARGS", name)) for tag in ATTACK_TAGS if tag not in KEEP_TAGS[kind]]
             out += [(rule_id, VarSpec("ARGS", name)) for rule_id in DROP_RULES.get(kind, ())]
     return out
+
+
+def ruleset_digests(policies: Iterable[CrsPolicy]) -> list[str]:
+    """The version and file hash of every CRS directory the routes load, for the config hash (a changed rule
+    file changes what runs, so it changes the hash); unreadable ones are validate's business."""
+    out: set[str] = set()
+    for policy in policies:
+        if policy.enabled:
+            try:
+                rs = load_ruleset(policy.rules)
+            except ValueError:
+                continue
+            out.add(f"{rs.version}:{rs.digest}")
+    return sorted(out)
 
 
 def explain(policy: CrsPolicy) -> list[str]:

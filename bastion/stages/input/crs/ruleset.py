@@ -40,13 +40,24 @@ class Ruleset:
     items: tuple[RuleSpec | Marker, ...]
 
 
-@lru_cache(maxsize=8)
 def load_ruleset(directory: str) -> Ruleset:
-    """Read `REQUEST-9*.conf` (in name order, as an `Include *.conf` would) and the `.data` files."""
+    """Read `REQUEST-9*.conf` (in name order, as an `Include *.conf` would) and the `.data` files; parsed
+    again when a file changed (a config reload then runs the new rules)."""
     root = Path(directory)
     if not root.is_dir():
         raise RulesetError(f"CRS rules directory {directory} does not exist (Debian: apt-get install "
                            "modsecurity-crs)")
+    return _load(directory, _signature(root))
+
+
+def _signature(root: Path) -> tuple[tuple[str, int, int], ...]:
+    stats = [(p.name, p.stat()) for p in sorted(root.iterdir()) if p.suffix in (".conf", ".data")]
+    return tuple((name, st.st_mtime_ns, st.st_size) for name, st in stats)
+
+
+@lru_cache(maxsize=8)
+def _load(directory: str, signature: tuple[tuple[str, int, int], ...]) -> Ruleset:
+    root = Path(directory)
     paths = sorted(root.glob("REQUEST-9*.conf"))
     if not paths:
         raise RulesetError(f"CRS rules directory {directory} holds no REQUEST-9*.conf rule files")
@@ -96,7 +107,11 @@ class CrsEngine:
         return tx.run()
 
 
-@lru_cache(maxsize=16)
 def crs_engine(directory: str, paranoia: int, threshold: int) -> CrsEngine:
-    """Compiled once per (directory, paranoia, threshold) and process."""
-    return CrsEngine(load_ruleset(directory), paranoia, threshold)
+    """Compiled once per (rule files, paranoia, threshold) and process."""
+    return _engine(load_ruleset(directory), paranoia, threshold)
+
+
+@lru_cache(maxsize=16)
+def _engine(ruleset: Ruleset, paranoia: int, threshold: int) -> CrsEngine:
+    return CrsEngine(ruleset, paranoia, threshold)

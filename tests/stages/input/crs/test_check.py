@@ -161,3 +161,13 @@ def test_explain_names_version_hash_and_skipped_files() -> None:
     assert any("REQUEST-910-IP-REPUTATION.conf" in line for line in lines)
     assert "942100" in lines[-1]
     assert explain(CrsPolicy()) == []
+
+
+def test_the_config_hash_covers_the_rule_files(tmp_path: Path) -> None:
+    rules = tmp_path / "crs"
+    rules.mkdir()
+    rule = rules / "REQUEST-942-X.conf"
+    rule.write_text('SecRule ARGS "@rx union" "id:1,phase:2,deny"\n')
+    first = _compile(tmp_path, str(rules)).config_hash  # type: ignore[attr-defined]
+    rule.write_text('SecRule ARGS "@rx select" "id:1,phase:2,deny"\n')
+    assert _compile(tmp_path, str(rules)).config_hash != first  # type: ignore[attr-defined]
