@@ -86,3 +86,36 @@ async def test_contract_scopes_the_crs(tmp_path: Path, shared) -> None:
     assert not isinstance(await send({"nick": "a' or 'a'='a"}), Deny)       # the pattern already constrains it
     assert isinstance(await send({"body": "<img src=x onerror=alert(1)>"}), Deny)  # html keeps XSS
     assert not isinstance(await send({"body": "SELECT * FROM users WHERE 1=1; -- a hint"}), Deny)
+
+
+XML_SPEC = """
+openapi: 3.0.3
+info: {title: soap, version: "1"}
+paths:
+  /orders:
+    post:
+      operationId: postXml
+      requestBody:
+        required: true
+        content:
+          application/xml:
+            schema: {type: object}
+      responses: {"200": {description: ok}}
+"""
+
+
+@requires_crs
+async def test_declared_xml_is_inspected_as_xml_text(tmp_path: Path, shared) -> None:
+    spec = tmp_path / "soap.yaml"
+    spec.write_text(XML_SPEC)
+    doc = load_openapi(spec)
+
+    async def send(body: bytes) -> object:
+        ctx = request("POST", headers=[("content-type", "application/xml"), ("host", "api.example")], body=body)
+        return await run_input(doc, "postXml", ctx, shared, inspection_categories=[], crs={"enabled": True})
+
+    assert not isinstance(await send(b"<order><note>Leave it at the door</note></order>"), Deny)
+    deny = await send(b"<order><note>1' UNION SELECT password FROM users--</note></order>")
+    assert isinstance(deny, Deny) and deny.reason == "input_injection_crs" and "XML:/*" in (deny.log_detail or "")
+    deny = await send(b'<!DOCTYPE a [<!ENTITY x "y">]><order>&x;</order>')  # no DTDs: refused, not expanded
+    assert isinstance(deny, Deny) and deny.status == 415
