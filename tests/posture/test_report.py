@@ -65,6 +65,8 @@ def test_kpis_exceptions_and_gaps(tmp_path: Path):
     assert "API2:2023" not in routes["catalog/status"]["owasp"] or \
         "identity.required" not in routes["catalog/status"]["owasp"]["API2:2023"]
     assert routes["orders/list-orders"]["owasp"]["API9:2023"] == ["gateway.default_deny"]
+    assert routes["orders/create-order"]["inspection"][0].startswith("crs: OWASP_CRS/3.3.4 sha256:")  # the demo's CRS
+    assert routes["orders/list-orders"]["inspection"] == []
     apis = {a["name"]: a for a in doc["apis"]}
     assert (apis["orders"]["coverage"], apis["catalog"]["coverage"]) == (66.7, 50.0)
 
