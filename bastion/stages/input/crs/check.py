@@ -17,7 +17,7 @@ from bastion.stages.input.crs.engine import Outcome
 from bastion.stages.input.crs.request import CrsRequest, Pairs, Part, flatten_json, from_parts, parse_args
 from bastion.stages.input.crs.ruleset import CrsEngine, crs_engine, load_ruleset
 from bastion.stages.input.crs.scope import ATTACK_TAGS, DROP_RULES, KEEP_TAGS, Kind
-from bastion.stages.input.crs.seclang import VarSpec
+from bastion.stages.input.crs.seclang import VarSpec, parse_variables
 
 EXCERPT = 24
 """Characters of a matched value kept in the audit detail (the rest is elided)."""
@@ -38,6 +38,7 @@ class CrsCheck:
             if not sep or not target:
                 raise ValueError(f"input.crs.remove_targets: {item!r} is not RULE_ID;TARGET")
             targets.append((rule_id.strip(), target.strip()))
+            parse_variables(target.strip(), "input.crs.remove_targets", 0)  # a bad target fails validate, not requests
         self.removed_targets = tuple(targets)
         self.block = block
         self.policy_id = policy_id

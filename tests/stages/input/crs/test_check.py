@@ -171,3 +171,12 @@ def test_the_config_hash_covers_the_rule_files(tmp_path: Path) -> None:
     first = _compile(tmp_path, str(rules)).config_hash  # type: ignore[attr-defined]
     rule.write_text('SecRule ARGS "@rx select" "id:1,phase:2,deny"\n')
     assert _compile(tmp_path, str(rules)).config_hash != first  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("target", ["941100", "941100;", "941100;ARGS:json.a|!!"])
+def test_a_malformed_removal_target_fails_at_config_time(target: str) -> None:
+    from bastion.stages.input.config import CrsPolicy
+    from bastion.stages.input.crs.check import CrsCheck
+
+    with pytest.raises(ValueError):
+        CrsCheck(CrsPolicy(enabled=True, remove_targets=[target]), True, "pid")
