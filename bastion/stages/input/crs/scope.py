@@ -1,9 +1,9 @@
 """API-aware scoping: which CRS rule families a field needs, from its OpenAPI schema.
 
 A value the contract already constrains positively (integer, number, boolean, enum/const, a string with a
-`format` such as email/uuid/date-time/uri, or a `pattern`) was validated before inspection runs: negative rules
-add nothing but false positives, so it is not presented to the CRS at all. A string the contract marks with
-`x-bastion-content: html | markdown` keeps only the XSS family (script and event handlers matter where HTML is
+`format` such as email/uuid/date-time, or an anchored `pattern` over a closed alphabet) was validated before
+inspection runs: negative rules add nothing but false positives, so it is not presented to the CRS at all.
+A string the contract marks with `x-bastion-content: html | markdown` keeps only the XSS family (script and event handlers matter where HTML is
 rendered; SQL keywords in prose do not), less the rule that refuses any HTML tag at all (941160: rich text is
 tags); `code` keeps no attack family (a code sample is full of shell, SQL and log lines by design: it must be
 stored and shown escaped). Every other string is free text and gets every rule.
@@ -11,6 +11,7 @@ stored and shown escaped). Every other string is free text and gets every rule.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,9 +20,14 @@ from bastion.openapi.loader import REFS_KEY
 Kind = Literal["typed", "html", "markdown", "code", "text"]
 CONTENT_KINDS = ("html", "markdown", "code")
 TYPED_FORMATS = frozenset({
-    "email", "idn-email", "uuid", "date-time", "date", "time", "duration", "uri", "url", "iri", "hostname",
-    "idn-hostname", "ipv4", "ipv6", "byte", "int32", "int64", "float", "double", "json-pointer",
+    "email", "idn-email", "uuid", "date-time", "date", "time", "duration", "hostname", "idn-hostname", "ipv4",
+    "ipv6", "byte", "int32", "int64", "float", "double", "json-pointer",
 })
+"""String formats that constrain a value enough to skip negative rules. Not `uri`: a URI's query is free text
+(`https://a.example/?q=1'union/**/select` is a valid URI)."""
+_OPEN_ESCAPES = re.compile(r"\\[SWD]")
+_ESCAPED = re.compile(r"\\.")
+_CLASSES = re.compile(r"\[[^\]]*\]")
 KEEP_TAGS: dict[str, frozenset[str]] = {
     "html": frozenset({"attack-xss"}),
     "markdown": frozenset({"attack-xss"}),
@@ -83,9 +89,20 @@ def _leaf_kind(schema: dict[str, Any]) -> Kind:
     kinds = [kinds] if isinstance(kinds, str) else list(kinds or [])
     if kinds and all(k in ("integer", "number", "boolean", "null") for k in kinds):
         return "typed"
-    if "string" in kinds and (schema.get("format") in TYPED_FORMATS or "pattern" in schema):
+    if "string" in kinds and (schema.get("format") in TYPED_FORMATS or _constraining(schema.get("pattern"))):
         return "typed"
     return "text"
+
+
+def _constraining(pattern: Any) -> bool:
+    """A `pattern` that pins the whole value to a closed alphabet: anchored at both ends, no `.` outside a
+    character class, no negated class, no \\S/\\W/\\D (`^.*$` and `^[^<>]+$` constrain nothing)."""
+    if not isinstance(pattern, str) or not pattern.startswith("^") or not pattern.endswith("$"):
+        return False
+    if "[^" in pattern or _OPEN_ESCAPES.search(pattern):
+        return False
+    body = _CLASSES.sub("", _ESCAPED.sub("", pattern))  # `.` is literal inside [...] and when escaped
+    return "." not in body
 
 
 def operation_scope(operation: dict[str, Any], media: str) -> Scope | None:

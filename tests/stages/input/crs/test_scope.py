@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pytest
 
 from bastion.context import Deny
 from bastion.openapi import load_openapi
@@ -36,6 +37,22 @@ def test_classify_names_fields_as_modsecurity_does() -> None:
         "json.id": "typed", "json.email": "typed", "json.nick": "typed", "json.role": "typed",
         "json.bio": "html", "json.snippets.array_0": "code", "json.snippets.array_1": "code",
         "json.owner.age": "typed"}  # name, any (oneOf) and extra stay free text
+
+
+@pytest.mark.parametrize(("schema", "kind"), [
+    ({"type": "string", "pattern": "^[A-Z]{2}-[0-9]{4}$"}, "typed"),
+    ({"type": "string", "pattern": "^[-+0-9 ().x]{4,32}$"}, "typed"),  # `.` inside a class is a dot
+    ({"type": "string", "pattern": "^v\\.[0-9]+$"}, "typed"),
+    ({"type": "string", "pattern": "^.*$"}, "text"),           # constrains nothing
+    ({"type": "string", "pattern": "^[^<>]+$"}, "text"),       # a negated class: a blocklist, not a contract
+    ({"type": "string", "pattern": "[a-z]+"}, "text"),         # unanchored
+    ({"type": "string", "pattern": "^\\S+$"}, "text"),
+    ({"type": "string", "format": "uri"}, "text"),             # a URI's query is free text
+    ({"type": "string", "format": "uuid"}, "typed"),
+    ({"type": ["integer", "null"]}, "typed"),
+])
+def test_what_counts_as_constrained(schema: dict[str, object], kind: str) -> None:
+    assert build_scope(schema).kind == kind
 
 
 def test_unknown_schemas_are_free_text() -> None:
