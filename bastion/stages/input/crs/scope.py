@@ -4,9 +4,10 @@ A value the contract already constrains positively (integer, number, boolean, en
 `format` such as email/uuid/date-time, or an anchored `pattern` over a closed alphabet) was validated before
 inspection runs: negative rules add nothing but false positives, so it is not presented to the CRS at all.
 A string the contract marks with `x-bastion-content: html | markdown` keeps only the XSS family (script and
-event handlers matter where HTML is rendered; SQL keywords in prose do not), less the rule that refuses any HTML tag at all (941160: rich text is
-tags); `code` keeps no attack family (a code sample is full of shell, SQL and log lines by design: it must be
-stored and shown escaped). Every other string is free text and gets every rule.
+event handlers matter where HTML is rendered; SQL keywords in prose do not), less the rule that refuses any
+HTML tag at all (941160: rich text is tags); `code` keeps no attack family (a code sample is full of shell,
+SQL and log lines by design: it must be stored and shown escaped). Every other string is free text and gets
+every rule.
 """
 
 from __future__ import annotations
