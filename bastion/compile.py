@@ -294,6 +294,10 @@ def compile_config(loaded: LoadedConfig, services: Services | None = None, *, no
         route_names[api.name] = names
         hasher.update(spec_hash.encode())
     _check_waiver_targets(build, route_names)
+    from bastion.stages.input.crs.check import ruleset_digests
+
+    for digest in ruleset_digests(r.plans[0].policy.input.crs for r in routes):  # CRS files are config too
+        hasher.update(digest.encode())
     for message in tier_warnings(build.cfg):  # e.g. a consumer tier no limit names: a typo would lift its limits
         build.error(("consumers",), message, "warning")
     from bastion.stages.transport.listeners import listener_conflicts

@@ -16,8 +16,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 #   "false": False is stricter (an opt-in to something risky),
 #   "true": True is stricter, "subset": fewer items is stricter (an allowlist),
 #   "superset": more items is stricter (a list of requirements), "order": later in `order` is stricter,
-#   "free": any value is allowed (not a security control). A field without `stricter` must stay equal.
-Strictness = Literal["higher", "lower", "true", "false", "subset", "superset", "order", "free"]
+#   "free": any value is allowed (not a security control), "equal": any other value is weaker (no order
+#   between values, e.g. which rule set runs). A field without `stricter` must stay equal too.
+Strictness = Literal["higher", "lower", "true", "false", "subset", "superset", "order", "free", "equal"]
 
 
 class Model(BaseModel):

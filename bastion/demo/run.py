@@ -94,16 +94,22 @@ Try:
   curl -s {gw}/catalog/status
   bastion explain -c {config} catalog/status
 
-  # 9. the orders API runs on two targets; stop one (or freeze it: kill -STOP), requests keep succeeding
+  # 9. create-order also runs the OWASP CRS (paranoia 1): a SQL injection in a JSON field -> 400;
+  #    the audit event names the CRS rules, the variable (ARGS:json.note) and a bounded excerpt
+  ATTACK='{{"item": 1, "note": "1\\u0027 UNION SELECT password FROM users--"}}'
+  curl -si {gw}/orders/ -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d "$ATTACK"
+  bastion explain -c {config} orders/create-order
+
+  # 10. the orders API runs on two targets; stop one (or freeze it: kill -STOP), requests keep succeeding
   for i in 1 2 3 4; do curl -s {gw}/orders/42 -H "Authorization: Bearer $TOKEN" | grep -o '"instance":"[^"]*"'; done
   kill {upstream_b_pid}
   for i in 1 2 3 4; do curl -s {gw}/orders/42 -H "Authorization: Bearer $TOKEN" | grep -o '"instance":"[^"]*"'; done
   grep upstream.ejected {config.parent / 'audit.jsonl'}
 
-  # 10. attack it: every refusal the config promises, with the probe identity the demo trusts
+  # 11. attack it: every refusal the config promises, with the probe identity the demo trusts
   bastion probe -c {config} --target {gw} | tail -3
 
-  # 11. what the auditors see: the audit log, and the posture report
+  # 12. what the auditors see: the audit log, and the posture report
   bastion report -c {config} | head -20
   tail -n 3 {config.parent / 'audit.jsonl'}
 

@@ -11,6 +11,7 @@ from bastion.compile import CompiledRoute
 from bastion.config.models import SECTIONS
 from bastion.posture.controls import plan_at
 from bastion.stages import authz
+from bastion.stages.input.crs import check as crs
 
 
 def _iso(ts: float) -> str:
@@ -40,6 +41,7 @@ def route_policy(route: CompiledRoute, authz_shared: Any = None, *, now: float) 
             controls[control] = entry
     return {
         "authorization": authz.explain(plan.policy.authz, info, authz_shared) if authz_shared else [],
+        "inspection": crs.explain(plan.policy.input.crs),  # the CRS rule set in force: version, hash, paranoia
         "route": info.route_id, "api": info.api, "class": info.klass, "path": info.path,
         "methods": sorted(info.methods), "administrative": route.admin,
         "upstream": f"{route.upstream.scheme}://{route.upstream.authority}{route.upstream.path_prefix}",

@@ -57,6 +57,7 @@ def route_doc(route: CompiledRoute, owner: str | None, exceptions: list[dict[str
         "route": info.route_id, "api": info.api, "name": info.route, "class": info.klass, "owner": owner,
         "path": info.path, "methods": sorted(info.methods), "administrative": route.admin,
         "controls": policy["controls"],
+        "inspection": policy["inspection"],  # the CRS rule set version and file hash, when the route runs it
         "meets_baseline": not relaxed, "relaxed_controls": relaxed,
         "exceptions": [e for e in mine if e["state"] == "active"],
         "expired_exceptions": [e for e in mine if e["state"] == "expired"],

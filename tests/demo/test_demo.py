@@ -66,6 +66,13 @@ async def test_demo_allows_denies_and_honours_its_exception(capsys):
         assert explain(str(info["config"]), "catalog/status") == 0
         assert "exception:EXC-DEMO-1" in capsys.readouterr().out
 
+        auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        attack = b'{"item": 1, "note": "1\' UNION SELECT password FROM users--"}'
+        status, _, body = await request(port, "POST", "/orders/", auth, attack)
+        assert status == 400 and json.loads(body)["status"] == 400  # the CRS, at paranoia 1
+        assert explain(str(info["config"]), "orders/create-order") == 0
+        assert "inspection: crs: OWASP_CRS/3.3.4" in capsys.readouterr().out
+
         # the orders API has two targets; with the second process stopped, requests keep succeeding
         auth = {"Authorization": f"Bearer {token}"}
         served = [json.loads((await request(port, "GET", "/orders/42", auth))[2])["instance"] for _ in range(4)]
@@ -103,7 +110,7 @@ async def test_the_printed_steps_work_as_printed(capsys: pytest.CaptureFixture[s
         outputs = dict(part.split("\n", 1) if "\n" in part else (part, "") for part in text.split(">>> ")[1:])
         by_command = {commands[int(k)]: v for k, v in outputs.items()}
         status = {c: v.split(" ", 2)[1] for c, v in by_command.items() if v.startswith("HTTP/1.1 ")}
-        assert sorted(status.values()) == ["401", "401", "401", "401", "403", "403", "404"]
+        assert sorted(status.values()) == ["400", "401", "401", "401", "401", "403", "403", "404"]  # 400: the CRS
         flow = [c for c in commands if "/orders/ -X POST" in c and "$TOKEN" in c]  # 5b: order before browsing
         assert status[flow[0]] == "403" and by_command[flow[1]].strip()  # after browsing: the order goes through
         assert json.loads(by_command[commands[1]])["headers"]["x-bastion-subject"] == "alice"  # verified

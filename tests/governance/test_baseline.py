@@ -19,6 +19,8 @@ from bastion.governance.baseline import _origin_below, is_weaker, merge, restore
     ("subset", ["jwt", "mtls"], ["jwt"], False), ("subset", ["jwt"], ["jwt", "api_key"], True),
     ("superset", ["a"], ["a", "b"], False), ("superset", ["a", "b"], ["a"], True),
     ("free", 1, 2, False),
+    # another CRS rules directory is not comparable: any change needs an exception; the same one is not weaker
+    ("equal", "/usr/share/modsecurity-crs/rules", "/tmp/empty", True), ("equal", "/a", "/a", False),
     (None, "x", "y", True), (None, "x", "x", False),
 ])
 def test_is_weaker(stricter, baseline, declared, weaker):

@@ -68,6 +68,8 @@ def test_kpis_exceptions_and_gaps(tmp_path: Path):
     assert "anonymous callers are refused" in routes["orders/list-orders"]["owasp_why"]["identity.required"]
     assert "identity.required" not in routes["catalog/status"]["owasp_why"]  # waived: not credited
     assert "`identity.required`: anonymous callers are refused" in render.markdown(doc)
+    assert routes["orders/create-order"]["inspection"][0].startswith("crs: OWASP_CRS/3.3.4 sha256:")  # the demo's CRS
+    assert routes["orders/list-orders"]["inspection"] == []
     apis = {a["name"]: a for a in doc["apis"]}
     assert (apis["orders"]["coverage"], apis["catalog"]["coverage"]) == (66.7, 50.0)
 

@@ -29,6 +29,45 @@ CATEGORIES: tuple[Category, ...] = ("sqli", "xss", "traversal", "cmdi", "ssrf")
 DEFAULT_INSPECTED_HEADERS = ("user-agent", "referer", "origin", "x-forwarded-host")
 
 
+class CrsPolicy(Model):
+    """`crs: {enabled: true, rules: /usr/share/modsecurity-crs/rules, paranoia: 1, inbound_threshold: 5}`: the
+    OWASP Core Rule Set run by Bastion's own engine (docs/input.md). A missing or unreadable directory fails
+    validate. Every field is a control: switching it off or removing rules for a route needs an exception."""
+
+    enabled: bool = control(
+        False, stricter="true",
+        description="Run the CRS on every part of the request, besides Bastion's own rules (`enabled: true`).",
+    )
+
+    rules: str = control(
+        "/usr/share/modsecurity-crs/rules", stricter="equal",  # another rule set is not comparable: an exception
+        description="Directory with the CRS `REQUEST-9*.conf` rule files and their `.data` files (Debian's "
+                    "`modsecurity-crs` by default; any CRS release's `rules/` directory works).",
+    )
+    paranoia: int = control(
+        1, stricter="higher", ge=1, le=4, description="CRS paranoia level 1-4 (e.g. `paranoia: 2`).",
+    )
+    inbound_threshold: int = control(
+        5, stricter="lower", ge=1,
+        description="Inbound anomaly score at which CRS rule 949110 blocks (a critical rule scores 5).",
+    )
+    api_aware: bool = control(
+        True, stricter="false",
+        description="Scope the rules per field from the OpenAPI contract: typed/enum/format/pattern values are "
+                    "not inspected, `x-bastion-content: html|markdown|code` strings get the families that fit.",
+    )
+    remove_rules: list[str] = control(
+        [], stricter="subset",
+        description="CRS rule ids switched off for these routes (ctl:ruleRemoveById), e.g. `[942100]`; "
+                    "loosening the class baseline needs an exception naming `input.crs.remove_rules`.",
+    )
+    remove_targets: list[str] = control(
+        [], stricter="subset",
+        description="`RULE_ID;TARGET` pairs (ctl:ruleRemoveTargetById), e.g. `[\"941100;ARGS:json.body\"]`; "
+                    "needs an exception naming `input.crs.remove_targets`.",
+    )
+
+
 class InputPolicy(Model):
     """`input: {contract: enforce, undeclared: reject, inspection: block, paranoia: 1}`"""
 
@@ -83,6 +122,11 @@ class InputPolicy(Model):
         [], stricter="subset",
         description="Values not inspected, as `query.NAME`, `path.NAME`, `header.NAME`, `cookie.NAME` or "
                     "`body./json/pointer` (e.g. `[body./article/html]`); each is an exception-grade waiver.",
+    )
+    crs: CrsPolicy = Field(
+        default_factory=CrsPolicy,
+        description="The OWASP CRS, besides Bastion's own rules: `crs: {enabled: true, paranoia: 1}` runs the "
+                    "Debian CRS at paranoia 1.",
     )
     inspected_headers: list[str] = Field(
         default_factory=lambda: list(DEFAULT_INSPECTED_HEADERS),

@@ -15,9 +15,13 @@ from typing import Any
 import orjson
 
 from bastion.context import Continue, ControlRecord, Decision, Deny, RequestContext
+from bastion.openapi.keys import REFS_KEY
 from bastion.stages.base import RouteInfo, Services
 from bastion.stages.input import jsonbody
 from bastion.stages.input.config import InputPolicy
+from bastion.stages.input.crs import check as crs
+from bastion.stages.input.crs.request import Part as CrsPart
+from bastion.stages.input.crs.scope import Kind, Scope, classify, operation_scope, parameter_kinds
 from bastion.stages.input.inspection import Finding, Inspector, RuleSet, load_rules
 from bastion.stages.input.media import (
     FormError,
@@ -71,6 +75,11 @@ class _Common:
         self.pid_limits = route.policy_id("input.max_json_depth")
         self.pid_inspection = route.policy_id("input.inspection")
         self.allow = Continue(self.pid_contract)  # built once: the audit names the control that let it through
+        self.crs = crs.CrsCheck(policy.crs, self.block, route.policy_id("input.crs")) \
+            if policy.crs.enabled and policy.inspection != "off" else None
+        op = route.operation or {}
+        # the CRS sees the whole request once: in the body stage when one runs and a body comes, else here
+        self.body_stage = not (route.methods <= _NO_BODY_METHODS and not op.get("requestBody"))
 
     def is_excluded(self, where: str) -> bool:
         return any(where == ex or where.startswith(ex + "/") for ex in self.excluded)
@@ -123,6 +132,9 @@ class HeadStage(_Common):
             self.params = ParameterSet(op.get("parameters") or [], normaliser(op, closed=False))
             self.validator = compile_schema(self.params.schema)
         self.headers = tuple(h.lower() for h in policy.inspected_headers)
+        # API-aware CRS: query parameters the contract types are not inspected by negative rules
+        self.query_kinds: dict[str, Kind] = parameter_kinds(op.get("parameters") or [], op.get(REFS_KEY)) \
+            if self.contract and self.crs is not None else {}
 
     async def check(self, ctx: RequestContext) -> Decision:
         try:
@@ -135,6 +147,10 @@ class HeadStage(_Common):
                 return deny
         if self.inspector is not None:
             deny = self.inspect(ctx, self._values(ctx, query))
+            if deny is not None:
+                return deny
+        if self.crs is not None and not (self.body_stage and _has_body(ctx)):
+            deny = self.crs.run(ctx, crs.head_request(ctx), self.query_kinds or None)
             if deny is not None:
                 return deny
         return self.allow
@@ -163,9 +179,7 @@ class HeadStage(_Common):
         return self._content_type(ctx)
 
     def _content_type(self, ctx: RequestContext) -> Deny | None:
-        length = ctx.header("content-length")
-        has_body = (length is not None and length.strip() != "0") or ctx.header("transfer-encoding") is not None
-        if not has_body:
+        if not _has_body(ctx):
             if self.body_required:
                 return self.invalid("input_invalid_body", "This operation requires a request body.")
             return None
@@ -197,6 +211,11 @@ class HeadStage(_Common):
         return out
 
 
+def _has_body(ctx: RequestContext) -> bool:
+    length = ctx.header("content-length")
+    return (length is not None and length.strip() != "0") or ctx.header("transfer-encoding") is not None
+
+
 def _param_detail(error: Any) -> str:
     path = list(error.instance_path)
     if error.kind.name == "required" and len(path) == 1:
@@ -221,12 +240,16 @@ class BodyStage(_Common):
         closed = policy.undeclared != "allow"
         norm = normaliser(op, closed=closed)
         self.schemas: dict[str, tuple[Any, Any]] = {}  # content key -> (normalised schema, validator)
+        self.scopes: dict[str, Scope] = {}  # content key -> API-aware CRS scope of its fields
         if self.contract:
             for key, media in self.content.items():
                 schema = (media or {}).get("schema")
                 if schema is not None:
                     normalised = norm.root(schema)
                     self.schemas[key] = (normalised, compile_schema(normalised))
+                    scope = operation_scope(op, key) if self.crs is not None else None
+                    if scope is not None:
+                        self.scopes[key] = scope
 
     async def check(self, ctx: RequestContext) -> Decision:
         body = ctx.body or b""
@@ -237,11 +260,13 @@ class BodyStage(_Common):
         schema, validator = self.schemas.get(key, (None, None)) if key else (None, None)
         try:
             if is_json(kind):
-                return self._json(ctx, body, validator)
+                return self._json(ctx, body, validator, self.scopes.get(key) if key else None)
             if kind == "application/x-www-form-urlencoded":
                 return self._form(ctx, body, schema, validator)
             if kind == "multipart/form-data":
                 return self._multipart(ctx, body, params.get("boundary", ""), schema, validator)
+            if self.crs is not None:
+                return self._crs_other(ctx, self.crs, kind, body)
         except jsonbody.JsonError as exc:
             return self.invalid(exc.reason, exc.why, self._pid(exc.reason))
         except FormError as exc:
@@ -251,7 +276,7 @@ class BodyStage(_Common):
     def _pid(self, reason: str) -> str:
         return self.pid_limits if reason == "input_json_limits" else self.pid_contract
 
-    def _json(self, ctx: RequestContext, body: bytes, validator: Any) -> Decision:
+    def _json(self, ctx: RequestContext, body: bytes, validator: Any, scope: Scope | None = None) -> Decision:
         doc = jsonbody.parse(body, self.limits)
         if validator is not None and not validator.is_valid(doc):
             deny, changed = self._validate(doc, validator)
@@ -263,7 +288,22 @@ class BodyStage(_Common):
             deny = self._inspect_json(ctx, doc)
             if deny is not None:
                 return deny
+        if self.crs is not None:
+            # API-aware scoping needs a validated document: the contract ran above, or there is no scope
+            kinds = classify(doc, scope) if scope is not None and validator is not None else None
+            return self.crs.run(ctx, crs.body_request(ctx, "json", body, doc=doc), kinds) or self.allow
         return self.allow
+
+    def _crs_other(self, ctx: RequestContext, check: crs.CrsCheck, kind: str, body: bytes) -> Decision:
+        """XML is inspected as `XML:/*` when the operation declares it, else refused (415): a body the CRS
+        cannot see into must not pass as inspected. Other types get the CRS without a body processor."""
+        if kind.endswith("/xml") or kind.endswith("+xml"):
+            text = crs.xml_text(body) if match_media(kind, self.content) is not None else None
+            if text is None:
+                return Deny(415, "input_unsupported_media_type", self.pid_inspection,
+                            "XML bodies are not accepted here.", log_detail="crs: undeclared or malformed XML")
+            return check.run(ctx, crs.body_request(ctx, kind, body, xml_text=text)) or self.allow
+        return check.run(ctx, crs.body_request(ctx, kind, body)) or self.allow
 
     def _inspect_json(self, ctx: RequestContext, doc: Any) -> Deny | None:
         inspector = self.inspector
@@ -333,7 +373,11 @@ class BodyStage(_Common):
                     pairs = [(k, v) for k, v in pairs if k in doc]
                     ctx.body = encode_form(pairs)
         values = [(f"body./{k}", f"form field '{k}'", v) for k, v in pairs]
+        values += [(f"body./{k}", f"form field name '{k}'", k) for k, _ in pairs]  # names are input too
         deny = self.inspect(ctx, values)
+        if deny is None and self.crs is not None:
+            deny = self.crs.run(ctx, crs.body_request(ctx, "form", body,
+                                                      form=crs.form_pairs(body, self.policy.max_form_fields)))
         return deny or self.allow
 
     def _multipart(self, ctx: RequestContext, body: bytes, boundary: str, schema: Any,
@@ -357,7 +401,15 @@ class BodyStage(_Common):
                 error = next(iter(validator.iter_errors(doc)))
                 return self._deny(error)  # multipart is never rewritten: undeclared parts are rejected
         values = [(f"body./{k}", f"form field '{k}'", v) for k, v in texts]
+        # file names and parts of any declared type are input too (the issue's multipart gap)
+        values += [(f"body./{p.name}", f"file name of '{p.name}'", p.filename) for p in parts if p.filename]
+        values += [(f"body./{p.name}", f"form field '{p.name}'", p.data.decode("utf-8", "replace"))
+                   for p in parts if p.filename is None and not p.content_type.startswith("text/")]
         deny = self.inspect(ctx, values)
+        if deny is None and self.crs is not None:
+            crs_parts = [CrsPart(p.name, p.filename, "" if p.filename else p.data.decode("utf-8", "replace"))
+                         for p in parts]
+            deny = self.crs.run(ctx, crs.body_request(ctx, "multipart", body, parts=crs_parts))
         return deny or self.allow
 
 

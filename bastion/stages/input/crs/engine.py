@@ -1,0 +1,366 @@
+"""The per-request evaluation of compiled CRS rules: a ModSecurity v3 transaction.
+
+Phase 1 then phase 2, rules in file order, `skipAfter` to a `SecMarker`, chains, `setvar` as each rule matches
+and once per matched value (so two bad arguments score twice, as in ModSecurity), `capture`, `MATCHED_VAR(S)`,
+`ctl:ruleRemove*` for the rest of the transaction, and a `deny` (949110 in anomaly mode) ending it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from bastion.stages.input.crs.program import MACRO, MAX_MATCHES, SCALARS, Ctl, Program, Rule, Setvar
+from bastion.stages.input.crs.request import CrsRequest
+from bastion.stages.input.crs.seclang import Marker, VarSpec, parse_variables
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One rule that matched: its id, where (e.g. `ARGS:json.user.name`), the matched text and metadata."""
+
+    rule_id: str
+    variable: str
+    value: str
+    tags: tuple[str, ...]
+    severity: int | None
+    paranoia: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The transaction's result: the deny rule (or None), every hit, and the final TX collection."""
+
+    denied_by: str | None
+    hits: list[Hit]
+    tx: dict[str, str]
+
+    def score(self, name: str) -> int:
+        try:
+            return int(self.tx.get(name, "0"))
+        except ValueError:
+            return 0
+
+
+class Transaction:
+    """One request evaluated against a Program. Not shared between requests."""
+
+    def __init__(self, program: Program, request: CrsRequest, tx: dict[str, str]) -> None:
+        self.program = program
+        self.request = request
+        self.tx = dict(tx)
+        self.removed_ids: set[str] = set()
+        self.removed_tags: set[str] = set()
+        self.removed_targets: dict[str, list[VarSpec]] = {}
+        self.removed_tag_targets: list[tuple[str, VarSpec]] = []
+        self.hits: list[Hit] = []
+        self.matched_var = ""
+        self.matched_var_name = ""
+        self.matched_vars: list[tuple[str, str]] = []
+        self._transformed: dict[tuple[tuple[str, ...], str], str] = {}
+        self._set_hits: dict[tuple[tuple[tuple[str, ...], str], str], frozenset[int]] = {}
+        self._selected: dict[VarSpec, list[tuple[str, str]]] = {}
+        self._prefilter: dict[tuple[tuple[str, ...], str], frozenset[int]] = {}
+        self._values_cache: dict[tuple[tuple[VarSpec, ...], tuple[VarSpec, ...]], list[tuple[str, str]]] = {}
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> Outcome:
+        for phase in (1, 2):
+            denied = self._phase(self.program.phases[phase])
+            if denied is not None:
+                return Outcome(denied, self.hits, self.tx)
+        return Outcome(None, self.hits, self.tx)
+
+    def _phase(self, items: list[Rule | Marker]) -> str | None:
+        skip_to: str | None = None
+        for item in items:
+            if isinstance(item, Marker):
+                if skip_to is not None and item.name == skip_to:
+                    skip_to = None
+                continue
+            if skip_to is not None or item.id in self.removed_ids or self._removed_by_tag(item):
+                continue
+            if self._evaluate(item):
+                if item.deny:
+                    return item.id
+                if item.skip_after:
+                    skip_to = item.skip_after
+        return None
+
+    def _removed_by_tag(self, rule: Rule) -> bool:
+        return bool(self.removed_tags) and any(t in self.removed_tags for t in rule.tags)
+
+    # ------------------------------------------------------------ one rule
+    def _evaluate(self, rule: Rule) -> bool:
+        if rule.set_index >= 0 and rule.set_index not in self._group_hits(rule.set_key):
+            return False  # no value this rule could read matches its pattern: skip without looking at targets
+        matches = self._match_rule(rule)
+        if not matches:
+            return False
+        # setvar runs in each rule of a chain as it matches, once per matched value (with that value's
+        # MATCHED_VAR and captures), before the next rule is evaluated: CRS 931130's chained rule reads the
+        # TX variable its head just set. ctl waits for the whole chain.
+        for child in rule.chained:
+            if not self._match_rule(child):
+                return False
+        for member in (rule, *rule.chained):
+            for ctl in member.ctls:
+                self._ctl(ctl)
+        if rule.log:
+            name, value = matches[0]
+            if len(self.hits) < MAX_MATCHES:
+                self.hits.append(Hit(rule.id, name, value, rule.tags, rule.severity, rule.paranoia))
+        return True
+
+    def _group_hits(self, group: tuple[tuple[str, ...], str]) -> frozenset[int]:
+        """Every Set index that can match a value of the chain's variables: one Set pass over all the
+        transformed values joined by newlines (computed once per chain and request).
+
+        A superset of the per-value matches: patterns run with MULTILINE, so `^`/`$` hold at each newline as at
+        a value's edges, and `\\b` sees the newline as the non-word edge it replaces; patterns with `\\A` or
+        `\\z` are kept out of the Sets. The rules found here are then matched value by value."""
+        hits = self._prefilter.get(group)
+        if hits is None:
+            chain, separator = group
+            texts: list[str] = []
+            transforms = self.program.group_transforms[group]
+            for collection in self.program.group_targets[group]:
+                if collection in SCALARS:
+                    value = self.request.scalars.get(collection)
+                    values = [] if value is None else [value]
+                else:
+                    values = [v for _, v in self.request.pairs(collection)]
+                for value in values:
+                    key = (chain, value)
+                    text = self._transformed.get(key)
+                    if text is None:
+                        text = value
+                        for transform in transforms:
+                            text = transform(text)
+                        self._transformed[key] = text
+                    texts.append(text)
+            hits = self._prefilter[group] = frozenset(self.program.sets[group](separator.join(texts))) if texts \
+                else frozenset()
+        return hits
+
+    def _match_rule(self, rule: Rule) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        # before MATCHED_VARS is reset: a chained rule reads its parent's; SecAction has no target and matches once
+        values = self._values(rule) if rule.targets else [("", "")]
+        if rule.joinable and len(values) > 1:
+            # one search over every transformed value joined by newlines: no match there, no match anywhere
+            joined = "\n".join(self._transform(rule, v) for _, v in values)
+            if rule.match(joined, self.expand) is None:
+                return found
+        elif rule.multi_match and rule.joinable_stages and len(values) > 1 and not self._any_stage(rule, values):
+            return found
+        self.matched_vars = []
+        for name, value in values:
+            groups = self._match_value(rule, value)
+            if groups is None:
+                continue
+            found.append((name, value))
+            self.matched_var, self.matched_var_name = value, name
+            self.matched_vars.append((name, value))
+            if rule.capture:
+                for i in range(10):
+                    if i < len(groups):
+                        self.tx[str(i)] = groups[i]
+                    else:
+                        self.tx.pop(str(i), None)
+            for sv in rule.setvars:
+                self._setvar(sv)
+        return found
+
+    def _any_stage(self, rule: Rule, values: list[tuple[str, str]]) -> bool:
+        """multiMatch: whether the operator matches any value at any transformation stage, trying each stage
+        once on all values joined by newlines (a superset, as for the Set prefilter)."""
+        texts = [v for _, v in values]
+        if rule.match("\n".join(texts), self.expand) is not None:
+            return True
+        for transform in rule.transforms:
+            texts = [transform(t) for t in texts]
+            if rule.match("\n".join(texts), self.expand) is not None:
+                return True
+        return False
+
+    def _match_value(self, rule: Rule, value: str) -> tuple[str, ...] | None:
+        if rule.set_index >= 0:
+            set_key = (rule.set_key, value)
+            hits = self._set_hits.get(set_key)
+            if hits is None:
+                text = self._transform(rule, value)
+                hits = self._set_hits[set_key] = frozenset(self.program.sets[rule.set_key](text))
+            if rule.set_index not in hits:
+                return None
+            if not rule.capture:
+                return ("",)
+        if rule.multi_match:
+            current = value
+            groups = rule.match(current, self.expand)
+            for transform in rule.transforms:
+                nxt = transform(current)
+                if nxt is not current and nxt != current:
+                    current = nxt
+                    groups = groups or rule.match(current, self.expand)
+            return groups
+        return rule.match(self._transform(rule, value), self.expand)
+
+    def _transform(self, rule: Rule, value: str) -> str:
+        if not rule.transforms:
+            return value
+        key = (rule.chain_key, value)
+        out = self._transformed.get(key)
+        if out is None:
+            out = value
+            for transform in rule.transforms:
+                out = transform(out)
+            self._transformed[key] = out
+        return out
+
+    # ------------------------------------------------------------ variables
+    def _values(self, rule: Rule) -> list[tuple[str, str]]:
+        removed = self.removed_targets.get(rule.id, ())
+        # ctl:ruleRemoveTargetByTag; API-aware scoping also names single rules by id here
+        tag_removed = [v for t, v in self.removed_tag_targets if t == rule.id or t in rule.tags] \
+            if self.removed_tag_targets else []
+        if removed or tag_removed or not rule.static_targets:
+            return self._collect(rule, removed, tag_removed)
+        # ~100 CRS rules read the same target list: build it once per transaction
+        key = (rule.targets, rule.excludes)
+        values = self._values_cache.get(key)
+        if values is None:
+            values = self._values_cache[key] = self._collect(rule, removed, tag_removed)
+        return values
+
+    def _collect(self, rule: Rule, removed: list[VarSpec] | tuple[VarSpec, ...],
+                 tag_removed: list[VarSpec]) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for var in rule.targets:
+            if var.count:
+                out.append((f"&{var.collection}", str(len(self._select(var)))))
+                continue
+            if var.collection in SCALARS:
+                value = self._scalar(var.collection)
+                if value is not None and not _excluded(var.collection, var.collection, removed, tag_removed):
+                    out.append((var.collection, value))
+                continue
+            for key, value in self._select(var):
+                if rule.excludes and any(_key_selected(e, key) for e in rule.excludes
+                                         if e.collection == var.collection):
+                    continue
+                if (removed or tag_removed) and _excluded(var.collection, key, removed, tag_removed):
+                    continue
+                out.append((f"{var.collection}:{key}", value))
+        return out
+
+    def _select(self, var: VarSpec) -> list[tuple[str, str]]:
+        collection = var.collection
+        if collection == "TX":
+            if var.selector is not None and not var.is_regex:
+                value = self.tx.get(var.selector.lower())
+                return [] if value is None else [(var.selector.lower(), value)]
+            pairs = list(self.tx.items())
+        elif collection == "MATCHED_VARS":
+            pairs = list(self.matched_vars)
+        elif collection == "MATCHED_VARS_NAMES":
+            pairs = [(n, n) for n, _ in self.matched_vars]
+        else:
+            cached = self._selected.get(var)
+            if cached is None:  # request collections do not change during the transaction
+                pairs = self.request.pairs(collection)
+                cached = self._selected[var] = pairs if var.selector is None else \
+                    [(k, v) for k, v in pairs if _key_selected(var, k)]
+            return cached
+        if var.selector is None:
+            return pairs
+        return [(k, v) for k, v in pairs if _key_selected(var, k)]
+
+    def _scalar(self, name: str) -> str | None:
+        if name == "MATCHED_VAR":
+            return self.matched_var
+        if name == "MATCHED_VAR_NAME":
+            return self.matched_var_name
+        return self.request.scalars.get(name)
+
+    # -------------------------------------------------------------- actions
+    def expand(self, text: str) -> str:
+        """`%{tx.name}`, `%{TX.0}`, `%{MATCHED_VAR}`, `%{REQUEST_HEADERS.host}`: macro expansion."""
+        if "%{" not in text:
+            return text
+        return MACRO.sub(self._macro, text)
+
+    def _macro(self, m: re.Match[str]) -> str:
+        collection, key = m.group(1).upper(), m.group(2)
+        if key is None:
+            return self._scalar(collection) or ""
+        if collection == "TX":
+            return self.tx.get(key.lower(), "")
+        lowered = key.lower()
+        return next((v for k, v in self.request.pairs(collection) if k.lower() == lowered), "")
+
+    def _setvar(self, sv: Setvar) -> None:
+        if not sv.name:
+            return
+        name = self.expand(sv.name) if "%{" in sv.name else sv.name
+        if sv.op == "!":
+            self.tx.pop(name, None)
+            return
+        value = self.expand(sv.value)
+        if sv.op == "=":
+            self.tx[name] = value
+            return
+        current = _atoi(self.tx.get(name, "0"))
+        delta = _atoi(value)
+        self.tx[name] = str(current + delta if sv.op == "+" else current - delta)
+
+    def _ctl(self, ctl: Ctl) -> None:
+        value = self.expand(ctl.value)
+        if ctl.name == "ruleRemoveById":
+            for part in value.split():
+                low, _, high = part.partition("-")
+                if high and low.isdigit() and high.isdigit():
+                    self.removed_ids.update(r for r in self.program.rules
+                                            if r.isdigit() and int(low) <= int(r) <= int(high))
+                else:
+                    self.removed_ids.add(part)
+        elif ctl.name == "ruleRemoveByTag":
+            self.removed_tags.add(value)
+        elif ctl.name == "ruleRemoveTargetById":
+            rule_id, _, target = value.partition(";")
+            self.removed_targets.setdefault(rule_id, []).extend(parse_variables(target, "ctl", 0))
+        elif ctl.name == "ruleRemoveTargetByTag":
+            tag, _, target = value.partition(";")
+            self.removed_tag_targets.extend((tag, v) for v in parse_variables(target, "ctl", 0))
+        # forceRequestBodyVariable: REQUEST_BODY is always there when a body is (as in ModSecurity v3)
+
+
+def _key_selected(var: VarSpec, key: str) -> bool:
+    selector = var.selector
+    if selector is None:
+        return True
+    if selector[0] == "/" and selector[-1] == "/" and len(selector) >= 2:
+        return _selector_regex(selector).search(key) is not None
+    return key.lower() == selector.lower()
+
+
+@lru_cache(maxsize=4096)
+def _selector_regex(selector: str) -> re.Pattern[str]:
+    """`/regex/` key selectors: from rule files and exceptions (a fixed set per config), compiled once (LRU)."""
+    return re.compile(selector[1:-1], re.IGNORECASE)
+
+
+def _excluded(collection: str, key: str, removed: list[VarSpec] | tuple[VarSpec, ...],
+              tag_removed: list[VarSpec]) -> bool:
+    for var in (*removed, *tag_removed):
+        if var.collection == collection and (var.selector is None or _key_selected(var, key)):
+            return True
+    return False
+
+
+def _atoi(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    m = re.match(r"\s*([+-]?\d+)", text)
+    return int(m.group(1)) if m else 0

@@ -1,0 +1,102 @@
+"""Transaction semantics on small rule files, each checked against what ModSecurity v3 does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bastion.stages.input.crs.compiler import build_program
+from bastion.stages.input.crs.engine import Outcome, Transaction
+from bastion.stages.input.crs.operators import Operators
+from bastion.stages.input.crs.request import CrsRequest, Part, flatten_json, from_parts
+from bastion.stages.input.crs.seclang import parse_file
+
+DENY = 'SecRule TX:score "@ge %{tx.limit}" "id:99,phase:2,deny"\n'
+
+
+def evaluate(tmp_path: Path, rules: str, request: CrsRequest, tx: dict[str, str] | None = None,
+             paranoia: int = 4) -> Outcome:
+    path = tmp_path / "REQUEST-950-T.conf"
+    path.write_text(rules)
+    program = build_program(list(parse_file(path).items), Operators(tmp_path), paranoia)
+    return Transaction(program, request, {"limit": "2", **(tx or {})}).run()
+
+
+def get(target: str, headers: list[tuple[str, str]] | None = None) -> CrsRequest:
+    return from_parts("GET", target, "1.1", headers or [("Host", "h")])
+
+
+def ids(outcome: Outcome) -> list[str]:
+    return [h.rule_id for h in outcome.hits]
+
+
+def test_setvar_runs_once_per_matched_value(tmp_path: Path) -> None:
+    rules = 'SecRule ARGS "@rx attack" "id:1,phase:2,pass,setvar:tx.score=+1"\n' + DENY
+    assert evaluate(tmp_path, rules, get("/?a=attack&b=attack")).denied_by == "99"
+    assert evaluate(tmp_path, rules, get("/?a=attack&b=fine")).denied_by is None
+
+
+def test_exclusion_and_selector(tmp_path: Path) -> None:
+    rules = ('SecRule REQUEST_COOKIES|!REQUEST_COOKIES:/__utm/ "@rx evil" "id:1,phase:2,pass,setvar:tx.score=+2"\n'
+             + DENY)
+    assert evaluate(tmp_path, rules, get("/", [("Cookie", "__utmz=evil")])).denied_by is None
+    assert evaluate(tmp_path, rules, get("/", [("Cookie", "sid=evil")])).denied_by == "99"
+
+
+def test_chain_reads_the_parents_matched_vars_and_captures(tmp_path: Path) -> None:
+    rules = ('SecRule ARGS "@rx ^(\\w+):" "id:1,phase:2,pass,capture,chain,setvar:tx.score=+1"\n'
+             '  SecRule TX:1 "@streq admin" "setvar:tx.score=+1"\n' + DENY)
+    assert evaluate(tmp_path, rules, get("/?a=admin:x")).denied_by == "99"
+    assert evaluate(tmp_path, rules, get("/?a=guest:x")).denied_by is None
+
+
+def test_skip_after_and_markers(tmp_path: Path) -> None:
+    rules = ('SecRule REQUEST_METHOD "@streq GET" "id:1,phase:2,pass,nolog,skipAfter:END"\n'
+             'SecRule ARGS "@rx ." "id:2,phase:2,pass,setvar:tx.score=+5"\n'
+             'SecMarker END\n' + DENY)
+    assert evaluate(tmp_path, rules, get("/?a=x")).denied_by is None
+
+
+def test_paranoia_gates_are_folded(tmp_path: Path) -> None:
+    rules = ('SecRule TX:EXECUTING_PARANOIA_LEVEL "@lt 2" "id:1,phase:2,pass,nolog,skipAfter:END-PL"\n'
+             'SecRule ARGS "@rx x" "id:2,phase:2,pass,tag:\'paranoia-level/2\',setvar:tx.score=+5"\n'
+             'SecMarker END-PL\n' + DENY)
+    assert evaluate(tmp_path, rules, get("/?a=x"), paranoia=1).denied_by is None
+    assert evaluate(tmp_path, rules, get("/?a=x"), paranoia=2).denied_by == "99"
+
+
+def test_ctl_rule_remove_by_id_and_target(tmp_path: Path) -> None:
+    rules = ('SecRule REQUEST_FILENAME "@streq /cms" "id:1,phase:1,pass,nolog,ctl:ruleRemoveTargetById=3;ARGS:html"\n'
+             'SecRule REQUEST_FILENAME "@streq /off" "id:2,phase:1,pass,nolog,ctl:ruleRemoveById=3"\n'
+             'SecRule ARGS "@rx <script" "id:3,phase:2,pass,setvar:tx.score=+5"\n' + DENY)
+    assert evaluate(tmp_path, rules, get("/cms?html=<script>")).denied_by is None
+    assert evaluate(tmp_path, rules, get("/cms?other=<script>")).denied_by == "99"
+    assert evaluate(tmp_path, rules, get("/off?other=<script>")).denied_by is None
+
+
+def test_count_and_multimatch(tmp_path: Path) -> None:
+    rules = ('SecRule &ARGS "@gt 2" "id:1,phase:2,pass,setvar:tx.score=+1"\n'
+             'SecRule ARGS "@rx ^<" "id:2,phase:2,pass,multiMatch,t:none,t:urlDecode,setvar:tx.score=+1"\n' + DENY)
+    assert evaluate(tmp_path, rules, get("/?a=1&b=2&c=%253c")).denied_by == "99"  # %3c after one decode
+    assert evaluate(tmp_path, rules, get("/?a=1&b=2")).denied_by is None
+
+
+def test_transformations_apply_and_hits_name_the_variable(tmp_path: Path) -> None:
+    rules = 'SecRule ARGS "@rx <script" "id:1,phase:2,pass,t:none,t:htmlEntityDecode,t:lowercase,msg:\'x\'"\n'
+    req = from_parts("POST", "/", "1.1", [], processor="JSON",
+                     body_args=flatten_json({"user": {"bio": ["&lt;SCRIPT&gt;"]}}))
+    out = evaluate(tmp_path, rules, req)
+    assert [(h.rule_id, h.variable) for h in out.hits] == [("1", "ARGS:json.user.bio.array_0")]
+
+
+def test_request_variables_as_modsecurity_names_them() -> None:
+    req = from_parts("POST", "/p%61th/a%20b/c.php?x=a+b&z%5B%5D=%41%u0041", "1.1",
+                     [("Host", "h"), ("Cookie", "a=1; b=%41x")], processor="MULTIPART",
+                     parts=[Part("t", None, "hello"), Part("f", "a.php", "")])
+    assert req.scalars["REQUEST_FILENAME"] == "/path/a b/c.php"
+    assert req.scalars["REQUEST_BASENAME"] == "c.php"
+    assert req.scalars["REQUEST_URI"] == "/path/a b/c.php?x=a+b&z[]=A%u0041"
+    assert req.pairs("ARGS") == [("x", "a b"), ("z[]", "A%u0041"), ("t", "hello")]
+    assert req.pairs("REQUEST_COOKIES") == [("a", "1"), ("b", "%41x")]
+    assert req.pairs("FILES") == [("f", "a.php")] and req.pairs("FILES_NAMES") == [("f", "f")]
+    assert flatten_json({"a": {"arr": [1, "x", {"k": True}]}, "n": None, "e": []}) == [
+        ("json.a.arr.array_0", "1"), ("json.a.arr.array_1", "x"), ("json.a.arr.array_2.k", "true"), ("json.n", "")]
