@@ -6,8 +6,15 @@ import pytest
 
 from bastion.stages.input.crs.ruleset import DEFAULT_RULES_DIR
 
-requires_crs = pytest.mark.skipif(not DEFAULT_RULES_DIR.is_dir(),
-                                  reason="Debian's modsecurity-crs is not installed (make system-deps)")
+# Debian's modsecurity-crs is a system package `make test` installs (SYSTEM_PACKAGES): a test that needs it
+# fails, never skips, when it is missing.
+requires_crs = pytest.mark.usefixtures("installed_crs")
+
+
+@pytest.fixture
+def installed_crs() -> Path:
+    assert DEFAULT_RULES_DIR.is_dir(), "Debian's modsecurity-crs is not installed: run `make system-deps`"
+    return DEFAULT_RULES_DIR
 
 
 @pytest.fixture

@@ -7,23 +7,17 @@ heap means longer garbage collections, and some tests elsewhere have 100 ms dead
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from bench.crs_benign import FREE_TEXT_FIELDS, LOCALES, SCENARIOS
 from bench.crs_reference import Bastion, ModSecurity
 from tests.stages.input.crs.conftest import requires_crs
 
 ROOT = Path(__file__).resolve().parents[4]
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("faker") is None
-                                or importlib.util.find_spec("libmodsecurity") is None,
-                                reason="faker and libmodsecurity are test extras (make install)")
 
 
 def measure() -> dict[str, Any]:
