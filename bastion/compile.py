@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,6 +110,11 @@ class _RouteDecl:
     websocket: Any = None  # bastion.http.websocket.WebSocketConfig: the route accepts WebSocket upgrades
 
 
+def _key(key: Any, path: Callable[[Path | None], str | None]) -> Any:
+    """The upstream client key: a resolved path, or its secret reference as configured (never a value here)."""
+    return path(key) if isinstance(key, Path) or key is None else key
+
+
 def parse_upstream(api: ApiConfig, base_dir: Path | None = None) -> Upstream:
     url = urlsplit(api.upstream if isinstance(api.upstream, str) else targets_of(api.upstream)[0].url)
     port = url.port or (443 if url.scheme == "https" else 80)
@@ -121,7 +127,7 @@ def parse_upstream(api: ApiConfig, base_dir: Path | None = None) -> Upstream:
 
     return Upstream(api.name, url.scheme, url.hostname or "", port, url.path.rstrip("/"), api.allow_private_upstream,
                     path(tls.ca) if tls else None, path(tls.client_cert) if tls else None,
-                    path(tls.client_key) if tls else None, tls.server_name if tls else None,
+                    _key(tls.client_key, path) if tls else None, tls.server_name if tls else None,
                     pool_spec(api.upstream, api.load_balancing))
 
 
@@ -360,7 +366,7 @@ def _compile_api(build: _Build, api: ApiConfig, index: int,
         return None
     for field_name, file in (("ca", upstream.tls_ca), ("client_cert", upstream.tls_cert),
                              ("client_key", upstream.tls_key)):
-        if file is not None and not Path(file).is_file():
+        if isinstance(file, str) and not Path(file).is_file():  # a key by reference was read when loaded
             build.error((*api_loc, "upstream_tls", field_name), f"no such file: {file}")
     routes = []
     for decl in decls:

@@ -22,7 +22,7 @@ class Upstream:
     allow_private: bool = False  # a host name may resolve to a private/loopback/link-local address
     tls_ca: str | None = None
     tls_cert: str | None = None
-    tls_key: str | None = None
+    tls_key: Any = None  # the client key: a path (str), or a bastion.config.secrets.SecretRef
     tls_server_name: str | None = None
     pool: Any = None  # bastion.upstreams.spec.PoolSpec: several targets (host and port above are the first's)
     authority: str = field(init=False, compare=False, repr=False)  # host[:port], as the Host header says it

@@ -250,7 +250,8 @@ class UpstreamTlsConfig(Model):
 
     ca: Path | None = Field(None, description="CA bundle the upstream's certificate must chain to.")
     client_cert: Path | None = Field(None, description="Certificate the gateway presents (upstream mTLS).")
-    client_key: Path | None = None
+    client_key: Path | SecretRef | None = Field(
+        None, description="The gateway's private key: a path, or `{env: NAME}` / `{file: PATH}` (re-read on reload).")
     server_name: str | None = Field(None, description="SNI and the name verified, if not the upstream host.")
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ import contextlib
 import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -20,6 +21,7 @@ import orjson
 
 from bastion import policy_ids as ids
 from bastion.compile import CompiledGateway, CompiledRoute, Plan
+from bastion.config.secrets import load_cert_chain
 from bastion.context import CONTINUE, ControlRecord, Decision, Deny, RequestContext
 from bastion.forwarding import GrpcLimits, Upstream
 from bastion.grpc.status import grpc_problem, is_grpc
@@ -584,7 +586,8 @@ def _client_ssl(upstream: Upstream) -> Any:
         return None
     context = ssl.create_default_context(cafile=upstream.tls_ca)
     if upstream.tls_cert is not None:
-        context.load_cert_chain(upstream.tls_cert, upstream.tls_key)
+        key = upstream.tls_key  # a path, or a secret reference: bastion.config.secrets writes it to a private file
+        load_cert_chain(context, upstream.tls_cert, Path(key) if isinstance(key, str) else key, Path("/"))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
 

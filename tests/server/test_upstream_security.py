@@ -97,6 +97,28 @@ async def test_upstream_mtls_presents_the_gateway_certificate(tmp_path, pki):
         server.close()
 
 
+@pytest.mark.parametrize("reference", ["{env: BASTION_TEST_GW_KEY}", "{file: gw-key-secret.pem}"])
+async def test_upstream_mtls_key_by_reference(tmp_path, pki, monkeypatch, reference):
+    """The upstream client key as a secret reference (issue 19): the handshake works, the value never shows."""
+    ca, context = pki
+    context.verify_mode = ssl.CERT_REQUIRED
+    ca.configure_trust(context)
+    key = (tmp_path / "gw.key").read_text()
+    (tmp_path / "gw.key").unlink()  # only the reference can supply it now
+    monkeypatch.setenv("BASTION_TEST_GW_KEY", key)
+    (tmp_path / "gw-key-secret.pem").write_text(key)
+    server = await _tls_upstream(context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        extra = f"    upstream_tls: {{ca: ca.pem, client_cert: gw.pem, client_key: {reference}}}"
+        status, doc = await _gateway_status(tmp_path, f"https://127.0.0.1:{port}", extra)
+        assert status == 200 and doc["service"] == "demo-upstream"
+        audit = (tmp_path / "audit.jsonl").read_text() if (tmp_path / "audit.jsonl").exists() else ""
+        assert "PRIVATE KEY" not in audit
+    finally:
+        server.close()
+
+
 async def test_a_name_resolving_inside_is_refused_unless_allowed(tmp_path):
     server = await _tls_upstream(None)
     port = server.sockets[0].getsockname()[1]
