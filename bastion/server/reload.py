@@ -7,7 +7,7 @@ A reload never reports success while ignoring a change. The gateway-wide section
   reads), `audit.detections` and `audit.responses` (a new detector; its windows start empty);
 - refused with "needs a restart" naming the field (`restart_needed`): everything that owns a socket, a file or
   a process: listener addresses, ports, protocols and TLS on/off, the admin listener, `workers`, `state`,
-  `audit.sinks`, the spool, `http2`, `drift`, `limits.upstream_pool_size`.
+  `audit.sinks`, the spool, `http2`, `drift`, `limits.upstream_pool_size`, `tracing`, `state_password`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ _RESTART_ONLY: tuple[tuple[str, Any], ...] = (
     ("gateway.audit.spool_segment_bytes", lambda g: g.audit.spool_segment_bytes),
     ("gateway.audit.queue_size", lambda g: g.audit.queue_size),
     ("gateway.listeners", lambda g: len(g.listeners)),
+    # the tracer and its exporter are built once per process; the Redis client keeps the password it connected with
+    ("gateway.tracing", lambda g: g.tracing.model_dump(mode="json") if g.tracing is not None else None),
+    ("gateway.state_password", lambda g: g.state_password.model_dump(mode="json") if g.state_password else None),
 )
 _LISTENER_FIELDS = ("address", "port", "http2", "h2c")
 _H2_DERIVED = ("header_timeout", "body_idle_timeout", "keepalive_timeout", "max_header_bytes", "max_headers")

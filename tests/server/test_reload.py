@@ -28,6 +28,8 @@ BASE = {"listeners": [{"address": "127.0.0.1", "port": 8080}], "admin": {"port":
     ({"audit": {"sinks": [{"type": "stdout"}]}}, "gateway.audit.sinks"),
     ({"audit": {"spool_dir": "/var/spool/other"}}, "gateway.audit.spool_dir"),
     ({"limits": {"upstream_pool_size": 8}}, "gateway.limits.upstream_pool_size"),
+    ({"tracing": {"endpoint": "http://127.0.0.1:4318/v1/traces"}}, "gateway.tracing"),
+    ({"state_password": {"env": "REDIS_PASSWORD"}}, "gateway.state_password"),
 ])
 def test_what_a_reload_applies_and_what_needs_a_restart(change, field):
     old = GatewayConfig.model_validate(BASE)
