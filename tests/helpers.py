@@ -144,3 +144,39 @@ def http_get(url: str) -> tuple[int, dict[str, str], bytes]:
             return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+
+
+# An internal class that requires TLS, and a route let through without it by exception EXC-42 between
+# `{created}` and `{expires}` (the tests pick the instants around their injected clock).
+LEGACY_TLS_EXCEPTION = """
+version: 1
+gateway:
+  listeners: [{address: 127.0.0.1, port: 0}]
+  admin: {address: 127.0.0.1, port: 0}
+  audit: {sinks: [{type: file, path: audit.jsonl}]}
+classes:
+  internal:
+    transport: {tls: required}
+    identity: {required: false}
+apis:
+  - name: legacy
+    owner: team-legacy@example.com
+    class: internal
+    upstream: {upstream}
+    routes:
+      - {name: ping, path: /ping, methods: [GET], policy: {transport: {tls: optional}}}
+      - {name: pong, path: /pong, methods: [GET]}
+exceptions:
+  - id: EXC-42
+    target: {api: legacy, route: ping}
+    controls: [transport.tls]
+    owner: bob@example.com
+    reason: health checker cannot speak TLS until Q1
+    evidence: https://tickets.example.com/SEC-42
+    created: {created}
+    expires: {expires}
+"""
+
+
+def legacy_tls_exception(created: str, expires: str) -> str:
+    return LEGACY_TLS_EXCEPTION.replace("{created}", created).replace("{expires}", expires)

@@ -15,7 +15,7 @@ import pytest
 
 from bastion.server.app import Runtime
 from bastion.stages.base import Services
-from tests.helpers import BASIC, request, running_gateway
+from tests.helpers import BASIC, legacy_tls_exception, request, running_gateway
 
 pytestmark = pytest.mark.asyncio
 
@@ -95,34 +95,7 @@ async def test_admin_answers_bad_input_with_4xx(tmp_path: Path) -> None:
         assert (await request(admin, "GET", "/reload"))[0] == 405
 
 
-EXPIRING = """
-version: 1
-gateway:
-  listeners: [{address: 127.0.0.1, port: 0}]
-  admin: {address: 127.0.0.1, port: 0}
-  audit: {sinks: [{type: file, path: audit.jsonl}]}
-classes:
-  internal:
-    transport: {tls: required}
-    identity: {required: false}
-apis:
-  - name: legacy
-    owner: team-legacy@example.com
-    class: internal
-    upstream: {upstream}
-    routes:
-      - {name: ping, path: /ping, methods: [GET], policy: {transport: {tls: optional}}}
-      - {name: pong, path: /pong, methods: [GET]}
-exceptions:
-  - id: EXC-42
-    target: {api: legacy, route: ping}
-    controls: [transport.tls]
-    owner: bob@example.com
-    reason: health checker cannot speak TLS until Q1
-    evidence: https://tickets.example.com/SEC-42
-    created: 2031-11-01T00:00:00Z
-    expires: 2031-12-01T00:00:00Z
-"""
+EXPIRING = legacy_tls_exception("2031-11-01T00:00:00Z", "2031-12-01T00:00:00Z")
 
 
 def _cli_report(path: Path, at: float) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from bastion.stages.base import Services
-from tests.helpers import BASIC, request, running_gateway
+from tests.helpers import BASIC, legacy_tls_exception, request, running_gateway
 
 pytestmark = pytest.mark.asyncio
 
@@ -50,34 +50,7 @@ async def test_reload_swaps_config_and_a_bad_one_is_refused(tmp_path):
         assert (await request(port, "GET", "/shop/things/1"))[0] == 200  # still the last good config
 
 
-TLS_CLASS = """
-version: 1
-gateway:
-  listeners: [{address: 127.0.0.1, port: 0}]
-  admin: {address: 127.0.0.1, port: 0}
-  audit: {sinks: [{type: file, path: audit.jsonl}]}
-classes:
-  internal:
-    transport: {tls: required}
-    identity: {required: false}
-apis:
-  - name: legacy
-    owner: team-legacy@example.com
-    class: internal
-    upstream: {upstream}
-    routes:
-      - {name: ping, path: /ping, methods: [GET], policy: {transport: {tls: optional}}}
-      - {name: pong, path: /pong, methods: [GET]}
-exceptions:
-  - id: EXC-42
-    target: {api: legacy, route: ping}
-    controls: [transport.tls]
-    owner: bob@example.com
-    reason: health checker cannot speak TLS until Q1
-    evidence: https://tickets.example.com/SEC-42
-    created: 2026-11-01T00:00:00Z
-    expires: 2026-12-01T00:00:00Z
-"""
+TLS_CLASS = legacy_tls_exception("2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z")
 
 
 async def test_exception_stops_applying_at_its_instant_without_reload(tmp_path):
