@@ -29,7 +29,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bastion.config.loader import (
+from bastion.config.owners import FileOwners
+from bastion.config.source import (
     ConfigError,
     Diagnostic,
     LoadedConfig,
@@ -38,7 +39,6 @@ from bastion.config.loader import (
     pydantic_diagnostics,
     read_yaml,
 )
-from bastion.config.owners import FileOwners
 
 MERGED_MAPS = ("classes",)  # name -> definition: a name defined twice is an error
 MERGED_LISTS = ("apis", "consumers", "exceptions")  # concatenated in file order

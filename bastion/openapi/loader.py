@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from bastion.config.loader import ConfigError, Diagnostic, Positions, read_yaml
+from bastion.config.source import ConfigError, Diagnostic, Positions, read_yaml
 from bastion.openapi.keys import REFS_KEY, VERSION_KEY
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
