@@ -74,7 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flamegraphs", type=Path, default=None, metavar="DIR",
                    help="after the last round, profile each Bastion case with py-spy into DIR/<scenario>.svg "
                         "(an extra, unmeasured run per case)")
+    p.add_argument("--rate", type=float, default=0.0, metavar="REQ_PER_S",
+                   help="paced load instead of saturation: every connection waits connections/RATE s between "
+                        "requests (wrk's delay()), so every target gets the same offered load; writes only the "
+                        "'paced latency' section (p50/p99 at that load), not the CPU tables")
     args = p.parse_args(argv)
+    if args.rate < 0:
+        p.error("--rate must be positive")
     if args.duration <= 0 or args.rounds < 1 or args.connections < 1 or args.warmup < 0:
         p.error("--duration, --rounds and --connections must be positive")
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
@@ -352,9 +358,20 @@ class Bench:
         prepared = self.prepared.get(scenario.name)
         return prepared.script if prepared and prepared.script else scenario.script
 
+    def paced(self, script: Path | None) -> Path:
+        """`script` (or none) plus wrk's `delay()` hook, so each connection sends at connections/--rate s."""
+        delay_ms = self.args.connections * 1000.0 / self.args.rate
+        out = self.tmp / f"paced-{script.stem if script else 'plain'}.lua"
+        if not out.exists():
+            base = script.read_text() if script else ""
+            out.write_text(f"{base}\nfunction delay()\n  return {delay_ms:.3f}\nend\n")
+        return out
+
     def wrk_argv(self, scenario: Scenario, target: str, duration: float) -> list[str]:
         url = f"http://127.0.0.1:{self.port(scenario, target)}{scenario.path}"
         script = self.script(scenario)
+        if self.args.rate:
+            script = self.paced(script)
         argv = wrk.command(url, duration=duration, connections=self.args.connections,
                            script=str(script) if script else None,
                            headers=self.headers(scenario))
@@ -752,6 +769,33 @@ def headline_markdown(results: dict[str, dict[str, Row]], env: dict[str, str]) -
     return "\n".join(lines) + "\n" if found else None
 
 
+def paced_markdown(results: dict[str, dict[str, Row]], env: dict[str, str], args: argparse.Namespace) -> str:
+    """Latency of every target at the same offered load (`--rate`), Bastion's p99 against its Envoy peer's."""
+    lines = [f"## Paced latency: p50/p99 at {args.rate:,.0f} req/s offered to every target (issue 17)", "",
+             f"Run of {env['date']} (commit {env['commit']}), `bench/run.py --rate {args.rate:g}`: wrk with "
+             f"{args.connections} connections, each waiting {args.connections * 1000 / args.rate:.1f} ms between "
+             "requests (wrk's `delay()`), so every target serves the same request rate below its capacity; "
+             f"medians of {args.rounds} rounds of {args.duration:g} s. The saturation tables elsewhere in this file "
+             "measure p99 with every target flat out, where the slower process queues more; this table compares "
+             "latency at equal load. CPU µs per request at this load is shown for reference only.", "",
+             f"| scenario | target | req/s | p50 | p99 | p99 {report.X} peer | CPU µs/req | errors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for scenario in args.scenarios:
+        rows = results.get(scenario.name, {})
+        peer = rows.get(scenario.peer)
+        for target, row in rows.items():
+            if not row.samples:
+                lines.append(f"| {scenario.name} | {target} | | | | | | {row.failure or 'not measured'} |")
+                continue
+            versus = ""
+            if target == "bastion" and peer and peer.samples:
+                versus = f"{row.median('p99_us') / peer.median('p99_us'):.2f}"
+            lines.append(f"| {scenario.name} | {target} | {report.fmt_int(row.median('rps'))} "
+                         f"| {report.fmt_time(row.median('p50_us'))} | {report.fmt_time(row.median('p99_us'))} "
+                         f"| {versus} | {report.fmt_num(row.median('cpu_us_per_req'))} | {row.errors} |")
+    return "\n".join(lines) + "\n"
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -790,6 +834,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     env["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    if args.rate:
+        body = paced_markdown(results, env, args)
+        if args.no_write:
+            print(body)
+        else:
+            report.write_section(args.results, "paced latency", body, PREAMBLE)
+            log(f"bench: wrote the paced latency section of {args.results}")
+        return 0
     verdicts: list[str] = []
     for section in dict.fromkeys(s.section for s in args.scenarios):
         body, found = section_markdown(section, results, env, bench)

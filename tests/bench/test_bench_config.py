@@ -406,3 +406,24 @@ def test_peer_verdict_is_cpu_per_request_against_the_scenario_target(
     assert verdict is not None and verdict[0] is ok
     assert f"{bastion_cpu / envoy_cpu:.2f}" in verdict[1]
     assert run.peer_verdict(scenarios.Scenario(name="x", section="peer", path="/x"), results) is None
+
+
+def test_paced_runs_give_every_connection_the_same_delay_and_keep_the_scenarios_script(tmp_path) -> None:
+    args = run.parse_args(["--only", "get,jwt-uncached", "--rate", "2000", "--connections", "40"])
+    bench = run.Bench(args, tmp_path, None)  # type: ignore[arg-type]  # no process is started here
+    plain = scenarios.select(["get"])[0]
+    argv = bench.wrk_argv(plain, "nginx", 1.0)
+    script = Path(argv[argv.index("-s") + 1])
+    assert "function delay()\n  return 20.000\nend" in script.read_text()  # 40 connections / 2,000 req/s
+    base = tmp_path / "tokens.lua"
+    base.write_text("request = function() return wrk.format() end\n")
+    paced = bench.paced(base).read_text()
+    assert paced.startswith("request = function()") and "return 20.000" in paced
+
+
+def test_paced_latency_table_compares_bastions_p99_with_its_peer() -> None:
+    args = run.parse_args(["--only", "get", "--rate", "1000", "--rounds", "1"])
+    rows = {"get": {"envoy": Row("envoy", [Sample(wrk.WrkResult(1000, 1.0, 1000.0, 500.0, 2000.0), 0.05, 0.5, 0.5)]),
+                    "bastion": Row("bastion", [Sample(wrk.WrkResult(1000, 1.0, 1000.0, 600.0, 3000.0), 0.07, 0.5, 0.5)])}}
+    table = run.paced_markdown(rows, {"date": "d", "commit": "c"}, args)
+    assert "| get | bastion | 1,000 | 600µs | 3.0ms | 1.50 | 70 | 0 |" in table
