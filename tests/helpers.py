@@ -180,3 +180,27 @@ exceptions:
 
 def legacy_tls_exception(created: str, expires: str) -> str:
     return LEGACY_TLS_EXCEPTION.replace("{created}", created).replace("{expires}", expires)
+
+
+def process_config(port: int, admin: int, upstream: int, extra_gateway: str = "", extra: str = "") -> str:
+    """The config of a gateway run as a real process (`bastion serve`) on the given loopback ports: the `shop`
+    API (GET /items, GET /slow) on `upstream`, open to anyone; `extra_gateway` goes into the gateway section,
+    `extra` after the APIs."""
+    return textwrap.dedent(f"""
+        version: 1
+        gateway:
+          listeners: [{{address: 127.0.0.1, port: {port}}}]
+          admin: {{address: 127.0.0.1, port: {admin}}}
+          limits: {{drain_timeout: 10s}}
+        """) + textwrap.indent(textwrap.dedent(extra_gateway), "  ") + textwrap.dedent(f"""
+        classes:
+          open: {{identity: {{required: false}}}}
+        apis:
+          - name: shop
+            owner: team-shop@example.com
+            class: open
+            upstream: http://127.0.0.1:{upstream}
+            routes:
+              - {{name: items, path: /items, methods: [GET]}}
+              - {{name: slow, path: /slow, methods: [GET]}}
+        """) + textwrap.dedent(extra)
