@@ -99,11 +99,15 @@ def dechunk(data: bytes) -> bytes:
     return b"".join(out)
 
 
-BASIC = """
+# The start of an in-process test's config (no trailing newline: a test appends the rest of the gateway section
+# or its classes from the next line on): the listener and the admin API on loopback, ports picked by the OS.
+LOOPBACK_GATEWAY = """
 version: 1
 gateway:
   listeners: [{address: 127.0.0.1, port: 0}]
-  admin: {address: 127.0.0.1, port: 0}
+  admin: {address: 127.0.0.1, port: 0}"""
+
+BASIC = LOOPBACK_GATEWAY + """
 classes:
   open:
     identity: {required: false}
@@ -148,11 +152,7 @@ def http_get(url: str) -> tuple[int, dict[str, str], bytes]:
 
 # An internal class that requires TLS, and a route let through without it by exception EXC-42 between
 # `{created}` and `{expires}` (the tests pick the instants around their injected clock).
-LEGACY_TLS_EXCEPTION = """
-version: 1
-gateway:
-  listeners: [{address: 127.0.0.1, port: 0}]
-  admin: {address: 127.0.0.1, port: 0}
+LEGACY_TLS_EXCEPTION = LOOPBACK_GATEWAY + """
   audit: {sinks: [{type: file, path: audit.jsonl}]}
 classes:
   internal:
