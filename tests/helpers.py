@@ -107,6 +107,15 @@ gateway:
   listeners: [{address: 127.0.0.1, port: 0}]
   admin: {address: 127.0.0.1, port: 0}"""
 
+# The same head for a str.format() template (braces doubled), with no admin API and the audit events in
+# audit.jsonl, for tests that read the gateway's decisions from that file.
+FILE_AUDIT_GATEWAY_FORMAT = """
+version: 1
+gateway:
+  listeners: [{{address: 127.0.0.1, port: 0}}]
+  admin: {{enabled: false, port: 0}}
+  audit: {{sinks: [{{type: file, path: audit.jsonl}}]}}"""
+
 BASIC = LOOPBACK_GATEWAY + """
 classes:
   open:

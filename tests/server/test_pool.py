@@ -17,14 +17,9 @@ from pathlib import Path
 import pytest
 
 from bastion.server.app import Runtime
-from tests.helpers import free_port, request
+from tests.helpers import FILE_AUDIT_GATEWAY_FORMAT, free_port, request
 
-CONFIG = """
-version: 1
-gateway:
-  listeners: [{{address: 127.0.0.1, port: 0}}]
-  admin: {{enabled: false, port: 0}}
-  audit: {{sinks: [{{type: file, path: audit.jsonl}}]}}
+CONFIG = FILE_AUDIT_GATEWAY_FORMAT + """
 classes:
   open:
     identity: {{required: false, methods: []}}
