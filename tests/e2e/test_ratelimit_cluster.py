@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench.workers import config as shop_config
 from tests.helpers import http_get, wait_http
 from tests.state.redis_server import RedisServer, free_port
 
@@ -18,26 +18,8 @@ LIMIT = 37
 
 def config(tmp_path: Path, name: str, port: int, admin: int, upstream: int, state: str) -> Path:
     path = tmp_path / f"{name}.yaml"
-    path.write_text(textwrap.dedent(f"""
-        version: 1
-        gateway:
-          listeners: [{{address: 127.0.0.1, port: {port}}}]
-          admin: {{address: 127.0.0.1, port: {admin}}}
-          state: {state}
-        classes:
-          open:
-            identity: {{required: false}}
-            traffic:
-              rate_limits:
-                - {{name: per-route, limit: {LIMIT}, window: 1h, key: route}}
-        apis:
-          - name: shop
-            owner: team-shop@example.com
-            class: open
-            upstream: http://127.0.0.1:{upstream}
-            routes:
-              - {{name: items, path: /items, methods: [GET]}}
-        """))
+    path.write_text(shop_config(port, admin, upstream, state=state,
+                                rate_limit=f"{{name: per-route, limit: {LIMIT}, window: 1h, key: route}}"))
     return path
 
 
