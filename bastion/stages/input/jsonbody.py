@@ -9,6 +9,7 @@ exact because every string token is consumed in order (JSON has no quote outside
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,26 +130,24 @@ def strings(doc: Any) -> dict[str, tuple[str | int, ...]]:
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(doc, ())]
     while stack:
         node, path = stack.pop()
-        if node.__class__ is dict:
-            for key, value in node.items():
-                if key not in out:
-                    out[key] = path
-                kind = value.__class__
-                if kind is str:
-                    if value not in out:
-                        out[value] = (*path, key)
-                elif kind is dict or kind is list:
-                    stack.append((value, (*path, key)))
+        is_object = node.__class__ is dict
+        if is_object:
+            items: Iterable[tuple[str | int, Any]] = node.items()
         elif node.__class__ is list:
-            for i, value in enumerate(node):
-                kind = value.__class__
-                if kind is str:
-                    if value not in out:
-                        out[value] = (*path, i)
-                elif kind is dict or kind is list:
-                    stack.append((value, (*path, i)))
-        elif node.__class__ is str:
-            out.setdefault(node, ())
+            items = enumerate(node)
+        else:
+            if node.__class__ is str:
+                out.setdefault(node, ())
+            continue
+        for key, value in items:
+            if is_object and key not in out:  # a key before its value: the first occurrence wins
+                out[key] = path  # type: ignore[index]  # an object's keys are str
+            kind = value.__class__
+            if kind is str:
+                if value not in out:
+                    out[value] = (*path, key)
+            elif kind is dict or kind is list:
+                stack.append((value, (*path, key)))
     return out
 
 
