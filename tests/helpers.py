@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from bastion.demo.upstream import start_upstream
@@ -213,3 +215,38 @@ def process_config(port: int, admin: int, upstream: int, extra_gateway: str = ""
               - {{name: items, path: /items, methods: [GET]}}
               - {{name: slow, path: /slow, methods: [GET]}}
         """) + textwrap.dedent(extra)
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
+    """Terminate every process, then wait for each; one that outlives `timeout` is killed."""
+    procs = list(procs)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def gateway_nodes(tmp_path: Path, count: int, config: Callable[[int, int, int], str]) -> Iterator[list[tuple[int, int]]]:
+    """A demo upstream and `count` `bastion serve` processes, each with the config `config(port, admin,
+    upstream)` returns for its own free ports; yields their (port, admin) pairs once all are ready, and stops
+    every process after."""
+    upstream = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "bastion.demo.upstream", str(upstream)])]
+    nodes: list[tuple[int, int]] = []
+    try:
+        for i in range(count):
+            port, admin = free_port(), free_port()
+            path = tmp_path / f"node{i}.yaml"
+            path.write_text(config(port, admin, upstream))
+            procs.append(subprocess.Popen([sys.executable, "-m", "bastion", "serve", "-c", str(path)]))
+            nodes.append((port, admin))
+        for _, admin in nodes:
+            wait_http(f"http://127.0.0.1:{admin}/readyz", timeout=30)
+        yield nodes
+    finally:
+        stop_processes(procs)
