@@ -52,21 +52,20 @@ def _parser() -> argparse.ArgumentParser:
     k = keys.add_parser("new", help="print a fresh API key once, and the config line with its hash")
     k.add_argument("consumer")
 
-    p = verbs.add_parser("blocks", help="list, add or lift blocks of IPs, subjects or consumers (admin API)")
-    p.add_argument("action", choices=["list", "add", "lift"])
-    p.add_argument("kind", nargs="?", choices=["ip", "subject", "consumer"])
-    p.add_argument("key", nargs="?")
-    p.add_argument("--seconds", type=float, default=3600.0, help="how long an added block lasts")
-    p.add_argument("-c", "--config", required=True)
-    p.add_argument("--admin", help="admin URL, default from the config")
-
-    p = verbs.add_parser("revoke", help="list, add or lift revocations of token ids, subjects, consumers")
-    p.add_argument("action", choices=["list", "add", "lift"])
-    p.add_argument("kind", nargs="?", choices=["jti", "sub", "consumer"])
-    p.add_argument("value", nargs="?")
-    p.add_argument("--seconds", type=float, default=86400.0, help="how long an added revocation lasts")
-    p.add_argument("-c", "--config", required=True)
-    p.add_argument("--admin", help="admin URL, default from the config")
+    # two verbs of the admin API, alike but for what they list, add or lift
+    for verb, help_text, kinds, value, seconds, noun in (
+        ("blocks", "list, add or lift blocks of IPs, subjects or consumers (admin API)",
+         ["ip", "subject", "consumer"], "key", 3600.0, "block"),
+        ("revoke", "list, add or lift revocations of token ids, subjects, consumers",
+         ["jti", "sub", "consumer"], "value", 86400.0, "revocation"),
+    ):
+        p = verbs.add_parser(verb, help=help_text)
+        p.add_argument("action", choices=["list", "add", "lift"])
+        p.add_argument("kind", nargs="?", choices=kinds)
+        p.add_argument(value, nargs="?")
+        p.add_argument("--seconds", type=float, default=seconds, help=f"how long an added {noun} lasts")
+        p.add_argument("-c", "--config", required=True)
+        p.add_argument("--admin", help="admin URL, default from the config")
 
     verbs.add_parser("version", help="print the version")
     from bastion.cli_posture import add_verbs

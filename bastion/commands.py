@@ -158,20 +158,22 @@ def _running(pid: int) -> bool:
 
 def blocks(path: str, admin: str | None, action: str, kind: str | None, key: str | None,
            seconds: float | None) -> int:
-    if action == "list":
-        return admin_call(path, admin, "/blocks")
-    if action == "lift":
-        return admin_call(path, admin, "/blocks/lift", "POST", {"kind": kind, "key": key})
-    return admin_call(path, admin, "/blocks", "POST", {"kind": kind, "key": key, "seconds": seconds})
+    return _list_add_lift(path, admin, "/blocks", action, {"kind": kind, "key": key}, seconds)
 
 
 def revocations(path: str, admin: str | None, action: str, kind: str | None, value: str | None,
                 seconds: float | None) -> int:
+    return _list_add_lift(path, admin, "/revocations", action, {"kind": kind, "value": value}, seconds)
+
+
+def _list_add_lift(path: str, admin: str | None, collection: str, action: str, entry: dict[str, str | None],
+                   seconds: float | None) -> int:
+    """An admin API collection (`/blocks`, `/revocations`): list it, lift `entry`, or add `entry` for `seconds`."""
     if action == "list":
-        return admin_call(path, admin, "/revocations")
+        return admin_call(path, admin, collection)
     if action == "lift":
-        return admin_call(path, admin, "/revocations/lift", "POST", {"kind": kind, "value": value})
-    return admin_call(path, admin, "/revocations", "POST", {"kind": kind, "value": value, "seconds": seconds})
+        return admin_call(path, admin, f"{collection}/lift", "POST", entry)
+    return admin_call(path, admin, collection, "POST", {**entry, "seconds": seconds})
 
 
 def new_key(consumer: str) -> int:

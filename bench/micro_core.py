@@ -34,6 +34,7 @@ from bastion.server.http1 import Http1Connection
 from bastion.server.settings import server_limits
 from bastion.server.upstream import UpstreamConnection, UpstreamPool
 from bench import tokens
+from tests.server.memory import MemoryTransport
 
 CONFIG = """\
 version: 1
@@ -98,34 +99,6 @@ ANSWER = b'{"ok":true,"service":"bench","items":[1,2,3]}'
 UPSTREAM_RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Tue, 24 Nov 2026 17:00:00 GMT\r\n"
                      b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n%b"
                      % (len(ANSWER), ANSWER))
-
-
-class MemoryTransport(asyncio.Transport):
-    """A transport whose writes go to a callback; enough of the interface for the gateway's protocols."""
-
-    def __init__(self, on_write: object, peer: tuple[str, int]) -> None:
-        super().__init__()
-        self.on_write = on_write
-        self.peer = peer
-        self.closed = False
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return {"peername": self.peer, "sockname": ("127.0.0.1", 8080)}.get(name, default)
-
-    def write(self, data: bytes) -> None:
-        self.on_write(data)  # type: ignore[operator]
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
 
 
 def memory_upstream(pool: UpstreamPool) -> UpstreamConnection:

@@ -17,9 +17,7 @@ import argparse
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,39 +26,7 @@ if __package__ in (None, ""):
 
 from bench import procs, wrk
 from bench.report import write_section
-from bench.workers import PREAMBLE, RESULTS, free_port
-
-
-def config(port: int, admin: int, upstream: int, state: str, limit: int, lease: int) -> str:
-    return textwrap.dedent(f"""
-        version: 1
-        gateway:
-          listeners: [{{address: 127.0.0.1, port: {port}}}]
-          admin: {{address: 127.0.0.1, port: {admin}}}
-          state: {state}
-        classes:
-          open:
-            identity: {{required: false}}
-            traffic: {{rate_limits: [{{name: shared, limit: {limit}, window: 1m, key: route, lease: {lease}}}]}}
-        apis:
-          - name: shop
-            owner: bench@example.com
-            class: open
-            upstream: http://127.0.0.1:{upstream}
-            routes: [{{name: items, path: /items, methods: [GET]}}]
-        """)
-
-
-def ready(admin: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("gateway not ready")
+from bench.workers import PREAMBLE, RESULTS, config, free_port, wait_ready
 
 
 def run(workdir: Path, state: str, limit: int, lease: int, duration: float) -> dict[str, Any]:
@@ -71,12 +37,13 @@ def run(workdir: Path, state: str, limit: int, lease: int, duration: float) -> d
         for i in range(3):
             port, admin = free_port(), free_port()
             path = workdir / f"node{i}.yaml"
-            path.write_text(config(port, admin, upstream, state, limit, lease))
+            path.write_text(config(port, admin, upstream, state=state,
+                                   rate_limit=f"{{name: shared, limit: {limit}, window: 1m, key: route, lease: {lease}}}"))
             children.append(subprocess.Popen([sys.executable, "-m", "bastion", "serve", "-c", str(path)],
                                              stderr=subprocess.DEVNULL))
             nodes.append((port, admin, children[-1].pid))
         for _, admin, _ in nodes:
-            ready(admin)
+            wait_ready(admin)
         before = sum(procs.cpu_seconds(pid) for _, _, pid in nodes)
         loads = [subprocess.Popen(wrk.command(f"http://127.0.0.1:{port}/items", duration=duration, connections=16),
                                   stdout=subprocess.PIPE, text=True) for port, _, _ in nodes]

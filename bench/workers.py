@@ -48,16 +48,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def config(port: int, admin: int, upstream: int) -> str:
+def config(port: int, admin: int, upstream: int,
+           rate_limit: str = "{name: per-client, limit: 100000000, window: 1m, key: client_ip}",
+           state: str | None = None) -> str:
+    """GET /items of a `shop` API open to anyone, under one `rate_limit` (a YAML flow mapping), with the gateway's
+    shared `state` when one is given (bench/multinode.py and tests/e2e/test_ratelimit_cluster.py share it)."""
     return textwrap.dedent(f"""
         version: 1
         gateway:
           listeners: [{{address: 127.0.0.1, port: {port}}}]
           admin: {{address: 127.0.0.1, port: {admin}}}
+        """) + (f"  state: {state}\n" if state else "") + textwrap.dedent(f"""\
         classes:
           open:
             identity: {{required: false}}
-            traffic: {{rate_limits: [{{name: per-client, limit: 100000000, window: 1m, key: client_ip}}]}}
+            traffic: {{rate_limits: [{rate_limit}]}}
         apis:
           - name: shop
             owner: bench@example.com

@@ -4,43 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import httptools
 
 from bastion.router import AmbiguousPath, split_request_path
 from bastion.server.http1 import BodyMalformed, BodyTimeout, BodyTooLarge, Exchange, Http1Connection, ServerLimits
+from tests.server.memory import MemoryTransport
 
 HEAD_LIMIT = 512
 BODY_LIMIT = 1024
 LIMITS = ServerLimits(max_header_bytes=HEAD_LIMIT, max_headers=16, header_timeout=60, body_idle_timeout=60,
                       keepalive_timeout=60)
 _loop: asyncio.AbstractEventLoop | None = None
-
-
-class _Transport(asyncio.Transport):
-    def __init__(self, out: list[bytes]) -> None:
-        super().__init__()
-        self.out = out
-        self.closed = False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2)}.get(name, default)
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.out.append(bytes(data))
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None: ...
-    def resume_reading(self) -> None: ...
 
 
 async def _handler(ex: Exchange) -> None:
@@ -69,7 +44,7 @@ async def _converse(data: bytes, cuts: int) -> list[bytes]:
     loop.set_exception_handler(lambda _loop, context: errors.append(context.get("exception") or
                                                                      RuntimeError(context["message"])))
     conn = Http1Connection(_handler, LIMITS, set())
-    conn.connection_made(_Transport(out))
+    conn.connection_made(MemoryTransport(lambda data: out.append(bytes(data)), peer=("127.0.0.1", 1)))
     step = max(1, len(data) // cuts) if cuts else len(data) or 1
     for start in range(0, len(data), step):  # the same bytes in several segments: boundaries must not matter
         conn.data_received(data[start:start + step])

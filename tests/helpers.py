@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from bastion.demo.upstream import start_upstream
@@ -99,11 +101,24 @@ def dechunk(data: bytes) -> bytes:
     return b"".join(out)
 
 
-BASIC = """
+# The start of an in-process test's config (no trailing newline: a test appends the rest of the gateway section
+# or its classes from the next line on): the listener and the admin API on loopback, ports picked by the OS.
+LOOPBACK_GATEWAY = """
 version: 1
 gateway:
   listeners: [{address: 127.0.0.1, port: 0}]
-  admin: {address: 127.0.0.1, port: 0}
+  admin: {address: 127.0.0.1, port: 0}"""
+
+# The same head for a str.format() template (braces doubled), with no admin API and the audit events in
+# audit.jsonl, for tests that read the gateway's decisions from that file.
+FILE_AUDIT_GATEWAY_FORMAT = """
+version: 1
+gateway:
+  listeners: [{{address: 127.0.0.1, port: 0}}]
+  admin: {{enabled: false, port: 0}}
+  audit: {{sinks: [{{type: file, path: audit.jsonl}}]}}"""
+
+BASIC = LOOPBACK_GATEWAY + """
 classes:
   open:
     identity: {required: false}
@@ -148,11 +163,7 @@ def http_get(url: str) -> tuple[int, dict[str, str], bytes]:
 
 # An internal class that requires TLS, and a route let through without it by exception EXC-42 between
 # `{created}` and `{expires}` (the tests pick the instants around their injected clock).
-LEGACY_TLS_EXCEPTION = """
-version: 1
-gateway:
-  listeners: [{address: 127.0.0.1, port: 0}]
-  admin: {address: 127.0.0.1, port: 0}
+LEGACY_TLS_EXCEPTION = LOOPBACK_GATEWAY + """
   audit: {sinks: [{type: file, path: audit.jsonl}]}
 classes:
   internal:
@@ -180,3 +191,62 @@ exceptions:
 
 def legacy_tls_exception(created: str, expires: str) -> str:
     return LEGACY_TLS_EXCEPTION.replace("{created}", created).replace("{expires}", expires)
+
+
+def process_config(port: int, admin: int, upstream: int, extra_gateway: str = "", extra: str = "") -> str:
+    """The config of a gateway run as a real process (`bastion serve`) on the given loopback ports: the `shop`
+    API (GET /items, GET /slow) on `upstream`, open to anyone; `extra_gateway` goes into the gateway section,
+    `extra` after the APIs."""
+    return textwrap.dedent(f"""
+        version: 1
+        gateway:
+          listeners: [{{address: 127.0.0.1, port: {port}}}]
+          admin: {{address: 127.0.0.1, port: {admin}}}
+          limits: {{drain_timeout: 10s}}
+        """) + textwrap.indent(textwrap.dedent(extra_gateway), "  ") + textwrap.dedent(f"""
+        classes:
+          open: {{identity: {{required: false}}}}
+        apis:
+          - name: shop
+            owner: team-shop@example.com
+            class: open
+            upstream: http://127.0.0.1:{upstream}
+            routes:
+              - {{name: items, path: /items, methods: [GET]}}
+              - {{name: slow, path: /slow, methods: [GET]}}
+        """) + textwrap.dedent(extra)
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
+    """Terminate every process, then wait for each; one that outlives `timeout` is killed."""
+    procs = list(procs)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def gateway_nodes(tmp_path: Path, count: int, config: Callable[[int, int, int], str]) -> Iterator[list[tuple[int, int]]]:
+    """A demo upstream and `count` `bastion serve` processes, each with the config `config(port, admin,
+    upstream)` returns for its own free ports; yields their (port, admin) pairs once all are ready, and stops
+    every process after."""
+    upstream = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "bastion.demo.upstream", str(upstream)])]
+    nodes: list[tuple[int, int]] = []
+    try:
+        for i in range(count):
+            port, admin = free_port(), free_port()
+            path = tmp_path / f"node{i}.yaml"
+            path.write_text(config(port, admin, upstream))
+            procs.append(subprocess.Popen([sys.executable, "-m", "bastion", "serve", "-c", str(path)]))
+            nodes.append((port, admin))
+        for _, admin in nodes:
+            wait_http(f"http://127.0.0.1:{admin}/readyz", timeout=30)
+        yield nodes
+    finally:
+        stop_processes(procs)

@@ -13,7 +13,7 @@ import pytest
 from bastion import policy_ids as ids
 from bastion.context import Continue
 from bastion.stages.base import RouteInfo
-from tests.helpers import exchange, request, running_gateway
+from tests.helpers import LOOPBACK_GATEWAY, exchange, request, running_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,11 +78,7 @@ def test_no_decision_spells_its_policy_id_by_hand() -> None:
     assert scan["by_hand"] == []
 
 
-CONFIG = """
-version: 1
-gateway:
-  listeners: [{address: 127.0.0.1, port: 0}]
-  admin: {address: 127.0.0.1, port: 0}
+CONFIG = LOOPBACK_GATEWAY + """
   audit: {sinks: [{type: file, path: audit.jsonl}]}
 classes:
   open:

@@ -13,14 +13,9 @@ from pathlib import Path
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from bastion.server.app import Runtime
-from tests.helpers import request, upstream_server
+from tests.helpers import FILE_AUDIT_GATEWAY_FORMAT, request, upstream_server
 
-CONFIG = """
-version: 1
-gateway:
-  listeners: [{{address: 127.0.0.1, port: 0}}]
-  admin: {{enabled: false, port: 0}}
-  audit: {{sinks: [{{type: file, path: audit.jsonl}}]}}
+CONFIG = FILE_AUDIT_GATEWAY_FORMAT + """
   tracing: {{enabled: {enabled}, endpoint: "http://127.0.0.1:{otlp}/v1/traces", sample_ratio: {ratio},
             export_interval: 100ms, service_name: gw-test}}
 classes:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, http_get, wait_http
+from tests.helpers import free_port, http_get, process_config, wait_http
 
 BASTION = [sys.executable, "-m", "bastion"]
 
@@ -25,23 +25,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def write_config(tmp_path: Path, port: int, admin: int, upstream: int, extra: str = "") -> Path:
     path = tmp_path / "bastion.yaml"
-    path.write_text(textwrap.dedent(f"""
-        version: 1
-        gateway:
-          listeners: [{{address: 127.0.0.1, port: {port}}}]
-          admin: {{address: 127.0.0.1, port: {admin}}}
-          limits: {{drain_timeout: 10s}}
-        classes:
-          open: {{identity: {{required: false}}}}
-        apis:
-          - name: shop
-            owner: team-shop@example.com
-            class: open
-            upstream: http://127.0.0.1:{upstream}
-            routes:
-              - {{name: items, path: /items, methods: [GET]}}
-              - {{name: slow, path: /slow, methods: [GET]}}
-        """) + extra)
+    path.write_text(process_config(port, admin, upstream, extra=extra))
     return path
 
 
@@ -73,7 +57,8 @@ def test_validate_exit_codes_and_error_format(tmp_path):
     bad.write_text(good.read_text().replace("owner: team-shop@example.com", "owner: team-shop@example.com\n    colour: red"))
     result = run("validate", "-c", str(bad))
     assert result.returncode == 1
-    assert f"{bad}:12:5: apis[0].colour: unknown field" in result.stderr
+    line = bad.read_text().splitlines().index("    colour: red") + 1  # the error points at the field's own line
+    assert f"{bad}:{line}:5: apis[0].colour: unknown field" in result.stderr
     result = run("validate", "-c", str(tmp_path / "missing.yaml"))
     assert result.returncode == 1 and "cannot read" in result.stderr
 

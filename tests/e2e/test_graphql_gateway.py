@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 
-from tests.helpers import request, running_gateway
+from tests.helpers import LOOPBACK_GATEWAY, request, running_gateway
 
-CONFIG = """
-version: 1
-gateway:
-  listeners: [{address: 127.0.0.1, port: 0}]
-  admin: {address: 127.0.0.1, port: 0}
+CONFIG = LOOPBACK_GATEWAY + """
 classes:
   public:
     identity: {required: false, methods: []}

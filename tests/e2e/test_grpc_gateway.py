@@ -10,32 +10,9 @@ import pytest
 
 from bastion.demo.idp import start_idp
 from bastion.server.app import Runtime
+from tests.grpc.echo import SERVICE, echo_service
 
 pytestmark = pytest.mark.asyncio
-SERVICE = "test.v1.Echo"
-
-
-async def _unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-    return request + b"|" + dict(context.invocation_metadata()).get("x-bastion-subject", "").encode()
-
-
-async def _chat(requests, context):
-    async for request in requests:
-        yield request.upper()
-
-
-async def _slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-    await asyncio.sleep(3)
-    return request
-
-
-def _handlers() -> grpc.GenericRpcHandler:
-    return grpc.method_handlers_generic_handler(SERVICE, {
-        "Unary": grpc.unary_unary_rpc_method_handler(_unary),
-        "Chat": grpc.stream_stream_rpc_method_handler(_chat),
-        "Slow": grpc.unary_unary_rpc_method_handler(_slow),
-        "Hidden": grpc.unary_unary_rpc_method_handler(_unary),  # served upstream, never declared
-    })
 
 
 CONFIG = """
@@ -73,7 +50,7 @@ def _call(channel: grpc.aio.Channel, method: str, streaming: bool = False):
 
 async def test_grpc_methods_get_the_same_controls(tmp_path):
     upstream = grpc.aio.server()
-    upstream.add_generic_rpc_handlers((_handlers(),))
+    upstream.add_generic_rpc_handlers((echo_service("x-bastion-subject", slow_seconds=3),))
     up_port = upstream.add_insecure_port("127.0.0.1:0")
     await upstream.start()
     idp = await start_idp("127.0.0.1", 0)
@@ -115,7 +92,7 @@ async def test_grpc_methods_get_the_same_controls(tmp_path):
 async def test_a_busy_honest_grpc_client_is_not_mistaken_for_a_flood(tmp_path):
     """1,500 calls, 64 in flight: the client's window updates and stream turnover stay within the limits."""
     upstream = grpc.aio.server()
-    upstream.add_generic_rpc_handlers((_handlers(),))
+    upstream.add_generic_rpc_handlers((echo_service("x-bastion-subject", slow_seconds=3),))
     up_port = upstream.add_insecure_port("127.0.0.1:0")
     await upstream.start()
     config = CONFIG.replace("    identity: {{required: true, methods: [jwt]}}\n",

@@ -8,17 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import request, running_gateway
+from tests.helpers import LOOPBACK_GATEWAY, request, running_gateway
 
 pytestmark = pytest.mark.asyncio
 
 SPECS = Path(__file__).parent.parent / "data" / "openapi"
 
-CONFIG = """
-version: 1
-gateway:
-  listeners: [{address: 127.0.0.1, port: 0}]
-  admin: {address: 127.0.0.1, port: 0}
+CONFIG = LOOPBACK_GATEWAY + """
 classes:
   checked:
     identity: {required: false, methods: []}

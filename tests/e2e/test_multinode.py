@@ -4,15 +4,13 @@ one node applies on the others within a second, and a detection fed by all three
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 import time
 import urllib.request
 from pathlib import Path
 
 from bastion.stages.identity import new_api_key
-from tests.helpers import free_port, wait_http
+from tests.helpers import gateway_nodes
 
 KEY, LINE = new_api_key("acme")
 OTHER_KEY, OTHER_LINE = new_api_key("globex")
@@ -75,19 +73,10 @@ def until(predicate, timeout: float = 1.0) -> float:
 
 
 def test_three_nodes_agree(tmp_path: Path, redis_server) -> None:
-    upstream = free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "bastion.demo.upstream", str(upstream)])]
-    nodes: list[tuple[int, int]] = []
-    try:
-        for i in range(3):
-            port, admin = free_port(), free_port()
-            path = tmp_path / f"node{i}.yaml"
-            path.write_text(node_config(port, admin, upstream, redis_server.url))
-            procs.append(subprocess.Popen([sys.executable, "-m", "bastion", "serve", "-c", str(path)]))
-            nodes.append((port, admin))
-        for _, admin in nodes:
-            wait_http(f"http://127.0.0.1:{admin}/readyz", timeout=30)
+    def config(port: int, admin: int, upstream: int) -> str:
+        return node_config(port, admin, upstream, redis_server.url)
 
+    with gateway_nodes(tmp_path, 3, config) as nodes:
         # a limit of 20 per minute admits 20 over three nodes (no lease configured: no slack)
         client = {"x-forwarded-for": "203.0.113.1"}
         statuses = [call(nodes[i % 3][0], "/shop/items", client) for i in range(60)]
@@ -118,12 +107,3 @@ def test_three_nodes_agree(tmp_path: Path, redis_server) -> None:
         assert all(call(port, "/partners/orders", good) == 200 for port, _ in nodes)  # 5 < 6: not blocked
         assert call(nodes[2][0], "/partners/orders", bad) == 401  # the 6th failure
         until(lambda: all(call(port, "/partners/orders", good) == 403 for port, _ in nodes), timeout=1.5)
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()

@@ -2,43 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.helpers import http_get, wait_http
-from tests.state.redis_server import RedisServer, free_port
+from bench.workers import config as shop_config
+from tests.helpers import gateway_nodes, http_get
+from tests.state.redis_server import RedisServer
 
-BASTION = [sys.executable, "-m", "bastion"]
 LIMIT = 37
-
-
-
-def config(tmp_path: Path, name: str, port: int, admin: int, upstream: int, state: str) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(textwrap.dedent(f"""
-        version: 1
-        gateway:
-          listeners: [{{address: 127.0.0.1, port: {port}}}]
-          admin: {{address: 127.0.0.1, port: {admin}}}
-          state: {state}
-        classes:
-          open:
-            identity: {{required: false}}
-            traffic:
-              rate_limits:
-                - {{name: per-route, limit: {LIMIT}, window: 1h, key: route}}
-        apis:
-          - name: shop
-            owner: team-shop@example.com
-            class: open
-            upstream: http://127.0.0.1:{upstream}
-            routes:
-              - {{name: items, path: /items, methods: [GET]}}
-        """))
-    return path
 
 
 def get(url: str) -> tuple[int, dict[str, str]]:
@@ -47,16 +18,12 @@ def get(url: str) -> tuple[int, dict[str, str]]:
 
 
 def test_two_gateways_share_one_limit(tmp_path: Path, redis_server: RedisServer) -> None:
-    up_port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "bastion.demo.upstream", str(up_port)])]
-    ports = []
-    try:
-        for name in ("a", "b"):
-            port, admin = free_port(), free_port()
-            path = config(tmp_path, name, port, admin, up_port, redis_server.url)
-            procs.append(subprocess.Popen([*BASTION, "serve", "-c", str(path)]))
-            ports.append(port)
-            wait_http(f"http://127.0.0.1:{admin}/readyz")
+    def config(port: int, admin: int, upstream: int) -> str:
+        return shop_config(port, admin, upstream, state=redis_server.url,
+                           rate_limit=f"{{name: per-route, limit: {LIMIT}, window: 1h, key: route}}")
+
+    with gateway_nodes(tmp_path, 2, config) as nodes:
+        ports = [port for port, _ in nodes]
         # an uneven split: 3 of every 4 requests to gateway a, concurrently
         urls = [f"http://127.0.0.1:{ports[0 if i % 4 else 1]}/items" for i in range(100)]
         with ThreadPoolExecutor(8) as pool:
@@ -68,12 +35,3 @@ def test_two_gateways_share_one_limit(tmp_path: Path, redis_server: RedisServer)
         assert allowed["ratelimit-policy"] == f'"per-route";q={LIMIT};w=3600'
         refused = next(h for s, h in results if s == 429)
         assert int(refused["retry-after"]) >= 1 and refused["ratelimit"].startswith('"per-route";r=0;')
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.helpers import request, running_gateway
+from tests.helpers import LOOPBACK_GATEWAY, request, running_gateway
 
 SPEC = """
 openapi: 3.0.3
@@ -29,11 +29,7 @@ paths:
       responses: {"500": {description: broken}}
 """
 
-CONFIG = """
-version: 1
-gateway:
-  listeners: [{address: 127.0.0.1, port: 0}]
-  admin: {address: 127.0.0.1, port: 0}
+CONFIG = LOOPBACK_GATEWAY + """
 classes:
   public:
     identity: {required: false, methods: []}

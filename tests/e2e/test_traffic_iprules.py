@@ -10,15 +10,11 @@ from pathlib import Path
 import pytest
 
 from bastion.stages.identity import new_api_key
-from tests.helpers import request, running_gateway
+from tests.helpers import LOOPBACK_GATEWAY, request, running_gateway
 
 KEY, KEY_LINE = new_api_key("partner")
 
-CONFIG = """
-version: 1
-gateway:
-  listeners: [{address: 127.0.0.1, port: 0}]
-  admin: {address: 127.0.0.1, port: 0}
+CONFIG = LOOPBACK_GATEWAY + """
   trusted_proxies: TRUSTED
   audit: {sinks: [{type: file, path: audit.jsonl}]}
 consumers:

@@ -7,15 +7,11 @@ import json
 import pytest
 
 from bastion.demo.idp import start_idp
-from tests.helpers import request, running_gateway
+from tests.helpers import LOOPBACK_GATEWAY, request, running_gateway
 
 pytestmark = pytest.mark.asyncio
 
-CONFIG = """
-version: 1
-gateway:
-  listeners: [{address: 127.0.0.1, port: 0}]
-  admin: {address: 127.0.0.1, port: 0}
+CONFIG = LOOPBACK_GATEWAY + """
 classes:
   partner:
     identity: {required: true, methods: [jwt]}

@@ -27,7 +27,8 @@ from bastion.server.app import Runtime, server_limits
 from bastion.server.http1 import Http1Connection
 from bastion.stages.base import Services
 from bastion.state.memory import MemoryState
-from bench.micro_core import MemoryTransport, memory_upstream
+from bench.micro_core import memory_upstream
+from tests.server.memory import MemoryTransport
 
 pytestmark = pytest.mark.asyncio
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from bastion.server.deadlines import NEVER, Deadlines
-from tests.helpers import exchange, running_gateway
+from tests.helpers import LOOPBACK_GATEWAY, exchange, running_gateway
 
 pytestmark = pytest.mark.asyncio
 
@@ -85,11 +85,7 @@ async def test_a_failing_member_does_not_stop_the_others():
 
 # ---- upstream response timeouts over real sockets ---------------------------------------------------------
 
-CONFIG = """
-version: 1
-gateway:
-  listeners: [{address: 127.0.0.1, port: 0}]
-  admin: {address: 127.0.0.1, port: 0}
+CONFIG = LOOPBACK_GATEWAY + """
 classes:
   open:
     identity: {required: false}

@@ -22,47 +22,12 @@ from bastion.grpc.status import grpc_problem
 from bastion.server.grpc_proxy import GrpcResult, forward_grpc
 from bastion.server.http2 import H2Connection, H2Limits
 from bastion.server.upstream_h2 import H2Upstream
+from tests.grpc.echo import SERVICE, echo_service
 
-SERVICE = "test.v1.Echo"
 METHODS = [GrpcMethod(SERVICE, "Unary"), GrpcMethod(SERVICE, "Stream", server_streaming=True),
            GrpcMethod(SERVICE, "Collect", client_streaming=True),
            GrpcMethod(SERVICE, "Chat", client_streaming=True, server_streaming=True),
            GrpcMethod(SERVICE, "Slow")]
-
-
-async def _unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-    metadata = dict(context.invocation_metadata())
-    return request + b"|" + metadata.get("x-request-id", "").encode()
-
-
-async def _stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-    for n in range(int(request)):
-        yield b"m%d" % n
-
-
-async def _collect(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
-    return b"".join([r async for r in requests])
-
-
-async def _chat(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-    async for request in requests:
-        yield request.upper()
-
-
-async def _slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-    await asyncio.sleep(5)
-    return request
-
-
-def _service() -> grpc.GenericRpcHandler:
-    return grpc.method_handlers_generic_handler(SERVICE, {
-        "Unary": grpc.unary_unary_rpc_method_handler(_unary),
-        "Stream": grpc.unary_stream_rpc_method_handler(_stream),
-        "Collect": grpc.stream_unary_rpc_method_handler(_collect),
-        "Chat": grpc.stream_stream_rpc_method_handler(_chat),
-        "Slow": grpc.unary_unary_rpc_method_handler(_slow),
-        "Hidden": grpc.unary_unary_rpc_method_handler(_unary),  # served upstream, not declared at the gateway
-    })
 
 
 @dataclass
@@ -75,7 +40,7 @@ class Stack:
 async def grpc_stack(limits: GrpcLimits | None = None, upstream_port: int | None = None) -> AsyncIterator[Stack]:
     limits = limits or GrpcLimits()
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((_service(),))
+    server.add_generic_rpc_handlers((echo_service("x-request-id", slow_seconds=5),))
     port = upstream_port or server.add_insecure_port("127.0.0.1:0")
     await server.start()
     upstream = H2Upstream("127.0.0.1", port)

@@ -17,14 +17,9 @@ from pathlib import Path
 import pytest
 
 from bastion.server.app import Runtime
-from tests.helpers import free_port, request
+from tests.helpers import FILE_AUDIT_GATEWAY_FORMAT, free_port, request
 
-CONFIG = """
-version: 1
-gateway:
-  listeners: [{{address: 127.0.0.1, port: 0}}]
-  admin: {{enabled: false, port: 0}}
-  audit: {{sinks: [{{type: file, path: audit.jsonl}}]}}
+CONFIG = FILE_AUDIT_GATEWAY_FORMAT + """
 classes:
   open:
     identity: {{required: false, methods: []}}
@@ -110,6 +105,11 @@ async def _has(tmp_path: Path, action: str, count: int = 1) -> bool:
     return len(_events(tmp_path, action)) >= count
 
 
+async def _serves(port: int, instance: str) -> bool:
+    """`instance` answers one of four requests (round robin or least requests over two targets)."""
+    return instance in {(await _who(port))[1] for _ in range(4)}
+
+
 async def _until(check, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not await check():
@@ -137,11 +137,7 @@ async def test_a_dead_target_is_ejected_requests_keep_succeeding_and_it_comes_ba
         assert metrics.events.labels("shop", f"127.0.0.1:{b.port}", "ejected")._value.get() >= 1
         assert metrics.retries.labels("shop", "upstream_connect_failed")._value.get() >= 1
         b.start()  # back on the same port: probes pass, the ejection ends, it takes requests again
-
-        async def b_serves() -> bool:
-            return "b" in {(await _who(port))[1] for _ in range(4)}
-
-        await _until(b_serves)
+        await _until(lambda: _serves(port, "b"))
         # a POST whose target is dead is retried too: nothing was sent, so no effect can repeat
         b.kill()
         assert [(await _who(port, "POST"))[0] for _ in range(6)] == [200] * 6
@@ -165,12 +161,8 @@ async def test_a_hanging_target_costs_one_timeout_then_stays_out_for_its_ejectio
         # a POST is not idempotent: it is never sent twice; with b out, it goes to a
         assert await _who(port, "POST") == (200, "a")
         b.signal(signal.SIGCONT)
-
-        async def b_serves() -> bool:
-            return "b" in {(await _who(port))[1] for _ in range(4)}
-
         with pytest.raises(AssertionError):  # ejected for 30s: a thaw alone does not bring it back early
-            await _until(b_serves, timeout=1.0)
+            await _until(lambda: _serves(port, "b"), timeout=1.0)
     finally:
         await runtime.stop(drain_timeout=0.5)
 
@@ -186,11 +178,7 @@ async def test_a_hung_target_that_thaws_comes_back(tmp_path, targets):
         b.signal(signal.SIGSTOP)
         assert [await _who(port) for _ in range(4)] == [(200, "a")] * 4
         b.signal(signal.SIGCONT)
-
-        async def b_serves() -> bool:
-            return "b" in {(await _who(port))[1] for _ in range(4)}
-
-        await _until(b_serves)  # its ejection ended and its probes pass again
+        await _until(lambda: _serves(port, "b"))  # its ejection ended and its probes pass again
         await _until(lambda: _has(tmp_path, "ejected"))
         assert _events(tmp_path, "ejected")[0]["unmapped"]["bastion"]["target"] == f"127.0.0.1:{b.port}"
     finally:

@@ -6,13 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-from tests.helpers import free_port, request, running_gateway
+from tests.helpers import LOOPBACK_GATEWAY, free_port, request, running_gateway
 
-CONFIG = """
-version: 1
-gateway:
-  listeners: [{address: 127.0.0.1, port: 0}]
-  admin: {address: 127.0.0.1, port: 0}
+CONFIG = LOOPBACK_GATEWAY + """
   state: STATE
 classes:
   open:
@@ -26,11 +22,7 @@ apis:
     routes: [{name: items, path: /items, methods: [GET]}]
 """
 
-JWKS = """
-version: 1
-gateway:
-  listeners: [{address: 127.0.0.1, port: 0}]
-  admin: {address: 127.0.0.1, port: 0}
+JWKS = LOOPBACK_GATEWAY + """
 providers:
   jwt: [{name: idp, issuer: "https://idp.example", audiences: [shop], jwks_uri: "http://127.0.0.1:PORT/jwks"}]
 classes:
@@ -84,11 +76,7 @@ async def test_readyz_is_not_ready_while_jwks_was_never_fetched(tmp_path):
         assert status == 503 and doc["reasons"][0].startswith("jwks_missing:")
 
 
-OPA = """
-version: 1
-gateway:
-  listeners: [{address: 127.0.0.1, port: 0}]
-  admin: {address: 127.0.0.1, port: 0}
+OPA = LOOPBACK_GATEWAY + """
 classes:
   open:
     identity: {required: false}

@@ -13,28 +13,11 @@ from bastion.server.response import ResponseSink
 from tests.server.memory import MemoryTransport
 
 
-class Upstream:
-    """The upstream side of the sink: reading paused and resumed, closed."""
-
-    def __init__(self) -> None:
-        self.paused = False
-        self.closed = False
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-    def close(self) -> None:
-        self.closed = True
-
-
 async def noop(ex: H1Exchange) -> None:
     pass
 
 
-def sink_for(method: str = "GET", version: str = "1.1") -> tuple[ResponseSink, MemoryTransport, Upstream]:
+def sink_for(method: str = "GET", version: str = "1.1") -> tuple[ResponseSink, MemoryTransport, MemoryTransport]:
     conn = Http1Connection(noop, ServerLimits(), set())
     transport = MemoryTransport()
     conn.connection_made(transport)
@@ -42,7 +25,7 @@ def sink_for(method: str = "GET", version: str = "1.1") -> tuple[ResponseSink, M
     ctx = RequestContext(method=method, raw_target="/x", path="/x", query="", headers=[], client_ip="192.0.2.1",
                          request_id="rid-1", start=0.0)
     ctx.response_headers.append(("x-ratelimit-remaining", "9"))
-    upstream = Upstream()
+    upstream = MemoryTransport()  # the upstream side: whether the sink paused its reading, or closed it
     return ResponseSink(ex, ctx, "00-trace-01", upstream, None), transport, upstream  # type: ignore[arg-type]
 
 

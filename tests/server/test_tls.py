@@ -56,11 +56,25 @@ async def _get(port: int, path: str, context: ssl.SSLContext | None) -> tuple[in
     return parse_response(data)
 
 
+async def _status(port: int, path: str, context: ssl.SSLContext) -> int:
+    """The answer's status, or 0 when the handshake or the connection is refused (no HTTP answer at all)."""
+    try:
+        return (await _get(port, path, context))[0]
+    except (ssl.SSLError, ConnectionError):
+        return 0
+
+
+def _trusting(pki: trustme.CA) -> ssl.SSLContext:
+    """A client context that trusts the gateway's certificate authority."""
+    client = ssl.create_default_context()
+    pki.configure_trust(client)
+    return client
+
+
 async def test_tls_required_refuses_plaintext_and_mtls_needs_a_client_cert(tmp_path, pki):
     async with running_gateway(tmp_path, CONFIG) as gw:
         plain, tls = gw.bound[0][1], gw.bound[1][1]
-        client = ssl.create_default_context()
-        pki.configure_trust(client)
+        client = _trusting(pki)
         status, _, body = await _get(plain, "/in/x", None)
         assert status == 403 and json.loads(body)["detail"] == "This API must be called over HTTPS."
         assert (await _get(tls, "/in/x", client))[0] == 200
@@ -74,36 +88,24 @@ async def test_tls_required_refuses_plaintext_and_mtls_needs_a_client_cert(tmp_p
 async def test_listener_prefers_tls13_refuses_weak_ciphers_and_unknown_client_ca(tmp_path, pki):
     async with running_gateway(tmp_path, CONFIG) as gw:
         tls = gw.bound[1][1]
-        modern = ssl.create_default_context()
-        pki.configure_trust(modern)
+        modern = _trusting(pki)
         _, writer = await asyncio.open_connection("127.0.0.1", tls, ssl=modern, server_hostname="127.0.0.1")
         assert writer.get_extra_info("ssl_object").version() == "TLSv1.3"
         writer.close()
-        weak = ssl.create_default_context()
-        pki.configure_trust(weak)
+        weak = _trusting(pki)
         weak.maximum_version = ssl.TLSVersion.TLSv1_2
         weak.set_ciphers("AES256-SHA")  # static RSA key exchange, no forward secrecy
-        try:
-            status = (await _get(tls, "/in/x", weak))[0]
-        except (ssl.SSLError, ConnectionError):
-            status = 0
-        assert status == 0
-        stranger = ssl.create_default_context()
-        pki.configure_trust(stranger)
+        assert await _status(tls, "/in/x", weak) == 0
+        stranger = _trusting(pki)
         trustme.CA().issue_cert("mallory@example.com").configure_cert(stranger)
         # TLS 1.3 reports the refused client certificate after the handshake: no HTTP answer either way
-        try:
-            status = (await _get(tls, "/p/x", stranger))[0]
-        except (ssl.SSLError, ConnectionError):
-            status = 0
-        assert status == 0
+        assert await _status(tls, "/p/x", stranger) == 0
 
 
 async def test_certificate_is_reloaded_without_restart(tmp_path, pki):
     async with running_gateway(tmp_path, CONFIG) as gw:
         tls = gw.bound[1][1]
-        client = ssl.create_default_context()
-        pki.configure_trust(client)
+        client = _trusting(pki)
         _, writer = await asyncio.open_connection("127.0.0.1", tls, ssl=client, server_hostname="127.0.0.1")
         first = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
         writer.close()
@@ -144,8 +146,7 @@ apis:
 
 
 def _client(pki: trustme.CA, *, max_version: str = "", ciphers: str = "", group: str = "") -> ssl.SSLContext:
-    client = ssl.create_default_context()
-    pki.configure_trust(client)
+    client = _trusting(pki)
     client.set_alpn_protocols(["h2", "http/1.1"])
     if max_version:
         client.maximum_version = ssl.TLSVersion[max_version]

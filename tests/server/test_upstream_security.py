@@ -14,14 +14,9 @@ from bastion.demo.upstream import _echo
 from bastion.server.app import Runtime
 from bastion.server.http1 import Http1Connection, ServerLimits
 from bastion.server.upstream import internal_address
-from tests.helpers import request
+from tests.helpers import FILE_AUDIT_GATEWAY_FORMAT, request
 
-CONFIG = """
-version: 1
-gateway:
-  listeners: [{{address: 127.0.0.1, port: 0}}]
-  admin: {{enabled: false, port: 0}}
-  audit: {{sinks: [{{type: file, path: audit.jsonl}}]}}
+CONFIG = FILE_AUDIT_GATEWAY_FORMAT + """
 classes:
   open: {{identity: {{required: false, methods: []}}, input: {{contract: "off", inspection: "off"}}}}
 apis:

@@ -18,14 +18,9 @@ from bastion.demo.idp import start_idp
 from bastion.server.app import Runtime
 from bastion.stages.base import Services
 from bastion.stages.identity.revocation import MemoryRevocationList
-from tests.helpers import exchange, parse_response
+from tests.helpers import FILE_AUDIT_GATEWAY_FORMAT, exchange, parse_response
 
-CONFIG = """
-version: 1
-gateway:
-  listeners: [{{address: 127.0.0.1, port: 0}}]
-  admin: {{enabled: false, port: 0}}
-  audit: {{sinks: [{{type: file, path: audit.jsonl}}]}}
+CONFIG = FILE_AUDIT_GATEWAY_FORMAT + """
 classes:
   users:
     identity: {{required: true, methods: [jwt]}}

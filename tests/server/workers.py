@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -13,30 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import free_port, http_get, wait_http
+from tests.helpers import free_port, http_get, process_config, wait_http
 
 BASTION = [sys.executable, "-m", "bastion"]
-
-
-def config_text(port: int, admin: int, upstream: int, extra_gateway: str = "", extra: str = "") -> str:
-    return textwrap.dedent(f"""
-        version: 1
-        gateway:
-          listeners: [{{address: 127.0.0.1, port: {port}}}]
-          admin: {{address: 127.0.0.1, port: {admin}}}
-          limits: {{drain_timeout: 10s}}
-        """) + textwrap.indent(textwrap.dedent(extra_gateway), "  ") + textwrap.dedent(f"""
-        classes:
-          open: {{identity: {{required: false}}}}
-        apis:
-          - name: shop
-            owner: team-shop@example.com
-            class: open
-            upstream: http://127.0.0.1:{upstream}
-            routes:
-              - {{name: items, path: /items, methods: [GET]}}
-              - {{name: slow, path: /slow, methods: [GET]}}
-        """) + textwrap.dedent(extra)
 
 
 class Gateway:
@@ -46,7 +24,7 @@ class Gateway:
         self.tmp_path = tmp_path
         self.port, self.admin_port, self.upstream = free_port(), free_port(), free_port()
         self.path = tmp_path / "bastion.yaml"
-        self.path.write_text(config_text(self.port, self.admin_port, self.upstream, extra_gateway, extra))
+        self.path.write_text(process_config(self.port, self.admin_port, self.upstream, extra_gateway, extra))
         self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None
         self.upstream_proc: subprocess.Popen[bytes] | None = None

@@ -60,6 +60,8 @@ def check_shape(doc: Any, limits: JsonLimits) -> int:
     max_keys, max_array = limits.max_keys, limits.max_array
     stack: list[tuple[Any, int]] = [(doc, 1)]
     pop, push = stack.pop, stack.append
+    # The object and array branches repeat their item checks on purpose: this runs on every JSON body, and one
+    # shared item loop measured 7% slower on bench/micro_input's body (a second pass over the keys).
     while stack:
         node, depth = pop()
         if node.__class__ is dict:
@@ -127,6 +129,8 @@ def strings(doc: Any) -> dict[str, tuple[str | int, ...]]:
     a key repeated in every item of an array is inspected once)."""
     out: dict[str, tuple[str | int, ...]] = {}
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(doc, ())]
+    # Two item loops on purpose (objects, arrays): one shared loop with an "is it an object" test per item
+    # measured 7% slower on bench/micro_input's body, and a key must still be seen before its own value.
     while stack:
         node, path = stack.pop()
         if node.__class__ is dict:

@@ -20,7 +20,7 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, Field, StringConstraints, field_validator, model_validator
 
 from bastion.config.base import Duration, Model, Size, control
 
@@ -54,6 +54,11 @@ def _check_key(value: str) -> str:
     return "+".join(p.lower() if p.startswith("header:") else p for p in parts)
 
 
+# The counter key and the tier list of a rate limit or a quota, checked the same way in both.
+CounterKey = Annotated[str, AfterValidator(_check_key)]
+Tiers = Annotated[list[TierName], AfterValidator(_check_tiers)]
+
+
 class RateLimit(Model):
     """One limit, counted per value of `key`.
 
@@ -74,7 +79,7 @@ class RateLimit(Model):
     window: Duration | None = Field(None, gt=0, description="Length of the window (e.g. `1m`, `10s`, `1h`).")
     rate: float | None = Field(None, gt=0, description="Token bucket: units per second refilled (e.g. `5`).")
     burst: int | None = Field(None, ge=1, description="Token bucket: the most units at once (e.g. `10`).")
-    key: str = Field(
+    key: CounterKey = Field(
         "consumer",
         description="What is counted separately: consumer, credential, client_ip, route, api, class, "
         "claim:<path> (e.g. `claim:org.id`) or header:<name>, or several joined by '+' "
@@ -86,17 +91,7 @@ class RateLimit(Model):
         description="With a shared (Redis) state, take up to this many units at once and spend them locally "
         "(fewer round trips, bounded over-admission, see docs/traffic.md). 0 = off.",
     )
-    tiers: list[TierName] = Field(default_factory=list, description=_TIERS_DESCRIPTION)
-
-    @field_validator("key")
-    @classmethod
-    def _key(cls, value: str) -> str:
-        return _check_key(value)
-
-    @field_validator("tiers")
-    @classmethod
-    def _tiers(cls, value: list[str]) -> list[str]:
-        return _check_tiers(value)
+    tiers: Tiers = Field(default_factory=list, description=_TIERS_DESCRIPTION)
 
     @model_validator(mode="after")
     def _shape(self) -> RateLimit:
@@ -133,19 +128,9 @@ class Quota(Model):
     name: str = Field(pattern=_NAME)
     limit: int = Field(ge=1, description="Units per period.")
     period: Literal["day", "month"] = Field(description="A UTC calendar day or month.")
-    key: str = Field("consumer", description="Counted per this key (as in rate limits); usually `consumer`.")
+    key: CounterKey = Field("consumer", description="Counted per this key (as in rate limits); usually `consumer`.")
     cost: int = Field(1, ge=1)
-    tiers: list[TierName] = Field(default_factory=list, description=_TIERS_DESCRIPTION)
-
-    @field_validator("key")
-    @classmethod
-    def _key(cls, value: str) -> str:
-        return _check_key(value)
-
-    @field_validator("tiers")
-    @classmethod
-    def _tiers(cls, value: list[str]) -> list[str]:
-        return _check_tiers(value)
+    tiers: Tiers = Field(default_factory=list, description=_TIERS_DESCRIPTION)
 
 
 class IpRules(Model):

@@ -19,9 +19,9 @@ from __future__ import annotations
 import ssl
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from bastion.config.base import Duration, Model, control
 
@@ -66,16 +66,21 @@ def _check_groups(value: list[str]) -> list[str]:
     return value
 
 
+# A cipher or group list, checked the same way where a listener offers it and where a class allows it.
+Ciphers = Annotated[list[str], AfterValidator(_check_ciphers)]
+Groups = Annotated[list[str], AfterValidator(_check_groups)]
+
+
 class ListenerTlsSettings(Model):
     """The handshake a TLS listener offers: `{min_version: "1.3", session_tickets: false, groups: [X25519]}`"""
 
     min_version: TlsVersion = Field("1.2", description="Oldest TLS version accepted (`\"1.3\"` refuses 1.2).")
-    ciphers: list[str] = Field(
+    ciphers: Ciphers = Field(
         default_factory=lambda: list(DEFAULT_CIPHERS),
         description="TLS 1.2 suites offered, OpenSSL names (`[ECDHE-ECDSA-AES256-GCM-SHA384]`). TLS 1.3 suites "
         "are not settable from Python's ssl.",
     )
-    groups: list[str] | None = Field(
+    groups: Groups | None = Field(
         None, max_length=1,
         description="Key-exchange group (`[X25519]`); Python's ssl can set exactly one. Absent: OpenSSL's "
         "defaults (X25519, P-256, X448, P-521, P-384).",
@@ -88,16 +93,6 @@ class ListenerTlsSettings(Model):
         None, description="ALPN protocols offered, in order (`[http/1.1]`). Absent: h2 and http/1.1 when the "
         "listener has `http2: true`.",
     )
-
-    @field_validator("ciphers")
-    @classmethod
-    def _ciphers(cls, value: list[str]) -> list[str]:
-        return _check_ciphers(value)
-
-    @field_validator("groups")
-    @classmethod
-    def _groups(cls, value: list[str] | None) -> list[str] | None:
-        return value if value is None else _check_groups(value)
 
 
 class RevocationConfig(Model):
@@ -145,11 +140,11 @@ class TransportPolicy(Model):
         "1.2", stricter="order", order=("1.2", "1.3"),
         description="Oldest TLS version every TLS listener must refuse below (`\"1.3\"`).",
     )
-    ciphers: list[str] = control(
+    ciphers: Ciphers = control(
         list(DEFAULT_CIPHERS), stricter="subset",
         description="TLS 1.2 suites a listener may offer (allowlist, OpenSSL names).",
     )
-    groups: list[str] = control(
+    groups: Groups = control(
         list(DEFAULT_GROUPS), stricter="subset",
         description="Key-exchange groups a listener may offer (allowlist: `[X25519]`).",
     )
@@ -162,16 +157,6 @@ class TransportPolicy(Model):
         description="Check client certificates against `gateway.revocation` (CRLs, OCSP): `hard` refuses when "
         "the status cannot be learned, `soft` lets the request through and audits it.",
     )
-
-    @field_validator("ciphers")
-    @classmethod
-    def _ciphers(cls, value: list[str]) -> list[str]:
-        return _check_ciphers(value)
-
-    @field_validator("groups")
-    @classmethod
-    def _groups(cls, value: list[str]) -> list[str]:
-        return _check_groups(value)
 
     @model_validator(mode="after")
     def _revocation_needs_mtls(self) -> TransportPolicy:

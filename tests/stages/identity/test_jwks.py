@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from bastion.context import Continue, Deny
 from bastion.stages.base import RouteInfo, Services
-from bastion.stages.identity import IdentityPolicy, IdentityShared, build
+from bastion.stages.identity import IdentityPolicy, IdentityShared, IdentityStage, build
 from bastion.stages.identity.config import JwksCacheConfig, JwtProviderConfig, ProvidersConfig
 from bastion.stages.identity.jwks import JwksCache, JwksUnavailable
 from bastion.stages.identity.metrics import identity_metrics
@@ -19,6 +19,16 @@ from bastion.stages.identity.metrics import identity_metrics
 
 def cache_for(server: JwksServer, mono: Clock, **cfg: float) -> JwksCache:
     return JwksCache("corp", JwksCacheConfig(**cfg), jwks_uri=f"{server.url}/jwks.json", monotonic=mono)
+
+
+async def jwt_stage(server: JwksServer, route: RouteInfo, mono: Clock) -> tuple[IdentityShared, IdentityStage]:
+    """The identity stage of `route` for one JWT provider on `server`, its JWKS fetched at start."""
+    cfg = JwtProviderConfig(name="corp", issuer=ISSUER, audiences=["api://orders"], jwks_uri=f"{server.url}/jwks.json")
+    shared = IdentityShared(ProvidersConfig(jwt=[cfg]), [], Services(wall_clock=Clock(), monotonic=mono))
+    await shared.start()
+    stage = build(IdentityPolicy(), route, shared)
+    assert stage is not None
+    return shared, stage
 
 
 async def test_fetched_once_at_start(jwks_server: JwksServer) -> None:
@@ -39,12 +49,7 @@ async def test_fetched_once_at_start(jwks_server: JwksServer) -> None:
 async def test_flood_of_unknown_kids_fetches_at_most_twice(jwks_server: JwksServer, keys: Keys,
                                                           route: RouteInfo) -> None:
     mono = Clock(1000.0)
-    cfg = JwtProviderConfig(name="corp", issuer=ISSUER, audiences=["api://orders"],
-                            jwks_uri=f"{jwks_server.url}/jwks.json")
-    shared = IdentityShared(ProvidersConfig(jwt=[cfg]), [], Services(wall_clock=Clock(), monotonic=mono))
-    await shared.start()
-    stage = build(IdentityPolicy(), route, shared)
-    assert stage is not None
+    shared, stage = await jwt_stage(jwks_server, route, mono)
     mono.now += 31  # past the cooldown: the first unknown kid may trigger one refetch
     minter = Minter(keys)
     tokens = [minter.token(header={"kid": f"forged-{i}"}) for i in range(1000)]
@@ -62,12 +67,7 @@ async def test_flood_of_unknown_kids_fetches_at_most_twice(jwks_server: JwksServ
 
 async def test_key_rotation(jwks_server: JwksServer, keys: Keys, route: RouteInfo) -> None:
     mono = Clock(1000.0)
-    cfg = JwtProviderConfig(name="corp", issuer=ISSUER, audiences=["api://orders"],
-                            jwks_uri=f"{jwks_server.url}/jwks.json")
-    shared = IdentityShared(ProvidersConfig(jwt=[cfg]), [], Services(wall_clock=Clock(), monotonic=mono))
-    await shared.start()
-    stage = build(IdentityPolicy(), route, shared)
-    assert stage is not None
+    shared, stage = await jwt_stage(jwks_server, route, mono)
     new = ECKey.generate_key("P-256", parameters={"kid": "ec-2", "alg": "ES256"})
     token = Minter(keys).token(new)
     # the IdP signs with a key it has not published yet: unknown, and negatively cached for the cooldown

@@ -15,17 +15,13 @@ from joserfc import jwt
 from bastion.demo.idp import IdpServer, start_idp
 from bastion.server.app import Runtime
 from bastion.stages.identity import IdentityShared
-from tests.helpers import request, running_gateway
+from tests.helpers import LOOPBACK_GATEWAY, request, running_gateway
 from tests.state.redis_server import RedisServer
 
 RECEIVER = "https://gateway.test/ssf"
 SESSION_REVOKED = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
 
-CONFIG = """
-version: 1
-gateway:
-  listeners: [{address: 127.0.0.1, port: 0}]
-  admin: {address: 127.0.0.1, port: 0}
+CONFIG = LOOPBACK_GATEWAY + """
   state: STATE
 providers:
   jwt:
