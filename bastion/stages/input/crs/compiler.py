@@ -15,11 +15,11 @@ from collections.abc import Callable
 import re2
 
 from bastion.stages.input.crs.engine import Transaction
-from bastion.stages.input.crs.operators import FALLBACKS, RE2_OPTIONS, Operators, possessive_to_greedy
+from bastion.stages.input.crs.operators import FALLBACKS, RE2_OPTIONS, Operators
 from bastion.stages.input.crs.program import SCALARS, Ctl, Program, Rule, Setvar
 from bastion.stages.input.crs.request import CrsRequest
-from bastion.stages.input.crs.seclang import Action, Marker, RuleSpec, SecLangError
-from bastion.stages.input.crs.transforms import TRANSFORMS
+from bastion.stages.input.crs.seclang import Action, Marker, RuleSpec, SecLangError, VarSpec
+from bastion.stages.input.crs.transforms import JOINED, TRANSFORMS, Transform
 
 # Variables the engine can present (collections first); anything else in a rule is an error.
 COLLECTIONS = frozenset({
@@ -39,6 +39,7 @@ _SEVERITIES = {"EMERGENCY": 0, "ALERT": 1, "CRITICAL": 2, "ERROR": 3, "WARNING":
                "DEBUG": 7}
 # Variables that change during a transaction: rules reading them are never prefiltered.
 _STATEFUL = frozenset({"TX", "MATCHED_VAR", "MATCHED_VARS", "MATCHED_VAR_NAME", "MATCHED_VARS_NAMES"})
+_SET_OPERATORS = frozenset({"rx", "pm", "pmFromFile", "pmf"})
 
 
 def compile_rule(spec: RuleSpec, operators: Operators, parent: Rule | None = None) -> Rule:
@@ -84,9 +85,10 @@ def compile_rule(spec: RuleSpec, operators: Operators, parent: Rule | None = Non
         log=not any(a.name == "nolog" for a in spec.actions),
     )
     edge_free = not _TEXT_EDGES.search(spec.operator.argument)
-    if spec.operator.name == "rx" and not spec.operator.negated and "%{" not in spec.operator.argument \
-            and rule_id not in FALLBACKS and not rule.multi_match and parent is None and edge_free:
-        rule.set_index = -2  # a Set candidate; the compiler assigns the index
+    if spec.operator.name in _SET_OPERATORS and not spec.operator.negated and "%{" not in spec.operator.argument \
+            and rule_id not in FALLBACKS and parent is None and edge_free \
+            and not any(v.count for v in rule.targets):
+        rule.set_index = -2  # a Set candidate; build_program assigns the index
     rule.static_operator = not _TX_MACRO.search(spec.operator.argument)
     rule.static_targets = all(v.collection not in _STATEFUL and v.collection not in ("MATCHED_VAR_NAME",)
                               for v in rule.targets)
@@ -142,7 +144,8 @@ def build_program(items: list[RuleSpec | Marker], operators: Operators, active_p
     phases: dict[int, list[Rule | Marker]] = {1: [], 2: []}
     rules: dict[str, Rule] = {}
     patterns: dict[tuple[tuple[str, ...], str], list[str]] = {}
-    targets: dict[tuple[tuple[str, ...], str], set[str]] = {}
+    targets: dict[tuple[tuple[str, ...], str], set[VarSpec]] = {}
+    values_keys: dict[tuple[tuple[VarSpec, ...], tuple[VarSpec, ...]], int] = {}
     for item in items:
         if isinstance(item, Marker):
             for lst in phases.values():
@@ -151,20 +154,31 @@ def build_program(items: list[RuleSpec | Marker], operators: Operators, active_p
         rule = compile_rule(item, operators)
         if rule.phase not in phases:
             continue  # response phases: out of scope for request inspection
+        for member in (rule, *rule.chained):
+            member.values_key = values_keys.setdefault((member.targets, member.excludes), len(values_keys))
         phases[rule.phase].append(rule)
         rules[rule.id] = rule
-        if rule.set_index == -2:
-            if rule.paranoia <= active_paranoia and all(v.collection not in _STATEFUL for v in rule.targets):
-                # values are joined with a newline where the pattern has line anchors (they then hold at each
-                # value's edges), else with NUL, which far fewer patterns can match (fewer false candidates)
-                anchored = "^" in item.operator.argument or "$" in item.operator.argument
-                rule.set_key = (rule.chain_key, "\n" if anchored else "\x00")
-                group = patterns.setdefault(rule.set_key, [])
-                rule.set_index = len(group)
-                group.append(_set_source(item.operator.argument))
-                targets.setdefault(rule.set_key, set()).update(v.collection for v in rule.targets)
-            else:
-                rule.set_index = -1
+        source = operators.set_source(item.operator, item.file, item.line) if rule.set_index == -2 else None
+        rule.set_index = -1
+        if source is not None and rule.paranoia <= active_paranoia \
+                and all(v.collection not in _STATEFUL for v in rule.targets):
+            # values are joined with a newline where the pattern has line anchors (they then hold at each
+            # value's edges), else with NUL, which far fewer patterns can match (fewer false candidates)
+            anchored = item.operator.name == "rx" and ("^" in item.operator.argument or "$" in item.operator.argument)
+            separator = "\n" if anchored else "\x00"
+            # multiMatch tries the operator after every transformation: its pattern joins every stage's Set
+            stages = [rule.chain_key[:i] for i in range(len(rule.chain_key) + 1)] if rule.multi_match \
+                else [rule.chain_key]
+            refs = []
+            for stage in stages:
+                key = (stage, separator)
+                group = patterns.setdefault(key, [])
+                refs.append((key, len(group)))
+                group.append(source)
+                targets.setdefault(key, set()).update(rule.targets)
+            rule.prefilter = tuple(refs)
+            if not rule.multi_match:
+                rule.set_key, rule.set_index = refs[0]
     sets = {key: _compile_set(srcs) for key, srcs in patterns.items()}
     # gates on the setup, then the initialisation rules, then gates on what they set (e.g. the sampling gate
     # `TX:sampling_percentage "@eq 100"`); a TX name any remaining rule may write is never folded
@@ -174,7 +188,23 @@ def build_program(items: list[RuleSpec | Marker], operators: Operators, active_p
     for number in phases:
         phases[number] = _fold_gates(phases[number], initial, _written([*phases[1], *phases[2]], initial))
     transforms = {k: tuple(TRANSFORMS[n] for n in k[0]) for k in patterns}
-    return Program(phases, sets, rules, {k: frozenset(v) for k, v in targets.items()}, transforms, initial)
+    joined = {k: _chain(tuple(JOINED[n] for n in k[0])) for k in patterns if all(n in JOINED for n in k[0])}
+    return Program(phases, sets, rules, {k: _distinct(v) for k, v in targets.items()}, transforms, joined, initial)
+
+
+def _chain(steps: tuple[Transform, ...]) -> Transform:
+    def run(text: str) -> str:
+        for step in steps:
+            text = step(text)
+        return text
+    return run
+
+
+def _distinct(targets: set[VarSpec]) -> tuple[VarSpec, ...]:
+    """A Set's variables without the selected keys of a collection it reads whole (each value once)."""
+    whole = {v.collection for v in targets if v.selector is None}
+    return tuple(sorted((v for v in targets if v.selector is None or v.collection not in whole),
+                        key=lambda v: (v.collection, v.selector or "")))
 
 
 def _fold_initialisation(items: list[Rule | Marker], setup: dict[str, str]) -> tuple[list[Rule | Marker],
@@ -268,11 +298,6 @@ def _is_static_gate(rule: Rule, written: set[str] | None) -> bool:
         if name in written or any(w.endswith("*") and name.startswith(w[:-1]) for w in written):
             return False
     return not rule.excludes
-
-
-def _set_source(pattern: str) -> str:
-    source = "(?sm)" + pattern
-    return possessive_to_greedy(source) if "*+" in source or "++" in source else source
 
 
 def _compile_set(sources: list[str]) -> Callable[[str], list[int]]:

@@ -14,6 +14,7 @@ from functools import lru_cache
 from bastion.stages.input.crs.program import MACRO, MAX_MATCHES, SCALARS, Ctl, Program, Rule, Setvar
 from bastion.stages.input.crs.request import CrsRequest
 from bastion.stages.input.crs.seclang import Marker, VarSpec, parse_variables
+from bastion.stages.input.crs.transforms import SEPARATOR, Transform
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +61,9 @@ class Transaction:
         self.matched_vars: list[tuple[str, str]] = []
         self._transformed: dict[tuple[tuple[str, ...], str], str] = {}
         self._set_hits: dict[tuple[tuple[tuple[str, ...], str], str], frozenset[int]] = {}
-        self._selected: dict[VarSpec, list[tuple[str, str]]] = {}
+        self._selected: dict[tuple[str, str | None], list[tuple[str, str]]] = {}
         self._prefilter: dict[tuple[tuple[str, ...], str], frozenset[int]] = {}
-        self._values_cache: dict[tuple[tuple[VarSpec, ...], tuple[VarSpec, ...]], list[tuple[str, str]]] = {}
+        self._values_cache: dict[int, list[tuple[str, str]]] = {}
 
     # ------------------------------------------------------------------ run
     def run(self) -> Outcome:
@@ -93,8 +94,12 @@ class Transaction:
 
     # ------------------------------------------------------------ one rule
     def _evaluate(self, rule: Rule) -> bool:
-        if rule.set_index >= 0 and rule.set_index not in self._group_hits(rule.set_key):
-            return False  # no value this rule could read matches its pattern: skip without looking at targets
+        if rule.prefilter:
+            for group, index in rule.prefilter:
+                if index in (self._prefilter.get(group) or self._group_hits(group)):
+                    break
+            else:
+                return False  # no value this rule could read matches its pattern: skip without looking at targets
         matches = self._match_rule(rule)
         if not matches:
             return False
@@ -123,26 +128,44 @@ class Transaction:
         hits = self._prefilter.get(group)
         if hits is None:
             chain, separator = group
-            texts: list[str] = []
-            transforms = self.program.group_transforms[group]
-            for collection in self.program.group_targets[group]:
-                if collection in SCALARS:
-                    value = self.request.scalars.get(collection)
-                    values = [] if value is None else [value]
+            values: list[str] = []
+            for var in self.program.group_targets[group]:
+                if var.collection in SCALARS:
+                    value = self.request.scalars.get(var.collection)
+                    if value is not None:
+                        values.append(value)
                 else:
-                    values = [v for _, v in self.request.pairs(collection)]
-                for value in values:
-                    key = (chain, value)
-                    text = self._transformed.get(key)
-                    if text is None:
-                        text = value
-                        for transform in transforms:
-                            text = transform(text)
-                        self._transformed[key] = text
-                    texts.append(text)
-            hits = self._prefilter[group] = frozenset(self.program.sets[group](separator.join(texts))) if texts \
-                else frozenset()
+                    values += [v for _, v in self._select(var)]
+            text = self._joined(group, values) if len(values) > 1 else None
+            if text is None:
+                text = separator.join(self._transform_chain(chain, self.program.group_transforms[group], v)
+                                      for v in values)
+            hits = self._prefilter[group] = frozenset(self.program.sets[group](text)) if values else frozenset()
         return hits
+
+    def _joined(self, group: tuple[tuple[str, ...], str], values: list[str]) -> str | None:
+        """The chain run once over all values joined by SEPARATOR (`transforms.JOINED`), or None when the chain
+        cannot run joined or a value holds (or decodes to) the separator itself: then value by value."""
+        run = self.program.group_joined.get(group)
+        if run is None:
+            return None
+        raw = SEPARATOR.join(values)
+        if raw.count(SEPARATOR) != len(values) - 1:
+            return None
+        text = run(raw)
+        if text.count(SEPARATOR) != len(values) - 1:
+            return None
+        return text.replace(SEPARATOR, group[1])
+
+    def _transform_chain(self, chain: tuple[str, ...], transforms: tuple[Transform, ...], value: str) -> str:
+        key = (chain, value)
+        text = self._transformed.get(key)
+        if text is None:
+            text = value
+            for transform in transforms:
+                text = transform(text)
+            self._transformed[key] = text
+        return text
 
     def _match_rule(self, rule: Rule) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = []
@@ -210,14 +233,7 @@ class Transaction:
     def _transform(self, rule: Rule, value: str) -> str:
         if not rule.transforms:
             return value
-        key = (rule.chain_key, value)
-        out = self._transformed.get(key)
-        if out is None:
-            out = value
-            for transform in rule.transforms:
-                out = transform(out)
-            self._transformed[key] = out
-        return out
+        return self._transform_chain(rule.chain_key, rule.transforms, value)
 
     # ------------------------------------------------------------ variables
     def _values(self, rule: Rule) -> list[tuple[str, str]]:
@@ -228,10 +244,9 @@ class Transaction:
         if removed or tag_removed or not rule.static_targets:
             return self._collect(rule, removed, tag_removed)
         # ~100 CRS rules read the same target list: build it once per transaction
-        key = (rule.targets, rule.excludes)
-        values = self._values_cache.get(key)
+        values = self._values_cache.get(rule.values_key)
         if values is None:
-            values = self._values_cache[key] = self._collect(rule, removed, tag_removed)
+            values = self._values_cache[rule.values_key] = self._collect(rule, removed, tag_removed)
         return values
 
     def _collect(self, rule: Rule, removed: list[VarSpec] | tuple[VarSpec, ...],
@@ -267,14 +282,18 @@ class Transaction:
         elif collection == "MATCHED_VARS_NAMES":
             pairs = [(n, n) for n, _ in self.matched_vars]
         else:
-            cached = self._selected.get(var)
+            key = (collection, var.selector)
+            cached = self._selected.get(key)
             if cached is None:  # request collections do not change during the transaction
                 pairs = self.request.pairs(collection)
-                cached = self._selected[var] = pairs if var.selector is None else \
+                cached = self._selected[key] = pairs if var.selector is None else \
                     [(k, v) for k, v in pairs if _key_selected(var, k)]
             return cached
         if var.selector is None:
             return pairs
+        if var.is_regex:
+            search = _selector_regex(var.selector).search
+            return [(k, v) for k, v in pairs if search(k) is not None]
         return [(k, v) for k, v in pairs if _key_selected(var, k)]
 
     def _scalar(self, name: str) -> str | None:

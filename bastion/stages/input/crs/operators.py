@@ -27,6 +27,7 @@ Match = Callable[[str, Expand], Groups | None]
 
 RE2_OPTIONS = re2.Options()
 RE2_OPTIONS.max_mem = 64 << 20  # the big CRS alternations need more than RE2's 8 MiB default
+ANY = "^.*$"
 BACKTRACK_LIMIT = 4096
 """Longest value a fallback (backtracking) regex sees; longer values are cut there (listed in docs)."""
 
@@ -84,6 +85,21 @@ class Operators:
             return lambda value, expand: None if inner(value, expand) is not None else (value,)
         return match
 
+    def set_source(self, spec: OperatorSpec, file: str, line: int) -> str | None:
+        """The operator as one RE2 Set pattern (exact: `@rx` and `@pm`), or None when it cannot be one."""
+        if spec.negated or "%{" in spec.argument:
+            return None
+        if spec.name == "rx":
+            if spec.argument == ANY:
+                return None  # matches every value: nothing to prefilter
+            source = "(?sm)" + spec.argument
+            return possessive_to_greedy(source) if "*+" in source or "++" in source else source
+        if spec.name == "pm":
+            return _phrases_source(spec.argument.split())
+        if spec.name in ("pmFromFile", "pmf"):
+            return _phrases_source(self._phrase_file(spec.argument, file, line))
+        return None
+
     # --------------------------------------------------------------- patterns
     def _op_rx(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         if "%{" in argument:
@@ -93,6 +109,8 @@ class Operators:
             def dynamic(value: str, expand: Expand) -> Groups | None:
                 return _groups(compile_once(expand(argument)).search(value))
             return dynamic
+        if argument == ANY:  # CRS's "every value" (920450, 901318): the whole value is group 0, as under (?s)
+            return lambda value, expand: (value,)
         fallback = FALLBACKS.get(rule_id)
         if fallback is not None and not _re2_ok(argument):
             prefilter = compile_rx(fallback.pattern, rule_id, file, line)
@@ -113,6 +131,9 @@ class Operators:
         return self._op_pmFromFile(argument, rule_id, file, line)
 
     def _op_pmFromFile(self, argument: str, rule_id: str, file: str, line: int) -> Match:
+        return _phrases(self._phrase_file(argument, file, line), rule_id, file, line)
+
+    def _phrase_file(self, argument: str, file: str, line: int) -> list[str]:
         phrases: list[str] = []
         for name in argument.split():
             path = self.data_dir / name
@@ -122,7 +143,7 @@ class Operators:
                 text = raw.strip()
                 if text and not text.startswith("#"):
                     phrases.append(text)
-        return _phrases(phrases, rule_id, file, line)
+        return phrases
 
     # ------------------------------------------------------------ libinjection
     def _op_detectSQLi(self, argument: str, rule_id: str, file: str, line: int) -> Match:
@@ -242,8 +263,12 @@ def _phrases(phrases: list[str], rule_id: str, file: str, line: int) -> Match:
     """`@pm`: any phrase as a substring, case-insensitive (ModSecurity's Aho-Corasick), in one RE2 pass."""
     if not phrases:
         raise SecLangError(file, line, f"rule {rule_id}: @pm without phrases")
-    compiled = re2.compile("(?i)(?:" + "|".join(re.escape(p) for p in phrases) + ")", RE2_OPTIONS)
+    compiled = re2.compile(_phrases_source(phrases), RE2_OPTIONS)
     return lambda value, expand: _groups(compiled.search(value))
+
+
+def _phrases_source(phrases: list[str]) -> str:
+    return "(?i)(?:" + "|".join(re.escape(p) for p in phrases) + ")"
 
 
 def _groups(match: re2._Match | re.Match[str] | None) -> Groups | None:

@@ -67,6 +67,10 @@ class Rule:
     static_targets: bool = False  # reads only request variables, which do not change during a transaction
     static_operator: bool = False  # its operator argument has no macro other than %{tx.*}
     joinable_stages: bool = False  # multiMatch with an operator that can run on joined values
+    values_key: int = -1         # the same number for rules reading the same targets (their values are shared)
+    prefilter: tuple[tuple[tuple[tuple[str, ...], str], int], ...] = ()
+    """(Set, index) pairs: when none of them matched this request's values, the rule cannot match (one pair for
+    the rule's chain; multiMatch rules have one per transformation stage)."""
 
 
 @dataclass(slots=True)
@@ -76,8 +80,10 @@ class Program:
     phases: dict[int, list[Rule | Marker]]
     sets: dict[tuple[tuple[str, ...], str], Callable[[str], list[int]]]
     rules: dict[str, Rule] = field(default_factory=dict)
-    group_targets: dict[tuple[tuple[str, ...], str], frozenset[str]] = field(default_factory=dict)
+    group_targets: dict[tuple[tuple[str, ...], str], tuple[VarSpec, ...]] = field(default_factory=dict)
+    """Per Set: every request variable its rules read (the prefilter transforms each value once)."""
     group_transforms: dict[tuple[tuple[str, ...], str], tuple[Transform, ...]] = field(default_factory=dict)
-    """Per chain: every request variable its Set rules read (the prefilter transforms each value once)."""
+    group_joined: dict[tuple[tuple[str, ...], str], Transform] = field(default_factory=dict)
+    """Per Set whose chain is made of `transforms.JOINED` steps: the chain applied to all values at once."""
     initial_tx: dict[str, str] = field(default_factory=dict)
     """TX after the setup and the folded initialisation rules: every transaction starts from it."""
