@@ -19,7 +19,7 @@ from bastion.stages.input.crs.operators import FALLBACKS, RE2_OPTIONS, Operators
 from bastion.stages.input.crs.program import SCALARS, Ctl, Program, Rule, Setvar
 from bastion.stages.input.crs.request import CrsRequest
 from bastion.stages.input.crs.seclang import Action, Marker, RuleSpec, SecLangError, VarSpec
-from bastion.stages.input.crs.transforms import JOINED, TRANSFORMS, Transform
+from bastion.stages.input.crs.transforms import TRANSFORMS
 
 # Variables the engine can present (collections first); anything else in a rule is an error.
 COLLECTIONS = frozenset({
@@ -90,6 +90,7 @@ def compile_rule(spec: RuleSpec, operators: Operators, parent: Rule | None = Non
             and not any(v.count for v in rule.targets):
         rule.set_index = -2  # a Set candidate; build_program assigns the index
     rule.static_operator = not _TX_MACRO.search(spec.operator.argument)
+    rule.constant_operator = "%{" not in spec.operator.argument
     rule.static_targets = all(v.collection not in _STATEFUL and v.collection not in ("MATCHED_VAR_NAME",)
                               for v in rule.targets)
     joins = spec.operator.name in ("rx", "pm", "pmFromFile", "pmf") and not spec.operator.negated and edge_free \
@@ -164,7 +165,7 @@ def build_program(items: list[RuleSpec | Marker], operators: Operators, active_p
                 and all(v.collection not in _STATEFUL for v in rule.targets):
             # values are joined with a newline where the pattern has line anchors (they then hold at each
             # value's edges), else with NUL, which far fewer patterns can match (fewer false candidates)
-            anchored = item.operator.name == "rx" and ("^" in item.operator.argument or "$" in item.operator.argument)
+            anchored = item.operator.name == "rx" and _anchored(item.operator.argument)
             separator = "\n" if anchored else "\x00"
             # multiMatch tries the operator after every transformation: its pattern joins every stage's Set
             stages = [rule.chain_key[:i] for i in range(len(rule.chain_key) + 1)] if rule.multi_match \
@@ -187,17 +188,11 @@ def build_program(items: list[RuleSpec | Marker], operators: Operators, active_p
     phases[1], initial = _fold_initialisation(phases[1], setup)
     for number in phases:
         phases[number] = _fold_gates(phases[number], initial, _written([*phases[1], *phases[2]], initial))
-    transforms = {k: tuple(TRANSFORMS[n] for n in k[0]) for k in patterns}
-    joined = {k: _chain(tuple(JOINED[n] for n in k[0])) for k in patterns if all(n in JOINED for n in k[0])}
-    return Program(phases, sets, rules, {k: _distinct(v) for k, v in targets.items()}, transforms, joined, initial)
-
-
-def _chain(steps: tuple[Transform, ...]) -> Transform:
-    def run(text: str) -> str:
-        for step in steps:
-            text = step(text)
-        return text
-    return run
+    group_targets = {k: _distinct(v) for k, v in targets.items()}
+    numbers: dict[tuple[VarSpec, ...], int] = {}
+    group_values = {k: numbers.setdefault(v, len(numbers)) for k, v in group_targets.items()}
+    prefixes = {k: tuple(k[0][:i] for i in range(len(k[0]) + 1)) for k in patterns}
+    return Program(phases, sets, rules, group_targets, group_values, prefixes, initial)
 
 
 def _distinct(targets: set[VarSpec]) -> tuple[VarSpec, ...]:
@@ -237,11 +232,18 @@ def _tx_only(rule: Rule) -> bool:
     return rule.static_operator
 
 
-
-
-
 _TX_MACRO = re.compile(r"%\{(?!tx[.:])", re.IGNORECASE)  # a macro reading anything but TX
 _TEXT_EDGES = re.compile(r"\\[AzZ]")  # whole-text anchors: such patterns cannot run on joined values
+# `^`/`$` outside escapes (`\$(`) and character classes (`[^a-z]`): line anchors, which need newline separators
+_ESCAPES = re.compile(r"\\.")
+_CLASSES = re.compile(r"\[[^\]]*\]")
+_ANCHORS = re.compile(r"[\^$]")
+
+
+def _anchored(pattern: str) -> bool:
+    return _ANCHORS.search(_CLASSES.sub("", _ESCAPES.sub("", pattern))) is not None
+
+
 def _fold_gates(items: list[Rule | Marker], setup: dict[str, str], written: set[str] | None) -> list[Rule | Marker]:
     """Constant-fold the gates CRS puts in front of rule groups, e.g. `SecRule TX:EXECUTING_PARANOIA_LEVEL
     "@lt 2" "skipAfter:..."` or `SecRule &TX:crs_exclusions_drupal "@eq 0" "skipAfter:..."`: a gate that only
@@ -258,11 +260,39 @@ def _fold_gates(items: list[Rule | Marker], setup: dict[str, str], written: set[
             continue
         if skip_to is not None:
             continue
-        if not _is_static_gate(item, written):
-            out.append(item)
-        elif probe._match_rule(item):
-            skip_to = item.skip_after
+        if _is_static_gate(item, written):
+            if probe._match_rule(item):
+                skip_to = item.skip_after
+            continue
+        if _reads_constant_tx(item, written) and not _fresh(setup)._match_rule(item):
+            continue  # its first rule never matches (920360: `&TX:ARG_NAME_LENGTH "@eq 1"`): the chain never runs
+        members = (item, *item.chained)
+        if item.skip_after and item.chained and not item.deny \
+                and all(_reads_constant_tx(m, written) and not m.setvars and not m.ctls for m in members):
+            # a chain of gates (912100: three `&TX:dos_* "@eq 0"`)
+            probe_chain = _fresh(setup)
+            if all(probe_chain._match_rule(m) for m in members):
+                skip_to = item.skip_after
+            continue
+        out.append(item)
     return out
+
+
+def _fresh(setup: dict[str, str]) -> Transaction:
+    return Transaction(Program({1: [], 2: []}, {}), CrsRequest(), setup)
+
+
+def _reads_constant_tx(rule: Rule, written: set[str] | None) -> bool:
+    """The rule reads only TX names no rule writes, with an operator without macros: its match is constant."""
+    if written is None or rule.excludes or not rule.constant_operator or not rule.targets:
+        return False
+    for var in rule.targets:
+        if var.collection != "TX" or var.selector is None or var.is_regex:
+            return False
+        name = var.selector.lower()
+        if name in written or any(w.endswith("*") and name.startswith(w[:-1]) for w in written):
+            return False
+    return True
 
 
 def _written(items: list[Rule | Marker], setup: dict[str, str]) -> set[str] | None:
@@ -300,10 +330,10 @@ def _is_static_gate(rule: Rule, written: set[str] | None) -> bool:
     return not rule.excludes
 
 
-def _compile_set(sources: list[str]) -> Callable[[str], list[int]]:
+def _compile_set(sources: list[str]) -> Callable[[bytes], list[int]]:
     rule_set = re2.Set.SearchSet(RE2_OPTIONS)
     for source in sources:
         rule_set.Add(source)
     rule_set.Compile()
-    match = rule_set.Match
-    return lambda text: match(text) or []
+    match: Callable[[bytes], list[int]] = rule_set._set.Match  # the wrapper's str check and encode, skipped
+    return match

@@ -14,7 +14,7 @@ from functools import lru_cache
 from bastion.stages.input.crs.program import MACRO, MAX_MATCHES, SCALARS, Ctl, Program, Rule, Setvar
 from bastion.stages.input.crs.request import CrsRequest
 from bastion.stages.input.crs.seclang import Marker, VarSpec, parse_variables
-from bastion.stages.input.crs.transforms import SEPARATOR, Transform
+from bastion.stages.input.crs.transforms import JOINED, SEPARATOR, TRANSFORMS, Transform
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +63,7 @@ class Transaction:
         self._set_hits: dict[tuple[tuple[tuple[str, ...], str], str], frozenset[int]] = {}
         self._selected: dict[tuple[str, str | None], list[tuple[str, str]]] = {}
         self._prefilter: dict[tuple[tuple[str, ...], str], frozenset[int]] = {}
+        self._stages: dict[tuple[int, tuple[str, ...]], tuple[str | None, list[str] | None]] = {}
         self._values_cache: dict[int, list[tuple[str, str]]] = {}
 
     # ------------------------------------------------------------------ run
@@ -75,18 +76,29 @@ class Transaction:
 
     def _phase(self, items: list[Rule | Marker]) -> str | None:
         skip_to: str | None = None
+        prefilter = self._prefilter
         for item in items:
-            if isinstance(item, Marker):
+            if item.__class__ is Marker:
                 if skip_to is not None and item.name == skip_to:
                     skip_to = None
                 continue
-            if skip_to is not None or item.id in self.removed_ids or self._removed_by_tag(item):
+            if skip_to is not None:
                 continue
-            if self._evaluate(item):
-                if item.deny:
-                    return item.id
-                if item.skip_after:
-                    skip_to = item.skip_after
+            rule: Rule = item  # type: ignore[assignment]
+            if rule.prefilter:
+                for group, index in rule.prefilter:
+                    hits = prefilter.get(group)
+                    if index in (hits if hits is not None else self._group_hits(group)):
+                        break
+                else:
+                    continue  # no value this rule could read matches its pattern: skip without looking at targets
+            if rule.id in self.removed_ids or self._removed_by_tag(rule):
+                continue
+            if self._evaluate(rule):
+                if rule.deny:
+                    return rule.id
+                if rule.skip_after:
+                    skip_to = rule.skip_after
         return None
 
     def _removed_by_tag(self, rule: Rule) -> bool:
@@ -94,12 +106,6 @@ class Transaction:
 
     # ------------------------------------------------------------ one rule
     def _evaluate(self, rule: Rule) -> bool:
-        if rule.prefilter:
-            for group, index in rule.prefilter:
-                if index in (self._prefilter.get(group) or self._group_hits(group)):
-                    break
-            else:
-                return False  # no value this rule could read matches its pattern: skip without looking at targets
         matches = self._match_rule(rule)
         if not matches:
             return False
@@ -127,7 +133,23 @@ class Transaction:
         `\\z` are kept out of the Sets. The rules found here are then matched value by value."""
         hits = self._prefilter.get(group)
         if hits is None:
-            chain, separator = group
+            text = self._group_text(group)
+            hits = self._prefilter[group] = frozenset(self.program.sets[group](text.encode())) if text is not None \
+                else frozenset()
+        return hits
+
+    def _group_text(self, group: tuple[tuple[str, ...], str]) -> str | None:
+        """The group's values through its chain, joined by its separator (None without values). Groups share
+        their variables and chain prefixes (multiMatch stages, `t:urlDecodeUni` first): each stage is computed
+        once. A run of `transforms.JOINED` steps goes over all values joined by SEPARATOR (exact: each value's
+        own result); value by value when a value holds or decodes to SEPARATOR."""
+        values_key = self.program.group_values_key[group]
+        prefixes = self.program.group_prefixes[group]
+        stages = self._stages
+        done = len(prefixes) - 1
+        while done >= 0 and (values_key, prefixes[done]) not in stages:
+            done -= 1
+        if done < 0:
             values: list[str] = []
             for var in self.program.group_targets[group]:
                 if var.collection in SCALARS:
@@ -136,26 +158,32 @@ class Transaction:
                         values.append(value)
                 else:
                     values += [v for _, v in self._select(var)]
-            text = self._joined(group, values) if len(values) > 1 else None
-            if text is None:
-                text = separator.join(self._transform_chain(chain, self.program.group_transforms[group], v)
-                                      for v in values)
-            hits = self._prefilter[group] = frozenset(self.program.sets[group](text)) if values else frozenset()
-        return hits
-
-    def _joined(self, group: tuple[tuple[str, ...], str], values: list[str]) -> str | None:
-        """The chain run once over all values joined by SEPARATOR (`transforms.JOINED`), or None when the chain
-        cannot run joined or a value holds (or decodes to) the separator itself: then value by value."""
-        run = self.program.group_joined.get(group)
-        if run is None:
-            return None
-        raw = SEPARATOR.join(values)
-        if raw.count(SEPARATOR) != len(values) - 1:
-            return None
-        text = run(raw)
-        if text.count(SEPARATOR) != len(values) - 1:
-            return None
-        return text.replace(SEPARATOR, group[1])
+            if not values:
+                return None
+            stages[(values_key, ())] = (None, values)
+            done = 0
+        joined, texts = stages[(values_key, prefixes[done])]
+        count = len(texts) - 1 if texts is not None else (joined or "").count(SEPARATOR)
+        for name in group[0][done:]:
+            done += 1
+            step = JOINED.get(name)
+            if step is not None and count > 0:
+                if joined is None and texts is not None:
+                    raw = SEPARATOR.join(texts)
+                    joined = raw if raw.count(SEPARATOR) == count else None
+                if joined is not None:
+                    out = step(joined)
+                    if out.count(SEPARATOR) == count:
+                        joined, texts = out, None
+                        stages[(values_key, prefixes[done])] = (joined, None)
+                        continue
+            one = TRANSFORMS[name]
+            texts = [one(t) for t in (texts if texts is not None else (joined or "").split(SEPARATOR))]
+            joined = None
+            stages[(values_key, prefixes[done])] = (None, texts)
+        if joined is not None:
+            return joined.replace(SEPARATOR, group[1])
+        return group[1].join(texts or ())
 
     def _transform_chain(self, chain: tuple[str, ...], transforms: tuple[Transform, ...], value: str) -> str:
         key = (chain, value)
@@ -214,7 +242,7 @@ class Transaction:
             hits = self._set_hits.get(set_key)
             if hits is None:
                 text = self._transform(rule, value)
-                hits = self._set_hits[set_key] = frozenset(self.program.sets[rule.set_key](text))
+                hits = self._set_hits[set_key] = frozenset(self.program.sets[rule.set_key](text.encode()))
             if rule.set_index not in hits:
                 return None
             if not rule.capture:

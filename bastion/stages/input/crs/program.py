@@ -66,6 +66,7 @@ class Rule:
     joinable: bool = False       # its operator can be tried once on all values joined by newlines
     static_targets: bool = False  # reads only request variables, which do not change during a transaction
     static_operator: bool = False  # its operator argument has no macro other than %{tx.*}
+    constant_operator: bool = False  # its operator argument has no macro at all
     joinable_stages: bool = False  # multiMatch with an operator that can run on joined values
     values_key: int = -1         # the same number for rules reading the same targets (their values are shared)
     prefilter: tuple[tuple[tuple[tuple[str, ...], str], int], ...] = ()
@@ -78,12 +79,14 @@ class Program:
     """The compiled rules of one phase list, with markers, and the RE2 Sets per transformation chain."""
 
     phases: dict[int, list[Rule | Marker]]
-    sets: dict[tuple[tuple[str, ...], str], Callable[[str], list[int]]]
+    sets: dict[tuple[tuple[str, ...], str], Callable[[bytes], list[int]]]
+    """Per (transformation chain, separator): the Set's match on UTF-8 text (the indices that match)."""
     rules: dict[str, Rule] = field(default_factory=dict)
     group_targets: dict[tuple[tuple[str, ...], str], tuple[VarSpec, ...]] = field(default_factory=dict)
     """Per Set: every request variable its rules read (the prefilter transforms each value once)."""
-    group_transforms: dict[tuple[tuple[str, ...], str], tuple[Transform, ...]] = field(default_factory=dict)
-    group_joined: dict[tuple[tuple[str, ...], str], Transform] = field(default_factory=dict)
-    """Per Set whose chain is made of `transforms.JOINED` steps: the chain applied to all values at once."""
+    group_values_key: dict[tuple[tuple[str, ...], str], int] = field(default_factory=dict)
+    """Per Set: a number shared by the Sets reading the same variables (their values and stages are shared)."""
+    group_prefixes: dict[tuple[tuple[str, ...], str], tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    """Per Set: every prefix of its chain, shortest first (the per-request stage cache's keys)."""
     initial_tx: dict[str, str] = field(default_factory=dict)
     """TX after the setup and the folded initialisation rules: every transaction starts from it."""
