@@ -314,8 +314,15 @@ class Transaction:
             cached = self._selected.get(key)
             if cached is None:  # request collections do not change during the transaction
                 pairs = self.request.pairs(collection)
-                cached = self._selected[key] = pairs if var.selector is None else \
-                    [(k, v) for k, v in pairs if _key_selected(var, k)]
+                if var.selector is None:
+                    cached = pairs
+                elif var.is_regex:
+                    search = _selector_regex(var.selector).search
+                    cached = [(k, v) for k, v in pairs if search(k) is not None]
+                else:
+                    name = var.selector.lower()
+                    cached = [(k, v) for k, v in pairs if k.lower() == name]
+                self._selected[key] = cached
             return cached
         if var.selector is None:
             return pairs
