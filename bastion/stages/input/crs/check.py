@@ -76,9 +76,11 @@ def apply_scope(request: CrsRequest, kinds: dict[str, Kind]) -> list[tuple[str, 
     content-typed argument (html, markdown, code)."""
     typed = {name for name, kind in kinds.items() if kind == "typed"}
     cols = request.collections
-    # a contract-validated JSON body is inspected field by field, each as its contract says; its raw text
-    # (REQUEST_BODY) would hand every field to every rule again
-    if any(name.startswith("json") for name in kinds) or request.scalars.get("REQBODY_PROCESSOR") == "JSON":
+    # a contract-validated JSON or urlencoded body is inspected field by field, each as its contract says; its
+    # raw text (REQUEST_BODY) would hand every field to every rule again. A multipart body keeps it: file
+    # contents are in no argument.
+    if any(name.startswith("json") for name in kinds) \
+            or request.scalars.get("REQBODY_PROCESSOR") in ("JSON", "URLENCODED"):
         request.scalars.pop("REQUEST_BODY", None)
     if typed:
         for collection in ("ARGS", "ARGS_GET", "ARGS_POST"):
