@@ -16,7 +16,7 @@ import re2
 
 from bastion.stages.input.crs.engine import Transaction
 from bastion.stages.input.crs.operators import FALLBACKS, RE2_OPTIONS, Operators
-from bastion.stages.input.crs.program import SCALARS, Ctl, Program, Rule, Setvar
+from bastion.stages.input.crs.program import MACRO, SCALARS, Ctl, Program, Rule, Setvar
 from bastion.stages.input.crs.request import CrsRequest
 from bastion.stages.input.crs.seclang import Action, Marker, RuleSpec, SecLangError, VarSpec
 from bastion.stages.input.crs.transforms import TRANSFORMS
@@ -186,8 +186,10 @@ def build_program(items: list[RuleSpec | Marker], operators: Operators, active_p
     for number in phases:
         phases[number] = _fold_gates(phases[number], setup, _written([*phases[1], *phases[2]], setup))
     phases[1], initial = _fold_initialisation(phases[1], setup)
+    reads = _tx_reads([i for i in items if not isinstance(i, Marker)])
     for number in phases:
         phases[number] = _fold_gates(phases[number], initial, _written([*phases[1], *phases[2]], initial))
+        phases[number] = [i for i in phases[number] if isinstance(i, Marker) or not _dead(i, reads)]
     group_targets = {k: _distinct(v) for k, v in targets.items()}
     numbers: dict[tuple[VarSpec, ...], int] = {}
     group_values = {k: numbers.setdefault(v, len(numbers)) for k, v in group_targets.items()}
@@ -278,6 +280,46 @@ def _fold_gates(items: list[Rule | Marker], setup: dict[str, str], written: set[
     return out
 
 
+def _tx_reads(specs: list[RuleSpec]) -> tuple[set[str], list[re.Pattern[str]]] | None:
+    """Every TX name a rule can read (targets, and macros in operators, setvar and ctl values), as literal
+    names and `/regex/` selectors; None when some rule reads the whole collection."""
+    names: set[str] = set()
+    patterns: list[re.Pattern[str]] = []
+    stack = list(specs)
+    while stack:
+        spec = stack.pop()
+        stack.extend(spec.chained)
+        for var in spec.variables:
+            if var.collection != "TX" or var.exclude:
+                continue
+            if var.selector is None:
+                return None
+            if var.is_regex:
+                patterns.append(re.compile(var.selector[1:-1], re.IGNORECASE))
+            else:
+                names.add(var.selector.lower())
+        texts = [spec.operator.argument] + [a.value or "" for a in spec.actions if a.name in ("setvar", "ctl")]
+        for text in texts:
+            for m in MACRO.finditer(text):
+                if m.group(1).upper() == "TX" and m.group(2):
+                    names.add(m.group(2).lower())
+    return names, patterns
+
+
+def _dead(rule: Rule, reads: tuple[set[str], list[re.Pattern[str]]] | None) -> bool:
+    """A rule whose only effect is setting TX names nothing reads (901318 hashes the User-Agent for the
+    persistent IP collection, which Bastion does not keep): it is dropped. Scores stay (the audit reads them)."""
+    if reads is None or rule.chained or rule.log or rule.ctls or rule.skip_after or rule.deny or rule.capture:
+        return False
+    names, patterns = reads
+    for sv in rule.setvars:
+        if not sv.name:
+            continue  # a persistent collection (ip., global.): not kept
+        if "%{" in sv.name or "score" in sv.name or sv.name in names or any(p.search(sv.name) for p in patterns):
+            return False
+    return True
+
+
 def _fresh(setup: dict[str, str]) -> Transaction:
     return Transaction(Program({1: [], 2: []}, {}), CrsRequest(), setup)
 
@@ -287,6 +329,8 @@ def _reads_constant_tx(rule: Rule, written: set[str] | None) -> bool:
     if written is None or rule.excludes or not rule.constant_operator or not rule.targets:
         return False
     for var in rule.targets:
+        if var.collection in ("IP", "GEO"):
+            continue  # always empty here (docs/input.md): 949100 `IP:REPUT_BLOCK_FLAG "@eq 1"` never matches
         if var.collection != "TX" or var.selector is None or var.is_regex:
             return False
         name = var.selector.lower()

@@ -113,16 +113,16 @@ class Operators:
             return lambda value, expand: (value,)
         fallback = FALLBACKS.get(rule_id)
         if fallback is not None and not _re2_ok(argument):
-            prefilter = compile_rx(fallback.pattern, rule_id, file, line)
+            prefilter = searcher(compile_rx(fallback.pattern, rule_id, file, line))
             confirm = re.compile(fallback.confirm or argument, re.DOTALL | re.MULTILINE)
 
             def bounded(value: str, expand: Expand) -> Groups | None:
-                if prefilter.search(value) is None:
+                if prefilter(value) is None:
                     return None
                 return _groups(confirm.search(value[:BACKTRACK_LIMIT]))
             return bounded
-        compiled = compile_rx(argument, rule_id, file, line)
-        return lambda value, expand: _groups(compiled.search(value))
+        search = searcher(compile_rx(argument, rule_id, file, line))
+        return lambda value, expand: search(value)
 
     def _op_pm(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         return _phrases(argument.split(), rule_id, file, line)
@@ -192,8 +192,8 @@ class Operators:
 
     # -------------------------------------------------------------- validators
     def _op_validateUrlEncoding(self, argument: str, rule_id: str, file: str, line: int) -> Match:
-        bad = re2.compile(r"%(?:[^0-9a-fA-F]|.[^0-9a-fA-F]|.?$)")
-        return lambda value, expand: (value,) if "%" in value and bad.search(value) else None
+        bad = searcher(re2.compile(r"%(?:[^0-9a-fA-F]|.[^0-9a-fA-F]|.?$)"))
+        return lambda value, expand: (value,) if "%" in value and bad(value) else None
 
     def _op_validateUtf8Encoding(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         # Values are decoded before the rules see them; bytes that were not UTF-8 arrive as U+FFFD.
@@ -211,10 +211,10 @@ class Operators:
                 raise SecLangError(file, line, f"@validateByteRange: bad range {part!r}") from None
             for b in range(start, min(end, 255) + 1):
                 allowed[b] = 1
-        outside = re2.compile("[^" + "".join(f"\\x{b:02x}" for b in range(128) if allowed[b]) + "\\x80-\\x{10ffff}]"
+        outside = searcher(re2.compile("[^" + "".join(f"\\x{b:02x}" for b in range(128) if allowed[b]) + "\\x80-\\x{10ffff}]"
                               if any(allowed[128:]) else
-                              "[^" + "".join(f"\\x{b:02x}" for b in range(128) if allowed[b]) + "]")
-        return lambda value, expand: (value,) if outside.search(value) else None
+                              "[^" + "".join(f"\\x{b:02x}" for b in range(128) if allowed[b]) + "]"))
+        return lambda value, expand: (value,) if outside(value) is not None else None
 
     def _op_ipMatch(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         try:
@@ -263,12 +263,30 @@ def _phrases(phrases: list[str], rule_id: str, file: str, line: int) -> Match:
     """`@pm`: any phrase as a substring, case-insensitive (ModSecurity's Aho-Corasick), in one RE2 pass."""
     if not phrases:
         raise SecLangError(file, line, f"rule {rule_id}: @pm without phrases")
-    compiled = re2.compile(_phrases_source(phrases), RE2_OPTIONS)
-    return lambda value, expand: _groups(compiled.search(value))
+    search = searcher(re2.compile(_phrases_source(phrases), RE2_OPTIONS))
+    return lambda value, expand: search(value)
 
 
 def _phrases_source(phrases: list[str]) -> str:
     return "(?i)(?:" + "|".join(re.escape(p) for p in phrases) + ")"
+
+
+_UNANCHORED = re2._Anchor.UNANCHORED
+
+
+def searcher(compiled: re2._Regexp) -> Callable[[str], Groups | None]:
+    """`compiled.search` as groups, in one call into RE2 on the UTF-8 bytes: the wrapper's generator and
+    character-offset bookkeeping cost more than the match itself. Group texts are sliced from the bytes (RE2
+    matches whole UTF-8 characters); an unset group is ''."""
+    match = compiled._regexp.Match
+
+    def search(text: str) -> Groups | None:
+        data = text.encode()
+        spans = match(_UNANCHORED, data, 0, len(data))
+        if spans[0][0] < 0:
+            return None
+        return tuple(data[a:b].decode() if a >= 0 else "" for a, b in spans)
+    return search
 
 
 def _groups(match: re2._Match | re.Match[str] | None) -> Groups | None:

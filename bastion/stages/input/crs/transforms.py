@@ -48,6 +48,8 @@ def _wide(code: int) -> str:
     # ModSecurity maps fullwidth ASCII (U+FF01..U+FF5E) to ASCII, as here.
     if 0xFF01 <= code <= 0xFF5E:
         return chr(code - 0xFF00 + 0x20)
+    if 0xD800 <= code <= 0xDFFF:
+        return "\ufffd"  # a lone surrogate (`\ud800`, `%uD800`) is no character: U+FFFD, as invalid UTF-8 is
     return chr(code)  # deviation: ModSecurity keeps the low byte (U+0627 -> 0x27 `'`)
 
 
