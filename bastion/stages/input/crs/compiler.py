@@ -16,10 +16,10 @@ import re2
 
 from bastion.stages.input.crs.engine import Transaction
 from bastion.stages.input.crs.operators import FALLBACKS, RE2_OPTIONS, Operators
-from bastion.stages.input.crs.program import MACRO, SCALARS, Ctl, Program, Rule, Setvar
+from bastion.stages.input.crs.program import MACRO, SCALARS, Ctl, Plan, Program, Rule, Setvar
 from bastion.stages.input.crs.request import CrsRequest
 from bastion.stages.input.crs.seclang import Action, Marker, RuleSpec, SecLangError, VarSpec
-from bastion.stages.input.crs.transforms import TRANSFORMS
+from bastion.stages.input.crs.transforms import JOINED, TRANSFORMS
 
 # Variables the engine can present (collections first); anything else in a rule is an error.
 COLLECTIONS = frozenset({
@@ -192,9 +192,13 @@ def build_program(items: list[RuleSpec | Marker], operators: Operators, active_p
         phases[number] = [i for i in phases[number] if isinstance(i, Marker) or not _dead(i, reads)]
     group_targets = {k: _distinct(v) for k, v in targets.items()}
     numbers: dict[tuple[VarSpec, ...], int] = {}
-    group_values = {k: numbers.setdefault(v, len(numbers)) for k, v in group_targets.items()}
-    prefixes = {k: tuple(k[0][:i] for i in range(len(k[0]) + 1)) for k in patterns}
-    return Program(phases, sets, rules, group_targets, group_values, prefixes, initial)
+    plans: dict[tuple[tuple[str, ...], str], Plan] = {}
+    for key, variables in group_targets.items():
+        number = numbers.setdefault(variables, len(numbers))
+        chain = key[0]
+        plans[key] = (tuple((number, chain[:i]) for i in range(len(chain) + 1)),
+                      tuple((JOINED.get(name), TRANSFORMS[name]) for name in chain))
+    return Program(phases, sets, rules, group_targets, plans, initial)
 
 
 def _distinct(targets: set[VarSpec]) -> tuple[VarSpec, ...]:

@@ -14,7 +14,7 @@ from functools import lru_cache
 from bastion.stages.input.crs.program import MACRO, MAX_MATCHES, SCALARS, Ctl, Program, Rule, Setvar
 from bastion.stages.input.crs.request import CrsRequest
 from bastion.stages.input.crs.seclang import Marker, VarSpec, parse_variables
-from bastion.stages.input.crs.transforms import JOINED, SEPARATOR, TRANSFORMS, Transform
+from bastion.stages.input.crs.transforms import SEPARATOR, Transform
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,11 +143,10 @@ class Transaction:
         their variables and chain prefixes (multiMatch stages, `t:urlDecodeUni` first): each stage is computed
         once. A run of `transforms.JOINED` steps goes over all values joined by SEPARATOR (exact: each value's
         own result); value by value when a value holds or decodes to SEPARATOR."""
-        values_key = self.program.group_values_key[group]
-        prefixes = self.program.group_prefixes[group]
+        keys, steps = self.program.group_plans[group]
         stages = self._stages
-        done = len(prefixes) - 1
-        while done >= 0 and (values_key, prefixes[done]) not in stages:
+        done = len(keys) - 1
+        while done >= 0 and keys[done] not in stages:
             done -= 1
         if done < 0:
             values: list[str] = []
@@ -158,15 +157,15 @@ class Transaction:
                         values.append(value)
                 else:
                     values += [v for _, v in self._select(var)]
-            if not values:
-                return None
-            stages[(values_key, ())] = (None, values)
+            stages[keys[0]] = (None, values)
             done = 0
-        joined, texts = stages[(values_key, prefixes[done])]
+        joined, texts = stages[keys[done]]
+        if texts is not None and not texts:
+            return None
         count = len(texts) - 1 if texts is not None else (joined or "").count(SEPARATOR)
-        for name in group[0][done:]:
+        while done < len(steps):
+            step, one = steps[done]
             done += 1
-            step = JOINED.get(name)
             if step is not None and count > 0:
                 if joined is None and texts is not None:
                     raw = SEPARATOR.join(texts)
@@ -175,12 +174,11 @@ class Transaction:
                     out = step(joined)
                     if out.count(SEPARATOR) == count:
                         joined, texts = out, None
-                        stages[(values_key, prefixes[done])] = (joined, None)
+                        stages[keys[done]] = (joined, None)
                         continue
-            one = TRANSFORMS[name]
             texts = [one(t) for t in (texts if texts is not None else (joined or "").split(SEPARATOR))]
             joined = None
-            stages[(values_key, prefixes[done])] = (None, texts)
+            stages[keys[done]] = (None, texts)
         if joined is not None:
             return joined.replace(SEPARATOR, group[1])
         return group[1].join(texts or ())

@@ -211,9 +211,9 @@ class Operators:
                 raise SecLangError(file, line, f"@validateByteRange: bad range {part!r}") from None
             for b in range(start, min(end, 255) + 1):
                 allowed[b] = 1
-        outside = searcher(re2.compile("[^" + "".join(f"\\x{b:02x}" for b in range(128) if allowed[b]) + "\\x80-\\x{10ffff}]"
-                              if any(allowed[128:]) else
-                              "[^" + "".join(f"\\x{b:02x}" for b in range(128) if allowed[b]) + "]"))
+        ascii_allowed = "".join(f"\\x{b:02x}" for b in range(128) if allowed[b])
+        outside = searcher(re2.compile(f"[^{ascii_allowed}\\x80-\\x{{10ffff}}]" if any(allowed[128:])
+                                       else f"[^{ascii_allowed}]"))
         return lambda value, expand: (value,) if outside(value) is not None else None
 
     def _op_ipMatch(self, argument: str, rule_id: str, file: str, line: int) -> Match:

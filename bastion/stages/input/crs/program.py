@@ -19,6 +19,10 @@ SCALARS = frozenset({
     "UNIQUE_ID", "DURATION", "ARGS_COMBINED_SIZE", "FILES_COMBINED_SIZE", "MATCHED_VAR", "MATCHED_VAR_NAME",
 })
 MACRO = re.compile(r"%\{([A-Za-z_]+)(?:[.:]([^}]+))?\}")
+Plan = tuple[tuple[tuple[int, tuple[str, ...]], ...], tuple[tuple[Transform | None, Transform], ...]]
+"""A Set's text, step by step: the per-request stage cache key after each step (a number shared by the Sets
+reading the same variables, and the chain prefix), and each step as (its `transforms.JOINED` form or None,
+its per-value form). Sets with the same variables share their values and every common chain prefix."""
 MAX_MATCHES = 256
 """Most match records kept per request (the audit needs the first ones; a flood must not grow memory)."""
 
@@ -84,9 +88,7 @@ class Program:
     rules: dict[str, Rule] = field(default_factory=dict)
     group_targets: dict[tuple[tuple[str, ...], str], tuple[VarSpec, ...]] = field(default_factory=dict)
     """Per Set: every request variable its rules read (the prefilter transforms each value once)."""
-    group_values_key: dict[tuple[tuple[str, ...], str], int] = field(default_factory=dict)
-    """Per Set: a number shared by the Sets reading the same variables (their values and stages are shared)."""
-    group_prefixes: dict[tuple[tuple[str, ...], str], tuple[tuple[str, ...], ...]] = field(default_factory=dict)
-    """Per Set: every prefix of its chain, shortest first (the per-request stage cache's keys)."""
+    group_plans: dict[tuple[tuple[str, ...], str], Plan] = field(default_factory=dict)
+    """Per Set: how its text is built (see `Plan`)."""
     initial_tx: dict[str, str] = field(default_factory=dict)
     """TX after the setup and the folded initialisation rules: every transaction starts from it."""

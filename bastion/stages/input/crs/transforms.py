@@ -9,7 +9,6 @@ nothing to do, so the engine can tell "no change" by identity and skip matching 
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import re
@@ -17,6 +16,7 @@ from collections.abc import Callable
 
 Transform = Callable[[str], str]
 
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _PCT = re.compile(r"(?:%[0-9a-fA-F]{2})+")
 _PCT_U = re.compile(r"%[uU]([0-9a-fA-F]{4})")
 _ENTITY = re.compile(r"&(?:#[xX]([0-9a-fA-F]+)|#([0-9]+)|(quot|amp|lt|gt|nbsp));?", re.IGNORECASE)
@@ -197,11 +197,11 @@ def remove_comments(value: str) -> str:
 
 def base64_decode(value: str) -> str:
     """`t:base64Decode`: the decoded bytes (UTF-8 text when valid); what is not base64 ends the input."""
-    clean = re.match(r"[A-Za-z0-9+/]*={0,2}", value.strip())
+    clean = _BASE64.match(value.strip())
     data = clean.group(0) if clean else ""
     data += "=" * (-len(data) % 4)
     try:
-        return _bytes_text(base64.b64decode(data))
+        return _bytes_text(binascii.a2b_base64(data))
     except (binascii.Error, ValueError):
         return ""
 
