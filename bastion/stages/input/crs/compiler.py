@@ -95,10 +95,22 @@ def compile_rule(spec: RuleSpec, operators: Operators, parent: Rule | None = Non
                               for v in rule.targets)
     joins = spec.operator.name in ("rx", "pm", "pmFromFile", "pmf") and not spec.operator.negated and edge_free \
         and "%{" not in spec.operator.argument
+    # a byte outside the range in any value is one outside the range in the values joined by newlines, when
+    # the newline itself is allowed (920270: 1-255)
+    joins = joins or (spec.operator.name == "validateByteRange" and not spec.operator.negated
+                      and _allows_newline(spec.operator.argument))
     rule.joinable = joins and not rule.multi_match
     rule.joinable_stages = joins and rule.multi_match
     rule.chained = tuple(compile_rule(c, operators, rule) for c in spec.chained)
     return rule
+
+
+def _allows_newline(ranges: str) -> bool:
+    for part in ranges.replace(" ", "").split(","):
+        low, _, high = part.partition("-")
+        if low.isdigit() and (high or low).isdigit() and int(low) <= 10 <= int(high or low):
+            return True
+    return False
 
 
 def _int(text: str, file: str, line: int) -> int:

@@ -341,14 +341,17 @@ class Transaction:
         """`%{tx.name}`, `%{TX.0}`, `%{MATCHED_VAR}`, `%{REQUEST_HEADERS.host}`: macro expansion."""
         if "%{" not in text:
             return text
-        return MACRO.sub(self._macro, text)
+        parts = _template(text)
+        if len(parts) == 1 and not parts[0][0] and parts[0][1]:  # `%{tx.restricted_headers}`: one lookup
+            return self._macro(parts[0][1], parts[0][2])
+        return "".join(literal + (self._macro(collection, key) if collection else "")
+                       for literal, collection, key in parts)
 
-    def _macro(self, m: re.Match[str]) -> str:
-        collection, key = m.group(1).upper(), m.group(2)
+    def _macro(self, collection: str, key: str | None) -> str:
+        if collection == "TX" and key is not None:
+            return self.tx.get(key, "")
         if key is None:
             return self._scalar(collection) or ""
-        if collection == "TX":
-            return self.tx.get(key.lower(), "")
         lowered = key.lower()
         return next((v for k, v in self.request.pairs(collection) if k.lower() == lowered), "")
 
@@ -386,6 +389,22 @@ class Transaction:
             tag, _, target = value.partition(";")
             self.removed_tag_targets.extend((tag, v) for v in parse_variables(target, "ctl", 0))
         # forceRequestBodyVariable: REQUEST_BODY is always there when a body is (as in ModSecurity v3)
+
+
+@lru_cache(maxsize=4096)
+def _template(text: str) -> tuple[tuple[str, str, str | None], ...]:
+    """A text with macros as (literal before, COLLECTION, key) parts; the last part may be a bare literal
+    (collection ''). TX keys are lower-cased here once. From rule files (a fixed set per config): an LRU."""
+    parts: list[tuple[str, str, str | None]] = []
+    end = 0
+    for m in MACRO.finditer(text):
+        collection, key = m.group(1).upper(), m.group(2)
+        parts.append((text[end:m.start()], collection, key.lower() if key is not None and collection == "TX"
+                      else key))
+        end = m.end()
+    if end < len(text):
+        parts.append((text[end:], "", None))
+    return tuple(parts)
 
 
 def _key_selected(var: VarSpec, key: str) -> bool:
