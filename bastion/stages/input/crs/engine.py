@@ -198,8 +198,8 @@ class Transaction:
         # before MATCHED_VARS is reset: a chained rule reads its parent's; SecAction has no target and matches once
         values = self._values(rule) if rule.targets else [("", "")]
         if rule.joinable and len(values) > 1:
-            # one search over every transformed value joined by newlines: no match there, no match anywhere
-            joined = "\n".join(self._transform(rule, v) for _, v in values)
+            # one search over every transformed value joined by its separator: no match there, none anywhere
+            joined = rule.separator.join(self._transform(rule, v) for _, v in values)
             if rule.match(joined, self.expand) is None:
                 return found
         elif rule.multi_match and rule.joinable_stages and len(values) > 1 and not self._any_stage(rule, values):
@@ -226,11 +226,11 @@ class Transaction:
         """multiMatch: whether the operator matches any value at any transformation stage, trying each stage
         once on all values joined by newlines (a superset, as for the Set prefilter)."""
         texts = [v for _, v in values]
-        if rule.match("\n".join(texts), self.expand) is not None:
+        if rule.match(rule.separator.join(texts), self.expand) is not None:
             return True
         for transform in rule.transforms:
             texts = [transform(t) for t in texts]
-            if rule.match("\n".join(texts), self.expand) is not None:
+            if rule.match(rule.separator.join(texts), self.expand) is not None:
                 return True
         return False
 

@@ -72,6 +72,7 @@ class Rule:
     static_operator: bool = False  # its operator argument has no macro other than %{tx.*}
     constant_operator: bool = False  # its operator argument has no macro at all
     joinable_stages: bool = False  # multiMatch with an operator that can run on joined values
+    separator: str = "\n"        # joins its values for that: NUL unless the pattern has line anchors
     values_key: int = -1         # the same number for rules reading the same targets (their values are shared)
     prefilter: tuple[tuple[tuple[tuple[str, ...], str], int], ...] = ()
     """(Set, index) pairs: when none of them matched this request's values, the rule cannot match (one pair for
