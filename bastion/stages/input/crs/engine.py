@@ -213,11 +213,11 @@ class Transaction:
             self.matched_var, self.matched_var_name = value, name
             self.matched_vars.append((name, value))
             if rule.capture:
-                for i in range(10):
+                for i, key in enumerate(_CAPTURES):
                     if i < len(groups):
-                        self.tx[str(i)] = groups[i]
+                        self.tx[key] = groups[i]
                     else:
-                        self.tx.pop(str(i), None)
+                        self.tx.pop(key, None)
             for sv in rule.setvars:
                 self._setvar(sv)
         return found
@@ -389,6 +389,9 @@ class Transaction:
             tag, _, target = value.partition(";")
             self.removed_tag_targets.extend((tag, v) for v in parse_variables(target, "ctl", 0))
         # forceRequestBodyVariable: REQUEST_BODY is always there when a body is (as in ModSecurity v3)
+
+
+_CAPTURES = tuple(str(i) for i in range(10))  # TX:0-9
 
 
 @lru_cache(maxsize=4096)

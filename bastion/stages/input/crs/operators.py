@@ -222,7 +222,12 @@ class Operators:
         except ValueError as exc:
             raise SecLangError(file, line, f"@ipMatch: {exc}") from None
 
+        # the single addresses as written: REMOTE_ADDR is canonical text, so equality is a match without parsing
+        exact = frozenset(str(n.network_address) for n in networks if n.num_addresses == 1)
+
         def ip(value: str, expand: Expand) -> Groups | None:
+            if value in exact:
+                return (value,)
             try:
                 address = ipaddress.ip_address(value)
             except ValueError:
