@@ -195,6 +195,11 @@ SCENARIOS: tuple[Scenario, ...] = (
     # JSON string, `block`): what a route of a class that does not opt out pays
     Scenario(name="post-1k-inspected", section="defaults", path="/post-inspected",
              route={"policy": {"input": {"inspection": "block"}}}, baselines=(), plain="post-1k", **_POST),
+    # the same POST with the OWASP CRS (Debian's modsecurity-crs, paranoia 1) on Bastion's engine besides the
+    # default inspection (issue 14): the cost of `crs: {enabled: true}` on a route without a contract
+    Scenario(name="post-1k-crs", section="defaults", path="/post-crs",
+             route={"policy": {"input": {"inspection": "block", "crs": {"enabled": True, "paranoia": 1}}}},
+             baselines=(), plain="post-1k", **_POST),
     # issue 3: one token over and over (verified-token cache hit) and a different token on every request
     Scenario(name="jwt-es256-cached", section="identity", path="/jwt/get", api=JWT_API, fragment=JWT_FRAGMENT,
              prepare=_jwt_cached, baselines=(), plain="get"),
@@ -249,7 +254,8 @@ SCENARIOS: tuple[Scenario, ...] = (
 
 SECTION_TITLES = {
     "core": "Core: plain proxy path (every control off)",
-    "defaults": "Secure defaults: 1 KB JSON POST with the default input inspection (`inspection: block`)",
+    "defaults": "Secure defaults: 1 KB JSON POST with the default input inspection (`inspection: block`), and "
+                "with the OWASP CRS besides it",
     "identity": "Identity (issue 3): JWT ES256, verified-token cache hit and miss",
     "authz": "Authorisation (issue 4): scopes, a role and an owner rule",
     "traffic": "Traffic (issue 5): a rate limit that never denies, in memory and in Redis",

@@ -197,7 +197,7 @@ def test_two_scenarios_on_one_route_are_refused() -> None:
 
 
 def test_only_selects_by_name_section_or_glob() -> None:
-    assert [s.name for s in scenarios.select(["post*"])] == ["post-1k", "post-1k-inspected"]
+    assert [s.name for s in scenarios.select(["post*"])] == ["post-1k", "post-1k-inspected", "post-1k-crs"]
     assert [s.name for s in scenarios.select(["traffic"])] == ["ratelimit-memory", "ratelimit-redis"]
     assert [s.name for s in scenarios.select(["core"])] == ["get", "post-1k"]
     assert scenarios.select([""]) == scenarios.SCENARIOS

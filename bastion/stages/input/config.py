@@ -66,6 +66,11 @@ class CrsPolicy(Model):
         description="`RULE_ID;TARGET` pairs (ctl:ruleRemoveTargetById), e.g. `[\"941100;ARGS:json.body\"]`; "
                     "needs an exception naming `input.crs.remove_targets`.",
     )
+    remove_tags: list[str] = control(
+        [], stricter="subset",
+        description="CRS rule tags switched off for these routes (ctl:ruleRemoveByTag): every rule carrying one, "
+                    "e.g. `[attack-sqli]` or `[language-php]`; needs an exception naming `input.crs.remove_tags`.",
+    )
 
 
 class InputPolicy(Model):

@@ -21,7 +21,15 @@ from bastion.stages.input import jsonbody
 from bastion.stages.input.config import InputPolicy
 from bastion.stages.input.crs import check as crs
 from bastion.stages.input.crs.request import Part as CrsPart
-from bastion.stages.input.crs.scope import Kind, Scope, classify, operation_scope, parameter_kinds
+from bastion.stages.input.crs.scope import (
+    Kind,
+    Scope,
+    classify,
+    form_kinds,
+    operation_scope,
+    parameter_kinds,
+    with_query,
+)
 from bastion.stages.input.inspection import Finding, Inspector, RuleSet, load_rules
 from bastion.stages.input.media import (
     FormError,
@@ -250,6 +258,9 @@ class BodyStage(_Common):
                     scope = operation_scope(op, key) if self.crs is not None else None
                     if scope is not None:
                         self.scopes[key] = scope
+        # the head stage validated the query before this stage runs: its typed parameters are scoped here too
+        self.query_kinds: dict[str, Kind] = parameter_kinds(op.get("parameters") or [], op.get(REFS_KEY)) \
+            if self.contract and self.crs is not None else {}
 
     async def check(self, ctx: RequestContext) -> Decision:
         body = ctx.body or b""
@@ -261,10 +272,11 @@ class BodyStage(_Common):
         try:
             if is_json(kind):
                 return self._json(ctx, body, validator, self.scopes.get(key) if key else None)
+            scope = self.scopes.get(key) if key else None
             if kind == "application/x-www-form-urlencoded":
-                return self._form(ctx, body, schema, validator)
+                return self._form(ctx, body, schema, validator, scope)
             if kind == "multipart/form-data":
-                return self._multipart(ctx, body, params.get("boundary", ""), schema, validator)
+                return self._multipart(ctx, body, params.get("boundary", ""), schema, validator, scope)
             if self.crs is not None:
                 return self._crs_other(ctx, self.crs, kind, body)
         except jsonbody.JsonError as exc:
@@ -291,6 +303,8 @@ class BodyStage(_Common):
         if self.crs is not None:
             # API-aware scoping needs a validated document: the contract ran above, or there is no scope
             kinds = classify(doc, scope) if scope is not None and validator is not None else None
+            if self.query_kinds:
+                kinds = with_query(kinds or {}, self.query_kinds, ())
             return self.crs.run(ctx, crs.body_request(ctx, "json", body, doc=doc), kinds) or self.allow
         return self.allow
 
@@ -352,7 +366,8 @@ class BodyStage(_Common):
                         f"The request body property {first} is not declared by this operation.")
         return self.invalid("input_invalid_body", f"The request body at {where} {explain(error)}.")
 
-    def _form(self, ctx: RequestContext, body: bytes, schema: Any, validator: Any) -> Decision:
+    def _form(self, ctx: RequestContext, body: bytes, schema: Any, validator: Any,
+              scope: Scope | None = None) -> Decision:
         pairs = parse_form(body, self.policy.max_form_fields)
         if validator is not None:
             props = schema.get("properties", {}) if isinstance(schema, dict) else {}
@@ -376,12 +391,17 @@ class BodyStage(_Common):
         values += [(f"body./{k}", f"form field name '{k}'", k) for k, _ in pairs]  # names are input too
         deny = self.inspect(ctx, values)
         if deny is None and self.crs is not None:
-            deny = self.crs.run(ctx, crs.body_request(ctx, "form", body,
-                                                      form=crs.form_pairs(body, self.policy.max_form_fields)))
+            form = crs.form_pairs(body, self.policy.max_form_fields)
+            # API-aware scoping needs the validated fields: the contract ran above, or there is no scope
+            names = [k for k, _ in form]
+            kinds = form_kinds(names, scope) if scope is not None and validator is not None else None
+            if self.query_kinds:
+                kinds = with_query(kinds or {}, self.query_kinds, names)
+            deny = self.crs.run(ctx, crs.body_request(ctx, "form", body, form=form), kinds)
         return deny or self.allow
 
     def _multipart(self, ctx: RequestContext, body: bytes, boundary: str, schema: Any,
-                   validator: Any) -> Decision:
+                   validator: Any, scope: Scope | None = None) -> Decision:
         parts = parse_multipart(body, boundary, self.policy.max_form_fields, self.policy.max_part_bytes)
         texts: list[tuple[str, str]] = []
         doc: dict[str, Any] = {}
@@ -409,7 +429,14 @@ class BodyStage(_Common):
         if deny is None and self.crs is not None:
             crs_parts = [CrsPart(p.name, p.filename, "" if p.filename else p.data.decode("utf-8", "replace"))
                          for p in parts]
-            deny = self.crs.run(ctx, crs.body_request(ctx, "multipart", body, parts=crs_parts))
+            # only text parts were validated against the schema: a name also used by a file or a non-text
+            # part (whose bytes nothing validated) stays free text
+            unchecked = {p.name for p in parts if p.filename is not None or not p.content_type.startswith("text/")}
+            names = [name for name, _ in texts if name not in unchecked]
+            kinds = form_kinds(names, scope) if scope is not None and validator is not None else None
+            if self.query_kinds:
+                kinds = with_query(kinds or {}, self.query_kinds, [p.name for p in parts])
+            deny = self.crs.run(ctx, crs.body_request(ctx, "multipart", body, parts=crs_parts), kinds)
         return deny or self.allow
 
 

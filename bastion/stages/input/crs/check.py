@@ -40,6 +40,9 @@ class CrsCheck:
             targets.append((rule_id.strip(), target.strip()))
             parse_variables(target.strip(), "input.crs.remove_targets", 0)  # a bad target fails validate, not requests
         self.removed_targets = tuple(targets)
+        self.removed_tags = tuple(tag.strip() for tag in policy.remove_tags)
+        if any(not tag for tag in self.removed_tags):
+            raise ValueError("input.crs.remove_tags: an empty tag would remove nothing")
         self.block = block
         self.policy_id = policy_id
         self.api_aware = policy.api_aware
@@ -50,12 +53,13 @@ class CrsCheck:
         return {"rules": rs.directory, "version": rs.version, "sha256": rs.digest, "files": len(rs.files),
                 "skipped_files": dict(rs.skipped), "paranoia": self.engine.paranoia,
                 "inbound_threshold": self.engine.threshold, "removed": list(self.removed),
-                "removed_targets": [f"{r};{t}" for r, t in self.removed_targets]}
+                "removed_targets": [f"{r};{t}" for r, t in self.removed_targets],
+                "removed_tags": list(self.removed_tags)}
 
     def run(self, ctx: RequestContext, request: CrsRequest, kinds: dict[str, Kind] | None = None) -> Deny | None:
         """Evaluate; `kinds` (argument name -> contract kind) scopes the rules per field (scope.py)."""
         tag_targets = apply_scope(request, kinds) if kinds is not None and self.api_aware else None
-        outcome = self.engine.evaluate(request, self.removed, self.removed_targets, tag_targets)
+        outcome = self.engine.evaluate(request, self.removed, self.removed_targets, tag_targets, self.removed_tags)
         if outcome.denied_by is None:
             return None
         detail = audit_detail(outcome, self.engine)
@@ -72,9 +76,11 @@ def apply_scope(request: CrsRequest, kinds: dict[str, Kind]) -> list[tuple[str, 
     content-typed argument (html, markdown, code)."""
     typed = {name for name, kind in kinds.items() if kind == "typed"}
     cols = request.collections
-    # a contract-validated JSON body is inspected field by field, each as its contract says; its raw text
-    # (REQUEST_BODY) would hand every field to every rule again
-    if any(name.startswith("json") for name in kinds) or request.scalars.get("REQBODY_PROCESSOR") == "JSON":
+    # a contract-validated JSON or urlencoded body is inspected field by field, each as its contract says; its
+    # raw text (REQUEST_BODY) would hand every field to every rule again. A multipart body keeps it: file
+    # contents are in no argument.
+    if any(name.startswith("json") for name in kinds) \
+            or request.scalars.get("REQBODY_PROCESSOR") in ("JSON", "URLENCODED"):
         request.scalars.pop("REQUEST_BODY", None)
     if typed:
         for collection in ("ARGS", "ARGS_GET", "ARGS_POST"):
@@ -114,8 +120,9 @@ def explain(policy: CrsPolicy) -> list[str]:
     lines = [f"crs: {rs.version} sha256:{rs.digest} ({len(rs.files)} files in {rs.directory}) paranoia "
              f"{policy.paranoia}, inbound threshold {policy.inbound_threshold}"]
     lines += [f"crs: not loaded {name}: {why}" for name, why in rs.skipped]
-    if policy.remove_rules or policy.remove_targets:
-        lines.append(f"crs: removed rules {policy.remove_rules} targets {policy.remove_targets}")
+    if policy.remove_rules or policy.remove_targets or policy.remove_tags:
+        lines.append(f"crs: removed rules {policy.remove_rules} targets {policy.remove_targets} tags "
+                     f"{policy.remove_tags}")
     return lines
 
 

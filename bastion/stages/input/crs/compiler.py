@@ -15,11 +15,11 @@ from collections.abc import Callable
 import re2
 
 from bastion.stages.input.crs.engine import Transaction
-from bastion.stages.input.crs.operators import FALLBACKS, RE2_OPTIONS, Operators, possessive_to_greedy
-from bastion.stages.input.crs.program import SCALARS, Ctl, Program, Rule, Setvar
+from bastion.stages.input.crs.operators import FALLBACKS, RE2_OPTIONS, Operators
+from bastion.stages.input.crs.program import MACRO, SCALARS, Ctl, Plan, Program, Rule, Setvar
 from bastion.stages.input.crs.request import CrsRequest
-from bastion.stages.input.crs.seclang import Action, Marker, RuleSpec, SecLangError
-from bastion.stages.input.crs.transforms import TRANSFORMS
+from bastion.stages.input.crs.seclang import Action, Marker, RuleSpec, SecLangError, VarSpec
+from bastion.stages.input.crs.transforms import JOINED, TRANSFORMS
 
 # Variables the engine can present (collections first); anything else in a rule is an error.
 COLLECTIONS = frozenset({
@@ -39,6 +39,7 @@ _SEVERITIES = {"EMERGENCY": 0, "ALERT": 1, "CRITICAL": 2, "ERROR": 3, "WARNING":
                "DEBUG": 7}
 # Variables that change during a transaction: rules reading them are never prefiltered.
 _STATEFUL = frozenset({"TX", "MATCHED_VAR", "MATCHED_VARS", "MATCHED_VAR_NAME", "MATCHED_VARS_NAMES"})
+_SET_OPERATORS = frozenset({"rx", "pm", "pmFromFile", "pmf"})
 
 
 def compile_rule(spec: RuleSpec, operators: Operators, parent: Rule | None = None) -> Rule:
@@ -84,18 +85,37 @@ def compile_rule(spec: RuleSpec, operators: Operators, parent: Rule | None = Non
         log=not any(a.name == "nolog" for a in spec.actions),
     )
     edge_free = not _TEXT_EDGES.search(spec.operator.argument)
-    if spec.operator.name == "rx" and not spec.operator.negated and "%{" not in spec.operator.argument \
-            and rule_id not in FALLBACKS and not rule.multi_match and parent is None and edge_free:
-        rule.set_index = -2  # a Set candidate; the compiler assigns the index
+    if spec.operator.name in _SET_OPERATORS and not spec.operator.negated and "%{" not in spec.operator.argument \
+            and rule_id not in FALLBACKS and parent is None and edge_free \
+            and not any(v.count for v in rule.targets):
+        rule.set_index = -2  # a Set candidate; build_program assigns the index
     rule.static_operator = not _TX_MACRO.search(spec.operator.argument)
+    rule.constant_operator = "%{" not in spec.operator.argument
     rule.static_targets = all(v.collection not in _STATEFUL and v.collection not in ("MATCHED_VAR_NAME",)
                               for v in rule.targets)
     joins = spec.operator.name in ("rx", "pm", "pmFromFile", "pmf") and not spec.operator.negated and edge_free \
         and "%{" not in spec.operator.argument
+    # a byte outside the range in any value is one outside the range in the values joined by newlines, when
+    # the newline itself is allowed (920270: 1-255)
+    joins = joins or (spec.operator.name == "validateByteRange" and not spec.operator.negated
+                      and _allows_newline(spec.operator.argument))
     rule.joinable = joins and not rule.multi_match
+    # NUL joins where no line anchor needs newlines: far fewer patterns match it (932115's `\n` alternative
+    # matched every newline between arguments); @validateByteRange needs the newline (NUL is out of range)
+    if spec.operator.name in ("pm", "pmFromFile", "pmf") or (spec.operator.name == "rx"
+                                                             and not _anchored(spec.operator.argument)):
+        rule.separator = "\x00"
     rule.joinable_stages = joins and rule.multi_match
     rule.chained = tuple(compile_rule(c, operators, rule) for c in spec.chained)
     return rule
+
+
+def _allows_newline(ranges: str) -> bool:
+    for part in ranges.replace(" ", "").split(","):
+        low, _, high = part.partition("-")
+        if low.isdigit() and (high or low).isdigit() and int(low) <= 10 <= int(high or low):
+            return True
+    return False
 
 
 def _int(text: str, file: str, line: int) -> int:
@@ -142,7 +162,8 @@ def build_program(items: list[RuleSpec | Marker], operators: Operators, active_p
     phases: dict[int, list[Rule | Marker]] = {1: [], 2: []}
     rules: dict[str, Rule] = {}
     patterns: dict[tuple[tuple[str, ...], str], list[str]] = {}
-    targets: dict[tuple[tuple[str, ...], str], set[str]] = {}
+    targets: dict[tuple[tuple[str, ...], str], set[VarSpec]] = {}
+    values_keys: dict[tuple[tuple[VarSpec, ...], tuple[VarSpec, ...]], int] = {}
     for item in items:
         if isinstance(item, Marker):
             for lst in phases.values():
@@ -151,30 +172,57 @@ def build_program(items: list[RuleSpec | Marker], operators: Operators, active_p
         rule = compile_rule(item, operators)
         if rule.phase not in phases:
             continue  # response phases: out of scope for request inspection
+        for member in (rule, *rule.chained):
+            member.values_key = values_keys.setdefault((member.targets, member.excludes), len(values_keys))
         phases[rule.phase].append(rule)
         rules[rule.id] = rule
-        if rule.set_index == -2:
-            if rule.paranoia <= active_paranoia and all(v.collection not in _STATEFUL for v in rule.targets):
-                # values are joined with a newline where the pattern has line anchors (they then hold at each
-                # value's edges), else with NUL, which far fewer patterns can match (fewer false candidates)
-                anchored = "^" in item.operator.argument or "$" in item.operator.argument
-                rule.set_key = (rule.chain_key, "\n" if anchored else "\x00")
-                group = patterns.setdefault(rule.set_key, [])
-                rule.set_index = len(group)
-                group.append(_set_source(item.operator.argument))
-                targets.setdefault(rule.set_key, set()).update(v.collection for v in rule.targets)
-            else:
-                rule.set_index = -1
+        source = operators.set_source(item.operator, item.file, item.line) if rule.set_index == -2 else None
+        rule.set_index = -1
+        if source is not None and rule.paranoia <= active_paranoia \
+                and all(v.collection not in _STATEFUL for v in rule.targets):
+            # values are joined with a newline where the pattern has line anchors (they then hold at each
+            # value's edges), else with NUL, which far fewer patterns can match (fewer false candidates)
+            anchored = item.operator.name == "rx" and _anchored(item.operator.argument)
+            separator = "\n" if anchored else "\x00"
+            # multiMatch tries the operator after every transformation: its pattern joins every stage's Set
+            stages = [rule.chain_key[:i] for i in range(len(rule.chain_key) + 1)] if rule.multi_match \
+                else [rule.chain_key]
+            refs = []
+            for stage in stages:
+                key = (stage, separator)
+                group = patterns.setdefault(key, [])
+                refs.append((key, len(group)))
+                group.append(source)
+                targets.setdefault(key, set()).update(rule.targets)
+            rule.prefilter = tuple(refs)
+            if not rule.multi_match:
+                rule.set_key, rule.set_index = refs[0]
     sets = {key: _compile_set(srcs) for key, srcs in patterns.items()}
     # gates on the setup, then the initialisation rules, then gates on what they set (e.g. the sampling gate
     # `TX:sampling_percentage "@eq 100"`); a TX name any remaining rule may write is never folded
     for number in phases:
         phases[number] = _fold_gates(phases[number], setup, _written([*phases[1], *phases[2]], setup))
     phases[1], initial = _fold_initialisation(phases[1], setup)
+    reads = _tx_reads([i for i in items if not isinstance(i, Marker)])
     for number in phases:
         phases[number] = _fold_gates(phases[number], initial, _written([*phases[1], *phases[2]], initial))
-    transforms = {k: tuple(TRANSFORMS[n] for n in k[0]) for k in patterns}
-    return Program(phases, sets, rules, {k: frozenset(v) for k, v in targets.items()}, transforms, initial)
+        phases[number] = [i for i in phases[number] if isinstance(i, Marker) or not _dead(i, reads)]
+    group_targets = {k: _distinct(v) for k, v in targets.items()}
+    numbers: dict[tuple[VarSpec, ...], int] = {}
+    plans: dict[tuple[tuple[str, ...], str], Plan] = {}
+    for key, variables in group_targets.items():
+        number = numbers.setdefault(variables, len(numbers))
+        chain = key[0]
+        plans[key] = (tuple((number, chain[:i]) for i in range(len(chain) + 1)),
+                      tuple((JOINED.get(name), TRANSFORMS[name]) for name in chain))
+    return Program(phases, sets, rules, group_targets, plans, initial)
+
+
+def _distinct(targets: set[VarSpec]) -> tuple[VarSpec, ...]:
+    """A Set's variables without the selected keys of a collection it reads whole (each value once)."""
+    whole = {v.collection for v in targets if v.selector is None}
+    return tuple(sorted((v for v in targets if v.selector is None or v.collection not in whole),
+                        key=lambda v: (v.collection, v.selector or "")))
 
 
 def _fold_initialisation(items: list[Rule | Marker], setup: dict[str, str]) -> tuple[list[Rule | Marker],
@@ -207,11 +255,18 @@ def _tx_only(rule: Rule) -> bool:
     return rule.static_operator
 
 
-
-
-
 _TX_MACRO = re.compile(r"%\{(?!tx[.:])", re.IGNORECASE)  # a macro reading anything but TX
 _TEXT_EDGES = re.compile(r"\\[AzZ]")  # whole-text anchors: such patterns cannot run on joined values
+# `^`/`$` outside escapes (`\$(`) and character classes (`[^a-z]`): line anchors, which need newline separators
+_ESCAPES = re.compile(r"\\.")
+_CLASSES = re.compile(r"\[[^\]]*\]")
+_ANCHORS = re.compile(r"[\^$]")
+
+
+def _anchored(pattern: str) -> bool:
+    return _ANCHORS.search(_CLASSES.sub("", _ESCAPES.sub("", pattern))) is not None
+
+
 def _fold_gates(items: list[Rule | Marker], setup: dict[str, str], written: set[str] | None) -> list[Rule | Marker]:
     """Constant-fold the gates CRS puts in front of rule groups, e.g. `SecRule TX:EXECUTING_PARANOIA_LEVEL
     "@lt 2" "skipAfter:..."` or `SecRule &TX:crs_exclusions_drupal "@eq 0" "skipAfter:..."`: a gate that only
@@ -228,11 +283,81 @@ def _fold_gates(items: list[Rule | Marker], setup: dict[str, str], written: set[
             continue
         if skip_to is not None:
             continue
-        if not _is_static_gate(item, written):
-            out.append(item)
-        elif probe._match_rule(item):
-            skip_to = item.skip_after
+        if _is_static_gate(item, written):
+            if probe._match_rule(item):
+                skip_to = item.skip_after
+            continue
+        if _reads_constant_tx(item, written) and not _fresh(setup)._match_rule(item):
+            continue  # its first rule never matches (920360: `&TX:ARG_NAME_LENGTH "@eq 1"`): the chain never runs
+        members = (item, *item.chained)
+        if item.skip_after and item.chained and not item.deny \
+                and all(_reads_constant_tx(m, written) and not m.setvars and not m.ctls for m in members):
+            # a chain of gates (912100: three `&TX:dos_* "@eq 0"`)
+            probe_chain = _fresh(setup)
+            if all(probe_chain._match_rule(m) for m in members):
+                skip_to = item.skip_after
+            continue
+        out.append(item)
     return out
+
+
+def _tx_reads(specs: list[RuleSpec]) -> tuple[set[str], list[re.Pattern[str]]] | None:
+    """Every TX name a rule can read (targets, and macros in operators, setvar and ctl values), as literal
+    names and `/regex/` selectors; None when some rule reads the whole collection."""
+    names: set[str] = set()
+    patterns: list[re.Pattern[str]] = []
+    stack = list(specs)
+    while stack:
+        spec = stack.pop()
+        stack.extend(spec.chained)
+        for var in spec.variables:
+            if var.collection != "TX" or var.exclude:
+                continue
+            if var.selector is None:
+                return None
+            if var.is_regex:
+                patterns.append(re.compile(var.selector[1:-1], re.IGNORECASE))
+            else:
+                names.add(var.selector.lower())
+        texts = [spec.operator.argument] + [a.value or "" for a in spec.actions if a.name in ("setvar", "ctl")]
+        for text in texts:
+            for m in MACRO.finditer(text):
+                if m.group(1).upper() == "TX" and m.group(2):
+                    names.add(m.group(2).lower())
+    return names, patterns
+
+
+def _dead(rule: Rule, reads: tuple[set[str], list[re.Pattern[str]]] | None) -> bool:
+    """A rule whose only effect is setting TX names nothing reads (901318 hashes the User-Agent for the
+    persistent IP collection, which Bastion does not keep): it is dropped. Scores stay (the audit reads them)."""
+    if reads is None or rule.chained or rule.log or rule.ctls or rule.skip_after or rule.deny or rule.capture:
+        return False
+    names, patterns = reads
+    for sv in rule.setvars:
+        if not sv.name:
+            continue  # a persistent collection (ip., global.): not kept
+        if "%{" in sv.name or "score" in sv.name or sv.name in names or any(p.search(sv.name) for p in patterns):
+            return False
+    return True
+
+
+def _fresh(setup: dict[str, str]) -> Transaction:
+    return Transaction(Program({1: [], 2: []}, {}), CrsRequest(), setup)
+
+
+def _reads_constant_tx(rule: Rule, written: set[str] | None) -> bool:
+    """The rule reads only TX names no rule writes, with an operator without macros: its match is constant."""
+    if written is None or rule.excludes or not rule.constant_operator or not rule.targets:
+        return False
+    for var in rule.targets:
+        if var.collection in ("IP", "GEO"):
+            continue  # always empty here (docs/input.md): 949100 `IP:REPUT_BLOCK_FLAG "@eq 1"` never matches
+        if var.collection != "TX" or var.selector is None or var.is_regex:
+            return False
+        name = var.selector.lower()
+        if name in written or any(w.endswith("*") and name.startswith(w[:-1]) for w in written):
+            return False
+    return True
 
 
 def _written(items: list[Rule | Marker], setup: dict[str, str]) -> set[str] | None:
@@ -270,15 +395,10 @@ def _is_static_gate(rule: Rule, written: set[str] | None) -> bool:
     return not rule.excludes
 
 
-def _set_source(pattern: str) -> str:
-    source = "(?sm)" + pattern
-    return possessive_to_greedy(source) if "*+" in source or "++" in source else source
-
-
-def _compile_set(sources: list[str]) -> Callable[[str], list[int]]:
+def _compile_set(sources: list[str]) -> Callable[[bytes], list[int]]:
     rule_set = re2.Set.SearchSet(RE2_OPTIONS)
     for source in sources:
         rule_set.Add(source)
     rule_set.Compile()
-    match = rule_set.Match
-    return lambda text: match(text) or []
+    match: Callable[[bytes], list[int]] = rule_set._set.Match  # the wrapper's str check and encode, skipped
+    return match

@@ -14,6 +14,7 @@ from functools import lru_cache
 from bastion.stages.input.crs.program import MACRO, MAX_MATCHES, SCALARS, Ctl, Program, Rule, Setvar
 from bastion.stages.input.crs.request import CrsRequest
 from bastion.stages.input.crs.seclang import Marker, VarSpec, parse_variables
+from bastion.stages.input.crs.transforms import SEPARATOR, Transform
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +61,10 @@ class Transaction:
         self.matched_vars: list[tuple[str, str]] = []
         self._transformed: dict[tuple[tuple[str, ...], str], str] = {}
         self._set_hits: dict[tuple[tuple[tuple[str, ...], str], str], frozenset[int]] = {}
-        self._selected: dict[VarSpec, list[tuple[str, str]]] = {}
+        self._selected: dict[tuple[str, str | None], list[tuple[str, str]]] = {}
         self._prefilter: dict[tuple[tuple[str, ...], str], frozenset[int]] = {}
-        self._values_cache: dict[tuple[tuple[VarSpec, ...], tuple[VarSpec, ...]], list[tuple[str, str]]] = {}
+        self._stages: dict[tuple[int, tuple[str, ...]], tuple[str | None, list[str] | None]] = {}
+        self._values_cache: dict[int, list[tuple[str, str]]] = {}
 
     # ------------------------------------------------------------------ run
     def run(self) -> Outcome:
@@ -74,18 +76,29 @@ class Transaction:
 
     def _phase(self, items: list[Rule | Marker]) -> str | None:
         skip_to: str | None = None
+        prefilter = self._prefilter
         for item in items:
-            if isinstance(item, Marker):
+            if item.__class__ is Marker:
                 if skip_to is not None and item.name == skip_to:
                     skip_to = None
                 continue
-            if skip_to is not None or item.id in self.removed_ids or self._removed_by_tag(item):
+            if skip_to is not None:
                 continue
-            if self._evaluate(item):
-                if item.deny:
-                    return item.id
-                if item.skip_after:
-                    skip_to = item.skip_after
+            rule: Rule = item  # type: ignore[assignment]
+            if rule.prefilter:
+                for group, index in rule.prefilter:
+                    hits = prefilter.get(group)
+                    if index in (hits if hits is not None else self._group_hits(group)):
+                        break
+                else:
+                    continue  # no value this rule could read matches its pattern: skip without looking at targets
+            if rule.id in self.removed_ids or self._removed_by_tag(rule):
+                continue
+            if self._evaluate(rule):
+                if rule.deny:
+                    return rule.id
+                if rule.skip_after:
+                    skip_to = rule.skip_after
         return None
 
     def _removed_by_tag(self, rule: Rule) -> bool:
@@ -93,8 +106,6 @@ class Transaction:
 
     # ------------------------------------------------------------ one rule
     def _evaluate(self, rule: Rule) -> bool:
-        if rule.set_index >= 0 and rule.set_index not in self._group_hits(rule.set_key):
-            return False  # no value this rule could read matches its pattern: skip without looking at targets
         matches = self._match_rule(rule)
         if not matches:
             return False
@@ -122,35 +133,73 @@ class Transaction:
         `\\z` are kept out of the Sets. The rules found here are then matched value by value."""
         hits = self._prefilter.get(group)
         if hits is None:
-            chain, separator = group
-            texts: list[str] = []
-            transforms = self.program.group_transforms[group]
-            for collection in self.program.group_targets[group]:
-                if collection in SCALARS:
-                    value = self.request.scalars.get(collection)
-                    values = [] if value is None else [value]
-                else:
-                    values = [v for _, v in self.request.pairs(collection)]
-                for value in values:
-                    key = (chain, value)
-                    text = self._transformed.get(key)
-                    if text is None:
-                        text = value
-                        for transform in transforms:
-                            text = transform(text)
-                        self._transformed[key] = text
-                    texts.append(text)
-            hits = self._prefilter[group] = frozenset(self.program.sets[group](separator.join(texts))) if texts \
+            text = self._group_text(group)
+            hits = self._prefilter[group] = frozenset(self.program.sets[group](text.encode())) if text is not None \
                 else frozenset()
         return hits
+
+    def _group_text(self, group: tuple[tuple[str, ...], str]) -> str | None:
+        """The group's values through its chain, joined by its separator (None without values). Groups share
+        their variables and chain prefixes (multiMatch stages, `t:urlDecodeUni` first): each stage is computed
+        once. A run of `transforms.JOINED` steps goes over all values joined by SEPARATOR (exact: each value's
+        own result); value by value when a value holds or decodes to SEPARATOR."""
+        keys, steps = self.program.group_plans[group]
+        stages = self._stages
+        done = len(keys) - 1
+        while done >= 0 and keys[done] not in stages:
+            done -= 1
+        if done < 0:
+            values: list[str] = []
+            for var in self.program.group_targets[group]:
+                if var.collection in SCALARS:
+                    value = self.request.scalars.get(var.collection)
+                    if value is not None:
+                        values.append(value)
+                else:
+                    values += [v for _, v in self._select(var)]
+            stages[keys[0]] = (None, values)
+            done = 0
+        joined, texts = stages[keys[done]]
+        if texts is not None and not texts:
+            return None
+        count = len(texts) - 1 if texts is not None else (joined or "").count(SEPARATOR)
+        while done < len(steps):
+            step, one = steps[done]
+            done += 1
+            if step is not None and count > 0:
+                if joined is None and texts is not None:
+                    raw = SEPARATOR.join(texts)
+                    joined = raw if raw.count(SEPARATOR) == count else None
+                if joined is not None:
+                    out = step(joined)
+                    if out.count(SEPARATOR) == count:
+                        joined, texts = out, None
+                        stages[keys[done]] = (joined, None)
+                        continue
+            texts = [one(t) for t in (texts if texts is not None else (joined or "").split(SEPARATOR))]
+            joined = None
+            stages[keys[done]] = (None, texts)
+        if joined is not None:
+            return joined.replace(SEPARATOR, group[1])
+        return group[1].join(texts or ())
+
+    def _transform_chain(self, chain: tuple[str, ...], transforms: tuple[Transform, ...], value: str) -> str:
+        key = (chain, value)
+        text = self._transformed.get(key)
+        if text is None:
+            text = value
+            for transform in transforms:
+                text = transform(text)
+            self._transformed[key] = text
+        return text
 
     def _match_rule(self, rule: Rule) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = []
         # before MATCHED_VARS is reset: a chained rule reads its parent's; SecAction has no target and matches once
         values = self._values(rule) if rule.targets else [("", "")]
         if rule.joinable and len(values) > 1:
-            # one search over every transformed value joined by newlines: no match there, no match anywhere
-            joined = "\n".join(self._transform(rule, v) for _, v in values)
+            # one search over every transformed value joined by its separator: no match there, none anywhere
+            joined = rule.separator.join(self._transform(rule, v) for _, v in values)
             if rule.match(joined, self.expand) is None:
                 return found
         elif rule.multi_match and rule.joinable_stages and len(values) > 1 and not self._any_stage(rule, values):
@@ -164,11 +213,11 @@ class Transaction:
             self.matched_var, self.matched_var_name = value, name
             self.matched_vars.append((name, value))
             if rule.capture:
-                for i in range(10):
+                for i, key in enumerate(_CAPTURES):
                     if i < len(groups):
-                        self.tx[str(i)] = groups[i]
+                        self.tx[key] = groups[i]
                     else:
-                        self.tx.pop(str(i), None)
+                        self.tx.pop(key, None)
             for sv in rule.setvars:
                 self._setvar(sv)
         return found
@@ -177,11 +226,11 @@ class Transaction:
         """multiMatch: whether the operator matches any value at any transformation stage, trying each stage
         once on all values joined by newlines (a superset, as for the Set prefilter)."""
         texts = [v for _, v in values]
-        if rule.match("\n".join(texts), self.expand) is not None:
+        if rule.match(rule.separator.join(texts), self.expand) is not None:
             return True
         for transform in rule.transforms:
             texts = [transform(t) for t in texts]
-            if rule.match("\n".join(texts), self.expand) is not None:
+            if rule.match(rule.separator.join(texts), self.expand) is not None:
                 return True
         return False
 
@@ -191,7 +240,7 @@ class Transaction:
             hits = self._set_hits.get(set_key)
             if hits is None:
                 text = self._transform(rule, value)
-                hits = self._set_hits[set_key] = frozenset(self.program.sets[rule.set_key](text))
+                hits = self._set_hits[set_key] = frozenset(self.program.sets[rule.set_key](text.encode()))
             if rule.set_index not in hits:
                 return None
             if not rule.capture:
@@ -210,14 +259,7 @@ class Transaction:
     def _transform(self, rule: Rule, value: str) -> str:
         if not rule.transforms:
             return value
-        key = (rule.chain_key, value)
-        out = self._transformed.get(key)
-        if out is None:
-            out = value
-            for transform in rule.transforms:
-                out = transform(out)
-            self._transformed[key] = out
-        return out
+        return self._transform_chain(rule.chain_key, rule.transforms, value)
 
     # ------------------------------------------------------------ variables
     def _values(self, rule: Rule) -> list[tuple[str, str]]:
@@ -228,10 +270,9 @@ class Transaction:
         if removed or tag_removed or not rule.static_targets:
             return self._collect(rule, removed, tag_removed)
         # ~100 CRS rules read the same target list: build it once per transaction
-        key = (rule.targets, rule.excludes)
-        values = self._values_cache.get(key)
+        values = self._values_cache.get(rule.values_key)
         if values is None:
-            values = self._values_cache[key] = self._collect(rule, removed, tag_removed)
+            values = self._values_cache[rule.values_key] = self._collect(rule, removed, tag_removed)
         return values
 
     def _collect(self, rule: Rule, removed: list[VarSpec] | tuple[VarSpec, ...],
@@ -267,14 +308,25 @@ class Transaction:
         elif collection == "MATCHED_VARS_NAMES":
             pairs = [(n, n) for n, _ in self.matched_vars]
         else:
-            cached = self._selected.get(var)
+            key = (collection, var.selector)
+            cached = self._selected.get(key)
             if cached is None:  # request collections do not change during the transaction
                 pairs = self.request.pairs(collection)
-                cached = self._selected[var] = pairs if var.selector is None else \
-                    [(k, v) for k, v in pairs if _key_selected(var, k)]
+                if var.selector is None:
+                    cached = pairs
+                elif var.is_regex:
+                    search = _selector_regex(var.selector).search
+                    cached = [(k, v) for k, v in pairs if search(k) is not None]
+                else:
+                    name = var.selector.lower()
+                    cached = [(k, v) for k, v in pairs if k.lower() == name]
+                self._selected[key] = cached
             return cached
         if var.selector is None:
             return pairs
+        if var.is_regex:
+            search = _selector_regex(var.selector).search
+            return [(k, v) for k, v in pairs if search(k) is not None]
         return [(k, v) for k, v in pairs if _key_selected(var, k)]
 
     def _scalar(self, name: str) -> str | None:
@@ -289,14 +341,17 @@ class Transaction:
         """`%{tx.name}`, `%{TX.0}`, `%{MATCHED_VAR}`, `%{REQUEST_HEADERS.host}`: macro expansion."""
         if "%{" not in text:
             return text
-        return MACRO.sub(self._macro, text)
+        parts = _template(text)
+        if len(parts) == 1 and not parts[0][0] and parts[0][1]:  # `%{tx.restricted_headers}`: one lookup
+            return self._macro(parts[0][1], parts[0][2])
+        return "".join(literal + (self._macro(collection, key) if collection else "")
+                       for literal, collection, key in parts)
 
-    def _macro(self, m: re.Match[str]) -> str:
-        collection, key = m.group(1).upper(), m.group(2)
+    def _macro(self, collection: str, key: str | None) -> str:
+        if collection == "TX" and key is not None:
+            return self.tx.get(key, "")
         if key is None:
             return self._scalar(collection) or ""
-        if collection == "TX":
-            return self.tx.get(key.lower(), "")
         lowered = key.lower()
         return next((v for k, v in self.request.pairs(collection) if k.lower() == lowered), "")
 
@@ -334,6 +389,25 @@ class Transaction:
             tag, _, target = value.partition(";")
             self.removed_tag_targets.extend((tag, v) for v in parse_variables(target, "ctl", 0))
         # forceRequestBodyVariable: REQUEST_BODY is always there when a body is (as in ModSecurity v3)
+
+
+_CAPTURES = tuple(str(i) for i in range(10))  # TX:0-9
+
+
+@lru_cache(maxsize=4096)
+def _template(text: str) -> tuple[tuple[str, str, str | None], ...]:
+    """A text with macros as (literal before, COLLECTION, key) parts; the last part may be a bare literal
+    (collection ''). TX keys are lower-cased here once. From rule files (a fixed set per config): an LRU."""
+    parts: list[tuple[str, str, str | None]] = []
+    end = 0
+    for m in MACRO.finditer(text):
+        collection, key = m.group(1).upper(), m.group(2)
+        parts.append((text[end:m.start()], collection, key.lower() if key is not None and collection == "TX"
+                      else key))
+        end = m.end()
+    if end < len(text):
+        parts.append((text[end:], "", None))
+    return tuple(parts)
 
 
 def _key_selected(var: VarSpec, key: str) -> bool:

@@ -27,6 +27,7 @@ Match = Callable[[str, Expand], Groups | None]
 
 RE2_OPTIONS = re2.Options()
 RE2_OPTIONS.max_mem = 64 << 20  # the big CRS alternations need more than RE2's 8 MiB default
+ANY = "^.*$"
 BACKTRACK_LIMIT = 4096
 """Longest value a fallback (backtracking) regex sees; longer values are cut there (listed in docs)."""
 
@@ -84,6 +85,21 @@ class Operators:
             return lambda value, expand: None if inner(value, expand) is not None else (value,)
         return match
 
+    def set_source(self, spec: OperatorSpec, file: str, line: int) -> str | None:
+        """The operator as one RE2 Set pattern (exact: `@rx` and `@pm`), or None when it cannot be one."""
+        if spec.negated or "%{" in spec.argument:
+            return None
+        if spec.name == "rx":
+            if spec.argument == ANY:
+                return None  # matches every value: nothing to prefilter
+            source = "(?sm)" + spec.argument
+            return possessive_to_greedy(source) if "*+" in source or "++" in source else source
+        if spec.name == "pm":
+            return _phrases_source(spec.argument.split())
+        if spec.name in ("pmFromFile", "pmf"):
+            return _phrases_source(self._phrase_file(spec.argument, file, line))
+        return None
+
     # --------------------------------------------------------------- patterns
     def _op_rx(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         if "%{" in argument:
@@ -93,18 +109,20 @@ class Operators:
             def dynamic(value: str, expand: Expand) -> Groups | None:
                 return _groups(compile_once(expand(argument)).search(value))
             return dynamic
+        if argument == ANY:  # CRS's "every value" (920450, 901318): the whole value is group 0, as under (?s)
+            return lambda value, expand: (value,)
         fallback = FALLBACKS.get(rule_id)
         if fallback is not None and not _re2_ok(argument):
-            prefilter = compile_rx(fallback.pattern, rule_id, file, line)
+            prefilter = searcher(compile_rx(fallback.pattern, rule_id, file, line))
             confirm = re.compile(fallback.confirm or argument, re.DOTALL | re.MULTILINE)
 
             def bounded(value: str, expand: Expand) -> Groups | None:
-                if prefilter.search(value) is None:
+                if prefilter(value) is None:
                     return None
                 return _groups(confirm.search(value[:BACKTRACK_LIMIT]))
             return bounded
-        compiled = compile_rx(argument, rule_id, file, line)
-        return lambda value, expand: _groups(compiled.search(value))
+        search = searcher(compile_rx(argument, rule_id, file, line))
+        return lambda value, expand: search(value)
 
     def _op_pm(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         return _phrases(argument.split(), rule_id, file, line)
@@ -113,6 +131,9 @@ class Operators:
         return self._op_pmFromFile(argument, rule_id, file, line)
 
     def _op_pmFromFile(self, argument: str, rule_id: str, file: str, line: int) -> Match:
+        return _phrases(self._phrase_file(argument, file, line), rule_id, file, line)
+
+    def _phrase_file(self, argument: str, file: str, line: int) -> list[str]:
         phrases: list[str] = []
         for name in argument.split():
             path = self.data_dir / name
@@ -122,7 +143,7 @@ class Operators:
                 text = raw.strip()
                 if text and not text.startswith("#"):
                     phrases.append(text)
-        return _phrases(phrases, rule_id, file, line)
+        return phrases
 
     # ------------------------------------------------------------ libinjection
     def _op_detectSQLi(self, argument: str, rule_id: str, file: str, line: int) -> Match:
@@ -171,8 +192,8 @@ class Operators:
 
     # -------------------------------------------------------------- validators
     def _op_validateUrlEncoding(self, argument: str, rule_id: str, file: str, line: int) -> Match:
-        bad = re2.compile(r"%(?:[^0-9a-fA-F]|.[^0-9a-fA-F]|.?$)")
-        return lambda value, expand: (value,) if "%" in value and bad.search(value) else None
+        bad = searcher(re2.compile(r"%(?:[^0-9a-fA-F]|.[^0-9a-fA-F]|.?$)"))
+        return lambda value, expand: (value,) if "%" in value and bad(value) else None
 
     def _op_validateUtf8Encoding(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         # Values are decoded before the rules see them; bytes that were not UTF-8 arrive as U+FFFD.
@@ -190,10 +211,10 @@ class Operators:
                 raise SecLangError(file, line, f"@validateByteRange: bad range {part!r}") from None
             for b in range(start, min(end, 255) + 1):
                 allowed[b] = 1
-        outside = re2.compile("[^" + "".join(f"\\x{b:02x}" for b in range(128) if allowed[b]) + "\\x80-\\x{10ffff}]"
-                              if any(allowed[128:]) else
-                              "[^" + "".join(f"\\x{b:02x}" for b in range(128) if allowed[b]) + "]")
-        return lambda value, expand: (value,) if outside.search(value) else None
+        ascii_allowed = "".join(f"\\x{b:02x}" for b in range(128) if allowed[b])
+        outside = searcher(re2.compile(f"[^{ascii_allowed}\\x80-\\x{{10ffff}}]" if any(allowed[128:])
+                                       else f"[^{ascii_allowed}]"))
+        return lambda value, expand: (value,) if outside(value) is not None else None
 
     def _op_ipMatch(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         try:
@@ -201,7 +222,12 @@ class Operators:
         except ValueError as exc:
             raise SecLangError(file, line, f"@ipMatch: {exc}") from None
 
+        # the single addresses as written: REMOTE_ADDR is canonical text, so equality is a match without parsing
+        exact = frozenset(str(n.network_address) for n in networks if n.num_addresses == 1)
+
         def ip(value: str, expand: Expand) -> Groups | None:
+            if value in exact:
+                return (value,)
             try:
                 address = ipaddress.ip_address(value)
             except ValueError:
@@ -242,8 +268,30 @@ def _phrases(phrases: list[str], rule_id: str, file: str, line: int) -> Match:
     """`@pm`: any phrase as a substring, case-insensitive (ModSecurity's Aho-Corasick), in one RE2 pass."""
     if not phrases:
         raise SecLangError(file, line, f"rule {rule_id}: @pm without phrases")
-    compiled = re2.compile("(?i)(?:" + "|".join(re.escape(p) for p in phrases) + ")", RE2_OPTIONS)
-    return lambda value, expand: _groups(compiled.search(value))
+    search = searcher(re2.compile(_phrases_source(phrases), RE2_OPTIONS))
+    return lambda value, expand: search(value)
+
+
+def _phrases_source(phrases: list[str]) -> str:
+    return "(?i)(?:" + "|".join(re.escape(p) for p in phrases) + ")"
+
+
+_UNANCHORED = re2._Anchor.UNANCHORED
+
+
+def searcher(compiled: re2._Regexp) -> Callable[[str], Groups | None]:
+    """`compiled.search` as groups, in one call into RE2 on the UTF-8 bytes: the wrapper's generator and
+    character-offset bookkeeping cost more than the match itself. Group texts are sliced from the bytes (RE2
+    matches whole UTF-8 characters); an unset group is ''."""
+    match = compiled._regexp.Match
+
+    def search(text: str) -> Groups | None:
+        data = text.encode()
+        spans = match(_UNANCHORED, data, 0, len(data))
+        if spans[0][0] < 0:
+            return None
+        return tuple(data[a:b].decode() if a >= 0 else "" for a, b in spans)
+    return search
 
 
 def _groups(match: re2._Match | re.Match[str] | None) -> Groups | None:

@@ -19,6 +19,10 @@ SCALARS = frozenset({
     "UNIQUE_ID", "DURATION", "ARGS_COMBINED_SIZE", "FILES_COMBINED_SIZE", "MATCHED_VAR", "MATCHED_VAR_NAME",
 })
 MACRO = re.compile(r"%\{([A-Za-z_]+)(?:[.:]([^}]+))?\}")
+Plan = tuple[tuple[tuple[int, tuple[str, ...]], ...], tuple[tuple[Transform | None, Transform], ...]]
+"""A Set's text, step by step: the per-request stage cache key after each step (a number shared by the Sets
+reading the same variables, and the chain prefix), and each step as (its `transforms.JOINED` form or None,
+its per-value form). Sets with the same variables share their values and every common chain prefix."""
 MAX_MATCHES = 256
 """Most match records kept per request (the audit needs the first ones; a flood must not grow memory)."""
 
@@ -66,7 +70,13 @@ class Rule:
     joinable: bool = False       # its operator can be tried once on all values joined by newlines
     static_targets: bool = False  # reads only request variables, which do not change during a transaction
     static_operator: bool = False  # its operator argument has no macro other than %{tx.*}
+    constant_operator: bool = False  # its operator argument has no macro at all
     joinable_stages: bool = False  # multiMatch with an operator that can run on joined values
+    separator: str = "\n"        # joins its values for that: NUL unless the pattern has line anchors
+    values_key: int = -1         # the same number for rules reading the same targets (their values are shared)
+    prefilter: tuple[tuple[tuple[tuple[str, ...], str], int], ...] = ()
+    """(Set, index) pairs: when none of them matched this request's values, the rule cannot match (one pair for
+    the rule's chain; multiMatch rules have one per transformation stage)."""
 
 
 @dataclass(slots=True)
@@ -74,10 +84,12 @@ class Program:
     """The compiled rules of one phase list, with markers, and the RE2 Sets per transformation chain."""
 
     phases: dict[int, list[Rule | Marker]]
-    sets: dict[tuple[tuple[str, ...], str], Callable[[str], list[int]]]
+    sets: dict[tuple[tuple[str, ...], str], Callable[[bytes], list[int]]]
+    """Per (transformation chain, separator): the Set's match on UTF-8 text (the indices that match)."""
     rules: dict[str, Rule] = field(default_factory=dict)
-    group_targets: dict[tuple[tuple[str, ...], str], frozenset[str]] = field(default_factory=dict)
-    group_transforms: dict[tuple[tuple[str, ...], str], tuple[Transform, ...]] = field(default_factory=dict)
-    """Per chain: every request variable its Set rules read (the prefilter transforms each value once)."""
+    group_targets: dict[tuple[tuple[str, ...], str], tuple[VarSpec, ...]] = field(default_factory=dict)
+    """Per Set: every request variable its rules read (the prefilter transforms each value once)."""
+    group_plans: dict[tuple[tuple[str, ...], str], Plan] = field(default_factory=dict)
+    """Per Set: how its text is built (see `Plan`)."""
     initial_tx: dict[str, str] = field(default_factory=dict)
     """TX after the setup and the folded initialisation rules: every transaction starts from it."""

@@ -95,12 +95,13 @@ class CrsEngine:
 
     def evaluate(self, request: CrsRequest, removed: tuple[str, ...] = (),
                  removed_targets: tuple[tuple[str, str], ...] = (),
-                 tag_targets: list[tuple[str, VarSpec]] | None = None) -> Outcome:
-        """Run phases 1 and 2. `removed` are rule ids and `removed_targets` (rule id, target such as
-        `ARGS:comment`) that a governed exception switched off for this route (ctl:ruleRemoveById and
-        ctl:ruleRemoveTargetById applied before the first rule)."""
+                 tag_targets: list[tuple[str, VarSpec]] | None = None, removed_tags: tuple[str, ...] = ()) -> Outcome:
+        """Run phases 1 and 2. `removed` are rule ids, `removed_targets` (rule id, target such as
+        `ARGS:comment`) and `removed_tags` what a governed exception switched off for this route
+        (ctl:ruleRemoveById, ctl:ruleRemoveTargetById and ctl:ruleRemoveByTag applied before the first rule)."""
         tx = Transaction(self.program, request, self.program.initial_tx)
         tx.removed_ids.update(removed)
+        tx.removed_tags.update(removed_tags)
         for rule_id, target in removed_targets:
             tx.removed_targets.setdefault(rule_id, []).extend(parse_variables(target, "exception", 0))
         if tag_targets:  # ctl:ruleRemoveTargetByTag, from API-aware scoping

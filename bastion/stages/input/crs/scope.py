@@ -13,6 +13,7 @@ every rule.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -142,3 +143,23 @@ def parameter_kinds(parameters: list[dict[str, Any]], refs: dict[str, Any] | Non
             if kind != "text":
                 out[str(raw.get("name", ""))] = kind
     return out
+
+
+def form_kinds(names: Iterable[str], scope: Scope) -> dict[str, Kind]:
+    """Form field name -> kind (not free text), for urlencoded and multipart fields the contract validated:
+    ModSecurity names them `ARGS:name`; an array field's kind is its items' (each value was validated)."""
+    out: dict[str, Kind] = {}
+    for name in names:
+        field_scope = scope.properties.get(name) or scope.additional
+        if field_scope is not None and field_scope.items is not None:
+            field_scope = field_scope.items
+        if field_scope is not None and field_scope.kind != "text":
+            out[name] = field_scope.kind
+    return out
+
+
+def with_query(body: dict[str, Kind], query: dict[str, Kind], body_names: Iterable[str]) -> dict[str, Kind]:
+    """The body's kinds and the query's, for a request with both. A query name a body field also uses stays
+    free text: ARGS holds both values under one name, and scoping removes by name."""
+    taken = set(body_names)
+    return {**{name: kind for name, kind in query.items() if name not in taken}, **body}

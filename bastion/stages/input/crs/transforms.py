@@ -9,7 +9,6 @@ nothing to do, so the engine can tell "no change" by identity and skip matching 
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import re
@@ -17,6 +16,7 @@ from collections.abc import Callable
 
 Transform = Callable[[str], str]
 
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _PCT = re.compile(r"(?:%[0-9a-fA-F]{2})+")
 _PCT_U = re.compile(r"%[uU]([0-9a-fA-F]{4})")
 _ENTITY = re.compile(r"&(?:#[xX]([0-9a-fA-F]+)|#([0-9]+)|(quot|amp|lt|gt|nbsp));?", re.IGNORECASE)
@@ -48,6 +48,8 @@ def _wide(code: int) -> str:
     # ModSecurity maps fullwidth ASCII (U+FF01..U+FF5E) to ASCII, as here.
     if 0xFF01 <= code <= 0xFF5E:
         return chr(code - 0xFF00 + 0x20)
+    if 0xD800 <= code <= 0xDFFF:
+        return "\ufffd"  # a lone surrogate (`\ud800`, `%uD800`) is no character: U+FFFD, as invalid UTF-8 is
     return chr(code)  # deviation: ModSecurity keeps the low byte (U+0627 -> 0x27 `'`)
 
 
@@ -83,7 +85,7 @@ def html_entity_decode(value: str) -> str:
     return _ENTITY.sub(one, value)
 
 
-def js_decode(value: str) -> str:
+def js_decode(value: str, _pattern: re.Pattern[str] = _JS) -> str:
     """`t:jsDecode`: `\\uHHHH`, `\\xHH`, octal, the C escapes, and `\\c` as `c`."""
     if "\\" not in value:
         return value
@@ -98,10 +100,10 @@ def js_decode(value: str) -> str:
             return chr(int(octal, 8) & 0xFF)
         return _JS_SIMPLE.get(other, other)
 
-    return _JS.sub(one, value)
+    return _pattern.sub(one, value)
 
 
-def css_decode(value: str) -> str:
+def css_decode(value: str, _pattern: re.Pattern[str] = _CSS) -> str:
     """`t:cssDecode`: `\\` + 1-6 hex digits (one trailing space eaten), `\\`-newline removed, `\\c` as `c`."""
     if "\\" not in value:
         return value
@@ -113,7 +115,7 @@ def css_decode(value: str) -> str:
             return _wide(code) if 0 < code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF else ""
         return other or ""
 
-    return _CSS.sub(one, value)
+    return _pattern.sub(one, value)
 
 
 def utf8_to_unicode(value: str) -> str:
@@ -195,11 +197,11 @@ def remove_comments(value: str) -> str:
 
 def base64_decode(value: str) -> str:
     """`t:base64Decode`: the decoded bytes (UTF-8 text when valid); what is not base64 ends the input."""
-    clean = re.match(r"[A-Za-z0-9+/]*={0,2}", value.strip())
+    clean = _BASE64.match(value.strip())
     data = clean.group(0) if clean else ""
     data += "=" * (-len(data) % 4)
     try:
-        return _bytes_text(base64.b64decode(data))
+        return _bytes_text(binascii.a2b_base64(data))
     except (binascii.Error, ValueError):
         return ""
 
@@ -219,7 +221,7 @@ def sha1(value: str) -> str:
     return hashlib.sha1(_raw(value), usedforsecurity=False).digest().decode("latin-1")
 
 
-def escape_seq_decode(value: str) -> str:
+def escape_seq_decode(value: str, _pattern: re.Pattern[str] = _ESCAPES) -> str:
     """`t:escapeSeqDecode`: ANSI C escapes (`\\n`, `\\x41`, `\\101`)."""
     if "\\" not in value:
         return value
@@ -232,7 +234,7 @@ def escape_seq_decode(value: str) -> str:
             return chr(int(octal, 8) & 0xFF)
         return _C_SIMPLE.get(other, "\\" + other)
 
-    return _ESCAPES.sub(one, value)
+    return _pattern.sub(one, value)
 
 
 def length(value: str) -> str:
@@ -278,3 +280,30 @@ TRANSFORMS: dict[str, Transform] = {
     "trim": trim,
 }
 """Every supported `t:` name (both spellings ModSecurity accepts). `t:none` clears the chain."""
+
+
+SEPARATOR = "\uffff"
+"""Joins the values of one request variable group for `JOINED` transformations (a noncharacter: no
+transformation below consumes, produces from its neighbours or reorders it)."""
+_JS_JOINED = re.compile(r"\\(?:u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|([0-7]{1,3})|([^\uffff]))", re.DOTALL)
+_CSS_JOINED = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\n\f\r]?|\n|([^\uffff]))", re.DOTALL)
+_ESCAPES_JOINED = re.compile(r"\\(?:x([0-9a-fA-F]{1,2})|([0-7]{1,3})|([^\uffff]))", re.DOTALL)
+
+JOINED: dict[str, Transform] = {
+    "urlDecode": url_decode,
+    "urlDecodeUni": url_decode_uni,
+    "htmlEntityDecode": html_entity_decode,
+    "jsDecode": lambda value: js_decode(value, _JS_JOINED),
+    "cssDecode": lambda value: css_decode(value, _CSS_JOINED),
+    "escapeSeqDecode": lambda value: escape_seq_decode(value, _ESCAPES_JOINED),
+    "utf8toUnicode": utf8_to_unicode,
+    "lowercase": lowercase,
+    "removeNulls": remove_nulls,
+    "removeWhitespace": remove_whitespace,
+    "compressWhitespace": compress_whitespace,
+    "cmdLine": cmd_line,
+}
+"""The transformations that work character by character or on runs that SEPARATOR ends: applied once to values
+joined by SEPARATOR they give each value's own result, joined by SEPARATOR (`T(a + S + b) == T(a) + S + T(b)`),
+so the RE2 Set prefilter transforms a whole group in one call per step instead of one per value. Not here:
+path normalisation, comment removal, base64/hex, sha1, length and trim (they look across the separator)."""

@@ -78,6 +78,16 @@ async def test_removed_rules_and_targets_let_the_value_through(shop, shared) -> 
                                           inspection_categories=[]), Deny)
 
 
+async def test_removed_tags_switch_a_whole_family_off(shop, shared) -> None:
+    body = orjson.dumps({"note": "1' UNION SELECT password FROM users--"})
+    assert isinstance(await run_input(shop, None, post("application/json", body), shared, crs=CRS,
+                                      inspection_categories=[]), Deny)
+    for tags, refused in ((["attack-sqli"], False), (["attack-xss"], True)):
+        outcome = await run_input(shop, None, post("application/json", body), shared,
+                                  crs={**CRS, "remove_tags": tags}, inspection_categories=[])
+        assert isinstance(outcome, Deny) is refused, tags
+
+
 async def test_detect_mode_records_and_lets_through(shop, shared) -> None:
     ctx = post("application/json", orjson.dumps({"q": "<script>alert(1)</script>"}))
     assert not isinstance(await run_input(shop, None, ctx, shared, crs=CRS, inspection="detect",
@@ -152,6 +162,22 @@ def test_rule_removal_is_a_governed_exception(tmp_path: Path) -> None:
     assert route.plan(expires).policy.input.crs.remove_rules == []  # enforced again at expiry
 
 
+REMOVE_TAGS = ("policy: {input: {crs: {enabled: true, rules: /usr/share/modsecurity-crs/rules, "
+               "remove_tags: ['attack-xss']}}}")
+
+
+def test_tag_removal_is_a_governed_exception(tmp_path: Path) -> None:
+    rules = "/usr/share/modsecurity-crs/rules"
+    assert any("input.crs.remove_tags" in e for e in _errors(tmp_path, rules, REMOVE_TAGS))
+    exception = EXCEPTION.replace("input.crs.remove_rules", "input.crs.remove_tags")
+    route = next(r for r in _compile(tmp_path, rules, REMOVE_TAGS, exception).routes  # type: ignore[attr-defined]
+                 if r.info.route == "article")
+    expires = datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+    during = route.plan(expires - 1)
+    assert during.policy.input.crs.remove_tags == ["attack-xss"] and during.exceptions == ("EXC-CRS",)
+    assert route.plan(expires).policy.input.crs.remove_tags == []  # enforced again at expiry
+
+
 def test_explain_names_version_hash_and_skipped_files() -> None:
     from bastion.stages.input.config import CrsPolicy
     from bastion.stages.input.crs.check import explain
@@ -161,6 +187,7 @@ def test_explain_names_version_hash_and_skipped_files() -> None:
     assert any("REQUEST-910-IP-REPUTATION.conf" in line for line in lines)
     assert "942100" in lines[-1]
     assert explain(CrsPolicy()) == []
+    assert "tags ['attack-sqli']" in explain(CrsPolicy(enabled=True, remove_tags=["attack-sqli"]))[-1]
 
 
 def test_the_config_hash_covers_the_rule_files(tmp_path: Path) -> None:
@@ -171,6 +198,14 @@ def test_the_config_hash_covers_the_rule_files(tmp_path: Path) -> None:
     first = _compile(tmp_path, str(rules)).config_hash  # type: ignore[attr-defined]
     rule.write_text('SecRule ARGS "@rx select" "id:1,phase:2,deny"\n')
     assert _compile(tmp_path, str(rules)).config_hash != first  # type: ignore[attr-defined]
+
+
+def test_an_empty_removal_tag_fails_at_config_time() -> None:
+    from bastion.stages.input.config import CrsPolicy
+    from bastion.stages.input.crs.check import CrsCheck
+
+    with pytest.raises(ValueError, match="remove_tags"):
+        CrsCheck(CrsPolicy(enabled=True, remove_tags=[" "]), True, "pid")
 
 
 @pytest.mark.parametrize("target", ["941100", "941100;", "941100;ARGS:json.a|!!"])

@@ -54,9 +54,21 @@ def test_leading_tx_only_rules_run_once_at_compile_time(tmp_path: Path) -> None:
              'SecRule &TX:threshold "@eq 0" "id:2,phase:1,pass,nolog,setvar:tx.threshold=5"\n'
              'SecAction "id:3,phase:1,pass,nolog,setvar:tx.score=0"\n'
              'SecRule REQUEST_HEADERS:Host "@rx ." "id:4,phase:1,pass,nolog,setvar:tx.host=1"\n'
-             'SecAction "id:5,phase:1,pass,nolog,setvar:tx.later=1"\n')
+             'SecAction "id:5,phase:1,pass,nolog,setvar:tx.later=1"\n'
+             'SecRule TX:host|TX:later "@eq 9" "id:6,phase:2,pass"\n')  # reads them: 4 and 5 are not dead
     folded = program(tmp_path, rules, setup={"crs_setup_version": "334"})
     assert ids(folded, 1) == ["4", "5"]  # stops at the first rule that reads the request
     assert folded.initial_tx == {"crs_setup_version": "334", "threshold": "5", "score": "0"}
     unset = program(tmp_path, rules, setup={})
     assert ids(unset, 1)[0] == "1"  # a rule that would deny or log is kept, and folding stops there
+
+
+def test_rules_that_only_set_unread_tx_names_are_dropped(tmp_path: Path) -> None:
+    # 901318 hashes the User-Agent for the persistent IP collection, which nothing here reads
+    rules = ('SecRule REQUEST_HEADERS:User-Agent "@rx ^.*$" "id:1,phase:1,pass,nolog,t:sha1,setvar:tx.ua_hash=x"\n'
+             'SecRule ARGS "@rx a" "id:2,phase:2,pass,nolog,setvar:tx.read_later=1"\n'
+             'SecRule ARGS "@rx b" "id:3,phase:2,pass,nolog,setvar:tx.sqli_score=+5"\n'
+             'SecRule TX:read_later "@eq 1" "id:4,phase:2,pass"\n'
+             'SecRule IP:REPUT_BLOCK_FLAG "@eq 1" "id:5,phase:2,deny"\n')  # IP is always empty: never matches
+    folded = program(tmp_path, rules)
+    assert ids(folded, 1) == [] and ids(folded, 2) == ["2", "3", "4"]  # scores are read by the audit

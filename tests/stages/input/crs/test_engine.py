@@ -100,3 +100,12 @@ def test_request_variables_as_modsecurity_names_them() -> None:
     assert req.pairs("FILES") == [("f", "a.php")] and req.pairs("FILES_NAMES") == [("f", "f")]
     assert flatten_json({"a": {"arr": [1, "x", {"k": True}]}, "n": None, "e": []}) == [
         ("json.a.arr.array_0", "1"), ("json.a.arr.array_1", "x"), ("json.a.arr.array_2.k", "true"), ("json.n", "")]
+
+
+def test_ctl_rule_remove_by_tag_in_a_rule_file(tmp_path: Path) -> None:
+    rules = ('SecRule REQUEST_FILENAME "@beginsWith /docs" "id:1,phase:1,pass,nolog,ctl:ruleRemoveByTag=attack-sqli"\n'
+             'SecRule ARGS "@rx union" "id:2,phase:2,pass,tag:attack-sqli,setvar:tx.score=+5"\n'
+             'SecRule ARGS "@rx script" "id:3,phase:2,pass,tag:attack-xss,setvar:tx.score=+5"\n' + DENY)
+    assert evaluate(tmp_path, rules, get("/api?q=union")).denied_by == "99"
+    assert evaluate(tmp_path, rules, get("/docs?q=union")).denied_by is None  # the tag's rules are off here
+    assert evaluate(tmp_path, rules, get("/docs?q=script")).denied_by == "99"  # other tags still run

@@ -48,6 +48,9 @@ def run(name: str, argument: str, value: str, negated: bool = False, rule_id: st
     ("validateByteRange", "1-255", "é", False),
     ("ipMatch", "127.0.0.1,10.0.0.0/8,::1", "10.1.2.3", True),
     ("ipMatch", "127.0.0.1,10.0.0.0/8", "11.0.0.1", False),
+    ("ipMatch", "127.0.0.1,10.0.0.0/8,::1", "127.0.0.1", True),       # a single address: equal text
+    ("ipMatch", "127.0.0.1,::1", "0:0:0:0:0:0:0:1", True),           # or equal once parsed
+    ("ipMatch", "127.0.0.1", "not an address", False),
     ("unconditionalMatch", "", "", True),
 ])
 def test_operator(name: str, argument: str, value: str, matches: bool) -> None:

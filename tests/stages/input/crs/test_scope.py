@@ -9,9 +9,10 @@ import pytest
 
 from bastion.context import Deny
 from bastion.openapi import load_openapi
-from bastion.stages.input.crs.scope import Scope, build_scope, classify, parameter_kinds
+from bastion.stages.input.crs.scope import Scope, build_scope, classify, form_kinds, parameter_kinds, with_query
 from tests.stages.input.conftest import request, run_input
 from tests.stages.input.crs.conftest import requires_crs
+from tests.stages.input.test_stage import multipart
 
 SCHEMA = {
     "type": "object",
@@ -103,6 +104,88 @@ async def test_contract_scopes_the_crs(tmp_path: Path, shared) -> None:
     assert not isinstance(await send({"nick": "a' or 'a'='a"}), Deny)       # the pattern already constrains it
     assert isinstance(await send({"body": "<img src=x onerror=alert(1)>"}), Deny)  # html keeps XSS
     assert not isinstance(await send({"body": "SELECT * FROM users WHERE 1=1; -- a hint"}), Deny)
+
+
+def test_form_fields_are_scoped_by_name() -> None:
+    scope = build_scope(SCHEMA, REFS)
+    names = ["id", "name", "email", "role", "bio", "snippets", "owner", "extra"]
+    assert form_kinds(names, scope) == {"id": "typed", "email": "typed", "role": "typed", "bio": "html",
+                                        "snippets": "code"}  # an array field takes its items' kind
+
+
+def test_query_kinds_join_the_body_unless_a_body_field_shares_the_name() -> None:
+    assert with_query({"json.a": "typed"}, {"page": "typed", "id": "typed"}, ["id"]) == {
+        "json.a": "typed", "page": "typed"}
+
+
+FORM_SPEC = """
+openapi: 3.0.3
+info: {title: forms, version: "1"}
+paths:
+  /notes:
+    post:
+      operationId: postForm
+      requestBody:
+        required: true
+        content:
+          application/x-www-form-urlencoded:
+            schema: {$ref: "#/components/schemas/Note"}
+          multipart/form-data:
+            schema: {$ref: "#/components/schemas/Note"}
+      responses: {"201": {description: created}}
+components:
+  schemas:
+    Note:
+      type: object
+      properties:
+        title: {type: string}
+        qty: {type: integer}
+        nick: {type: string, pattern: "^[a-z' =]+$"}
+        code: {type: string, x-bastion-content: code}
+        body: {type: string, x-bastion-content: html}
+        attachment: {type: string, format: binary}
+"""
+SHELL = "for f in $(ls); do cat /etc/passwd; done"
+
+
+@requires_crs
+@pytest.mark.parametrize(("fields", "api_aware", "refused"), [
+    ({"code": SHELL}, True, False),                               # code: no RCE/SQL rules
+    ({"title": SHELL}, True, True),                               # free text: every rule
+    ({"code": SHELL}, False, True),                               # as ModSecurity would
+    ({"nick": "a' or 'a'='a", "qty": "3"}, True, False),          # the pattern already constrains it
+    ({"body": "<img src=x onerror=alert(1)>"}, True, True),       # html keeps XSS
+    ({"body": "SELECT * FROM users WHERE 1=1; -- a hint"}, True, False),
+])
+async def test_contract_scopes_the_crs_for_form_bodies(tmp_path: Path, shared, fields: dict[str, str],
+                                                       api_aware: bool, refused: bool) -> None:
+    spec = tmp_path / "forms.yaml"
+    spec.write_text(FORM_SPEC)
+    doc = load_openapi(spec)
+    from urllib.parse import urlencode
+    bodies = {"application/x-www-form-urlencoded": urlencode(fields).encode(),
+              "multipart/form-data; boundary=XyZ": multipart(*((k, None, v.encode()) for k, v in fields.items()))}
+    for kind, body in bodies.items():
+        ctx = request("POST", headers=[("content-type", kind), ("host", "api.example")], body=body)
+        outcome = await run_input(doc, "postForm", ctx, shared, inspection_categories=[],
+                                  crs={"enabled": True, "api_aware": api_aware})
+        assert isinstance(outcome, Deny) is refused, (kind, fields)
+
+
+@requires_crs
+async def test_a_multipart_name_also_sent_as_a_file_is_not_scoped(tmp_path: Path, shared) -> None:
+    spec = tmp_path / "forms.yaml"
+    spec.write_text(FORM_SPEC)
+    doc = load_openapi(spec)
+    # the file part's bytes were never validated: the name's text part must not switch the rules off for it
+    body = multipart(("code", None, b"ls"), ("attachment", "a.txt", b"x"))
+    body = body.replace(b'name="attachment"; filename="a.txt"\r\nContent-Type: application/octet-stream',
+                        b'name="code"\r\nContent-Type: application/octet-stream').replace(b"\r\n\r\nx\r\n",
+                                                                                          b"\r\n\r\n" + SHELL.encode() + b"\r\n")
+    ctx = request("POST", headers=[("content-type", "multipart/form-data; boundary=XyZ"), ("host", "api.example")],
+                  body=body)
+    outcome = await run_input(doc, "postForm", ctx, shared, inspection_categories=[], crs={"enabled": True})
+    assert isinstance(outcome, Deny)
 
 
 XML_SPEC = """
