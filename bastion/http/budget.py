@@ -57,9 +57,10 @@ class FramingBudget:
             at = data.find(_TERMINATOR, start, start + self.limit)
             if at > start and data[start] not in _EMPTY_LINE_BYTES:
                 self._fresh = self._preamble = False
+                self._tail = b""
                 self.used = at + 4 - start
                 return at + 4
-            self._fresh = False  # anything else takes the byte-exact path below
+            self._open_head()  # anything else takes the byte-exact path below
         state = self._state
         end = len(data)
         if state in (_BODY, _DATA):
@@ -147,7 +148,7 @@ class FramingBudget:
 
     # ---- told by the parser callbacks ---------------------------------------------------------------------
 
-    def head_done(self, *, chunked: bool, content_length: int | None) -> None:
+    def head_done(self, chunked: bool, content_length: int | None) -> None:
         """The header section ended: a chunked body opens its framing windows, any other is fed to its end."""
         self.used = 0
         self._tail = b""
@@ -159,11 +160,15 @@ class FramingBudget:
             self._left = content_length
 
     def message_done(self) -> None:
-        """The message ended: the next head's window opens."""
-        self.used = 0
+        """The message ended: the next head's window opens (its counters are reset by `take` if it needs them)."""
         self._state = _HEAD
+        self._fresh = True
+
+    def _open_head(self) -> None:
+        """The byte-exact state of a head window of which nothing has been seen yet."""
+        self._fresh = False
+        self.used = 0
         self._preamble = True
         self._cr_pending = False
         self._tail = b""
         self._left = None
-        self._fresh = True

@@ -301,7 +301,7 @@ class Http1Connection(asyncio.Protocol):
                 expect_continue = True
         exchange = H1Exchange(self, parser.get_method().decode("ascii"), self._url.decode("latin-1"), version,
                               headers, parser.should_keep_alive(), content_length, chunked, expect_continue)
-        self._budget.head_done(chunked=chunked, content_length=content_length)
+        self._budget.head_done(chunked, content_length)
         self._current = exchange
         self._ready.append(exchange)
         if not self._busy:

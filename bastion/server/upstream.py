@@ -133,7 +133,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._chunked = False
             return
         self._head_seen = True
-        self._budget.head_done(chunked=self._chunked, content_length=None)
+        self._budget.head_done(self._chunked, None)
         sink = self._sink
         if sink is not None:
             sink.on_head(status, self._headers, self._parser.should_keep_alive())
