@@ -3,7 +3,10 @@
 Every cache and per-key table of the gateway (verified tokens, identities, blocks looked up, detection windows,
 rate-limit counters, leases) is keyed by something a client chooses. A table that clears itself when full lets a
 client flush it at will; one that only drops expired entries when full grows with every distinct key. This one
-holds at most `max_entries`, drops expired entries as it goes, and evicts one entry at a time.
+holds at most `max_entries`, evicts one entry at a time, checks expiry on every read, and drops expired entries
+from the least recently used ends when a new key arrives: a bounded batch at a time, and once a sweep finds
+nothing more to drop, not again for `_SWEEP_INTERVAL` of the caller's clock (a request that only reads or rewrites
+keys already held pays no sweep).
 
 It is a segmented LRU (SLRU, as in Caffeine and the Linux page cache): a key enters the probation segment, and
 moves to the protected segment when it is used again. Eviction takes from probation first, so a flood of
@@ -20,7 +23,8 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 _FOREVER = float("inf")
-_SWEEP_STEP = 2  # expired entries looked at per write, from the least recently used end of each segment
+_SWEEP_INTERVAL = 1.0  # seconds (caller's clock) between two sweeps of expired entries, done on a new key
+_SWEEP_BATCH = 64  # expired entries dropped per segment and sweep at most
 
 
 class BoundedCache(Generic[K, V]):
@@ -30,7 +34,7 @@ class BoundedCache(Generic[K, V]):
     `protected` is the share of `max_entries` kept for keys used more than once.
     """
 
-    __slots__ = ("_probation", "_protected", "_protected_max", "evictions", "max_entries", "ttl")
+    __slots__ = ("_next_sweep", "_probation", "_protected", "_protected_max", "evictions", "max_entries", "ttl")
 
     def __init__(self, max_entries: int, ttl: float = _FOREVER, *, protected: float = 0.8) -> None:
         if max_entries < 0:
@@ -41,6 +45,7 @@ class BoundedCache(Generic[K, V]):
         self._probation: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self._protected: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self.evictions = 0  # entries dropped while still valid, to make room (a metric: the table is too small)
+        self._next_sweep = -_FOREVER  # the caller's time from which a new key sweeps expired entries
 
     def __len__(self) -> int:
         return len(self._probation) + len(self._protected)
@@ -68,18 +73,22 @@ class BoundedCache(Generic[K, V]):
 
     def put(self, key: K, value: V, now: float, expires: float = _FOREVER) -> None:
         """Keep `value` until min(`expires`, now + ttl); nothing is kept when that is already past."""
-        until = min(expires, now + self.ttl)
+        until = now + self.ttl
+        if expires < until:
+            until = expires
         if until <= now or self.max_entries <= 0:
             self.pop(key)
             return
-        self._sweep(now)
-        if key in self._protected:
-            self._protected[key] = (until, value)
-            self._protected.move_to_end(key)
+        protected = self._protected
+        if key in protected:  # the common rewrite (a counter, a window): no sweep, no eviction
+            protected[key] = (until, value)
+            protected.move_to_end(key)
             return
         if self._probation.pop(key, None) is not None:  # written again: in steady use
             self._promote(key, (until, value))
             return
+        if now >= self._next_sweep:
+            self._sweep(now)
         self._probation[key] = (until, value)
         self._shrink()
 
@@ -118,12 +127,18 @@ class BoundedCache(Generic[K, V]):
             self.evictions += 1
 
     def _sweep(self, now: float) -> None:
-        """Drop a few expired entries from the least recently used end: stale keys leave without a full scan."""
+        """Drop expired entries from the least recently used end of each segment, at most `_SWEEP_BATCH` each
+        time (a request never pays for a whole table expiring at once; while expired entries remain, the next
+        new key sweeps again). Entries behind a live one wait for a read to find them expired, or for eviction."""
+        more = False
         for segment in (self._probation, self._protected):
-            for _ in range(_SWEEP_STEP):
+            for _ in range(_SWEEP_BATCH):
                 if not segment:
                     break
-                key, (until, _value) = next(iter(segment.items()))
-                if until > now:
+                key = next(iter(segment))
+                if segment[key][0] > now:
                     break
                 del segment[key]
+            else:
+                more = True
+        self._next_sweep = now if more else now + _SWEEP_INTERVAL

@@ -71,6 +71,18 @@ def test_expired_entries_leave_as_writes_go_on():
     assert cache.evictions == 0
 
 
+def test_a_table_expiring_at_once_is_swept_in_bounded_batches():
+    cache: BoundedCache[int, int] = BoundedCache(10_000, ttl=1.0)
+    for i in range(1000):
+        cache.put(i, i, now=0.0)
+    cache.put(-1, -1, now=2.0)  # one new key does not pay for the whole table
+    assert 1 < len(cache) < 1000
+    for i in range(1000, 1020):  # the next new keys carry on where it stopped
+        cache.put(i, i, now=2.0)
+    assert len(cache) == 21
+    assert cache.evictions == 0
+
+
 def test_rewrite_refreshes_value_and_expiry():
     cache: BoundedCache[str, int] = BoundedCache(10, ttl=5.0)
     cache.put("a", 1, now=0.0)

@@ -118,8 +118,9 @@ class Baseline:
         self.factor = factor
         self.tau = tau
         self.warmup = warmup
-        # a caller silent for its warm-up starts afresh (a fresh credential would give it a warm-up all the same),
-        # so a stream of one-time subjects holds at most `warmup` seconds of them
+        # a caller silent for its warm-up (up to one window less: the expiry is renewed once per window) starts
+        # afresh (a fresh credential would give it a warm-up all the same), so a stream of one-time subjects holds
+        # at most `warmup` seconds of them
         self.keys: BoundedCache[Any, list[float]] = BoundedCache(limit, max(warmup, 2 * window))
 
     def hit(self, key: Any, now: float) -> tuple[float, float] | None:
@@ -130,8 +131,10 @@ class Baseline:
         if state is None:
             self.keys.put(key, [now, index, 1.0, 0.0, 0.0], now)
             return None
-        self.keys.put(key, state, now)
         if index != state[1]:
+            # a caller's first request in a new window keeps its state for another `warmup` (or two windows):
+            # once per window, not per request (the read above already marked it recently used)
+            self.keys.put(key, state, now)
             gap = index - state[1]
             alpha = 1 - math.exp(-window / self.tau)
             rate = state[4] + alpha * (state[2] / window - state[4])  # fold the finished window in ...

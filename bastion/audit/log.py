@@ -1,8 +1,9 @@
 """The audit log: one event per request and per administrative action, never blocking the request path.
 
-`request()` builds the event (a dict, a few microseconds) and appends it to a bounded in-memory queue. On the
-next turn of the event loop the queue is serialised once per format and offered to every sink's channel, which
-delivers from memory, or spills to its disk spool when the sink is slow or down (`bastion.audit.delivery`).
+`request()` appends a compact record (the request's context and outcome, no document) to a bounded in-memory
+queue. On the next turn of the event loop the queue is rendered as OCSF events, serialised once per format and
+offered to every sink's channel, which delivers from memory, or spills to its disk spool when the sink is slow or
+down (`bastion.audit.delivery`). The request pays for a tuple, not for a ~2 KB document.
 When the queue reaches `queue_size` it is dispatched at once instead of waiting: events are never dropped for a
 full queue and the request never waits for a sink.
 """
@@ -39,6 +40,8 @@ from bastion.context import Deny, RequestContext
 __all__ = ["OCSF_VERSION", "AuditLog", "SinkSpec"]
 
 _DUMPS_OPTIONS = orjson.OPT_APPEND_NEWLINE
+# `request_event`'s arguments: (uid, ctx, status, deny, duration, exceptions, upstream_status)
+_RequestRecord = tuple[str, RequestContext, int, "Deny | None", float, tuple[str, ...], "int | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +91,7 @@ class AuditLog:
         self._spool_dir = spool_dir or Path("audit-spool")
         self._spool_max_bytes = spool_max_bytes
         self._segment_bytes = spool_segment_bytes
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[dict[str, Any] | _RequestRecord] = []  # events, or request records rendered later
         self._running = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._formats: list[tuple[str, list[Channel]]] = []
@@ -141,7 +144,7 @@ class AuditLog:
 
     # ---- the queue ----------------------------------------------------------------------------------------
 
-    def emit(self, event: dict[str, Any]) -> None:
+    def emit(self, event: dict[str, Any] | _RequestRecord) -> None:
         """Queue one event (any OCSF dict). Never blocks; a no-op when no sink is configured."""
         if not self.enabled:
             return
@@ -159,8 +162,9 @@ class AuditLog:
         if not events or not self._running:
             return
         self._pending = []
+        rendered = [_render(item) if isinstance(item, tuple) else item for item in events]
         for fmt, channels in self._formats:
-            for event in events:
+            for event in rendered:
                 try:
                     line = orjson.dumps(to_ecs(event) if fmt == "ecs" else event, default=str,
                                         option=_DUMPS_OPTIONS)
@@ -203,8 +207,8 @@ class AuditLog:
     def request(self, ctx: RequestContext, status: int, deny: Deny | None, duration: float,
                 exceptions: tuple[str, ...] = (), upstream_status: int | None = None) -> None:
         """The request's event: API Activity (6003), or Authentication (3002) for an identity failure."""
-        if self.enabled:
-            self.emit(request_event(self.ids.new(), ctx, status, deny, duration, exceptions, upstream_status))
+        if self.enabled:  # rendered by `_dispatch`, off the request path: the context is final once accounted
+            self.emit((self.ids.new(), ctx, status, deny, duration, exceptions, upstream_status))
 
     def protocol_error(self, peer: str, reason: str, detail: str, request_id: str, status: int) -> None:
         if self.enabled:
@@ -214,3 +218,12 @@ class AuditLog:
         """An administrative action: `admin("config.reload", "failure", peer=..., errors=[...])`."""
         if self.enabled:
             self.emit(admin_event(self.ids.new(), action, outcome, detail))
+
+
+def _render(record: _RequestRecord) -> dict[str, Any]:
+    """A request record as its OCSF event; a builder bug costs that one event's detail, never the batch."""
+    try:
+        return request_event(*record)
+    except Exception as exc:
+        return {"class_uid": 0, "metadata": {"uid": record[0], "correlation_uid": record[1].request_id},
+                "unmapped": {"bastion": {"unrenderable": repr(exc)}}}

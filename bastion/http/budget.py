@@ -26,6 +26,7 @@ _CR = 0x0D
 _LF = 0x0A
 _HEAD, _BODY, _SIZE, _DATA, _DATA_END, _TRAILERS = range(6)
 _TERMINATOR = b"\r\n\r\n"
+_EMPTY_LINE_BYTES = (_CR, _LF)  # what may precede a request line (RFC 9112 §2.2)
 
 # An upstream's response head: larger than a request's (set-cookie, CSP), never unbounded (502 above)
 UPSTREAM_HEAD_BYTES = 64 * 1024
@@ -34,7 +35,7 @@ UPSTREAM_HEAD_BYTES = 64 * 1024
 class FramingBudget:
     """Decides how much of a received segment the parser may see next; told by the parser where a head ends."""
 
-    __slots__ = ("_cr_pending", "_left", "_preamble", "_size_text", "_state", "_tail", "limit", "used")
+    __slots__ = ("_cr_pending", "_fresh", "_left", "_preamble", "_size_text", "_state", "_tail", "limit", "used")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -45,11 +46,21 @@ class FramingBudget:
         self._tail = b""  # the head's last bytes before this segment (a terminator may span segments)
         self._left: int | None = None  # bytes of a Content-Length body or of a chunk's data still to come
         self._size_text = b""  # the start of the chunk-size line being received
+        self._fresh = True  # a head's window is open and not one byte of it has been seen
 
     def take(self, data: bytes, start: int) -> int | FramingError:
         """End (exclusive) of the next piece of `data[start:]` to feed to the parser, or the refusal.
 
         The piece is never empty while `start < len(data)`."""
+        if self._fresh:
+            # the common case, one search: a whole head, starting with its request line, within the limit
+            at = data.find(_TERMINATOR, start, start + self.limit)
+            if at > start and data[start] not in _EMPTY_LINE_BYTES:
+                self._fresh = self._preamble = False
+                self._tail = b""
+                self.used = at + 4 - start
+                return at + 4
+            self._open_head()  # anything else takes the byte-exact path below
         state = self._state
         end = len(data)
         if state in (_BODY, _DATA):
@@ -137,7 +148,7 @@ class FramingBudget:
 
     # ---- told by the parser callbacks ---------------------------------------------------------------------
 
-    def head_done(self, *, chunked: bool, content_length: int | None) -> None:
+    def head_done(self, chunked: bool, content_length: int | None) -> None:
         """The header section ended: a chunked body opens its framing windows, any other is fed to its end."""
         self.used = 0
         self._tail = b""
@@ -149,9 +160,14 @@ class FramingBudget:
             self._left = content_length
 
     def message_done(self) -> None:
-        """The message ended: the next head's window opens."""
-        self.used = 0
+        """The message ended: the next head's window opens (its counters are reset by `take` if it needs them)."""
         self._state = _HEAD
+        self._fresh = True
+
+    def _open_head(self) -> None:
+        """The byte-exact state of a head window of which nothing has been seen yet."""
+        self._fresh = False
+        self.used = 0
         self._preamble = True
         self._cr_pending = False
         self._tail = b""

@@ -232,14 +232,14 @@ class Http1Connection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel(data)
             return
-        view, start = memoryview(data), 0
+        start, size, budget = 0, len(data), self._budget
         try:
-            while start < len(data) and not self._closed:  # the parser sees what the budget allows: no unended line
-                end = self._budget.take(data, start)
+            while start < size and not self._closed:  # the parser sees what the budget allows: no unended line
+                end = budget.take(data, start)
                 if isinstance(end, FramingError):
                     self._reject(end)
                     return
-                self._parser.feed_data(view[start:end] if start or end < len(data) else data)
+                self._parser.feed_data(data if end == size and not start else memoryview(data)[start:end])
                 start = end
         except httptools.HttpParserUpgrade as exc:
             last = self._ready[-1] if self._ready else None
@@ -301,7 +301,7 @@ class Http1Connection(asyncio.Protocol):
                 expect_continue = True
         exchange = H1Exchange(self, parser.get_method().decode("ascii"), self._url.decode("latin-1"), version,
                               headers, parser.should_keep_alive(), content_length, chunked, expect_continue)
-        self._budget.head_done(chunked=chunked, content_length=content_length)
+        self._budget.head_done(chunked, content_length)
         self._current = exchange
         self._ready.append(exchange)
         if not self._busy:

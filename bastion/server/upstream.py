@@ -58,6 +58,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._sink: ResponseSink | None = None
         self._headers: list[tuple[bytes, bytes]] = []
+        self._chunked = False  # the response head being parsed has a Transfer-Encoding field
         self._budget = FramingBudget(UPSTREAM_HEAD_BYTES)  # an unended head line is refused, not buffered
         self._done: asyncio.Future[None] | None = None
         self._head_seen = False
@@ -97,14 +98,14 @@ class UpstreamConnection(asyncio.Protocol):
         if self._sink is None:  # bytes nobody asked for: the connection cannot be trusted any more
             self.close()
             return
-        view, start = memoryview(data), 0
+        start, size, budget = 0, len(data), self._budget
         try:
-            while start < len(data):
-                end = self._budget.take(data, start)
+            while start < size:
+                end = budget.take(data, start)
                 if isinstance(end, FramingError):
                     self._fail(UpstreamError("upstream_head_too_large", f"upstream response: {end.message}"))
                     return
-                self._parser.feed_data(view[start:end] if start or end < len(data) else data)
+                self._parser.feed_data(data if end == size and not start else memoryview(data)[start:end])
                 start = end
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError("upstream_bad_response", f"malformed upstream response: {exc}"))
@@ -122,15 +123,17 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        if len(name) == 17 and name.lower() == b"transfer-encoding":  # the length first: most names differ
+            self._chunked = True
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # interim responses are not forwarded (we never send Expect upstream)
             self._headers = []
+            self._chunked = False
             return
         self._head_seen = True
-        self._budget.head_done(chunked=any(n.lower() == b"transfer-encoding" for n, _ in self._headers),
-                               content_length=None)
+        self._budget.head_done(self._chunked, None)
         sink = self._sink
         if sink is not None:
             sink.on_head(status, self._headers, self._parser.should_keep_alive())
@@ -168,6 +171,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Prepare for one response; returns the future of its end (set once the sink has all of it)."""
         self._sink = sink
         self._headers = []
+        self._chunked = False
         self._head_only = head_only
         self._head_seen = False
         self._received_any = False

@@ -225,3 +225,23 @@ async def test_syslog_over_tls_to_rsyslog(tmp_path: Path):
     finally:
         await untrusted.close()
         rsyslog.stop()
+
+
+async def test_a_request_is_queued_as_a_record_and_written_as_its_full_event(tmp_path: Path) -> None:
+    from tests.audit.helpers import auth_deny
+
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog([SinkSpec(FileSink("file", path, 1 << 20, 0))], spool_dir=tmp_path / "spool")
+    await audit.start()
+    allowed = context(identity=ALICE)
+    record, refused = auth_deny("jwt_expired")
+    denied = context(records=(record,), request_id="req-2")
+    audit.request(allowed, 200, None, 0.0012, ("exc-1",), 200)
+    audit.request(denied, 401, refused, 0.0003)
+    assert all(isinstance(item, tuple) for item in audit._pending)  # the request paid for a tuple, no document
+    uids = [item[0] for item in audit._pending if isinstance(item, tuple)]
+    await audit.close()
+    written = [json.loads(line) for line in path.read_text().splitlines()]
+    assert written == [request_event(uids[0], allowed, 200, None, 0.0012, ("exc-1",), 200),
+                       request_event(uids[1], denied, 401, refused, 0.0003)]
+    assert [event["class_uid"] for event in written] == [6003, 3002]

@@ -21,6 +21,7 @@ from joserfc.jws import JWSRegistry
 from bastion.stages.identity.config import JwtProviderConfig
 from bastion.stages.identity.jose import FORBIDDEN_HEADERS, HeaderFault, check_header, check_typ, normalize_typ
 from bastion.stages.identity.jwks import JwksCache, JwksUnavailable
+from bastion.stages.identity.signature import SignatureCheck
 
 
 class TokenRejected(Exception):
@@ -106,6 +107,7 @@ class ProviderVerifier:
         self.config = config
         self.jwks = jwks
         self.registry = JWSRegistry(algorithms=list(config.algorithms), strict_check_header=False)
+        self._signature = SignatureCheck(self.registry)  # keys prepared once, not per token
         self._typ = frozenset(normalize_typ(t) for t in config.typ)
         self._audiences = frozenset(config.audiences)
         self._required = tuple(config.required_claims)
@@ -128,15 +130,10 @@ class ProviderVerifier:
             raise TokenRejected("jwks_unavailable", str(exc), status=503) from exc
         if not keys:
             raise TokenRejected("jwt_unknown_kid", f"no {alg} key with kid {kid!r} for provider {cfg.name}")
-        if not any(self._signature_ok(obj, key) for key in keys):
+        check = self._signature
+        if not check.header_ok(header) or not any(check.ok(obj, key, alg) for key in keys):
             raise TokenRejected("jwt_bad_signature", f"signature does not verify (kid {kid!r})")
         return self._claims(claims, now)
-
-    def _signature_ok(self, obj: jws.CompactSignature, key: Any) -> bool:
-        try:
-            return jws.validate_compact(obj, key, registry=self.registry)
-        except JoseError:
-            return False
 
     def _claims(self, claims: dict[str, Any], now: float) -> VerifiedToken:
         cfg = self.config

@@ -26,10 +26,13 @@ def policy_item(name: str, quota: int, window: float) -> str:
 
 def rate_limit_value(names: Sequence[str], outcomes: Sequence[Outcome]) -> str:
     """`RateLimit`: one `"name";r=<remaining>;t=<seconds>` item per limit (`names` are already sf-strings)."""
-    return ", ".join(
+    if len(names) == 1 == len(outcomes):  # the common case, on every allowed request: no generator, no join
+        outcome = outcomes[0]
+        return f"{names[0]};r={max(0, outcome.remaining)};t={max(0, math.ceil(outcome.reset))}"
+    return ", ".join([
         f"{name};r={max(0, outcome.remaining)};t={max(0, math.ceil(outcome.reset))}"
         for name, outcome in zip(names, outcomes, strict=True)
-    )
+    ])
 
 
 def retry_after(seconds: float) -> str:

@@ -12,9 +12,10 @@ import pytest
 from bastion.context import Continue, Deny
 from bastion.stages.base import RouteInfo
 from bastion.stages.traffic import TrafficShared, build_rate_limits
+from bastion.stages.traffic.headers import rate_limit_value
 from bastion.stages.traffic.limiter import Limiter
 from bastion.stages.traffic.ratelimit import RateLimitStage
-from bastion.state import StateBackend, open_state
+from bastion.state import Outcome, StateBackend, open_state
 from bastion.state.memory import MemoryState
 from tests.stages.traffic.support import BILLING, INTERNAL, ORDERS, ORDERS_LIST, Clock, policy, request
 
@@ -309,3 +310,12 @@ async def test_tier_quota_resets_with_the_day(state: StateBackend, clock: Clock)
     assert denied.policy_id.endswith("/traffic.quotas")
     clock.now = datetime(2026, 3, 11, 0, 0, 1, tzinfo=UTC).timestamp()
     assert isinstance(await stage.check(request(consumer="acme")), Continue)
+
+
+@pytest.mark.parametrize(("names", "outcomes", "value"), [
+    (['"a"'], [Outcome(True, 7, 0.2, 0.0)], '"a";r=7;t=1'),
+    (['"a"'], [Outcome(False, -1, 3.0, 3.0)], '"a";r=0;t=3'),
+    (['"a"', '"b"'], [Outcome(True, 7, 0.2, 0.0), Outcome(True, 0, 59.5, 0.0)], '"a";r=7;t=1, "b";r=0;t=60'),
+])
+def test_ratelimit_field_has_one_item_per_limit(names, outcomes, value):
+    assert rate_limit_value(names, outcomes) == value
