@@ -1,31 +1,39 @@
 """The admin dashboard in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright): each
-page opens, and the figures shown are the report's JSON figures. A screenshot goes to tests/posture/artifacts/."""
+page opens, and the figures shown are the report's JSON figures. Screenshots go to tests/posture/artifacts/; the
+pictures are compared with tests/posture/baselines/ (tests/posture/visual.py says how, and how to refresh them)."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from playwright.async_api import Page, async_playwright
 
 from bastion.compile import compile_config
 from bastion.config.loader import load_config
-from bastion.posture import auditlog, dashboard, inventory
+from bastion.posture import auditlog, dashboard, inventory, matrix
 from bastion.posture.dashboard import DashboardData
 from bastion.posture.report import build
 from tests.posture.test_inventory import _events
 from tests.posture.test_report import config_with_exceptions
+from tests.posture.visual import BASELINES, GEOMETRY_CSS, ISOLATE_JS, colour_at, compare, hex_rgb
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 
 
-def _data(tmp_path: Path) -> DashboardData:
-    compiled = compile_config(load_config(config_with_exceptions(tmp_path)), build_stages=False)
-    now = time.time()
+def _data(tmp_path: Path, at: datetime | None = None) -> DashboardData:
+    """The dashboard's data for the demo with two more exceptions; at the wall clock, or at `at` for pictures
+    that must not change from one run to the next."""
+    compiled = compile_config(load_config(config_with_exceptions(tmp_path, at)), build_stages=False,
+                              now=at.timestamp() if at else None)
+    now = at.timestamp() if at else time.time()
     events = list(auditlog.requests(_events(now)))
     return DashboardData(
         report=build(compiled, now, events=events),
@@ -182,3 +190,81 @@ async def test_matrix_timeline_and_denials_over_time(tmp_path: Path, browser_pag
         assert (await page.goto(f"{base}/dashboard/route?id=nope/none")).status == 404  # type: ignore[union-attr]
     finally:
         server.close()
+
+
+# The instant the baseline pictures were rendered at: any instant gives the same pictures, because the
+# config's exceptions, the report and the audit events are all placed relative to it.
+PICTURE_INSTANT = datetime(2030, 3, 1, 12, 0, tzinfo=UTC)
+PICTURES = (("matrix", "/dashboard/matrix", 'table[data-test="matrix"]'),
+            ("timeline", "/dashboard/exceptions", '[data-test="timeline"]'),
+            ("denials-over-time", "/dashboard/denials", 'table[data-test="denials-over-time"]'))
+
+
+async def test_pictures_match_their_baselines(tmp_path: Path, browser_page: Page) -> None:
+    """Matrix, timeline and denials-over-time, in their geometry view (tests/posture/visual.py says why), equal
+    the baseline PNGs in tests/posture/baselines/ within the stated tolerance, and do so under any font."""
+    data = _data(tmp_path / "config", PICTURE_INSTANT)
+    server = await _serve(data)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    page = browser_page
+    failures = []
+    try:
+        for name, path, selector in PICTURES:
+            await page.goto(f"{base}{path}")
+            await page.evaluate(ISOLATE_JS, selector)
+            await page.add_style_tag(content=GEOMETRY_CSS)
+            shot = await page.locator(selector).screenshot()
+            result = compare(name, shot, tmp_path / "visual")
+            if not result.matches:
+                failures.append(f"{name}: {result.detail}")
+            # the same picture under other fonts: the comparison does not depend on the machine's fonts
+            for family in ("DejaVu Serif", "Liberation Mono"):
+                await page.add_style_tag(content=f"*{{font-family:'{family}'!important}}")
+                assert await page.locator(selector).screenshot() == shot, (name, family)
+    finally:
+        server.close()
+    assert not failures, "\n".join(failures)
+
+
+async def test_matrix_cells_show_their_state_colour(tmp_path: Path, browser_page: Page) -> None:
+    """On the page as people see it (real fonts, no geometry view), the pixel just inside each matrix cell's
+    corner has the colour of the state the DOM names: the picture and the facts agree."""
+    data = _data(tmp_path, PICTURE_INSTANT)
+    server = await _serve(data)
+    page = browser_page
+    try:
+        await page.goto(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/dashboard/matrix")
+        shot = await page.screenshot(full_page=True)
+        seen = set()
+        for td in await page.locator('table[data-test="matrix"] tbody td').all():
+            box = await td.bounding_box()
+            assert box is not None
+            state = await td.get_attribute("data-state")
+            assert state is not None
+            seen.add(state)
+            # 2 px inside the top-left corner: within the cell's 5 px padding, where no text is drawn
+            assert colour_at(shot, box["x"] + 2, box["y"] + 2) == hex_rgb(matrix.COLOURS[state]), state
+    finally:
+        server.close()
+    assert seen == {"enforced", "relaxed", "not required", "missing"}
+
+
+def test_comparison_tolerates_a_shifted_edge_but_not_a_changed_cell(tmp_path: Path) -> None:
+    """The tolerance, tried on the matrix baseline itself: one cell in another state's colour fails and leaves
+    actual, expected and diff images behind; every pixel moved one to the right (an anti-aliasing change) passes."""
+    baseline = Image.open(BASELINES / "matrix.png").convert("RGB")
+
+    def png(image: Image.Image) -> bytes:
+        out = io.BytesIO()
+        image.save(out, "PNG")
+        return out.getvalue()
+
+    recoloured = baseline.copy()
+    w, h = baseline.size
+    recoloured.paste(hex_rgb(matrix.COLOURS["missing"]), (w * 2 // 9 + 4, h // 2, w * 3 // 9 - 4, h // 2 + 20))
+    result = compare("matrix", png(recoloured), tmp_path)
+    assert not result.matches and str(tmp_path) in result.detail
+    assert {p.name for p in tmp_path.iterdir()} == {"matrix.actual.png", "matrix.expected.png", "matrix.diff.png"}
+    shifted = Image.new("RGB", baseline.size, baseline.getpixel((0, 0)))
+    shifted.paste(baseline.crop((0, 0, w - 1, h)), (1, 0))
+    assert compare("matrix", png(shifted), tmp_path / "shifted").matches
