@@ -73,6 +73,7 @@ class Runtime:
 
     async def _compile(self) -> CompiledGateway:
         loaded = load_config(self.config_path)
+        check_referenced_files(loaded)  # a missing or broken certificate, key, JWKS...: refused at its line
         compiled = compile_config(loaded, self.services)
         compiled.shared.admin_auth = make_admin_auth(compiled)  # started, reloaded and closed with the layers
         for shared in compiled.shared.lifecycle():
