@@ -8,10 +8,14 @@ import asyncio
 import io
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from PIL import Image
 from playwright.async_api import Page, async_playwright
 
@@ -20,6 +24,7 @@ from bastion.config.loader import load_config
 from bastion.posture import auditlog, dashboard, inventory, matrix
 from bastion.posture.dashboard import DashboardData
 from bastion.posture.report import build
+from tests.posture.conftest import demo_config
 from tests.posture.test_inventory import _events
 from tests.posture.test_report import config_with_exceptions
 from tests.posture.visual import BASELINES, GEOMETRY_CSS, ISOLATE_JS, colour_at, compare, hex_rgb
@@ -161,7 +166,7 @@ async def test_matrix_timeline_and_denials_over_time(tmp_path: Path, browser_pag
             for i, td in enumerate(await row.locator("td").all()):
                 cells[(route, i)] = (await td.get_attribute("data-state"), await td.get_attribute("data-policy"),
                                      (await td.inner_text()).strip())
-        assert len(cells) == len(report["routes"]) * 8
+        assert len(cells) == len(report["routes"]) * 10  # 8 controls, revocation and flows
         assert cells[("catalog/status", 1)][0] == "relaxed" and cells[("catalog/status", 1)][2] == "EXC-DEMO-1"
         assert cells[("catalog/status", 1)][1] == "exception:EXC-DEMO-1/catalog/status/identity.required"
         assert cells[("orders/list-orders", 1)][0] == "enforced"
@@ -268,3 +273,93 @@ def test_comparison_tolerates_a_shifted_edge_but_not_a_changed_cell(tmp_path: Pa
     shifted = Image.new("RGB", baseline.size, baseline.getpixel((0, 0)))
     shifted.paste(baseline.crop((0, 0, w - 1, h)), (1, 0))
     assert compare("matrix", png(shifted), tmp_path / "shifted").matches
+
+
+def _crl(ca: trustme.CA, path: Path, next_update: datetime, revoked: int = 0) -> None:
+    """A CRL signed by `ca` (as a partner CA publishes it), with `revoked` entries."""
+    key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), None)
+    issuer = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer.subject)
+               .last_update(next_update - timedelta(days=7)).next_update(next_update))
+    for serial in range(1, revoked + 1):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(next_update - timedelta(days=8))
+            .build())
+    path.write_bytes(builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))  # type: ignore[arg-type]
+
+
+def _transport_data(tmp_path: Path) -> DashboardData:
+    """The demo behind an mTLS listener: orders (partner) checks revocation hard from two CRLs, one fresh and
+    one stale; catalog (public) requires client certificates without checking revocation."""
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+    server = ca.issue_cert("127.0.0.1")
+    server.cert_chain_pems[0].write_to_path(tmp_path / "gw.pem")
+    server.private_key_pem.write_to_path(tmp_path / "gw.key")
+    _crl(ca, tmp_path / "fresh.crl", PICTURE_INSTANT + timedelta(days=1), revoked=2)
+    _crl(ca, tmp_path / "stale.crl", PICTURE_INSTANT - timedelta(hours=2))
+
+    def mutate(doc: dict[str, Any]) -> None:
+        doc["gateway"]["listeners"].append(
+            {"address": "127.0.0.1", "port": 0, "tls": {"cert": str(tmp_path / "gw.pem"), "key": str(
+                tmp_path / "gw.key"), "client_ca": str(tmp_path / "ca.pem"), "min_version": "1.3"}})
+        doc["gateway"]["revocation"] = {"issuers": [str(tmp_path / "ca.pem")], "ocsp": False,
+                                        "crls": [str(tmp_path / "fresh.crl"), str(tmp_path / "stale.crl")]}
+        doc["classes"]["partner"]["transport"] = {"tls": "required", "mtls": "required", "revocation": "hard"}
+        doc["classes"]["public"]["transport"] = {"mtls": "required"}
+
+    config, _ = demo_config(tmp_path, "https://idp.example.com", "http://127.0.0.1:9", mutate, now=PICTURE_INSTANT)
+    at = PICTURE_INSTANT.timestamp()
+    compiled = compile_config(load_config(config), build_stages=False, now=at)
+    return DashboardData(report=build(compiled, at, events=[]))
+
+
+async def test_tls_revocation_and_flows_per_route(tmp_path: Path, browser_page: Page) -> None:
+    """Listener TLS versions and client certificates, each route's TLS/mTLS/revocation, each CRL's state at the
+    report's instant, and every flow step: as tables, and as the matrix's revocation and flows columns."""
+    data = _transport_data(tmp_path)
+    server = await _serve(data)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    page = browser_page
+    try:
+        await page.goto(f"{base}/dashboard")
+        await page.click("nav >> text=TLS & flows")
+        assert await page.title() == "Bastion · TLS, revocation and flows"
+        listeners = await _cells(page, "listeners")
+        assert [(r[1], r[2], r[3]) for r in listeners] == [("plaintext", "-", "-"),
+                                                          ("TLS", "TLS 1.3", "optional")]
+        assert listeners[1][4] == str(tmp_path / "ca.pem")
+        routes = {r[0]: r for r in await _cells(page, "route-tls")}
+        assert routes["orders/get-order"][1:6] == ["required", "1.2", "required", "hard", "crl"]
+        assert routes["catalog/status"][3:6] == ["required", "off", "-"]
+        assert routes["orders/create-order"][7] == "purchase/order"
+        crls = {Path(r[0]).name: r for r in await _cells(page, "crls")}
+        assert (crls["fresh.crl"][2], crls["fresh.crl"][3], crls["fresh.crl"][4]) == (
+            "2030-03-02T12:00:00Z", "2", "fresh")
+        assert crls["stale.crl"][4] == "stale"  # two hours past next_update, grace one hour: answers nothing
+        assert "O=trustme" in crls["fresh.crl"][1]  # its issuer, whose signature was verified
+        assert (await page.locator('[data-test="ocsp"]').inner_text()).startswith("OCSP off; 1 issuer")
+        flows = await _cells(page, "flows")
+        assert [(r[0], r[1], r[2], r[3]) for r in flows] == [
+            ("purchase", "browse", "catalog/list-products", "-"), ("purchase", "order", "orders/create-order",
+                                                                  "browse")]
+        assert flows[1][5] == "20 per 86400s"
+
+        await page.click("nav >> text=Matrix")
+        head = [h.strip() for h in await page.locator('table[data-test="matrix"] thead th').all_inner_texts()]
+        assert head[-2:] == ["revocation", "flows"]
+        revocation, flow = len(head) - 3, len(head) - 2  # their cell indexes (the first th is the route)
+        cells = {}
+        for row in await page.locator('table[data-test="matrix"] tbody tr').all():
+            tds = await row.locator("td").all()
+            cells[await row.get_attribute("data-route")] = [
+                (await td.get_attribute("data-state"), await td.get_attribute("data-policy"),
+                 await td.get_attribute("title")) for td in tds]
+        assert cells["orders/get-order"][revocation][:2] == (
+            "enforced", "class:partner/orders/get-order/transport.revocation")
+        assert cells["orders/get-order"][revocation][2].endswith("hard (crl)")
+        assert cells["catalog/status"][revocation][0] == "missing"  # client certificates, never checked
+        assert cells["orders/create-order"][flow][:2] == ("enforced", "flow:purchase/orders/create-order/flows.order")
+        assert cells["orders/get-order"][flow][0] == "not required"
+    finally:
+        server.close()
