@@ -113,3 +113,43 @@ async def test_without_a_registered_keys_provider_there_is_nothing_to_register(t
         assert gw.admin_bound is not None
         status, _ = await _register(gw.admin_bound[1], {"public_jwk": _key().as_dict(private=False)})
         assert status == 404
+
+
+def test_a_key_registered_at_the_supervisor_is_trusted_by_every_worker(tmp_path: Path) -> None:
+    """`--workers 2` as a real process tree: the registration lives in the supervisor's shared state, so both
+    workers accept the probe's token (and neither accepts it before it is registered)."""
+    import urllib.error
+    import urllib.request
+
+    from tests.server.workers import Gateway
+
+    provider = ("providers:\n  jwt:\n    - {name: bastion-probe, issuer: 'urn:bastion:probe', audiences: [api://demo],"
+                " algorithms: [ES256], max_lifetime: 5m, registered_keys: {max_ttl: 60s}}\n")
+    gw = Gateway(tmp_path, workers=2, extra=provider)
+    gw.path.write_text(gw.path.read_text().replace("open: {identity: {required: false}}",
+                                                   "open: {identity: {required: true, methods: [jwt]}}"))
+    key = _key()
+    bearer = _bearer(key)
+
+    def statuses(n: int) -> set[int]:
+        seen = set()
+        for _ in range(n):  # new connections, spread over both workers by SO_REUSEPORT (20: all on one, ~2^-19)
+            request_ = urllib.request.Request(f"http://127.0.0.1:{gw.port}/items", headers=bearer)
+            try:
+                with urllib.request.urlopen(request_, timeout=10) as response:
+                    seen.add(response.status)
+            except urllib.error.HTTPError as exc:
+                seen.add(exc.code)
+        return seen
+
+    try:
+        gw.start()
+        assert statuses(10) == {401}
+        status, answer = gw.post_admin("/probe/credentials", {"public_jwk": key.as_dict(private=False),
+                                                              "ttl_seconds": 30})
+        assert status == 200, answer
+        assert statuses(20) == {200}
+        pids = {w["pid"] for w in gw.workers_info()}
+        assert len(pids) == 2
+    finally:
+        gw.stop()
