@@ -147,6 +147,7 @@ def build(compiled: CompiledGateway, now: float, *, events: Iterable[RequestEven
     if probe is not None:
         doc["probe"] = {"target": probe.get("target"), "time": iso(float(probe.get("time", now))),
                         "config_hash": probe.get("config_hash"), "summary": probe.get("summary"),
+                        "identity": probe.get("identity"),  # who the probe was: a registered key, a file, none
                         "stale": probe.get("config_hash") != compiled.config_hash}
         kpis["probe_failures"] = (probe.get("summary") or {}).get("fail", 0)
     if previous is not None:

@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 
+from bastion.compile import compile_config
 from bastion.config.loader import load_config
+from bastion.posture import render
 from bastion.posture.credential import register, registered_provider
-from bastion.posture.probe import identity_line, probe
+from bastion.posture.probe import checked_probe, identity_line, probe
+from bastion.posture.report import build
 from tests.posture.conftest import running_demo
 
 ADMIN_TOKEN = "probe-admin-token-for-tests-only"
@@ -54,6 +57,10 @@ async def test_probe_runs_every_attack_with_a_registered_credential(tmp_path: Pa
                                   "expires": credential.expires, "admin": admin}
     assert identity_line(report).startswith("probe identity: a short-lived credential registered through the "
                                             f"admin API at {admin} (provider bastion-probe, trusted until ")
+    # the posture report says it too, from the published result
+    compiled = compile_config(load_config(demo.config), build_stages=False)
+    text = render.markdown(build(compiled, now, probe=checked_probe(report)))
+    assert f"Probe identity: a short-lived credential registered through the admin API at {admin}" in text
 
 
 def test_a_provider_without_registered_keys_gives_no_credential(tmp_path: Path) -> None:
