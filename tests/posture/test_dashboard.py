@@ -256,7 +256,7 @@ async def test_matrix_cells_show_their_state_colour(tmp_path: Path, browser_page
 
 def test_comparison_tolerates_a_shifted_edge_but_not_a_changed_cell(tmp_path: Path) -> None:
     """The tolerance, tried on the matrix baseline itself: one cell in another state's colour fails and leaves
-    actual, expected and diff images behind; every pixel moved one to the right (an anti-aliasing change) passes."""
+    actual, expected and diff images behind; every pixel moved one right and one down (a rounding change) passes."""
     baseline = Image.open(BASELINES / "matrix.png").convert("RGB")
 
     def png(image: Image.Image) -> bytes:
@@ -271,7 +271,7 @@ def test_comparison_tolerates_a_shifted_edge_but_not_a_changed_cell(tmp_path: Pa
     assert not result.matches and str(tmp_path) in result.detail
     assert {p.name for p in tmp_path.iterdir()} == {"matrix.actual.png", "matrix.expected.png", "matrix.diff.png"}
     shifted = Image.new("RGB", baseline.size, baseline.getpixel((0, 0)))
-    shifted.paste(baseline.crop((0, 0, w - 1, h)), (1, 0))
+    shifted.paste(baseline.crop((0, 0, w - 1, h - 1)), (1, 1))
     assert compare("matrix", png(shifted), tmp_path / "shifted").matches
 
 
