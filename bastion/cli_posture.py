@@ -39,6 +39,10 @@ def add_verbs(verbs: Any) -> None:
                    "config's admin listener, token from $BASTION_ADMIN_TOKEN): the dashboard and /report show it")
     p.add_argument("--new-key", metavar="DIR", help="write a fresh probe key pair (probe-key.jwk, "
                                                     "probe-jwks.json) to DIR and exit")
+    p.add_argument("--admin", help="the admin listener that registers a short-lived probe credential (default: "
+                                   "the config's; token from $BASTION_ADMIN_TOKEN)")
+    p.add_argument("--credential-ttl", type=float, default=300.0, help="seconds the registered credential is "
+                   "trusted (at most the provider's registered_keys.max_ttl)")
 
 
     p = verbs.add_parser("report", help="posture report: coverage, exceptions, gaps, OWASP mapping, KPIs")
@@ -165,7 +169,7 @@ def _usage(message: str) -> int:
 
 def _probe(args: argparse.Namespace) -> int:
     from bastion.config.loader import ConfigError
-    from bastion.posture.probe import probe, results_of, table
+    from bastion.posture.probe import identity_line, probe, results_of, table
     from bastion.posture.tokens import ProbeIdentityConfig, discover_identity, new_probe_key
 
     if args.new_key:
@@ -195,8 +199,16 @@ def _probe(args: argparse.Namespace) -> int:
         if identity is not None:
             print(f"bastion probe: using the probe key {identity.key} (provider {identity.provider})",
                   file=sys.stderr)
+    credential = None
+    if identity is None:  # no key on disk: a short-lived one, registered through the admin API if the config allows
+        try:
+            credential = _credential(args)
+        except (ConfigError, ValueError) as exc:
+            print(f"bastion probe: {exc}", file=sys.stderr)
+            return 1
     try:
-        doc = asyncio.run(probe(args.config, args.target, identity=identity, plain_url=args.plain_target,
+        doc = asyncio.run(probe(args.config, args.target, identity=identity, credential=credential,
+                                plain_url=args.plain_target,
                                 include_rate_limit=args.include_rate_limit, max_burst=args.max_burst,
                                 cafile=args.cacert, insecure=args.insecure, timeout=args.timeout))
     except ConfigError as exc:
@@ -206,7 +218,7 @@ def _probe(args: argparse.Namespace) -> int:
         return _usage(str(exc))
     if args.output:
         Path(args.output).write_text(json.dumps(doc, indent=2))
-    print(json.dumps(doc, indent=2) if args.json else table(results_of(doc)))
+    print(json.dumps(doc, indent=2) if args.json else identity_line(doc) + "\n\n" + table(results_of(doc)))
     if args.publish:
         import contextlib
         import io
@@ -218,6 +230,24 @@ def _probe(args: argparse.Namespace) -> int:
         print("bastion probe: result published to the admin API" if published == 0 else
               "bastion probe: the admin API refused the result", file=sys.stderr)
     return 1 if doc["summary"]["fail"] else 0
+
+
+def _credential(args: argparse.Namespace) -> Any:
+    """A probe credential registered at the config's admin listener, when a provider has `registered_keys`."""
+    from bastion.config.loader import load_config
+    from bastion.posture.admin_client import admin_url
+    from bastion.posture.credential import register, registered_provider
+    from bastion.posture.report import iso
+
+    provider = registered_provider(load_config(args.config).model.providers.jwt)
+    if provider is None:
+        return None
+    credential = register(admin_url(args.config, args.admin), provider, ttl=args.credential_ttl,
+                          cafile=args.cacert)
+    print(f"bastion probe: registered a short-lived probe credential through the admin API at "
+          f"{credential.admin} (provider {credential.provider}, trusted until {iso(credential.expires)})",
+          file=sys.stderr)
+    return credential
 
 
 def _inventory(args: argparse.Namespace) -> int:

@@ -15,11 +15,11 @@ from bastion.posture.policy import route_policy
 def validate(path: str, against: str | None = None) -> int:
     """Validate the config; with `against` (`running` = the admin URL in the config, or a URL) also ask the
     running gateway whether a reload would apply it live or needs a restart (exit 1 then)."""
-    from bastion.config.files import missing_files
+    from bastion.server.reload_files import broken_files
 
     try:
         loaded = load_config(path)
-        missing = missing_files(loaded)  # certificates, keys, CA bundles, OpenAPI and JWKS files, ...
+        missing = broken_files(loaded)  # certificates, keys, CA bundles, OpenAPI and JWKS files: present, parseable
         if missing:
             raise ConfigError(missing)
         compiled = compile_config(loaded)
@@ -41,10 +41,10 @@ def validate(path: str, against: str | None = None) -> int:
 
 def check_files(path: str) -> int:
     """1 (with each missing file at its line) when the config names a file that is not there, else 0."""
-    from bastion.config.files import missing_files
+    from bastion.server.reload_files import broken_files
 
     try:
-        missing = missing_files(load_config(path))
+        missing = broken_files(load_config(path))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1

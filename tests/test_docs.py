@@ -79,7 +79,8 @@ def test_every_yaml_example_in_the_docs_parses() -> None:
 
 
 def test_the_example_passes_validate_once_its_files_exist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`bastion validate` on the README example: it names TLS files, which must exist (any content)."""
+    """`bastion validate` on the README example: it names TLS files, which must exist and be what their fields
+    say (a certificate, a key, a CA bundle: placeholders are refused at their line)."""
     from bastion.commands import validate
 
     (tmp_path / "specs").mkdir()
@@ -90,7 +91,16 @@ def test_the_example_passes_validate_once_its_files_exist(tmp_path: Path, capsys
     (tmp_path / "certs").mkdir()
     for name in ("gw.pem", "gw.key", "partners-ca.pem"):
         (tmp_path / "certs" / name).write_text("placeholder\n")
-    assert validate(str(tmp_path / "bastion.yaml")) == 0
+    assert validate(str(tmp_path / "bastion.yaml")) == 1
+    assert "gateway.listeners[1].tls.cert: " in capsys.readouterr().err
+    import trustme
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(tmp_path / "certs" / "partners-ca.pem")
+    server = ca.issue_cert("gateway.example.com")
+    server.cert_chain_pems[0].write_to_path(tmp_path / "certs" / "gw.pem")
+    server.private_key_pem.write_to_path(tmp_path / "certs" / "gw.key")
+    assert validate(str(tmp_path / "bastion.yaml")) == 0, capsys.readouterr().err
 
 
 def test_pool_example_is_valid():

@@ -31,13 +31,9 @@ def render_config(directory: Path, port: int, issuer: str, upstream: str, now: d
         "{created}": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "{expires}": (now + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    from bastion.posture.tokens import new_probe_key
-
-    # the probe's identity, trusted by the config: `bastion probe` finds the private key beside the JWKS
-    _, jwks = new_probe_key(directory, kid="demo-probe")
-    fields["{probe_jwks}"] = str(jwks.resolve())
     for key, value in fields.items():
         text = text.replace(key, value)
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / "bastion.yaml"
     path.write_text(text)
     return path

@@ -62,6 +62,8 @@ class AdminAuth(SharedBase):
             provider = next((p for p in providers if p.name == config.provider), None)
             if provider is None:
                 raise ValueError(f"gateway.admin.auth.provider: no JWT provider named {config.provider!r}")
+            if provider.registered_keys is not None:  # a probe credential must never be an admin credential
+                raise ValueError(f"gateway.admin.auth.provider: {config.provider!r} trusts registered probe keys")
             self._jwks = JwksCache(provider.name, provider.jwks_cache,
                                    jwks_uri=provider.jwks_uri,
                                    discovery_issuer=provider.issuer if provider.discovery else None,

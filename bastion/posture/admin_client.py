@@ -15,7 +15,7 @@ from typing import Any
 from bastion.config.loader import ConfigError, load_config
 
 
-def _admin_url(path: str, admin: str | None) -> str:
+def admin_url(path: str, admin: str | None) -> str:
     """The admin listener's URL: given, or from the config (raises ConfigError)."""
     if admin is not None:
         return admin
@@ -29,7 +29,7 @@ def admin_call(path: str, admin: str | None, endpoint: str, method: str = "GET",
     """Call the running gateway's admin API and print its JSON answer. The bearer token, when the admin API
     requires one, comes from $BASTION_ADMIN_TOKEN (never from the command line, where `ps` shows it)."""
     try:
-        admin = _admin_url(path, admin)
+        admin = admin_url(path, admin)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1

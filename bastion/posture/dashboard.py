@@ -20,7 +20,7 @@ from bastion.posture.report import iso
 PREFIX = "/dashboard"
 NAV: tuple[tuple[str, str], ...] = (
     (PREFIX, "Overview"), (f"{PREFIX}/matrix", "Matrix"), (f"{PREFIX}/routes", "Routes"),
-    (f"{PREFIX}/exceptions", "Exceptions"),
+    (f"{PREFIX}/exceptions", "Exceptions"), (f"{PREFIX}/transport", "TLS & flows"),
     (f"{PREFIX}/denials", "Denials"), (f"{PREFIX}/blocks", "Blocks"), (f"{PREFIX}/shadow", "Shadow endpoints"),
 )
 RECENT = 50
@@ -85,6 +85,46 @@ def route_detail(data: DashboardData, route_id: str) -> bytes | None:
     return _page(f"Route {route_id}", body, data, f"{PREFIX}/matrix")
 
 
+def _yes(value: Any) -> Any:
+    return None if value is None else ("yes" if value else "no")
+
+
+def transport(data: DashboardData) -> bytes:
+    """Each listener's TLS offer, each route's TLS, mTLS and revocation, each CRL's state, each flow's steps."""
+    report = data.report
+    listeners = [(x["listener"], span("TLS", "ok") if x["tls"] else span("plaintext", "warn"), x["versions"],
+                  x["client_certificate"], x["client_ca"], _yes(x["session_tickets"]),
+                  ", ".join(x["alpn"]) if x["alpn"] else None) for x in report.get("listeners", [])]
+    routes = []
+    for r in report["routes"]:
+        t = r.get("transport") or {}
+        routes.append((html.Raw(f'<a href="{html.cell(matrix.route_link(r["route"]))}">{html.cell(r["route"])}</a>'),
+                       t.get("tls"), t.get("min_tls"), t.get("mtls"), t.get("revocation"),
+                       ", ".join(t.get("revocation_sources") or []), _yes(t.get("session_resumption")),
+                       ", ".join(f"{f['flow']}/{f['step']}" for f in r.get("flows", []))))
+    revocation = report.get("revocation") or {}
+    crls = [(c["file"], c.get("issuer"), iso(float(c["next_update"])) if c.get("next_update") else None,
+             c.get("revoked"), span(c["state"], "ok" if c["state"] == "fresh" else "bad"), c.get("reason"))
+            for c in revocation.get("crls", [])]
+    ocsp = (f"OCSP on, responder: {revocation.get('ocsp_responder')}" if revocation.get("ocsp") else "OCSP off")
+    flows = [(f["flow"], s["step"], s["route"], s["after"], s["within"], f"{s['max']} per {s['per']:.0f}s"
+              if s["max"] else None, f["key"], f["on_violation"])
+             for f in report.get("flows", []) for s in f["steps"]]
+    body = ("<h2>Listeners</h2>" + html.table(("listener", "TLS", "versions", "client certificate", "client CA",
+                                               "session tickets", "ALPN"), listeners, test_id="listeners")
+            + "<h2>TLS, mTLS and revocation per route</h2>"
+            + html.table(("route", "TLS", "min TLS", "mTLS", "revocation", "sources", "resumption", "flows"),
+                         routes, test_id="route-tls")
+            + f'<h2>Client-certificate revocation</h2><p data-test="ocsp">{html.cell(ocsp)}; '
+            f"{revocation.get('issuers', 0)} issuer certificate(s); answers used up to "
+            f"{float(revocation.get('grace', 0)):.0f}s past their next update.</p>"
+            + html.table(("CRL file", "issuer", "next update", "revoked", "state", "problem"), crls, test_id="crls")
+            + "<h2>Business flows (OWASP API6)</h2>"
+            + html.table(("flow", "step", "route", "after", "within (s)", "at most", "key", "on violation"), flows,
+                         test_id="flows"))
+    return _page("TLS, revocation and flows", body, data, f"{PREFIX}/transport")
+
+
 def _now(report: dict[str, Any]) -> float:
     from datetime import datetime
 
@@ -130,7 +170,7 @@ def shadow(data: DashboardData) -> bytes:
 
 PAGES: dict[str, Callable[[DashboardData], bytes]] = {
     PREFIX: overview, f"{PREFIX}/": overview, f"{PREFIX}/routes": routes, f"{PREFIX}/exceptions": exceptions,
-    f"{PREFIX}/matrix": control_matrix,
+    f"{PREFIX}/matrix": control_matrix, f"{PREFIX}/transport": transport,
     f"{PREFIX}/denials": denials, f"{PREFIX}/blocks": blocks, f"{PREFIX}/shadow": shadow,
 }
 

@@ -26,6 +26,36 @@ COLUMNS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
     ("inspection", ("input.inspection",), None),
 )
 COLOURS = {"enforced": "#2f7d46", "relaxed": "#c98a00", "not required": "#9aa5b1", "missing": "#b3261e"}
+# columns whose state is not "credited or not" but read from the route's transport and flows facts
+DERIVED = ("revocation", "flows")
+
+
+def revocation_state(route: dict[str, Any]) -> tuple[str, str, str | None, str]:
+    """(state, policy id, exception, detail) of the client-certificate revocation cell: checked (soft or hard,
+    from CRLs and/or OCSP); missing where the route requires client certificates but checks no revocation."""
+    control = "transport.revocation"
+    source = str(route["controls"].get(control, {}).get("source", f"class:{route['class']}"))
+    pid = policy_ids.policy_id(source, route["api"], route["name"], control)
+    transport = route.get("transport") or {}
+    mode = transport.get("revocation", "off")
+    detail = f"{mode} ({', '.join(transport.get('revocation_sources') or []) or 'no source'})"
+    if source.startswith(policy_ids.EXCEPTION):
+        return "relaxed", pid, source[len(policy_ids.EXCEPTION):], detail
+    if mode != "off":
+        return "enforced", pid, None, detail
+    return ("missing" if transport.get("mtls") == "required" else "not required"), pid, None, detail
+
+
+def flows_state(route: dict[str, Any]) -> tuple[str, str, str | None, str]:
+    """(state, policy id, exception, detail) of the business-flow cell: enforced where a flow has a step on the
+    route (the id the flow stage writes in its audit events), else not required (no class demands a flow)."""
+    flows = route.get("flows") or []
+    if not flows:
+        return "not required", policy_ids.policy_id(f"class:{route['class']}", route["api"], route["name"],
+                                                   "flows"), None, "no flow"
+    first = flows[0]
+    pid = f"flow:{first['flow']}/{route['route']}/flows.{first['step']}"
+    return "enforced", pid, None, ", ".join(f"{f['flow']} (step {f['step']})" for f in flows)
 
 
 def cell_state(route: dict[str, Any], controls: tuple[str, ...], gap: str | None) -> tuple[str, str, str | None]:
@@ -53,14 +83,16 @@ def route_link(route_id: str) -> str:
 def matrix(report: dict[str, Any]) -> str:
     """One row per route, one cell per control group, coloured by state, linking to the route's drill-down
     (and to the exception that relaxes it)."""
-    head = "".join(f"<th>{escape(name)}</th>" for name, _, _ in COLUMNS)
+    head = "".join(f"<th>{escape(name)}</th>" for name in (*(c[0] for c in COLUMNS), *DERIVED))
     rows = []
     for route in report["routes"]:
+        states = [(*cell_state(route, controls, gap), "") for _, controls, gap in COLUMNS]
+        states += [revocation_state(route), flows_state(route)]
         cells = []
-        for _, controls, gap in COLUMNS:
-            state, pid, exception = cell_state(route, controls, gap)
+        for state, pid, exception, detail in states:
             target = f"/dashboard/exceptions#{quote(exception)}" if exception else route_link(route["route"])
-            cells.append(f'<td data-state="{state}" data-policy="{escape(pid)}" title="{escape(pid)}" '
+            title = f"{pid} · {detail}" if detail else pid
+            cells.append(f'<td data-state="{state}" data-policy="{escape(pid)}" title="{escape(title)}" '
                          f'style="background:{COLOURS[state]};color:#fff;text-align:center">'
                          f'<a style="color:#fff" href="{escape(target)}">{escape(exception or state)}</a></td>')
         name = html.cell(route["route"])

@@ -20,7 +20,8 @@ from bastion.compile import CompiledGateway, compile_config
 from bastion.config.loader import load_config
 from bastion.posture.attacks import Attack, ProbeOptions, plan_route
 from bastion.posture.client import Response, Target, send
-from bastion.posture.tokens import ProbeIdentityConfig, TokenForge, forge_for
+from bastion.posture.credential import RegisteredCredential
+from bastion.posture.tokens import ProbeIdentityConfig, TokenForge, credential_forge, forge_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +122,24 @@ def summary(results: list[Result]) -> dict[str, int]:
     return {k: sum(1 for r in results if r.result == k) for k in ("pass", "fail", "skip")}
 
 
-def to_json(results: list[Result], *, target: str, config_hash: str, started: float) -> dict[str, Any]:
+def to_json(results: list[Result], *, target: str, config_hash: str, started: float,
+            identity: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"kind": "bastion.probe", "version": 1, "target": target, "config_hash": config_hash,
-            "time": started, "summary": summary(results), "results": [asdict(r) for r in results]}
+            "time": started, "identity": identity or {"source": "none"}, "summary": summary(results),
+            "results": [asdict(r) for r in results]}
+
+
+def identity_line(doc: dict[str, Any]) -> str:
+    """Who the probe was, in one line: a registered short-lived credential, a key file, or nobody."""
+    who = doc.get("identity") or {}
+    if who.get("source") == "registered":
+        from bastion.posture.report import iso
+
+        return (f"probe identity: a short-lived credential registered through the admin API at {who['admin']} "
+                f"(provider {who['provider']}, trusted until {iso(float(who['expires']))})")
+    if who.get("source") == "key_file":
+        return f"probe identity: the key file {who['key']} (provider {who['provider']})"
+    return "probe identity: none (forgeries only; attacks that need a valid token are skipped)"
 
 
 def table(results: list[Result]) -> str:
@@ -140,18 +156,28 @@ def table(results: list[Result]) -> str:
 
 
 async def probe(config: str | Path, target_url: str, *, identity: ProbeIdentityConfig | None = None,
+                credential: RegisteredCredential | None = None,
                 plain_url: str | None = None, include_rate_limit: bool = False, max_burst: int = 1000,
                 cafile: str | None = None, insecure: bool = False, timeout: float = 10.0) -> dict[str, Any]:
-    """Probe the gateway at `target_url` against the effective policies of `config`; the JSON report."""
+    """Probe the gateway at `target_url` against the effective policies of `config`; the JSON report. The
+    probe signs valid tokens with `identity`'s key file or with a `credential` registered at the admin API."""
     compiled = compile_config(load_config(config), build_stages=False)
     target = Target.parse(target_url, cafile=cafile, insecure=insecure)
     plain = Target.parse(plain_url) if plain_url else (target if target.scheme == "http" else None)
-    forge = forge_for(compiled.config.model.providers.jwt, identity, compiled.config.path.parent)
+    providers = compiled.config.model.providers.jwt
+    who: dict[str, Any] = {"source": "none"}
+    if credential is not None:
+        forge: TokenForge | None = credential_forge(providers, credential)
+        who = credential.describe()
+    else:
+        forge = forge_for(providers, identity, compiled.config.path.parent)
+        if identity is not None:
+            who = {"source": "key_file", "provider": identity.provider, "key": str(identity.key)}
     options = ProbeOptions(target_tls=target.scheme == "https", plaintext_available=plain is not None,
                            include_rate_limit=include_rate_limit, max_burst=max_burst)
     started = time.time()
     results = await execute(plan(compiled, forge, options), target, plain, timeout=timeout)
-    return to_json(results, target=target.url, config_hash=compiled.config_hash, started=started)
+    return to_json(results, target=target.url, config_hash=compiled.config_hash, started=started, identity=who)
 
 
 def results_of(doc: dict[str, Any]) -> list[Result]:
@@ -177,8 +203,16 @@ def checked_probe(doc: Any) -> dict[str, Any]:
         raise ValueError("`time` must be the epoch seconds of the run")
     return {"kind": "bastion.probe", "version": doc.get("version", 1), "target": str(doc.get("target", "")),
             "config_hash": str(doc.get("config_hash", "")), "time": float(doc["time"]),
+            "identity": _identity(doc.get("identity")),
             "summary": {k: sum(r["result"] == k for r in results) for k in ("pass", "fail", "skip")},
             "results": results}
+
+
+def _identity(who: Any) -> dict[str, Any]:
+    """The posted `identity`, bounded: a few short fields, or "none"."""
+    if not isinstance(who, dict):
+        return {"source": "none"}
+    return {str(k)[:40]: v if isinstance(v, int | float) else str(v)[:300] for k, v in list(who.items())[:8]}
 
 
 def load_probe(path: str | Path) -> dict[str, Any]:

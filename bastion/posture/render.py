@@ -52,6 +52,11 @@ def markdown(report: dict[str, Any]) -> str:
         stale = " (probed a different config hash)" if p["stale"] else ""
         out += ["", f"## Last probe{stale}", "", f"{p['time']} against {p['target']}: "
                 f"{p['summary']['pass']} passed, {p['summary']['fail']} failed, {p['summary']['skip']} skipped."]
+        if p.get("identity"):
+            from bastion.posture.probe import identity_line
+
+            line = identity_line(p)
+            out += ["", line[0].upper() + line[1:] + "."]
     out += ["", "## Coverage per API", "", "| API | owner | class | routes | meeting baseline | coverage |",
             "|---|---|---|---|---|---|"]
     out += [f"| {a['name']} | {a['owner']} | {a['class']} | {a['routes']} | {a['meeting_baseline']} | "

@@ -20,7 +20,7 @@ from bastion.posture import owasp
 from bastion.posture.auditlog import RequestEvent
 from bastion.posture.controls import demands, plan_at
 from bastion.posture.policy import route_policy
-from bastion.posture.transport import annotate
+from bastion.posture.transport import annotate, gateway_transport
 
 EXPIRY_WARNING_DAYS = 14
 MAX_HOURS = 168
@@ -140,12 +140,14 @@ def build(compiled: CompiledGateway, now: float, *, events: Iterable[RequestEven
         "exceptions": exceptions, "owasp_categories": owasp.CATEGORIES,
         "warnings": [str(d) for d in compiled.warnings],
     }
+    doc.update(gateway_transport(cfg, now))  # listeners' TLS, revocation sources and CRL states, flows
     if events is not None:
         doc["denials"] = denials(events)
         kpis["denied_requests"] = doc["denials"]["denied"]
     if probe is not None:
         doc["probe"] = {"target": probe.get("target"), "time": iso(float(probe.get("time", now))),
                         "config_hash": probe.get("config_hash"), "summary": probe.get("summary"),
+                        "identity": probe.get("identity"),  # who the probe was: a registered key, a file, none
                         "stale": probe.get("config_hash") != compiled.config_hash}
         kpis["probe_failures"] = (probe.get("summary") or {}).get("fail", 0)
     if previous is not None:

@@ -32,6 +32,7 @@ from joserfc.jwk import ECKey, Key, KeySet, RSAKey
 from pydantic import Field
 
 from bastion.config.base import Model
+from bastion.posture.credential import RegisteredCredential
 from bastion.stages.identity.config import JwtProviderConfig
 
 PROBE_SUBJECT = "bastion-probe"
@@ -197,6 +198,14 @@ def forge_for(providers: list[JwtProviderConfig], identity: ProbeIdentityConfig 
         return None
     provider = providers[0]
     return TokenForge(provider.issuer, provider.audiences[0], None, _public_keys(provider, base_dir))
+
+
+def credential_forge(providers: list[JwtProviderConfig], credential: RegisteredCredential) -> TokenForge:
+    """The forge for a key registered at the admin API (`credential.RegisteredCredential`)."""
+    provider = next((p for p in providers if p.name == credential.provider), None)
+    if provider is None:
+        raise ValueError(f"no JWT provider named {credential.provider!r} in the config")
+    return TokenForge(provider.issuer, provider.audiences[0], credential.key, [credential.key])
 
 
 def _public_keys(provider: JwtProviderConfig, base_dir: Path) -> list[ECKey | RSAKey]:

@@ -7,10 +7,15 @@ business flows) is credited only where a flow has a step on the route: a plain r
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from cryptography import x509
+
 from bastion.compile import CompiledGateway
+from bastion.config.models import BastionConfig
 from bastion.posture.controls import plan_at, section
+from bastion.stages.transport.crl import CrlStore
 
 _API6 = "API6:2023"
 
@@ -53,3 +58,43 @@ def annotate(routes: list[dict[str, Any]], compiled: CompiledGateway, now: float
         elif _API6 in owasp:
             del owasp[_API6]  # rate limits alone do not defend a business flow
         doc["owasp"] = dict(sorted(owasp.items(), key=lambda kv: int(kv[0][3:].split(":")[0])))
+
+
+def gateway_transport(cfg: BastionConfig, now: float) -> dict[str, Any]:
+    """The gateway-wide facts behind the per-route transport columns: each listener's TLS offer, the
+    client-certificate revocation sources with each CRL file's state at `now`, and every flow's steps."""
+    listeners = []
+    for lst in cfg.gateway.listeners:
+        tls = lst.tls
+        listeners.append({
+            "listener": f"{lst.address}:{lst.port}", "tls": tls is not None,
+            "versions": None if tls is None else ("TLS 1.3" if tls.min_version == "1.3" else "TLS 1.2, TLS 1.3"),
+            "client_certificate": None if tls is None else tls.client_cert,
+            "client_ca": None if tls is None or tls.client_ca is None else str(tls.client_ca),
+            "session_tickets": None if tls is None else tls.session_tickets,
+            "alpn": None if tls is None else (tls.alpn or (["h2", "http/1.1"] if lst.http2 else ["http/1.1"])),
+        })
+    flows = [{"flow": flow.name, "key": flow.key, "on_violation": flow.on_violation,
+              "steps": [{"step": step.name, "route": step.route, "after": step.after,
+                         "within": step.within if step.after else None, "max": step.max,
+                         "per": step.per if step.max else None} for step in flow.steps]}
+             for flow in cfg.flows]
+    return {"listeners": listeners, "revocation": revocation_status(cfg, now), "flows": flows}
+
+
+def revocation_status(cfg: BastionConfig, now: float) -> dict[str, Any]:
+    """OCSP on or off (and whose responder), and each CRL file read and verified as the gateway does, judged at
+    `now`: fresh, stale (past next_update plus the grace: it answers nothing) or unusable."""
+    config = cfg.gateway.revocation
+    issuers: list[x509.Certificate] = []
+    problems = []
+    for path in config.issuers:
+        try:
+            issuers += x509.load_pem_x509_certificates(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            problems.append(f"issuer {path}: {exc}")
+    store = CrlStore(list(config.crls), issuers, grace=config.grace, reload_interval=config.reload_interval,
+                     wall_clock=lambda: now, monotonic=time.monotonic)
+    return {"ocsp": config.ocsp,
+            "ocsp_responder": (config.ocsp_responder or "each certificate's AIA") if config.ocsp else None,
+            "grace": config.grace, "issuers": len(issuers), "problems": problems, "crls": store.files()}

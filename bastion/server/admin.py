@@ -16,7 +16,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from bastion.server.admin_routes import new_request_id, request_id
+from bastion.server.admin_routes import new_request_id, noted, request_id
 from bastion.server.http1 import BodyMalformed, BodyTimeout, BodyTooLarge, Exchange
 
 Json = dict[str, Any]
@@ -71,7 +71,7 @@ class AdminApi:
             principal = decision.principal or "unknown"
         ok = await self._route(ex, path, body)
         if path not in _UNAUDITED:
-            self._audit(ex, path, "success" if ok else "failure", principal=principal, status=ex.status)
+            self._audit(ex, path, "success" if ok else "failure", principal=principal, status=ex.status, **noted())
 
     def _audit(self, ex: Exchange, path: str, outcome: str, **detail: Any) -> None:
         if self._b.audit is not None:

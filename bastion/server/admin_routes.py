@@ -28,7 +28,21 @@ def new_request_id() -> str:
     """A fresh admin request id, set for the task answering it."""
     rid = "admin-" + os.urandom(8).hex()
     _REQUEST_ID.set(rid)
+    _NOTED.set({})
     return rid
+
+
+# what a handler adds to the admin request's one audit event (e.g. the probe credential it registered)
+_NOTED: ContextVar[dict[str, Any]] = ContextVar("admin_audit_detail")
+
+
+def note(**detail: Any) -> None:
+    """Add `detail` to the audit event of the admin request being answered."""
+    _NOTED.set({**_NOTED.get({}), **detail})
+
+
+def noted() -> dict[str, Any]:
+    return _NOTED.get({})
 
 
 def block_routes(blocks: BlockList) -> dict[tuple[str, str], Any]:

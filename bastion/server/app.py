@@ -28,8 +28,10 @@ from bastion.server.dispatch import protocol_factory
 from bastion.server.http1 import Http1Connection, ServerLimits
 from bastion.server.http2 import H2Limits, H2Stats
 from bastion.server.metrics import Metrics, exceptions_in_force
+from bastion.server.probe_credentials import probe_credential_routes
 from bastion.server.proxy import Gateway
 from bastion.server.reload import check_routes
+from bastion.server.reload_files import check_referenced_files
 from bastion.server.settings import audit_file_path, make_admin_auth, server_limits
 from bastion.server.tls import listener_ssl
 from bastion.server.tls import resolve_path as _resolve
@@ -71,6 +73,7 @@ class Runtime:
 
     async def _compile(self) -> CompiledGateway:
         loaded = load_config(self.config_path)
+        check_referenced_files(loaded)  # a missing or broken certificate, key, JWKS...: refused at its line
         compiled = compile_config(loaded, self.services)
         compiled.shared.admin_auth = make_admin_auth(compiled)  # started, reloaded and closed with the layers
         for shared in compiled.shared.lifecycle():
@@ -233,7 +236,8 @@ class Runtime:
                 blocks=blocks.list_blocks, before_scrape=self._scrape, clock=self.services.wall_clock,
                 readiness=self._readiness,
                 extra_routes={**block_routes(blocks), **identity_routes(lambda: gateway.compiled),
-                              **check_routes(lambda: gateway.compiled.config.model.gateway)},
+                              **check_routes(lambda: gateway.compiled.config.model.gateway),
+                              **probe_credential_routes(lambda: gateway.compiled.shared.identity)},
             ))
             admin_tls = listener_ssl(gw.admin, base) if gw.admin.tls is not None else None
             server = await loop.create_server(

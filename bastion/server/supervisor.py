@@ -38,6 +38,7 @@ from bastion.compile import CompiledGateway, compile_config
 from bastion.config.loader import ConfigError, load_config
 from bastion.server.http1 import Http1Connection
 from bastion.server.link import Link, LinkClosed
+from bastion.server.reload_files import check_referenced_files
 from bastion.server.settings import make_admin_auth
 from bastion.server.shared_fetch import FetchPool
 from bastion.server.state_service import StateService
@@ -118,7 +119,9 @@ class Supervisor:
         return registry
 
     async def _compile(self) -> CompiledGateway:
-        compiled = compile_config(load_config(self.config_path), self.services)
+        loaded = load_config(self.config_path)
+        check_referenced_files(loaded)  # a missing or broken certificate, key, JWKS...: refused at its line
+        compiled = compile_config(loaded, self.services)
         auth = make_admin_auth(compiled)
         if auth is not None:
             compiled.shared.admin_auth = auth

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from bastion.server.admin import AdminApi, AdminBackend, read_events
 from bastion.server.admin_routes import _json_body, _reply, block_routes, identity_routes
 from bastion.server.http1 import Exchange, Http1Connection
+from bastion.server.probe_credentials import probe_credential_routes
 from bastion.server.reload import check_routes
 from bastion.server.settings import audit_file_path, server_limits
 from bastion.server.tls import listener_ssl
@@ -24,7 +25,8 @@ async def serve_admin(sup: Supervisor, gw: Any) -> asyncio.base_events.Server:
     """Open the admin listener of `gateway.admin` for the supervisor `sup`."""
     audit_file = audit_file_path(gw, sup.base)
     routes = {**block_routes(sup.blocks), **identity_routes(lambda: sup.compiled),
-              **check_routes(lambda: sup.compiled.config.model.gateway)}  # type: ignore[union-attr]
+              **check_routes(lambda: sup.compiled.config.model.gateway),  # type: ignore[union-attr]
+              **probe_credential_routes(lambda: sup.compiled.shared.identity)}  # type: ignore[union-attr]
     routes[("POST", "/blocks/lift")] = lift_everywhere(sup)
     admin = AdminApi(AdminBackend(
         registry=sup.registry, ready=lambda: False, info=sup.info, reload=sup.reload,

@@ -120,7 +120,8 @@ async def test_the_printed_steps_work_as_printed(capsys: pytest.CaptureFixture[s
         other = next(v for c, v in by_command.items() if "$OTHER" in c)
         assert 'error="invalid_token"' in expired and 'error="invalid_token"' in other
         probed = next(v for c, v in by_command.items() if c.startswith("bastion probe"))
-        assert " 0 failed" in probed and "using the probe key" in err.decode()  # its identity, found by itself
+        # its identity: a key registered for minutes through the admin API, none on disk
+        assert " 0 failed" in probed and "registered a short-lived probe credential" in err.decode()
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)

@@ -191,6 +191,13 @@ def test_serve_names_a_missing_certificate_at_its_line(tmp_path: Path) -> None:
     result = run("serve", "-c", str(path))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"{path}:5:17: gateway.admin.tls.cert: file not found" in result.stderr
+    (tmp_path / "gw.pem").write_text("not a certificate")  # there, but broken: validate says so at its line
+    (tmp_path / "gw.key").write_text("not a key")
+    result = run("validate", "-c", str(path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{path}:5:17: gateway.admin.tls.cert: {tmp_path / 'gw.pem'} is not a usable PEM certificate" \
+        in result.stderr
+    assert "gateway.admin.tls.key: " in result.stderr
 
 
 def test_reload_of_another_file_is_refused_not_reported_as_done(tmp_path: Path, upstream: int) -> None:

@@ -47,9 +47,10 @@ class Demo:
 
 
 def demo_config(directory: Path, issuer: str, upstream: str, mutate: Callable[[dict[str, Any]], None] | None = None,
-                name: str = "bastion.yaml") -> tuple[Path, ProbeIdentityConfig]:
-    """The demo config with the probe provider added (as an operator would), optionally weakened."""
-    rendered = render_config(directory, 0, issuer, upstream, datetime.now(UTC), 0)
+                name: str = "bastion.yaml", now: datetime | None = None) -> tuple[Path, ProbeIdentityConfig]:
+    """The demo config with the probe provider added (as an operator would), optionally weakened; its exception
+    is created at `now` (the wall clock unless a test injects an instant)."""
+    rendered = render_config(directory, 0, issuer, upstream, now or datetime.now(UTC), 0)
     doc = load_doc(rendered.read_text())
     key, jwks = new_probe_key(directory, kid="probe-1")
     doc["providers"]["jwt"] = [p for p in doc["providers"]["jwt"] if p["name"] != "bastion-probe"]  # the demo's

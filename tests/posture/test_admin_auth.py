@@ -87,6 +87,13 @@ def test_unknown_provider_is_refused():
         AdminAuth(AdminAuthConfig(provider="missing"))
 
 
+def test_a_provider_of_registered_probe_keys_never_authenticates_admin_calls():
+    probe = JwtProviderConfig.model_validate({"name": "bastion-probe", "issuer": "urn:bastion:probe",
+                                              "audiences": ["a"], "algorithms": ["ES256"], "registered_keys": {}})
+    with pytest.raises(ValueError, match="trusts registered probe keys"):
+        AdminAuth(AdminAuthConfig(provider="bastion-probe"), [probe])
+
+
 async def test_nothing_configured_refuses_everything_but_open_paths():
     auth = AdminAuth(AdminAuthConfig())
     assert (await auth.check("/reload", "Bearer anything", None)).status == 401

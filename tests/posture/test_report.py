@@ -22,8 +22,9 @@ def _stamp(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def config_with_exceptions(tmp_path: Path) -> Path:
-    now = datetime.now(UTC)
+def config_with_exceptions(tmp_path: Path, now: datetime | None = None) -> Path:
+    """The demo config with one exception expiring in 10 days and one expired 5 days ago, relative to `now`."""
+    now = now or datetime.now(UTC)
 
     def mutate(doc: dict) -> None:
         doc["apis"][0]["routes"][2]["policy"] = {"traffic": {"max_body_bytes": "1MiB"}}
@@ -38,7 +39,7 @@ def config_with_exceptions(tmp_path: Path) -> Path:
              "expires": _stamp(now - timedelta(days=5))},
         ]
 
-    path, _ = demo_config(tmp_path, "https://idp.example.com", "http://127.0.0.1:9", mutate)
+    path, _ = demo_config(tmp_path, "https://idp.example.com", "http://127.0.0.1:9", mutate, now=now)
     return path
 
 

@@ -129,6 +129,14 @@ class JwksCacheConfig(Model):
     max_bytes: Size = Field(512 * 1024, description="Largest JWKS or discovery document accepted.")
 
 
+class RegisteredKeysConfig(Model):
+    """Keys registered at runtime by `bastion probe` through the admin API (`POST /probe/credentials`, admin
+    auth, audited), each trusted until its registration expires: `registered_keys: {max_ttl: 15m}`."""
+
+    max_ttl: Duration = Field(900.0, gt=0, le=86400, description="Longest trust of one registered key, e.g. "
+                              "`15m`; the probe asks for less and the registration expires by itself.")
+
+
 class JwtProviderConfig(Model):
     """An issuer of JWT access tokens (RFC 9068). Tokens are matched to providers by exact `iss`."""
 
@@ -156,12 +164,18 @@ class JwtProviderConfig(Model):
     max_token_bytes: Size = Field(8192, ge=64, description="Tokens longer than this are rejected unparsed.")
     allow_insecure_http: bool = Field(False, description="Allow an http:// JWKS/discovery URL off loopback.")
     jwks_cache: JwksCacheConfig = JwksCacheConfig()
+    registered_keys: RegisteredKeysConfig | None = Field(None, description="Or keys registered at runtime "
+                                                         "for the probe (docs/posture.md): `{max_ttl: 15m}`.")
 
     @model_validator(mode="after")
     def _one_source(self) -> JwtProviderConfig:
-        sources = [self.jwks_uri is not None, self.discovery, self.jwks_file is not None, self.hmac_key is not None]
+        sources = [self.jwks_uri is not None, self.discovery, self.jwks_file is not None, self.hmac_key is not None,
+                   self.registered_keys is not None]
         if sum(sources) != 1:
-            raise ValueError(f"provider {self.name!r}: set one of jwks_uri, discovery: true, jwks_file, hmac_key")
+            raise ValueError(f"provider {self.name!r}: set one of jwks_uri, discovery: true, jwks_file, hmac_key, "
+                             "registered_keys")
+        if self.registered_keys is not None and self.algorithms != ["ES256"]:
+            raise ValueError(f"provider {self.name!r}: registered keys are P-256, so algorithms must be [ES256]")
         if self.jwks_uri is not None:
             check_url(self.jwks_uri, self.allow_insecure_http, "jwks_uri")
         if self.discovery:

@@ -8,10 +8,11 @@ parameters, and every time and audience claim against an injected clock.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from joserfc import jws
@@ -21,6 +22,7 @@ from joserfc.jws import JWSRegistry
 from bastion.stages.identity.config import JwtProviderConfig
 from bastion.stages.identity.jose import FORBIDDEN_HEADERS, HeaderFault, check_header, check_typ, normalize_typ
 from bastion.stages.identity.jwks import JwksCache, JwksUnavailable
+from bastion.stages.identity.registered import RegisteredKeys
 from bastion.stages.identity.signature import SignatureCheck
 
 
@@ -103,7 +105,7 @@ def header_value(value: Any) -> str | None:
 class ProviderVerifier:
     """The checks of one JWT provider, prepared once per config load."""
 
-    def __init__(self, config: JwtProviderConfig, jwks: JwksCache) -> None:
+    def __init__(self, config: JwtProviderConfig, jwks: JwksCache | RegisteredKeys) -> None:
         self.config = config
         self.jwks = jwks
         self.registry = JWSRegistry(algorithms=list(config.algorithms), strict_check_header=False)
@@ -124,8 +126,12 @@ class ProviderVerifier:
         if fault is not None:
             raise _rejected(fault)
         kid = header.get("kid")  # a string of 1 to MAX_KID characters, or absent (jose.check_header)
+        until = math.inf  # when the key's trust ends: never for a provider's JWKS, the registration's end otherwise
         try:
-            keys = await self.jwks.keys_for(kid, alg)
+            if isinstance(self.jwks, RegisteredKeys):
+                keys, until = await self.jwks.keys_until(kid, alg)
+            else:
+                keys = await self.jwks.keys_for(kid, alg)
         except JwksUnavailable as exc:
             raise TokenRejected("jwks_unavailable", str(exc), status=503) from exc
         if not keys:
@@ -133,7 +139,9 @@ class ProviderVerifier:
         check = self._signature
         if not check.header_ok(header) or not any(check.ok(obj, key, alg) for key in keys):
             raise TokenRejected("jwt_bad_signature", f"signature does not verify (kid {kid!r})")
-        return self._claims(claims, now)
+        verified = self._claims(claims, now)
+        # a registered key's token is cached no longer than the registration: after it, the key is looked up again
+        return verified if verified.expires <= until else replace(verified, expires=until)
 
     def _claims(self, claims: dict[str, Any], now: float) -> VerifiedToken:
         cfg = self.config

@@ -22,6 +22,7 @@ from bastion.stages.identity.jwks import JwksCache
 from bastion.stages.identity.jwt import JwtVerifier, ProviderVerifier, VerifiedToken
 from bastion.stages.identity.metrics import identity_metrics
 from bastion.stages.identity.mtls import CertParser
+from bastion.stages.identity.registered import RegisteredKeys
 from bastion.stages.identity.revocation import RevocationList, StateRevocationList
 from bastion.stages.identity.ssf import DEFAULT_REVOKE_FOR, SetReceiver
 from bastion.stages.identity.tokencache import TokenCache
@@ -65,8 +66,9 @@ class IdentityShared:
         self.metrics = identity_metrics(services.registry)
         fetcher = services.identity_fetcher
         extra: dict[str, Any] = {"fetcher": fetcher} if fetcher is not None else {}
-        self.jwks: dict[str, JwksCache] = {
-            p.name: JwksCache(
+        state = services.state if services.state is not None else MemoryState()
+        self.jwks: dict[str, JwksCache | RegisteredKeys] = {
+            p.name: RegisteredKeys(p.name, p.registered_keys, state) if p.registered_keys is not None else JwksCache(
                 p.name, p.jwks_cache, jwks_uri=p.jwks_uri, discovery_issuer=p.issuer if p.discovery else None,
                 jwks_file=p.jwks_file, jwks_bytes=hmac_jwks(p.hmac_key), monotonic=services.monotonic,
                 metrics=self.metrics, **extra)
@@ -79,7 +81,6 @@ class IdentityShared:
         self.certs = CertParser()
         # The deny list lives in the state backend (shared by workers and instances with Redis, kept across
         # reloads); without a backend (unit tests) in a private in-memory one. `services.revocations` replaces it.
-        state = services.state if services.state is not None else MemoryState()
         self.revocation_store = StateRevocationList(state, services.wall_clock)
         self.revocations: RevocationList = (services.revocations if services.revocations is not None
                                             else self.revocation_store)  # `is not None`: an empty list is falsy

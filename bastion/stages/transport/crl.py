@@ -95,5 +95,25 @@ class CrlStore:
         return CertStatus("good", "crl")
 
 
+    def files(self) -> list[dict[str, object]]:
+        """Each CRL file as last read, for the posture report: its issuer, next update, entries, and `fresh`,
+        `stale` (past next_update plus the grace: it answers nothing) or `unusable` (with the reason)."""
+        out: list[dict[str, object]] = []
+        for path in self._paths:
+            loaded = self._files.get(path)
+            crl = loaded.crl if loaded is not None else None
+            if crl is None:
+                error = loaded.error if loaded is not None else next((e for e in self.errors if str(path) in e), "")
+                out.append({"file": str(path), "state": "unusable", "reason": error or "not read"})
+                continue
+            next_update = crl.next_update_utc
+            stale = next_update is None or self._wall() > next_update.timestamp() + self._grace
+            out.append({"file": str(path), "issuer": crl.issuer.rfc4514_string(),
+                        "next_update": next_update.timestamp() if next_update is not None else None,
+                        "revoked": len(crl), "state": "stale" if stale else "fresh",
+                        "reason": loaded.error if loaded is not None else ""})
+        return out
+
+
 def _issuer_key(cert: x509.Certificate) -> str:
     return cert.issuer.rfc4514_string()

@@ -31,11 +31,15 @@ def test_good_revoked_unknown_and_stale(tmp_path):
     store = CrlStore([tmp_path / "ca.crl"], [ca.cert, other.cert], grace=3600, reload_interval=0,
                      wall_clock=clock, monotonic=clock)
     assert [store.status(c).state for c in (good, bad, stranger)] == ["good", "revoked", "unknown"]
+    [listed] = store.files()  # what the posture report shows of it
+    assert (listed["state"], listed["revoked"], listed["next_update"]) == (
+        "fresh", 1, (EPOCH + dt.timedelta(days=7)).timestamp())
     clock.now = (EPOCH + dt.timedelta(days=7, minutes=59)).timestamp()  # past next_update, inside the grace
     assert store.status(bad).state == "revoked"
     clock.now = (EPOCH + dt.timedelta(days=7, hours=1, seconds=1)).timestamp()
     stale = store.status(bad)
     assert stale.state == "unknown" and "stale" in stale.detail
+    assert store.files()[0]["state"] == "stale"
 
 
 def test_a_list_signed_by_an_unconfigured_key_is_ignored_and_reported(tmp_path):
@@ -50,3 +54,5 @@ def test_a_list_signed_by_an_unconfigured_key_is_ignored_and_reported(tmp_path):
     status = store.status(cert)
     assert status.state == "unknown" and "not signed by a configured issuer" in status.detail
     assert "missing.crl" in status.detail
+    assert [(f["state"], "not signed" in str(f["reason"]) or "No such file" in str(f["reason"]))
+            for f in store.files()] == [("unusable", True), ("unusable", True)]
