@@ -273,6 +273,7 @@ def compile_config(loaded: LoadedConfig, services: Services | None = None, *, no
                    build_stages: bool = True) -> CompiledGateway:
     """Compile a validated config. Raises ConfigError listing every error; warnings stay on the result."""
     services = services or Services()
+    services.config_dir = loaded.path.parent  # the stages open relative files from there, as validate does
     build = _Build(loaded.model, loaded.positions, loaded.path.parent,
                    services.wall_clock() if now is None else now, Prepared(), build_stages)
     _check_waivers(build)

@@ -186,3 +186,29 @@ def test_a_plan_that_cannot_be_built_after_an_exception_refuses_every_request(tm
                          request_id="r", start=NOW)
     decision = asyncio.run(refusal.check(ctx))
     assert decision.status == 403 and decision.reason == "policy_unsatisfiable"
+
+
+async def test_relative_key_files_are_read_from_the_configs_directory_not_the_working_one(tmp_path, monkeypatch):
+    import json
+
+    from joserfc.jwk import ECKey
+
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    key = ECKey.generate_key("P-256", parameters={"kid": "k1"})
+    (conf / "keys.json").write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
+    (conf / "bastion.yaml").write_text(BASE + textwrap.dedent("""
+        providers:
+          jwt:
+            - {name: idp, issuer: https://idp.example, audiences: [orders], algorithms: [ES256],
+               jwks_file: keys.json}
+        """))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # `serve` started from another directory, as a service manager does
+    compiled = compile_config(load_config(conf / "bastion.yaml"), now=NOW)
+    jwks = compiled.shared.identity.jwks["idp"]
+    try:
+        assert [k.kid for k in await jwks.keys_for("k1", "ES256")] == ["k1"]
+    finally:
+        await compiled.shared.identity.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bastion import policy_ids as ids
@@ -100,3 +101,10 @@ class Services:
     identity_fetcher: Fetcher | None = None  # HTTP GET for JWKS, discovery and introspection (tests: a fake)
     revocations: RevocationList | None = None  # replaces the deny list kept in `state` (tests)
     ocsp_fetcher: Any = None  # the OCSP round trip (bastion.http.fetch); tests count or fail it
+    # where a relative file path in the config is read from: the config file's directory (compile sets it), as
+    # `validate` resolves it, whatever directory the gateway was started in
+    config_dir: Path | None = None
+
+    def resolve(self, path: Path) -> Path:
+        """A config file path as the gateway opens it."""
+        return path if path.is_absolute() or self.config_dir is None else self.config_dir / path

@@ -70,8 +70,8 @@ class IdentityShared:
         self.jwks: dict[str, JwksCache | RegisteredKeys] = {
             p.name: RegisteredKeys(p.name, p.registered_keys, state) if p.registered_keys is not None else JwksCache(
                 p.name, p.jwks_cache, jwks_uri=p.jwks_uri, discovery_issuer=p.issuer if p.discovery else None,
-                jwks_file=p.jwks_file, jwks_bytes=hmac_jwks(p.hmac_key), monotonic=services.monotonic,
-                metrics=self.metrics, **extra)
+                jwks_file=p.jwks_file and services.resolve(p.jwks_file), jwks_bytes=hmac_jwks(p.hmac_key),
+                monotonic=services.monotonic, metrics=self.metrics, **extra)
             for p in providers.jwt
         }
         self.verifier = JwtVerifier([ProviderVerifier(p, self.jwks[p.name]) for p in providers.jwt],
@@ -90,7 +90,8 @@ class IdentityShared:
             revoke_for = max((p.max_lifetime + p.leeway for p in providers.jwt), default=DEFAULT_REVOKE_FOR)
             self.ssf_receiver = SetReceiver(providers.ssf, self.revocations, self.revocation_store,
                                             revoke_for=revoke_for, monotonic=services.monotonic,
-                                            fetcher=fetcher, audit=services.audit, metrics=self.metrics)
+                                            fetcher=fetcher, audit=services.audit, metrics=self.metrics,
+                                            resolve=services.resolve)
         self.introspection: Any = None
         if providers.introspection:
             from bastion.stages.identity.introspection import Introspector

@@ -28,6 +28,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from joserfc import jws
@@ -178,13 +179,15 @@ class SetReceiver:
         fetcher: Any = None,
         audit: Any = None,
         metrics: IdentityMetrics | None = None,
+        resolve: Callable[[Path], Path] = lambda path: path,
     ) -> None:
         extra: dict[str, Any] = {"fetcher": fetcher} if fetcher is not None else {}
         self._metrics = metrics or identity_metrics(None)
         self.transmitters: dict[str, Transmitter] = {}
         for config in transmitters:
             cache = JwksCache(f"ssf:{config.name}", config.jwks_cache, jwks_uri=config.jwks_uri,
-                              jwks_file=config.jwks_file, monotonic=monotonic, metrics=self._metrics, **extra)
+                              jwks_file=config.jwks_file and resolve(config.jwks_file), monotonic=monotonic,
+                              metrics=self._metrics, **extra)
             self.transmitters[config.issuer] = Transmitter(config, cache, revoke_for)
         self._revocations = revocations
         self._seen = seen

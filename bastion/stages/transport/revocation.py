@@ -53,13 +53,14 @@ class Revocation:
 def load_revocation(config: RevocationConfig, services: Services) -> Revocation:
     """Read the issuers and CRLs; raises ValueError (a config error) when an issuer file cannot be read."""
     issuers: list[x509.Certificate] = []
-    for path in config.issuers:
+    for path in map(services.resolve, config.issuers):
         try:
             issuers += x509.load_pem_x509_certificates(path.read_bytes())
         except (OSError, ValueError) as exc:
             raise ValueError(f"revocation issuer {path}: {exc}") from None
-    crls = CrlStore(config.crls, issuers, grace=config.grace, reload_interval=config.reload_interval,
-                    wall_clock=services.wall_clock, monotonic=services.monotonic)
+    crls = CrlStore([services.resolve(p) for p in config.crls], issuers, grace=config.grace,
+                    reload_interval=config.reload_interval, wall_clock=services.wall_clock,
+                    monotonic=services.monotonic)
     fetcher: Any = services.ocsp_fetcher  # tests may count or fail round trips
     ocsp = None
     if config.ocsp:
