@@ -248,9 +248,9 @@ class Detector:
         self._pending: set[asyncio.Task[None]] = set()
 
     def share(self, state: Any) -> None:
-        """Count the burst detections in `state` (a shared backend), so every process sees the same counts."""
-        if getattr(state, "name", "memory") != "memory":
-            self._shared = state
+        """Count the burst detections in `state` (a shared backend), so every process sees the same counts.
+        A reload that swaps the backend calls this again (`memory`: this process's windows again)."""
+        self._shared = state if getattr(state, "name", "memory") != "memory" else None
 
     def _count(self, burst: Burst, detection: str, key: tuple[str, Any], now: float,
                fire: Callable[[float], None]) -> None:
