@@ -150,11 +150,14 @@ class Runtime:
         assert self.gateway is not None
         self._reload_certificates(compiled)
         self._retired.append(self.gateway.compiled)
-        self.gateway.install(compiled)
         from bastion.server.reload import apply_gateway_settings
-        from bastion.server.swap import carry_state, commit_swap, retire_state, settle_swap
+        from bastion.server.swap import KEEP, carry_state, close_tracing, commit_swap, retire_state, settle_swap
 
         swap, self._swap = self._swap, None
+        if swap is not None and swap.tracing is not KEEP:  # before install: it instruments the new routes
+            self._background(close_tracing(self.gateway.tracing))
+            self.gateway.tracing = swap.tracing
+        self.gateway.install(compiled)
         old_state = commit_swap(swap, self.services) if swap is not None else None
         if swap is not None:
             self._background(settle_swap(swap, self.services))

@@ -5,12 +5,12 @@ A reload never reports success while ignoring a change. The gateway-wide section
   `max_exception_days`, the listeners' certificates and keys (next handshakes);
 - swapped with the routes (`bastion.server.swap`, built at prepare, switched at commit): `audit.sinks`, the
   spool settings and `queue_size` (no event lost or repeated), `state` and `state_password` (a new backend,
-  blocks and revocations carried over);
+  blocks and revocations carried over), `tracing` (a new tracer);
 - applied here, in place, at commit (`apply_gateway_settings`): `limits` (the server limits every connection
   reads), `audit.detections` and `audit.responses` (a new detector; its windows start empty);
 - refused with "needs a restart" naming the field (`restart_needed`): everything that owns a socket or a
   process: listener addresses, ports, protocols and TLS on/off, the admin listener, `workers`, `http2`,
-  `drift`, `limits.upstream_pool_size`, `tracing` (the tracer provider is process-global in OpenTelemetry).
+  `drift`, `limits.upstream_pool_size`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ _RESTART_ONLY: tuple[tuple[str, Any], ...] = (
     ("gateway.admin.enabled", lambda g: g.admin.enabled),
     ("gateway.admin.tls", lambda g: g.admin.tls is not None),
     ("gateway.listeners", lambda g: len(g.listeners)),
-    # OpenTelemetry's tracer provider is process-global and set once: a new exporter needs a new process
-    ("gateway.tracing", lambda g: g.tracing.model_dump(mode="json") if g.tracing is not None else None),
 )
 _LISTENER_FIELDS = ("address", "port", "http2", "h2c")
 _H2_DERIVED = ("header_timeout", "body_idle_timeout", "keepalive_timeout", "max_header_bytes", "max_headers")

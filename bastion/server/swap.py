@@ -2,12 +2,13 @@
 
 Two phases, like the routes (`Runtime.prepare` / `commit`, and across workers the supervisor's all or none):
 - `prepare_swap` builds the new objects and refuses, naming the field, when one cannot serve: a sink without its
-  token, an unwritable spool directory, a state backend that does not answer. Nothing running changes.
+  token, an unwritable spool directory, a state backend that does not answer, tracing without its SDK. Nothing
+  running changes.
 - `commit_swap` is synchronous: events queued so far go to the current sinks, the next ones to the new; a sink
   kept by name keeps its backlog (memory and spool, in order; the spool directory moves with it); a removed sink
   delivers its backlog in the background, then stops. The new state backend serves the next request (the new
   layers were compiled against it); the old one is closed after `STATE_GRACE` seconds, once the requests that
-  started on the old layers are done with it.
+  started on the old layers are done with it. A new tracer instruments the new routes; the old one is flushed.
 - `settle_swap` (after a commit) and `abort_swap` (instead of one) close what `prepare_swap` built and nobody
   uses.
 
@@ -36,6 +37,7 @@ PING_TIMEOUT = 2.0
 CARRY_LIMIT = 100_000  # revocations copied at a backend change (the admin API lists at most this many too)
 
 StateFactory = Callable[[GatewayConfig], Any]
+KEEP: Any = object()  # `Swap.tracing` when the tracing section did not change
 
 
 class SwapRefused(Exception):
@@ -48,6 +50,7 @@ class Swap:
 
     audit: AuditLog | None = None  # staged: the new sinks and spool settings
     state: Any = None  # the new state backend
+    tracing: Any = KEEP  # the new tracer (None: tracing turned off), or KEEP
 
     def services(self, services: Services) -> Services:
         """The services the new config compiles against (its layers capture the state backend)."""
@@ -65,6 +68,10 @@ def _state_key(gw: GatewayConfig) -> tuple[str, str | None]:
     return gw.state, password
 
 
+def _tracing(gw: GatewayConfig) -> Any:
+    return gw.tracing.model_dump(mode="json") if gw.tracing is not None else None
+
+
 def state_changed(old: GatewayConfig, new: GatewayConfig) -> bool:
     """The backend URL or its password changed (a new password needs a new client: it authenticates once)."""
     return _state_key(old) != _state_key(new)
@@ -79,6 +86,14 @@ async def prepare_swap(old: GatewayConfig, new: GatewayConfig, services: Service
             swap.audit = services.audit.staged(new.audit, base)
         except (OSError, ValueError) as exc:
             raise SwapRefused(f"gateway.audit.sinks: {exc}") from exc
+    if _tracing(old) != _tracing(new):  # a private tracer provider per gateway: a new one replaces it
+        from bastion.tracing import Tracing
+
+        try:
+            swap.tracing = Tracing.start(new.tracing)
+        except (ValueError, ImportError) as exc:
+            await abort_swap(swap)
+            raise SwapRefused(f"gateway.tracing: {exc}") from exc
     if state_changed(old, new):
         state = make_state(new)
         ping = getattr(state, "ping", None)
@@ -118,7 +133,15 @@ async def settle_swap(swap: Swap, services: Services) -> None:
         await swap.audit.discard(services.audit)
 
 
+async def close_tracing(tracing: Any) -> None:
+    """Flush and stop a tracer that no longer serves (its exporter's shutdown blocks: run it in a thread)."""
+    if tracing is not None and tracing is not KEEP:
+        with contextlib.suppress(Exception):
+            await asyncio.get_running_loop().run_in_executor(None, tracing.close)
+
+
 async def abort_swap(swap: Swap) -> None:
+    await close_tracing(swap.tracing)
     if swap.audit is not None:
         await swap.audit.discard()
     if swap.state is not None:

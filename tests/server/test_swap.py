@@ -195,3 +195,32 @@ async def _is_blocked(url: str, kind: str, key: str) -> float | None:
         return await redis.is_blocked(kind, key)
     finally:
         await redis.close()
+
+
+async def test_tracing_turned_on_then_renamed_by_reload(tmp_path):
+    from tests.test_tracing import Collector
+
+    collector = Collector()
+    otlp = collector.start()
+    config = CONFIG.replace("  audit:\n    spool_dir: spool-a\n", "  audit:\n").replace(
+        '    sinks: [{name: siem, type: http, url: "http://127.0.0.1:PORT_A/c", token_env: BASTION_TEST_HEC, '
+        'timeout: 0.3s}]\n', "    sinks: []\n")
+    try:
+        async with running_gateway(tmp_path, config) as gw:
+            port, admin = gw.bound[0][1], gw.admin_bound[1]
+            assert (await request(port, "GET", "/items"))[0] == 200
+            path = tmp_path / "bastion.yaml"
+            tracing = (f'  tracing: {{enabled: true, endpoint: "http://127.0.0.1:{otlp}/v1/traces", '
+                       'export_interval: 100ms, service_name: gw-a}\n')
+            path.write_text(path.read_text().replace("  state: memory\n", "  state: memory\n" + tracing))
+            assert (await request(admin, "POST", "/reload"))[0] == 200
+            first = (await request(port, "GET", "/items"))[1]["x-request-id"]
+            path.write_text(path.read_text().replace("service_name: gw-a", "service_name: gw-b"))
+            assert (await request(admin, "POST", "/reload"))[0] == 200  # the gw-a tracer is flushed and closed
+            second = (await request(port, "GET", "/items"))[1]["x-request-id"]
+            await asyncio.sleep(0.5)
+            services = {span["service"] for span in collector.spans if span["kind"] == 2}  # SERVER spans
+            assert services == {"gw-a", "gw-b"}, collector.spans
+            assert first != second
+    finally:
+        collector.close()
