@@ -9,8 +9,8 @@ from collections import Counter
 
 from bastion.state import open_state
 from tests.audit.receivers import HttpCollector
-from tests.helpers import free_port, request, running_gateway
 from tests.e2e.test_audit_workers import ThreadedCollector
+from tests.helpers import free_port, request, running_gateway
 from tests.server.workers import gateway
 
 CONFIG = """
