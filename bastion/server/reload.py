@@ -97,7 +97,10 @@ def check_routes(current: Callable[[], GatewayConfig]) -> dict[tuple[str, str], 
         except (orjson.JSONDecodeError, pydantic.ValidationError, KeyError, TypeError):
             return ex.problem(400, "Send {\"gateway\": <the gateway section>}.", "")  # type: ignore[no-any-return]
         refusal = restart_needed(current(), candidate)
-        answer = {"applies_live": refusal is None, "message": refusal or "a reload applies this config live"}
+        from bastion.server.swap import swapped
+
+        answer = {"applies_live": refusal is None, "message": refusal or "a reload applies this config live",
+                  "swaps": swapped(current(), candidate) if refusal is None else []}
         ex.respond(200 if refusal is None else 409, [("content-type", "application/json"),
                                                      ("cache-control", "no-store")], orjson.dumps(answer))
 

@@ -64,8 +64,20 @@ def _delivery(gw: GatewayConfig) -> Any:
 
 
 def _state_key(gw: GatewayConfig) -> tuple[str, str | None]:
-    password = gw.state_password.value() if gw.state_password is not None else None
-    return gw.state, password
+    ref = gw.state_password
+    if ref is None:
+        return gw.state, None
+    try:
+        return gw.state, ref.value()
+    except Exception:  # not loaded (a section sent to `POST /config/check`): compare where it comes from
+        return gw.state, ref.source
+
+
+def swapped(old: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """The gateway-wide sections a reload from `old` to `new` would swap (for `validate --against`)."""
+    found = ["gateway.audit (sinks, spool)"] if _delivery(old) != _delivery(new) else []
+    found += ["gateway.state"] if state_changed(old, new) else []
+    return found + (["gateway.tracing"] if _tracing(old) != _tracing(new) else [])
 
 
 def _tracing(gw: GatewayConfig) -> Any:

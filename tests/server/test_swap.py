@@ -4,6 +4,7 @@ event id at real collectors), blocks carried to the new backend, and a backend t
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import Counter
 
@@ -126,6 +127,11 @@ async def test_the_state_backend_swaps_to_redis_with_its_blocks_and_a_dead_one_i
         assert status == 422 and b"gateway.state: the new backend does not answer" in body
         assert gw.services.state.name == "memory"  # still the old backend, still counting
         path.write_text(path.read_text().replace(dead, redis_server.url))
+        proc = await asyncio.create_subprocess_exec(  # asked beforehand, the running gateway says what swaps
+            sys.executable, "-m", "bastion", "validate", "-c", str(path), "--against", f"http://127.0.0.1:{admin}",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode == 0 and b'"applies_live":true' in out and b'"swaps":["gateway.state"]' in out, err
         status, _, body = await request(admin, "POST", "/reload")
         assert status == 200, body
         assert gw.services.state.name == "redis"
