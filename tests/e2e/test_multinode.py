@@ -127,3 +127,42 @@ def test_three_nodes_agree(tmp_path: Path, redis_server) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def test_two_nodes_share_enumeration_and_usage_anomaly_windows(tmp_path: Path, redis_server) -> None:
+    from tests.server.workers import (
+        DETECTIONS,
+        config_text,
+        detections_hold_at_their_threshold,
+        not_found_upstream,
+        vault_api,
+    )
+
+    upstream = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "bastion.demo.upstream", str(upstream)])]
+    ports, audit_files, admins = [], [], []
+    try:
+        with not_found_upstream(tmp_path) as missing:
+            for i in range(2):
+                node = tmp_path / f"node{i}"
+                node.mkdir()
+                port, admin = free_port(), free_port()
+                (node / "bastion.yaml").write_text(config_text(
+                    port, admin, upstream, f"state: {redis_server.url}\n" + DETECTIONS, vault_api(missing)))
+                procs.append(subprocess.Popen([sys.executable, "-m", "bastion", "serve", "-c",
+                                               str(node / "bastion.yaml")]))
+                ports.append(port)
+                audit_files.append(node / "audit.jsonl")
+                admins.append(admin)
+            for admin in admins:
+                wait_http(f"http://127.0.0.1:{admin}/readyz", timeout=30)
+            detections_hold_at_their_threshold(ports, audit_files)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
