@@ -166,3 +166,22 @@ def test_two_nodes_share_enumeration_and_usage_anomaly_windows(tmp_path: Path, r
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def test_three_nodes_in_separate_network_namespaces(tmp_path: Path) -> None:
+    """The same agreement with each node in a network namespace of its own (tests/e2e/netns_lab.py), inside a
+    private user + network + mount namespace: no privilege needed beyond unprivileged user namespaces."""
+    import pytest
+
+    probe = subprocess.run(["unshare", "-rnm", "true"], capture_output=True)
+    if probe.returncode != 0:  # the kernel or its policy forbids user namespaces here: nothing to run it in
+        pytest.skip(f"user namespaces not permitted: {probe.stderr.decode().strip()}")
+    root = Path(__file__).resolve().parents[2]
+    lab = subprocess.run(["unshare", "-rnm", sys.executable, "-m", "tests.e2e.netns_lab", str(tmp_path)],
+                         capture_output=True, cwd=root, timeout=120)
+    assert lab.returncode == 0, lab.stderr.decode()[-2000:]
+    result = json.loads(lab.stdout.decode().strip().splitlines()[-1])
+    assert result["upstream_saw_forwarded_for"] == "203.0.113.5, 10.88.1.1"  # the client, then the veth peer
+    assert (result["limit_admitted"], result["limit_refused"]) == (20, 40)  # 20 per minute over three nodes
+    assert (result["before_block"], result["block_status"]) == (200, 200)
+    assert result["block_elsewhere_after"] < 1.2  # a block made on node 0 holds on nodes 1 and 2 within ~1 s
