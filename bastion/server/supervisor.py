@@ -314,7 +314,7 @@ class Supervisor:
                 return False, f"reload refused, every worker keeps generation {self.generation}: {exc}"
             except Exception as exc:
                 if swap is not None:
-                    await abort_swap(swap)
+                    await abort_swap(swap, keep=self.state)
                 self.audit.admin("config.reload", "failure", peer=peer, errors=[repr(exc)])
                 return False, repr(exc)
             linked = [s for s in self.slots if s.link is not None]
@@ -334,7 +334,7 @@ class Supervisor:
                 await asyncio.gather(*(s.link.call("abort", timeout=5.0) for s in linked if s.link is not None),
                                      return_exceptions=True)
                 await self._close_shared(fresh)
-                await abort_swap(swap)
+                await abort_swap(swap, keep=self.state)
                 self.audit.admin("config.reload", "failure", peer=peer, errors=[refusal])
                 return False, f"reload refused, every worker keeps generation {self.generation}: {refusal}"
             if swap.state is not None:  # blocks and revocations in force move to the new backend first

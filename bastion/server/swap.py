@@ -152,11 +152,12 @@ async def close_tracing(tracing: Any) -> None:
             await asyncio.get_running_loop().run_in_executor(None, tracing.close)
 
 
-async def abort_swap(swap: Swap) -> None:
+async def abort_swap(swap: Swap, keep: Any = None) -> None:
+    """Close what `prepare_swap` built (never `keep`: the supervisor's embedded state, which outlives reloads)."""
     await close_tracing(swap.tracing)
     if swap.audit is not None:
         await swap.audit.discard()
-    if swap.state is not None:
+    if swap.state is not None and swap.state is not keep:
         with contextlib.suppress(Exception):
             await swap.state.close()
 
