@@ -164,10 +164,17 @@ def test_workers_swap_sink_and_state_together_with_no_event_lost_or_repeated(tmp
                 ids.add(headers["x-request-id"])
             assert gw.post_admin("/blocks", {"kind": "ip", "key": "203.0.113.7", "seconds": 600})[0] == 200
             collector.start()
-            gw.path.write_text(gw.path.read_text().replace(str(down), str(collector.collector.port)).replace(
+            original = gw.path.read_text()
+            dead = f"redis://127.0.0.1:{free_port()}/0"
+            gw.path.write_text(original.replace("limits: {drain_timeout: 10s}",
+                                                f"limits: {{drain_timeout: 10s}}\n  state: {dead}"))
+            status, answer = gw.post_admin("/reload")  # a backend nobody answers on: refused, nothing changes
+            assert status == 422 and "gateway.state" in answer["message"], answer
+            assert {w["generation"] for w in gw.workers_info()} == {1}
+            gw.path.write_text(original.replace(str(down), str(collector.collector.port)).replace(
                 "limits: {drain_timeout: 10s}", f"limits: {{drain_timeout: 10s}}\n  state: {redis_server.url}"))
             status, answer = gw.post_admin("/reload")
-            assert status == 200 and answer["consistent"], answer
+            assert status == 200 and answer["consistent"] and answer["generation"] == 2, answer
             for _ in range(60):
                 status, headers, _ = _get(gw)
                 assert status == 200
