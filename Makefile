@@ -18,7 +18,7 @@ install: $(VENV)/.installed
 # `make install` brings it).
 # rsyslog receives audit events in the syslog sink tests (a private daemon on a loopback port).
 # modsecurity-crs: the OWASP CRS that `input.inspection.crs` loads by default (/usr/share/modsecurity-crs/rules).
-SYSTEM_PACKAGES := redis-server chromium rsyslog rsyslog-openssl systemd modsecurity-crs
+SYSTEM_PACKAGES := redis-server chromium rsyslog rsyslog-openssl systemd modsecurity-crs iproute2
 system-deps:
 	@missing=""; for pkg in $(SYSTEM_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" || missing="$$missing $$pkg"; done; \

@@ -11,14 +11,19 @@ offer(line) ──► memory (bounded) ──► deliver ──► sink
   then succeeds, it is skipped in the spool (no duplicate).
 - Loss: only when the spool cannot take an event (its size cap or a full disk); counted and reported through
   `on_loss` (the audit log turns it into an alert).
+- Reload: `retarget` points a running channel at a new sink (its backlog, memory and spool, goes there, in
+  order) and moves its spool directory; `retire` lets a channel whose sink left the config deliver its backlog
+  to that sink, then stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 from bastion.audit.metrics import AuditMetrics
 from bastion.audit.sinks import Sink, SinkError
@@ -53,6 +58,9 @@ class Channel:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._retiring = False  # the sink left the config: deliver the backlog, then stop
+        self._moving_to: Path | None = None  # a spool directory to move to once the current spool is empty
+        self._old_sinks: list[Sink] = []  # replaced by `retarget`, closed once no batch is in flight to them
         if metrics is not None:
             name = self.name
             self._gauges = (metrics.queue_depth.labels(name), metrics.spool_bytes.labels(name),
@@ -114,6 +122,13 @@ class Channel:
         while True:
             if self._closing and not self.memory:
                 return  # the spool is on disk already: it is replayed after the next start
+            if self._inflight is None:
+                await self._close_old_sinks()
+            if self._moving_to is not None and not self.spool.events:
+                self._move_spool(self._moving_to)
+            if self._retiring and not self.memory and not self.spool.events:
+                self._closing = True  # everything was delivered: `close` ends the sink and the spool
+                return
             if self.spool.events:
                 ok = await self._from_spool()
             elif self.memory:
@@ -188,6 +203,60 @@ class Channel:
         self.spool.commit(position, len(lines))
         return True
 
+    # ---- reload -------------------------------------------------------------------------------------------
+
+    def retarget(self, sink: Sink, *, memory_events: int, batch_events: int, batch_bytes: int,
+                 spool_dir: Path, spool_max_bytes: int, spool_segment_bytes: int) -> None:
+        """Deliver from now on to `sink` (the same name, a changed config), backlog first, in order. The spool
+        moves to `spool_dir` at once when that directory is free (a rename), else once the spool is empty."""
+        if sink is not self.sink:
+            self._old_sinks.append(self.sink)
+            self.sink = sink
+        self.memory_events, self.batch_events, self.batch_bytes = memory_events, batch_events, batch_bytes
+        self.spool.max_bytes, self.spool.segment_bytes = spool_max_bytes, spool_segment_bytes
+        if spool_dir != self.spool.directory:
+            self._move_spool(spool_dir)
+        self._wake.set()
+
+    def retire(self) -> None:
+        """The sink left the config: deliver what is held for it (memory and spool), then stop."""
+        self._retiring = True
+        self._wake.set()
+
+    @property
+    def finished(self) -> bool:
+        """True once the channel's task has ended (a retired channel that delivered its backlog)."""
+        return self._task is not None and self._task.done()
+
+    def _move_spool(self, directory: Path) -> None:
+        """Continue in `directory`: rename the spool there (same filesystem, free) or, when the spool is
+        empty, simply open a new one there. Position and content are the files', so nothing is lost; a spool
+        that cannot move yet (another filesystem, or events already there) moves once it is empty."""
+        self._moving_to = None
+        old = self.spool
+        if old.events:
+            if not _free(directory):
+                self._moving_to = directory
+                return
+            old.close()  # its writer reopens on the next append if the rename fails
+            try:
+                directory.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    directory.rmdir()
+                os.rename(old.directory, directory)
+            except OSError:
+                self._moving_to = directory
+                return
+        else:
+            old.close()
+        self.spool = Spool(directory, old.max_bytes, old.segment_bytes)
+
+    async def _close_old_sinks(self) -> None:
+        sinks, self._old_sinks = self._old_sinks, []
+        for sink in sinks:
+            with contextlib.suppress(Exception):
+                await sink.close()
+
     # ---- shutdown -----------------------------------------------------------------------------------------
 
     async def close(self, timeout: float = 2.0) -> None:
@@ -211,5 +280,16 @@ class Channel:
             self.memory.clear()
             self._spool(lines)
         self.spool.close()
+        await self._close_old_sinks()
         with contextlib.suppress(Exception):
             await self.sink.close()
+
+
+def _free(directory: Path) -> bool:
+    """True when `directory` does not exist or is empty (a spool can be renamed there)."""
+    try:
+        return not any(directory.iterdir())
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False

@@ -12,12 +12,12 @@ temporary blocks (`BlockList.place`) and calls the alert webhook, without waitin
 | input_violations     | input-validation denials                                 | IP                         |
 | forged_tokens        | bad signatures, refused algorithms, key-injection headers | IP                         |
 
-Windows are per instance (memory bounded by `max_keys` per detector), except the burst detections
-(credential_stuffing, input_violations, forged_tokens) once `share(state)` is called with a shared backend
-(Redis, or the supervisor of `serve --workers N`): their counts then live in that backend as sliding windows
-(`det:<detection>:<kind>:<key>`), so N workers or nodes fire at the configured threshold, not N times it, and
-one finding fires per key and cooldown across all of them. An unreachable backend falls back to this
-instance's windows. Blocks are shared through the state backend when one is configured.
+Windows are per instance (memory bounded by `max_keys` per detector) until `share(state)` is called with a
+shared backend (Redis, or the supervisor of `serve --workers N`): the burst detections' counts then live in that
+backend as sliding windows (`det:<detection>:<kind>:<key>`), enumeration and usage anomaly as described in
+`bastion.audit.shared_windows`, so N workers or nodes fire at the configured threshold, not N times it, and one
+finding fires per key and cooldown across all of them. An unreachable backend falls back to this instance's
+windows. Blocks are shared through the state backend when one is configured.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import orjson
 from bastion.audit.blocks import BlockList
 from bastion.audit.config import AuditConfig, DetectionRule, DetectionsConfig, WebhookConfig
 from bastion.audit.events import finding_event, is_auth_failure
+from bastion.audit.shared_windows import RateSync, distinct_hits, fired_gate
 from bastion.cache import BoundedCache
 from bastion.context import Deny, RequestContext
 from bastion.http.fetch import FetchError, fetch
@@ -142,6 +143,16 @@ class Baseline:
             state[3] = state[2] if gap == 1 else 0.0
             state[1], state[2] = index, 0.0
         state[2] += 1
+        return self._check(state, now, index)
+
+    def sync(self, key: Any, index: int, count: float) -> None:
+        """Every process's count of `key` in window `index` (`RateSync`): the window holds at least that."""
+        state = self.keys.get(key, index * self.window)
+        if state is not None and state[1] == index and count > state[2]:
+            state[2] = count
+
+    def _check(self, state: list[float], now: float, index: int) -> tuple[float, float] | None:
+        window = self.window
         if now - state[0] < self.warmup:
             return None
         estimate = state[3] * (1 - (now - index * window) / window) + state[2]
@@ -249,11 +260,20 @@ class Detector:
         self._cooldown: BoundedCache[tuple[str, Any], bool] = BoundedCache(limit)  # (detection, key): quiet
         self._shared: Any = None
         self._pending: set[asyncio.Task[None]] = set()
+        self._rates: RateSync | None = None  # usage anomaly's counts across processes, once shared
 
     def share(self, state: Any) -> None:
-        """Count the burst detections in `state` (a shared backend), so every process sees the same counts."""
-        if getattr(state, "name", "memory") != "memory":
-            self._shared = state
+        """Count the burst detections in `state` (a shared backend), so every process sees the same counts.
+        A reload that swaps the backend calls this again (`memory`: this process's windows again)."""
+        self._shared = state if getattr(state, "name", "memory") != "memory" else None
+        self._rates = None
+        if self._shared is not None and self.config.usage_anomaly.enabled:
+            usage = self._usage
+            self._rates = RateSync(self._shared, usage.window,
+                                   lambda key, index, count: usage.sync(key, index, count + self._unsent(key, index)))
+
+    def _unsent(self, key: Any, index: int) -> int:
+        return self._rates.since(key, index) if self._rates is not None else 0
 
     def _count(self, burst: Burst, detection: str, key: tuple[str, Any], now: float,
                fire: Callable[[float], None]) -> None:
@@ -287,6 +307,38 @@ class Detector:
         if gate.allowed:
             fire(now - burst.window)
 
+    def _gated(self, detection: str, key: tuple[str, Any], window: float, now: float,
+               fire: Callable[[], None]) -> None:
+        async def gate() -> None:
+            try:
+                [token] = await self._shared.hit([fired_gate(detection, key, window)], now)
+            except StateUnavailable:
+                fire()  # cannot ask: this process's finding (at worst one per process)
+                return
+            if token.allowed:
+                fire()
+
+        task = asyncio.get_running_loop().create_task(gate())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _distinct_shared(self, key: tuple[str, Any], value: str, now: float,
+                               fire: Callable[[float], None]) -> None:
+        """Enumeration counted in the shared state (`distinct_hits`); the local window when it is down."""
+        rule = self.config.enumeration
+        try:
+            seen, count = await self._shared.hit(distinct_hits(key, value, rule.threshold, rule.window), now)
+            if not seen.allowed or count.allowed:
+                return  # an object id already counted, or still below the threshold
+            [gate] = await self._shared.hit([fired_gate("enumeration", key, rule.window)], now)
+        except StateUnavailable:
+            hit = self._enum.hit(key, value, now)
+            if hit is not None:
+                fire(hit[1])
+            return
+        if gate.allowed:
+            fire(now - rule.window)
+
     # ---- the per-request call -----------------------------------------------------------------------------
 
     def observe(self, ctx: RequestContext, status: int, deny: Deny | None) -> None:
@@ -306,12 +358,20 @@ class Detector:
 
         if config.usage_anomaly.enabled:
             spike = self._usage.hit(caller, now)
+            if self._rates is not None:
+                self._rates.add(caller, now)
             if spike is not None:
                 rate, baseline = spike
-                self._fire("usage_anomaly", config.usage_anomaly, caller, int(rate * config.usage_anomaly.window),
-                           now - config.usage_anomaly.window, ctx, 3, "Usage far above the caller's baseline",
-                           f"{caller[0]} {caller[1]} made {rate:.1f} requests/s against a baseline of "
-                           f"{baseline:.2f}/s", (), {"rate": round(rate, 3), "baseline": round(baseline, 4)})
+                usage = config.usage_anomaly
+                fire = functools.partial(
+                    self._fire, "usage_anomaly", usage, caller, int(rate * usage.window), now - usage.window, ctx,
+                    3, "Usage far above the caller's baseline", f"{caller[0]} {caller[1]} made {rate:.1f} "
+                    f"requests/s against a baseline of {baseline:.2f}/s", (),
+                    {"rate": round(rate, 3), "baseline": round(baseline, 4)})
+                if self._shared is not None:  # every process sees the same counts: the first one fires
+                    self._gated("usage_anomaly", caller, usage.window, now, fire)
+                else:
+                    fire()
         if deny is None and status not in (403, 404):
             return
         rule: DetectionRule  # one of the rules below, each read for its own threshold and window
@@ -335,12 +395,19 @@ class Detector:
         if status in (403, 404) and ctx.path_params and config.enumeration.enabled:
             rule = config.enumeration
             object_id = f"{ctx.api}/{ctx.route}:" + "/".join(ctx.path_params.values())
-            hit = self._enum.hit(caller, object_id, now)
-            if hit is not None:
-                count, first = hit
-                self._fire("enumeration", rule, caller, count, first, ctx, 4, "Object enumeration",
-                           f"{caller[0]} {caller[1]} was refused {count} distinct objects (403/404) within "
-                           f"{rule.window:g}s: the BOLA scraping pattern", _ENUM_ATTACK)
+            enum_rule = rule  # a name of its own: the callback may run after `observe` returned
+            fire = functools.partial(self._fire_at, "enumeration", enum_rule, caller, enum_rule.threshold, ctx, 4,
+                                     "Object enumeration", f"{caller[0]} {caller[1]} was refused "
+                                     f"{enum_rule.threshold} distinct objects (403/404) within "
+                                     f"{enum_rule.window:g}s: the BOLA scraping pattern", _ENUM_ATTACK)
+            if self._shared is not None and len(self._pending) < MAX_PENDING:
+                task = asyncio.get_running_loop().create_task(self._distinct_shared(caller, object_id, now, fire))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+            else:
+                hit = self._enum.hit(caller, object_id, now)
+                if hit is not None:
+                    fire(hit[1])
         if deny is not None and config.input_violations.enabled and _is_input_violation(ctx, reason):
             inputs = config.input_violations
             self._count(self._input, "input_violations", ("ip", ip), now, lambda first: self._fire(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ class SinkSpec:
     memory_events: int = 10_000
     batch_events: int = 500
     batch_bytes: int = 1024 * 1024
+    key: str = ""  # the sink's config, as JSON: a reload that leaves it unchanged leaves the channel alone
 
 
 class AuditLog:
@@ -70,14 +72,17 @@ class AuditLog:
         for index, sink_config in enumerate(config.sinks):
             name = sink_name(sink_config, index)
             specs.append(SinkSpec(build_sink(sink_config, name, base_dir), sink_config.format,
-                                  sink_config.memory_events, sink_config.batch_events, sink_config.batch_bytes))
+                                  sink_config.memory_events, sink_config.batch_events, sink_config.batch_bytes,
+                                  sink_config.model_dump_json()))
         spool_dir = config.spool_dir or Path("audit-spool")
         if process:
             spool_dir = spool_dir / process
-        return cls(specs, queue_size=config.queue_size,
-                   spool_dir=spool_dir if spool_dir.is_absolute() else base_dir / spool_dir,
-                   spool_max_bytes=config.spool_max_bytes, spool_segment_bytes=config.spool_segment_bytes,
-                   registry=registry)
+        log = cls(specs, queue_size=config.queue_size,
+                  spool_dir=spool_dir if spool_dir.is_absolute() else base_dir / spool_dir,
+                  spool_max_bytes=config.spool_max_bytes, spool_segment_bytes=config.spool_segment_bytes,
+                  registry=registry)
+        log.process = process
+        return log
 
     def __init__(self, sinks: list[SinkSpec] | None = None, *, queue_size: int = 65536,
                  spool_dir: Path | None = None, spool_max_bytes: int = 1024 ** 3,
@@ -97,6 +102,8 @@ class AuditLog:
         self._formats: list[tuple[str, list[Channel]]] = []
         self._ticker: asyncio.Task[None] | None = None
         self._losses: dict[str, tuple[int, str]] = {}
+        self.process = ""  # this process's spool subdirectory (`worker-1`, `supervisor`), see from_config
+        self._retiring: list[Channel] = []  # channels whose sink a reload removed, delivering their backlog
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
 
@@ -119,8 +126,70 @@ class AuditLog:
         if self._pending:
             self._dispatch()
 
+    def staged(self, config: AuditConfig, base_dir: Path) -> AuditLog:
+        """Phase one of a reload: the sinks of `config`, built but not started (a missing token or an
+        unwritable spool directory raises ValueError or OSError here, before anything changes)."""
+        staged = AuditLog.from_config(config, base_dir, process=self.process)
+        if staged._specs:
+            staged._spool_dir.mkdir(parents=True, exist_ok=True)
+            if not os.access(staged._spool_dir, os.W_OK):
+                raise OSError(f"gateway.audit.spool_dir: {staged._spool_dir} is not writable")
+        return staged
+
+    def adopt(self, staged: AuditLog) -> None:
+        """Phase two, synchronous: serve `staged`'s sinks from the next event on. Events queued so far go to
+        the current sinks. A sink whose config is unchanged keeps its channel; a changed one is retargeted
+        (its backlog, memory and spool, follows it in order); a removed one delivers its backlog in the
+        background, then stops."""
+        self._dispatch()
+        if not self._running and staged._specs:  # the first sink of a gateway that had none
+            self._loop = asyncio.get_running_loop()
+            self._running = True
+            self._ticker = self._loop.create_task(self._tick())
+        current = {channel.name: (channel, spec) for channel, spec in zip(self.channels, self._specs, strict=True)}
+        channels: list[Channel] = []
+        specs: list[SinkSpec] = []
+        by_format: dict[str, list[Channel]] = {}
+        for spec in staged._specs:
+            directory = staged._spool_dir / spec.sink.name
+            found = current.pop(spec.sink.name, None)
+            if found is None:
+                channel = Channel(spec.sink, Spool(directory, staged._spool_max_bytes, staged._segment_bytes),
+                                  memory_events=spec.memory_events, batch_events=spec.batch_events,
+                                  batch_bytes=spec.batch_bytes, metrics=self.metrics, on_loss=self._on_loss)
+                channel.start()
+            else:
+                channel, before = found
+                if before.key == spec.key:  # unchanged: the running sink stays (the staged one is unused)
+                    spec = before
+                channel.retarget(spec.sink, memory_events=spec.memory_events, batch_events=spec.batch_events,
+                                 batch_bytes=spec.batch_bytes, spool_dir=directory,
+                                 spool_max_bytes=staged._spool_max_bytes, spool_segment_bytes=staged._segment_bytes)
+            channels.append(channel)
+            specs.append(spec)
+            by_format.setdefault(spec.format, []).append(channel)
+        for channel, _ in current.values():
+            channel.retire()
+            self._retiring.append(channel)
+        self.channels, self._specs, self._formats = channels, specs, list(by_format.items())
+        self.enabled = bool(channels)
+        self._queue_size, self._spool_dir = staged._queue_size, staged._spool_dir
+        self._spool_max_bytes, self._segment_bytes = staged._spool_max_bytes, staged._segment_bytes
+
+    async def discard(self, adopted: AuditLog | None = None) -> None:
+        """Close the staged sinks nobody delivers to: all of them when the reload was refused, the ones
+        `adopted` kept its running sink for when it was applied."""
+        used = {id(spec.sink) for spec in adopted._specs} if adopted is not None else set()
+        for spec in self._specs:
+            if id(spec.sink) in used:
+                continue
+            with contextlib.suppress(Exception):
+                await spec.sink.close()
+
     async def close(self, timeout: float = 2.0) -> None:
         """Hand over what is queued, give each sink `timeout` to take its memory, spool the rest."""
+        retiring, self._retiring = self._retiring, []
+        await asyncio.gather(*(channel.close(timeout) for channel in retiring))
         if not self._running:
             return
         self._dispatch()
@@ -138,8 +207,11 @@ class AuditLog:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            for channel in self.channels:
+            for channel in self.channels + self._retiring:
                 channel.refresh_metrics()
+            for channel in [c for c in self._retiring if c.finished]:  # delivered all it held: close it
+                self._retiring.remove(channel)
+                await channel.close()
             self._report_losses()
 
     # ---- the queue ----------------------------------------------------------------------------------------

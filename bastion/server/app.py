@@ -68,13 +68,18 @@ class Runtime:
         self.audit_config: Any = None  # the audit section the detector was built from
         self._peer = "signal"
         self._probe: Any = None
+        # the state backend of a gateway section (a worker without Redis: its supervisor's), and the swap a
+        # prepared reload built for the gateway-wide sections (bastion.server.swap)
+        self.make_state: Any = default_state
+        self._swap: Any = None
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # ---- config -------------------------------------------------------------------------------------------
 
-    async def _compile(self) -> CompiledGateway:
-        loaded = load_config(self.config_path)
+    async def _compile(self, loaded: Any = None, services: Services | None = None) -> CompiledGateway:
+        loaded = loaded if loaded is not None else load_config(self.config_path)
         check_referenced_files(loaded)  # a missing or broken certificate, key, JWKS...: refused at its line
-        compiled = compile_config(loaded, self.services)
+        compiled = compile_config(loaded, services or self.services)
         compiled.shared.admin_auth = make_admin_auth(compiled)  # started, reloaded and closed with the layers
         for shared in compiled.shared.lifecycle():
             await shared.start()
@@ -100,30 +105,46 @@ class Runtime:
         Returns the compiled config (to `commit` or `abort`), or None and the reason it was refused."""
         assert self.gateway is not None
         audit = self.services.audit
+        from bastion.server.swap import SwapRefused, abort_swap, prepare_swap
+
+        refusal = swap = compiled = None
         try:
-            compiled = await self._compile()
+            loaded = load_config(self.config_path)
+            current = self.gateway.compiled.config.model.gateway
+            from bastion.server.reload import restart_needed
+
+            refusal = restart_needed(current, loaded.model.gateway)
+            if refusal is None:  # the sinks and the state backend the new config needs, built, not serving
+                swap = await prepare_swap(current, loaded.model.gateway, self.services, self.config_path.parent,
+                                          self.make_state)
+                compiled = await self._compile(loaded, swap.services(self.services))
         except ConfigError as exc:
             self.metrics.config_reloads.labels("refused").inc()
             audit.admin("config.reload", "failure", peer=peer, errors=[str(d) for d in exc.diagnostics])
             print(f"bastion: reload refused, still serving the previous config:\n{exc}", file=sys.stderr)
             return None, str(exc)
+        except SwapRefused as exc:
+            refusal = str(exc)
         except Exception as exc:
+            if swap is not None:
+                await abort_swap(swap)
             self.metrics.config_reloads.labels("refused").inc()
             audit.admin("config.reload", "failure", peer=peer, errors=[repr(exc)])
             return None, repr(exc)
-        from bastion.server.reload import restart_needed
-
-        refusal = restart_needed(self.gateway.compiled.config.model.gateway, compiled.config.model.gateway)
-        if refusal is None:
+        if refusal is None and compiled is not None:
             try:
                 self._check_certificates(compiled)
             except (OSError, ssl.SSLError) as exc:
                 refusal = f"TLS certificate: {exc}"
-        if refusal is not None:
-            await self._close_shared(compiled)
+        if refusal is not None or compiled is None:
+            if compiled is not None:
+                await self._close_shared(compiled)
+            if swap is not None:
+                await abort_swap(swap)
             self.metrics.config_reloads.labels("refused").inc()
             audit.admin("config.reload", "failure", peer=peer, errors=[refusal])
-            return None, refusal
+            return None, str(refusal)
+        self._swap = swap
         self._peer = peer
         return compiled, f"config {compiled.config_hash} loaded"
 
@@ -132,9 +153,22 @@ class Runtime:
         assert self.gateway is not None
         self._reload_certificates(compiled)
         self._retired.append(self.gateway.compiled)
-        self.gateway.install(compiled)
         from bastion.server.reload import apply_gateway_settings
+        from bastion.server.swap import KEEP, carry_state, close_tracing, commit_swap, retire_state, settle_swap
 
+        swap, self._swap = self._swap, None
+        if swap is not None and swap.tracing is not KEEP:  # before install: it instruments the new routes
+            self._background(close_tracing(self.gateway.tracing))
+            self.gateway.tracing = swap.tracing
+        self.gateway.install(compiled)
+        old_state = commit_swap(swap, self.services) if swap is not None else None
+        if swap is not None:
+            self._background(settle_swap(swap, self.services))
+        if old_state is not None:
+            self._restart_probe()
+            if self.serve_admin:  # the process that owns the gateway: blocks and revocations move with it
+                self._background(carry_state(old_state, self.services.state))
+            self._background(retire_state(old_state))
         apply_gateway_settings(self, compiled.config.model.gateway)
         self.metrics.config_reloads.labels("accepted").inc()
         self.services.audit.admin("config.reload", "success", peer=self._peer, config_hash=compiled.config_hash)
@@ -142,6 +176,25 @@ class Runtime:
     async def abort(self, compiled: CompiledGateway) -> None:
         """A prepared config that another worker refused: close its layers, keep serving the current one."""
         await self._close_shared(compiled)
+        swap, self._swap = self._swap, None
+        if swap is not None:
+            from bastion.server.swap import abort_swap
+
+            await abort_swap(swap)
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _restart_probe(self) -> None:
+        """The readiness probe follows the state backend a reload swapped in."""
+        from bastion.server.readiness import StateProbe
+
+        if self._probe is not None and self._probe._task is not None:
+            self._probe._task.cancel()
+        self._probe = StateProbe(self.services.state)
+        self._probe.start()
 
     async def settle(self) -> None:
         """Close the configs retired by `commit` (their in-flight requests keep their own references)."""
@@ -196,8 +249,8 @@ class Runtime:
         base = self.config_path.parent
         if self.services.audit is None:
             self.services.audit = AuditLog.from_config(gw.audit, base, registry=self.metrics.registry)
-        if self.services.state is None:  # shared limits, blocks and revocations; lives as long as the process
-            self.services.state = open_state(gw.state, gw.state_password.value() if gw.state_password else None)
+        if self.services.state is None:  # shared limits, blocks and revocations; a reload may swap it
+            self.services.state = self.make_state(gw)
         services = self.services
         if services.blocks is None:  # detections and their responses, shared through the state backend
             services.blocks = BlockList(services.state, audit=services.audit)
@@ -228,10 +281,10 @@ class Runtime:
             self.bound.append(server.sockets[0].getsockname()[:2])
             self.tls_contexts.append(context)
         if gw.admin.enabled and self.serve_admin:
-            audit_file = audit_file_path(gw, base)
             admin = AdminApi(AdminBackend(
                 registry=self.metrics.registry, ready=self.ready, info=self.info, reload=self.reload,
-                compiled=lambda: gateway.compiled, events=lambda: read_events(audit_file),
+                compiled=lambda: gateway.compiled,
+                events=lambda: read_events(audit_file_path(gateway.compiled.config.model.gateway, base)),
                 auth=lambda: gateway.compiled.shared.admin_auth, audit=self.services.audit,
                 blocks=blocks.list_blocks, before_scrape=self._scrape, clock=self.services.wall_clock,
                 readiness=self._readiness,
@@ -311,6 +364,8 @@ class Runtime:
         if blocks is not None:
             with contextlib.suppress(Exception):
                 await blocks.close()
+        for task in list(self._tasks):  # a replaced state backend waiting out its grace: close it now
+            task.cancel()
         if self.services.state is not None:
             with contextlib.suppress(Exception):
                 await self.services.state.close()
@@ -325,3 +380,8 @@ class Runtime:
         loop.add_signal_handler(signal.SIGINT, self._stopping.set)
         await self._stopping.wait()
         await self.stop()
+
+
+def default_state(gw: Any) -> Any:
+    """The state backend of a gateway section: `memory` or Redis (a worker's runtime replaces this)."""
+    return open_state(gw.state, gw.state_password.value() if gw.state_password else None)

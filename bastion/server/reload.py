@@ -3,11 +3,14 @@
 A reload never reports success while ignoring a change. The gateway-wide sections split in three:
 - applied with the routes (`Gateway.install`): `trusted_proxies`, `identity_headers`, `admin.auth`,
   `max_exception_days`, the listeners' certificates and keys (next handshakes);
+- swapped with the routes (`bastion.server.swap`, built at prepare, switched at commit): `audit.sinks`, the
+  spool settings and `queue_size` (no event lost or repeated), `state` and `state_password` (a new backend,
+  blocks and revocations carried over), `tracing` (a new tracer);
 - applied here, in place, at commit (`apply_gateway_settings`): `limits` (the server limits every connection
   reads), `audit.detections` and `audit.responses` (a new detector; its windows start empty);
-- refused with "needs a restart" naming the field (`restart_needed`): everything that owns a socket, a file or
-  a process: listener addresses, ports, protocols and TLS on/off, the admin listener, `workers`, `state`,
-  `audit.sinks`, the spool, `http2`, `drift`, `limits.upstream_pool_size`, `tracing`, `state_password`.
+- refused with "needs a restart" naming the field (`restart_needed`): everything that owns a socket or a
+  process: listener addresses, ports, protocols and TLS on/off, the admin listener, `workers`, `http2`,
+  `drift`, `limits.upstream_pool_size`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from bastion.config.models import GatewayConfig
 # list: new files under the same or another path are loaded into the running TLS contexts.
 _RESTART_ONLY: tuple[tuple[str, Any], ...] = (
     ("gateway.workers", lambda g: g.workers),
-    ("gateway.state", lambda g: g.state),
     ("gateway.http2", lambda g: g.http2.model_dump()),
     ("gateway.drift", lambda g: g.drift.model_dump() if g.drift is not None else None),
     ("gateway.limits.upstream_pool_size", lambda g: g.limits.upstream_pool_size),
@@ -32,15 +34,7 @@ _RESTART_ONLY: tuple[tuple[str, Any], ...] = (
     ("gateway.admin.port", lambda g: g.admin.port),
     ("gateway.admin.enabled", lambda g: g.admin.enabled),
     ("gateway.admin.tls", lambda g: g.admin.tls is not None),
-    ("gateway.audit.sinks", lambda g: [s.model_dump(mode="json") for s in g.audit.sinks]),
-    ("gateway.audit.spool_dir", lambda g: str(g.audit.spool_dir)),
-    ("gateway.audit.spool_max_bytes", lambda g: g.audit.spool_max_bytes),
-    ("gateway.audit.spool_segment_bytes", lambda g: g.audit.spool_segment_bytes),
-    ("gateway.audit.queue_size", lambda g: g.audit.queue_size),
     ("gateway.listeners", lambda g: len(g.listeners)),
-    # the tracer and its exporter are built once per process; the Redis client keeps the password it connected with
-    ("gateway.tracing", lambda g: g.tracing.model_dump(mode="json") if g.tracing is not None else None),
-    ("gateway.state_password", lambda g: g.state_password.model_dump(mode="json") if g.state_password else None),
 )
 _LISTENER_FIELDS = ("address", "port", "http2", "h2c")
 _H2_DERIVED = ("header_timeout", "body_idle_timeout", "keepalive_timeout", "max_header_bytes", "max_headers")
@@ -77,7 +71,9 @@ def apply_gateway_settings(runtime: Any, gw: GatewayConfig) -> None:
         for name in limits.__slots__:
             setattr(limits, name, getattr(fresh, name))
     services = runtime.services
-    if services.detector is None or runtime.audit_config == gw.audit:
+    before = runtime.audit_config
+    if services.detector is None or (before is not None and before.detections == gw.audit.detections
+                                     and before.responses == gw.audit.responses):
         return
     from bastion.audit.detect import Detector
 
@@ -101,7 +97,10 @@ def check_routes(current: Callable[[], GatewayConfig]) -> dict[tuple[str, str], 
         except (orjson.JSONDecodeError, pydantic.ValidationError, KeyError, TypeError):
             return ex.problem(400, "Send {\"gateway\": <the gateway section>}.", "")  # type: ignore[no-any-return]
         refusal = restart_needed(current(), candidate)
-        answer = {"applies_live": refusal is None, "message": refusal or "a reload applies this config live"}
+        from bastion.server.swap import swapped
+
+        answer = {"applies_live": refusal is None, "message": refusal or "a reload applies this config live",
+                  "swaps": swapped(current(), candidate) if refusal is None else []}
         ex.respond(200 if refusal is None else 409, [("content-type", "application/json"),
                                                      ("cache-control", "no-store")], orjson.dumps(answer))
 

@@ -36,6 +36,7 @@ from bastion.audit.events import finding_event
 from bastion.audit.log import AuditLog
 from bastion.compile import CompiledGateway, compile_config
 from bastion.config.loader import ConfigError, load_config
+from bastion.server.app import default_state
 from bastion.server.http1 import Http1Connection
 from bastion.server.link import Link, LinkClosed
 from bastion.server.reload_files import check_referenced_files
@@ -43,6 +44,15 @@ from bastion.server.settings import make_admin_auth
 from bastion.server.shared_fetch import FetchPool
 from bastion.server.state_service import StateService
 from bastion.server.supervisor_admin import serve_admin
+from bastion.server.swap import (
+    SwapRefused,
+    abort_swap,
+    carry_state,
+    commit_swap,
+    prepare_swap,
+    retire_state,
+    settle_swap,
+)
 from bastion.stages.base import Services
 from bastion.state.memory import MemoryState
 
@@ -90,14 +100,15 @@ class Supervisor:
         self.socket_path = os.path.join(self.workdir, "supervisor.sock")
         self.metrics_dir = os.path.join(self.workdir, "metrics")
         os.mkdir(self.metrics_dir)
-        self.state = MemoryState()
+        self.state = MemoryState()  # the embedded shared state the workers reach over their links
         self.state_service = StateService(self.state)
         self.fetches = FetchPool()
         self.compiled: CompiledGateway | None = None
-        self.services = Services(state=self.state)
+        self.services = Services()  # its state: the embedded one, or Redis (what the admin API acts on)
         self._reload_lock = asyncio.Lock()
         self._context: Any = None
         self.connections: set[Http1Connection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # replaced state backends waiting out their grace
 
     # ---- start ---------------------------------------------------------------------------------------------
 
@@ -118,10 +129,13 @@ class Supervisor:
                                  registry=None, multiprocess_mode="livemax")
         return registry
 
-    async def _compile(self) -> CompiledGateway:
-        loaded = load_config(self.config_path)
+    def _make_state(self, gw: Any) -> Any:
+        return self.state if gw.state == "memory" else default_state(gw)
+
+    async def _compile(self, loaded: Any = None, services: Services | None = None) -> CompiledGateway:
+        loaded = loaded if loaded is not None else load_config(self.config_path)
         check_referenced_files(loaded)  # a missing or broken certificate, key, JWKS...: refused at its line
-        compiled = compile_config(loaded, self.services)
+        compiled = compile_config(loaded, services or self.services)
         auth = make_admin_auth(compiled)
         if auth is not None:
             compiled.shared.admin_auth = auth
@@ -137,7 +151,8 @@ class Supervisor:
         gw = load_config(self.config_path).model.gateway
         self.audit = AuditLog.from_config(gw.audit, self.base, registry=None, process="supervisor")
         self.services.audit = self.audit
-        self.blocks = BlockList(self.state, audit=self.audit)
+        self.services.state = self._make_state(gw)
+        self.blocks = BlockList(self.services.state, audit=self.audit)
         self.services.blocks = self.blocks
         await self.audit.start()
         self.compiled = await self._compile()
@@ -167,8 +182,13 @@ class Supervisor:
         unix.close()
         for connection in list(self.connections):
             connection.abort()
+        for task in list(self._tasks):
+            task.cancel()
         self.audit.admin("gateway.stop", "success")
         await self.audit.close()
+        if self.services.state is not self.state:
+            with contextlib.suppress(Exception):
+                await self.services.state.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
         return 0
 
@@ -281,12 +301,22 @@ class Supervisor:
     async def reload(self, peer: str) -> tuple[bool, str]:
         """All workers switch to the config on disk, or none does."""
         async with self._reload_lock:
+            swap = None
             try:
-                fresh = await self._compile()
+                loaded = load_config(self.config_path)
+                current = self.compiled.config.model.gateway  # type: ignore[union-attr]
+                swap = await prepare_swap(current, loaded.model.gateway, self.services, self.base,
+                                          self._make_state)
+                fresh = await self._compile(loaded, swap.services(self.services))
             except ConfigError as exc:
                 self.audit.admin("config.reload", "failure", peer=peer, errors=[str(d) for d in exc.diagnostics])
                 return False, str(exc)
+            except SwapRefused as exc:
+                self.audit.admin("config.reload", "failure", peer=peer, errors=[str(exc)])
+                return False, f"reload refused, every worker keeps generation {self.generation}: {exc}"
             except Exception as exc:
+                if swap is not None:
+                    await abort_swap(swap, keep=self.state)
                 self.audit.admin("config.reload", "failure", peer=peer, errors=[repr(exc)])
                 return False, repr(exc)
             linked = [s for s in self.slots if s.link is not None]
@@ -306,14 +336,23 @@ class Supervisor:
                 await asyncio.gather(*(s.link.call("abort", timeout=5.0) for s in linked if s.link is not None),
                                      return_exceptions=True)
                 await self._close_shared(fresh)
+                await abort_swap(swap, keep=self.state)
                 self.audit.admin("config.reload", "failure", peer=peer, errors=[refusal])
                 return False, f"reload refused, every worker keeps generation {self.generation}: {refusal}"
+            if swap.state is not None:  # blocks and revocations in force move to the new backend first
+                await carry_state(self.services.state, swap.state)
             self.generation += 1
             commits = await asyncio.gather(*(s.link.call("commit", self.generation, timeout=5.0)  # type: ignore[union-attr]
                                              for s in linked), return_exceptions=True)
             for slot, status in zip(linked, commits, strict=True):
                 if isinstance(status, dict):
                     slot.status = status
+            retired_state = commit_swap(swap, self.services)
+            await settle_swap(swap, self.services)
+            if retired_state is not None:
+                task = asyncio.get_running_loop().create_task(retire_state(retired_state, keep=self.state))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             old, self.compiled = self.compiled, fresh
             if old is not None:
                 await self._close_shared(old)

@@ -23,14 +23,14 @@ if TYPE_CHECKING:
 
 async def serve_admin(sup: Supervisor, gw: Any) -> asyncio.base_events.Server:
     """Open the admin listener of `gateway.admin` for the supervisor `sup`."""
-    audit_file = audit_file_path(gw, sup.base)
     routes = {**block_routes(sup.blocks), **identity_routes(lambda: sup.compiled),
               **check_routes(lambda: sup.compiled.config.model.gateway),  # type: ignore[union-attr]
               **probe_credential_routes(lambda: sup.compiled.shared.identity)}  # type: ignore[union-attr]
     routes[("POST", "/blocks/lift")] = lift_everywhere(sup)
     admin = AdminApi(AdminBackend(
         registry=sup.registry, ready=lambda: False, info=sup.info, reload=sup.reload,
-        compiled=lambda: sup.compiled, events=lambda: read_events(audit_file),
+        compiled=lambda: sup.compiled,
+        events=lambda: read_events(audit_file_path(sup.compiled.config.model.gateway, sup.base)),  # type: ignore[union-attr]
         auth=lambda: sup.compiled.shared.admin_auth if sup.compiled is not None else None,
         audit=sup.audit, blocks=sup.blocks.list_blocks, extra_routes=routes, readiness=sup.readiness,
     ))

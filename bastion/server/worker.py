@@ -19,7 +19,7 @@ from typing import Any
 from bastion.audit.log import AuditLog
 from bastion.compile import CompiledGateway
 from bastion.config.loader import load_config
-from bastion.server.app import Runtime
+from bastion.server.app import Runtime, default_state
 from bastion.server.link import Link, connect
 from bastion.server.settings import install_uvloop
 from bastion.server.shared_fetch import SharedFetcher
@@ -87,8 +87,11 @@ async def run_worker(config_path: str, index: int, socket_path: str, generation:
     control.generation = generation
     link: Link = await connect(socket_path, control.handle)
     gw = load_config(config_path).model.gateway
-    if gw.state == "memory":  # the embedded shared state: the supervisor's, for every worker of the machine
-        runtime.services.state = SupervisedState(link)
+
+    def make_state(gw: Any) -> Any:  # without Redis, the embedded shared state: the supervisor's
+        return SupervisedState(link) if gw.state == "memory" else default_state(gw)
+
+    runtime.make_state = make_state
     # key sets fetched once for all workers (one fetch per rotation, not one per worker)
     if runtime.services.identity_fetcher is None:
         runtime.services.identity_fetcher = SharedFetcher(link)

@@ -83,7 +83,9 @@ action(type="omfile" file="{self.output}" template="msgonly" flushOnTXEnd="on" a
         if not self.output.exists():
             return []
         events = []
-        for line in self.output.read_text().splitlines():
+        text = self.output.read_text()
+        # rsyslog may be mid-write: a last line without its newline is not complete yet (read it next time)
+        for line in text[:text.rfind("\n") + 1].splitlines():
             line = line.strip()
             if line:
                 events.append(json.loads(line))

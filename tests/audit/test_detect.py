@@ -264,6 +264,76 @@ async def test_a_detection_fed_by_two_workers_fires_once_through_the_supervisor(
         first, second = await _two_processes_feed_one_detection(tmp_path, state)
     assert len(first) + len(second) == 1
 
+async def _two_processes_enumerate(tmp_path, state) -> tuple[list[dict], list[dict], list[Harness]]:
+    """Two detectors over one shared state: 29 distinct objects refused (and repeats), then the 30th and 31st."""
+    one, two = Harness(tmp_path / "one"), Harness(tmp_path / "two")
+    for h in (one, two):
+        h.detector.share(state)
+        await h.audit.start()
+    mallory = Identity(method="jwt", subject="mallory", consumer="web-app")
+    for i in range(29):  # each object refused by one of them: 14 and 15, far below 30 for each alone
+        (one if i % 2 else two).request(404, identity=mallory, path=f"/orders/{1000 + i}")
+        await asyncio.sleep(0.01)  # the shared count is asynchronous
+    for i in range(10):  # the same objects again, on the other one: not new, not counted
+        (two if i % 2 else one).request(404, identity=mallory, path=f"/orders/{1000 + i}")
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    assert one.detector.findings == two.detector.findings == 0  # 29 distinct objects: below the threshold
+    one.request(404, identity=mallory, path="/orders/5000")
+    await asyncio.sleep(0.05)
+    two.request(404, identity=mallory, path="/orders/5001")  # the 31st: still one finding, not two
+    await asyncio.sleep(0.1)
+    return await one.findings(), await two.findings(), [one, two]
+
+
+async def test_enumeration_spread_over_two_nodes_fires_once_at_the_threshold_with_redis(tmp_path, redis_server):
+    from bastion.state.redis_state import RedisState
+
+    state = RedisState(redis_server.url)
+    try:
+        first, second, harnesses = await _two_processes_enumerate(tmp_path, state)
+    finally:
+        await state.close()
+    assert len(first) + len(second) == 1
+    assert (first or second)[0]["unmapped"]["bastion"]["detection"] == "enumeration"
+    assert "enumeration" in (harnesses[0].blocks.is_blocked(None, subject="mallory") or "")
+
+
+async def test_enumeration_spread_over_two_workers_fires_once_through_the_supervisor(tmp_path):
+    from tests.state.test_supervised import supervised_state
+
+    async with supervised_state(tmp_path) as (state, _):
+        first, second, _ = await _two_processes_enumerate(tmp_path, state)
+    assert len(first) + len(second) == 1
+
+
+async def test_usage_anomaly_spread_over_two_workers_fires_once_at_the_threshold(tmp_path, redis_server):
+    from bastion.state.redis_state import RedisState
+
+    rule = UsageAnomalyRule(threshold=20, window=60, factor=2, baseline=1, warmup=0)
+    config = DetectionsConfig(usage_anomaly=rule)
+    one, two = Harness(tmp_path / "one", config), Harness(tmp_path / "two", config)
+    state = RedisState(redis_server.url)
+    try:
+        for h in (one, two):
+            h.detector.share(state)
+            await h.audit.start()
+        reports = Identity(method="api_key", subject="reports", consumer="reports")
+        for i in range(19):  # 10 + 9: each alone is far below 20, together one short of it
+            (one if i % 2 else two).request(200, dt=0.01, identity=reports)
+        await asyncio.sleep(0.5)  # the counts are summed every 0.2 s
+        assert one.detector.findings == two.detector.findings == 0
+        one.request(200, dt=0.01, identity=reports)  # the 20th over both: fires
+        await asyncio.sleep(0.1)
+        two.request(200, dt=0.01, identity=reports)  # and the other process does not fire it again
+        await asyncio.sleep(0.1)
+        findings = await one.findings() + await two.findings()
+    finally:
+        await state.close()
+    assert [f["unmapped"]["bastion"]["detection"] for f in findings] == ["usage_anomaly"]
+    assert findings[0]["unmapped"]["bastion"]["count"] >= 20
+
+
 def test_a_flood_of_fresh_keys_cannot_reset_a_burst_in_progress():
     from bastion.audit.detect import Burst, Distinct
 

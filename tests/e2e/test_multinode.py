@@ -4,13 +4,15 @@ one node applies on the others within a second, and a detection fed by all three
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 import time
 import urllib.request
 from pathlib import Path
 
 from bastion.stages.identity import new_api_key
-from tests.helpers import gateway_nodes
+from tests.helpers import free_port, gateway_nodes, stop_processes, wait_http
 
 KEY, LINE = new_api_key("acme")
 OTHER_KEY, OTHER_LINE = new_api_key("globex")
@@ -107,3 +109,54 @@ def test_three_nodes_agree(tmp_path: Path, redis_server) -> None:
         assert all(call(port, "/partners/orders", good) == 200 for port, _ in nodes)  # 5 < 6: not blocked
         assert call(nodes[2][0], "/partners/orders", bad) == 401  # the 6th failure
         until(lambda: all(call(port, "/partners/orders", good) == 403 for port, _ in nodes), timeout=1.5)
+
+
+def test_two_nodes_share_enumeration_and_usage_anomaly_windows(tmp_path: Path, redis_server) -> None:
+    from tests.server.workers import (
+        DETECTIONS,
+        config_text,
+        detections_hold_at_their_threshold,
+        not_found_upstream,
+        vault_api,
+    )
+
+    upstream = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "bastion.demo.upstream", str(upstream)])]
+    ports, audit_files, admins = [], [], []
+    try:
+        with not_found_upstream(tmp_path) as missing:
+            for i in range(2):
+                node = tmp_path / f"node{i}"
+                node.mkdir()
+                port, admin = free_port(), free_port()
+                (node / "bastion.yaml").write_text(config_text(
+                    port, admin, upstream, f"state: {redis_server.url}\n" + DETECTIONS, vault_api(missing)))
+                procs.append(subprocess.Popen([sys.executable, "-m", "bastion", "serve", "-c",
+                                               str(node / "bastion.yaml")]))
+                ports.append(port)
+                audit_files.append(node / "audit.jsonl")
+                admins.append(admin)
+            for admin in admins:
+                wait_http(f"http://127.0.0.1:{admin}/readyz", timeout=30)
+            detections_hold_at_their_threshold(ports, audit_files)
+    finally:
+        stop_processes(procs)
+
+
+def test_three_nodes_in_separate_network_namespaces(tmp_path: Path) -> None:
+    """The same agreement with each node in a network namespace of its own (tests/e2e/netns_lab.py), inside a
+    private user + network + mount namespace: no privilege needed beyond unprivileged user namespaces."""
+    import pytest
+
+    probe = subprocess.run(["unshare", "-rnm", "true"], capture_output=True)
+    if probe.returncode != 0:  # the kernel or its policy forbids user namespaces here: nothing to run it in
+        pytest.skip(f"user namespaces not permitted: {probe.stderr.decode().strip()}")
+    root = Path(__file__).resolve().parents[2]
+    lab = subprocess.run(["unshare", "-rnm", sys.executable, "-m", "tests.e2e.netns_lab", str(tmp_path)],
+                         capture_output=True, cwd=root, timeout=120)
+    assert lab.returncode == 0, lab.stderr.decode()[-2000:]
+    result = json.loads(lab.stdout.decode().strip().splitlines()[-1])
+    assert result["upstream_saw_forwarded_for"] == "203.0.113.5, 10.88.1.1"  # the client, then the veth peer
+    assert (result["limit_admitted"], result["limit_refused"]) == (20, 40)  # 20 per minute over three nodes
+    assert (result["before_block"], result["block_status"]) == (200, 200)
+    assert result["block_elsewhere_after"] < 1.2  # a block made on node 0 holds on nodes 1 and 2 within ~1 s

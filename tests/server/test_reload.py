@@ -24,12 +24,12 @@ BASE = {"listeners": [{"address": "127.0.0.1", "port": 8080}], "admin": {"port":
     ({"listeners": [{"address": "127.0.0.1", "port": 8080, "h2c": True}]}, "gateway.listeners[0].h2c"),
     ({"admin": {"port": 9902}}, "gateway.admin.port"),
     ({"workers": 4}, "gateway.workers"),
-    ({"state": "redis://127.0.0.1:6379/0"}, "gateway.state"),
-    ({"audit": {"sinks": [{"type": "stdout"}]}}, "gateway.audit.sinks"),
-    ({"audit": {"spool_dir": "/var/spool/other"}}, "gateway.audit.spool_dir"),
+    ({"state": "redis://127.0.0.1:6379/0"}, None),  # swapped at commit (bastion.server.swap)
+    ({"audit": {"sinks": [{"type": "stdout"}]}}, None),
+    ({"audit": {"spool_dir": "/var/spool/other", "spool_max_bytes": "10MiB", "queue_size": 64}}, None),
+    ({"state_password": {"env": "REDIS_PASSWORD"}}, None),
     ({"limits": {"upstream_pool_size": 8}}, "gateway.limits.upstream_pool_size"),
-    ({"tracing": {"endpoint": "http://127.0.0.1:4318/v1/traces"}}, "gateway.tracing"),
-    ({"state_password": {"env": "REDIS_PASSWORD"}}, "gateway.state_password"),
+    ({"tracing": {"endpoint": "http://127.0.0.1:4318/v1/traces"}}, None),
 ])
 def test_what_a_reload_applies_and_what_needs_a_restart(change, field):
     old = GatewayConfig.model_validate(BASE)

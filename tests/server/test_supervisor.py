@@ -312,3 +312,12 @@ def test_a_killed_fork_server_leaves_no_orphan_workers(tmp_path):
             time.sleep(0.1)
         assert not any(os.path.exists(f"/proc/{pid}") for pid in old)
         assert gw.get("/items") == 200
+
+
+def test_enumeration_and_usage_anomaly_hold_their_thresholds_across_workers(tmp_path):
+    from tests.server.workers import DETECTIONS, detections_hold_at_their_threshold, not_found_upstream, vault_api
+
+    with not_found_upstream(tmp_path) as missing, \
+            gateway(tmp_path, extra_gateway=DETECTIONS, extra=vault_api(missing)) as gw:
+        gw.wait_linked()
+        detections_hold_at_their_threshold([gw.port], [tmp_path / "audit.jsonl"])

@@ -84,3 +84,85 @@ def gateway(tmp_path: Path, workers: int = 2, extra_gateway: str = "", extra: st
         yield gw
     finally:
         gw.stop()
+
+
+DETECTIONS = """
+audit:
+  sinks: [{type: file, path: audit.jsonl}]
+  detections:
+    enumeration: {threshold: 10, window: 60s}
+    usage_anomaly: {threshold: 60, window: 60s, factor: 2, baseline: 1s, warmup: 0s}
+"""
+
+
+def vault_api(port: int) -> str:
+    """An API whose upstream answers 404 to every object (`python -m http.server` on an empty directory)."""
+    return ("# the vault API (a line at column 0 keeps the list's indentation through dedent)\n"
+            "  - name: vault\n"
+            "    owner: team-vault@example.com\n"
+            "    class: open\n"
+            f"    upstream: http://127.0.0.1:{port}\n"
+            "    base_path: /vault\n"
+            '    routes: [{name: objects, path: "/objects/{id}", methods: [GET]}]\n')
+
+
+@contextmanager
+def not_found_upstream(tmp_path: Path) -> Iterator[int]:
+    empty = tmp_path / "empty"
+    empty.mkdir(exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                             "--directory", str(empty)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", timeout=10)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def findings(path: Path, detection: str) -> list[dict[str, Any]]:
+    """The Detection Findings (OCSF 2004) of `detection` in a JSON-lines audit file."""
+    if not path.exists():
+        return []
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [e for e in events if e.get("class_uid") == 2004
+            and e["unmapped"]["bastion"]["detection"] == detection]
+
+
+def detections_hold_at_their_threshold(ports: list[int], audit_files: list[Path]) -> None:
+    """Enumeration (10 distinct objects) and usage anomaly (60 requests) spread round-robin over `ports`
+    (workers or nodes): each fires once, at its threshold over all of them, not at N times it."""
+    def total(detection: str) -> int:
+        return sum(len(findings(path, detection)) for path in audit_files)
+
+    def get(n: int, path: str) -> int:
+        return http_get(f"http://127.0.0.1:{ports[n % len(ports)]}{path}")[0]
+
+    for i in range(9):  # each object refused once, spread: no single process sees more than a few
+        assert get(i, f"/vault/objects/{i}") == 404
+    for i in range(4):
+        assert get(i + 1, f"/vault/objects/{i}") == 404  # the same object again elsewhere: not new
+    time.sleep(0.5)
+    assert total("enumeration") == 0  # 9 distinct objects: below 10
+    assert get(0, "/vault/objects/9") == 404
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and total("enumeration") == 0:
+        time.sleep(0.1)
+    time.sleep(0.3)
+    assert total("enumeration") == 1
+
+    sent = 14  # the 404s above count as requests too
+    while sent < 55:
+        assert get(sent, "/items") == 200
+        sent += 1
+    time.sleep(0.6)  # the counts are summed every 0.2 s
+    assert total("usage_anomaly") == 0  # 55 requests: below 60
+    for n in range(10):
+        assert get(n, "/items") == 200
+        time.sleep(0.05)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and total("usage_anomaly") == 0:
+        time.sleep(0.1)
+    time.sleep(0.3)
+    assert total("usage_anomaly") == 1
