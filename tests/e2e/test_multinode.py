@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from bastion.stages.identity import new_api_key
-from tests.helpers import free_port, gateway_nodes, stop_processes, wait_http
+from tests.helpers import free_port, gateway_nodes, process_config, stop_processes, wait_http
 
 KEY, LINE = new_api_key("acme")
 OTHER_KEY, OTHER_LINE = new_api_key("globex")
@@ -112,13 +112,7 @@ def test_three_nodes_agree(tmp_path: Path, redis_server) -> None:
 
 
 def test_two_nodes_share_enumeration_and_usage_anomaly_windows(tmp_path: Path, redis_server) -> None:
-    from tests.server.workers import (
-        DETECTIONS,
-        config_text,
-        detections_hold_at_their_threshold,
-        not_found_upstream,
-        vault_api,
-    )
+    from tests.server.workers import DETECTIONS, detections_hold_at_their_threshold, not_found_upstream, vault_api
 
     upstream = free_port()
     procs = [subprocess.Popen([sys.executable, "-m", "bastion.demo.upstream", str(upstream)])]
@@ -129,7 +123,7 @@ def test_two_nodes_share_enumeration_and_usage_anomaly_windows(tmp_path: Path, r
                 node = tmp_path / f"node{i}"
                 node.mkdir()
                 port, admin = free_port(), free_port()
-                (node / "bastion.yaml").write_text(config_text(
+                (node / "bastion.yaml").write_text(process_config(
                     port, admin, upstream, f"state: {redis_server.url}\n" + DETECTIONS, vault_api(missing)))
                 procs.append(subprocess.Popen([sys.executable, "-m", "bastion", "serve", "-c",
                                                str(node / "bastion.yaml")]))
