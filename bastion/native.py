@@ -15,26 +15,43 @@ import importlib.util
 from pathlib import Path
 
 MODULES: tuple[str, ...] = (
+    # the plain request path (bench/micro_core.py, every mode)
+    "bastion.server.http1",  # client HTTP/1.1: httptools callbacks per header, the keep-alive loop
+    "bastion.server.upstream",  # upstream HTTP/1.1: response parsing per header, the connection pool
+    "bastion.server.body",  # request body buffering, limits and the idle deadline
+    "bastion.server.flow",  # write flow control (pause/resume) of every response
     "bastion.http.headers",  # header hygiene: every request and response header passes through it
-    "bastion.http.budget",  # head byte budget: taken per header line
+    "bastion.http.budget",  # the head byte budget, taken per header line
     "bastion.http.framing",  # RFC 9112 framing checks on every request head
-    "bastion.server.proxy",  # the request path: route, enforce, forward, render
-    "bastion.server.upstream",  # upstream response parsing (httptools callbacks per header)
-    # "bastion.server.http1",  # client HTTP/1.1 parsing callbacks
-    "bastion.server.response",  # relaying the upstream response head and body
-    "bastion.server.body",  # request body streaming and limits
-    "bastion.server.flow",  # write flow control
-    "bastion.server.metrics",  # per-request metric observation
-    "bastion.cache",  # the bounded LRU/TTL caches hit per request
     "bastion.router",  # path split and route tree walk
-    "bastion.pipeline",  # the stage loop
-    "bastion.context",  # RequestContext and decisions
-    "bastion.policy_ids",  # policy id builder
-    "bastion.audit.detect",  # per-request detection counters
-    "bastion.audit.blocks",  # block list check per request
-    "bastion.forwarding",  # forwarded headers
-    "bastion.stages.identity.tokencache",  # verified-token cache
+    "bastion.pipeline",  # the stage loop of every enforcing route
+    "bastion.context",  # RequestContext, Continue/Deny: built or read on every request
+    "bastion.policy_ids",  # policy ids of every decision
+    "bastion.forwarding",  # Forwarded/X-Forwarded-* for every upstream request
+    "bastion.cache",  # the bounded LRU/TTL caches (block list, tokens) hit per request
+    "bastion.audit.blocks",  # the block-list check of every request
+    "bastion.audit.detect",  # the detectors' counters, fed by every request
+    # identity chain (--jwt, --chain)
+    "bastion.stages.identity.stage",  # credential extraction and the verified-token cache lookup
+    "bastion.stages.identity.jwt",  # JWT checks on a cache miss, claims to identity
+    "bastion.stages.identity.tokencache",  # the cache's class: subclasses bastion.cache's (must compile with it)
+    "bastion.stages.authz.stage",  # authorisation of every identified request
+    "bastion.stages.authz.scopes",  # the required-scope check
+    # rate limits (--limit, --chain)
+    "bastion.stages.traffic.ratelimit",  # the limit stage: key, take, headers
+    "bastion.stages.traffic.headers",  # RateLimit-* response headers
+    "bastion.state.algorithms",  # sliding window / token bucket arithmetic
 )
+# Left pure, though on the request path (measured in bench/RESULTS.md, "mypyc build"):
+# - server/proxy.py: tests replace a Gateway method (`gw._forward = broken`) to prove a bug fails closed;
+#   a compiled class's methods cannot be replaced.
+# - server/response.py: tests drive ResponseSink with stand-in upstream connections; compiled code checks the
+#   declared class (`UpstreamConnection`) at the call and refuses a stand-in.
+# - server/exchange.py: ExchangeBase is the base of the HTTP/2 exchange (server/http2.py, pure) and of test
+#   doubles; pure code cannot subclass a compiled class.
+# - server/pool.py: mypyc rejects `continue` inside try/finally (the retry loop).
+# - server/metrics.py: about 1 % of the plain GET; a test reads its source through `__file__`.
+# - state/memory.py: MemoryState is weak-referenced; compiled classes have no `__weakref__`.
 """Dotted names of the compiled modules, one build group (scripts/build_compiled.py)."""
 
 GROUP = "bastion._native"
