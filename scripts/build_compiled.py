@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +51,21 @@ def up_to_date() -> bool:
     return recorded == manifest() and all(native.is_compiled(module) for module in native.MODULES)
 
 
+def toolchain_missing() -> str | None:
+    """What the C build lacks, in words an operator can act on; None when gcc and Python.h are there."""
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        return f"no C compiler ({compiler})"
+    if not Path(sysconfig.get_paths()["include"], "Python.h").is_file():
+        return f"no Python headers ({sysconfig.get_paths()['include']}/Python.h)"
+    return None
+
+
 def build() -> None:
+    missing = toolchain_missing()
+    if missing:  # fail loudly: a silently pure build would be measured and tested as the compiled one
+        sys.exit(f"mypyc build: {missing}; install build-essential and python3-dev (make system-deps), "
+                 "or keep pure Python with `make install-pure`")
     from mypyc.build import mypycify  # the mypy package ships mypyc; imported here so --clean needs neither
     from setuptools import setup
 
