@@ -32,10 +32,11 @@ def compiled_files() -> list[Path]:
 
 
 def clean() -> None:
-    for path in compiled_files():
+    removed = compiled_files()
+    for path in removed:
         path.unlink()
     native.MANIFEST.unlink(missing_ok=True)
-    print(f"removed {len(compiled_files()) or 'the'} compiled files: pure Python build")
+    print(f"removed {len(removed)} compiled files: pure Python build")
 
 
 def manifest() -> str:
