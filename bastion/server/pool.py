@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from bastion.context import RequestContext
 from bastion.forwarding import Upstream
 from bastion.http.headers import first_header
-from bastion.server.upstream import ResponseSink, UpstreamError, UpstreamPool
+from bastion.server.upstream import UpstreamError, UpstreamPool
 from bastion.upstreams.balance import balancer
 from bastion.upstreams.events import target_event
 from bastion.upstreams.health import CONNECT_FAILURES, Health, TargetEvent
@@ -58,9 +58,12 @@ class Target:
         self.conns = conns
 
 
-class Held(ResponseSink):
+class Held:
     """Wraps an attempt's response sink: a retryable answer (502/503/504) is read and dropped instead of sent,
-    when `may_retry()` says another attempt will be made. Every answer's status and `Retry-After` are noted."""
+    when `may_retry()` says another attempt will be made. Every answer's status and `Retry-After` are noted.
+
+    A `server.upstream.ResponseSink` by structure, not by base class: in the mypyc build that Protocol is
+    compiled, and a pure class cannot inherit from a compiled one."""
 
     __slots__ = ("_may_retry", "_retry_on", "dropped", "inner", "retry_after", "status")
 

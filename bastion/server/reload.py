@@ -15,6 +15,7 @@ A reload never reports success while ignoring a change. The gateway-wide section
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -68,8 +69,8 @@ def apply_gateway_settings(runtime: Any, gw: GatewayConfig) -> None:
         from bastion.server.settings import server_limits
 
         fresh = server_limits(gw)
-        for name in limits.__slots__:
-            setattr(limits, name, getattr(fresh, name))
+        for field in dataclasses.fields(limits):  # not __slots__: the mypyc build's ServerLimits has none
+            setattr(limits, field.name, getattr(fresh, field.name))
     services = runtime.services
     before = runtime.audit_config
     if services.detector is None or (before is not None and before.detections == gw.audit.detections

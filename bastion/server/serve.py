@@ -12,6 +12,7 @@ import sys
 
 from bastion.compile import compile_config
 from bastion.config.loader import load_config
+from bastion.native import build_label
 from bastion.server.app import Runtime
 from bastion.server.settings import install_uvloop
 
@@ -36,7 +37,7 @@ async def _serve_one(config_path: str, *, worker: bool, serve_admin: bool) -> in
     # collector's sight, so its collections walk only what requests allocate
     gc.freeze()
     listening = ", ".join(f"http://{h}:{p}" for h, p in runtime.bound)
-    print(f"bastion: pid {os.getpid()} serving {listening}", file=sys.stderr, flush=True)
+    print(f"bastion: pid {os.getpid()} serving {listening} ({build_label()})", file=sys.stderr, flush=True)
     await runtime.run_forever()
     return 0
 

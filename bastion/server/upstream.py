@@ -28,10 +28,10 @@ from bastion.server.flow import WriteFlow
 class UpstreamError(Exception):
     """The upstream could not be used; `reason` is the stable code (`upstream_connect_failed`, ...)."""
 
-    headers: tuple[tuple[str, str], ...] = ()  # for the client's answer, e.g. a pool's `Retry-After`
-
     def __init__(self, reason: str, detail: str, *, status: int = 502, retryable: bool = False) -> None:
         super().__init__(detail)
+        # set here, not as a class default: mypyc's compiled exception classes do not apply class defaults
+        self.headers: tuple[tuple[str, str], ...] = ()  # for the client's answer, e.g. a pool's `Retry-After`
         self.reason = reason
         self.status = status
         self.retryable = retryable

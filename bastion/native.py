@@ -1,0 +1,110 @@
+"""The optional mypyc build: which modules it compiles, and whether this process runs them compiled.
+
+`make install` compiles the modules below in place (a `.so` beside each `.py`, built by
+scripts/build_compiled.py); `make install-pure` or `BASTION_PURE=1` leaves them pure Python. Python's import
+system prefers an extension module over the source file beside it, so a compiled module replaces the pure one
+without any switch in the code. Each module is listed with why it is compiled: it runs on every request and the
+build measurably lowers its CPU (bench/RESULTS.md, "mypyc build").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+from pathlib import Path
+
+MODULES: tuple[str, ...] = (
+    # the plain request path (bench/micro_core.py, every mode)
+    "bastion.server.http1",  # client HTTP/1.1: httptools callbacks per header, the keep-alive loop
+    "bastion.server.upstream",  # upstream HTTP/1.1: response parsing per header, the connection pool
+    "bastion.server.body",  # request body buffering, limits and the idle deadline
+    "bastion.server.flow",  # write flow control (pause/resume) of every response
+    "bastion.http.headers",  # header hygiene: every request and response header passes through it
+    "bastion.http.budget",  # the head byte budget, taken per header line
+    "bastion.http.framing",  # RFC 9112 framing checks on every request head
+    "bastion.router",  # path split and route tree walk
+    "bastion.pipeline",  # the stage loop of every enforcing route
+    "bastion.context",  # RequestContext, Continue/Deny: built or read on every request
+    "bastion.policy_ids",  # policy ids of every decision
+    "bastion.forwarding",  # Forwarded/X-Forwarded-* for every upstream request
+    "bastion.cache",  # the bounded LRU/TTL caches (block list, tokens) hit per request
+    "bastion.audit.blocks",  # the block-list check of every request
+    "bastion.audit.detect",  # the detectors' counters, fed by every request
+    # identity chain (--jwt, --chain)
+    "bastion.stages.identity.stage",  # credential extraction and the verified-token cache lookup
+    "bastion.stages.identity.jwt",  # JWT checks on a cache miss, claims to identity
+    "bastion.stages.identity.tokencache",  # the cache's class: subclasses bastion.cache's (must compile with it)
+    "bastion.stages.authz.scopes",  # the required-scope check
+    # rate limits (--limit, --chain)
+    "bastion.stages.traffic.ratelimit",  # the limit stage: key, take, headers
+    "bastion.stages.traffic.headers",  # RateLimit-* response headers
+    "bastion.state.algorithms",  # sliding window / token bucket arithmetic
+)
+# Left pure, though on the request path (measured in bench/RESULTS.md, "mypyc build"):
+# - server/proxy.py: tests replace a Gateway method (`gw._forward = broken`) to prove a bug fails closed;
+#   a compiled class's methods cannot be replaced.
+# - server/response.py: tests drive ResponseSink with stand-in upstream connections; compiled code checks the
+#   declared class (`UpstreamConnection`) at the call and refuses a stand-in.
+# - server/exchange.py: ExchangeBase is the base of the HTTP/2 exchange (server/http2.py, pure) and of test
+#   doubles; pure code cannot subclass a compiled class.
+# - server/pool.py: mypyc rejects `continue` inside try/finally (the retry loop).
+# - server/metrics.py: about 1 % of the plain GET; a test reads its source through `__file__`.
+# - state/memory.py: MemoryState is weak-referenced; compiled classes have no `__weakref__`.
+# - stages/authz/stage.py: tests build pipeline.Prepared with stand-ins for its AuthzShared, which compiled code
+#   would refuse (a field typed with a compiled class is checked).
+"""Dotted names of the compiled modules, one build group (scripts/build_compiled.py)."""
+
+GROUP = "bastion._native"
+"""mypyc's shared library of the group, `bastion/_native__mypyc.*.so`: inside the package, so the editable
+install's import path finds it (a top-level name, mypyc's default, would not be importable)."""
+
+MANIFEST = Path(__file__).with_name("_native_manifest.txt")
+"""Written by the build: `module sha256` per compiled module, so a source edited after the build is noticed."""
+
+
+def source_path(module: str) -> Path:
+    """The `.py` file of a listed module, from its dotted name."""
+    return Path(__file__).parent.parent.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def digest(module: str) -> str:
+    """SHA-256 of a module's source, as recorded in the manifest."""
+    return hashlib.sha256(source_path(module).read_bytes()).hexdigest()
+
+
+def is_compiled(module: str) -> bool:
+    """Whether importing `module` loads a compiled extension (what the import system would pick, not a guess)."""
+    spec = importlib.util.find_spec(module)
+    return spec is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
+
+
+def recorded(manifest: Path = MANIFEST) -> dict[str, str]:
+    """The manifest's `module -> sha256`; empty when there is none (a pure build, or one from before it)."""
+    try:
+        rows = [line.split() for line in manifest.read_text().splitlines()]
+    except OSError:
+        return {}
+    return {fields[0]: fields[1] for fields in rows if len(fields) == 2}
+
+
+def changed(digests: dict[str, str]) -> list[str]:
+    """Listed modules whose source no longer has the recorded digest."""
+    return [module for module in MODULES if digests.get(module) != digest(module)]
+
+
+def stale() -> list[str]:
+    """Compiled modules whose source changed since the build: they run the old code until rebuilt."""
+    return [module for module in changed(recorded()) if is_compiled(module)]
+
+
+def build_label() -> str:
+    """One line for `bastion --version`: which build this process runs."""
+    compiled = sum(is_compiled(module) for module in MODULES)
+    if compiled == 0:
+        return "pure Python"
+    label = f"compiled with mypyc: {compiled} of {len(MODULES)} hot-path modules"
+    old = stale()
+    if old:
+        label += f"; STALE, rebuild with `make install`: {', '.join(old)}"
+    return label
