@@ -165,6 +165,8 @@ class ServerLimits(Model):
     keepalive_timeout: Duration = Field(75.0, description="Idle keep-alive connections are closed after this.")
     max_header_bytes: Size = Field(16 * 1024, description="Largest request head (431 above).")
     max_headers: int = Field(100, ge=1, description="Most header fields in a request (431 above).")
+    max_upstream_head_bytes: Size = Field(64 * 1024, ge=1, description="Largest upstream response head, each "
+                                          "line counted while it arrives (502 `upstream_head_too_large` above).")
     upstream_pool_size: int = Field(256, ge=1, description="Most pooled connections per upstream.")
     drain_timeout: Duration = Field(30.0, description="How long a graceful shutdown waits for requests.")
 
