@@ -194,7 +194,8 @@ class Runtime:
         if self.services.audit is None:
             self.services.audit = AuditLog.from_config(gw.audit, base, registry=self.metrics.registry)
         if self.services.state is None:  # shared limits, blocks and revocations; lives as long as the process
-            self.services.state = open_state(gw.state, gw.state_password.value() if gw.state_password else None)
+            self.services.state = open_state(gw.state, gw.state_password.value() if gw.state_password else None,
+                                             gw.limits.max_rate_limit_keys)
         services = self.services
         if services.blocks is None:  # detections and their responses, shared through the state backend
             services.blocks = BlockList(services.state, audit=services.audit)

@@ -29,6 +29,7 @@ BASE = {"listeners": [{"address": "127.0.0.1", "port": 8080}], "admin": {"port":
     ({"audit": {"spool_dir": "/var/spool/other"}}, "gateway.audit.spool_dir"),
     ({"limits": {"upstream_pool_size": 8}}, "gateway.limits.upstream_pool_size"),
     ({"limits": {"max_upstream_head_bytes": 1024}}, "gateway.limits.max_upstream_head_bytes"),
+    ({"limits": {"max_rate_limit_keys": 1000}}, "gateway.limits.max_rate_limit_keys"),
     ({"tracing": {"endpoint": "http://127.0.0.1:4318/v1/traces"}}, "gateway.tracing"),
     ({"state_password": {"env": "REDIS_PASSWORD"}}, "gateway.state_password"),
 ])
