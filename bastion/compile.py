@@ -141,7 +141,7 @@ def _openapi_routes(api: ApiConfig, base_dir: Path, api_loc: tuple[str | int, ..
         return [], ""
     path = api.openapi if api.openapi.is_absolute() else base_dir / api.openapi
     try:
-        doc = load_openapi(path)
+        doc = load_openapi(path, api.openapi_max_bytes)
     except ConfigError as exc:
         diags.extend(exc.diagnostics)
         return [], ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fuzz import bodies, http, loaders, tokens
+from fuzz import bodies, http, loaders, rules, tokens
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "http1_head": http.http1_head,
@@ -18,6 +18,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "json": bodies.json_limits,
     "graphql": bodies.graphql,
     "grpc": bodies.grpc,
+    "seclang": rules.seclang,
 }
 
 _ORDER = tuple(TARGETS)

@@ -151,6 +151,24 @@ def test_routes_from_openapi(tmp_path):
     assert routes["getOrder"].info.operation["parameters"][0]["name"] == "id"
 
 
+@pytest.mark.parametrize(("limit", "loads"), [(None, True), ("at", True), ("under", False)])
+def test_openapi_max_bytes_bounds_each_file_of_the_document(tmp_path, limit, loads):
+    (tmp_path / "orders.yaml").write_text(textwrap.dedent("""
+        openapi: 3.1.0
+        info: {title: orders, version: "1"}
+        paths:
+          /{id}: {$ref: "item.yaml"}
+    """))
+    item = 'get: {operationId: getOrder, parameters: [{name: id, in: path, required: true}], responses: {}}\n'
+    (tmp_path / "item.yaml").write_text(item)  # the larger file: a $ref'd file counts on its own
+    field = {None: "", "at": f"    openapi_max_bytes: {len(item)}\n", "under": f"    openapi_max_bytes: {len(item) - 1}\n"}
+    text = BASE.split("    routes:")[0] + "    openapi: orders.yaml\n" + field[limit] + "    routes: []\n"
+    if loads:
+        assert {r.info.route for r in _compile(tmp_path, text).routes} == {"getOrder"}
+    else:
+        assert any(f"item.yaml:1:1: file larger than {len(item) - 1} bytes" in m for m in _messages(tmp_path, text))
+
+
 def test_layer_rules_become_diagnostics(tmp_path):
     """A layer's own cross-field rule (here: duplicate consumers) is reported by validate, not raised."""
     text = BASE + "consumers:\n  - {name: acme}\n  - {name: acme}\n"

@@ -165,6 +165,11 @@ class ServerLimits(Model):
     keepalive_timeout: Duration = Field(75.0, description="Idle keep-alive connections are closed after this.")
     max_header_bytes: Size = Field(16 * 1024, description="Largest request head (431 above).")
     max_headers: int = Field(100, ge=1, description="Most header fields in a request (431 above).")
+    max_upstream_head_bytes: Size = Field(64 * 1024, ge=1, description="Largest upstream response head, each "
+                                          "line counted while it arrives (502 `upstream_head_too_large` above).")
+    max_rate_limit_keys: int = Field(200_000, ge=100, description="Rate-limit counters kept by the `memory` state "
+                                     "backend (one per limit and key, e.g. per client address); when full, a key "
+                                     "counted once leaves first. Redis expires its own keys.")
     upstream_pool_size: int = Field(256, ge=1, description="Most pooled connections per upstream.")
     drain_timeout: Duration = Field(30.0, description="How long a graceful shutdown waits for requests.")
 
@@ -275,6 +280,8 @@ class ApiConfig(Model):
     strip_base_path: bool = Field(False, description="Forward `/orders/1` under base_path `/orders` as `/1`.")
     hosts: list[str] = Field(default_factory=list)
     openapi: Path | None = None
+    openapi_max_bytes: Size = Field(8 * 1024 * 1024, ge=1, description="Largest file of this API's OpenAPI "
+                                    "document, each `$ref`'d file alike (refused to load above), e.g. `16MiB`.")
     policy: dict[str, Any] = Field(default_factory=dict, description="Tightens the class for the whole API.")
     routes: list[RouteConfig] = Field(default_factory=list)
     grpc: GrpcApiConfig | None = Field(None, description="A gRPC API: HTTP/2 to the upstream, gRPC answers.")

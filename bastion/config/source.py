@@ -120,16 +120,18 @@ def _plain(node: Any, loc: Loc, positions: Positions, budget: list[int]) -> Any:
     return node  # dates and timestamps stay as parsed; pydantic checks them
 
 
-def read_yaml(path: Path) -> tuple[Any, Positions]:
-    """Parse a YAML file into plain data and its position index; raise ConfigError with the YAML mark."""
+def read_yaml(path: Path, max_bytes: int | None = None) -> tuple[Any, Positions]:
+    """Parse a YAML file of at most `max_bytes` (default `MAX_YAML_BYTES`) into plain data and its position
+    index; raise ConfigError with the YAML mark."""
+    limit = MAX_YAML_BYTES if max_bytes is None else max_bytes
     positions = Positions(str(path))
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False  # a duplicated key silently replacing a control is a config bug
     try:
         with path.open("rb") as f:
-            raw = f.read(MAX_YAML_BYTES + 1)  # never more than the limit in memory, whatever the file's size
-        if len(raw) > MAX_YAML_BYTES:
-            raise ConfigError([Diagnostic(str(path), 1, 1, "", f"file larger than {MAX_YAML_BYTES} bytes")])
+            raw = f.read(limit + 1)  # never more than the limit in memory, whatever the file's size
+        if len(raw) > limit:
+            raise ConfigError([Diagnostic(str(path), 1, 1, "", f"file larger than {limit} bytes")])
         text = raw.decode("utf-8")
     except OSError as exc:
         raise ConfigError([Diagnostic(str(path), 1, 1, "", f"cannot read: {exc.strerror}")]) from None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from bastion.config.source import ConfigError, Diagnostic, Positions, read_yaml
+from bastion.config.source import MAX_YAML_BYTES, ConfigError, Diagnostic, Positions, read_yaml
 from bastion.openapi.keys import REFS_KEY, VERSION_KEY
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -65,7 +65,8 @@ class OpenApiDocument:
 
 
 class _Resolver:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_bytes: int = MAX_YAML_BYTES) -> None:
+        self.max_bytes = max_bytes
         self.files: dict[Path, tuple[Any, Positions]] = {}
         self.root = root.resolve()
         self.cache: dict[str, Any] = {}
@@ -74,7 +75,7 @@ class _Resolver:
     def load(self, path: Path) -> tuple[Any, Positions]:
         path = path.resolve()
         if path not in self.files:
-            self.files[path] = read_yaml(path)
+            self.files[path] = read_yaml(path, self.max_bytes)
         return self.files[path]
 
     def error(self, file: Path, loc: tuple[str | int, ...], message: str) -> ConfigError:
@@ -165,10 +166,11 @@ def _data(value: Any) -> Any:
     return _scalar(value)
 
 
-def load_openapi(path: Path | str) -> OpenApiDocument:
-    """Read, check and resolve an OpenAPI 3.0/3.1 document; raise ConfigError with file:line diagnostics."""
+def load_openapi(path: Path | str, max_bytes: int = MAX_YAML_BYTES) -> OpenApiDocument:
+    """Read, check and resolve an OpenAPI 3.0/3.1 document, no file of it over `max_bytes`
+    (`apis[].openapi_max_bytes`); raise ConfigError with file:line diagnostics."""
     path = Path(path)
-    resolver = _Resolver(path)
+    resolver = _Resolver(path, max_bytes)
     raw, positions = resolver.load(path)
     if not isinstance(raw, dict):
         raise ConfigError([positions.diagnostic((), "an OpenAPI document must be a mapping")])

@@ -384,4 +384,5 @@ class Runtime:
 
 def default_state(gw: Any) -> Any:
     """The state backend of a gateway section: `memory` or Redis (a worker's runtime replaces this)."""
-    return open_state(gw.state, gw.state_password.value() if gw.state_password else None)
+    return open_state(gw.state, gw.state_password.value() if gw.state_password else None,
+                      gw.limits.max_rate_limit_keys)

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from bastion.context import RequestContext
 from bastion.forwarding import Upstream
+from bastion.http.budget import UPSTREAM_HEAD_BYTES
 from bastion.http.headers import first_header
 from bastion.server.upstream import UpstreamError, UpstreamPool
 from bastion.upstreams.balance import balancer
@@ -119,7 +120,7 @@ class TargetPool:
 
     def __init__(self, upstream: Upstream, pool_size: int, ssl_context: ssl.SSLContext | None, audit: Any,
                  metrics: PoolMetrics, *, clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, head_bytes: int = UPSTREAM_HEAD_BYTES) -> None:
         spec: PoolSpec = upstream.pool
         self.api = upstream.name
         self.settings = settings = spec.settings
@@ -134,8 +135,8 @@ class TargetPool:
         self.targets: list[Target] = []
         for t in spec.targets:
             one = replace(upstream, host=t.host, port=t.port, pool=None)
-            self.targets.append(Target(TargetState(t.name, t.weight, t.zone), one, UpstreamPool(one, size,
-                                                                                                 ssl_context)))
+            pool = UpstreamPool(one, size, ssl_context, head_bytes=head_bytes)
+            self.targets.append(Target(TargetState(t.name, t.weight, t.zone), one, pool))
         states = [t.state for t in self.targets]
         self._states = states
         self._by_state = {id(t.state): t for t in self.targets}

@@ -75,16 +75,16 @@ class Gateway:
             self.tracing.instrument(compiled.routes)
         self.trusted = TrustedProxies(gw.trusted_proxies)
         self.identity_headers = HeaderNames(gw.identity_headers)
-        pool_size = gw.limits.upstream_pool_size
+        pool_size, head_bytes = gw.limits.upstream_pool_size, gw.limits.max_upstream_head_bytes
         wanted = {r.upstream for r in compiled.routes if r.grpc is None and r.upstream.pool is None}
         for upstream in wanted - self.pools.keys():
-            self.pools[upstream] = UpstreamPool(upstream, pool_size, _client_ssl(upstream))
+            self.pools[upstream] = UpstreamPool(upstream, pool_size, _client_ssl(upstream), head_bytes=head_bytes)
         for upstream in self.pools.keys() - wanted:
             self.pools.pop(upstream).close()
         wanted = {r.upstream for r in compiled.routes if r.grpc is None and r.upstream.pool is not None}
         for upstream in wanted - self.target_pools.keys():  # several targets: bastion.server.pool
             self.target_pools[upstream] = TargetPool(upstream, pool_size, _client_ssl(upstream), self.audit,
-                                                     self.pool_metrics)
+                                                     self.pool_metrics, head_bytes=head_bytes)
         for upstream in self.target_pools.keys() - wanted:
             self.target_pools.pop(upstream).close()
         wanted_h2 = {r.upstream for r in compiled.routes if r.grpc is not None}

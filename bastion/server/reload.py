@@ -10,7 +10,8 @@ A reload never reports success while ignoring a change. The gateway-wide section
   reads), `audit.detections` and `audit.responses` (a new detector; its windows start empty);
 - refused with "needs a restart" naming the field (`restart_needed`): everything that owns a socket or a
   process: listener addresses, ports, protocols and TLS on/off, the admin listener, `workers`, `http2`,
-  `drift`, `limits.upstream_pool_size`.
+  `drift`, `limits.upstream_pool_size`,
+  `limits.max_upstream_head_bytes`, `limits.max_rate_limit_keys`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ _RESTART_ONLY: tuple[tuple[str, Any], ...] = (
     ("gateway.http2", lambda g: g.http2.model_dump()),
     ("gateway.drift", lambda g: g.drift.model_dump() if g.drift is not None else None),
     ("gateway.limits.upstream_pool_size", lambda g: g.limits.upstream_pool_size),
+    ("gateway.limits.max_upstream_head_bytes", lambda g: g.limits.max_upstream_head_bytes),  # read by the pools
+    ("gateway.limits.max_rate_limit_keys", lambda g: g.limits.max_rate_limit_keys),  # sizes the state backend
     ("gateway.admin.address", lambda g: str(g.admin.address)),
     ("gateway.admin.port", lambda g: g.admin.port),
     ("gateway.admin.enabled", lambda g: g.admin.enabled),

@@ -27,7 +27,7 @@ def serve(config_path: str, workers: int | None = None) -> int:
         return asyncio.run(_serve_one(config_path, worker=False, serve_admin=True))
     from bastion.server.supervisor import supervise
 
-    return supervise(config_path, count)
+    return supervise(config_path, count, loaded.model.gateway.limits.max_rate_limit_keys)
 
 
 async def _serve_one(config_path: str, *, worker: bool, serve_admin: bool) -> int:

@@ -90,7 +90,7 @@ class Slot:
 class Supervisor:
     """Runs until SIGTERM/SIGINT; `run()` returns the exit code."""
 
-    def __init__(self, config_path: str, count: int) -> None:
+    def __init__(self, config_path: str, count: int, max_keys: int = 200_000) -> None:
         self.config_path = config_path
         self.base = Path(config_path).parent
         self.slots = [Slot(i + 1) for i in range(count)]
@@ -100,7 +100,8 @@ class Supervisor:
         self.socket_path = os.path.join(self.workdir, "supervisor.sock")
         self.metrics_dir = os.path.join(self.workdir, "metrics")
         os.mkdir(self.metrics_dir)
-        self.state = MemoryState()  # the embedded shared state the workers reach over their links
+        self.state = MemoryState(max_keys=max_keys)  # the embedded shared state the workers reach over their links;
+        # its rate-limit counters are bounded by `max_rate_limit_keys`
         self.state_service = StateService(self.state)
         self.fetches = FetchPool()
         self.compiled: CompiledGateway | None = None
@@ -416,11 +417,11 @@ def _exists(pid: int) -> bool:
         return False
 
 
-def supervise(config_path: str, count: int) -> int:
+def supervise(config_path: str, count: int, max_keys: int = 200_000) -> int:
     """`serve --workers N` (N >= 2)."""
     from bastion.server.settings import install_uvloop
 
     install_uvloop()
     with contextlib.suppress(LinkClosed):
-        return asyncio.run(Supervisor(config_path, count).run())
+        return asyncio.run(Supervisor(config_path, count, max_keys).run())
     return 1

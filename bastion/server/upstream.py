@@ -59,7 +59,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._sink: ResponseSink | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._chunked = False  # the response head being parsed has a Transfer-Encoding field
-        self._budget = FramingBudget(UPSTREAM_HEAD_BYTES)  # an unended head line is refused, not buffered
+        self._budget = FramingBudget(pool.head_bytes)  # an unended head line is refused, not buffered
         self._done: asyncio.Future[None] | None = None
         self._head_seen = False
         self.deadline = NEVER  # for the response's head, then for each next piece of its body
@@ -227,9 +227,10 @@ class UpstreamPool:
     """At most `size` connections to one upstream; idle ones are reused most-recent first."""
 
     def __init__(self, upstream: Upstream, size: int, ssl_context: ssl.SSLContext | None = None,
-                 idle_timeout: float = 30.0) -> None:
+                 idle_timeout: float = 30.0, head_bytes: int = UPSTREAM_HEAD_BYTES) -> None:
         self.upstream = upstream
         self.size = size
+        self.head_bytes = head_bytes  # `gateway.limits.max_upstream_head_bytes`
         self._ssl = ssl_context
         self._idle: collections.deque[tuple[UpstreamConnection, float]] = collections.deque()
         self._open = 0

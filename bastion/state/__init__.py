@@ -92,18 +92,20 @@ class RedisOptions(TypedDict, total=False):
     prefix: str
 
 
-def open_state(url: str, password: str | None = None, **options: Unpack[RedisOptions]) -> StateBackend:
+def open_state(url: str, password: str | None = None, max_keys: int = 200_000,
+               **options: Unpack[RedisOptions]) -> StateBackend:
     """`memory`, `redis://host:6379/0`, `rediss://...`, `unix:///run/redis.sock`,
     `redis+sentinel://host1:26379,host2:26379/<service>/<db>` or `redis+cluster://host1:6379,host2:6379/`.
 
-    `options` (e.g. `timeout=0.25`, `retry_interval=0.5`) tune the Redis backend. Nothing connects until the
-    first call, so this may run before the event loop starts.
+    `max_keys` bounds the memory backend's counters (`gateway.limits.max_rate_limit_keys`). `options` (e.g.
+    `timeout=0.25`, `retry_interval=0.5`) tune the Redis backend. Nothing connects until the first call, so this
+    may run before the event loop starts.
     """
     scheme = urlsplit(url).scheme if "://" in url else url
     if scheme in ("memory", ""):
         from bastion.state.memory import MemoryState
 
-        return MemoryState()
+        return MemoryState(max_keys=max_keys)
     if scheme in ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "valkey", "valkeys"):
         from bastion.state.redis_state import RedisState
 

@@ -136,3 +136,34 @@ async def test_drift_from_the_approved_file_raises_an_alert(tmp_path):
         assert gw.metrics.registry.get_sample_value("bastion_config_drift") == 1.0
     events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert any(e["class_uid"] == 2004 and "drift" in json.dumps(e) for e in events)
+
+
+RATE_KEYS = """
+version: 1
+gateway:
+  listeners: [{address: 127.0.0.1, port: 0}]
+  admin: {enabled: false}
+  trusted_proxies: [127.0.0.1/32]
+  limits: {max_rate_limit_keys: KEYS}
+classes:
+  open:
+    identity: {required: false}
+    input: {contract: "off", inspection: "off"}
+    traffic: {rate_limits: [{name: per-client, algorithm: sliding_window, limit: 1, window: 60s, key: client_ip}]}
+apis:
+  - name: shop
+    owner: team-shop@example.com
+    class: open
+    upstream: {upstream}
+    routes: [{name: items, path: /items, methods: [GET]}]
+"""
+
+
+@pytest.mark.parametrize(("keys", "first_again"), [(101, 429), (100, 200)])
+async def test_the_memory_state_holds_max_rate_limit_keys_counters(tmp_path, keys, first_again):
+    # 101 client addresses, one request each: a table of 101 still counts the first; one of 100 let it go
+    async with running_gateway(tmp_path, RATE_KEYS.replace("KEYS", str(keys))) as runtime:
+        port = runtime.bound[0][1]
+        for i in range(101):
+            assert (await request(port, "GET", "/items", {"X-Forwarded-For": f"198.51.100.{i}"}))[0] == 200
+        assert (await request(port, "GET", "/items", {"X-Forwarded-For": "198.51.100.0"}))[0] == first_again

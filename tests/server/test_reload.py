@@ -29,6 +29,8 @@ BASE = {"listeners": [{"address": "127.0.0.1", "port": 8080}], "admin": {"port":
     ({"audit": {"spool_dir": "/var/spool/other", "spool_max_bytes": "10MiB", "queue_size": 64}}, None),
     ({"state_password": {"env": "REDIS_PASSWORD"}}, None),
     ({"limits": {"upstream_pool_size": 8}}, "gateway.limits.upstream_pool_size"),
+    ({"limits": {"max_upstream_head_bytes": 1024}}, "gateway.limits.max_upstream_head_bytes"),
+    ({"limits": {"max_rate_limit_keys": 1000}}, "gateway.limits.max_rate_limit_keys"),
     ({"tracing": {"endpoint": "http://127.0.0.1:4318/v1/traces"}}, None),
 ])
 def test_what_a_reload_applies_and_what_needs_a_restart(change, field):

@@ -17,6 +17,7 @@ from bastion.server.upstream import internal_address
 from tests.helpers import FILE_AUDIT_GATEWAY_FORMAT, request
 
 CONFIG = FILE_AUDIT_GATEWAY_FORMAT + """
+{limits}
 classes:
   open: {{identity: {{required: false, methods: []}}, input: {{contract: "off", inspection: "off"}}}}
 apis:
@@ -35,9 +36,9 @@ async def _tls_upstream(context: ssl.SSLContext | None) -> asyncio.base_events.S
                                     ssl=context)
 
 
-async def _gateway_status(tmp_path, upstream: str, extra: str = "") -> tuple[int, dict]:
+async def _gateway_status(tmp_path, upstream: str, extra: str = "", limits: str = "") -> tuple[int, dict]:
     path = tmp_path / "bastion.yaml"
-    path.write_text(textwrap.dedent(CONFIG.format(upstream=upstream, extra=extra)))
+    path.write_text(textwrap.dedent(CONFIG.format(upstream=upstream, extra=extra, limits=limits)))
     runtime = Runtime(path)
     await runtime.start()
     try:
@@ -144,7 +145,7 @@ def test_missing_tls_files_are_config_errors(tmp_path):
     from bastion.config.loader import ConfigError, load_config
 
     path = tmp_path / "bastion.yaml"
-    path.write_text(textwrap.dedent(CONFIG.format(upstream="https://upstream.internal",
+    path.write_text(textwrap.dedent(CONFIG.format(upstream="https://upstream.internal", limits="",
                                                   extra="    upstream_tls: {ca: nowhere.pem}")))
     with pytest.raises(ConfigError) as info:
         compile_config(load_config(path))
@@ -171,18 +172,26 @@ async def _hostile_upstream(head: bytes, endless: bool) -> asyncio.base_events.S
     return await asyncio.start_server(serve, "127.0.0.1", 0)
 
 
-@pytest.mark.parametrize(("name", "head", "endless", "status"), [
-    ("endless_line", b"HTTP/1.1 200 OK\r\nX-Endless: ", True, 502),
-    ("head_one_over", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Pad: " + b"a" * (64 * 1024 - 46) + b"\r\n\r\n{}",
-     False, 502),
-    ("head_at_limit", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Pad: " + b"a" * (64 * 1024 - 47) + b"\r\n\r\n{}",
-     False, 200),
+def _padded_head(size: int) -> bytes:
+    """A response head of exactly `size` bytes, its empty line included, then a 2-byte body."""
+    return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Pad: " + b"a" * (size - 47) + b"\r\n\r\n{}"
+
+
+@pytest.mark.parametrize(("name", "head", "endless", "limit", "status"), [
+    ("endless_line", b"HTTP/1.1 200 OK\r\nX-Endless: ", True, None, 502),
+    ("head_one_over", _padded_head(64 * 1024 + 1), False, None, 502),
+    ("head_at_limit", _padded_head(64 * 1024), False, None, 200),
+    ("configured_one_over", _padded_head(1025), False, 1024, 502),
+    ("configured_at_limit", _padded_head(1024), False, 1024, 200),
+    ("configured_above_the_default", _padded_head(100_000), False, 100_000, 200),
 ])
-async def test_upstream_response_heads_are_bounded_where_they_arrive(tmp_path, name, head, endless, status):
+async def test_upstream_response_heads_are_bounded_where_they_arrive(tmp_path, name, head, endless, limit, status):
     upstream = await _hostile_upstream(head, endless)
+    limits = f"  limits: {{max_upstream_head_bytes: {limit}}}" if limit else ""
     try:
         port = upstream.sockets[0].getsockname()[1]
-        code, _ = await _gateway_status(tmp_path, f"http://127.0.0.1:{port}", "    allow_private_upstream: true")
+        code, _ = await _gateway_status(tmp_path, f"http://127.0.0.1:{port}", "    allow_private_upstream: true",
+                                        limits)
     finally:
         upstream.close()
     assert code == status

@@ -62,7 +62,9 @@ def build_sink(config: AuditSinkConfig, name: str, base_dir: Path) -> Sink:
             return StdoutSink(name)
         assert config.path is not None  # the model requires it
         path = config.path if config.path.is_absolute() else base_dir / config.path
-        return FileSink(name, path, config.max_bytes, config.backups)
+        # a replay (the spool's head after a crash between the write and the cursor) is one batch at most;
+        # the rest is margin for other workers' events interleaved in the tail a restarted worker reads
+        return FileSink(name, path, config.max_bytes, config.backups, remember=max(4096, 2 * config.batch_events))
     if config.type == "syslog":
         from bastion.audit.sinks.syslog import SyslogSink
 

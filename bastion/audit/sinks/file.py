@@ -27,7 +27,7 @@ class FileSink:
     """Appends lines to `path`; before a write would pass `max_bytes` the file becomes `path.1` (`.1` becomes
     `.2` ..., up to `backups`), so a file never holds a partial event and never grows without bound."""
 
-    def __init__(self, name: str, path: Path, max_bytes: int, backups: int, remember: int = 65536) -> None:
+    def __init__(self, name: str, path: Path, max_bytes: int, backups: int, remember: int = 4096) -> None:
         self.name = name
         self.path = path
         self.max_bytes = max_bytes

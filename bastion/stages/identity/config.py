@@ -282,6 +282,12 @@ class ProvidersConfig(Model):
     jwt: list[JwtProviderConfig] = Field(default_factory=list)
     introspection: list[IntrospectionProviderConfig] = Field(default_factory=list)
     ssf: list[SsfTransmitterConfig] = Field(default_factory=list, description="Shared Signals transmitters.")
+    token_cache_size: int = Field(
+        10_000, ge=1,
+        description="Verified JWTs kept (by SHA-256, until `exp`, at most 5 minutes), and as many identities built "
+                    "from them, e.g. `token_cache_size: 50000`. A token beyond it is verified again; a flood of "
+                    "never-seen tokens evicts only tokens seen once.",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> ProvidersConfig:

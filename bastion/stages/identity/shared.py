@@ -48,7 +48,6 @@ class IdentityShared:
         services: Services | None = None,
         *,
         identity_headers: Iterable[str] = DEFAULT_PROTECTED,
-        token_cache_size: int = 10_000,
     ) -> None:
         services = services or Services()
         errors = check_consumers(consumers)
@@ -76,7 +75,7 @@ class IdentityShared:
         }
         self.verifier = JwtVerifier([ProviderVerifier(p, self.jwks[p.name]) for p in providers.jwt],
                                     services.wall_clock)
-        self.token_cache: TokenCache[VerifiedToken] = TokenCache(token_cache_size)
+        self.token_cache: TokenCache[VerifiedToken] = TokenCache(providers.token_cache_size)
         self.consumers = ConsumerIndex(consumers)
         self.certs = CertParser()
         # The deny list lives in the state backend (shared by workers and instances with Redis, kept across

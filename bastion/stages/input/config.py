@@ -105,6 +105,11 @@ class InputPolicy(Model):
     max_part_bytes: Size = control(
         1024 * 1024, stricter="lower", description="Largest single multipart part (e.g. `256KiB`).",
     )
+    max_part_head_bytes: Size = control(
+        8 * 1024, stricter="lower", ge=1,
+        description="Largest header section of one multipart part (Content-Disposition, Content-Type; a few "
+                    "hundred bytes in practice), e.g. `2KiB` (400 `input_json_limits` above).",
+    )
     inspection: Literal["off", "detect", "block"] = control(
         "block", stricter="order", order=("off", "detect", "block"),
         description="Injection inspection of parameter, header and body string values: `block` (400), "

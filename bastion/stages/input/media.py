@@ -75,12 +75,13 @@ class Part:
 
 
 # A part's own header section (Content-Disposition, Content-Type): a few hundred bytes in practice
-MAX_PART_HEAD_BYTES = 8 * 1024
+MAX_PART_HEAD_BYTES = 8 * 1024  # the default of `input.max_part_head_bytes`
 
 
-def parse_multipart(body: bytes, boundary: str, max_parts: int, max_part_bytes: int) -> list[Part]:
+def parse_multipart(body: bytes, boundary: str, max_parts: int, max_part_bytes: int,
+                    max_head_bytes: int = MAX_PART_HEAD_BYTES) -> list[Part]:
     """RFC 7578 multipart/form-data, strictly: a part without a name, a missing closing delimiter or a
-    part over the limits is an error."""
+    part over the limits (`max_head_bytes` for its header section) is an error."""
     if not boundary or len(boundary) > 70:
         raise FormError("input_invalid_body", "The multipart body has no valid boundary.")
     delimiter = b"--" + boundary.encode("latin-1")
@@ -98,9 +99,8 @@ def parse_multipart(body: bytes, boundary: str, max_parts: int, max_part_bytes: 
             raise FormError("input_invalid_body", "The multipart body is malformed.")
         if len(data) > max_part_bytes:
             raise FormError("input_json_limits", f"A multipart part is larger than {max_part_bytes} bytes.")
-        if len(head) > MAX_PART_HEAD_BYTES:
-            raise FormError("input_json_limits", f"A multipart part header is larger than {MAX_PART_HEAD_BYTES} "
-                            "bytes.")
+        if len(head) > max_head_bytes:
+            raise FormError("input_json_limits", f"A multipart part header is larger than {max_head_bytes} bytes.")
         headers: dict[str, str] = {}
         try:
             lines = head.decode("utf-8").split("\r\n")

@@ -402,7 +402,8 @@ class BodyStage(_Common):
 
     def _multipart(self, ctx: RequestContext, body: bytes, boundary: str, schema: Any,
                    validator: Any, scope: Scope | None = None) -> Decision:
-        parts = parse_multipart(body, boundary, self.policy.max_form_fields, self.policy.max_part_bytes)
+        parts = parse_multipart(body, boundary, self.policy.max_form_fields, self.policy.max_part_bytes,
+                                self.policy.max_part_head_bytes)
         texts: list[tuple[str, str]] = []
         doc: dict[str, Any] = {}
         for part in parts:

@@ -167,3 +167,22 @@ async def test_subject_revocation_spares_later_tokens(shared: IdentityShared, ro
     fresh = Minter(minter.keys, now=clock.now).token(jti="fresh")
     assert isinstance(await check.check(make_ctx(bearer(fresh))), Continue)
 
+
+
+@pytest.mark.parametrize("size", [1, 3])
+async def test_the_token_cache_holds_providers_token_cache_size_tokens(jwks_server: JwksServer, clock: Clock,
+                                                                       route: RouteInfo, minter: Minter,
+                                                                       size: int) -> None:
+    provider = JwtProviderConfig(name="corp", issuer=ISSUER, audiences=[AUDIENCE], jwks_uri=f"{jwks_server.url}"
+                                 "/jwks.json")
+    shared = IdentityShared(ProvidersConfig(jwt=[provider], token_cache_size=size), [], Services(wall_clock=clock))
+    await shared.start()
+    try:
+        check = stage(shared, route)
+        for i in range(size + 1):  # one token over the configured size
+            token = minter.token(exp=int(clock.now) + 60, jti=f"jti-{i}", sub=f"user-{i}")
+            assert isinstance(await check.check(make_ctx(bearer(token))), Continue)
+            assert len(shared.token_cache) == min(i + 1, size)
+        assert shared.token_cache.evictions == 1
+    finally:
+        await shared.close()

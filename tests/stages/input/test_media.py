@@ -29,13 +29,16 @@ def _pad_head(size: int) -> bytes:
     ("part_one_over", _multipart((PART[0], b"x" * 101)), 2, 100, False),
     ("part_head_at_limit", _multipart((_pad_head(MAX_PART_HEAD_BYTES), b"x")), 2, 100, True),
     ("part_head_one_over", _multipart((_pad_head(MAX_PART_HEAD_BYTES + 1), b"x")), 2, 100, False),
+    ("configured_head_at_limit", _multipart((_pad_head(100), b"x")), 2, 100, True),
+    ("configured_head_one_over", _multipart((_pad_head(101), b"x")), 2, 100, False),
 ])
 def test_multipart_limits(name, body, parts, part_bytes, ok):
+    head_bytes = 100 if name.startswith("configured") else MAX_PART_HEAD_BYTES
     if ok:
-        assert parse_multipart(body, "b", parts, part_bytes)
+        assert parse_multipart(body, "b", parts, part_bytes, head_bytes)
     else:
         with pytest.raises(FormError) as info:
-            parse_multipart(body, "b", parts, part_bytes)
+            parse_multipart(body, "b", parts, part_bytes, head_bytes)
         assert info.value.reason == "input_json_limits"
 
 

@@ -297,6 +297,10 @@ MULTI = [("content-type", "multipart/form-data; boundary=XyZ")]
     (multipart(("title", None, b"t"), ("file", "a", b"x" * 50)), {"max_part_bytes": 10}, "input_json_limits",
      "larger than 10 bytes"),
     (multipart(*[("title", None, b"t")] * 5), {"max_form_fields": 4}, "input_json_limits", "more than 4 parts"),
+    # the part's header section is 70 bytes: at the configured limit, then one byte over it
+    (multipart(("title", None, b"t")), {"max_part_head_bytes": 70}, None, ""),
+    (multipart(("title", None, b"t")), {"max_part_head_bytes": 69}, "input_json_limits",
+     "part header is larger than 69 bytes"),
     (multipart(("title", None, b"t"))[:-8], {}, "input_invalid_body", "not terminated"),
     (multipart(("title", None, b"<script>alert(1)</script>")), {}, "input_injection_xss", "form field 'title'"),
 ])

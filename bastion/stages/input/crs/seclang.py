@@ -227,7 +227,7 @@ def parse_file(path: Path) -> RuleFile:
     file = path.name
     result = RuleFile(str(path))
     pending: list[RuleSpec] = []  # a rule with `chain` and the rules chained to it so far
-    for line, text in logical_lines(path.read_text(encoding="utf-8")):
+    for line, text in logical_lines(_text(path)):
         directive, _, rest = text.partition(" ")
         args = split_arguments(rest, file, line)
         if directive == "SecRule":
@@ -259,6 +259,15 @@ def parse_file(path: Path) -> RuleFile:
     if pending:
         raise SecLangError(file, pending[-1].line, "the last rule of the file has `chain` but nothing follows")
     return result
+
+
+def _text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:  # found by fuzz/rules.py: was a traceback, not a diagnostic
+        line = len((raw[:err.start].decode("utf-8") + "x").splitlines())  # numbered as logical_lines numbers
+        raise SecLangError(path.name, line, "not UTF-8") from None
 
 
 def _with_chain(head: RuleSpec, chained: tuple[RuleSpec, ...]) -> RuleSpec:

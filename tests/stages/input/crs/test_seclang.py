@@ -77,3 +77,15 @@ def test_errors_name_file_and_line(tmp_path: Path, text: str, line: int, why: st
         parse_file(path)
     assert (err.value.file, err.value.line) == ("REQUEST-999-BAD.conf", line)
     assert why in err.value.why
+
+
+@pytest.mark.parametrize(("raw", "line"), [
+    (b'SecRule ARGS "@rx \xe4\xb8" "id:1"\n', 1),  # fuzz/corpus/seclang/edge-not-utf8: was UnicodeDecodeError
+    (b'# comment\r\nSecRule ARGS "@rx a" "id:1"\n\n  "id:2,msg:\'\xff\'"\n', 4),
+])
+def test_a_file_that_is_not_utf8_is_a_diagnostic_at_its_line(tmp_path: Path, raw: bytes, line: int) -> None:
+    path = tmp_path / "REQUEST-999-BAD.conf"
+    path.write_bytes(raw)
+    with pytest.raises(SecLangError) as err:
+        parse_file(path)
+    assert (err.value.file, err.value.line, err.value.why) == ("REQUEST-999-BAD.conf", line, "not UTF-8")
