@@ -68,7 +68,11 @@ def compile_rule(spec: RuleSpec, operators: Operators, parent: Rule | None = Non
     setvars = tuple(_setvar(a, file, line) for a in spec.actions if a.name == "setvar")
     ctls = tuple(_ctl(a, file, line) for a in spec.actions if a.name == "ctl")
     tags = tuple(spec.all("tag"))
-    paranoia = next((int(t.rsplit("/", 1)[1]) for t in tags if t.startswith("paranoia-level/")), 0)
+    levels = [t.rsplit("/", 1)[1] for t in tags if t.startswith("paranoia-level/")]
+    for level in levels:  # int() of anything else raised ValueError (found by fuzzing)
+        if not (level.isascii() and level.isdigit()):
+            raise SecLangError(file, line, f"tag paranoia-level/{level}: the level must be a number")
+    paranoia = int(levels[0]) if levels else 0
     severity_text = (spec.action("severity") or "").upper()
     severity = _SEVERITIES.get(severity_text, int(severity_text) if severity_text.isdigit() else None)
     rule = Rule(

@@ -29,6 +29,8 @@ def ids(prog, phase: int) -> list[str]:
     ('SecRule ARGS "@rbl x" "id:1,phase:2,pass"', "unsupported operator @rbl"),
     ('SecRule ARGS "@rx a" "id:1,phase:2,pass,ctl:debugLogLevel=9"', "unsupported ctl:debugLogLevel"),
     ('SecRule ARGS "@rx a" "phase:2,pass"', "rule without id"),
+    ("SecRule ARGS \"@rx a\" \"id:1,phase:2,pass,tag:'paranoia-level/x'\"",  # found by fuzzing: int() raised
+     "tag paranoia-level/x: the level must be a number"),
 ])
 def test_unsupported_constructs_are_errors(tmp_path: Path, rule: str, why: str) -> None:
     with pytest.raises(SecLangError) as err:
