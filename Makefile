@@ -71,8 +71,9 @@ crs-rules:
 		update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq modsecurity-crs; }
 
 bench: install system-deps
-	@command -v nginx >/dev/null && command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx-light wrk; }
+	@command -v nginx >/dev/null && command -v wrk >/dev/null && command -v h2load >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx-light wrk nghttp2-client; }
 	$(PY) bench/run.py
 
 clean: clean-compiled

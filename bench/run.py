@@ -334,6 +334,8 @@ class Bench:
         if scenario.body is not None:
             headers.setdefault("Content-Type", "application/json")
         if scenario.tool == "h2load":
+            if shutil.which("h2load") is None:  # a row that cannot run, not a run that stops (apt: nghttp2-client)
+                return "h2load is not installed (apt-get install nghttp2-client; `make bench` does)"
             argv = ["h2load", "-n1", "-c1", f"http://127.0.0.1:{self.port(scenario, target)}{scenario.path}"]
             done = subprocess.run(argv, capture_output=True, text=True, timeout=15)
             if "1 succeeded" not in done.stdout or "1 2xx" not in done.stdout:
