@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -363,10 +364,10 @@ class Bench:
     def paced(self, script: Path | None) -> Path:
         """`script` (or none) plus wrk's `delay()` hook, so each connection sends at connections/--rate s."""
         delay_ms = self.args.connections * 1000.0 / self.args.rate
-        out = self.tmp / f"paced-{script.stem if script else 'plain'}.lua"
-        if not out.exists():
-            base = script.read_text() if script else ""
-            out.write_text(f"{base}\nfunction delay()\n  return {delay_ms:.3f}\nend\n")
+        out = self.tmp / f"paced-{hashlib.sha256(str(script).encode()).hexdigest()[:12]}.lua"
+        if not out.exists():  # dofile: the scenario's script finds its own files (payload_1k.json) by its path
+            base = f"dofile({json.dumps(str(script.resolve()))})\n" if script else ""
+            out.write_text(f"{base}function delay()\n  return {delay_ms:.3f}\nend\n")
         return out
 
     def wrk_argv(self, scenario: Scenario, target: str, duration: float) -> list[str]:

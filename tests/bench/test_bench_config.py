@@ -415,10 +415,13 @@ def test_paced_runs_give_every_connection_the_same_delay_and_keep_the_scenarios_
     argv = bench.wrk_argv(plain, "nginx", 1.0)
     script = Path(argv[argv.index("-s") + 1])
     assert "function delay()\n  return 20.000\nend" in script.read_text()  # 40 connections / 2,000 req/s
-    base = tmp_path / "tokens.lua"
-    base.write_text("request = function() return wrk.format() end\n")
-    paced = bench.paced(base).read_text()
-    assert paced.startswith("request = function()") and "return 20.000" in paced
+    post = scenarios.select(["post-1k"])[0]
+    argv = bench.wrk_argv(post, "nginx", 1.0)
+    paced = Path(argv[argv.index("-s") + 1])
+    assert paced != script and "return 20.000" in paced.read_text()
+    done = subprocess.run(["wrk", "-t1", "-c1", "-d0.2s", "-s", str(paced), "http://127.0.0.1:9/"],
+                          capture_output=True, text=True)  # wrk loads the script (payload found) before connecting
+    assert "payload_1k.json" not in done.stderr and "assertion failed" not in done.stderr, done.stderr
 
 
 def test_paced_latency_table_compares_bastions_p99_with_its_peer() -> None:
