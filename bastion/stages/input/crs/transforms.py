@@ -290,18 +290,13 @@ _CSS_JOINED = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\n\f\r]?|\n|([^\uffff]))",
 _ESCAPES_JOINED = re.compile(r"\\(?:x([0-9a-fA-F]{1,2})|([0-7]{1,3})|([^\uffff]))", re.DOTALL)
 
 JOINED: dict[str, Transform] = {
-    "urlDecode": url_decode,
-    "urlDecodeUni": url_decode_uni,
-    "htmlEntityDecode": html_entity_decode,
+    **{name: TRANSFORMS[name] for name in (
+        "urlDecode", "urlDecodeUni", "htmlEntityDecode", "utf8toUnicode", "lowercase", "removeNulls",
+        "removeWhitespace", "compressWhitespace", "cmdLine")},
+    # the escape decoders must not take the separator as the character an escape stands for
     "jsDecode": lambda value: js_decode(value, _JS_JOINED),
     "cssDecode": lambda value: css_decode(value, _CSS_JOINED),
     "escapeSeqDecode": lambda value: escape_seq_decode(value, _ESCAPES_JOINED),
-    "utf8toUnicode": utf8_to_unicode,
-    "lowercase": lowercase,
-    "removeNulls": remove_nulls,
-    "removeWhitespace": remove_whitespace,
-    "compressWhitespace": compress_whitespace,
-    "cmdLine": cmd_line,
 }
 """The transformations that work character by character or on runs that SEPARATOR ends: applied once to values
 joined by SEPARATOR they give each value's own result, joined by SEPARATOR (`T(a + S + b) == T(a) + S + T(b)`),
