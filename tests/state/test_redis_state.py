@@ -205,7 +205,8 @@ async def test_sentinel_failover_fails_fast_then_finds_the_new_primary(tmp_path)
     from tests.state.redis_server import free_port
 
     primary, replica, sentinel = free_port(), free_port(), free_port()
-    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning"]
+    # --dir: a replica's full sync writes an RDB file even with --save "" (it landed in the checkout once)
+    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--loglevel", "warning", "--dir", str(tmp_path)]
     procs = {primary: subprocess.Popen(["redis-server", "--port", str(primary), *common]),
              replica: subprocess.Popen(["redis-server", "--port", str(replica), "--replicaof", "127.0.0.1",
                                         str(primary), *common])}
