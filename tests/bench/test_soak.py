@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.soak import Sample, verdict
+from bench.soak import Sample, settled, verdict
 
 MIB = 2**20
 
@@ -29,3 +29,36 @@ def test_verdict(name, rss, fds, ok):
 def test_too_few_samples_after_the_warm_up_is_no_pass():
     ok, why = verdict(_samples([90, 90, 90, 90]), warmup=100)
     assert not ok and "too few samples" in why
+
+
+def _with_tables(rss_mib: list[float], sizes: list[int]) -> list[Sample]:
+    samples = _samples(rss_mib)
+    for sample, size in zip(samples, sizes, strict=True):
+        sample.tables = {"tokens (max 10000)": size, "limits (max 200000)": 50}
+    return samples
+
+
+def test_a_table_settles_when_it_stops_growing():
+    samples = _with_tables([90] * 10, [100, 400, 700, 1000, 1010, 990, 1005, 1000, 995, 1002])
+    assert settled(samples) == {"limits (max 200000)": 30, "tokens (max 10000)": 120}
+
+
+def test_the_warm_up_lasts_until_the_last_table_has_settled():
+    # RSS follows the table up to 180 s, then stays flat: with the 30 s warm-up alone this is a slope
+    rss = [80, 82, 84, 86, 88, 90, 90.1, 90.0, 90.2, 90.1, 90.0, 90.1, 90.2, 90.1]
+    sizes = [100, 200, 300, 400, 500, 600, 610, 600, 605, 600, 600, 603, 601, 600]
+    ok, why = verdict(_with_tables(rss, sizes), warmup=30)
+    assert ok and "warm-up 180 s (the last table to settle: tokens (max 10000), at 180 s)" in why
+    assert not verdict(_samples(rss), warmup=30)[0]  # the same RSS without the tables' evidence
+
+
+def test_a_table_still_filling_in_the_second_half_fails():
+    sizes = [100 * (i + 1) for i in range(10)]  # grows to the end: not to be told from a leak
+    ok, why = verdict(_with_tables([90] * 10, sizes), warmup=100)
+    assert not ok and "still filling" in why
+
+
+def test_a_leak_fails_after_the_tables_have_settled():
+    rss = [90 + 0.3 * i for i in range(14)]  # +0.6 MiB/min, steadily
+    sizes = [100, 200, 300, 400, 500, 600, 610, 600, 605, 600, 600, 603, 601, 600]
+    assert not verdict(_with_tables(rss, sizes), warmup=100)[0]
