@@ -38,27 +38,33 @@ def _with_tables(rss_mib: list[float], sizes: list[int]) -> list[Sample]:
     return samples
 
 
+def test_a_small_table_renewed_at_once_is_settled():
+    sizes = [40, 50, 50, 50, 100, 50, 50, 100, 50, 50]  # 50 entries, all renewed together every 150 s
+    samples = _with_tables([90] * 10, sizes)
+    assert settled(samples)["tokens (max 10000)"] == 30
+
+
 def test_a_table_settles_when_it_stops_growing():
-    samples = _with_tables([90] * 10, [100, 400, 700, 1000, 1010, 990, 1005, 1000, 995, 1002])
+    samples = _with_tables([90] * 10, [100, 400, 700, 1000, 1010, 990, 1005, 1000, 1060, 1002])
     assert settled(samples) == {"limits (max 200000)": 30, "tokens (max 10000)": 120}
 
 
 def test_the_warm_up_lasts_until_the_last_table_has_settled():
     # RSS follows the table up to 180 s, then stays flat: with the 30 s warm-up alone this is a slope
     rss = [80, 82, 84, 86, 88, 90, 90.1, 90.0, 90.2, 90.1, 90.0, 90.1, 90.2, 90.1]
-    sizes = [100, 200, 300, 400, 500, 600, 610, 600, 605, 600, 600, 603, 601, 600]
+    sizes = [1000, 2000, 3000, 4000, 5000, 6000, 6100, 6000, 6050, 6000, 6000, 6030, 6010, 6000]
     ok, why = verdict(_with_tables(rss, sizes), warmup=30)
     assert ok and "warm-up 180 s (the last table to settle: tokens (max 10000), at 180 s)" in why
     assert not verdict(_samples(rss), warmup=30)[0]  # the same RSS without the tables' evidence
 
 
 def test_a_table_still_filling_in_the_second_half_fails():
-    sizes = [100 * (i + 1) for i in range(10)]  # grows to the end: not to be told from a leak
+    sizes = [1000 * (i + 1) for i in range(10)]  # grows to the end: not to be told from a leak
     ok, why = verdict(_with_tables([90] * 10, sizes), warmup=100)
     assert not ok and "still filling" in why
 
 
 def test_a_leak_fails_after_the_tables_have_settled():
     rss = [90 + 0.3 * i for i in range(14)]  # +0.6 MiB/min, steadily
-    sizes = [100, 200, 300, 400, 500, 600, 610, 600, 605, 600, 600, 603, 601, 600]
+    sizes = [1000, 2000, 3000, 4000, 5000, 6000, 6100, 6000, 6050, 6000, 6000, 6030, 6010, 6000]
     assert not verdict(_with_tables(rss, sizes), warmup=100)[0]
