@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from bench.soak import Sample, settled, verdict
+from bench.soak import Sample, main, settled, verdict
 
 MIB = 2**20
 
@@ -68,3 +70,16 @@ def test_a_leak_fails_after_the_tables_have_settled():
     rss = [90 + 0.3 * i for i in range(14)]  # +0.6 MiB/min, steadily
     sizes = [1000, 2000, 3000, 4000, 5000, 6000, 6100, 6000, 6050, 6000, 6000, 6030, 6010, 6000]
     assert not verdict(_with_tables(rss, sizes), warmup=100)[0]
+
+
+def test_a_descriptor_blip_at_the_end_is_no_leak():
+    fds = [40, 41, 40, 40, 52, 40, 41, 40, 40, 41, 40, 41, 51]  # the upstream pool opens a few during a spike
+    assert verdict(_samples([90] * 13, fds), warmup=100)[0]
+
+
+def test_replay_gives_the_verdict_of_saved_samples(tmp_path):
+    saved = tmp_path / "samples.json"
+    saved.write_text(json.dumps([vars(s) for s in _samples([80, 81, 82, 83, 84, 85, 86, 87, 88, 89])]))
+    assert main(["--replay", str(saved), "--warmup", "100", "--no-write"]) == 1
+    saved.write_text(json.dumps([vars(s) for s in _samples([90] * 10)]))
+    assert main(["--replay", str(saved), "--warmup", "100", "--no-write"]) == 0
