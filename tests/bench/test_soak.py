@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
-from bench.soak import Sample, main, settled, verdict
+from bench.soak import NOISY, Mix, Sample, main, settled, verdict
 
 MIB = 2**20
 
@@ -83,3 +84,17 @@ def test_replay_gives_the_verdict_of_saved_samples(tmp_path):
     assert main(["--replay", str(saved), "--warmup", "100", "--no-write"]) == 1
     saved.write_text(json.dumps([vars(s) for s in _samples([90] * 10)]))
     assert main(["--replay", str(saved), "--warmup", "100", "--no-write"]) == 0
+
+
+def test_never_seen_tokens_come_exactly_one_request_in_20_the_rest_in_proportion():
+    mix, rng = Mix(), random.Random(18)
+    kinds: list[str] = []
+    for _ in range(20_000):
+        before = mix.fresh
+        raw = mix.next(rng)
+        kinds.append("fresh" if mix.fresh > before else "noisy" if NOISY.encode() in raw else
+                     "injection" if b"UNION" in raw else "order" if raw.startswith(b"POST") else "get")
+    assert all(kinds[i:i + 20].count("fresh") == 1 for i in range(0, 20_000, 20))  # every window of 20
+    share = {kind: kinds.count(kind) / len(kinds) for kind in set(kinds)}
+    assert abs(share["noisy"] - 0.15) < 0.01 and abs(share["order"] - 0.20) < 0.01
+    assert abs(share["injection"] - 0.05) < 0.005 and abs(share["get"] - 0.55) < 0.01
