@@ -178,7 +178,14 @@ def find_tables(root: object, stats: dict[str, int] | None = None, limit: int = 
 def light_sample(tables: dict[str, Any]) -> dict[str, Any]:
     """What the soak records beside RSS, cheap enough for the verdict run: no collection, no object census."""
     return {"t": time.time(), "rss": _rss(), "malloc": _mallinfo(), "py_blocks": sys.getallocatedblocks(),
-            "tables": {name: len(table) for name, table in tables.items()}}
+            "tables": {name: len(table) for name, table in tables.items()},
+            "table_bytes": {name: _table_bytes(table) for name, table in tables.items()}}
+
+
+def _table_bytes(table: Any) -> int:
+    """The bytes of a table's hash tables (not its entries): a dict holding N keys under churn grows its table
+    to about 3N slots some time after N stops growing (one resize, then never again), a step in RSS."""
+    return sum(sys.getsizeof(getattr(table, segment, None) or {}) for segment in ("_probation", "_protected"))
 
 
 def _leak(per_second: int) -> None:

@@ -98,3 +98,10 @@ def test_never_seen_tokens_come_exactly_one_request_in_20_the_rest_in_proportion
     share = {kind: kinds.count(kind) / len(kinds) for kind in set(kinds)}
     assert abs(share["noisy"] - 0.15) < 0.01 and abs(share["order"] - 0.20) < 0.01
     assert abs(share["injection"] - 0.05) < 0.005 and abs(share["get"] - 0.55) < 0.01
+
+
+def test_a_table_settles_only_when_its_hash_table_has_stopped_growing():
+    samples = _with_tables([90] * 10, [1000, 3000, 3000, 3010, 3000, 2990, 3000, 3005, 3000, 3000])
+    for sample, size in zip(samples, [100_000, 300_000] * 2 + [510_000] * 6, strict=True):
+        sample.table_bytes = {"tokens (max 10000)": size}  # resized to 3 slots an entry at 150 s
+    assert settled(samples)["tokens (max 10000)"] == 150
