@@ -317,6 +317,15 @@ def _settled(sizes: list[int], samples: list[Sample], slack: int) -> float:
     return samples[-1].at
 
 
+def _trend(xs: list[float], ys: list[float], floor: float) -> tuple[float, float, float]:
+    """Least-squares slope of `ys` over `xs`, the growth it projects over the span, and the noise band: three
+    standard deviations of the residuals, at least `floor`."""
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum((x - mean_x) ** 2 for x in xs)
+    residuals = [y - (mean_y + slope * (x - mean_x)) for x, y in zip(xs, ys, strict=True)]
+    return slope, slope * (xs[-1] - xs[0]), max(floor, 3 * statistics.pstdev(residuals))
+
+
 def verdict(samples: list[Sample], warmup: float) -> tuple[bool, str]:
     """PASS when, after the warm-up, RSS has no slope beyond noise and descriptors do not grow.
 
@@ -333,23 +342,17 @@ def verdict(samples: list[Sample], warmup: float) -> tuple[bool, str]:
     if len(kept) < 3:
         return False, f"too few samples after the {start:.0f} s warm-up ({len(kept)}): run longer"
     xs = [s.at for s in kept]
-    ys = [s.rss / 2**20 for s in kept]
-    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum((x - mean_x) ** 2 for x in xs)
-    residuals = [y - (mean_y + slope * (x - mean_x)) for x, y in zip(xs, ys, strict=True)]
-    noise = max(1.0, 3 * statistics.pstdev(residuals))
-    growth = slope * (xs[-1] - xs[0])
-    # descriptors: the upstream pool opens a few more during a latency spike and closes them after, so one
-    # sample says little; a descriptor leak lifts the typical count of the last third over the first third's
-    third = max(1, len(kept) // 3)
-    first_fds, last_fds = statistics.median(s.fds for s in kept[:third]), statistics.median(s.fds for s in kept[-third:])
-    fds_grew = last_fds > first_fds + 2
+    slope, growth, noise = _trend(xs, [s.rss / 2**20 for s in kept], 1.0)
+    # descriptors: the upstream pool opens more during a latency spike or a busy machine and closes them after,
+    # so they are judged like RSS: a trend beyond their own noise (at least 3), not one sample against another
+    _, fds_growth, fds_noise = _trend(xs, [float(s.fds) for s in kept], 3.0)
+    fds_grew = fds_growth > fds_noise
     ok = abs(growth) <= noise and not fds_grew
     why = (f"warm-up {start:.0f} s" + (f" (the last table to settle: {filling[0]}, at {filling[1]:.0f} s)"
                                       if filling[0] else "")
            + f"; RSS slope after it {slope * 60:+.3f} MiB/min, {growth:+.2f} MiB over {xs[-1] - xs[0]:.0f} s "
-           f"(noise band ±{noise:.2f} MiB); descriptors {first_fds:g} -> {last_fds:g} (medians of the first and last "
-           "thirds)")
+           f"(noise band ±{noise:.2f} MiB); descriptors {kept[0].fds} -> {kept[-1].fds}, trend {fds_growth:+.1f} "
+           f"(noise band ±{fds_noise:.1f})")
     if kept[0].py_blocks:
         why += (f"; Python objects {kept[0].py_blocks / 1000:.1f}k -> {kept[-1].py_blocks / 1000:.1f}k, "
                 f"malloc in use {kept[0].malloc_used / 2**20:.1f} -> {kept[-1].malloc_used / 2**20:.1f} MiB")
