@@ -371,7 +371,8 @@ def markdown(samples: list[Sample], ok: bool, why: str, args: argparse.Namespace
         f"Run started {getattr(args, 'started', None) or start_of(samples):%Y-%m-%d %H:%M} UTC by "
         f"`python bench/soak.py --minutes {args.minutes:g} --rate {args.rate:g}"
         f"{' --random-fresh' if args.random_fresh else ''}` (one gateway process, the demo upstream, "
-        f"{args.connections} keep-alive client connections; the mix is described in bench/soak.py). Warm-up {args.warmup:g} s. {why}. "
+        f"{args.connections} keep-alive client connections; the mix is described in bench/soak.py). "
+        f"Verdict: {why}. "
         "Latency is measured from the moment each request was due, on whatever else the machine runs: its "
         "percentiles are noisy when the machine is shared, RSS and descriptors are not.",
         "",
