@@ -7,17 +7,26 @@ One Bastion process (`bastion serve`) in front of the demo echo upstream, both o
 an asyncio client over keep-alive connections at a fixed rate (open loop: latency counts from the moment a
 request was due, so a stalled gateway shows as latency, not as a lower rate):
 - 55% GET with a JWT from a pool of 50 (the verified-token cache), 5% GET with a never-seen JWT (fresh `sub`,
-  `jti`: the cache and every per-subject table churn), each from its own X-Forwarded-For address;
+  `jti`: the cache and every per-subject table churn), each from its own X-Forwarded-For address. The
+  never-seen tokens come exactly one request in 20, the rest of the mix at random: drawn at random too
+  (`--random-fresh`), the count of them in the last 5 minutes (the tokens the cache holds) wanders with the
+  draw (2,904 to 3,073 over 30 minutes with the seed used), and RSS keeps the highest point it reached;
 - 20% POST of the 1 KB order validated against its OpenAPI operation, with injection inspection;
 - 5% POST with an injection payload (400 from inspection), 15% from one noisy client over its rate limit (429);
 - every request audited to a file sink that rotates every MiB.
-Every table reaches its steady state within the default 5-minute warm-up: verified tokens live 5 minutes in the
-cache, rate-limit windows a minute, and the usage-anomaly warm-up is shortened to 2 minutes (it sets how long a
-one-time subject's baseline is kept; with the default 10 minutes, use `--warmup 900`).
-Every `--interval` seconds: the gateway's RSS and open descriptors (/proc), the latency percentiles and the
-answers of the requests finished in the interval. The verdict is PASS when, after `--warmup`, the least-squares
-slope of RSS projected over the rest of the run stays within noise (3 residual standard deviations, at least
-1 MiB) and the descriptors do not grow.
+Every table should reach its steady state within the default 5-minute warm-up: verified tokens live 5 minutes in
+the cache, rate-limit windows a minute, and the usage-anomaly warm-up is shortened to 2 minutes (it sets how long
+a one-time subject's baseline is kept; with the default 10 minutes, use `--warmup 900`). The run does not take
+that on trust: the gateway runs under `bench/soakdiag.py`, whose sampler thread finds every `BoundedCache` of the
+running config once (a walk from the Runtime, 0.1 s) and records their sizes, Python's allocated blocks and
+malloc's bytes in use (`mallinfo2`) every third of an interval: no collection, no object census (`--diagnose`
+adds those, and `--trace` tracemalloc, to attribute growth; neither is for the verdict run).
+Every `--interval` seconds: the gateway's RSS and open descriptors (/proc), those figures, the latency
+percentiles and the answers of the requests finished in the interval. The verdict is PASS when, after the
+warm-up, the least-squares slope of RSS projected over the rest of the run stays within noise (3 residual
+standard deviations, at least 1 MiB) and the descriptors do not grow. The warm-up is `--warmup`, extended to
+the moment the last bounded table reached its steady size; a table still filling after half the run is a FAIL.
+`--leak N` makes the gateway keep N bytes a second, to see the verdict fail.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # `python bench/soak.py`: make `bench` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -111,6 +121,9 @@ class Mix:
     now: int = field(default_factory=lambda: int(time.time()))
     pool: list[bytes] = field(default_factory=list)
     fresh: int = 0
+    fresh_share: float = 0.05
+    even: bool = True  # never-seen tokens exactly every 1/fresh_share requests, not at random
+    _due: float = 0.0
 
     def __post_init__(self) -> None:
         self.pool = [token(f"regular-{i}", self.now) for i in range(50)]
@@ -118,15 +131,24 @@ class Mix:
     def next(self, rng: random.Random) -> bytes:
         roll = rng.random()
         address = f"10.0.{rng.randrange(8)}.{rng.randrange(1, 251)}"  # 2,000 regular client addresses
+        if self.even:  # the share of fresh tokens, evenly spread: the token tables hold a constant count
+            self._due += self.fresh_share
+            if self._due >= 1:
+                self._due -= 1
+                roll = 0.15
+            else:  # the rest of the mix in its proportions: [0, 1) onto everything but the fresh slot
+                roll *= 1 - self.fresh_share
+                roll += self.fresh_share if roll >= 0.15 else 0.0
         if roll < 0.15:
             return self._get(self.pool[0], NOISY)
-        if roll < 0.20:  # a never-seen token from a never-seen address
+        roll -= self.fresh_share
+        if roll < 0.15:  # a never-seen token from a never-seen address
             self.fresh += 1
             return self._get(token(f"fresh-{self.fresh}", self.now),
                              f"10.{1 + self.fresh // 65536 % 250}.{self.fresh // 256 % 256}.{self.fresh % 256}")
-        if roll < 0.40:
+        if roll < 0.35:
             return self._post(rng.choice(self.pool), address, PAYLOAD)
-        if roll < 0.45:
+        if roll < 0.40:
             return self._post(rng.choice(self.pool), address, INJECTION)
         return self._get(rng.choice(self.pool), address)
 
@@ -213,14 +235,27 @@ class Sample:
     p99_ms: float
     statuses: dict[str, int]
     errors: int
+    py_blocks: int = 0  # objects (blocks) Python's allocator holds, from the gateway's sampler
+    malloc_used: int = 0  # bytes malloc has handed out and not had back (large objects, C extensions)
+    tables: dict[str, int] = field(default_factory=dict)  # entries of every bounded table
+    table_bytes: dict[str, int] = field(default_factory=dict)  # the bytes of their hash tables
 
 
-async def drive(port: int, pid: int, seconds: float, rate: float, every: float, connections: int) -> list[Sample]:
+def _inside(path: Path | None) -> dict[str, Any]:
+    """The gateway's own last sample (bench/soakdiag.py), or nothing."""
+    if path is None or not path.exists():
+        return {}
+    lines = path.read_text().splitlines()
+    return json.loads(lines[-1]) if lines else {}
+
+
+async def drive(port: int, pid: int, seconds: float, rate: float, every: float, connections: int,
+                fresh_share: float = 0.05, inside: Path | None = None, even: bool = True) -> list[Sample]:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
     interval = [Interval()]
     workers = [asyncio.create_task(connection(port, queue, interval)) for _ in range(connections)]
-    mix, rng = Mix(), random.Random(18)
+    mix, rng = Mix(fresh_share=fresh_share, even=even), random.Random(18)
     samples: list[Sample] = []
     start = loop.time()
     next_sample = start + every
@@ -233,12 +268,17 @@ async def drive(port: int, pid: int, seconds: float, rate: float, every: float, 
             if loop.time() >= next_sample:
                 done, interval[0] = interval[0], Interval()
                 rss, fds = _proc_sample(pid)
+                own = _inside(inside)
                 samples.append(Sample(round(loop.time() - start), rss, fds, len(done.latencies),
                                       _pct(done.latencies, 0.5) * 1000, _pct(done.latencies, 0.99) * 1000,
-                                      done.statuses, done.errors))
+                                      done.statuses, done.errors, own.get("py_blocks", 0),
+                                      own.get("malloc", {}).get("in_use", 0), own.get("tables", {}),
+                                      own.get("table_bytes", {})))
                 s = samples[-1]
                 print(f"{s.at:6.0f} s  RSS {s.rss / 2**20:6.1f} MiB  fds {s.fds:3d}  {s.requests / every:6.0f} req/s  "
-                      f"p50 {s.p50_ms:6.2f} ms  p99 {s.p99_ms:7.2f} ms  {s.statuses} errors {s.errors}", flush=True)
+                      f"p50 {s.p50_ms:6.2f} ms  p99 {s.p99_ms:7.2f} ms  {s.statuses} errors {s.errors}  "
+                      f"py blocks {s.py_blocks / 1000:.1f}k malloc {s.malloc_used / 2**20:.1f} MiB "
+                      f"tables {sum(s.tables.values())}", flush=True)
                 next_sample += every
                 continue
             while sent < (loop.time() - start) * rate:
@@ -252,41 +292,108 @@ async def drive(port: int, pid: int, seconds: float, rate: float, every: float, 
     return samples
 
 
-def verdict(samples: list[Sample], warmup: float) -> tuple[bool, str]:
-    """PASS when RSS after warm-up has no slope beyond noise and descriptors do not grow."""
-    kept = [s for s in samples if s.at > warmup]
-    if len(kept) < 3:
-        return False, f"too few samples after the {warmup:.0f} s warm-up ({len(kept)}): run longer"
-    xs = [s.at for s in kept]
-    ys = [s.rss / 2**20 for s in kept]
+def settled(samples: list[Sample]) -> dict[str, float]:
+    """When each bounded table reached its steady size: the first sample from which it never again grows more
+    than 5% past the largest size it had shown by then, give or take 64 entries or 0.5% of its maximum (a table
+    of a few dozen entries doubles for a moment when they are all renewed together). A table still growing at
+    the end of the run settles only at its last sample."""
+    out: dict[str, float] = {}
+    for name in sorted({n for s in samples for n in s.tables}):
+        cap = int(name.rpartition("(max ")[2].rstrip(")") or 0) if "(max " in name else 0
+        out[name] = _settled([s.tables.get(name, 0) for s in samples], samples, max(64, cap // 200))
+        # and its hash tables: they grow once more, to about 3 slots an entry, after the entries have settled
+        sized = [s.table_bytes.get(name, 0) for s in samples]
+        if any(sized):
+            out[name] = max(out[name], _settled(sized, samples, 4096))
+    return out
+
+
+def _settled(sizes: list[int], samples: list[Sample], slack: int) -> float:
+    top = 0
+    for i, s in enumerate(samples):
+        top = max(top, sizes[i])
+        if max(sizes[i:]) <= top * 1.05 + slack:
+            return s.at
+    return samples[-1].at
+
+
+def _trend(xs: list[float], ys: list[float], floor: float) -> tuple[float, float, float]:
+    """Least-squares slope of `ys` over `xs`, the growth it projects over the span, and the noise band: three
+    standard deviations of the residuals, at least `floor`."""
     mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
     slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum((x - mean_x) ** 2 for x in xs)
     residuals = [y - (mean_y + slope * (x - mean_x)) for x, y in zip(xs, ys, strict=True)]
-    noise = max(1.0, 3 * statistics.pstdev(residuals))
-    growth = slope * (xs[-1] - xs[0])
-    fds_grew = kept[-1].fds > kept[0].fds + 2
+    return slope, slope * (xs[-1] - xs[0]), max(floor, 3 * statistics.pstdev(residuals))
+
+
+def verdict(samples: list[Sample], warmup: float) -> tuple[bool, str]:
+    """PASS when, after the warm-up, RSS has no slope beyond noise and descriptors do not grow.
+
+    The warm-up lasts `warmup` seconds, or longer when a bounded table of the gateway is still filling: it ends
+    when the last one has reached its steady size (`settled`). A table still filling after half the run is a
+    FAIL: over that run it cannot be told from a leak."""
+    tables = settled(samples)
+    filling = max(tables.items(), key=lambda item: item[1], default=("", 0.0))
+    start = max(warmup, filling[1])
+    if samples and filling[1] > max(warmup, samples[-1].at / 2):
+        return False, (f"table {filling[0]} was still filling at {filling[1]:.0f} s, past half the run: "
+                       "run longer, or size it to fill sooner")
+    kept = [s for s in samples if s.at > start]
+    if len(kept) < 3:
+        return False, f"too few samples after the {start:.0f} s warm-up ({len(kept)}): run longer"
+    xs = [s.at for s in kept]
+    slope, growth, noise = _trend(xs, [s.rss / 2**20 for s in kept], 1.0)
+    # descriptors: the upstream pool opens more during a latency spike or a busy machine and closes them after,
+    # so they are judged like RSS: a trend beyond their own noise (at least 3), not one sample against another
+    _, fds_growth, fds_noise = _trend(xs, [float(s.fds) for s in kept], 3.0)
+    fds_grew = fds_growth > fds_noise
     ok = abs(growth) <= noise and not fds_grew
-    why = (f"RSS slope after warm-up {slope * 60:+.3f} MiB/min, {growth:+.2f} MiB over {xs[-1] - xs[0]:.0f} s "
-           f"(noise band ±{noise:.2f} MiB); descriptors {kept[0].fds} -> {kept[-1].fds}")
+    why = (f"warm-up {start:.0f} s" + (f" (the last table to settle: {filling[0]}, at {filling[1]:.0f} s)"
+                                      if filling[0] else "")
+           + f"; RSS slope after it {slope * 60:+.3f} MiB/min, {growth:+.2f} MiB over {xs[-1] - xs[0]:.0f} s "
+           f"(noise band ±{noise:.2f} MiB); descriptors {kept[0].fds} -> {kept[-1].fds}, trend {fds_growth:+.1f} "
+           f"(noise band ±{fds_noise:.1f})")
+    if kept[0].py_blocks:
+        why += (f"; Python objects {kept[0].py_blocks / 1000:.1f}k -> {kept[-1].py_blocks / 1000:.1f}k, "
+                f"malloc in use {kept[0].malloc_used / 2**20:.1f} -> {kept[-1].malloc_used / 2**20:.1f} MiB")
     return ok, why
+
+
+def start_of(samples: list[Sample]) -> dt.datetime:
+    """When a run that ends now started."""
+    return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=samples[-1].at if samples else 0)
 
 
 def markdown(samples: list[Sample], ok: bool, why: str, args: argparse.Namespace) -> str:
     lines = [
         f"## Soak: {args.minutes:g} minutes at {args.rate:g} req/s — **{'PASS' if ok else 'FAIL'}**",
         "",
-        f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by `python bench/soak.py --minutes {args.minutes:g} "
-        f"--rate {args.rate:g}` (one gateway process, the demo upstream, {args.connections} keep-alive client "
-        f"connections; the mix is described in bench/soak.py). Warm-up {args.warmup:g} s. {why}. "
+        f"Run started {getattr(args, 'started', None) or start_of(samples):%Y-%m-%d %H:%M} UTC by "
+        f"`python bench/soak.py --minutes {args.minutes:g} --rate {args.rate:g}"
+        f"{' --random-fresh' if args.random_fresh else ''}` (one gateway process, the demo upstream, "
+        f"{args.connections} keep-alive client connections; the mix is described in bench/soak.py). "
+        f"Verdict: {why}. "
         "Latency is measured from the moment each request was due, on whatever else the machine runs: its "
         "percentiles are noisy when the machine is shared, RSS and descriptors are not.",
         "",
-        "| t (s) | RSS (MiB) | fds | req/s | p50 (ms) | p99 (ms) | answers | errors |",
-        "|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    tables = settled(samples)
+    if tables:
+        lines += ["Bounded tables of the gateway (entries at the end of the run, largest seen, and when each "
+                  "reached its steady size):", ""]
+        lines += [f"- `{name}`: {samples[-1].tables.get(name, 0):,} at the end, at most "
+                  f"{max(s.tables.get(name, 0) for s in samples):,}, settled at {at:.0f} s"
+                  for name, at in sorted(tables.items(), key=lambda item: item[1])]
+        lines.append("")
+    lines += [
+        "| t (s) | RSS (MiB) | Python objects (k) | malloc in use (MiB) | table entries | fds | req/s | p50 (ms) "
+        "| p99 (ms) | answers | errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for s in samples:
         answers = ", ".join(f"{k} {v}" for k, v in sorted(s.statuses.items()))
-        lines.append(f"| {s.at:.0f} | {s.rss / 2**20:.1f} | {s.fds} | {s.requests / args.interval:.0f} | "
+        lines.append(f"| {s.at:.0f} | {s.rss / 2**20:.1f} | {s.py_blocks / 1000:.1f} | {s.malloc_used / 2**20:.1f} "
+                     f"| {sum(s.tables.values()):,} | {s.fds} | {s.requests / args.interval:.0f} | "
                      f"{s.p50_ms:.2f} | {s.p99_ms:.2f} | {answers} | {s.errors} |")
     return "\n".join(lines) + "\n"
 
@@ -298,8 +405,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between samples")
     parser.add_argument("--warmup", type=float, default=300.0, help="seconds left out of the verdict")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--fresh-share", type=float, default=0.05,
+                        help="share of requests with a never-seen token and address (taken from the pooled GETs)")
+    parser.add_argument("--random-fresh", action="store_true",
+                        help="never-seen tokens at random (5%% of draws) rather than exactly every 1/share requests: "
+                             "the count in the token tables then wanders with the draw, and RSS keeps its highest point")
+    parser.add_argument("--diagnose", metavar="OUT.jsonl",
+                        help="run the gateway under bench/soakdiag.py, sampling its tables and heaps into OUT.jsonl")
+    parser.add_argument("--trace", action="store_true", help="with --diagnose: attribute growth with tracemalloc")
+    parser.add_argument("--leak", type=int, default=0, metavar="BYTES_PER_S",
+                        help="make the gateway leak this many bytes a second (to show that the verdict fails)")
+    parser.add_argument("--save", metavar="SAMPLES.json", help="also write the samples, to analyse them again")
+    parser.add_argument("--replay", metavar="SAMPLES.json",
+                        help="no run: the verdict (and the section, unless --no-write) from saved samples")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
     args = parser.parse_args(argv)
+    if args.replay:  # the verdict and the section again, from the samples a run saved
+        saved = Path(args.replay)
+        samples = [Sample(**sample) for sample in json.loads(saved.read_text())]
+        # saved at the end of the run: it started that long before
+        args.started = dt.datetime.fromtimestamp(saved.stat().st_mtime - samples[-1].at, dt.UTC)
+        return _finish(samples, args)
     with tempfile.TemporaryDirectory(prefix="bastion-soak-") as folder, procs.Processes(Path(folder)) as children:
         tmp = Path(folder)
         key = {"kty": "oct", "kid": "soak", "alg": "HS256", "k": _b64(SECRET).decode()}
@@ -309,10 +435,29 @@ def main(argv: list[str] | None = None) -> int:
                                                         openapi=REPO / "bench" / "bench-openapi.yaml"))
         upstream = children.start("upstream", [sys.executable, "-m", "bastion.demo.upstream", str(upstream_port)])
         procs.wait_port(upstream, upstream_port)
-        gateway = children.start("bastion", [sys.executable, "-m", "bastion", "serve", "-c", str(tmp / "bastion.yaml")])
-        procs.wait_port(gateway, port)
+        # the gateway runs under bench/soakdiag.py: its sampler thread records the bounded tables' sizes and the
+        # allocators' figures (light: no collection, no census), or with --diagnose everything, for attribution
+        inside = tmp / "inside.jsonl"
+        if args.diagnose:
+            sampler = [str(Path(args.diagnose).resolve()), str(args.interval), *(["--trace"] if args.trace else [])]
+        else:
+            sampler = [str(inside), str(max(1.0, args.interval / 3)), "--light",
+                       *(["--leak", str(args.leak)] if args.leak else [])]
+        command = ["-m", "bench.soakdiag", *sampler, "--", "serve", "-c", str(tmp / "bastion.yaml")]
+        gateway = children.start("bastion", [sys.executable, *command], env={**os.environ, "PYTHONPATH": str(REPO)})
+        procs.wait_port(gateway, port, timeout=180 if args.diagnose else 30)
         samples = asyncio.run(drive(port, gateway.pid, args.minutes * 60, args.rate, args.interval,
-                                    args.connections))
+                                    args.connections, args.fresh_share, None if args.diagnose else inside,
+                                    not args.random_fresh))
+        if inside.exists():
+            walks = [line for line in inside.read_text().splitlines() if '"walk"' in line]
+            print("gateway sampler:", *(json.loads(line)["walk"] for line in walks))
+    if args.save:
+        Path(args.save).write_text(json.dumps([vars(s) for s in samples]))
+    return _finish(samples, args)
+
+
+def _finish(samples: list[Sample], args: argparse.Namespace) -> int:
     ok, why = verdict(samples, args.warmup)
     print(("PASS: " if ok else "FAIL: ") + why)
     if not args.no_write:

@@ -146,6 +146,8 @@ class AdminConfig(Model):
     port: int = Field(9901, ge=0, le=65535)
     tls: TlsListenerConfig | None = Field(None, description="TLS (and client certificates) for the admin API.")
     auth: AdminAuthConfig | None = None
+    max_body_bytes: Size = Field(1024 * 1024, ge=1024, description="Largest admin request body (413 above, "
+                                 "audited and counted): a block list or a probe result fits in far less.")
 
     @model_validator(mode="after")
     def _auth_off_loopback(self) -> AdminConfig:

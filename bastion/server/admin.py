@@ -22,6 +22,7 @@ from bastion.server.http1 import BodyMalformed, BodyTimeout, BodyTooLarge, Excha
 Json = dict[str, Any]
 # Scrapes and probes are not "actions": auditing them would drown the actions that matter.
 _UNAUDITED = frozenset({"/healthz", "/readyz", "/metrics"})
+MAX_BODY_BYTES = 1024 * 1024  # `gateway.admin.max_body_bytes` by default
 
 
 @dataclass(slots=True)
@@ -42,6 +43,8 @@ class AdminBackend:
     clock: Callable[[], float] = time.time  # the data plane's wall clock: evidence is computed at its instant
     # `/readyz` with reasons: `{"reasons": [...], ...}` (empty reasons = ready); without it, `ready()` decides
     readiness: Callable[[], Awaitable[Json]] | None = None
+    # counts a refused admin request by reason (`bastion_decisions_total{control="admin", outcome="deny"}`)
+    refused: Callable[[str], None] = lambda reason: None
 
 
 class AdminApi:
@@ -54,10 +57,14 @@ class AdminApi:
     async def handle(self, ex: Exchange) -> None:
         path = ex.target.split("?", 1)[0]
         new_request_id()  # this task's answers, whichever handler writes them, carry it
-        ex.limit_body(1024 * 1024)
+        limit = self._max_body_bytes()
+        ex.limit_body(limit)
         try:
             body = await ex.read_body() if ex.has_body else b""
         except BodyTooLarge:
+            self._b.refused("admin_body_too_large")
+            self._audit(ex, path, "failure", reason="admin_body_too_large",
+                        detail=f"request body over gateway.admin.max_body_bytes ({limit} bytes)")
             return ex.problem(413, None, request_id(), close=True)
         except (BodyTimeout, BodyMalformed):
             return ex.problem(400, None, request_id(), close=True)
@@ -72,6 +79,13 @@ class AdminApi:
         ok = await self._route(ex, path, body)
         if path not in _UNAUDITED:
             self._audit(ex, path, "success" if ok else "failure", principal=principal, status=ex.status, **noted())
+
+    def _max_body_bytes(self) -> int:
+        """`gateway.admin.max_body_bytes` of the config serving now (the default before one is compiled)."""
+        compiled = self._b.compiled()
+        if compiled is None:
+            return MAX_BODY_BYTES
+        return int(compiled.config.model.gateway.admin.max_body_bytes)
 
     def _audit(self, ex: Exchange, path: str, outcome: str, **detail: Any) -> None:
         if self._b.audit is not None:

@@ -287,7 +287,7 @@ class Runtime:
                 events=lambda: read_events(audit_file_path(gateway.compiled.config.model.gateway, base)),
                 auth=lambda: gateway.compiled.shared.admin_auth, audit=self.services.audit,
                 blocks=blocks.list_blocks, before_scrape=self._scrape, clock=self.services.wall_clock,
-                readiness=self._readiness,
+                readiness=self._readiness, refused=lambda reason: self.metrics.decision("admin", "deny", reason),
                 extra_routes={**block_routes(blocks), **identity_routes(lambda: gateway.compiled),
                               **check_routes(lambda: gateway.compiled.config.model.gateway),
                               **probe_credential_routes(lambda: gateway.compiled.shared.identity)},

@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 
 # Label sets per metric: the config bounds them (routes, reasons); this bound holds whatever a client sends.
-# Past it, new label sets are counted under one overflow set (`_other`): totals stay right, memory stays flat.
+# Past it, new label sets are counted under one overflow set (`_other`): totals stay right, memory stays flat,
+# and `bastion_metric_overflow_total{metric}` counts what was folded (never a clear-all: series keep counting).
 MAX_LABEL_SETS = 10_000
 # OpenTelemetry HTTP semantic conventions: a method outside the known set is recorded as `_OTHER`
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"))
@@ -43,13 +44,16 @@ class _Durations:
         else:
             registry.register(self)
 
-    def add(self, observed: dict[tuple[str, str, int, str, str], list[float]]) -> None:
+    def add(self, observed: dict[tuple[str, str, int, str, str], list[float]]) -> int:
+        """Add the batched rows; returns how many observations were folded into the overflow set."""
         n = len(_BUCKETS) + 1
+        folded = 0
         for labels, row in observed.items():
             known = self._known
             if labels not in known:
                 if len(known) >= MAX_LABEL_SETS:  # whatever clients send: fold into one overflow set
                     labels = _OVERFLOW
+                    folded += int(sum(row[:n]))
                 known.add(labels)
             key = labels
             if self._histogram is not None:
@@ -64,6 +68,7 @@ class _Durations:
                 total = self._rows[key] = [0.0] * len(row)
             for index, value in enumerate(row):
                 total[index] += value
+        return folded
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         if self._histogram is not None:
@@ -105,6 +110,10 @@ class Metrics:
                                        multiprocess_mode="livemax")
         self.connections = Gauge("bastion_connections_open", "Open client connections.", registry=r,
                                  multiprocess_mode="livesum")
+        overflow = Counter("bastion_metric_overflow_total", "Observations counted under the `_other` label set "
+                           f"because their metric already had {MAX_LABEL_SETS} label sets.", ["metric"], registry=r)
+        self._overflow_decisions = overflow.labels("bastion_decisions_total")
+        self._overflow_durations = overflow.labels(_DURATION)
         self._decisions: dict[tuple[str, str, str], Any] = {}
         self._pending: dict[tuple[str, str, str], int] = {}
         # per label set: a count per bucket (the last one is +Inf), then the seconds observed in each bucket
@@ -141,11 +150,14 @@ class Metrics:
                 if len(self._decisions) >= MAX_LABEL_SETS:
                     key = (key[0], key[1], "_other")
                     child = self._decisions.get(key)
+                    self._overflow_decisions.inc(count)
                 if child is None:
                     child = self._decisions[key] = self.decisions.labels(*key)
             child.inc(count)
         observed, self._observed = self._observed, {}
-        self._durations.add(observed)
+        folded = self._durations.add(observed)
+        if folded:
+            self._overflow_durations.inc(folded)
 
 
 def exceptions_in_force(compiled: Any, now: float) -> int:

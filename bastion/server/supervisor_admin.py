@@ -27,12 +27,18 @@ async def serve_admin(sup: Supervisor, gw: Any) -> asyncio.base_events.Server:
               **check_routes(lambda: sup.compiled.config.model.gateway),  # type: ignore[union-attr]
               **probe_credential_routes(lambda: sup.compiled.shared.identity)}  # type: ignore[union-attr]
     routes[("POST", "/blocks/lift")] = lift_everywhere(sup)
+    from prometheus_client import Counter
+
+    # the supervisor's refusals, summed with the workers' decisions through the multiprocess files
+    refusals = Counter("bastion_decisions_total", "Security decisions by control, outcome and reason.",
+                       ["control", "outcome", "reason"], registry=None)
     admin = AdminApi(AdminBackend(
         registry=sup.registry, ready=lambda: False, info=sup.info, reload=sup.reload,
         compiled=lambda: sup.compiled,
         events=lambda: read_events(audit_file_path(sup.compiled.config.model.gateway, sup.base)),  # type: ignore[union-attr]
         auth=lambda: sup.compiled.shared.admin_auth if sup.compiled is not None else None,
         audit=sup.audit, blocks=sup.blocks.list_blocks, extra_routes=routes, readiness=sup.readiness,
+        refused=lambda reason: refusals.labels("admin", "deny", reason).inc(),
     ))
     admin_tls = listener_ssl(gw.admin, sup.base) if gw.admin.tls is not None else None
     limits = server_limits(gw)

@@ -95,6 +95,23 @@ async def test_admin_answers_bad_input_with_4xx(tmp_path: Path) -> None:
         assert (await request(admin, "GET", "/reload"))[0] == 405
 
 
+async def test_admin_body_one_byte_over_max_body_bytes_is_413_audited_and_counted(tmp_path: Path) -> None:
+    config = AUTH.replace("    port: 0\n", "    port: 0\n    max_body_bytes: 2KiB\n", 1)
+    good = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    async with running_gateway(tmp_path, config) as gw:
+        admin = _admin(gw)
+        status, _, _ = await request(admin, "POST", "/blocks", good, b"x" * 2048)  # at the limit: read, then 400
+        assert status == 400
+        status, headers, _ = await request(admin, "POST", "/blocks", good, b"x" * 2049)
+        assert status == 413 and headers["content-type"] == "application/problem+json"
+        _, _, metrics = await request(admin, "GET", "/metrics", good)
+        assert b'bastion_decisions_total{control="admin",outcome="deny",reason="admin_body_too_large"} 1.0' in metrics
+    events = [json.loads(line)["unmapped"]["bastion"] for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    refused = [e for e in events if e.get("admin_action") == "admin.POST /blocks" and e["outcome"] == "failure"]
+    assert [e.get("reason") for e in refused] == [None, "admin_body_too_large"]  # the 400, then the 413
+    assert "2048 bytes" in refused[1]["detail"]
+
+
 EXPIRING = legacy_tls_exception("2031-11-01T00:00:00Z", "2031-12-01T00:00:00Z")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from bastion.server import metrics as metrics_module
 from bastion.server.metrics import _BUCKETS, Metrics
@@ -124,3 +124,28 @@ def test_label_sets_are_bounded_whatever_clients_send(monkeypatch):
     assert sum(counts.values()) == limit + 503
     methods = {dict(labels)["http_request_method"] for labels in counts}
     assert methods == {"GET", "_OTHER"}
+    overflow = {dict(labels)["metric"]: value for (name, labels), value in samples(
+        metrics.registry, "bastion_metric_overflow").items() if name == "bastion_metric_overflow_total"}
+    # every observation past the first `limit` label sets is counted as folded: of the decisions' limit + 500
+    # reasons, 500; of the durations' 1 + limit + 500 label sets (the three odd methods share one), 501
+    assert overflow == {"bastion_decisions_total": 500, "http_server_request_duration_seconds": 501}
+
+
+def test_one_label_set_over_the_cap_is_folded_and_counted(monkeypatch):
+    from bastion.server import metrics as module
+
+    monkeypatch.setattr(module, "MAX_LABEL_SETS", 10)
+    metrics = Metrics()
+    for i in range(10):
+        metrics.decision("http", "deny", f"reason-{i}")
+    metrics.flush()
+    overflow = 'bastion_metric_overflow_total{metric="bastion_decisions_total"}'
+    text = generate_latest(metrics.registry).decode()
+    assert f"{overflow} 0.0" in text and 'reason="_other"' not in text  # at the cap: nothing folded
+    metrics.decision("http", "deny", "reason-10")
+    metrics.decision("http", "deny", "reason-3")  # a label set already known keeps counting under its own labels
+    metrics.flush()
+    text = generate_latest(metrics.registry).decode()
+    assert f"{overflow} 1.0" in text
+    assert 'bastion_decisions_total{control="http",outcome="deny",reason="_other"} 1.0' in text
+    assert 'bastion_decisions_total{control="http",outcome="deny",reason="reason-3"} 2.0' in text

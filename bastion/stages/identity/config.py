@@ -199,6 +199,8 @@ class IntrospectionProviderConfig(Model):
     audiences: list[str] = Field(default_factory=list, description="If set, `aud` must contain one of these.")
     cache_ttl: Duration = Field(60.0, description="Longest time an introspection answer is reused.")
     timeout: Duration = Field(5.0, gt=0)
+    max_bytes: Size = Field(256 * 1024, ge=256, description="Largest introspection response body accepted (a "
+                            "larger one is a failure: 503 `introspection_unavailable`, fail closed).")
     scope_claim: str = "scope"
     claim_to_headers: list[ClaimHeader] = Field(default_factory=list)
     allow_insecure_http: bool = False

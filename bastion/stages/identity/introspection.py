@@ -70,7 +70,7 @@ class Introspector:
         self.calls += 1
         try:
             response: HttpResponse = await self._fetch(
-                cfg.endpoint, method="POST", body=body, timeout=cfg.timeout, max_bytes=256 * 1024,
+                cfg.endpoint, method="POST", body=body, timeout=cfg.timeout, max_bytes=cfg.max_bytes,
                 headers=(("Content-Type", "application/x-www-form-urlencoded"),
                          ("Authorization", endpoint.authorization)))
             if response.status != 200:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
@@ -32,6 +33,7 @@ class Introspect:
         self.status = 200
         self.server: asyncio.Server | None = None
         self.port = 0
+        self.pad_to = 0  # answer bodies padded with trailing whitespace (valid JSON) to this many bytes
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = (await reader.readuntil(b"\r\n\r\n")).decode()
@@ -42,6 +44,7 @@ class Introspect:
         token = dict(parse_qsl(body)).get("token", "")
         answer = json.dumps(ANSWERS.get(token, {"active": False}) if auth_ok else {"error": "x"}).encode()
         status = self.status if auth_ok else 401
+        answer = answer.ljust(self.pad_to)
         writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: {len(answer)}\r\n\r\n".encode() + answer)
         await writer.drain()
         writer.close()
@@ -57,11 +60,11 @@ async def server() -> AsyncIterator[Introspect]:
     await srv.server.wait_closed()
 
 
-def shared_for(server: Introspect, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> IdentityShared:
+def shared_for(server: Introspect, clock: Clock, monkeypatch: pytest.MonkeyPatch, **extra: Any) -> IdentityShared:
     monkeypatch.setenv("TEST_INTROSPECTION_SECRET", "s3cret")
     cfg = IntrospectionProviderConfig(name="opaque", endpoint=f"http://127.0.0.1:{server.port}/introspect",
                                       client_id="bastion", client_secret_env="TEST_INTROSPECTION_SECRET",
-                                      audiences=["api://orders"], issuer="https://idp.test")
+                                      audiences=["api://orders"], issuer="https://idp.test", **extra)
     return IdentityShared(ProvidersConfig(introspection=[cfg]), [], Services(wall_clock=clock))
 
 
@@ -92,6 +95,28 @@ async def test_endpoint_failure_fails_closed(server: Introspect, clock: Clock, r
     assert stage is not None
     decision = await stage.check(make_ctx([("authorization", "Bearer good")]))
     assert isinstance(decision, Deny) and (decision.status, decision.reason) == (503, "introspection_unavailable")
+
+
+@pytest.mark.parametrize(("size", "status"), [(4096, 200), (4097, 503)])
+async def test_response_one_byte_over_max_bytes_fails_closed(server: Introspect, clock: Clock, route: RouteInfo,
+                                                            monkeypatch: pytest.MonkeyPatch, size: int,
+                                                            status: int) -> None:
+    server.pad_to = size  # an active answer, padded to exactly `size` bytes
+    shared = shared_for(server, clock, monkeypatch, max_bytes=4096)
+    stage = build(IdentityPolicy(methods=["introspection"]), route, shared)
+    assert stage is not None
+    decision = await stage.check(make_ctx([("authorization", "Bearer good")]))
+    if status == 200:
+        assert isinstance(decision, Continue)
+    else:
+        assert isinstance(decision, Deny) and (decision.status, decision.reason) == (503, "introspection_unavailable")
+        assert "larger than 4096 bytes" in decision.log_detail
+
+
+def test_max_bytes_defaults_to_256_kib() -> None:
+    cfg = IntrospectionProviderConfig(name="opaque", endpoint="https://idp.test/introspect", client_id="b",
+                                      client_secret_env="X")
+    assert cfg.max_bytes == 256 * 1024
 
 
 def test_missing_secret_is_a_load_error(server: Introspect, monkeypatch: pytest.MonkeyPatch) -> None:

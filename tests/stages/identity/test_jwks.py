@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from conftest import ISSUER, Clock, JwksServer, Keys, Minter, make_ctx
@@ -182,4 +183,18 @@ async def test_oversized_or_invalid_jwks_keeps_old_keys(jwks_server: JwksServer)
     with pytest.raises(Exception, match="larger"):
         await cache.refresh()
     assert await cache.keys_for("ec-1", "ES256")
+    await cache.close()
+
+
+async def test_jwks_one_byte_over_max_bytes_is_refused(jwks_server: JwksServer) -> None:
+    cache = cache_for(jwks_server, Clock(1000.0), max_bytes=4096)
+    await cache.start()
+    doc = dict(jwks_server.jwks)
+    room = 4096 - len(json.dumps({**doc, "pad": ""}))  # the document padded by an ignored member to a size
+    jwks_server.jwks = {**doc, "pad": "x" * room}
+    await cache.refresh()  # exactly max_bytes: taken
+    jwks_server.jwks = {**doc, "pad": "x" * (room + 1)}
+    with pytest.raises(Exception, match="larger than 4096 bytes"):
+        await cache.refresh()
+    assert await cache.keys_for("ec-1", "ES256")  # the keys of the last good fetch stay
     await cache.close()

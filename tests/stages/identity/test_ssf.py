@@ -286,3 +286,14 @@ def test_provider_names_and_transmitter_issuers_are_unique() -> None:
         ProvidersConfig(jwt=[jwt], ssf=[tx])
     with pytest.raises(ValidationError, match="share the issuer"):
         ProvidersConfig(ssf=[tx, {**tx, "name": "other"}])
+
+
+async def test_set_one_byte_over_max_bytes_is_refused(receiver: tuple[SetReceiver, StateRevocationList],
+                                                     sets: Sets) -> None:
+    rx, store = receiver
+    token = sets.token()
+    over = token + b" " * (rx.max_bytes + 1 - len(token))  # trailing whitespace, stripped once within the limit
+    assert answer(await rx.handle(over, CT, NOW)) == (400, "invalid_request")
+    assert await store.list_revocations() == []
+    assert await rx.handle(over[:-1], CT, NOW) == (202, b"")  # exactly max_bytes: taken
+    assert [e.value for e in await store.list_revocations()] == ["alice"]

@@ -11,7 +11,7 @@ from bastion.stages.base import Services
 from bastion.stages.traffic import TrafficShared, build_rate_limits, prepare
 from bastion.stages.traffic.limiter import Limiter
 from bastion.stages.traffic.ratelimit import RateLimitStage
-from bastion.state import Hit
+from bastion.state import Hit, Outcome
 from bastion.state.memory import MemoryState
 from bastion.state.redis_state import RedisState
 from tests.stages.traffic.support import ORDERS, Clock, policy, request
@@ -109,3 +109,37 @@ def test_prepare_opens_the_configured_state_once() -> None:
     assert isinstance(services.state, RedisState) and shared.limiter.state is services.state
     again = prepare(Config(), services)  # a reload keeps the process's backend
     assert again.limiter.state is services.state
+
+
+class _Granting:
+    """A shared backend that grants every lease asked for, and counts its round trips."""
+
+    name = "fake-shared"
+
+    def __init__(self) -> None:
+        self.round_trips = 0
+
+    async def hit(self, hits: Any, now: float) -> list[Outcome]:
+        self.round_trips += 1
+        return [Outcome(True, 100, 60.0, 0.0, max(h.take, h.cost)) for h in hits]
+
+
+async def test_one_lease_over_max_leases_evicts_one_and_loses_its_units() -> None:
+    state = _Granting()
+    limiter = Limiter(state, max_leases=2, monotonic=lambda: 0.0)  # type: ignore[arg-type]
+
+    async def take(key: str) -> None:
+        await limiter.hit([Hit(key, "sliding_window", 100, 60)], 0.0, leases=[5])
+
+    await take("a")
+    await take("b")  # two leases of 4 units: at the cap
+    assert state.round_trips == 2
+    await take("a")
+    await take("b")
+    assert state.round_trips == 2  # both spent from their leases
+    await take("c")  # one over: the least recently used lease ("a") goes, the table stays at 2
+    assert len(limiter._leases) == 2 and limiter._leases.evictions == 1
+    await take("b")
+    assert state.round_trips == 3  # "b" still leased
+    await take("a")
+    assert state.round_trips == 4  # "a"'s units were lost: charged again centrally (never admitted for free)
