@@ -10,16 +10,15 @@ initialisation rules that only touch TX are run once (`Program.initial_tx`).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 
 import re2
 
 from bastion.stages.input.crs.engine import Transaction
 from bastion.stages.input.crs.operators import FALLBACKS, RE2_OPTIONS, Operators
-from bastion.stages.input.crs.program import MACRO, SCALARS, Ctl, Plan, Program, Rule, Setvar
+from bastion.stages.input.crs.program import MACRO, SCALARS, Ctl, Prefilter, Program, Rule, SetMatch, Setvar
 from bastion.stages.input.crs.request import CrsRequest
 from bastion.stages.input.crs.seclang import Action, Marker, RuleSpec, SecLangError, VarSpec
-from bastion.stages.input.crs.transforms import JOINED, TRANSFORMS
+from bastion.stages.input.crs.transforms import JOINED, TRANSFORMS, Transform
 
 # Variables the engine can present (collections first); anything else in a rule is an error.
 COLLECTIONS = frozenset({
@@ -212,14 +211,41 @@ def build_program(items: list[RuleSpec | Marker], operators: Operators, active_p
         phases[number] = _fold_gates(phases[number], initial, _written([*phases[1], *phases[2]], initial))
         phases[number] = [i for i in phases[number] if isinstance(i, Marker) or not _dead(i, reads)]
     group_targets = {k: _distinct(v) for k, v in targets.items()}
-    numbers: dict[tuple[VarSpec, ...], int] = {}
-    plans: dict[tuple[tuple[str, ...], str], Plan] = {}
-    for key, variables in group_targets.items():
-        number = numbers.setdefault(variables, len(numbers))
-        chain = key[0]
-        plans[key] = (tuple((number, chain[:i]) for i in range(len(chain) + 1)),
-                      tuple((JOINED.get(name), TRANSFORMS[name]) for name in chain))
-    return Program(phases, sets, rules, group_targets, plans, initial)
+    return Program(phases, sets, rules, group_targets, initial, _prefilter(phases, sets, group_targets))
+
+
+def _prefilter(phases: dict[int, list[Rule | Marker]], sets: dict[tuple[tuple[str, ...], str], SetMatch],
+               group_targets: dict[tuple[tuple[str, ...], str], tuple[VarSpec, ...]]) -> Prefilter | None:
+    """The Sets as one straight run (see `Prefilter`): a slot per distinct variable list, a step per distinct
+    (variable list, chain prefix), and for each Set the rule positions each of its indices stands for."""
+    if not sets:
+        return None
+    base_slot: dict[tuple[VarSpec, ...], int] = {}
+    for key in sets:
+        base_slot.setdefault(group_targets[key], len(base_slot))
+    slot_of: dict[tuple[int, tuple[str, ...]], int] = {(slot, ()): slot for slot in base_slot.values()}
+    steps: list[tuple[int, Transform | None, Transform]] = []
+    for key in sets:
+        base, chain = base_slot[group_targets[key]], key[0]
+        for i in range(1, len(chain) + 1):
+            if (base, chain[:i]) not in slot_of:
+                slot_of[(base, chain[:i])] = len(base_slot) + len(steps)
+                steps.append((slot_of[(base, chain[:i - 1])], JOINED.get(chain[i - 1]), TRANSFORMS[chain[i - 1]]))
+    candidates: dict[tuple[tuple[str, ...], str], dict[int, list[tuple[int, int]]]] = {key: {} for key in sets}
+    always: dict[int, tuple[int, ...]] = {}
+    for number, items in phases.items():
+        walked: list[int] = []
+        for position, item in enumerate(items):
+            if isinstance(item, Marker) or not item.prefilter:
+                walked.append(position)
+                continue
+            for key, index in item.prefilter:
+                candidates[key].setdefault(index, []).append((number, position))
+        always[number] = tuple(walked)
+    matchers = tuple((slot_of[(base_slot[group_targets[key]], key[0])], key[1], match,
+                      {index: tuple(at) for index, at in candidates[key].items()})
+                     for key, match in sets.items())
+    return Prefilter(tuple(base_slot), tuple(steps), matchers, always)
 
 
 def _distinct(targets: set[VarSpec]) -> tuple[VarSpec, ...]:
@@ -399,10 +425,10 @@ def _is_static_gate(rule: Rule, written: set[str] | None) -> bool:
     return not rule.excludes
 
 
-def _compile_set(sources: list[str]) -> Callable[[bytes], list[int]]:
+def _compile_set(sources: list[str]) -> SetMatch:
     rule_set = re2.Set.SearchSet(RE2_OPTIONS)
     for source in sources:
         rule_set.Add(source)
     rule_set.Compile()
-    match: Callable[[bytes], list[int]] = rule_set._set.Match  # the wrapper's str check and encode, skipped
+    match: SetMatch = rule_set._set.Match  # the wrapper's str check and encode, skipped
     return match

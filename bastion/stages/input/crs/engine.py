@@ -8,6 +8,7 @@ and once per matched value (so two bad arguments score twice, as in ModSecurity)
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -62,22 +63,21 @@ class Transaction:
         self._transformed: dict[tuple[tuple[str, ...], str], str] = {}
         self._set_hits: dict[tuple[tuple[tuple[str, ...], str], str], frozenset[int]] = {}
         self._selected: dict[tuple[str, str | None], list[tuple[str, str]]] = {}
-        self._prefilter: dict[tuple[tuple[str, ...], str], frozenset[int]] = {}
-        self._stages: dict[tuple[int, tuple[str, ...]], tuple[str | None, list[str] | None]] = {}
         self._values_cache: dict[int, list[tuple[str, str]]] = {}
 
     # ------------------------------------------------------------------ run
     def run(self) -> Outcome:
+        walks = self._walks()
         for phase in (1, 2):
-            denied = self._phase(self.program.phases[phase])
+            denied = self._phase(self.program.phases[phase], walks[phase])
             if denied is not None:
                 return Outcome(denied, self.hits, self.tx)
         return Outcome(None, self.hits, self.tx)
 
-    def _phase(self, items: list[Rule | Marker]) -> str | None:
+    def _phase(self, items: list[Rule | Marker], walk: Sequence[int]) -> str | None:
         skip_to: str | None = None
-        prefilter = self._prefilter
-        for item in items:
+        for position in walk:
+            item = items[position]
             if item.__class__ is Marker:
                 if skip_to is not None and item.name == skip_to:
                     skip_to = None
@@ -85,14 +85,7 @@ class Transaction:
             if skip_to is not None:
                 continue
             rule: Rule = item  # type: ignore[assignment]
-            if rule.prefilter:
-                for group, index in rule.prefilter:
-                    hits = prefilter.get(group)
-                    if index in (hits if hits is not None else self._group_hits(group)):
-                        break
-                else:
-                    continue  # no value this rule could read matches its pattern: skip without looking at targets
-            if rule.id in self.removed_ids or self._removed_by_tag(rule):
+            if rule.id in self.removed_ids or (self.removed_tags and self._removed_by_tag(rule)):
                 continue
             if self._evaluate(rule):
                 if rule.deny:
@@ -103,6 +96,68 @@ class Transaction:
 
     def _removed_by_tag(self, rule: Rule) -> bool:
         return bool(self.removed_tags) and any(t in self.removed_tags for t in rule.tags)
+
+    def _walks(self) -> dict[int, Sequence[int]]:
+        """Per phase, the positions this request visits: every marker and rule without a prefilter, and the
+        rules whose Set pattern matched some value they could read (any other rule cannot match: skipping it
+        changes nothing). The Sets run before the first rule, in one straight run over the program's
+        `Prefilter`: the values of a variable list joined by SEPARATOR, each transformation step applied once
+        to the joined text (`transforms.JOINED`: exact, each value's own result), value by value when a value
+        holds or decodes to SEPARATOR; each Set then matches its step's values joined by its separator.
+
+        A superset of the per-value matches: patterns run with MULTILINE, so `^`/`$` hold at each newline as at
+        a value's edges, and `\\b` sees the separator as the non-word edge it replaces; patterns with `\\A` or
+        `\\z` are kept out of the Sets. The rules found here are then matched value by value."""
+        phases = self.program.phases
+        plan = self.program.prefilter
+        if plan is None:
+            return {number: range(len(items)) for number, items in phases.items()}
+        slots: list[tuple[str | None, list[str] | None, int]] = []
+        scalars = self.request.scalars
+        for variables in plan.bases:
+            values: list[str] = []
+            for var in variables:
+                if var.collection in SCALARS:
+                    value = scalars.get(var.collection)
+                    if value is not None:
+                        values.append(value)
+                else:
+                    values += [v for _, v in self._select(var)]
+            slots.append((None, values, len(values) - 1))
+        for parent, step, one in plan.steps:
+            joined, texts, count = slots[parent]
+            if count < 0:
+                slots.append((None, texts, count))
+                continue
+            if step is not None and count > 0:
+                if joined is None and texts is not None:
+                    raw = SEPARATOR.join(texts)
+                    if raw.count(SEPARATOR) == count:  # no value holds SEPARATOR: the joined form is exact
+                        joined = raw
+                        slots[parent] = (joined, texts, count)
+                if joined is not None:
+                    out = step(joined)
+                    if out is joined:  # nothing to do on any value: the step's values are its parent's
+                        slots.append((joined, texts, count))
+                        continue
+                    if out.count(SEPARATOR) == count:
+                        slots.append((out, None, count))
+                        continue
+            source = texts if texts is not None else (joined or "").split(SEPARATOR)
+            slots.append((None, [one(t) for t in source], count))
+        found: dict[int, set[int]] = {number: set() for number in phases}
+        for slot, separator, match, candidates in plan.matchers:
+            joined, texts, count = slots[slot]
+            if count < 0:
+                continue
+            text = joined.replace(SEPARATOR, separator) if joined is not None else separator.join(texts or ())
+            for index in match(text.encode()):
+                at = candidates.get(index)
+                if at is not None:
+                    for number, position in at:
+                        found[number].add(position)
+        return {number: sorted(found[number].union(plan.always[number])) if found[number] else plan.always[number]
+                for number in phases}
 
     # ------------------------------------------------------------ one rule
     def _evaluate(self, rule: Rule) -> bool:
@@ -123,65 +178,6 @@ class Transaction:
             if len(self.hits) < MAX_MATCHES:
                 self.hits.append(Hit(rule.id, name, value, rule.tags, rule.severity, rule.paranoia))
         return True
-
-    def _group_hits(self, group: tuple[tuple[str, ...], str]) -> frozenset[int]:
-        """Every Set index that can match a value of the chain's variables: one Set pass over all the
-        transformed values joined by newlines (computed once per chain and request).
-
-        A superset of the per-value matches: patterns run with MULTILINE, so `^`/`$` hold at each newline as at
-        a value's edges, and `\\b` sees the newline as the non-word edge it replaces; patterns with `\\A` or
-        `\\z` are kept out of the Sets. The rules found here are then matched value by value."""
-        hits = self._prefilter.get(group)
-        if hits is None:
-            text = self._group_text(group)
-            hits = self._prefilter[group] = frozenset(self.program.sets[group](text.encode())) if text is not None \
-                else frozenset()
-        return hits
-
-    def _group_text(self, group: tuple[tuple[str, ...], str]) -> str | None:
-        """The group's values through its chain, joined by its separator (None without values). Groups share
-        their variables and chain prefixes (multiMatch stages, `t:urlDecodeUni` first): each stage is computed
-        once. A run of `transforms.JOINED` steps goes over all values joined by SEPARATOR (exact: each value's
-        own result); value by value when a value holds or decodes to SEPARATOR."""
-        keys, steps = self.program.group_plans[group]
-        stages = self._stages
-        done = len(keys) - 1
-        while done >= 0 and keys[done] not in stages:
-            done -= 1
-        if done < 0:
-            values: list[str] = []
-            for var in self.program.group_targets[group]:
-                if var.collection in SCALARS:
-                    value = self.request.scalars.get(var.collection)
-                    if value is not None:
-                        values.append(value)
-                else:
-                    values += [v for _, v in self._select(var)]
-            stages[keys[0]] = (None, values)
-            done = 0
-        joined, texts = stages[keys[done]]
-        if texts is not None and not texts:
-            return None
-        count = len(texts) - 1 if texts is not None else (joined or "").count(SEPARATOR)
-        while done < len(steps):
-            step, one = steps[done]
-            done += 1
-            if step is not None and count > 0:
-                if joined is None and texts is not None:
-                    raw = SEPARATOR.join(texts)
-                    joined = raw if raw.count(SEPARATOR) == count else None
-                if joined is not None:
-                    out = step(joined)
-                    if out.count(SEPARATOR) == count:
-                        joined, texts = out, None
-                        stages[keys[done]] = (joined, None)
-                        continue
-            texts = [one(t) for t in (texts if texts is not None else (joined or "").split(SEPARATOR))]
-            joined = None
-            stages[keys[done]] = (None, texts)
-        if joined is not None:
-            return joined.replace(SEPARATOR, group[1])
-        return group[1].join(texts or ())
 
     def _transform_chain(self, chain: tuple[str, ...], transforms: tuple[Transform, ...], value: str) -> str:
         key = (chain, value)

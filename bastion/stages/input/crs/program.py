@@ -19,10 +19,8 @@ SCALARS = frozenset({
     "UNIQUE_ID", "DURATION", "ARGS_COMBINED_SIZE", "FILES_COMBINED_SIZE", "MATCHED_VAR", "MATCHED_VAR_NAME",
 })
 MACRO = re.compile(r"%\{([A-Za-z_]+)(?:[.:]([^}]+))?\}")
-Plan = tuple[tuple[tuple[int, tuple[str, ...]], ...], tuple[tuple[Transform | None, Transform], ...]]
-"""A Set's text, step by step: the per-request stage cache key after each step (a number shared by the Sets
-reading the same variables, and the chain prefix), and each step as (its `transforms.JOINED` form or None,
-its per-value form). Sets with the same variables share their values and every common chain prefix."""
+SetMatch = Callable[[bytes], list[int]]
+"""An RE2 Set's match on UTF-8 text: the indices of the patterns that match."""
 MAX_MATCHES = 256
 """Most match records kept per request (the audit needs the first ones; a flood must not grow memory)."""
 
@@ -84,12 +82,32 @@ class Program:
     """The compiled rules of one phase list, with markers, and the RE2 Sets per transformation chain."""
 
     phases: dict[int, list[Rule | Marker]]
-    sets: dict[tuple[tuple[str, ...], str], Callable[[bytes], list[int]]]
+    sets: dict[tuple[tuple[str, ...], str], SetMatch]
     """Per (transformation chain, separator): the Set's match on UTF-8 text (the indices that match)."""
     rules: dict[str, Rule] = field(default_factory=dict)
     group_targets: dict[tuple[tuple[str, ...], str], tuple[VarSpec, ...]] = field(default_factory=dict)
     """Per Set: every request variable its rules read (the prefilter transforms each value once)."""
-    group_plans: dict[tuple[tuple[str, ...], str], Plan] = field(default_factory=dict)
-    """Per Set: how its text is built (see `Plan`)."""
     initial_tx: dict[str, str] = field(default_factory=dict)
     """TX after the setup and the folded initialisation rules: every transaction starts from it."""
+    prefilter: Prefilter | None = None
+    """The Set prefilter flattened into one straight run per request (see `Prefilter`); None: no Sets."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prefilter:
+    """Every Set of a program as one straight run of steps, computed once per request before the first rule.
+
+    Slots hold a variable group's values: the first `len(bases)` slots are the values of each distinct
+    variable list, each step then builds one more slot from an earlier one with one transformation (a chain
+    prefix shared by several Sets is built once). Each Set then matches its slot's values joined by its
+    separator, and each index it reports names the rule positions it makes candidates. A rule with a
+    prefilter runs only when one of its Sets reported its index; `always` lists the positions (rules without
+    a prefilter, and markers) every request walks, so a clean request visits only those."""
+
+    bases: tuple[tuple[VarSpec, ...], ...]
+    steps: tuple[tuple[int, Transform | None, Transform], ...]
+    """(parent slot, `transforms.JOINED` form or None, per-value form): slot `len(bases) + i`."""
+    matchers: tuple[tuple[int, str, SetMatch, dict[int, tuple[tuple[int, int], ...]]], ...]
+    """(slot, separator, Set match, {Set index: ((phase, position), ...)})."""
+    always: dict[int, tuple[int, ...]]
+    """Per phase: the positions of markers and of rules without a prefilter, in order."""

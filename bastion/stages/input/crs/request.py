@@ -61,9 +61,13 @@ def flatten_json(doc: Any, prefix: str = "json") -> Pairs:
     while stack:
         name, value = stack.pop()
         if isinstance(value, dict):
-            stack.extend((f"{name}.{k}", v) for k, v in reversed(list(value.items())))
+            members: list[tuple[str, Any]] = [(f"{name}.{k}", v) for k, v in value.items()]
+            members.reverse()
+            stack.extend(members)
         elif isinstance(value, list):
-            stack.extend((f"{name}.array_{i}", v) for i, v in reversed(list(enumerate(value))))
+            items: list[tuple[str, Any]] = [(f"{name}.array_{i}", v) for i, v in enumerate(value)]
+            items.reverse()
+            stack.extend(items)
         elif value is None:
             out.append((name, ""))
         elif isinstance(value, bool):

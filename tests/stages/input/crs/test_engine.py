@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
+from urllib.parse import quote
+
+import orjson
+import pytest
 
 from bastion.stages.input.crs.compiler import build_program
 from bastion.stages.input.crs.engine import Outcome, Transaction
 from bastion.stages.input.crs.operators import Operators
+from bastion.stages.input.crs.program import Program
 from bastion.stages.input.crs.request import CrsRequest, Part, flatten_json, from_parts
+from bastion.stages.input.crs.ruleset import DEFAULT_RULES_DIR, crs_engine
 from bastion.stages.input.crs.seclang import parse_file
+from bench.crs_corpus import attack_corpus
+from bench.crs_reference import crs_request
+from tests.stages.input.crs.conftest import requires_crs
 
 DENY = 'SecRule TX:score "@ge %{tx.limit}" "id:99,phase:2,deny"\n'
 
@@ -109,3 +119,56 @@ def test_ctl_rule_remove_by_tag_in_a_rule_file(tmp_path: Path) -> None:
     assert evaluate(tmp_path, rules, get("/api?q=union")).denied_by == "99"
     assert evaluate(tmp_path, rules, get("/docs?q=union")).denied_by is None  # the tag's rules are off here
     assert evaluate(tmp_path, rules, get("/docs?q=script")).denied_by == "99"  # other tags still run
+
+
+# ---------------------------------------------------------------- the Set prefilter's walk
+# A request visits only markers, rules without a prefilter and the rules some Set reported (Transaction._walks):
+# on the real CRS, that must decide exactly as walking every rule does. Requests are generated from fragments
+# that trip the transformations (encodings, entities, escapes, NUL, the joining SEPARATOR) and many rule
+# families, with a fixed seed (the test is repeatable), and taken from the attack corpus.
+_FRAGMENTS = (
+    "a", "red shoes", " ", "'", '"', "--", "/*", "*/", "#", ";", "|", "`", "$(", "${jndi:ldap://x}", "<", ">",
+    "<script>", "onerror=", "javascript:", "&lt;", "&#x3c;", "\\x3c", "\\u003c", "%3C", "%27", "%u0027",
+    "%2e%2e%2f", "../", "..\\", "/etc/passwd", "cmd.exe", "union select", "or 1=1", "sleep(5)", "@@version",
+    "\x00", "\uffff", "\n", "é", "\u0627", "Die \"Union von Europa\"", "C:\\Windows\\System32", "cat /etc/pa[s]swd",
+    "+ADw-script+AD4-", "PHNjcmlwdD4=", "ping -c 1", "<?php", "eval(", "{{7*7}}", "%00", "a=b", "&", "?",
+)
+
+
+def _random_request(rng: random.Random) -> CrsRequest:
+    def text() -> str:
+        return "".join(rng.choice(_FRAGMENTS) for _ in range(rng.randint(0, 4)))
+    query = "&".join(f"{quote(text())}={quote(text())}" for _ in range(rng.randint(0, 3)))
+    headers = [("Host", "api.example"), ("User-Agent", text() or "curl/8"), ("Cookie", f"s={quote(text())}")]
+    path = "/api/" + quote(text(), safe="/")
+    if rng.random() < 0.5:
+        return from_parts("GET", path + ("?" + query if query else ""), "1.1", headers)
+    body = {text(): text(), "n": {"x": [text(), rng.randint(0, 9)]}}
+    return from_parts("POST", path, "1.1", [*headers, ("Content-Type", "application/json")], processor="JSON",
+                      body_args=flatten_json(body), body=orjson.dumps(body))
+
+
+def _every_rule(program: Program) -> Program:
+    return Program(program.phases, program.sets, program.rules, program.group_targets, program.initial_tx, None)
+
+
+def _decision(outcome: Outcome) -> tuple[object, ...]:
+    return (outcome.denied_by, [(h.rule_id, h.variable, h.value) for h in outcome.hits], outcome.tx)
+
+
+@requires_crs
+@pytest.mark.parametrize("paranoia", [1, 4])
+def test_the_prefilter_walk_decides_as_walking_every_rule(paranoia: int) -> None:
+    program = crs_engine(str(DEFAULT_RULES_DIR), paranoia, 5).program
+    assert program.prefilter is not None
+    reference = _every_rule(program)
+    rng = random.Random(14)
+    requests = [_random_request(rng) for _ in range(250)] + [crs_request(r) for r in attack_corpus()[::40]]
+    skipped = 0
+    for request in requests:
+        fast = Transaction(program, request, program.initial_tx)
+        assert _decision(fast.run()) == _decision(Transaction(reference, request, program.initial_tx).run())
+        walked = fast._walks()
+        skipped += sum(len(program.phases[n]) - len(walked[n]) for n in walked)
+    assert skipped > len(requests) * 50  # the walk really leaves rules out (not a vacuous comparison)
+    assert sum(Transaction(program, r, program.initial_tx).run().denied_by is not None for r in requests) > 50
