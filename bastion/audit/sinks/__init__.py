@@ -14,7 +14,6 @@ from bastion.audit.config import AuditSinkConfig, TlsClientConfig
 from bastion.audit.events import OCSF_VERSION, PRODUCT
 from bastion.config.secrets import load_cert_chain
 
-
 _OCSF_UID = b'"metadata":' + orjson.dumps({"version": OCSF_VERSION, "product": PRODUCT})[:-1] + b',"uid":"'
 """How every OCSF event Bastion writes begins its `metadata` (version and product are constants)."""
 
@@ -31,9 +30,9 @@ def event_id(line: bytes) -> str | None:
             and line.find(b"[", 0, at) < 0:
         start = at + len(_OCSF_UID)
         end = line.find(b'"', start)
-        uid = line[start:end] if end > 0 else b"\\"
-        if uid.isascii() and b"\\" not in uid:
-            return uid.decode("ascii")
+        found = line[start:end] if end > 0 else b"\\"
+        if found.isascii() and b"\\" not in found:
+            return found.decode("ascii")
     try:
         doc = orjson.loads(line)
     except orjson.JSONDecodeError:
