@@ -40,6 +40,8 @@ MODULES: tuple[str, ...] = (
     "bastion.stages.traffic.ratelimit",  # the limit stage: key, take, headers
     "bastion.stages.traffic.headers",  # RateLimit-* response headers
     "bastion.state.algorithms",  # sliding window / token bucket arithmetic
+    # input contract (--full chain, contract routes)
+    "bastion.stages.input.jsonbody",  # strict JSON: the shape walk over every JSON body
 )
 # Left pure, though on the request path (measured in bench/RESULTS.md, "mypyc build"):
 # - server/proxy.py: tests replace a Gateway method (`gw._forward = broken`) to prove a bug fails closed;
