@@ -43,6 +43,10 @@ MODULES: tuple[str, ...] = (
     # CRS inspection (input.inspection.crs; bench/micro_crs.py)
     "bastion.stages.input.crs.engine",  # the CRS transaction: the rule walk, values, setvar per rule
     "bastion.stages.input.crs.program",  # Rule/Program: their fields are read by every rule the walk visits
+    # input contract (--full chain, contract routes)
+    "bastion.stages.input.jsonbody",  # strict JSON: the shape walk over every JSON body
+    # audit (gateway.audit): the OCSF event of every request, built by the writer on the same CPU
+    "bastion.audit.events",
 )
 # Left pure, though on the request path (measured in bench/RESULTS.md, "mypyc build"):
 # - server/proxy.py: tests replace a Gateway method (`gw._forward = broken`) to prove a bug fails closed;

@@ -156,6 +156,40 @@ class Inspector:
         self.paranoia = paranoia
         self.ssrf = ruleset.ssrf if "ssrf" in categories else None
         self._set = _rule_set(self.rules)
+        self._text_set = _text_set(self.rules)
+
+    def clean_json(self, body: bytes, members: int) -> bool:
+        """True when no string of this JSON text (key or value) can score: then `inspect` would return None
+        for every one of them, and the per-value walk is skipped. A prefilter, exact by construction:
+
+        - without a backslash, `%`, `&`, `+`, `/*`, `/./`, a NUL or a non-ASCII byte in the text (and not a
+          quote together with a shell metacharacter), every string's decoded forms are the string alone and
+          every string is verbatim in the text (no escapes);
+        - with every `"` turned into a newline each string is a line of its own, and the rules, searched in
+          multi-line mode (`^`/`$` at line ends), match that text wherever they match one of its lines; so no
+          match in the text means no rule matches any string (other lines only add matches: the exact walk);
+        - SSRF needs a colon inside a string (a URL), which there is not when the text's colons are exactly its
+          `members` structural ones, or, from `bare_address_paranoia` up, a bare address, searched in the text
+          (each string is a line, bounded by the whitespace the pattern accepts around an address).
+        Anything else (a decoding to do, a rule or URL found) takes the exact per-value walk."""
+        text_set = self._text_set
+        if text_set is None or not body.isascii():
+            return False
+        for needle in _DECODING_TRIGGERS:
+            if needle in body:
+                return False
+        if b"'" in body and (b";" in body or b"|" in body or b"`" in body or b"$" in body):
+            return False  # a shell quote trick would add a decoded form
+        text = body.translate(_QUOTES_TO_LINES)
+        if text_set(text):
+            return False
+        ssrf = self.ssrf
+        if ssrf is not None:
+            if body.count(b":") != members:
+                return False  # a colon inside a string (a URL?): the walk parses it
+            if self.paranoia >= ssrf.bare_address_paranoia and _BARE.search(text.decode("ascii")):
+                return False
+        return True
 
     def inspect(self, value: str) -> Finding | None:
         """The strongest finding for one value, or None when it scores below the threshold everywhere."""
@@ -204,6 +238,45 @@ def _rule_set(rules: tuple[Rule, ...]) -> Callable[[str], list[int]]:
         return lambda text: match(text) or []
     patterns = [rule.pattern.search for rule in rules]
     return lambda text: [i for i, search in enumerate(patterns) if search(text)]
+
+
+_DECODING_TRIGGERS = (b"\\", b"%", b"&", b"+", b"/*", b"/./", b"\x00")
+"""Bytes that may give a string a decoded form besides itself (`decoded_forms`), or a string that is not
+verbatim in the JSON text (an escape). A raw tab or newline can only be whitespace between tokens: the JSON
+parser refuses control characters inside strings."""
+_QUOTES_TO_LINES = bytes.maketrans(b'"', b"\n")
+_WHOLE_TEXT_ANCHORS = re.compile(r"\\[AzZ]")
+_OTHER_LINE_BREAKS = re.compile(r"\n|\r|\\x0[aAdD]|\\0?1[25]|\\[cC][jJmM]")
+_TEXT_SET_MEMORY = 64 << 20
+_NEWLINE_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\[nr]")
+
+
+def _text_set(rules: tuple[Rule, ...]) -> Callable[[bytes], list[int]] | None:
+    """The rules as one RE2 set in multi-line mode, for `Inspector.clean_json`.
+
+    A rule's own `\\n`/`\\r` becomes `\\x01`: a string of that text holds neither (the parser refuses raw
+    control characters and the text has no escapes), so those atoms never matched inside a string; in the
+    text they would match the line breaks that stand for quotes (`id` after `[;|\\n]` is a command). No JSON
+    text holds a raw `\\x01`. None without RE2, or when a rule anchors on the whole text (`\\A`, `\\z`) or
+    names a line break another way: then the per-value walk always runs."""
+    if re2 is None or not rules:
+        return None
+    sources = [rule.pattern.pattern for rule in rules]
+    if any(_WHOLE_TEXT_ANCHORS.search(source) or _OTHER_LINE_BREAKS.search(source) for source in sources):
+        return None
+    options = re2.Options()
+    options.case_sensitive = False
+    options.dot_nl = True
+    # the DFA over a whole body reaches many more states than over one short value: with RE2's default
+    # budget (8 MiB) its cache fills and is rebuilt during a match (~1 M instructions per 1 KB body instead of
+    # ~10 k); 64 MiB per inspector is bounded, and allocated only as states are reached
+    options.max_mem = _TEXT_SET_MEMORY
+    rule_set = re2.Set.SearchSet(options)
+    for source in sources:
+        rule_set.Add("(?m)" + _NEWLINE_ESCAPE.sub(r"\1\\x01", source))
+    rule_set.Compile()
+    match = rule_set.Match
+    return lambda text: match(text) or []
 
 
 # ---------------------------------------------------------------- SSRF targets

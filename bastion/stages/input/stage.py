@@ -289,14 +289,16 @@ class BodyStage(_Common):
         return self.pid_limits if reason == "input_json_limits" else self.pid_contract
 
     def _json(self, ctx: RequestContext, body: bytes, validator: Any, scope: Scope | None = None) -> Decision:
-        doc = jsonbody.parse(body, self.limits)
+        doc, members = jsonbody.parse_counted(body, self.limits)
         if validator is not None and not validator.is_valid(doc):
             deny, changed = self._validate(doc, validator)
             if deny is not None:
                 return deny
             if changed:
                 ctx.body = orjson.dumps(doc)
-        if self.inspector is not None:
+        # the received text holds every string of the document (strip mode only removes some): when it proves
+        # that none can score, the per-string walk would find nothing
+        if self.inspector is not None and not self.inspector.clean_json(body, members):
             deny = self._inspect_json(ctx, doc)
             if deny is not None:
                 return deny

@@ -86,3 +86,53 @@ async def test_the_remembered_ids_stay_within_their_bound_and_still_catch_a_repl
 def test_a_file_sink_remembers_two_batches_or_4096_ids(tmp_path, batch_events, remember):
     sink = build_sink(AuditSinkConfig(type="file", path=tmp_path / "a.jsonl", batch_events=batch_events), "f", tmp_path)
     assert isinstance(sink, FileSink) and sink.remember == remember
+
+
+def _parsed_id(line: bytes) -> str | None:
+    """What event_id answered before its fast path: the parsed document's metadata.uid / event.id."""
+    import orjson
+
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    meta = doc.get("metadata") if isinstance(doc, dict) and "metadata" in doc else \
+        doc.get("event") if isinstance(doc, dict) else None
+    uid = meta.get("uid", meta.get("id")) if isinstance(meta, dict) else None
+    return uid if isinstance(uid, str) else None
+
+
+def test_event_id_reads_every_kind_of_event_as_parsing_would():
+    import orjson
+
+    from bastion.audit import events
+    from bastion.audit.ecs import to_ecs
+    from bastion.audit.sinks import event_id
+    from bastion.context import ControlRecord, Deny, Identity, RequestContext
+
+    marker = '"metadata":{"version":"1.3.0","uid":"forged"}'
+    ctx = RequestContext(method="GET", raw_target="/x", path="/x", query="", client_ip="192.0.2.1",
+                         headers=[("user-agent", marker)], request_id="r1", start=1_800_000_000.0)
+    ctx.api, ctx.route = "shop", "get-x"
+    ctx.identity = Identity("jwt", subject=marker, consumer="app")
+    ctx.records.append(ControlRecord("identity", "allow", "p"))
+    built = [
+        events.request_event("u-1", ctx, 200, None, 0.001),
+        events.request_event("u-2", ctx, 401, Deny(401, "jwt_expired", "p", log_detail=marker), 0.001),
+        events.request_event("u-3", ctx, 403, Deny(403, "scope_missing", "p", log_detail=marker), 0.001),
+        events.protocol_error_event("u-4", "192.0.2.1", "bad_framing", marker, "r2", 400),
+        events.admin_event("u-5", "config.reload", "success", {"metadata": {"uid": "forged"}, "peer": "x"}),
+        events.finding_event("u-6", detection="d", title=marker, description=marker, severity_id=3,
+                             key_kind="ip", key="192.0.2.1", count=1, window=1.0, threshold=1, first_seen=0.0,
+                             last_seen=0.0, ip="192.0.2.1", subject=None, consumer=None, api=None),
+    ]
+    lines = [orjson.dumps(event) for event in built] + [orjson.dumps(to_ecs(event)) for event in built]
+    lines += [
+        b'{"a":{"metadata":{"version":"1.3.0"}},' + lines[0][1:],  # a nested object before it: parsed
+        b'{"class_uid":0,"metadata":{"uid":"other"}}',  # another product or version: parsed
+        lines[0].replace(b'"uid":"u-1"', b'"uid":"u\\u002d1"'),  # an escape in the uid: parsed
+        b"not json", b"[1,2]", b"",
+    ]
+    assert [event_id(line) for line in lines[:6]] == ["u-1", "u-2", "u-3", "u-4", "u-5", "u-6"]
+    for line in lines:
+        assert event_id(line) == _parsed_id(line), line
