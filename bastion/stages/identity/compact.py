@@ -26,7 +26,7 @@ from typing import Any
 
 MAX_HEADER = 2048  # base64url characters of the protected header
 MAX_SIGNATURE = 1024  # base64url characters of the signature (joserfc's `max_signature_length`)
-_TO_STANDARD = str.maketrans("-_", "+/")
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")  # on bytes: a table lookup a byte (str.translate is a dict lookup a character)
 # the characters that may end a segment of 4n+2 / 4n+3 characters: the unused low bits must be zero
 _CANONICAL_END = ("AEIMQUYcgkosw048", "AQgw")
 
@@ -44,7 +44,7 @@ def b64decode(segment: str) -> bytes:
         raise ValueError("base64url length of 4n+1")
     if pad and segment[-1] not in _CANONICAL_END[pad - 1]:
         raise ValueError("non-canonical base64url")
-    return binascii.a2b_base64(segment.translate(_TO_STANDARD) + "=" * pad, strict_mode=True)
+    return binascii.a2b_base64(segment.encode("ascii").translate(_TO_STANDARD) + b"=" * pad, strict_mode=True)
 
 
 def json_object(data: bytes, what: str) -> dict[str, Any]:
