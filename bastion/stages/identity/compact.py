@@ -26,7 +26,8 @@ from typing import Any
 
 MAX_HEADER = 2048  # base64url characters of the protected header
 MAX_SIGNATURE = 1024  # base64url characters of the signature (joserfc's `max_signature_length`)
-_TO_STANDARD = bytes.maketrans(b"-_", b"+/")  # on bytes: a table lookup a byte (str.translate is a dict lookup a character)
+# on bytes: a table lookup a byte (str.translate looks each character up in a dict)
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 # the characters that may end a segment of 4n+2 / 4n+3 characters: the unused low bits must be zero
 _CANONICAL_END = ("AEIMQUYcgkosw048", "AQgw")
 
