@@ -1,6 +1,6 @@
 """Microbenchmark: the gateway's own Python work per proxied request, with no sockets at all.
 
-    python bench/micro_core.py [--n 50000] [--post | --jwt | --limit | --chain | --pool] [--profile]
+    python bench/micro_core.py [--n 50000] [--post | --jwt | --jwt-new | --limit | --chain | --pool] [--profile]
 
 A real `Runtime` compiles a plain route (every control off), then one client connection and one pooled upstream
 connection are driven through in-memory transports: the client "sends" a request, the gateway parses, routes,
@@ -8,7 +8,9 @@ forwards; the upstream "answers" (a canned nginx-like response, delivered by the
 response is written back. Each response triggers the next request, so the loop runs N requests back to back.
 `--jwt` sends a GET with an ES256 bearer token to a route that requires it (the verified-token cache hit: what
 a cached JWT costs on top of the plain path); `--limit` a GET on a route with one in-memory rate limit;
-`--chain` the identity chain Envoy is compared on (cached JWT + a required scope + that rate limit).
+`--chain` the identity chain Envoy is compared on (cached JWT + a required scope + that rate limit);
+`--jwt-new` the `--jwt` route with a new ES256 token on every request (each one a verified-token cache miss:
+parse, signature, claims; the tokens are minted before the clock starts).
 
 What it measures is everything Bastion adds on top of the kernel: the figure wrk cannot isolate, as each real
 request also pays ~20 µs of socket syscalls on this machine (see bench/RESULTS.md). Prints CPU µs per request.
@@ -124,7 +126,19 @@ def memory_upstream(pool: UpstreamPool) -> UpstreamConnection:
     return upstream
 
 
-async def drive(runtime: Runtime, n: int, request: bytes) -> float:
+async def drive(runtime: Runtime, n: int, request: bytes | list[bytes]) -> float:
+    """Send `request` n times (a list: its items in turn, one per request)."""
+    if isinstance(request, list):
+        cycle = iter(request)
+        first = next(cycle)
+
+        def following() -> bytes:
+            return next(cycle)
+    else:
+        first = request
+
+        def following() -> bytes:
+            return request  # type: ignore[return-value]
     loop = asyncio.get_running_loop()
     gateway = runtime.gateway
     assert gateway is not None
@@ -142,7 +156,7 @@ async def drive(runtime: Runtime, n: int, request: bytes) -> float:
         if remaining == 0:
             done.set_result(None)
         else:
-            loop.call_soon(client.data_received, request)
+            loop.call_soon(client.data_received, following())
 
     for pool in gateway.pools.values():  # one pooled connection per upstream, answering every request
         pool.release(memory_upstream(pool))
@@ -151,7 +165,7 @@ async def drive(runtime: Runtime, n: int, request: bytes) -> float:
             target.conns.release(memory_upstream(target.conns))
     client.connection_made(MemoryTransport(client_received, ("127.0.0.1", 50000)))
     started = time.process_time()
-    client.data_received(request)
+    client.data_received(first)
     await done
     return time.process_time() - started
 
@@ -172,19 +186,27 @@ async def main(args: argparse.Namespace) -> None:
             request = GET.replace(b"/get", b"/pool")
         if args.jwt:
             request = b"GET /jwt HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer %b\r\n\r\n" % token.encode()
+        if args.jwt_new:  # one new token per request, warm-up included
+            minted = tokens.mint(Path(tmp), "https://idp.bench.invalid", "api://bench", count=2000 + args.n)
+            fresh = [b"GET /jwt HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer %b\r\n\r\n" % t.encode()
+                     for t in minted]
         try:
-            await drive(runtime, 2000, request)  # warm-up
+            if args.jwt_new:
+                await drive(runtime, 2000, fresh[:2000])
+                fresh = fresh[2000:]
+            else:
+                await drive(runtime, 2000, request)  # warm-up
             if args.profile:
                 prof = cProfile.Profile()
                 prof.enable()
-            seconds = await drive(runtime, args.n, request)
+            seconds = await drive(runtime, args.n, fresh if args.jwt_new else request)
             if args.profile:
                 prof.disable()
                 pstats.Stats(prof).sort_stats("tottime").print_stats(40)
         finally:
             await runtime.stop(drain_timeout=0.1)
     shape = "GET to a pool of two targets" if args.pool else "POST 1 KB" if args.post else \
-        "GET with a cached JWT" if args.jwt else "GET, identity chain (cached JWT + scope + rate limit)" if args.chain \
+        "GET with a cached JWT" if args.jwt else "GET with a new JWT each request" if args.jwt_new else "GET, identity chain (cached JWT + scope + rate limit)" if args.chain \
         else "GET, rate-limited" if args.limit else "GET"
     print(f"{shape}: {seconds * 1e6 / args.n:.1f} µs CPU per request "
           f"(in-process, no sockets; n={args.n})")
@@ -196,6 +218,7 @@ if __name__ == "__main__":
     shape = parser.add_mutually_exclusive_group()
     shape.add_argument("--post", action="store_true")
     shape.add_argument("--jwt", action="store_true")
+    shape.add_argument("--jwt-new", action="store_true", help="a new ES256 token each request (cache misses)")
     shape.add_argument("--limit", action="store_true")
     shape.add_argument("--chain", action="store_true", help="cached JWT + scope + rate limit (Envoy's chain)")
     shape.add_argument("--pool", action="store_true", help="a route whose upstream is a pool of two targets")

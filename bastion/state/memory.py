@@ -34,6 +34,13 @@ class MemoryState:
         if now >= self._next_sweep:
             self._sweep(now)
         limits = self._limits
+        if len(hits) == 1:  # one limit on the route, the common case: no lists of writes
+            hit = hits[0]
+            outcome, new_state, ttl = ALGORITHMS[hit.kind](hit, limits.get(hit.key, now), now)
+            if outcome.allowed:
+                limits.put(hit.key, new_state, now, now + ttl)
+                return [outcome]
+            return [replace(outcome, granted=0) if outcome.granted else outcome]
         outcomes: list[Outcome] = []
         writes: list[tuple[str, State, float]] = []
         admitted = True

@@ -40,6 +40,8 @@ class ScopeRequirement:
 
     def missing(self, granted: frozenset[str]) -> frozenset[str] | None:
         """None when `granted` satisfies the requirement, else the scopes of the closest alternative it lacks."""
+        if not self.alternatives and self.always.issubset(granted):  # config scopes only, all granted: no new set
+            return None
         lacking = self.always - granted
         if not self.alternatives or self.anonymous:  # `{}` is an alternative anyone satisfies
             return lacking or None

@@ -397,6 +397,11 @@ class StateRevocationList:
                          issued_at: float | None = None) -> bool:
         return await self.find(jti, sub, consumer, issued_at) is not None
 
+    @property
+    def nothing_revoked(self) -> bool:
+        """Known to hold no record (this process's memory store, empty): `find` would answer None without an await."""
+        return self._records.empty
+
     async def find(self, jti: str | None, sub: str | None, consumer: str | None,
                    issued_at: float | None = None) -> Revocation | None:
         if self._records.empty:  # nothing revoked in this process's store: the common case, no await

@@ -19,13 +19,13 @@ from bastion.stages.identity.config import (
 )
 from bastion.stages.identity.consumers import ConsumerIndex
 from bastion.stages.identity.jwks import JwksCache
-from bastion.stages.identity.jwt import JwtVerifier, ProviderVerifier, VerifiedToken
+from bastion.stages.identity.jwt import JwtVerifier, ProviderVerifier
 from bastion.stages.identity.metrics import identity_metrics
 from bastion.stages.identity.mtls import CertParser
 from bastion.stages.identity.registered import RegisteredKeys
 from bastion.stages.identity.revocation import RevocationList, StateRevocationList
 from bastion.stages.identity.ssf import DEFAULT_REVOKE_FOR, SetReceiver
-from bastion.stages.identity.tokencache import TokenCache
+from bastion.stages.identity.tokencache import Credential, TokenCache
 from bastion.state.memory import MemoryState
 
 DEFAULT_PROTECTED = (
@@ -75,7 +75,7 @@ class IdentityShared:
         }
         self.verifier = JwtVerifier([ProviderVerifier(p, self.jwks[p.name]) for p in providers.jwt],
                                     services.wall_clock)
-        self.token_cache: TokenCache[VerifiedToken] = TokenCache(providers.token_cache_size)
+        self.token_cache: TokenCache[Credential] = TokenCache(providers.token_cache_size)
         self.consumers = ConsumerIndex(consumers)
         self.certs = CertParser()
         # The deny list lives in the state backend (shared by workers and instances with Redis, kept across

@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
-from joserfc.util import urlsafe_b64decode
 
 from bastion.cache import BoundedCache
+from bastion.stages.identity.compact import Compact, b64decode
 
 # RFC 7518 §3.4: the hash and the byte length of each of R and S
 _ECDSA: dict[str, tuple[type[hashes.HashAlgorithm], int]] = {
@@ -64,23 +64,34 @@ class SignatureCheck:
         return True
 
     def ok(self, obj: jws.CompactSignature, key: Any, alg: str) -> bool:
+        """The same check on a joserfc `CompactSignature` (`extract_compact`'s result)."""
+        segments = obj.segments
+        return self._check(obj, segments["header"] + b"." + segments["payload"], segments["signature"].decode(),
+                           key, alg)
+
+    def verify(self, token: Compact, key: Any, alg: str) -> bool:
+        """Whether the compact JWS `token` (taken apart by `compact.Compact`) is signed by `key` with `alg`."""
+        return self._check(token, token.signing_input, token.signature, key, alg)
+
+    def _check(self, token: jws.CompactSignature | Compact, signing_input: bytes, signature: str, key: Any,
+               alg: str) -> bool:
         prepared = self._prepare(key, alg)
         if prepared is None:  # not an ECDSA key: joserfc checks it the whole way
+            obj = token if isinstance(token, jws.CompactSignature) else _joserfc(token)
             try:
                 return jws.validate_compact(obj, key, registry=self.registry)
             except JoseError:
                 return False
-        segments = obj.segments
         try:
-            sig = urlsafe_b64decode(segments["signature"])
-        except (TypeError, ValueError):
+            sig = b64decode(signature)
+        except ValueError:
             return False
         length = prepared.length
         if len(sig) != 2 * length:  # RFC 7518 §3.4: R and S, each exactly the curve's size
             return False
         der = encode_dss_signature(int.from_bytes(sig[:length], "big"), int.from_bytes(sig[length:], "big"))
         try:
-            prepared.public.verify(der, segments["header"] + b"." + segments["payload"], prepared.ecdsa)
+            prepared.public.verify(der, signing_input, prepared.ecdsa)
         except InvalidSignature:
             return False
         return True
@@ -100,3 +111,12 @@ class SignatureCheck:
         if made is not None:
             self._prepared.put(cache_key, made, 0.0)
         return made
+
+
+def _joserfc(token: Compact) -> jws.CompactSignature:
+    """joserfc's model of a token taken apart by `Compact` (for the algorithm families joserfc verifies)."""
+    head, body, signature = token.segments
+    obj = jws.CompactSignature(token.header, token.payload)
+    obj.segments.update({"header": head.encode("ascii"), "payload": body.encode("ascii"),
+                         "signature": signature.encode("ascii")})
+    return obj

@@ -20,8 +20,9 @@ from bastion.stages.identity.config import IdentityPolicy
 from bastion.stages.identity.consumers import Consumer
 from bastion.stages.identity.jwt import TokenRejected, VerifiedToken, header_value
 from bastion.stages.identity.mtls import bound_to
+from bastion.stages.identity.revocation import StateRevocationList
 from bastion.stages.identity.shared import IdentityShared
-from bastion.stages.identity.tokencache import token_key
+from bastion.stages.identity.tokencache import Credential, token_key
 from bastion.state import StateUnavailable
 
 REALM = "bastion"
@@ -60,11 +61,15 @@ class IdentityStage:
         self._key_header = policy.api_key_header
         self._revocation_open = policy.on_revocation_unavailable == "open"
         self._policy = route.policy_id("identity")
-        # the Identity made for a verified token (cached) and its consumer: immutable, so made once per pair
-        # keyed by the verified token's id (checked by identity): as big and as long-lived as the token cache
+        # The credential made for a token verified by introspection (whose cache is its own), keyed by the verified
+        # token's id (checked by identity): as big and as long-lived as the token cache. A JWT's credential lives
+        # in the token cache itself.
         cache = shared.token_cache
-        self._identities: BoundedCache[int, tuple[VerifiedToken, Consumer | None, Identity]] = BoundedCache(
+        self._introspected: BoundedCache[int, tuple[VerifiedToken, Credential]] = BoundedCache(
             cache.max_entries, cache.max_ttl)
+        store = shared.revocation_store
+        # the deny list this process may skip when it is known to be empty (no await, no coroutine)
+        self._store: StateRevocationList | None = store if shared.revocations is store else None
         self._pid = {name: route.policy_id(f"identity.{name}") for name in IdentityPolicy.model_fields}
         self._scheme = "ApiKey" if self._api_key and not self._bearer else "Bearer"
 
@@ -85,16 +90,27 @@ class IdentityStage:
 
     # --- extraction
 
-    def _extract(self, ctx: RequestContext) -> tuple[str, str, str] | Deny | None:
-        """(kind, value, source) of the one credential sent, a 400 Deny, or None when none was sent."""
+    def _extract(self, ctx: RequestContext, now: float) -> _Found | Deny | None:
+        """(kind, value, source, cache key, cached credential) of the one credential sent, a 400 Deny, or None
+        when none was sent.
+
+        A bearer token in the Authorization header is looked up in the verified-token cache here (the lookup
+        `_token` would make anyway): a token found there passed the token68 syntax check when it was verified
+        (every cached JWT matched the stricter compact-JWS syntax), so it is not scanned again.
+        """
         found: list[tuple[str, str, str]] = []
+        key: bytes | None = None
+        hit: Credential | None = None
         if self._bearer:
             values = ctx.header_values("authorization")
             if len(values) > 1:
                 return self._deny(400, "credential_duplicate", "methods", "several Authorization headers")
             for value in values:
                 token = value[7:].strip(" ") if value[:7].lower() == "bearer " else None
-                if token is not None and _TOKEN68.fullmatch(token):
+                if token is not None and self._jwt and token:
+                    key = token_key(token)
+                    hit = self._shared.token_cache.get(key, now)
+                if token is not None and (hit is not None or _TOKEN68.fullmatch(token)):
                     found.append(("bearer", token, "header"))
                 elif value.lstrip().lower().startswith("bearer"):
                     return self._deny(400, "credential_malformed", "methods", "bad Bearer syntax")
@@ -121,12 +137,18 @@ class IdentityStage:
         if len(found) > 1:  # RFC 6750 §2: a client MUST NOT use more than one method per request
             return self._deny(400, "credential_duplicate", "methods",
                               "credentials in: " + ", ".join(f"{k}/{s}" for k, _, s in found))
-        return found[0] if found else None
+        if not found:
+            return None
+        kind, value, source = found[0]
+        if source != "header" or kind != "bearer":  # the lookup above was for the header's token only
+            key, hit = None, None
+        return kind, value, source, key, hit
 
     # --- check
 
     async def check(self, ctx: RequestContext) -> Decision:
-        found = self._extract(ctx)
+        now = self._shared.wall_clock()
+        found = self._extract(ctx, now)
         if isinstance(found, Deny):
             return found
         if found is None:
@@ -138,53 +160,44 @@ class IdentityStage:
                 return Continue(self._policy)
             reason = "jwt_missing" if self._methods == {"jwt"} else "credential_missing"
             return self._deny(401, reason, "required")
-        kind, value, source = found
+        kind, value, source, key, hit = found
         if kind == "api_key":
             return await self._key(ctx, value, source)
-        return await self._token(ctx, value, source)
+        return await self._token(ctx, value, source, now, key, hit)
 
-    async def _token(self, ctx: RequestContext, token: str, source: str) -> Decision:
+    async def _token(self, ctx: RequestContext, token: str, source: str, now: float, key: bytes | None,
+                     credential: Credential | None) -> Decision:
+        """A bearer token: `key` and `credential` are the header token's cache key and cached credential."""
         shared = self._shared
-        now = shared.wall_clock()
-        key = token_key(token) if self._jwt else None
-        verified = shared.token_cache.get(key, now) if key is not None else None
-        if verified is not None:  # verified before and not expired: no await, no signature check
-            shared.metrics.token_cache_hit.inc()
+        if key is None and self._jwt:  # a query token: not looked up yet
+            key = token_key(token)
+            credential = shared.token_cache.get(key, now)
+        if credential is not None:  # verified before and not expired: no await, no signature check, no new object
+            shared.metrics.lookup(True, now)
         else:
             try:
-                verified = await self._verify(token, key, now)
+                credential = await self._verify(token, key, now)
             except TokenRejected as exc:
                 return self._rejected(exc)
         # RFC 8705 §3: a bound token is only good over a connection with that very certificate
-        if verified.cnf_x5t is not None:
-            if not bound_to(verified.cnf_x5t, ctx.peer_cert):
+        if credential.thumbprint is not None:
+            if not bound_to(credential.thumbprint, ctx.peer_cert):
                 return self._deny(401, "token_binding_mismatch", "methods",
                                   "cnf.x5t#S256 does not match the connection's client certificate")
         elif self._require_bound:
             return self._deny(401, "token_not_bound", "require_bound_tokens")
-        consumer, revoked = shared.consumers.for_token(verified.provider, verified.client_id,
-                                                       verified.subject)
-        if revoked:
+        consumer = credential.consumer
+        if credential.revoked:
             return self._deny(401, "credential_revoked", "methods", f"consumer {consumer and consumer.name} "
                               "credential mapping is revoked")
-        made = self._identities.get(id(verified), now)
-        if made is not None and made[0] is verified and made[1] is consumer:
-            identity = made[2]
-        else:
-            identity = Identity(
-                method=verified.method, subject=verified.subject, consumer=consumer.name if consumer else None,
-                issuer=verified.issuer, claims=verified.claims, scopes=verified.scopes,
-                roles=verified.roles | consumer.roles if consumer else verified.roles, credential_id=verified.jti,
-            )
-            self._identities.put(id(verified), (verified, consumer, identity), now, verified.expires)
-        return await self._finish(ctx, identity, consumer, verified.issued_at, "authorization" if
-                                  source == "header" else None, verified.headers)
+        return await self._finish(ctx, credential.identity, consumer, credential.issued_at, "authorization" if
+                                  source == "header" else None, credential.upstream)
 
-    async def _verify(self, token: str, key: bytes | None, now: float) -> VerifiedToken:
+    async def _verify(self, token: str, key: bytes | None, now: float) -> Credential:
         """A token not in the cache (`key`: its cache key when JWTs are accepted)."""
         shared = self._shared
         if key is not None:
-            shared.metrics.token_cache_miss.inc()
+            shared.metrics.lookup(False, now)
             try:
                 verified = await shared.verifier.verify(token)
             except TokenRejected as exc:
@@ -192,10 +205,17 @@ class IdentityStage:
                 if not self._introspect or exc.reason not in ("jwt_malformed", "jwt_bad_issuer"):
                     raise
             else:
-                shared.token_cache.put(key, verified, now, verified.expires)
-                return verified
+                credential = credential_for(verified, shared)
+                shared.token_cache.put(key, credential, now, verified.expires)
+                return credential
         if self._introspect:
-            return await shared.introspection.verify(token)  # type: ignore[no-any-return]
+            verified = await shared.introspection.verify(token)
+            made = self._introspected.get(id(verified), now)
+            if made is not None and made[0] is verified:
+                return made[1]
+            credential = credential_for(verified, shared)
+            self._introspected.put(id(verified), (verified, credential), now, verified.expires)
+            return credential
         raise TokenRejected("introspection_unavailable", "no introspection provider configured", 503)
 
     async def _key(self, ctx: RequestContext, key: str, source: str) -> Decision:
@@ -207,7 +227,7 @@ class IdentityStage:
         identity = Identity(method="api_key", subject=consumer.name, consumer=consumer.name,
                             roles=consumer.roles, credential_id=match.key_id)
         return await self._finish(ctx, identity, consumer, None,
-                                  self._key_header if source == "header" else None, ())
+                                  self._key_header if source == "header" else None, upstream_headers(identity, ()))
 
     async def _certificate(self, ctx: RequestContext) -> Decision:
         shared = self._shared
@@ -223,11 +243,11 @@ class IdentityStage:
                               f"no consumer for certificate {info.subject} ({info.x5t_s256})")
         identity = Identity(method="mtls", subject=info.subject, consumer=consumer.name, roles=consumer.roles,
                             credential_id=info.x5t_s256)
-        return await self._finish(ctx, identity, consumer, None, None, ())
+        return await self._finish(ctx, identity, consumer, None, None, upstream_headers(identity, ()))
 
     async def _finish(self, ctx: RequestContext, identity: Identity, consumer: Consumer | None,
                       issued_at: float | None, credential_header: str | None,
-                      claim_headers: tuple[tuple[str, str], ...]) -> Decision:
+                      upstream: tuple[tuple[str, str], ...]) -> Decision:
         if consumer is not None:
             if consumer.disabled:
                 return self._deny(403, "consumer_disabled", "require_consumer", f"consumer {consumer.name}")
@@ -239,9 +259,10 @@ class IdentityStage:
                               f"no consumer for {identity.method} subject {identity.subject!r}")
         # checked on every request, cache hit or not; a deny list that cannot answer is a "no" unless the
         # class accepts the risk (identity.on_revocation_unavailable: open)
+        store = self._store
         try:
-            revoked = await self._shared.revocations.find(identity.credential_id, identity.subject,
-                                                          identity.consumer, issued_at)
+            revoked = None if store is not None and store.nothing_revoked else await self._shared.revocations.find(
+                identity.credential_id, identity.subject, identity.consumer, issued_at)
         except StateUnavailable as exc:
             if not self._revocation_open:
                 return self._deny(503, "revocation_unavailable", "on_revocation_unavailable",
@@ -256,17 +277,38 @@ class IdentityStage:
                             (("www-authenticate", step_up.challenge(self._scheme, REALM)),), detail)
             return self._deny(401, "credential_revoked", "methods", detail)  # RFC 6750 §3.1 invalid_token
         ctx.identity = identity
-        headers = ctx.upstream_headers
-        headers.append(("x-bastion-auth-method", identity.method))
-        if identity.consumer is not None:
-            headers.append(("x-bastion-consumer", identity.consumer))
-        subject = header_value(identity.subject)
-        if subject is not None:
-            headers.append(("x-bastion-subject", subject))
-        headers.extend(claim_headers)
+        ctx.upstream_headers.extend(upstream)
         if credential_header is not None and not self._forward:
             ctx.drop_upstream_headers.add(credential_header)
         return Continue(self._policy)
 
 
 _MISSING = frozenset({"jwt_missing", "credential_missing"})
+# what `_extract` found: kind, value, source, the header token's cache key and its cached credential
+_Found = tuple[str, str, str, bytes | None, Credential | None]
+
+
+def upstream_headers(identity: Identity, claim_headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """The identity headers sent upstream, in order: method, consumer, subject (when it can be sent safely), then
+    the provider's claim headers."""
+    headers = [("x-bastion-auth-method", identity.method)]
+    if identity.consumer is not None:
+        headers.append(("x-bastion-consumer", identity.consumer))
+    subject = header_value(identity.subject)
+    if subject is not None:
+        headers.append(("x-bastion-subject", subject))
+    headers.extend(claim_headers)
+    return tuple(headers)
+
+
+def credential_for(verified: VerifiedToken, shared: IdentityShared) -> Credential:
+    """The credential of a verified token: its consumer (fixed for the life of `shared`'s consumer index), the
+    immutable `Identity`, the upstream headers. Made once per verified token, shared by every request with it."""
+    consumer, revoked = shared.consumers.for_token(verified.provider, verified.client_id, verified.subject)
+    identity = Identity(
+        method=verified.method, subject=verified.subject, consumer=consumer.name if consumer else None,
+        issuer=verified.issuer, claims=verified.claims, scopes=verified.scopes,
+        roles=verified.roles | consumer.roles if consumer else verified.roles, credential_id=verified.jti,
+    )
+    return Credential(identity, consumer, revoked, verified.issued_at, verified.expires, verified.cnf_x5t,
+                      upstream_headers(identity, verified.headers))

@@ -3,6 +3,10 @@
 The token itself is never stored: a memory dump of the cache does not yield usable credentials. The table is a
 `BoundedCache` (LRU with expiry and a protected segment): a flood of never-seen tokens cannot evict the tokens of
 clients in steady use, and expired tokens leave as new ones arrive.
+
+What the cache holds for a JWT is a `Credential`: everything a later request with the same token needs, made
+once when the token is verified (the verified claims, the consumer it maps to, the immutable `Identity` and the
+upstream headers), so that a cache hit builds no object and renders no header.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import hashlib
 from typing import TypeVar
 
 from bastion.cache import BoundedCache
+from bastion.context import Identity
+from bastion.stages.identity.consumers import Consumer
 
 T = TypeVar("T")
 
@@ -30,3 +36,25 @@ class TokenCache(BoundedCache[bytes, T]):
     @property
     def max_ttl(self) -> float:
         return self.ttl
+
+
+class Credential:
+    """A verified credential as every request carrying it sees it; immutable once made (the cache shares it).
+
+    `consumer` (a `consumers.Consumer`) and `revoked` come from the config's consumer index, which does not change
+    for the life of the `IdentityShared` holding the cache. `upstream` is the identity headers for the upstream,
+    in order: `x-bastion-auth-method`, `x-bastion-consumer`, `x-bastion-subject`, then the provider's
+    `claim_to_headers`.
+    """
+
+    __slots__ = ("consumer", "expires", "identity", "issued_at", "revoked", "thumbprint", "upstream")
+
+    def __init__(self, identity: Identity, consumer: Consumer | None, revoked: bool, issued_at: float | None,
+                 expires: float, thumbprint: str | None, upstream: tuple[tuple[str, str], ...]) -> None:
+        self.identity = identity
+        self.consumer = consumer
+        self.revoked = revoked
+        self.issued_at = issued_at
+        self.expires = expires
+        self.thumbprint = thumbprint  # RFC 8705 cnf.x5t#S256, or None for an unbound token
+        self.upstream = upstream

@@ -36,6 +36,9 @@ class Limiter:
         # key -> [units left, expires (monotonic), last reset]; a lease evicted early is units lost (safe side)
         self._leases: BoundedCache[str, list[float]] = BoundedCache(max_leases)
         self._shared = getattr(state, "name", "") != "memory"
+        # This process's own memory state: `hit` would only await its `hit`, which never raises and never waits,
+        # so the stage may call `memory.hit_now` directly (no coroutine per request). None for any other backend.
+        self.memory: MemoryState | None = state if type(state) is MemoryState else None
 
     async def hit(self, hits: Sequence[Hit], now: float, *, leases: Sequence[int] = (),
                   fail_open: bool = False) -> list[Outcome]:

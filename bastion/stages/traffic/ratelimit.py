@@ -173,8 +173,12 @@ class RateLimitStage:
         if plan.limits:  # empty for an untiered caller on a route whose limits all name tiers
             now = self.clock()
             hits = self.hits(ctx, now, plan)
+            memory = self.limiter.memory
             try:
-                outcomes = await self.limiter.hit(hits, now, leases=plan.leases, fail_open=self.fail_open)
+                if memory is not None:  # what `Limiter.hit` does for this backend, without its coroutines
+                    outcomes = memory.hit_now(hits, now)
+                else:
+                    outcomes = await self.limiter.hit(hits, now, leases=plan.leases, fail_open=self.fail_open)
             except StateUnavailable as exc:
                 return Deny(503, "ratelimit_unavailable", self.policy_id,
                             detail="Rate limiting is temporarily unavailable; retry shortly.",

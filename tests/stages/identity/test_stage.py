@@ -186,3 +186,52 @@ async def test_the_token_cache_holds_providers_token_cache_size_tokens(jwks_serv
         assert shared.token_cache.evictions == 1
     finally:
         await shared.close()
+
+
+async def test_a_cache_hit_reuses_the_credential_made_once(shared: IdentityShared, route: RouteInfo,
+                                                           minter: Minter) -> None:
+    check = stage(shared, route)
+    token = minter.token()
+    first, second = make_ctx(bearer(token)), make_ctx(bearer(token))
+    assert isinstance(await check.check(first), Continue) and isinstance(await check.check(second), Continue)
+    assert second.identity is first.identity  # the immutable Identity of the cached credential, not a copy
+    assert second.upstream_headers == first.upstream_headers == [
+        ("x-bastion-auth-method", "jwt"), ("x-bastion-consumer", "web"), ("x-bastion-subject", "alice"),
+        ("x-user-scope", "orders:read orders:write")]
+    # another route's stage finds the same credential (the cache is shared by every route of the config)
+    third = make_ctx(bearer(token))
+    assert isinstance(await stage(shared, route, forward_credential=True).check(third), Continue)
+    assert third.identity is first.identity and third.drop_upstream_headers == set()
+    shared.metrics.flush()
+    assert shared.metrics.token_cache_hit._value.get() == 2 and shared.metrics.token_cache_miss._value.get() == 1
+
+
+@pytest.mark.parametrize(("header", "status", "reason"), [
+    ("Bearer {token}", 200, ""),
+    ("bearer   {token}", 200, ""),  # the scheme in any case, spaces around the token
+    ("Bearer {token} x", 400, "credential_malformed"),  # not the cached token: scanned, and refused
+    ("Bearer {token}\t", 400, "credential_malformed"),
+    ("Bearer {token}==", 401, "jwt_malformed"),  # token68 allows the padding; a compact JWS does not
+])
+async def test_a_cached_token_is_looked_up_exactly_as_sent(shared: IdentityShared, route: RouteInfo,
+                                                           minter: Minter, header: str, status: int,
+                                                           reason: str) -> None:
+    check = stage(shared, route)
+    token = minter.token()
+    assert isinstance(await check.check(make_ctx(bearer(token))), Continue)  # now in the cache
+    decision = await check.check(make_ctx([("authorization", header.format(token=token))]))
+    if status == 200:
+        assert isinstance(decision, Continue)
+    else:
+        assert isinstance(decision, Deny) and (decision.status, decision.reason) == (status, reason)
+
+
+async def test_a_cached_header_token_and_a_second_credential_is_still_a_duplicate(
+        shared: IdentityShared, route: RouteInfo, minter: Minter) -> None:
+    check = stage(shared, route, allow_query_token=True)
+    token = minter.token()
+    assert isinstance(await check.check(make_ctx(bearer(token))), Continue)
+    decision = await check.check(make_ctx(bearer(token), query=f"access_token={token}"))
+    assert isinstance(decision, Deny) and decision.reason == "credential_duplicate"
+    query = make_ctx([], query=f"access_token={token}")  # the query token itself: looked up, found, accepted
+    assert isinstance(await check.check(query), Continue) and query.drop_query_params == {"access_token"}
