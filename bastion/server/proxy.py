@@ -487,7 +487,8 @@ BODY_ERRORS = (BodyTooLarge, BodyTimeout, BodyMalformed)
 def _absolute_form(target: str) -> tuple[str, str, str]:
     """(path, query, host) of a target in absolute-form: RFC 9112 §3.2.2, its authority replaces Host."""
     try:
-        url = httptools.parse_url(target.encode("latin-1"))
+        # Any: httptools' stubs say bytes, but an absent part is None (compiled code would check the stub's type)
+        url: Any = httptools.parse_url(target.encode("latin-1"))
     except httptools.HttpParserInvalidURLError:
         return target, "", ""
     return ((url.path or b"/").decode("latin-1"), (url.query or b"").decode("latin-1"),

@@ -52,7 +52,8 @@ class Audit:
     def request(self, ctx: Any, status: int, deny: Any, seconds: float, exceptions: tuple[str, ...],
                 upstream_status: int | None) -> None:
         self.events.append({"status": status, "reason": deny.reason if deny else None, "route": ctx.route,
-                            "upstream_status": upstream_status, "records": [r.control for r in ctx.records]})
+                            "upstream_status": upstream_status, "records": [r.control for r in ctx.records],
+                            "log_detail": deny.log_detail if deny else None, "request_id": ctx.request_id})
 
 
 def gateway(tmp_path: Path) -> tuple[Gateway, Audit]:
@@ -139,15 +140,29 @@ async def test_an_upstream_that_cannot_be_reached_is_a_502_problem(tmp_path):
 
 
 async def test_a_gateway_bug_fails_closed_with_a_500_and_no_detail(tmp_path):
+    """An exception nobody expected, raised while the request is forwarded (here by the upstream connection's
+    transport: the fault is injected at the IO seam, so the compiled proxy runs unchanged)."""
     gw, audit = gateway(tmp_path)
+    [pool] = gw.pools.values()
+    conn = UpstreamConnection(pool)
+    transport = MemoryTransport()
 
-    async def broken(*args: object) -> None:
+    def broken(data: bytes) -> None:
         raise RuntimeError("secret internals")
 
-    gw._forward = broken  # type: ignore[method-assign]
-    code, _, body = await ask(gw, b"GET /shop/items HTTP/1.1\r\nHost: a\r\n\r\n")
-    assert code == 500 and b"secret" not in body
-    assert audit.events[0]["reason"] == "gateway_error"
+    transport.write = broken  # type: ignore[method-assign]
+    conn.connection_made(transport)
+    pool._open += 1
+    conn.reusable = True
+    pool.release(conn)
+    code, headers, body = await ask(gw, b"GET /shop/items HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert code == 500 and b"secret" not in body and headers["content-type"] == "application/problem+json"
+    assert headers["connection"] == "close"  # the client connection is not trusted any more either
+    [event] = audit.events
+    assert event["reason"] == "gateway_error" and event["status"] == 500
+    assert "secret internals" in event["log_detail"]  # the operator is told everything
+    assert headers["x-request-id"] == event["request_id"]  # and the client can quote the request to them
+    assert conn.closed and pool.idle() is None  # the upstream connection the bug hit is not reused
     gw.close()
 
 
