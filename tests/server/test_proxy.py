@@ -204,3 +204,25 @@ async def test_a_body_that_passes_the_limit_while_streamed_ends_the_upstream_req
     assert code == 413 and headers["connection"] == "close" and transport.closed
     assert audit.events[0]["reason"] == "body_too_large"
     gw.close()
+
+
+async def test_a_grpc_message_that_does_not_decode_is_refused_as_invalid():
+    """The first message's decoder may raise anything (protobuf's DecodeError): a 400 deny, not a gateway error
+    (compiled code once typed the `except ... as` name after an earlier clause and raised TypeError instead)."""
+    from bastion.context import RequestContext
+    from bastion.forwarding import GrpcLimits
+    from bastion.server.proxy import _first_message
+
+    def decode(message: bytes) -> object:
+        raise ValueError("not a message")
+
+    class Ex:
+        chunks = [b"\x00\x00\x00\x00\x03\xff\xff\xff", b""]
+
+        async def read_chunk(self) -> bytes:
+            return self.chunks.pop(0)
+
+    ctx = RequestContext(method="POST", raw_target="/x", path="/x", query="", headers=[], client_ip="192.0.2.1",
+                         request_id="rid", start=0.0)
+    _, deny = await _first_message(Ex(), ctx, GrpcLimits(decode=decode), "pid")  # type: ignore[arg-type]
+    assert deny is not None and (deny.status, deny.reason) == (400, "grpc_malformed_message")
