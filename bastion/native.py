@@ -20,6 +20,8 @@ MODULES: tuple[str, ...] = (
     "bastion.server.upstream",  # upstream HTTP/1.1: response parsing per header, the connection pool
     "bastion.server.body",  # request body buffering, limits and the idle deadline
     "bastion.server.flow",  # write flow control (pause/resume) of every response
+    "bastion.server.proxy",  # Gateway.handle: route -> enforce -> forward -> render -> account, every request
+    "bastion.server.response",  # ResponseSink: every upstream response head and body to the client
     "bastion.http.headers",  # header hygiene: every request and response header passes through it
     "bastion.http.budget",  # the head byte budget, taken per header line
     "bastion.http.framing",  # RFC 9112 framing checks on every request head
@@ -50,10 +52,6 @@ MODULES: tuple[str, ...] = (
     "bastion.audit.events",
 )
 # Left pure, though on the request path (measured in bench/RESULTS.md, "mypyc build"):
-# - server/proxy.py: tests replace a Gateway method (`gw._forward = broken`) to prove a bug fails closed;
-#   a compiled class's methods cannot be replaced.
-# - server/response.py: tests drive ResponseSink with stand-in upstream connections; compiled code checks the
-#   declared class (`UpstreamConnection`) at the call and refuses a stand-in.
 # - server/exchange.py: ExchangeBase is the base of the HTTP/2 exchange (server/http2.py, pure) and of test
 #   doubles; pure code cannot subclass a compiled class.
 # - server/pool.py: mypyc rejects `continue` inside try/finally (the retry loop).

@@ -487,7 +487,8 @@ BODY_ERRORS = (BodyTooLarge, BodyTimeout, BodyMalformed)
 def _absolute_form(target: str) -> tuple[str, str, str]:
     """(path, query, host) of a target in absolute-form: RFC 9112 §3.2.2, its authority replaces Host."""
     try:
-        url = httptools.parse_url(target.encode("latin-1"))
+        # Any: httptools' stubs say bytes, but an absent part is None (compiled code would check the stub's type)
+        url: Any = httptools.parse_url(target.encode("latin-1"))
     except httptools.HttpParserInvalidURLError:
         return target, "", ""
     return ((url.path or b"/").decode("latin-1"), (url.query or b"").decode("latin-1"),
@@ -559,8 +560,8 @@ async def _first_message(ex: Exchange, ctx: RequestContext, limits: GrpcLimits,
             if not chunk:
                 return buffered, Deny(400, "grpc_missing_message", pid, "The call carries no request message.")
             buffered += chunk
-    except BODY_ERRORS as exc:
-        return buffered, Deny(400, "grpc_bad_request_stream", pid, log_detail=type(exc).__name__)
+    except BODY_ERRORS as failure:  # not `exc`: compiled code gives a name one type per function (see below)
+        return buffered, Deny(400, "grpc_bad_request_stream", pid, log_detail=type(failure).__name__)
     if buffered[0] != 0:  # compressed: its fields cannot be read, so its owner cannot be checked
         return buffered, Deny(400, "grpc_compressed_message", pid,
                               "Compressed request messages are not accepted on this method.")

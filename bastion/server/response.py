@@ -7,15 +7,23 @@ pauses the upstream (back-pressure) instead of making the gateway buffer the res
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 
 from bastion.context import RequestContext
 from bastion.http.headers import response_fields, response_headers
 from bastion.server.exchange import Exchange
 from bastion.server.http1 import H1Exchange
-from bastion.server.upstream import UpstreamConnection
 
 _SLOW_READER_TIMEOUT = 60.0  # seconds a client may leave a response unread before the transfer is abandoned
+
+
+class UpstreamReader(Protocol):
+    """What the sink does to the upstream connection: pause it for a slow client, resume it, or give it up
+    (`server.upstream.UpstreamConnection`; by structure, so tests can hand the sink a transport)."""
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class ResponseSink:
@@ -44,7 +52,7 @@ class ResponseSink:
         "status",
     )
 
-    def __init__(self, ex: Exchange, ctx: RequestContext, traceparent: str, conn: UpstreamConnection,
+    def __init__(self, ex: Exchange, ctx: RequestContext, traceparent: str, conn: UpstreamReader,
                  response_filter: Any = None) -> None:
         self._ex = ex
         # HTTP/1.1: framing and the held-back head are ours to write (HTTP/2 frames the body itself)

@@ -52,7 +52,8 @@ class Audit:
     def request(self, ctx: Any, status: int, deny: Any, seconds: float, exceptions: tuple[str, ...],
                 upstream_status: int | None) -> None:
         self.events.append({"status": status, "reason": deny.reason if deny else None, "route": ctx.route,
-                            "upstream_status": upstream_status, "records": [r.control for r in ctx.records]})
+                            "upstream_status": upstream_status, "records": [r.control for r in ctx.records],
+                            "log_detail": deny.log_detail if deny else None, "request_id": ctx.request_id})
 
 
 def gateway(tmp_path: Path) -> tuple[Gateway, Audit]:
@@ -139,15 +140,29 @@ async def test_an_upstream_that_cannot_be_reached_is_a_502_problem(tmp_path):
 
 
 async def test_a_gateway_bug_fails_closed_with_a_500_and_no_detail(tmp_path):
+    """An exception nobody expected, raised while the request is forwarded (here by the upstream connection's
+    transport: the fault is injected at the IO seam, so the compiled proxy runs unchanged)."""
     gw, audit = gateway(tmp_path)
+    [pool] = gw.pools.values()
+    conn = UpstreamConnection(pool)
+    transport = MemoryTransport()
 
-    async def broken(*args: object) -> None:
+    def broken(data: bytes) -> None:
         raise RuntimeError("secret internals")
 
-    gw._forward = broken  # type: ignore[method-assign]
-    code, _, body = await ask(gw, b"GET /shop/items HTTP/1.1\r\nHost: a\r\n\r\n")
-    assert code == 500 and b"secret" not in body
-    assert audit.events[0]["reason"] == "gateway_error"
+    transport.write = broken  # type: ignore[method-assign]
+    conn.connection_made(transport)
+    pool._open += 1
+    conn.reusable = True
+    pool.release(conn)
+    code, headers, body = await ask(gw, b"GET /shop/items HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert code == 500 and b"secret" not in body and headers["content-type"] == "application/problem+json"
+    assert headers["connection"] == "close"  # the client connection is not trusted any more either
+    [event] = audit.events
+    assert event["reason"] == "gateway_error" and event["status"] == 500
+    assert "secret internals" in event["log_detail"]  # the operator is told everything
+    assert headers["x-request-id"] == event["request_id"]  # and the client can quote the request to them
+    assert conn.closed and pool.idle() is None  # the upstream connection the bug hit is not reused
     gw.close()
 
 
@@ -189,3 +204,25 @@ async def test_a_body_that_passes_the_limit_while_streamed_ends_the_upstream_req
     assert code == 413 and headers["connection"] == "close" and transport.closed
     assert audit.events[0]["reason"] == "body_too_large"
     gw.close()
+
+
+async def test_a_grpc_message_that_does_not_decode_is_refused_as_invalid():
+    """The first message's decoder may raise anything (protobuf's DecodeError): a 400 deny, not a gateway error
+    (compiled code once typed the `except ... as` name after an earlier clause and raised TypeError instead)."""
+    from bastion.context import RequestContext
+    from bastion.forwarding import GrpcLimits
+    from bastion.server.proxy import _first_message
+
+    def decode(message: bytes) -> object:
+        raise ValueError("not a message")
+
+    class Ex:
+        chunks = [b"\x00\x00\x00\x00\x03\xff\xff\xff", b""]
+
+        async def read_chunk(self) -> bytes:
+            return self.chunks.pop(0)
+
+    ctx = RequestContext(method="POST", raw_target="/x", path="/x", query="", headers=[], client_ip="192.0.2.1",
+                         request_id="rid", start=0.0)
+    _, deny = await _first_message(Ex(), ctx, GrpcLimits(decode=decode), "pid")  # type: ignore[arg-type]
+    assert deny is not None and (deny.status, deny.reason) == (400, "grpc_malformed_message")
