@@ -4,6 +4,7 @@ body, what makes a connection unusable, and the pool's bounds."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -168,3 +169,78 @@ async def test_a_name_that_resolves_inside_is_refused_unless_allowed():
     with pytest.raises(UpstreamError) as caught:
         await up.acquire(5.0)
     assert caught.value.reason in ("upstream_internal_address", "upstream_dns_failed")
+
+
+@contextlib.asynccontextmanager
+async def _silent_server():
+    """A TCP server that accepts and says nothing; its port. Every accepted connection is closed at the end."""
+    accepted: list[asyncio.StreamWriter] = []
+    server = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for writer in accepted:
+            writer.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.01)  # the closed transports let go of their sockets
+
+
+async def _loop_turns_while(awaitable):
+    """(result, turns of the event loop that passed while `awaitable` ran): a task yielding once per turn."""
+    turns = 0
+    running = True
+
+    async def ticker():
+        nonlocal turns
+        while running:
+            await asyncio.sleep(0)
+            turns += 1
+
+    tick = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)  # the ticker is running
+    try:
+        result = await awaitable
+    finally:
+        running = False
+        await tick
+    return result, turns
+
+
+async def test_a_new_connection_costs_no_more_turns_of_the_loop_than_the_connect_itself():
+    """On a saturated gateway every turn of the loop is a whole batch of other requests: the request that opens a
+    connection waits as many batches as the connect takes turns. `wait_for` ran the address lookup and the connect
+    as tasks of their own: 9 turns under uvloop (11 under asyncio's loop) where the connect alone takes 3 (5)."""
+    loop = asyncio.get_running_loop()
+    async with _silent_server() as port:
+        up = UpstreamPool(Upstream("api", "http", "127.0.0.1", port, ""), 2)
+        (transport, _), bare = await _loop_turns_while(loop.create_connection(asyncio.Protocol, "127.0.0.1", port))
+        transport.close()
+        conn, turns = await _loop_turns_while(up.acquire(5.0))
+        assert isinstance(conn, UpstreamConnection) and not conn.closed
+        assert turns <= bare
+        conn.close()
+
+
+async def test_an_upstream_that_never_completes_the_connect_times_out():
+    """The TCP connect succeeds, the TLS handshake never answers: `upstream_connect_timeout`, 504."""
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    async with _silent_server() as port:
+        up = UpstreamPool(Upstream("api", "https", "127.0.0.1", port, ""), 2, context)
+        with pytest.raises(UpstreamError) as caught:
+            await asyncio.wait_for(up.acquire(0.2), 5.0)
+        assert (caught.value.reason, caught.value.status) == ("upstream_connect_timeout", 504)
+        assert up._open == 0  # the slot is given back
+
+
+async def test_a_pool_waiter_that_gets_no_connection_in_time_is_refused():
+    up = pool(size=1)
+    up._open = 1  # its one connection is busy and stays so
+    with pytest.raises(UpstreamError) as caught:
+        await up.acquire(0.05)
+    assert (caught.value.reason, caught.value.status) == ("upstream_pool_exhausted", 503)
+    assert all(waiter.done() for waiter in up._waiters)  # the timed-out waiter is not woken later
