@@ -245,3 +245,39 @@ async def test_a_request_is_queued_as_a_record_and_written_as_its_full_event(tmp
     assert written == [request_event(uids[0], allowed, 200, None, 0.0012, ("exc-1",), 200),
                        request_event(uids[1], denied, 401, refused, 0.0003)]
     assert [event["class_uid"] for event in written] == [6003, 3002]
+
+
+async def test_a_batch_of_request_events_is_rendered_one_at_a_time(tmp_path: Path) -> None:
+    """Each event is rendered, serialised for every format and dropped before the next: a batch rendered at once
+    held every event's dicts and lists at once and ran the cyclic GC's young collection every ~40 events."""
+    import gc
+
+    from bastion.audit.ecs import to_ecs
+
+    ocsf, ecs = tmp_path / "ocsf.jsonl", tmp_path / "ecs.jsonl"
+    audit = AuditLog([SinkSpec(FileSink("ocsf", ocsf, 1 << 24, 0)), SinkSpec(FileSink("ecs", ecs, 1 << 24, 0),
+                                                                              format="ecs")],
+                     spool_dir=tmp_path / "spool", queue_size=10_000)
+    await audit.start()
+    contexts = [context(identity=ALICE, request_id=f"req-{n}") for n in range(300)]
+    for ctx in contexts:
+        audit.request(ctx, 200, None, 0.001, (), 200)
+    uids = [item[0] for item in audit._pending if isinstance(item, tuple)]
+    collections = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 0:
+            collections.append(1)
+
+    gc.collect()
+    gc.callbacks.append(count)
+    try:
+        audit._dispatch()
+    finally:
+        gc.callbacks.remove(count)
+    await audit.close()
+    assert len(collections) <= 2  # rendering the batch at once: 7 for these 300 events
+    expected = [request_event(uid, ctx, 200, None, 0.001, (), 200) for uid, ctx in zip(uids, contexts, strict=True)]
+    assert [json.loads(line) for line in ocsf.read_text().splitlines()] == expected  # in order, every format
+    assert [json.loads(line) for line in ecs.read_text().splitlines()] == [
+        json.loads(json.dumps(to_ecs(event), default=str)) for event in expected]
