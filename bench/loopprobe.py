@@ -96,11 +96,6 @@ class Stats:
         self.blocked: dict[str, list[float]] = {}  # name -> [callbacks that slept in the kernel, wall ms of them]
         self.callback_start = 0.0
         self.iteration_no = 0
-        # per client read after the first on its connection: loop iterations and loop-thread CPU ms since the
-        # connection's previous read (keep-alive, one request at a time: the request's turn-around as the
-        # gateway's own work, whatever else ran on the machine)
-        self.turn_iterations: dict[int, int] = {}
-        self.turn_cpu: list[float] = []
         self.work = 0.0  # CPU ms of every timed callback so far (idle time and the loop's own work excluded)
         # per request: the callback CPU the gateway spent between the request's first read and the first write
         # of its response (its own work and everything served before it): the tail a saturated gateway adds,
@@ -137,13 +132,6 @@ class Stats:
 
     def read(self, conn: TimedProtocol) -> None:
         self.reads += 1
-        now = _clock()
-        if conn.last_read is not None:
-            iterations, cpu = conn.last_read
-            gap = self.iteration_no - iterations
-            self.turn_iterations[gap] = self.turn_iterations.get(gap, 0) + 1
-            self.turn_cpu.append((now - cpu) * 1000.0)
-        conn.last_read = (self.iteration_no, now)
 
     def iteration(self, ms: float) -> None:
         self.iterations += 1
@@ -177,8 +165,6 @@ class Stats:
             "longest_iterations": [{"ms": round(ms, 3), "at_s": round(at, 2), "client_reads": r}
                                    for ms, at, r in sorted(self.iter_long, reverse=True)[:20]],
             "client_reads_per_iteration": dict(sorted(self.reads_per_iter.items())),
-            "turn_iterations": dict(sorted(self.turn_iterations.items())),
-            "turn_cpu_ms": _percentiles(self.turn_cpu),
             "request_wait_cpu_ms": _percentiles(self.waits),
             "request_wait_wall_ms": _percentiles(self.wall_waits),
             "task_steps_before_upstream": dict(sorted(self.steps_before_upstream.items())),
@@ -339,7 +325,6 @@ class TimedProtocol(asyncio.Protocol):
         self.inner = inner
         kind = type(inner).__qualname__
         self._client = self.client = client
-        self.last_read: tuple[int, float] | None = None
         self.request_started: float | None = None  # STATS work clock at the request's first read
         self.steps = 0  # steps of the connection's task since the request's first read
         self.wall_started = 0.0

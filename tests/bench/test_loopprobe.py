@@ -99,7 +99,8 @@ async def test_a_probed_gateway_reports_every_request(tmp_path):
                 proc.wait()
     assert proc.returncode == 0, log.read_text()
     summary = json.loads(out.read_text())
-    assert summary["request_wait_cpu_ms"]["n"] == 21  # each request's wait, once, and the readiness check's
+    # each request's wait, once, and the readiness checks' (more than one if the first found it not ready yet)
+    assert 21 <= summary["request_wait_cpu_ms"]["n"] <= 25
     assert summary["wait_read_to_upstream_write_ms"]["n"] == 20  # the admin API has no upstream
     assert sum(summary["task_steps_before_upstream"].values()) == 20
     names = {row["name"]: row["count"] for row in summary["by_name_longest_first"]}
