@@ -216,14 +216,16 @@ class H2Exchange(ExchangeBase):
             self._declared = 0
         return False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, *, send: bool = True) -> None:
+        """Response body bytes; with `send=False` they wait for what is sent next (e.g. the trailers)."""
         if self._ended or self._end_pending or not data or self.method == "HEAD":
             return
         self._queued += len(data)
         self._pending += data
         if self._declared is not None and self._queued >= self._declared:
             self._end_pending = True  # the declared length is complete: END_STREAM with the last frame
-        self._conn.flush(self)
+        if send:
+            self._conn.flush(self)
 
     def flush(self) -> None:
         """Send a held-back HEADERS frame now."""
