@@ -67,15 +67,30 @@ async def forward_grpc(ex: Any, ctx: RequestContext, upstream: H2Upstream, limit
         timeout = min(timeout, limits.max_timeout)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout if timeout is not None else None
+    counter = MessageCounter(limits.max_message_bytes, limits.max_messages)
+    # the whole request already here (a unary call, usually): its messages are checked before the upstream is
+    # contacted, and it goes with the headers in one write, without a pump task
+    whole = ex.body.whole() if ex.has_body else None
+    if whole is not None:
+        whole = prefetched + whole if prefetched else whole
+        try:
+            counter.feed(whole)
+            if not counter.complete:
+                raise MessageLimitError("grpc_truncated_message", "the request ended inside a message")
+        except MessageLimitError as exc:
+            return _answer(ex, ctx, _limit_code(exc), str(exc), exc.reason, counter.messages)
     try:
         headers = upstream_headers(ex, ctx, upstream, path or ctx.path, timeout, traceparent)
         stream = await upstream.open_stream(headers, connect_timeout=limits.connect_timeout,
-                                            end_stream=not ex.has_body)
+                                            end_stream=not ex.has_body, body=whole)
     except UpstreamError as err:
         return _answer(ex, ctx, UNAVAILABLE, "upstream unavailable", err.reason)
-    counter = MessageCounter(limits.max_message_bytes, limits.max_messages)
     failure: list[tuple[int, str, str]] = []
-    pump = loop.create_task(_pump(ex, stream, counter, failure, prefetched)) if ex.has_body else None
+    pump: asyncio.Task[None] | None = None
+    if whole is None and ex.has_body:
+        pump = loop.create_task(_pump(ex, stream, counter, failure, prefetched))
+    elif stream.unsent:  # the rest of a whole body, as the upstream's window opens
+        pump = loop.create_task(_send_rest(stream, stream.unsent))
     try:
         async with asyncio.timeout_at(deadline):
             result = await _relay(ex, ctx, stream, limits)
@@ -119,8 +134,7 @@ async def _pump(ex: Any, stream: UpstreamStream, counter: MessageCounter,
             raise MessageLimitError("grpc_truncated_message", "the request ended inside a message")
         await stream.send(b"", end=True)
     except MessageLimitError as exc:
-        code = INTERNAL if exc.reason == "grpc_truncated_message" else RESOURCE_EXHAUSTED
-        failure.append((code, str(exc), exc.reason))
+        failure.append((_limit_code(exc), str(exc), exc.reason))
         stream.reset()
     except BodyTooLarge:
         failure.append((RESOURCE_EXHAUSTED, "request too large", "body_too_large"))
@@ -134,6 +148,16 @@ async def _pump(ex: Any, stream: UpstreamStream, counter: MessageCounter,
         pass  # the relay sees the same failure on its side
 
 
+async def _send_rest(stream: UpstreamStream, data: bytes) -> None:
+    """The part of a whole (already counted) request body that did not fit the upstream's window at once."""
+    with contextlib.suppress(UpstreamError):  # the relay sees the same failure on its side
+        await stream.send(data, end=True)
+
+
+def _limit_code(exc: MessageLimitError) -> int:
+    return INTERNAL if exc.reason == "grpc_truncated_message" else RESOURCE_EXHAUSTED
+
+
 async def _relay(ex: Any, ctx: RequestContext, stream: UpstreamStream, limits: GrpcLimits) -> GrpcResult:
     """Upstream -> client: headers, messages (with back-pressure), trailers."""
     status, raw, ended = await stream.response
@@ -143,11 +167,15 @@ async def _relay(ex: Any, ctx: RequestContext, stream: UpstreamStream, limits: G
     if ended:  # trailers-only (e.g. an upstream error status): one HEADERS frame, as received
         ex.respond(status, headers, b"")
         return GrpcResult(status, grpc)
-    ex.start_response(status, headers, length=None)
+    # the headers wait for the first bytes when those are here already (one write), never for bytes to come
+    ex.start_response(status, headers, length=None, defer=stream.buffered)
     counter = MessageCounter(limits.max_response_message_bytes) if limits.max_response_message_bytes else None
     while data := await stream.read():
         if counter is not None:
             counter.feed(data)
+        if stream.complete and stream.trailers:  # the last bytes: they go out with the trailers, in one write
+            ex.write(data, send=False)
+            break
         ex.write(data)
         await ex.drain()
     if stream.trailers:

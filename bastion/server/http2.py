@@ -103,15 +103,36 @@ Handler = Callable[["H2Exchange"], Awaitable[None]]
 ErrorHook = Callable[[str, FramingError, str], str]
 
 
+class StreamWindow:
+    """The request body's owner (`BodyOwner`) on one stream: the client's flow-control window is given back as
+    the handler reads, so a body is buffered at most one window ahead of the handler."""
+
+    __slots__ = ("_conn", "stream_id", "unacked")
+
+    def __init__(self, conn: H2Connection, stream_id: int) -> None:
+        self._conn = conn
+        self.stream_id = stream_id
+        self.unacked = 0  # flow-controlled bytes received and not yet read by the handler
+
+    def body_read(self) -> None:
+        if self.unacked:  # the client may send as much again
+            self._conn.ack(self.stream_id, self.unacked)
+            self.unacked = 0
+
+    def body_failed(self) -> None:
+        self.body_read()  # what is buffered will never be read: its window goes back
+
+
 class H2Exchange(ExchangeBase):
     """One request stream and its response: the `Exchange` protocol over HTTP/2 frames."""
 
     _conn: H2Connection
+    _window: StreamWindow | None  # the request body's owner (None: no body)
     upgrade: bytes | None = None  # RFC 9113 §8.2.2: HTTP/2 has no Upgrade (a class default, never set)
 
     __slots__ = (
         "_aborted", "_conn", "_declared", "_drain_waiter", "_end_pending", "_ended", "_handled", "_pending",
-        "_progress", "_queued", "_trailers", "_unacked", "body", "chunked", "content_length", "expect_continue",
+        "_progress", "_queued", "_trailers", "_window", "body", "chunked", "content_length", "expect_continue",
         "has_body", "headers", "method", "response_started", "status", "stream_id", "target", "task", "version",
     )
 
@@ -129,8 +150,14 @@ class H2Exchange(ExchangeBase):
         self.chunked = not ended and content_length is None
         self.has_body = self.chunked or bool(content_length)
         self.expect_continue = False
-        self._unacked = 0  # flow-controlled bytes received and not yet read by the handler
-        self.body = NO_BODY if ended else RequestBody(self, conn.limits.body_idle_timeout)
+        if ended:
+            self._window = None
+            self.body = NO_BODY
+        else:
+            # the body's owner is the stream's window, not the exchange: nothing leads from the body back to the
+            # exchange, so a finished stream is freed by reference counting, not left to the cyclic GC
+            self._window = StreamWindow(conn, stream_id)
+            self.body = RequestBody(self._window, conn.limits.body_idle_timeout)
         self.response_started = False
         self.status = 0
         self._declared: int | None = None  # response content-length
@@ -159,18 +186,11 @@ class H2Exchange(ExchangeBase):
 
     def feed(self, data: bytes, flow: int) -> None:
         """DATA from the client; `flow` is its flow-controlled length (data plus padding)."""
-        if self.body.feed(data):
-            self._unacked += flow
+        window = self._window
+        if window is not None and self.body.feed(data):
+            window.unacked += flow
         else:
             self._conn.ack(self.stream_id, flow)  # nobody will read it: give the window back now
-
-    def body_read(self) -> None:
-        if self._unacked:  # the client may send as much again
-            self._conn.ack(self.stream_id, self._unacked)
-            self._unacked = 0
-
-    def body_failed(self) -> None:
-        self.body_read()  # what is buffered will never be read: its window goes back
 
     # ---- response -----------------------------------------------------------------------------------------
 
@@ -196,14 +216,16 @@ class H2Exchange(ExchangeBase):
             self._declared = 0
         return False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, *, send: bool = True) -> None:
+        """Response body bytes; with `send=False` they wait for what is sent next (e.g. the trailers)."""
         if self._ended or self._end_pending or not data or self.method == "HEAD":
             return
         self._queued += len(data)
         self._pending += data
         if self._declared is not None and self._queued >= self._declared:
             self._end_pending = True  # the declared length is complete: END_STREAM with the last frame
-        self._conn.flush(self)
+        if send:
+            self._conn.flush(self)
 
     def flush(self) -> None:
         """Send a held-back HEADERS frame now."""

@@ -41,6 +41,7 @@ class UpstreamStream:
         self._waiter: asyncio.Future[None] | None = None
         self._window_waiter: asyncio.Future[None] | None = None
         self.closed = False
+        self.unsent = b""  # request body bytes `open` could not send for want of window
 
     async def send(self, data: bytes, end: bool = False) -> None:
         """Send request body bytes as the upstream's windows allow."""
@@ -65,6 +66,32 @@ class UpstreamStream:
             self._check()
             conn.h2.end_stream(self.stream_id)
             conn.flush()
+
+    def send_now(self, data: bytes) -> bytes:
+        """Send the last request body bytes as far as the windows allow now, END_STREAM with the last of them,
+        without flushing (the caller does, once); returns what did not fit (to `send` when the window opens)."""
+        h2c = self._conn.h2
+        if not data:
+            h2c.end_stream(self.stream_id)
+            return b""
+        view = memoryview(data)
+        while view:
+            room = min(h2c.local_flow_control_window(self.stream_id), h2c.max_outbound_frame_size, len(view))
+            if room <= 0:
+                break
+            h2c.send_data(self.stream_id, bytes(view[:room]), end_stream=room == len(view))
+            view = view[room:]
+        return bytes(view)
+
+    @property
+    def buffered(self) -> bool:
+        """Response body bytes (or the end of the stream) are here already: a read will not wait."""
+        return bool(self._chunks) or self._ended or self._error is not None
+
+    @property
+    def complete(self) -> bool:
+        """The upstream ended the stream and every body byte was read (trailers, if any, are here)."""
+        return self._ended and not self._chunks and self._error is None
 
     async def read(self) -> bytes:
         """The next response body bytes, or b"" at the end (trailers, if any, are in `trailers` then)."""
@@ -194,11 +221,15 @@ class H2UpstreamConnection(asyncio.Protocol):
                         open_stream._fail(error)
         self.flush()
 
-    def open(self, headers: list[tuple[str, str]], end_stream: bool) -> UpstreamStream:
+    def open(self, headers: list[tuple[str, str]], end_stream: bool, body: bytes | None = None) -> UpstreamStream:
+        """A new stream; with `body`, the whole request body goes with the headers in one write (as far as the
+        windows allow: the rest is left in `unsent`)."""
         stream_id = self.h2.get_next_available_stream_id()
         stream = UpstreamStream(self, stream_id)
         self.streams[stream_id] = stream
         self.h2.send_headers(stream_id, headers, end_stream=end_stream)
+        if body is not None:
+            stream.unsent = stream.send_now(body)
         self.flush()
         return stream
 
@@ -253,10 +284,11 @@ class H2Upstream:
         self._connecting: asyncio.Lock | None = None
 
     async def open_stream(self, headers: list[tuple[str, str]], *, connect_timeout: float,
-                          end_stream: bool = False) -> UpstreamStream:
+                          end_stream: bool = False, body: bytes | None = None) -> UpstreamStream:
+        """A stream on a usable connection; `body`: the whole request body, sent with the headers."""
         conn = await self._connection(connect_timeout)
         try:
-            return conn.open(headers, end_stream)
+            return conn.open(headers, end_stream, body)
         except h2.exceptions.H2Error as exc:
             raise UpstreamError("upstream_bad_request", f"cannot open an upstream stream: {exc}") from None
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
+from hyperframe.frame import DataFrame, Frame, HeadersFrame
 
 from bastion.context import Deny, RequestContext
 from bastion.forwarding import GrpcLimits
@@ -21,8 +22,9 @@ from bastion.grpc.routes import GrpcMethod, GrpcRoutes
 from bastion.grpc.status import grpc_problem
 from bastion.server.grpc_proxy import GrpcResult, forward_grpc
 from bastion.server.http2 import H2Connection, H2Limits
-from bastion.server.upstream_h2 import H2Upstream
+from bastion.server.upstream_h2 import H2Upstream, H2UpstreamConnection
 from tests.grpc.echo import SERVICE, echo_service
+from tests.server.test_http2 import h2_client
 
 METHODS = [GrpcMethod(SERVICE, "Unary"), GrpcMethod(SERVICE, "Stream", server_streaming=True),
            GrpcMethod(SERVICE, "Collect", client_streaming=True),
@@ -93,6 +95,79 @@ async def test_unary_through_the_gateway_with_request_id(tmp_path):
         assert await call.code() == grpc.StatusCode.OK
         assert dict(await call.initial_metadata())["x-request-id"] == reply.split(b"|")[1].decode()
         assert stack.results[-1].grpc_status == 0
+
+
+class _Recorder:
+    """A transport that records each write (one send to the socket) and passes everything else through."""
+
+    def __init__(self, transport, writes: list[bytes]) -> None:
+        self._transport = transport
+        self._writes = writes
+
+    def write(self, data) -> None:
+        self._writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+
+def record_writes(monkeypatch) -> tuple[list[bytes], list[bytes]]:
+    """What the gateway sends to the upstream and to the client, one entry per write."""
+    upstream: list[bytes] = []
+    client: list[bytes] = []
+    for cls, writes in ((H2UpstreamConnection, upstream), (H2Connection, client)):
+        def made(self, transport, original=cls.connection_made, writes=writes):
+            original(self, _Recorder(transport, writes))
+        monkeypatch.setattr(cls, "connection_made", made)
+    return upstream, client
+
+
+def stream_frames(chunk: bytes) -> list[tuple[str, bool]]:
+    """The HEADERS and DATA frames in one write, with their END_STREAM flag (the client preface skipped)."""
+    view = memoryview(chunk.removeprefix(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"))
+    out = []
+    while len(view) >= 9:
+        frame, length = Frame.parse_frame_header(view[:9])
+        frame.parse_body(view[9:9 + length])
+        if isinstance(frame, HeadersFrame | DataFrame):
+            out.append((type(frame).__name__, "END_STREAM" in frame.flags))
+        view = view[9 + length:]
+    return out
+
+
+async def test_a_unary_call_is_one_write_each_way(tmp_path, monkeypatch):
+    # the whole request (HEADERS, DATA ending the stream: no empty DATA frame after it) in one send upstream,
+    # the whole response (HEADERS, DATA, trailers) in one send to the client
+    upstream, client = record_writes(monkeypatch)
+    async with grpc_stack() as stack, channel(stack.port) as ch:
+        assert (await rpc(ch, "unary_unary", "Unary")(b"hello")).startswith(b"hello|req-")
+    sent_up = [frames for frames in map(stream_frames, upstream) if frames]
+    sent_down = [frames for frames in map(stream_frames, client) if frames]
+    assert sent_up == [[("HeadersFrame", False), ("DataFrame", True)]]
+    assert sent_down == [[("HeadersFrame", False), ("DataFrame", False), ("HeadersFrame", True)]]
+
+
+async def test_a_whole_request_over_the_limit_never_reaches_the_upstream(tmp_path, monkeypatch):
+    upstream, _ = record_writes(monkeypatch)
+    async with grpc_stack(GrpcLimits(max_message_bytes=1000)) as stack, channel(stack.port) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await rpc(ch, "unary_unary", "Unary")(b"a" * 2000)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert stack.results[-1].reason == "grpc_message_too_large"
+    assert [frames for frames in map(stream_frames, upstream) if frames] == []
+
+
+async def test_a_request_ending_inside_a_message_is_internal_and_never_forwarded(tmp_path, monkeypatch):
+    upstream, _ = record_writes(monkeypatch)
+    async with grpc_stack() as stack, h2_client(stack.port) as client:
+        # a message header announcing 16 bytes, then 3: the stream ends inside the message
+        stream = await client.request("POST", f"/{SERVICE}/Unary", [("content-type", "application/grpc"),
+                                                                    ("te", "trailers")], b"\x00\x00\x00\x00\x10abc")
+        assert stream.status == 200
+        assert stream.headers["grpc-status"] == str(grpc.StatusCode.INTERNAL.value[0])
+        assert stack.results[-1].reason == "grpc_truncated_message"
+    assert [frames for frames in map(stream_frames, upstream) if frames] == []
 
 
 async def test_server_streaming(tmp_path):
