@@ -38,6 +38,7 @@ MODULES: tuple[str, ...] = (
     "bastion.stages.identity.jwt",  # JWT checks on a cache miss, claims to identity
     "bastion.stages.identity.tokencache",  # the cache's class: subclasses bastion.cache's (must compile with it)
     "bastion.stages.identity.compact",  # a new token's split, base64url and JSON decoding (the uncached path)
+    "bastion.stages.identity.signature",  # a new token's header types and ECDSA check on a prepared key
     "bastion.stages.authz.scopes",  # the required-scope check
     # rate limits (--limit, --chain)
     "bastion.stages.traffic.ratelimit",  # the limit stage: key, take, headers

@@ -41,6 +41,7 @@ _KEY_FOR_ALG: dict[str, tuple[str, str | None]] = {
 }
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?", re.IGNORECASE)
 _NEGATIVE_MAX = 10_000
+_FITTING_MAX = 1024  # (kid, alg) pairs remembered per key set
 
 
 class JwksUnavailable(Exception):
@@ -120,6 +121,9 @@ class JwksCache:
         self._inflight: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._negative: OrderedDict[str, float] = OrderedDict()
+        # the keys that fit each (kid, alg) asked for, worked out once per key set (`_fitting_for` is the set)
+        self._fitting: dict[tuple[str | None, str], list[Key]] = {}
+        self._fitting_for: dict[str | None, list[Key]] | None = None
         self.fetch_count = 0
         self.discovery_count = 0
         if jwks_file is not None or jwks_bytes is not None:  # local keys (a file, or a secret by reference)
@@ -230,7 +234,7 @@ class JwksCache:
             if self._keys is None or self._now() > self._usable_until:
                 raise JwksUnavailable(f"provider {self.provider}: no usable JWKS")
         if kid is None:
-            return [k for group in self._keys.values() for k in group if key_fits(k, alg)]
+            return self._fit(None, alg, [k for group in self._keys.values() for k in group])
         group = self._keys.get(kid)
         if group is None and self.remote:
             until = self._negative.get(kid)
@@ -244,7 +248,21 @@ class JwksCache:
                 while len(self._negative) > _NEGATIVE_MAX:
                     self._negative.popitem(last=False)
                 return []
-        return [k for k in group or () if key_fits(k, alg)]
+        return self._fit(kid, alg, group) if group else []
+
+    def _fit(self, kid: str | None, alg: str, candidates: list[Key]) -> list[Key]:
+        """The candidates that fit `alg`, remembered for the current key set (a new set forgets them). Bounded:
+        only kids of the set are remembered, and algorithms are the caller's allowlist. Callers must not change
+        the list returned."""
+        if self._fitting_for is not self._keys:
+            self._fitting = {}
+            self._fitting_for = self._keys
+        fitting = self._fitting.get((kid, alg))
+        if fitting is None:
+            fitting = [k for k in candidates if key_fits(k, alg)]
+            if len(self._fitting) < _FITTING_MAX:
+                self._fitting[(kid, alg)] = fitting
+        return fitting
 
     def snapshot(self) -> dict[str, Any]:
         """For health/readiness: whether keys are usable and how many fetches happened."""

@@ -8,7 +8,6 @@ credential, 403 for a valid identity that may not call (unknown or disabled cons
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl
 
@@ -26,10 +25,17 @@ from bastion.stages.identity.tokencache import Credential, token_key
 from bastion.state import StateUnavailable
 
 REALM = "bastion"
-# RFC 6750 §2.1: b64token
-# RFC 6750 §2.1: "Bearer" (any case), 1*SP, a token68. The scheme is compared by hand: a case-insensitive regex
-# over a whole JWT costs ~5 µs a request, this ~1 µs.
-_TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+# RFC 6750 §2.1: "Bearer" (any case), 1*SP, a token68 (b64token). The scheme is compared by hand, and the
+# token checked with one `bytes.translate` pass: a regular expression over a whole JWT costs ~20 K instructions.
+_TOKEN68_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
+
+
+def is_token68(token: str) -> bool:
+    """Whether `token` is an RFC 7235 §2.1 token68: one or more of ALPHA, DIGIT and `-._~+/`, then any `=`."""
+    if not token.isascii():
+        return False
+    raw = token.encode("ascii").rstrip(b"=")
+    return bool(raw) and not raw.translate(None, _TOKEN68_CHARS)
 _DETAIL = {
     400: "The request carries a malformed credential.",
     401: "The credential is missing or invalid.",
@@ -110,7 +116,7 @@ class IdentityStage:
                 if token is not None and self._jwt and token:
                     key = token_key(token)
                     hit = self._shared.token_cache.get(key, now)
-                if token is not None and (hit is not None or _TOKEN68.fullmatch(token)):
+                if token is not None and (hit is not None or is_token68(token)):
                     found.append(("bearer", token, "header"))
                 elif value.lstrip().lower().startswith("bearer"):
                     return self._deny(400, "credential_malformed", "methods", "bad Bearer syntax")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 import pytest
@@ -12,13 +13,14 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
 
-from bastion.stages.identity.compact import Compact, Malformed, b64decode
+from bastion.stages.identity.compact import Compact, Malformed, b64decode, is_compact_jws
 from bastion.stages.identity.jose import check_header
-from bastion.stages.identity.jwt import _JWS
 
 HEADER = {"alg": "ES256", "typ": "at+jwt", "kid": "ec-1"}
 CLAIMS = {"iss": "https://idp.test", "sub": "alice", "aud": "api://orders", "exp": 1_800_000_300}
 SIG = "A" * 86  # the shape of an ES256 signature (parsing never checks it)
+# the syntax check the verifier made with a regular expression before `is_compact_jws` (its oracle here)
+_JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 
 
 def b64(data: bytes) -> str:
@@ -121,6 +123,17 @@ SAME: list[tuple[str, str]] = [
     ("non-canonical payload base64", _noncanonical(token(raw_claims=b'{"iss":"x"}'), 1)),
     ("header decodes to garbage", _last_char(token(), 0, "_")),
     ("nested arrays in a claim", token(raw_claims=b'{"iss":"x","n":' + b"[" * 200 + b"]" * 200 + b"}")),
+    # where orjson (read first) and json differ, json decides: these must come out as json reads them
+    ("integer past 64 bits kept exact", token(raw_claims=b'{"iss":"x","n":18446744073709551616}')),
+    ("negative integer past 64 bits kept exact", token(raw_claims=b'{"iss":"x","n":-9223372036854775809}')),
+    ("largest unsigned 64-bit integer", token(raw_claims=b'{"iss":"x","n":18446744073709551615}')),
+    ("a huge integer deep in a list", token(raw_claims=b'{"iss":"x","n":[1,{"m":[99999999999999999999999]}]}')),
+    ("floats", token(raw_claims=b'{"iss":"x","exp":1.5e9,"f":-0.0,"g":1e-400}')),
+    ("NaN and Infinity", token(raw_claims=b'{"iss":"x","exp":NaN,"nbf":-Infinity}')),
+    ("an escaped lone surrogate", token(raw_claims=b'{"iss":"x","sub":"\\ud800"}')),
+    ("nesting past orjson's first pass", token(raw_claims=b'{"iss":"x","n":' + b"[" * 40 + b"]" * 40 + b"}")),
+    ("nesting deep, under the recursion limit", token(raw_claims=b'{"n":' + b"[" * 500 + b"]" * 500 + b"}")),
+    ("header with a huge kid number", token(raw_header=b'{"alg":"ES256","kid":123456789012345678901234567890}')),
 ]
 # where the front end is stricter than joserfc was, and why (each was accepted, or raised out of the stage)
 STRICTER: list[tuple[str, str, str]] = [
@@ -136,7 +149,7 @@ STRICTER: list[tuple[str, str, str]] = [
 
 @pytest.mark.parametrize(("name", "value"), SAME, ids=[c[0] for c in SAME])
 def test_the_same_as_joserfc(name: str, value: str) -> None:
-    assert _JWS.match(value), "every case here passes the verifier's syntax check first"
+    assert is_compact_jws(value), "every case here passes the verifier's syntax check first"
     expected = oracle(value)
     assert ours(value) == expected
 
@@ -173,3 +186,21 @@ def test_b64decode_is_strict(segment: str, result: bytes | None) -> None:
             b64decode(segment)
     else:
         assert b64decode(segment) == result
+
+
+@pytest.mark.parametrize("value", [
+    token(), token(sig=""), "a.b.c", "a.b.", "a-_.b_-.c-_", ".b.c", "a..c", "..", "a.b", "a.b.c.d", "a.b.c.d.e",
+    "a.b.c\n", "a.b.c ", " a.b.c", "a+b.c.d", "a/b.c.d", "a=.b.c", "a.b.c=", "é.b.c", "a.b.\u00e9", "a.b.c\x00",
+    "", ".", "a", "A" * 3000 + "." + "B" * 3000 + "." + "C" * 86,
+])
+def test_the_syntax_check_is_the_regular_expression_it_replaced(value: str) -> None:
+    expected = bool(_JWS.match(value)) and not value.endswith("\n")  # `$` also matched before a final newline
+    assert is_compact_jws(value) is expected
+
+
+def test_json_decides_where_orjson_would_read_otherwise() -> None:
+    claims = Compact(token(raw_claims=b'{"iss":"x","n":123456789012345678901234567890,"f":1.0}')).parse_claims()
+    assert claims["n"] == 123456789012345678901234567890 and isinstance(claims["n"], int)
+    assert claims["f"] == 1.0 and isinstance(claims["f"], float)
+    plain = Compact(token()).parse_claims()
+    assert plain == CLAIMS and type(plain["exp"]) is int

@@ -198,3 +198,22 @@ async def test_jwks_one_byte_over_max_bytes_is_refused(jwks_server: JwksServer) 
         await cache.refresh()
     assert await cache.keys_for("ec-1", "ES256")  # the keys of the last good fetch stay
     await cache.close()
+
+
+async def test_the_keys_that_fit_are_remembered_per_key_set_only(jwks_server: JwksServer) -> None:
+    mono = Clock(1000.0)
+    cache = cache_for(jwks_server, mono, cooldown=1.0)
+    first = ECKey.generate_key("P-256", parameters={"kid": "k", "alg": "ES256"})
+    other = ECKey.generate_key("P-256", parameters={"kid": "k", "alg": "ES256"})
+    jwks_server.jwks = {"keys": [first.as_dict(private=False)]}
+    await cache.refresh()
+    found = await cache.keys_for("k", "ES256")
+    assert [k.thumbprint() for k in found] == [first.thumbprint()]
+    assert await cache.keys_for("k", "ES256") is found  # worked out once for this key set
+    assert await cache.keys_for("k", "RS256") == []  # the key's type and alg decide, per algorithm
+    assert [k.thumbprint() for k in await cache.keys_for(None, "ES256")] == [first.thumbprint()]
+    jwks_server.jwks = {"keys": [other.as_dict(private=False)]}  # the same kid, another key
+    await cache.refresh()
+    assert [k.thumbprint() for k in await cache.keys_for("k", "ES256")] == [other.thumbprint()]
+    assert [k.thumbprint() for k in await cache.keys_for(None, "ES256")] == [other.thumbprint()]
+    await cache.close()

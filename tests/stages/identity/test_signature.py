@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from conftest import Keys, b64, sign
 from joserfc import jws
+from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 from joserfc.jws import JWSRegistry
 
@@ -69,3 +70,20 @@ def test_a_registered_header_parameter_of_the_wrong_type_is_refused() -> None:
     check = SignatureCheck(JWSRegistry(algorithms=["ES256"], strict_check_header=False))
     assert check.header_ok(dict(HEADER)) is True
     assert check.header_ok({**HEADER, "x5t": 7}) is False
+
+
+@pytest.mark.parametrize("header", [
+    {"alg": "ES256"}, {"alg": "ES256", "typ": "at+jwt", "kid": "k"}, {"alg": "ES256", "kid": 7},
+    {"alg": "ES256", "typ": ["at+jwt"]}, {"typ": "at+jwt"}, {"alg": 1}, {"alg": "ES256", "x5t": 5},
+    {"alg": "ES256", "x5t": "t", "cty": "JWT"}, {"alg": "ES256", "crit": ["exp"]}, {"alg": "ES256", "b64": "no"},
+    {"alg": "ES256", "jku": "ftp://x"}, {"alg": "ES256", "custom": {"a": 1}},
+])
+def test_header_check_agrees_with_joserfc_registry(header: dict[str, Any]) -> None:
+    registry = JWSRegistry(algorithms=["ES256"], strict_check_header=False)
+    try:
+        registry.check_header(header)
+    except JoseError:
+        expected = False
+    else:
+        expected = True
+    assert SignatureCheck(registry).header_ok(header) is expected

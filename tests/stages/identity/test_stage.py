@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +13,7 @@ from bastion.context import Continue, Deny
 from bastion.stages.base import RouteInfo, Services
 from bastion.stages.identity import IdentityPolicy, IdentityShared, build
 from bastion.stages.identity.config import ConsumerConfig, JwtProviderConfig, ProvidersConfig
-from bastion.stages.identity.stage import IdentityStage
+from bastion.stages.identity.stage import IdentityStage, is_token68
 
 
 @pytest.fixture
@@ -235,3 +236,11 @@ async def test_a_cached_header_token_and_a_second_credential_is_still_a_duplicat
     assert isinstance(decision, Deny) and decision.reason == "credential_duplicate"
     query = make_ctx([], query=f"access_token={token}")  # the query token itself: looked up, found, accepted
     assert isinstance(await check.check(query), Continue) and query.drop_query_params == {"access_token"}
+
+
+@pytest.mark.parametrize("value", [
+    "abc", "a-._~+/Z09", "abc=", "abc==", "a=b", "=", "==", "", "abc ", " abc", "a b", "abc\n", "é", "a,b",
+    "a" * 5000, "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJ4In0.c2ln", "a\x00", "abc=\n",
+])
+def test_token68_is_the_rfc_grammar(value: str) -> None:
+    assert is_token68(value) is bool(re.fullmatch(r"[A-Za-z0-9\-._~+/]+=*", value))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from bastion.stages.identity.tokencache import TokenCache, token_key
 
 
@@ -35,3 +37,11 @@ def test_expired_tokens_leave_as_new_ones_arrive_without_the_cache_being_full():
     for i in range(1600):
         cache.put(token_key(f"new-{i}"), "y", now=120.0, expires=600.0)
     assert len(cache) == 1600  # two stale tokens dropped per write, long before the 10,000 bound
+
+
+def test_the_key_is_the_sha256_of_the_token_every_time():
+    first = token_key("eyJhbGciOiJFUzI1NiJ9.e30.sig")
+    assert first == hashlib.sha256(b"eyJhbGciOiJFUzI1NiJ9.e30.sig").digest()
+    assert token_key("eyJhbGciOiJFUzI1NiJ9.e30.sig") == first  # the shared hasher is copied, never fed
+    assert token_key("other") == hashlib.sha256(b"other").digest() != first
+    assert token_key("\udcff") == hashlib.sha256(b"\xff").digest()  # surrogateescape: the raw byte
