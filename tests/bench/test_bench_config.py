@@ -431,3 +431,26 @@ def test_paced_latency_table_compares_bastions_p99_with_its_peer() -> None:
                     "bastion": Row("bastion", [Sample(wrk.WrkResult(1000, 1.0, 1000.0, 600.0, 3000.0), 0.07, 0.5, 0.5)])}}
     table = run.paced_markdown(rows, {"date": "d", "commit": "c"}, args)
     assert "| get | bastion | 1,000 | 600µs | 3.0ms | 1.50 | 70 | 0 |" in table
+
+
+def test_bulk_minted_tokens_verify_like_joserfc_tokens(tmp_path: Path) -> None:
+    from joserfc import jwt
+    from joserfc.jwk import ECKey
+
+    few = tokens.mint(tmp_path, scenarios.JWT_ISSUER, scenarios.JWT_AUDIENCE, 2)
+    many = tokens.mint(tmp_path, scenarios.JWT_ISSUER, scenarios.JWT_AUDIENCE, 40)
+    public = ECKey.import_key(json.loads((tmp_path / "jwks.json").read_text())["keys"][0])
+    reference = jwt.decode(few[1], public)
+    for i, token in enumerate(many):
+        decoded = jwt.decode(token, public)  # raises on a bad signature
+        assert decoded.header == reference.header
+        assert decoded.claims == {**reference.claims, "jti": f"bench-{i}"}
+    assert len(set(many)) == 40
+
+
+def test_each_wrk_run_starts_a_stride_after_the_last(tmp_path: Path) -> None:
+    script = tokens.cycling_script(tmp_path, ["a", "b"], "t").read_text()
+    # the counter is read and advanced in init(), which wrk calls once per thread of each run
+    assert f'io.open("{tmp_path}/t.runs", "r")' in script and "f:write(tostring(runs + 1))" in script
+    assert f"i = (runs * {tokens.RUN_STRIDE}) % #tokens" in script
+    assert scenarios.UNCACHED_TOKENS >= 4 * tokens.RUN_STRIDE
