@@ -21,16 +21,9 @@ from bastion.stages.identity.consumers import Consumer
 T = TypeVar("T")
 
 
-# hashlib.sha256() looks the digest up in OpenSSL's provider store on every call (~12 K instructions, more
-# than hashing a 500-byte token); a copy of a hasher made once does not.
-_SHA256 = hashlib.sha256()
-
-
 def token_key(token: str) -> bytes:
     """SHA-256 of the token: the cache's key (the token itself is never stored)."""
-    digest = _SHA256.copy()
-    digest.update(token.encode("utf-8", "surrogateescape"))
-    return digest.digest()
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 class TokenCache(BoundedCache[bytes, T]):
