@@ -44,6 +44,7 @@ MODULES: tuple[str, ...] = (
     "bastion.stages.traffic.ratelimit",  # the limit stage: key, take, headers
     "bastion.stages.traffic.headers",  # RateLimit-* response headers
     "bastion.state.algorithms",  # sliding window / token bucket arithmetic
+    "bastion.state.values",  # Hit and Outcome: one of each per limit charged
     # CRS inspection (input.inspection.crs; bench/micro_crs.py)
     "bastion.stages.input.crs.engine",  # the CRS transaction: the rule walk, values, setvar per rule
     "bastion.stages.input.crs.program",  # Rule/Program: their fields are read by every rule the walk visits

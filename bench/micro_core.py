@@ -187,15 +187,15 @@ async def main(args: argparse.Namespace) -> None:
         if args.jwt:
             request = b"GET /jwt HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer %b\r\n\r\n" % token.encode()
         if args.jwt_new:  # one new token per request, warm-up included
-            minted = tokens.mint(Path(tmp), "https://idp.bench.invalid", "api://bench", count=2000 + args.n)
+            minted = tokens.mint(Path(tmp), "https://idp.bench.invalid", "api://bench", count=args.warmup + args.n)
             fresh = [b"GET /jwt HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer %b\r\n\r\n" % t.encode()
                      for t in minted]
         try:
             if args.jwt_new:
-                await drive(runtime, 2000, fresh[:2000])
-                fresh = fresh[2000:]
+                await drive(runtime, args.warmup, fresh[:args.warmup])
+                fresh = fresh[args.warmup:]
             else:
-                await drive(runtime, 2000, request)  # warm-up
+                await drive(runtime, args.warmup, request)  # warm-up
             if args.profile:
                 prof = cProfile.Profile()
                 prof.enable()
@@ -222,5 +222,7 @@ if __name__ == "__main__":
     shape.add_argument("--limit", action="store_true")
     shape.add_argument("--chain", action="store_true", help="cached JWT + scope + rate limit (Envoy's chain)")
     shape.add_argument("--pool", action="store_true", help="a route whose upstream is a pool of two targets")
+    parser.add_argument("--warmup", type=int, default=2000, help="requests before the measured ones (fewer: "
+                        "shorter callgrind runs; per-request instructions are the difference of two --n)")
     parser.add_argument("--profile", action="store_true")
     uvloop.run(main(parser.parse_args()))

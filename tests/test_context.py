@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from bastion.context import CONTINUE, Continue, ControlRecord, Deny, Identity, NotResponsible, RequestContext
@@ -54,8 +52,22 @@ def test_decisions_are_frozen_values():
     deny = Deny(403, "scope_missing", "class:c/a/r/authz", detail="Forbidden.")
     values = [(deny, "status"), (CONTINUE, "policy_id"), (Identity("jwt", subject="alice"), "subject"),
               (ControlRecord("authz", "deny", "p"), "outcome")]
-    for value, field in values:
-        with pytest.raises(dataclasses.FrozenInstanceError):
+    for value, field in values:  # FrozenInstanceError, or the compiled ControlRecord's AttributeError
+        with pytest.raises(AttributeError):
             setattr(value, field, "changed")
+        assert getattr(value, field) != "changed"
     assert Continue() == CONTINUE and NotResponsible() == NotResponsible()
     assert (deny.log_detail, deny.headers, deny.close) == (None, (), False)
+
+
+def test_a_control_record_is_a_value() -> None:
+    record = ControlRecord("transport", "waived", "exception:EXC-1", "", "EXC-1")
+    assert record == ControlRecord("transport", "waived", "exception:EXC-1", "", "EXC-1")
+    assert hash(record) == hash(ControlRecord("transport", "waived", "exception:EXC-1", "", "EXC-1"))
+    assert record != ControlRecord("transport", "waived", "exception:EXC-2", "", "EXC-2")
+    assert ControlRecord("authz", "deny", "p") != ("authz", "deny", "p", "", None)  # not a tuple
+    assert (record.reason, ControlRecord("authz", "deny", "p").exception_id) == ("", None)
+    assert repr(ControlRecord("authz", "deny", "p", "scope_missing")) == (
+        "ControlRecord(control='authz', outcome='deny', policy_id='p', reason='scope_missing', exception_id=None)")
+    with pytest.raises(AttributeError):
+        record.surprise = "x"  # type: ignore[attr-defined]

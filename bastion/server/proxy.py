@@ -29,9 +29,9 @@ from bastion.http.framing import FramingError
 from bastion.http.headers import (
     HeaderNames,
     RequestIds,
+    TraceIds,
     TrustedProxies,
     first_header,
-    next_traceparent,
     upstream_fields,
     valid_request_id,
 )
@@ -59,6 +59,7 @@ class Gateway:
         self.audit = services.audit
         self.detector = services.detector
         self.request_ids = RequestIds()
+        self.trace_ids = TraceIds()
         self.pools: dict[Upstream, UpstreamPool] = {}
         self.h2_upstreams: dict[Upstream, H2Upstream] = {}  # gRPC upstreams, multiplexed HTTP/2
         self.target_pools: dict[Upstream, TargetPool] = {}  # APIs with several targets
@@ -156,13 +157,14 @@ class Gateway:
     def _context(self, ex: Exchange) -> tuple[RequestContext, str]:
         """The request as stages see it (client address, request id, target), and its trace context."""
         peer = ex.peer
+        sent_headers = ex.headers  # each read through the Exchange protocol is a generic attribute lookup
         trusted_peer = self.trusted.trusts(peer) if self.trusted.networks else False
         request_id = ""
         if trusted_peer:  # a trusted proxy's request id is kept, anything else is ours
-            sent = first_header(ex.headers, "x-request-id")
+            sent = first_header(sent_headers, "x-request-id")
             if sent and valid_request_id(sent):
                 request_id = sent
-        headers = self.identity_headers.filter(ex.headers)
+        headers = self.identity_headers.filter(sent_headers)
         target = ex.target
         if target.startswith("/"):
             path, _, query = target.partition("?")
@@ -171,12 +173,12 @@ class Gateway:
             path, query, host = _absolute_form(target)
         host = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else host.split("]")[0] + "]"
         ctx = RequestContext(
-            method=ex.method, raw_target=ex.target, path=path, query=query, headers=headers,
+            method=ex.method, raw_target=target, path=path, query=query, headers=headers,
             client_ip=self.trusted.client_ip(peer, headers) if trusted_peer else peer,
             request_id=request_id or self.request_ids.new(), start=self.services.wall_clock(), tls=ex.tls,
             peer_cert=ex.peer_cert, host=host,
         )
-        return ctx, next_traceparent(first_header(headers, "traceparent"))
+        return ctx, self.trace_ids.traceparent(first_header(headers, "traceparent"))
 
     def _route(self, ex: Exchange, ctx: RequestContext) -> Routed | Problem:
         """The route and plan of the request, or why there is none (default deny)."""

@@ -13,51 +13,14 @@ state = open_state("redis://127.0.0.1:6379/0")
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol, TypedDict, Unpack, runtime_checkable
+from typing import Protocol, TypedDict, Unpack, runtime_checkable
 from urllib.parse import urlsplit
 
-Kind = Literal["token_bucket", "sliding_window", "fixed_window"]
+from bastion.state.values import Hit, Kind, Outcome
 
 
 class StateUnavailable(Exception):
     """The shared state cannot be reached in time. The caller decides: fail closed or fall back locally."""
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    """One limit to charge for one request.
-
-    - `token_bucket`: `limit` is the bucket size (burst), refilled from empty to full in `period` seconds
-      (rate = limit / period).
-    - `sliding_window`: at most `limit` units in any `period` seconds, estimated from the current and
-      previous fixed windows (the previous one weighted by how much of it still overlaps), so no double quota
-      at an edge.
-    - `fixed_window`: at most `limit` units in the window starting at `anchor` (wall-clock seconds) and
-      lasting `period` seconds: calendar quotas (a day, a month).
-
-    `take` > `cost` asks for a lease: take up to `take` units if available (at least `cost`), see
-    `Outcome.granted`.
-    """
-
-    key: str
-    kind: Kind
-    limit: float
-    period: float
-    cost: int = 1
-    take: int = 0
-    anchor: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one hit found: admitted or not, what is left and when to come back."""
-
-    allowed: bool
-    remaining: int  # whole units left after this request (what a client may still send now)
-    reset: float  # seconds until the limit is fully (token bucket) or partly (windows) available again
-    retry_after: float  # seconds until this hit could be admitted; 0 when admitted
-    granted: int = 0  # units actually taken (cost, or more when a lease was asked for; 0 when refused)
 
 
 @runtime_checkable

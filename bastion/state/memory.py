@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 from bastion.cache import BoundedCache
 from bastion.state import Hit, Outcome
@@ -40,7 +39,7 @@ class MemoryState:
             if outcome.allowed:
                 limits.put(hit.key, new_state, now, now + ttl)
                 return [outcome]
-            return [replace(outcome, granted=0) if outcome.granted else outcome]
+            return [outcome.ungranted() if outcome.granted else outcome]
         outcomes: list[Outcome] = []
         writes: list[tuple[str, State, float]] = []
         admitted = True
@@ -54,7 +53,7 @@ class MemoryState:
             for key, new_state, expires in writes:
                 limits.put(key, new_state, now, expires)
             return outcomes
-        return [replace(o, granted=0) if o.granted else o for o in outcomes]  # nothing was taken
+        return [o.ungranted() if o.granted else o for o in outcomes]  # nothing was taken
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + self._sweep_interval

@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -159,11 +158,11 @@ class RedisState:
             return outcomes
         # refused by one slot: give back what the others took (a negative charge), so the request charged
         # nothing, as on one Redis; until then a concurrent request may see those units as used
-        refunds = [replace(hits[i], cost=-o.granted, take=-o.granted) for i, o in enumerate(outcomes) if o.granted]
+        refunds = [hits[i].refund(o.granted) for i, o in enumerate(outcomes) if o.granted]
         if refunds:
             with contextlib.suppress(StateUnavailable):
                 await asyncio.gather(*(self.hit([refund], now) for refund in refunds))
-        return [replace(o, granted=0) for o in outcomes]
+        return [o.ungranted() for o in outcomes]
 
     # -- blocks (revocations, temporary blocks) -------------------------------------------------------------
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from bastion.cache import BoundedCache
@@ -82,7 +81,7 @@ class Limiter:
                     local.append((i, entry))
                     continue
                 if lease > hit.cost:
-                    hit = replace(hit, take=lease)
+                    hit = hit.leasing(lease)
             remote_at.append(i)
             remote.append(hit)
         if remote:
@@ -101,7 +100,7 @@ class Limiter:
                     else:
                         entry = [float(extra), mono + self.lease_ttl, outcome.reset]
                     table.put(hits[i].key, entry, mono, entry[1])
-                    outcomes[i] = replace(outcome, remaining=outcome.remaining + extra)
+                    outcomes[i] = outcome.topped_up(extra)
         for i, entry in local:
             entry[0] -= hits[i].cost
         return outcomes  # type: ignore[return-value]
