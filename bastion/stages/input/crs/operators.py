@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import libinjection
 import re2
 
+from bastion.stages.input.crs.injection import detect_sqli, detect_xss
 from bastion.stages.input.crs.seclang import OperatorSpec, SecLangError
 
 Groups = tuple[str, ...]
@@ -148,12 +148,12 @@ class Operators:
     # ------------------------------------------------------------ libinjection
     def _op_detectSQLi(self, argument: str, rule_id: str, file: str, line: int) -> Match:
         def sqli(value: str, expand: Expand) -> Groups | None:
-            result = libinjection.is_sql_injection(value)
-            return (str(result["fingerprint"]),) if result["is_sqli"] else None
+            fingerprint = detect_sqli(value.encode())
+            return None if fingerprint is None else (fingerprint,)
         return sqli
 
     def _op_detectXSS(self, argument: str, rule_id: str, file: str, line: int) -> Match:
-        return lambda value, expand: (value,) if value and libinjection.is_xss(value)["is_xss"] else None
+        return lambda value, expand: (value,) if value and detect_xss(value.encode()) else None
 
     # ----------------------------------------------------------------- strings
     def _op_within(self, argument: str, rule_id: str, file: str, line: int) -> Match:

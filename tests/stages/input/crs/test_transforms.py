@@ -3,6 +3,8 @@ functions"), and the Unicode deviations the docs list."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bastion.stages.input.crs.transforms import JOINED, SEPARATOR, TRANSFORMS
@@ -65,7 +67,9 @@ def test_nothing_to_do_returns_the_same_object(name: str) -> None:
 
 
 JOINED_VALUES = ["%27%20OR%201", "&lt;b&gt;\\", "\\x41\\", "A  B\t\n", "", "%", "\x00x", "\\", "é%C3%A9",
-                 "&#x3c;&#60", "a;b,c^d", "%u0041%uFF1C", "\\u0041\\62\\", "x\\\n"]
+                 "&#x3c;&#60", "a;b,c^d", "%u0041%uFF1C", "\\u0041\\62\\", "x\\\n", "/* open", "a/*b*/c/*",
+                 "/* x\n", "x\n", "/*\n", "a//b/./c/../d", "/a/b/.", "/a/..", "..\\x\\..\\y", "C:\\W\\..\\x",
+                 "/.", "./", "/", "Mozilla/5.0 (X11; Linux) Firefox/130", "A  B", "a (b", "x /y"]
 
 
 @pytest.mark.parametrize("name", sorted(JOINED))
@@ -73,3 +77,20 @@ def test_joined_transformations_give_each_values_own_result(name: str) -> None:
     # the Set prefilter runs them once over values joined by SEPARATOR: T(a + S + b) must be T(a) + S + T(b)
     out = JOINED[name](SEPARATOR.join(JOINED_VALUES))
     assert out.split(SEPARATOR) == [TRANSFORMS[name](v) for v in JOINED_VALUES]
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("%EF%BF%BD", "\ufffd"),  # valid UTF-8 of U+FFFD itself: kept as the character
+    ("%FF", "\xff"),  # not UTF-8: one character per byte
+    ("%C3%A9%FF", "\xc3\xa9\xff"),
+    ("%C3%A9", "é"),
+])
+def test_decoded_bytes_are_utf8_when_valid_else_one_character_per_byte(value: str, expected: str) -> None:
+    assert TRANSFORMS["urlDecode"](value) == expected
+
+
+@pytest.mark.parametrize("value", ["Mozilla/5.0 (X11; Linux)", "a  b", "a\tb", "x /y", "A'B", "plain", "a b"])
+def test_cmdline_shortcut_agrees_with_the_three_substitutions(value: str) -> None:
+    out = re.sub(r"[\\\"'^]", "", value)
+    out = re.sub(r"[ ,;\t\r\n]+", " ", out)
+    assert TRANSFORMS["cmdLine"](value) == re.sub(r" (?=[/(])", "", out).lower()
