@@ -65,7 +65,7 @@ def interleaved(runs: list, req: Request, n: int, rounds: int = 7) -> list[float
     return [statistics.median(s) for s in samples]
 
 
-SHORT = dict(zip(("get", "post", "attack"), CASES))
+SHORT = dict(zip(("get", "post", "attack"), CASES, strict=True))
 
 
 def one(engine: str, case: str, n: int, paranoia: int) -> None:

@@ -26,11 +26,12 @@ _JS_SIMPLE = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", 
 _CSS = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\n\f\r]?|\n|(.))", re.DOTALL)
 _WS = " \t\n\r\f\v\xa0"
 _CMD_DROP = re.compile(r"[\\\"'^]")
-_CMD_SPACE = re.compile(r"[ ,;\t\r\n]+")
 _CMD_BEFORE = re.compile(r" (?=[/(])")
-# whatever cmdLine's three substitutions would change; absent, cmdLine is only `lower()`
-_CMD_ANY = re.compile(r"[\\\"'^,;\t\r\n]| [ /(]")
 _WS_ANY = re.compile(r"[ \t\n\r\f\v\xa0]")
+# the whitespace runs compressWhitespace changes (a lone space stays): the same result as `_WS_RUN.sub(" ")`,
+# without a replacement per word
+_WS_CHANGE = re.compile(r"[\t\n\r\f\v\xa0][ \t\n\r\f\v\xa0]*| [ \t\n\r\f\v\xa0]+")
+_CMD_CHANGE = re.compile(r"[,;\t\r\n][ ,;\t\r\n]*| [ ,;\t\r\n]+")  # likewise for cmdLine's runs
 _WS_RUN = re.compile(r"[ \t\n\r\f\v\xa0]+")
 _C_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.DOTALL)
 _ALL_COMMENTS = re.compile(r"/\*.*?(?:\*/|$)|<!--.*?(?:-->|$)|--.*$|#.*$", re.DOTALL)
@@ -42,10 +43,13 @@ _C_SIMPLE = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "
 def _bytes_text(raw: bytes) -> str:
     """Decoded bytes as text: UTF-8 when valid, else one character per byte (as ModSecurity sees them)."""
     # the "replace" decoder raises nothing (a UnicodeDecodeError costs more than the decoding): without a
-    # U+FFFD in its result the bytes were valid UTF-8 and the result is the strict decoding's
+    # U+FFFD in its result the bytes were valid UTF-8 and the result is the strict decoding's; with one, they
+    # were not, unless the bytes hold U+FFFD itself (then the strict decoding decides)
     text = raw.decode("utf-8", "replace")
     if "\ufffd" not in text:
         return text
+    if b"\xef\xbf\xbd" not in raw:  # every U+FFFD stands for an invalid sequence: not UTF-8
+        return raw.decode("latin-1")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -134,7 +138,9 @@ def utf8_to_unicode(value: str) -> str:
 
 
 def lowercase(value: str) -> str:
-    return value if value.islower() or not value else value.lower()
+    # lower() has an ASCII fast path, islower() has none (a Unicode table lookup per character)
+    low = value.lower()
+    return value if low == value else low
 
 
 def remove_nulls(value: str) -> str:
@@ -148,20 +154,33 @@ def remove_whitespace(value: str) -> str:
 
 
 def compress_whitespace(value: str) -> str:
-    if _WS_ANY.search(value) is None:
+    # a run that changes holds a whitespace character other than the space, or two spaces (substring tests
+    # are memchr-fast; the regex search tries its class at every position)
+    if "  " not in value and not _has_any(value, _WS_OTHER):
         return value
-    out = _WS_RUN.sub(" ", value)
-    return value if out == value else out
+    return _WS_CHANGE.sub(" ", value)
+
+
+def _has_any(value: str, chars: tuple[str, ...]) -> bool:
+    for c in chars:  # noqa: SIM110 - a plain loop: any() over a generator costs a frame per item
+        if c in value:
+            return True
+    return False
+
+
+_WS_OTHER = ("\t", "\n", "\r", "\f", "\v", "\xa0")
+_CMD_SPECIAL = ("\\", '"', "'", "^", ",", ";", "\t", "\r", "\n", "  ", " /", " (")
+"""Whatever cmdLine's three substitutions would change: absent, cmdLine is only `lower()`."""
 
 
 def cmd_line(value: str) -> str:
     """`t:cmdLine`: drop `\\ " ' ^`, `,` `;` and whitespace runs as one space, no space before `/` and `(`,
     lowercase (the same steps as ModSecurity's loop, as three linear substitutions)."""
-    if _CMD_ANY.search(value) is None:  # no character to drop, no run to compress, no space to remove
+    if not _has_any(value, _CMD_SPECIAL):  # no character to drop, no run to compress, no space to remove
         low = value.lower()
         return value if low == value else low
     out = _CMD_DROP.sub("", value)
-    out = _CMD_SPACE.sub(" ", out)
+    out = _CMD_CHANGE.sub(" ", out)
     out = _CMD_BEFORE.sub("", out).lower()
     return value if out == value else out
 
@@ -210,6 +229,8 @@ def base64_decode(value: str) -> str:
     """`t:base64Decode`: the decoded bytes (UTF-8 text when valid); what is not base64 ends the input."""
     clean = _BASE64.match(value.strip())
     data = clean.group(0) if clean else ""
+    if len(data.rstrip("=")) % 4 == 1:  # one character past a quantum: a2b_base64 would raise
+        return ""
     data += "=" * (-len(data) % 4)
     try:
         return _bytes_text(binascii.a2b_base64(data))

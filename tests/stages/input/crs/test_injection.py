@@ -10,7 +10,7 @@ from bastion.stages.input.crs import injection
 from bench.crs_corpus import PAYLOADS
 
 # characters libinjection's tokenizer treats specially, letters and digits, NUL and a few non-ASCII ones
-_ALPHABET = "abcdefghijklmnopqrstuvwxyzORSELCTUNIAD0123456789 '\"`;-#/*()=<>!&|+,.@$:\\{}[]%^~\t\n\x00é中ا"
+_ALPHABET = "abcdefghijklmnopqrstuvwxyzORSELCTUNIAD0123456789 '\"`;-#/*()=<>!&|+,.@$:\\{}[]%^~\t\n\x00é中\u0627"
 _WORDS = ["select", "union", "or", "and", "1", "'", "\"", "--", "#", "/*", "*/", "(", ")", "=", "<", "script",
           "onerror", "javascript:", "alert", "from", "where", "sleep", "x", " ", "<img", ">", "src", "@@version"]
 

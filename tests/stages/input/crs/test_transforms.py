@@ -3,6 +3,8 @@ functions"), and the Unicode deviations the docs list."""
 
 from __future__ import annotations
 
+import binascii
+import random
 import re
 
 import pytest
@@ -84,6 +86,7 @@ def test_joined_transformations_give_each_values_own_result(name: str) -> None:
     ("%FF", "\xff"),  # not UTF-8: one character per byte
     ("%C3%A9%FF", "\xc3\xa9\xff"),
     ("%C3%A9", "é"),
+    ("%EF%BF%BD%FF", "\xef\xbf\xbd\xff"),  # holds U+FFFD's bytes but is not UTF-8 as a whole
 ])
 def test_decoded_bytes_are_utf8_when_valid_else_one_character_per_byte(value: str, expected: str) -> None:
     assert TRANSFORMS["urlDecode"](value) == expected
@@ -94,3 +97,40 @@ def test_cmdline_shortcut_agrees_with_the_three_substitutions(value: str) -> Non
     out = re.sub(r"[\\\"'^]", "", value)
     out = re.sub(r"[ ,;\t\r\n]+", " ", out)
     assert TRANSFORMS["cmdLine"](value) == re.sub(r" (?=[/(])", "", out).lower()
+
+
+def _reference_compress(value: str) -> str:
+    return re.sub(r"[ \t\n\r\f\v\xa0]+", " ", value)
+
+
+def _reference_cmdline(value: str) -> str:
+    out = re.sub(r"[\\\"'^]", "", value)
+    out = re.sub(r"[ ,;\t\r\n]+", " ", out)
+    return re.sub(r" (?=[/(])", "", out).lower()
+
+
+def _reference_base64(value: str) -> str:
+    clean = re.match(r"[A-Za-z0-9+/]*={0,2}", value.strip())
+    data = clean.group(0) if clean else ""
+    data += "=" * (-len(data) % 4)
+    try:
+        raw = binascii.a2b_base64(data)
+    except (binascii.Error, ValueError):
+        return ""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def test_fast_paths_agree_with_the_plain_substitutions_on_generated_values() -> None:
+    # compressWhitespace and cmdLine replace only the runs that change, base64Decode returns early where
+    # a2b_base64 would raise: each against the straightforward form on generated text
+    r = random.Random(14)
+    alphabet = " \t\n\r\f\v\xa0,;\\\"'^/(aB=+9é"
+    values = ["".join(r.choice(alphabet) for _ in range(r.randint(0, 12))) for _ in range(4000)]
+    values += ["".join(r.choice("QUJD=+/ab \n") for _ in range(r.randint(0, 9))) for _ in range(4000)]
+    for value in values:
+        assert TRANSFORMS["compressWhitespace"](value) == _reference_compress(value), repr(value)
+        assert TRANSFORMS["cmdLine"](value) == _reference_cmdline(value), repr(value)
+        assert TRANSFORMS["base64Decode"](value) == _reference_base64(value), repr(value)
