@@ -48,6 +48,7 @@ MODULES: tuple[str, ...] = (
     # CRS inspection (input.inspection.crs; bench/micro_crs.py)
     "bastion.stages.input.crs.engine",  # the CRS transaction: the rule walk, values, setvar per rule
     "bastion.stages.input.crs.program",  # Rule/Program: their fields are read by every rule the walk visits
+    "bastion.stages.input.crs.seclang",  # VarSpec/Marker: read by the walk and every value lookup
     # input contract (--full chain, contract routes)
     "bastion.stages.input.jsonbody",  # strict JSON: the shape walk over every JSON body
     # audit (gateway.audit): the OCSF event of every request, built by the writer on the same CPU

@@ -1,16 +1,24 @@
 """CRS inspection CPU per request: Bastion's engine against libmodsecurity (ModSecurity v3), same rules.
 
     python bench/micro_crs.py [paranoia]
+    valgrind --tool=callgrind --toggle-collect=functools_reduce \
+        python bench/micro_crs.py --one ENGINE CASE N [paranoia]
 
 Three requests, as in issue #14: a clean GET with five query parameters, a clean ~1 KB JSON POST
 (bench/payload_1k.json) and an attack (a SQL injection in a JSON field). Both engines get the same CRS
 directory and setup; Bastion's figure includes building the request variables and parsing the JSON (the
 input stage parses it anyway). CPU time (process_time) per request, median of 7 rounds of 100 in which the two
 engines' batches alternate; the machine is shared, so figures move by 20-30% from run to run, ratios less.
+
+`--one` runs one engine (`modsec` or `bastion`) on one case (`get`, `post`, `attack`) N times inside one
+`functools.reduce` call after a warm-up: under callgrind with `--toggle-collect=functools_reduce` the
+instructions counted are those N requests only (setup, rule compilation and interpreter start excluded), so
+instructions per request = total / N, repeatable on a loaded machine (the A/B figure in bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import sys
 import time
@@ -57,7 +65,23 @@ def interleaved(runs: list, req: Request, n: int, rounds: int = 7) -> list[float
     return [statistics.median(s) for s in samples]
 
 
+SHORT = dict(zip(("get", "post", "attack"), CASES, strict=True))
+
+
+def one(engine: str, case: str, n: int, paranoia: int) -> None:
+    """N requests of one case on one engine inside a single `functools.reduce` call (see the module doc)."""
+    run = (ModSecurity if engine == "modsec" else Bastion)(paranoia).run
+    req = CASES[SHORT[case]]
+    for _ in range(20):  # warm-up: caches, first-call costs
+        run(req)
+    functools.reduce(lambda _, r: run(r), [req] * n, None)
+    print(f"{engine} {case}: {n} requests")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--one"]:
+        one(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else 1)
+        return
     paranoia = int(sys.argv[1]) if len(sys.argv) > 1 else 1
     modsec, ours = ModSecurity(paranoia), Bastion(paranoia)
     print(f"paranoia {paranoia}\n\n| request | ModSecurity v3 | Bastion | ratio |\n|---|---:|---:|---:|")

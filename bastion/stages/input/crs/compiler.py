@@ -79,7 +79,9 @@ def compile_rule(spec: RuleSpec, operators: Operators, parent: Rule | None = Non
         targets=tuple(v for v in spec.variables if not v.exclude),
         excludes=tuple(v for v in spec.variables if v.exclude),
         chain_key=tuple(names), transforms=tuple(TRANSFORMS[n] for n in names),
-        match=operators.build(spec.operator, rule_id, file, line),
+        joined_transforms=tuple(JOINED.get(n) for n in names),
+        match=operators.build(spec.operator, rule_id, file, line,
+                              capture=any(a.name == "capture" for a in spec.actions)),
         multi_match=any(a.name == "multiMatch" for a in spec.actions),
         capture=any(a.name == "capture" for a in spec.actions),
         setvars=setvars, ctls=ctls, skip_after=spec.action("skipAfter"),
@@ -167,6 +169,7 @@ def build_program(items: list[RuleSpec | Marker], operators: Operators, active_p
     patterns: dict[tuple[tuple[str, ...], str], list[str]] = {}
     targets: dict[tuple[tuple[str, ...], str], set[VarSpec]] = {}
     values_keys: dict[tuple[tuple[VarSpec, ...], tuple[VarSpec, ...]], int] = {}
+    interned: dict[VarSpec, VarSpec] = {}
     for item in items:
         if isinstance(item, Marker):
             for lst in phases.values():
@@ -176,6 +179,9 @@ def build_program(items: list[RuleSpec | Marker], operators: Operators, active_p
         if rule.phase not in phases:
             continue  # response phases: out of scope for request inspection
         for member in (rule, *rule.chained):
+            # one object per distinct variable: the engine caches a request's values by the VarSpec's id
+            member.targets = tuple(interned.setdefault(v, v) for v in member.targets)
+            member.excludes = tuple(interned.setdefault(v, v) for v in member.excludes)
             member.values_key = values_keys.setdefault((member.targets, member.excludes), len(values_keys))
         phases[rule.phase].append(rule)
         rules[rule.id] = rule
@@ -220,17 +226,6 @@ def _prefilter(phases: dict[int, list[Rule | Marker]], sets: dict[tuple[tuple[st
     (variable list, chain prefix), and for each Set the rule positions each of its indices stands for."""
     if not sets:
         return None
-    base_slot: dict[tuple[VarSpec, ...], int] = {}
-    for key in sets:
-        base_slot.setdefault(group_targets[key], len(base_slot))
-    slot_of: dict[tuple[int, tuple[str, ...]], int] = {(slot, ()): slot for slot in base_slot.values()}
-    steps: list[tuple[int, Transform | None, Transform]] = []
-    for key in sets:
-        base, chain = base_slot[group_targets[key]], key[0]
-        for i in range(1, len(chain) + 1):
-            if (base, chain[:i]) not in slot_of:
-                slot_of[(base, chain[:i])] = len(base_slot) + len(steps)
-                steps.append((slot_of[(base, chain[:i - 1])], JOINED.get(chain[i - 1]), TRANSFORMS[chain[i - 1]]))
     candidates: dict[tuple[tuple[str, ...], str], dict[int, list[tuple[int, int]]]] = {key: {} for key in sets}
     always: dict[int, tuple[int, ...]] = {}
     for number, items in phases.items():
@@ -242,9 +237,22 @@ def _prefilter(phases: dict[int, list[Rule | Marker]], sets: dict[tuple[tuple[st
             for key, index in item.prefilter:
                 candidates[key].setdefault(index, []).append((number, position))
         always[number] = tuple(walked)
-    matchers = tuple((slot_of[(base_slot[group_targets[key]], key[0])], key[1], match,
+    # a Set whose rules were all folded away (901318's sha1 of UNIQUE_ID, say) is not run, nor its steps
+    live = [key for key in sets if candidates[key]]
+    base_slot: dict[tuple[VarSpec, ...], int] = {}
+    for key in live:
+        base_slot.setdefault(group_targets[key], len(base_slot))
+    slot_of: dict[tuple[int, tuple[str, ...]], int] = {(slot, ()): slot for slot in base_slot.values()}
+    steps: list[tuple[int, Transform | None, Transform]] = []
+    for key in live:
+        base, chain = base_slot[group_targets[key]], key[0]
+        for i in range(1, len(chain) + 1):
+            if (base, chain[:i]) not in slot_of:
+                slot_of[(base, chain[:i])] = len(base_slot) + len(steps)
+                steps.append((slot_of[(base, chain[:i - 1])], JOINED.get(chain[i - 1]), TRANSFORMS[chain[i - 1]]))
+    matchers = tuple((slot_of[(base_slot[group_targets[key]], key[0])], key[1], sets[key],
                       {index: tuple(at) for index, at in candidates[key].items()})
-                     for key, match in sets.items())
+                     for key in live)
     return Prefilter(tuple(base_slot), tuple(steps), matchers, always)
 
 

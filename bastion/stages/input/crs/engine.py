@@ -62,7 +62,9 @@ class Transaction:
         self.matched_vars: list[tuple[str, str]] = []
         self._transformed: dict[tuple[tuple[str, ...], str], str] = {}
         self._set_hits: dict[tuple[tuple[tuple[str, ...], str], str], frozenset[int]] = {}
-        self._selected: dict[tuple[str, str | None], list[tuple[str, str]]] = {}
+        # keyed by the VarSpec's id: the entry holds the VarSpec, so the id is not reused while it is cached
+        self._selected: dict[int, tuple[VarSpec, list[tuple[str, str]]]] = {}
+        self._texts: dict[int, tuple[VarSpec, list[str]]] = {}
         self._values_cache: dict[int, list[tuple[str, str]]] = {}
 
     # ------------------------------------------------------------------ run
@@ -113,16 +115,10 @@ class Transaction:
         if plan is None:
             return {number: range(len(items)) for number, items in phases.items()}
         slots: list[tuple[str | None, list[str] | None, int]] = []
-        scalars = self.request.scalars
         for variables in plan.bases:
             values: list[str] = []
             for var in variables:
-                if var.collection in SCALARS:
-                    value = scalars.get(var.collection)
-                    if value is not None:
-                        values.append(value)
-                else:
-                    values += [v for _, v in self._select(var)]
+                values += self._var_texts(var)
             slots.append((None, values, len(values) - 1))
         for parent, step, one in plan.steps:
             joined, texts, count = slots[parent]
@@ -200,9 +196,15 @@ class Transaction:
                 return found
         elif rule.multi_match and rule.joinable_stages and len(values) > 1 and not self._any_stage(rule, values):
             return found
+        # multiMatch over several values: each transformation once over all of them (942100, 941100)
+        stages = self._stage_texts(rule, [v for _, v in values]) \
+            if rule.multi_match and rule.transforms and len(values) > 1 else None
         self.matched_vars = []
+        index = -1
         for name, value in values:
-            groups = self._match_value(rule, value)
+            index += 1
+            groups = self._match_value(rule, value) if stages is None \
+                else self._match_stages(rule, value, stages, index)
             if groups is None:
                 continue
             found.append((name, value))
@@ -229,6 +231,52 @@ class Transaction:
             if rule.match(rule.separator.join(texts), self.expand) is not None:
                 return True
         return False
+
+    def _stage_texts(self, rule: Rule, texts: list[str]) -> list[list[str]]:
+        """multiMatch: every value's text after each of the rule's transformations (stage i + 1 is T_i of stage
+        i, as `_match_value` computes them one value at a time). A step with a JOINED form runs once on the
+        values joined by SEPARATOR, exact when no value holds or gains SEPARATOR (counted, as in `_walks`);
+        any other step, value by value. Stage 0 (the values themselves) is not in the list."""
+        stages: list[list[str]] = []
+        count = len(texts) - 1
+        current = texts
+        joined: str | None = None
+        forms = rule.joined_transforms
+        step = -1
+        for transform in rule.transforms:
+            step += 1
+            together = forms[step] if step < len(forms) else None  # a Rule built by hand may have no forms
+            if together is not None:
+                if joined is None:
+                    raw = SEPARATOR.join(current)
+                    if raw.count(SEPARATOR) == count:
+                        joined = raw
+                if joined is not None:
+                    out = together(joined)
+                    if out is joined:  # nothing to do on any value
+                        stages.append(current)
+                        continue
+                    if out.count(SEPARATOR) == count:
+                        joined = out
+                        current = out.split(SEPARATOR)
+                        stages.append(current)
+                        continue
+            current = [transform(t) for t in current]
+            joined = None
+            stages.append(current)
+        return stages
+
+    def _match_stages(self, rule: Rule, value: str, stages: list[list[str]], index: int) -> tuple[str, ...] | None:
+        """`_match_value` for a multiMatch rule with its stages precomputed: the operator on the value, then on
+        each stage that changed the text, until one matches."""
+        current = value
+        groups = rule.match(current, self.expand)
+        for texts in stages:
+            nxt = texts[index]
+            if nxt is not current and nxt != current:
+                current = nxt
+                groups = groups or rule.match(current, self.expand)
+        return groups
 
     def _match_value(self, rule: Rule, value: str) -> tuple[str, ...] | None:
         if rule.set_index >= 0:
@@ -292,7 +340,23 @@ class Transaction:
                 out.append((f"{var.collection}:{key}", value))
         return out
 
+    def _var_texts(self, var: VarSpec) -> list[str]:
+        """A request variable's values (a scalar's one value), once per transaction: several Sets read it."""
+        entry = self._texts.get(id(var))
+        if entry is not None:
+            return entry[1]
+        if var.collection in SCALARS:
+            value = self.request.scalars.get(var.collection)
+            texts = [] if value is None else [value]
+        else:
+            texts = [v for _, v in self._select(var)]
+        self._texts[id(var)] = (var, texts)
+        return texts
+
     def _select(self, var: VarSpec) -> list[tuple[str, str]]:
+        entry = self._selected.get(id(var))
+        if entry is not None:  # request collections do not change during the transaction
+            return entry[1]
         collection = var.collection
         if collection == "TX":
             if var.selector is not None and not var.is_regex:
@@ -304,23 +368,25 @@ class Transaction:
         elif collection == "MATCHED_VARS_NAMES":
             pairs = [(n, n) for n, _ in self.matched_vars]
         else:
-            key = (collection, var.selector)
-            cached = self._selected.get(key)
-            if cached is None:  # request collections do not change during the transaction
-                pairs = self.request.pairs(collection)
-                if var.selector is None:
-                    cached = pairs
-                elif var.is_regex:
-                    search = _selector_regex(var.selector).search
-                    cached = [(k, v) for k, v in pairs if search(k) is not None]
-                else:
-                    name = var.selector.lower()
-                    cached = [(k, v) for k, v in pairs if k.lower() == name]
-                self._selected[key] = cached
+            pairs = self.request.collections.get(collection) or []
+            selector = var.selector
+            if selector is None:
+                cached = pairs
+            elif len(selector) >= 2 and selector[0] == "/" and selector[-1] == "/":
+                search = _selector_regex(selector).search
+                cached = [(k, v) for k, v in pairs if search(k) is not None]
+            else:
+                name = selector.lower()
+                cached = [(k, v) for k, v in pairs if k.lower() == name]
+            self._selected[id(var)] = (var, cached)
             return cached
         if var.selector is None:
             return pairs
         if var.is_regex:
+            prefix = _literal_prefix(var.selector)
+            if prefix is not None:  # `TX:/^HEADER_NAME_/` (920450): a prefix test, not a search per key
+                size = len(prefix)
+                return [(k, v) for k, v in pairs if k[:size].lower() == prefix]
             search = _selector_regex(var.selector).search
             return [(k, v) for k, v in pairs if search(k) is not None]
         return [(k, v) for k, v in pairs if _key_selected(var, k)]
@@ -413,6 +479,18 @@ def _key_selected(var: VarSpec, key: str) -> bool:
     if selector[0] == "/" and selector[-1] == "/" and len(selector) >= 2:
         return _selector_regex(selector).search(key) is not None
     return key.lower() == selector.lower()
+
+
+_PREFIX = re.compile(r"/\^([a-hj-rt-z0-9_]+)/")
+
+
+@lru_cache(maxsize=4096)
+def _literal_prefix(selector: str) -> str | None:
+    """`/^header_name_/` as `header_name_`: a case-insensitive search anchored at the start for a literal.
+    `k[:n].lower() == prefix` decides as the IGNORECASE search does only for letters whose case has no
+    special Unicode partners in Python's `re` (`i`: U+0130/U+0131, `s`: U+017F; those selectors keep the search)."""
+    m = _PREFIX.fullmatch(selector.lower())
+    return m.group(1) if m else None
 
 
 @lru_cache(maxsize=4096)

@@ -70,6 +70,8 @@ class Rule:
     static_operator: bool = False  # its operator argument has no macro other than %{tx.*}
     constant_operator: bool = False  # its operator argument has no macro at all
     joinable_stages: bool = False  # multiMatch with an operator that can run on joined values
+    joined_transforms: tuple[Transform | None, ...] = ()
+    """Per transformation, its `transforms.JOINED` form (one call on values joined by SEPARATOR) or None."""
     separator: str = "\n"        # joins its values for that: NUL unless the pattern has line anchors
     values_key: int = -1         # the same number for rules reading the same targets (their values are shared)
     prefilter: tuple[tuple[tuple[tuple[str, ...], str], int], ...] = ()

@@ -26,8 +26,12 @@ _JS_SIMPLE = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", 
 _CSS = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\n\f\r]?|\n|(.))", re.DOTALL)
 _WS = " \t\n\r\f\v\xa0"
 _CMD_DROP = re.compile(r"[\\\"'^]")
-_CMD_SPACE = re.compile(r"[ ,;\t\r\n]+")
 _CMD_BEFORE = re.compile(r" (?=[/(])")
+_WS_ANY = re.compile(r"[ \t\n\r\f\v\xa0]")
+# the whitespace runs compressWhitespace changes (a lone space stays): the same result as `_WS_RUN.sub(" ")`,
+# without a replacement per word
+_WS_CHANGE = re.compile(r"[\t\n\r\f\v\xa0][ \t\n\r\f\v\xa0]*| [ \t\n\r\f\v\xa0]+")
+_CMD_CHANGE = re.compile(r"[,;\t\r\n][ ,;\t\r\n]*| [ ,;\t\r\n]+")  # likewise for cmdLine's runs
 _WS_RUN = re.compile(r"[ \t\n\r\f\v\xa0]+")
 _C_COMMENT = re.compile(r"/\*.*?(?:\*/|$)", re.DOTALL)
 _ALL_COMMENTS = re.compile(r"/\*.*?(?:\*/|$)|<!--.*?(?:-->|$)|--.*$|#.*$", re.DOTALL)
@@ -38,6 +42,14 @@ _C_SIMPLE = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "
 
 def _bytes_text(raw: bytes) -> str:
     """Decoded bytes as text: UTF-8 when valid, else one character per byte (as ModSecurity sees them)."""
+    # the "replace" decoder raises nothing (a UnicodeDecodeError costs more than the decoding): without a
+    # U+FFFD in its result the bytes were valid UTF-8 and the result is the strict decoding's; with one, they
+    # were not, unless the bytes hold U+FFFD itself (then the strict decoding decides)
+    text = raw.decode("utf-8", "replace")
+    if "\ufffd" not in text:
+        return text
+    if b"\xef\xbf\xbd" not in raw:  # every U+FFFD stands for an invalid sequence: not UTF-8
+        return raw.decode("latin-1")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -126,7 +138,9 @@ def utf8_to_unicode(value: str) -> str:
 
 
 def lowercase(value: str) -> str:
-    return value if value.islower() or not value else value.lower()
+    # lower() has an ASCII fast path, islower() has none (a Unicode table lookup per character)
+    low = value.lower()
+    return value if low == value else low
 
 
 def remove_nulls(value: str) -> str:
@@ -134,23 +148,39 @@ def remove_nulls(value: str) -> str:
 
 
 def remove_whitespace(value: str) -> str:
-    if not any(c in value for c in _WS):
+    if _WS_ANY.search(value) is None:
         return value
     return _WS_RUN.sub("", value)
 
 
 def compress_whitespace(value: str) -> str:
-    if not any(c in value for c in _WS):
+    # a run that changes holds a whitespace character other than the space, or two spaces (substring tests
+    # are memchr-fast; the regex search tries its class at every position)
+    if "  " not in value and not _has_any(value, _WS_OTHER):
         return value
-    out = _WS_RUN.sub(" ", value)
-    return value if out == value else out
+    return _WS_CHANGE.sub(" ", value)
+
+
+def _has_any(value: str, chars: tuple[str, ...]) -> bool:
+    for c in chars:  # noqa: SIM110 - a plain loop: any() over a generator costs a frame per item
+        if c in value:
+            return True
+    return False
+
+
+_WS_OTHER = ("\t", "\n", "\r", "\f", "\v", "\xa0")
+_CMD_SPECIAL = ("\\", '"', "'", "^", ",", ";", "\t", "\r", "\n", "  ", " /", " (")
+"""Whatever cmdLine's three substitutions would change: absent, cmdLine is only `lower()`."""
 
 
 def cmd_line(value: str) -> str:
     """`t:cmdLine`: drop `\\ " ' ^`, `,` `;` and whitespace runs as one space, no space before `/` and `(`,
     lowercase (the same steps as ModSecurity's loop, as three linear substitutions)."""
+    if not _has_any(value, _CMD_SPECIAL):  # no character to drop, no run to compress, no space to remove
+        low = value.lower()
+        return value if low == value else low
     out = _CMD_DROP.sub("", value)
-    out = _CMD_SPACE.sub(" ", out)
+    out = _CMD_CHANGE.sub(" ", out)
     out = _CMD_BEFORE.sub("", out).lower()
     return value if out == value else out
 
@@ -199,6 +229,8 @@ def base64_decode(value: str) -> str:
     """`t:base64Decode`: the decoded bytes (UTF-8 text when valid); what is not base64 ends the input."""
     clean = _BASE64.match(value.strip())
     data = clean.group(0) if clean else ""
+    if len(data.rstrip("=")) % 4 == 1:  # one character past a quantum: a2b_base64 would raise
+        return ""
     data += "=" * (-len(data) % 4)
     try:
         return _bytes_text(binascii.a2b_base64(data))
@@ -282,12 +314,38 @@ TRANSFORMS: dict[str, Transform] = {
 """Every supported `t:` name (both spellings ModSecurity accepts). `t:none` clears the chain."""
 
 
-SEPARATOR = "\uffff"
-"""Joins the values of one request variable group for `JOINED` transformations (a noncharacter: no
-transformation below consumes, produces from its neighbours or reorders it)."""
-_JS_JOINED = re.compile(r"\\(?:u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|([0-7]{1,3})|([^\uffff]))", re.DOTALL)
-_CSS_JOINED = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\n\f\r]?|\n|([^\uffff]))", re.DOTALL)
-_ESCAPES_JOINED = re.compile(r"\\(?:x([0-9a-fA-F]{1,2})|([0-7]{1,3})|([^\uffff]))", re.DOTALL)
+SEPARATOR = "\x1b"
+"""Joins the values of one request variable group for `JOINED` transformations: a control character (ESC) no
+transformation below consumes, produces from its neighbours or reorders (it is not whitespace, not a path,
+comment or escape character, and the escape decoders' JOINED forms exclude it). It is in Latin-1, so ASCII
+values joined with it stay one-byte text: `lower()`, the regexes and the UTF-8 encoding for RE2 take their
+ASCII fast paths (`\uffff` made every joined text two bytes a character). A value that holds it, or a step
+that produces one (`%1b`, `&#27;`, `\x1b`), is detected by counting separators and transformed value by value."""
+_JS_JOINED = re.compile(r"\\(?:u([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|([0-7]{1,3})|([^\x1b]))", re.DOTALL)
+_CSS_JOINED = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\n\f\r]?|\n|([^\x1b]))", re.DOTALL)
+_ESCAPES_JOINED = re.compile(r"\\(?:x([0-9a-fA-F]{1,2})|([0-7]{1,3})|([^\x1b]))", re.DOTALL)
+
+_C_COMMENT_JOINED = re.compile(r"/\*[^\x1b]*?(?:\*/|(?=\n?(?:\x1b|\Z)))")
+"""replaceComments' pattern ending an unterminated comment at its own value's end (`$` without MULTILINE:
+the end, or before a last newline), never in the next value."""
+
+
+def _replace_comments_joined(value: str) -> str:
+    return _C_COMMENT_JOINED.sub(" ", value) if "/*" in value else value
+
+
+def _normalize_path_joined(value: str) -> str:
+    # each value's own early return, read on the joined text: no `//` or `./` anywhere (SEPARATOR is neither
+    # `/` nor `.`, so none spans two values) and no value ending in `/.` or `/..`
+    if "/" not in value or ("//" not in value and "./" not in value and "/.\x1b" not in value
+                            and "/..\x1b" not in value and not value.endswith("/.") and not value.endswith("/..")):
+        return value
+    return SEPARATOR.join(normalize_path(v) for v in value.split(SEPARATOR))
+
+
+def _normalize_path_win_joined(value: str) -> str:
+    return _normalize_path_joined(value.replace("\\", "/") if "\\" in value else value)
+
 
 JOINED: dict[str, Transform] = {
     **{name: TRANSFORMS[name] for name in (
@@ -297,8 +355,14 @@ JOINED: dict[str, Transform] = {
     "jsDecode": lambda value: js_decode(value, _JS_JOINED),
     "cssDecode": lambda value: css_decode(value, _CSS_JOINED),
     "escapeSeqDecode": lambda value: escape_seq_decode(value, _ESCAPES_JOINED),
+    "replaceComments": _replace_comments_joined,
+    "normalizePath": _normalize_path_joined,
+    "normalisePath": _normalize_path_joined,
+    "normalizePathWin": _normalize_path_win_joined,
+    "normalisePathWin": _normalize_path_win_joined,
 }
 """The transformations that work character by character or on runs that SEPARATOR ends: applied once to values
 joined by SEPARATOR they give each value's own result, joined by SEPARATOR (`T(a + S + b) == T(a) + S + T(b)`),
-so the RE2 Set prefilter transforms a whole group in one call per step instead of one per value. Not here:
-path normalisation, comment removal, base64/hex, sha1, length and trim (they look across the separator)."""
+so the RE2 Set prefilter transforms a whole group in one call per step instead of one per value. Path
+normalisation runs per value only when some value needs it; replaceComments ends a comment at its value's end.
+Not here: removeComments, base64/hex, sha1, length and trim."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 from urllib.parse import quote
 
@@ -15,7 +16,7 @@ from bastion.stages.input.crs.operators import Operators
 from bastion.stages.input.crs.program import Program
 from bastion.stages.input.crs.request import CrsRequest, Part, flatten_json, from_parts
 from bastion.stages.input.crs.ruleset import DEFAULT_RULES_DIR, crs_engine
-from bastion.stages.input.crs.seclang import parse_file
+from bastion.stages.input.crs.seclang import VarSpec, parse_file
 from bench.crs_corpus import attack_corpus
 from bench.crs_reference import crs_request
 from tests.stages.input.crs.conftest import requires_crs
@@ -130,7 +131,7 @@ _FRAGMENTS = (
     "a", "red shoes", " ", "'", '"', "--", "/*", "*/", "#", ";", "|", "`", "$(", "${jndi:ldap://x}", "<", ">",
     "<script>", "onerror=", "javascript:", "&lt;", "&#x3c;", "\\x3c", "\\u003c", "%3C", "%27", "%u0027",
     "%2e%2e%2f", "../", "..\\", "/etc/passwd", "cmd.exe", "union select", "or 1=1", "sleep(5)", "@@version",
-    "\x00", "\uffff", "\n", "é", "\u0627", "Die \"Union von Europa\"", "C:\\Windows\\System32", "cat /etc/pa[s]swd",
+    "\x00", "\uffff", "\x1b", "%1b", "&#27;", "\\x1b", "\n", "é", "\u0627", "Die \"Union von Europa\"", "C:\\Windows\\System32", "cat /etc/pa[s]swd",
     "+ADw-script+AD4-", "PHNjcmlwdD4=", "ping -c 1", "<?php", "eval(", "{{7*7}}", "%00", "a=b", "&", "?",
 )
 
@@ -172,3 +173,14 @@ def test_the_prefilter_walk_decides_as_walking_every_rule(paranoia: int) -> None
         skipped += sum(len(program.phases[n]) - len(walked[n]) for n in walked)
     assert skipped > len(requests) * 50  # the walk really leaves rules out (not a vacuous comparison)
     assert sum(Transaction(program, r, program.initial_tx).run().denied_by is not None for r in requests) > 50
+
+
+@pytest.mark.parametrize("selector", ["/^header_name_/", "/^HEADER_NAME_/", "/^rfi_/", "/^x1_/", "/^ks/", "/^i/"])
+def test_a_literal_prefix_selector_selects_as_its_case_insensitive_search(selector: str) -> None:
+    keys = ["header_name_host", "HEADER_NAME_X", "Header_Name_", "header_name", "xheader_name_a", "rfi_a",
+            "RFI_B", "x1_", "X1_", "\u212as", "k\u017f", "KS", "\u0130", "\u0131", "i", "I", ""]
+    search = re.compile(selector[1:-1], re.IGNORECASE).search
+    program = Program({1: [], 2: []}, {})
+    tx = Transaction(program, CrsRequest(), {k: "1" for k in keys})
+    chosen = tx._select(VarSpec("TX", selector))
+    assert [k for k, _ in chosen] == [k for k in keys if search(k) is not None]

@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 
 from bastion.stages.input.crs.operators import BACKTRACK_LIMIT, Operators
-from bastion.stages.input.crs.seclang import OperatorSpec, SecLangError
+from bastion.stages.input.crs.ruleset import DEFAULT_RULES_DIR, load_ruleset
+from bastion.stages.input.crs.seclang import Marker, OperatorSpec, SecLangError
+from tests.stages.input.crs.conftest import requires_crs
 
 
 def run(name: str, argument: str, value: str, negated: bool = False, rule_id: str = "1",
@@ -102,3 +104,27 @@ def test_the_three_crs33_patterns_re2_cannot_compile() -> None:
     # 942260: the possessive `++` runs as `+` (exact for that character class)
     possessive = r"(?i:[\"'`]\s*?[^?\w\s=.,;)(]++\s*?[(@\"'`]*?\s*?\w+\W+\w)"
     assert run("rx", possessive, "'@@version x", rule_id="942260") is not None
+
+
+@requires_crs
+def test_rx_without_capture_decides_as_the_search_with_groups() -> None:
+    # a rule without `capture` gets the match/no-match form (a one-pattern RE2 Set): on every static @rx of
+    # the installed CRS it must decide as the full search does, on attack payloads and ordinary values
+    from bench.crs_corpus import PAYLOADS
+
+    values = [v for payloads in PAYLOADS.values() for v in payloads]
+    values += ["", "dark", "GET /api/items?page=2 HTTP/1.1", "application/json", "text/html,*/*;q=0.8",
+               "Mozilla/5.0 (X11; Linux x86_64) Firefox/130.0", "a\nb", "en-GB,en;q=0.8", "/etc/passwd", "0"]
+    operators = Operators(DEFAULT_RULES_DIR)
+    specs = [s for item in load_ruleset(str(DEFAULT_RULES_DIR)).items if not isinstance(item, Marker)
+             for s in (item, *item.chained) if s.operator.name == "rx" and "%{" not in s.operator.argument]
+    assert len(specs) > 100
+    checked = 0
+    for spec in specs:
+        rule_id = spec.action("id") or ""
+        full = operators.build(spec.operator, rule_id, spec.file, spec.line, capture=True)
+        exists = operators.build(spec.operator, rule_id, spec.file, spec.line, capture=False)
+        for value in values:
+            assert (full(value, str) is None) == (exists(value, str) is None), (rule_id, value)
+            checked += full(value, str) is not None
+    assert checked > 50  # both answers occur
