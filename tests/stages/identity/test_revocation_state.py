@@ -44,7 +44,9 @@ async def stores(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[
     clients: list[RedisState] = []
 
     def factory() -> StateRevocationList:
-        clients.append(RedisState(url, clock=clock))
+        # these tests are about atomicity across instances, not outages: a timeout well above the 250 ms default,
+        # which five new cluster clients discovering their slots at once can exceed on a loaded CI machine
+        clients.append(RedisState(url, clock=clock, timeout=2.0))
         return StateRevocationList(clients[-1], clock)
 
     yield factory
