@@ -6,9 +6,10 @@ A stage reads the `RequestContext` and answers with a `Decision` value; a "no" i
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import FrozenInstanceError, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Final
 
+from bastion.immutable import freeze_pure
 from bastion.policy_ids import EXCEPTION, exception_of
 
 
@@ -78,7 +79,7 @@ class ControlRecord:
     Not a frozen dataclass: a request builds one per deciding control, and the dataclass's generated `__init__`
     runs `object.__setattr__` per field even in the compiled build (~7.5 K instructions a record, against ~0.3 K
     here; bench/RESULTS.md). The fields are `Final`: mypy refuses an assignment, the compiled class (mypyc) has
-    no setter for them, and the pure build refuses one in `_write_once`.
+    no setter for them, and the pure build refuses one (`bastion.immutable.freeze_pure`).
     """
 
     __slots__ = ("control", "exception_id", "outcome", "policy_id", "reason")
@@ -107,15 +108,7 @@ class ControlRecord:
                 f"reason={self.reason!r}, exception_id={self.exception_id!r})")
 
 
-def _write_once(self: object, name: str, value: object) -> None:
-    """The pure build's `__setattr__` of an immutable value class: `__init__` sets each field once, nothing after."""
-    if hasattr(self, name):
-        raise FrozenInstanceError(f"cannot assign to field {name!r}")
-    object.__setattr__(self, name, value)
-
-
-if not hasattr(ControlRecord, "__mypyc_attrs__"):  # pure Python: refuse what the compiled class cannot do
-    setattr(ControlRecord, "__setattr__", _write_once)  # noqa: B010 (mypy: no assignment to a method)
+freeze_pure(ControlRecord)  # the pure build refuses what the compiled class cannot do
 
 
 class RequestContext:

@@ -3,14 +3,16 @@
 Compiled with mypyc (`bastion/native.py`): a rate-limited request builds one of each per limit, and as frozen
 dataclasses each cost ~8.5 K instructions (the generated `__init__` runs `object.__setattr__` per field, even
 compiled) against under 1 K as native classes. Both are immutable, as the dataclasses were: the fields are
-`Final` (mypy refuses an assignment, the compiled class has no setter for them, the pure build refuses one in
-`_write_once`); a changed copy comes from a named method (`leasing`, `refund`, `ungranted`, `topped_up`).
+`Final` (mypy refuses an assignment, the compiled class has no setter for them, the pure build refuses one:
+`bastion.immutable.freeze_pure`); a changed copy comes from a named method (`leasing`, `refund`, `ungranted`,
+`topped_up`).
 """
 
 from __future__ import annotations
 
-from dataclasses import FrozenInstanceError
 from typing import Final, Literal
+
+from bastion.immutable import freeze_pure
 
 Kind = Literal["token_bucket", "sliding_window", "fixed_window"]
 
@@ -103,13 +105,4 @@ class Outcome:
                 f"retry_after={self.retry_after!r}, granted={self.granted!r})")
 
 
-def _write_once(self: object, name: str, value: object) -> None:
-    """The pure build's `__setattr__`: `__init__` sets each field once, nothing after (as a frozen dataclass)."""
-    if hasattr(self, name):
-        raise FrozenInstanceError(f"cannot assign to field {name!r}")
-    object.__setattr__(self, name, value)
-
-
-if not hasattr(Hit, "__mypyc_attrs__"):  # pure Python: refuse what the compiled classes cannot do
-    setattr(Hit, "__setattr__", _write_once)  # noqa: B010 (mypy: no assignment to a method)
-    setattr(Outcome, "__setattr__", _write_once)  # noqa: B010
+freeze_pure(Hit, Outcome)  # the pure build refuses what the compiled classes cannot do
