@@ -191,8 +191,8 @@ class Runtime:
         """The readiness probe follows the state backend a reload swapped in."""
         from bastion.server.readiness import StateProbe
 
-        if self._probe is not None and self._probe._task is not None:
-            self._probe._task.cancel()
+        if self._probe is not None:
+            self._probe.stop()
         self._probe = StateProbe(self.services.state)
         self._probe.start()
 
@@ -331,6 +331,8 @@ class Runtime:
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish (bounded), then close everything."""
         self._ready = False
+        for server in self.servers:  # first: nothing below may keep a stopping process accepting requests
+            server.close()
         if self._flusher is not None:
             self._flusher.cancel()
         if self._probe is not None:
@@ -338,8 +340,6 @@ class Runtime:
         gateway = self.gateway
         if drain_timeout is None:
             drain_timeout = gateway.compiled.config.model.gateway.limits.drain_timeout if gateway else 5.0
-        for server in self.servers:
-            server.close()
         for conn in list(self.connections):
             shutdown = getattr(conn, "shutdown", None)  # HTTP/2: GOAWAY, in-flight streams finish
             if shutdown is not None:

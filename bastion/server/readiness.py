@@ -61,20 +61,32 @@ class StateProbe:
         self.state = state
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def start(self) -> None:
         if callable(getattr(self.state, "ping", None)):
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        while True:
+        # The loop ends on the flag, not only on cancellation: redis-py on uvloop can swallow a cancellation that
+        # lands while a PING's reply is being read (the call returns normally), and a probe that kept running
+        # once held a worker's shutdown forever with its listener still open.
+        while not self._closed:
             started = time.monotonic()
             with contextlib.suppress(Exception):
                 await self.state.ping()
+            if self._closed:
+                return
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
-    async def close(self) -> None:
+    def stop(self) -> None:
+        """End the probe without waiting (a reload swapped the backend)."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """End the probe; waits at most `timeout` (one PING is bounded by the backend's own deadline)."""
+        self.stop()
+        if self._task is not None:
+            await asyncio.wait({self._task}, timeout=timeout)

@@ -110,7 +110,15 @@ async def run_worker(config_path: str, index: int, socket_path: str, generation:
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for task in waits:
         task.cancel()
-    await runtime.stop()
+    # Bounded: the supervisor kills a worker that outlives its drain, but a worker whose supervisor is gone
+    # (the link closed) has nobody to do that; it must not linger on its listener's port.
+    drain = runtime.gateway.compiled.config.model.gateway.limits.drain_timeout if runtime.gateway else 5.0
+    stopping_task = loop.create_task(runtime.stop())
+    done, _ = await asyncio.wait({stopping_task}, timeout=drain + 5)
+    if not done:
+        print(f"bastion: worker {index} pid {os.getpid()} did not stop within {drain + 5:g}s; exiting",
+              file=sys.stderr, flush=True)
+        os._exit(1)
     await link.close()
     return 0
 

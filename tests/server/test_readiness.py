@@ -123,3 +123,30 @@ async def test_readyz_follows_the_policy_engine(tmp_path):
         finally:
             stub.close()
             await stub.wait_closed()
+
+
+def test_the_state_probe_ends_even_when_redis_py_swallows_its_cancellation(redis_server):
+    """On uvloop, redis-py can swallow a cancellation that lands while a PING's reply is read (the call returns
+    normally; measured: most cancellations at some points). The probe must end anyway and `close()` return: a
+    probe that kept pinging once held a worker's shutdown forever with its listener still accepting requests."""
+    import uvloop
+
+    from bastion.server.readiness import StateProbe
+    from bastion.state import open_state
+
+    async def closes() -> list[bool]:
+        state = open_state(redis_server.url)
+        ended = []
+        try:
+            for i in range(60):
+                probe = StateProbe(state, interval=0.0)  # back-to-back PINGs: a cancel lands mid-reply often
+                probe.start()
+                for _ in range(i % 6):
+                    await asyncio.sleep(0)
+                await asyncio.wait_for(asyncio.shield(probe.close()), 5)  # the old probe: TimeoutError here
+                ended.append(probe._task is not None and probe._task.done())
+        finally:
+            await state.close()
+        return ended
+
+    assert uvloop.run(closes()) == [True] * 60
