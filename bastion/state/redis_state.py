@@ -100,6 +100,11 @@ class RedisState:
                 async with self._slots:
                     queued = False
                     result = await operation(self._client())
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        # redis-py (on uvloop) can swallow a cancellation that lands while a reply is read and
+                        # return normally; honour it (our deadline's becomes TimeoutError just below)
+                        raise asyncio.CancelledError
         except _UNAVAILABLE as exc:
             if queued or "No connection available" in str(exc):  # our own pool is busy: overload, Redis is fine
                 raise StateUnavailable("redis connection pool exhausted") from exc
