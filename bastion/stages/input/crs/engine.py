@@ -67,6 +67,7 @@ class Transaction:
         self._texts: dict[int, tuple[VarSpec, list[str]]] = {}
         self._values_cache: dict[int, list[tuple[str, str]]] = {}
         self._named_cache: dict[int, tuple[VarSpec, list[tuple[str, str]]]] = {}
+        self._by_name: dict[str, dict[str, list[tuple[str, str]]]] = {}
 
     # ------------------------------------------------------------------ run
     def run(self) -> Outcome:
@@ -235,14 +236,22 @@ class Transaction:
         if not rule.multi_match:  # the chain's result per value (`_stage_texts`: joined where exact)
             return first_hit(self._stage_texts(rule, texts)[-1] if rule.transforms else texts) == -1
         if stages is None:  # one value, or no transformation
+            stages = []
             current = texts
             for transform in rule.transforms:
                 current = [transform(t) for t in current]
-                texts += current
-        else:
-            for stage in stages:
-                texts += stage
-        return first_hit(texts) == -1
+                stages.append(current)
+        tried = list(texts)
+        previous = texts
+        for stage in stages:  # each value's text after a stage that changed it (as `_match_stages` tries them)
+            index = -1
+            for text in stage:
+                index += 1
+                before = previous[index]
+                if text is not before and text != before:
+                    tried.append(text)
+            previous = stage
+        return first_hit(tried) == -1
 
     def _any_stage(self, rule: Rule, values: list[tuple[str, str]]) -> bool:
         """multiMatch: whether the operator matches any value at any transformation stage, trying each stage
@@ -414,9 +423,13 @@ class Transaction:
             elif len(selector) >= 2 and selector[0] == "/" and selector[-1] == "/":
                 search = _selector_regex(selector).search
                 cached = [(k, v) for k, v in pairs if search(k) is not None]
-            else:
-                name = selector.lower()
-                cached = [(k, v) for k, v in pairs if k.lower() == name]
+            else:  # by name: one lower-cased index of the collection per transaction, then a lookup
+                index = self._by_name.get(collection)
+                if index is None:
+                    index = self._by_name[collection] = {}
+                    for k, v in pairs:
+                        index.setdefault(k.lower(), []).append((k, v))
+                cached = list(index.get(selector.lower(), ()))
             self._selected[id(var)] = (var, cached)
             return cached
         if var.selector is None:
