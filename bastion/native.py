@@ -66,6 +66,13 @@ MODULES: tuple[str, ...] = (
 #   would refuse (a field typed with a compiled class is checked).
 """Dotted names of the compiled modules, one build group (scripts/build_compiled.py)."""
 
+C_EXTENSIONS: tuple[tuple[str, str], ...] = (
+    # libinjection over all of a CRS rule's values in one call (stages/input/crs/injection.py: first_sqli)
+    ("bastion.stages.input.crs._injection_any", "bastion/stages/input/crs/_injection_any.c"),
+)
+"""Hand-written C extension modules built with the group: (dotted name, C source relative to the repository).
+Optional at run time: the code using one falls back to its pure form when it is not built (`make install-pure`)."""
+
 GROUP = "bastion._native"
 """mypyc's shared library of the group, `bastion/_native__mypyc.*.so`: inside the package, so the editable
 install's import path finds it (a top-level name, mypyc's default, would not be importable)."""

@@ -12,6 +12,7 @@ and the Python headers (gcc, python3-dev); the C sources and objects go to build
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import sys
@@ -40,7 +41,10 @@ def clean() -> None:
 
 
 def manifest() -> str:
-    return "".join(f"{module} {native.digest(module)}\n" for module in native.MODULES)
+    rows = [f"{module} {native.digest(module)}\n" for module in native.MODULES]
+    rows += [f"{name} {hashlib.sha256((ROOT / source).read_bytes()).hexdigest()}\n"
+             for name, source in native.C_EXTENSIONS]
+    return "".join(rows)
 
 
 def up_to_date() -> bool:
@@ -49,7 +53,8 @@ def up_to_date() -> bool:
         recorded = native.MANIFEST.read_text()
     except OSError:
         return False
-    return recorded == manifest() and all(native.is_compiled(module) for module in native.MODULES)
+    return recorded == manifest() and all(native.is_compiled(module) for module in native.MODULES) \
+        and all(native.is_compiled(name) for name, _ in native.C_EXTENSIONS)
 
 
 def toolchain_missing() -> str | None:
@@ -68,7 +73,7 @@ def build() -> None:
         sys.exit(f"mypyc build: {missing}; install build-essential and python3-dev (make system-deps), "
                  "or keep pure Python with `make install-pure`")
     from mypyc.build import mypycify  # the mypy package ships mypyc; imported here so --clean needs neither
-    from setuptools import setup
+    from setuptools import Extension, setup
 
     for path in compiled_files():  # a module dropped from the list must not keep running compiled
         path.unlink()
@@ -76,10 +81,13 @@ def build() -> None:
     os.chdir(ROOT)  # mypyc reads [tool.mypy] from pyproject.toml and takes paths relative to the root
     sources = [str(native.source_path(module).relative_to(ROOT)) for module in native.MODULES]
     extensions = mypycify(sources, opt_level="3", group_name=native.GROUP, target_dir=str(BUILD_DIR))
+    extensions += [Extension(name, sources=[source], extra_compile_args=["-O2"])
+                   for name, source in native.C_EXTENSIONS]
     setup(name="bastion-native", ext_modules=extensions, script_args=[
         "-q", "build_ext", "--inplace", "--parallel", str(os.cpu_count() or 1), "--build-temp", str(BUILD_DIR)])
     native.MANIFEST.write_text(manifest())
-    print(f"compiled {len(native.MODULES)} modules with mypyc (bastion/native.py)")
+    print(f"compiled {len(native.MODULES)} modules with mypyc and {len(native.C_EXTENSIONS)} C extension(s) "
+          "(bastion/native.py)")
 
 
 def main() -> int:

@@ -11,6 +11,7 @@ import importlib.machinery
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +48,16 @@ def test_the_build_under_test_is_the_one_asked_for() -> None:
     else:  # run by hand: whichever build is installed, it is whole, never half of each
         assert compiled in ([], list(native.MODULES))
     assert native.stale() == []  # compiled code older than its source would test code nobody can read
+    c_built = [name for name, _ in native.C_EXTENSIONS if native.is_compiled(name)]
+    if expected is not None:  # the hand-written C extensions come and go with the mypyc modules
+        assert c_built == ([name for name, _ in native.C_EXTENSIONS] if expected == "1" else [])
+
+
+def test_every_c_extension_has_its_source_in_the_package() -> None:
+    root = Path(native.__file__).resolve().parents[1]
+    for name, source in native.C_EXTENSIONS:
+        assert name.startswith("bastion.") and (root / source).is_file(), name
+        assert Path(source).with_suffix("").parts == tuple(name.split(".")), name  # beside the module it builds
 
 
 def test_the_version_line_names_the_build() -> None:

@@ -13,6 +13,7 @@ import re
 
 import re2
 
+from bastion.stages.input.crs import injection
 from bastion.stages.input.crs.engine import Transaction
 from bastion.stages.input.crs.operators import FALLBACKS, RE2_OPTIONS, Operators
 from bastion.stages.input.crs.program import MACRO, SCALARS, Ctl, Prefilter, Program, Rule, SetMatch, Setvar
@@ -111,6 +112,9 @@ def compile_rule(spec: RuleSpec, operators: Operators, parent: Rule | None = Non
                                                              and not _anchored(spec.operator.argument)):
         rule.separator = "\x00"
     rule.joinable_stages = joins and rule.multi_match
+    if not spec.operator.negated:  # libinjection over all the rule's texts in one C call (None: not built)
+        rule.first_hit = {"detectSQLi": injection.first_sqli, "detectXSS": injection.first_xss}.get(
+            spec.operator.name)
     rule.chained = tuple(compile_rule(c, operators, rule) for c in spec.chained)
     return rule
 

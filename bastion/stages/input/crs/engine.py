@@ -66,6 +66,8 @@ class Transaction:
         self._selected: dict[int, tuple[VarSpec, list[tuple[str, str]]]] = {}
         self._texts: dict[int, tuple[VarSpec, list[str]]] = {}
         self._values_cache: dict[int, list[tuple[str, str]]] = {}
+        self._named_cache: dict[int, tuple[VarSpec, list[tuple[str, str]]]] = {}
+        self._by_name: dict[str, dict[str, list[tuple[str, str]]]] = {}
 
     # ------------------------------------------------------------------ run
     def run(self) -> Outcome:
@@ -199,6 +201,9 @@ class Transaction:
         # multiMatch over several values: each transformation once over all of them (942100, 941100)
         stages = self._stage_texts(rule, [v for _, v in values]) \
             if rule.multi_match and rule.transforms and len(values) > 1 else None
+        if rule.first_hit is not None and self._no_injection(rule, values, stages):
+            self.matched_vars = []
+            return found
         self.matched_vars = []
         index = -1
         for name, value in values:
@@ -219,6 +224,34 @@ class Transaction:
             for sv in rule.setvars:
                 self._setvar(sv)
         return found
+
+    def _no_injection(self, rule: Rule, values: list[tuple[str, str]], stages: list[list[str]] | None) -> bool:
+        """@detectSQLi/@detectXSS: whether libinjection calls none of the texts the value loop below would
+        try injection, in one C call. The loop tries each value and (multiMatch) each stage that changed it;
+        here every value and every stage's text: the texts not tried there equal one that is, so the answer
+        is the same. False (check value by value) when one is, or when a text has no UTF-8 form."""
+        first_hit = rule.first_hit
+        assert first_hit is not None
+        texts = [v for _, v in values]
+        if not rule.multi_match:  # the chain's result per value (`_stage_texts`: joined where exact)
+            return first_hit(self._stage_texts(rule, texts)[-1] if rule.transforms else texts) == -1
+        if stages is None:  # one value, or no transformation
+            stages = []
+            current = texts
+            for transform in rule.transforms:
+                current = [transform(t) for t in current]
+                stages.append(current)
+        tried = list(texts)
+        previous = texts
+        for stage in stages:  # each value's text after a stage that changed it (as `_match_stages` tries them)
+            index = -1
+            for text in stage:
+                index += 1
+                before = previous[index]
+                if text is not before and text != before:
+                    tried.append(text)
+            previous = stage
+        return first_hit(tried) == -1
 
     def _any_stage(self, rule: Rule, values: list[tuple[str, str]]) -> bool:
         """multiMatch: whether the operator matches any value at any transformation stage, trying each stage
@@ -331,6 +364,9 @@ class Transaction:
                 if value is not None and not _excluded(var.collection, var.collection, removed, tag_removed):
                     out.append((var.collection, value))
                 continue
+            if not (rule.excludes or removed or tag_removed):
+                out += self._named(var)
+                continue
             for key, value in self._select(var):
                 if rule.excludes and any(_key_selected(e, key) for e in rule.excludes
                                          if e.collection == var.collection):
@@ -339,6 +375,18 @@ class Transaction:
                     continue
                 out.append((f"{var.collection}:{key}", value))
         return out
+
+    def _named(self, var: VarSpec) -> list[tuple[str, str]]:
+        """A collection variable's (`COLLECTION:key`, value) pairs, built once per transaction when its selection
+        cannot change (request collections; TX and MATCHED_VARS are selected anew on every call)."""
+        if var.collection in _STATEFUL:
+            return [(f"{var.collection}:{key}", value) for key, value in self._select(var)]
+        entry = self._named_cache.get(id(var))
+        if entry is not None:
+            return entry[1]
+        pairs = [(f"{var.collection}:{key}", value) for key, value in self._select(var)]
+        self._named_cache[id(var)] = (var, pairs)
+        return pairs
 
     def _var_texts(self, var: VarSpec) -> list[str]:
         """A request variable's values (a scalar's one value), once per transaction: several Sets read it."""
@@ -375,9 +423,13 @@ class Transaction:
             elif len(selector) >= 2 and selector[0] == "/" and selector[-1] == "/":
                 search = _selector_regex(selector).search
                 cached = [(k, v) for k, v in pairs if search(k) is not None]
-            else:
-                name = selector.lower()
-                cached = [(k, v) for k, v in pairs if k.lower() == name]
+            else:  # by name: one lower-cased index of the collection per transaction, then a lookup
+                index = self._by_name.get(collection)
+                if index is None:
+                    index = self._by_name[collection] = {}
+                    for k, v in pairs:
+                        index.setdefault(k.lower(), []).append((k, v))
+                cached = list(index.get(selector.lower(), ()))
             self._selected[id(var)] = (var, cached)
             return cached
         if var.selector is None:
@@ -454,6 +506,7 @@ class Transaction:
 
 
 _CAPTURES = tuple(str(i) for i in range(10))  # TX:0-9
+_STATEFUL = frozenset({"TX", "MATCHED_VARS", "MATCHED_VARS_NAMES"})  # selected anew on every call (`_select`)
 
 
 @lru_cache(maxsize=4096)

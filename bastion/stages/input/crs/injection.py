@@ -9,12 +9,18 @@ UTF-8 bytes, whole length (NUL bytes included, as the wheel passes them). When a
 export it, the wheel's function is used (same results, slower). `@detectXSS` keeps the wheel's `is_xss`: its
 five C calls from Cython cost less (~4.8 k) than one call through ctypes (~7.8 k); `detect_xss` here is the C
 entry point, for the test that both agree (tests/stages/input/crs/test_injection.py).
+
+`first_sqli` / `first_xss` run libinjection over a whole list of texts in one C call (`_injection_any.c`, built
+with the mypyc modules by `make install`): the engine asks them first for a rule's every value and stage, and
+walks the values one by one only when one of them is injection. None when that module is not built (the pure
+build) or the wheel does not export the C API: the engine then calls the checks above value by value.
 """
 
 from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable
+from importlib import import_module
 
 import libinjection
 
@@ -22,6 +28,9 @@ SqliCheck = Callable[[bytes], str | None]
 """UTF-8 text -> libinjection's SQLi fingerprint when it is SQL injection, else None."""
 XssCheck = Callable[[bytes], bool]
 """UTF-8 text -> whether libinjection calls it XSS."""
+FirstHit = Callable[[list[str]], int]
+"""Texts -> the index of the first one libinjection calls injection, -1 when none is, -2 when a text has no UTF-8
+form (a lone surrogate: the caller then checks value by value, as without it)."""
 FINGERPRINT_SIZE = 8  # LIBINJECTION_SQLI_MAX_TOKENS (5) + 1, rounded up as libinjection declares it
 
 
@@ -68,3 +77,22 @@ NATIVE = _API is not None
 """Whether the C entry points are used (else the wheel's Python functions)."""
 detect_sqli: SqliCheck = _API[0] if _API is not None else wheel_sqli
 detect_xss: XssCheck = _API[1] if _API is not None else wheel_xss
+
+
+def _first_hit() -> tuple[FirstHit, FirstHit] | None:
+    """The C helper's two functions, bound to the wheel's C entry points; None when either is missing."""
+    if not NATIVE:
+        return None
+    try:
+        helper = import_module("bastion.stages.input.crs._injection_any")
+    except ImportError:  # the pure build: no extension modules
+        return None
+    lib = ctypes.PyDLL(libinjection.__file__)
+    helper.bind(ctypes.cast(lib.libinjection_sqli, ctypes.c_void_p).value,
+                ctypes.cast(lib.libinjection_xss, ctypes.c_void_p).value)
+    return helper.first_sqli, helper.first_xss
+
+
+_FIRST = _first_hit()
+first_sqli: FirstHit | None = _FIRST[0] if _FIRST is not None else None
+first_xss: FirstHit | None = _FIRST[1] if _FIRST is not None else None

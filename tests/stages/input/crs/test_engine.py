@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from pathlib import Path
@@ -10,10 +11,11 @@ from urllib.parse import quote
 import orjson
 import pytest
 
+from bastion.stages.input.crs import injection
 from bastion.stages.input.crs.compiler import build_program
 from bastion.stages.input.crs.engine import Outcome, Transaction
 from bastion.stages.input.crs.operators import Operators
-from bastion.stages.input.crs.program import Program
+from bastion.stages.input.crs.program import Program, Rule
 from bastion.stages.input.crs.request import CrsRequest, Part, flatten_json, from_parts
 from bastion.stages.input.crs.ruleset import DEFAULT_RULES_DIR, crs_engine
 from bastion.stages.input.crs.seclang import VarSpec, parse_file
@@ -184,3 +186,36 @@ def test_a_literal_prefix_selector_selects_as_its_case_insensitive_search(select
     tx = Transaction(program, CrsRequest(), {k: "1" for k in keys})
     chosen = tx._select(VarSpec("TX", selector))
     assert [k for k, _ in chosen] == [k for k in keys if search(k) is not None]
+
+
+def _per_value(program: Program) -> Program:
+    """The same program with libinjection called value by value (no one-call check on any rule)."""
+    def clear(rule: Rule) -> None:
+        rule.first_hit = None
+        for child in rule.chained:
+            clear(child)
+    for items in program.phases.values():
+        for item in items:
+            if isinstance(item, Rule):
+                clear(item)
+    return program
+
+
+@requires_crs
+def test_the_one_call_libinjection_check_decides_as_value_by_value() -> None:
+    program = crs_engine(str(DEFAULT_RULES_DIR), 1, 5).program
+    rules = [item for items in program.phases.values() for item in items if isinstance(item, Rule)]
+    batched = {r.id for r in rules if r.first_hit is not None}
+    if injection.first_sqli is None:
+        assert os.environ.get("BASTION_EXPECT_COMPILED") != "1"
+        pytest.skip("the C helper is not built (pure build)")
+    assert {"942100", "941100"} <= batched
+    reference = _per_value(crs_engine(str(DEFAULT_RULES_DIR), 1, 5).program)
+    rng = random.Random(41)
+    requests = [_random_request(rng) for _ in range(250)] + [crs_request(r) for r in attack_corpus()[::25]]
+    found = set()
+    for request in requests:
+        outcome = Transaction(program, request, program.initial_tx).run()
+        assert _decision(outcome) == _decision(Transaction(reference, request, program.initial_tx).run())
+        found.update(h.rule_id for h in outcome.hits if h.rule_id in batched)
+    assert {"942100", "941100"} <= found  # both libinjection rules matched somewhere: not a vacuous comparison
