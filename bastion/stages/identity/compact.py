@@ -124,12 +124,11 @@ class Compact:
             raise Malformed(f"header of {len(head)} characters (at most {MAX_HEADER})")
         if len(signature) > MAX_SIGNATURE:
             raise Malformed(f"signature of {len(signature)} characters (at most {MAX_SIGNATURE})")
-        try:
-            raw = token.encode("ascii")
-        except UnicodeEncodeError as exc:
-            raise Malformed("not base64url") from exc
-        if b"+" in raw or b"/" in raw or b"=" in raw:  # the standard alphabet and padding are not base64url
+        # the standard alphabet and padding are not base64url (searched in the str: `b"+" in raw` would first try
+        # the needle as an integer and format a TypeError)
+        if "+" in token or "/" in token or "=" in token or not token.isascii():
             raise Malformed("not base64url")
+        raw = token.encode("ascii")
         # one encode and one translation for the three segments, each decoded from its slice
         standard = raw.translate(_TO_STANDARD)
         signed = len(head) + 1 + len(body)
