@@ -6,25 +6,58 @@ A stage reads the `RequestContext` and answers with a `Decision` value; a "no" i
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from bastion.immutable import freeze_pure
 from bastion.policy_ids import EXCEPTION, exception_of
 
+_NO_NAMES: frozenset[str] = frozenset()
 
-@dataclass(frozen=True, slots=True)
+
 class Identity:
-    """A verified caller. Built only by identity stages, never from client-sent headers."""
+    """A verified caller. Built only by identity stages, never from client-sent headers. Immutable, compared by value.
 
-    method: str  # "jwt", "api_key", "mtls", "introspection", "anonymous"
-    subject: str | None = None
-    consumer: str | None = None
-    issuer: str | None = None
-    claims: dict[str, Any] = field(default_factory=dict)
-    scopes: frozenset[str] = frozenset()
-    roles: frozenset[str] = frozenset()
-    credential_id: str | None = None  # jti, key id or certificate fingerprint; never the secret itself
+    Not a frozen dataclass: a new token builds one, and the dataclass's generated `__init__` runs
+    `object.__setattr__` per field even in the compiled build (~13 K instructions per new token; bench/RESULTS.md,
+    "issue 17, fifth session"). The fields are `Final`, as in `ControlRecord`: mypy refuses an assignment, the
+    compiled class has no setter for them, and the pure build refuses one (`bastion.immutable.freeze_pure`).
+    """
+
+    __slots__ = ("claims", "consumer", "credential_id", "issuer", "method", "roles", "scopes", "subject")
+
+    def __init__(self, method: str, subject: str | None = None, consumer: str | None = None,
+                 issuer: str | None = None, claims: dict[str, Any] | None = None,
+                 scopes: frozenset[str] = _NO_NAMES, roles: frozenset[str] = _NO_NAMES,
+                 credential_id: str | None = None) -> None:
+        self.method: Final = method  # "jwt", "api_key", "mtls", "introspection", "anonymous"
+        self.subject: Final = subject
+        self.consumer: Final = consumer
+        self.issuer: Final = issuer
+        self.claims: Final[dict[str, Any]] = {} if claims is None else claims  # each identity its own when none
+        self.scopes: Final = scopes
+        self.roles: Final = roles
+        self.credential_id: Final = credential_id  # jti, key id or certificate fingerprint; never the secret itself
+
+    def _values(self) -> tuple[Any, ...]:
+        return (self.method, self.subject, self.consumer, self.issuer, self.claims, self.scopes, self.roles,
+                self.credential_id)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Identity):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:  # as the frozen dataclass's: a TypeError while `claims` (a dict) is in the tuple
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return (f"Identity(method={self.method!r}, subject={self.subject!r}, consumer={self.consumer!r}, "
+                f"issuer={self.issuer!r}, claims={self.claims!r}, scopes={self.scopes!r}, roles={self.roles!r}, "
+                f"credential_id={self.credential_id!r})")
+
+
+freeze_pure(Identity)  # the pure build refuses what the compiled class cannot do
 
 
 @dataclass(frozen=True, slots=True)

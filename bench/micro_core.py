@@ -1,6 +1,7 @@
 """Microbenchmark: the gateway's own Python work per proxied request, with no sockets at all.
 
-    python bench/micro_core.py [--n 50000] [--post | --jwt | --jwt-new | --limit | --chain | --pool] [--profile]
+    python bench/micro_core.py [--n 50000] [--post | --jwt | --jwt-new | --limit | --chain | --chain-new | --pool]
+        [--tokens-dir DIR] [--gc] [--profile]
 
 A real `Runtime` compiles a plain route (every control off), then one client connection and one pooled upstream
 connection are driven through in-memory transports: the client "sends" a request, the gateway parses, routes,
@@ -10,7 +11,11 @@ response is written back. Each response triggers the next request, so the loop r
 a cached JWT costs on top of the plain path); `--limit` a GET on a route with one in-memory rate limit;
 `--chain` the identity chain Envoy is compared on (cached JWT + a required scope + that rate limit);
 `--jwt-new` the `--jwt` route with a new ES256 token on every request (each one a verified-token cache miss:
-parse, signature, claims; the tokens are minted before the clock starts).
+parse, signature, claims; the tokens are minted before the clock starts); `--chain-new` the `--chain` route with a
+new token on every request (the "new token each request" scenario Envoy is compared on). `--tokens-dir DIR` keeps
+the signing key and the minted tokens in DIR and reuses them on the next run, so that under callgrind minting
+does not enter the difference of two runs. `--gc` counts the cyclic collector's runs per generation over the
+measured requests (`gc.callbacks`), after a `gc.freeze()` as `bastion serve` makes.
 
 What it measures is everything Bastion adds on top of the kernel: the figure wrk cannot isolate, as each real
 request also pays ~20 µs of socket syscalls on this machine (see bench/RESULTS.md). Prints CPU µs per request.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import pstats
 import sys
 import tempfile
@@ -170,11 +176,47 @@ async def drive(runtime: Runtime, n: int, request: bytes | list[bytes]) -> float
     return time.process_time() - started
 
 
+def new_tokens(keys: Path, count: int, reuse: bool) -> list[str]:
+    """`count` distinct tokens signed by the key in `keys` (read back from `keys` when `reuse` and minted before)."""
+    saved = keys / "tokens.txt"
+    if reuse and saved.exists():
+        minted = saved.read_text().split()
+        if len(minted) >= count:
+            return minted[:count]
+    minted = tokens.mint(keys, "https://idp.bench.invalid", "api://bench", count=count)
+    if reuse:
+        saved.write_text("\n".join(minted))
+    return minted
+
+
+class CollectionCount:
+    """The cyclic collector's runs per generation and their CPU time, while `on`."""
+
+    def __init__(self) -> None:
+        self.runs = [0, 0, 0]
+        self.seconds = 0.0
+        self.tracked = 0
+        self.on = False
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if not self.on:
+            return
+        if phase == "start":
+            self._started = time.process_time()
+        else:
+            self.runs[info["generation"]] += 1
+            self.seconds += time.process_time() - self._started
+
+
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bastion.yaml"
-        token = tokens.mint(Path(tmp), "https://idp.bench.invalid", "api://bench")[0]
-        path.write_text(CONFIG.replace("apis:", AUTHN_CLASS + "apis:", 1).replace("{tmp}", tmp))
+        keys = Path(args.tokens_dir) if args.tokens_dir else Path(tmp)
+        keys.mkdir(parents=True, exist_ok=True)
+        token = tokens.mint(keys, "https://idp.bench.invalid", "api://bench")[0]
+        path.write_text(CONFIG.replace("apis:", AUTHN_CLASS + "apis:", 1).replace("{tmp}", str(keys)))
         runtime = Runtime(path)
         await runtime.start()
         request = POST if args.post else GET
@@ -186,30 +228,48 @@ async def main(args: argparse.Namespace) -> None:
             request = GET.replace(b"/get", b"/pool")
         if args.jwt:
             request = b"GET /jwt HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer %b\r\n\r\n" % token.encode()
-        if args.jwt_new:  # one new token per request, warm-up included
-            minted = tokens.mint(Path(tmp), "https://idp.bench.invalid", "api://bench", count=args.warmup + args.n)
-            fresh = [b"GET /jwt HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer %b\r\n\r\n" % t.encode()
-                     for t in minted]
+        new = args.jwt_new or args.chain_new
+        if new:  # one new token per request, warm-up included
+            target = b"/chain" if args.chain_new else b"/jwt"
+            minted = new_tokens(keys, args.warmup + args.n, bool(args.tokens_dir))
+            fresh = [b"GET %b HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer %b\r\n\r\n"
+                     % (target, t.encode()) for t in minted]
+        collections = CollectionCount() if args.gc else None
         try:
-            if args.jwt_new:
+            if new:
                 await drive(runtime, args.warmup, fresh[:args.warmup])
                 fresh = fresh[args.warmup:]
             else:
                 await drive(runtime, args.warmup, request)  # warm-up
+            if collections is not None:
+                gc.freeze()  # as `bastion serve` does after start-up
+                collections.on = True
             if args.profile:
                 prof = cProfile.Profile()
                 prof.enable()
-            seconds = await drive(runtime, args.n, fresh if args.jwt_new else request)
+            seconds = await drive(runtime, args.n, fresh if new else request)
             if args.profile:
                 prof.disable()
                 pstats.Stats(prof).sort_stats("tottime").print_stats(40)
+            if collections is not None:
+                collections.on = False
+                gc.collect()  # tuples and dicts of atoms only are untracked by a collection that sees them
+                collections.tracked = len(gc.get_objects())  # made since the freeze, alive and tracked
         finally:
             await runtime.stop(drain_timeout=0.1)
     shape = "GET to a pool of two targets" if args.pool else "POST 1 KB" if args.post else \
-        "GET with a cached JWT" if args.jwt else "GET with a new JWT each request" if args.jwt_new else "GET, identity chain (cached JWT + scope + rate limit)" if args.chain \
+        "GET with a cached JWT" if args.jwt else "GET with a new JWT each request" if args.jwt_new \
+        else "GET, identity chain (cached JWT + scope + rate limit)" if args.chain \
+        else "GET, identity chain, a new JWT each request" if args.chain_new \
         else "GET, rate-limited" if args.limit else "GET"
     print(f"{shape}: {seconds * 1e6 / args.n:.1f} µs CPU per request "
           f"(in-process, no sockets; n={args.n})")
+    if collections is not None:
+        runs = collections.runs
+        print(f"GC collections gen0/gen1/gen2: {runs[0]}/{runs[1]}/{runs[2]} "
+              f"({collections.seconds * 1e6 / args.n:.1f} µs CPU per request in collections); {collections.tracked} "
+              f"tracked objects made by the measured requests still alive ({collections.tracked / args.n:.2f} per "
+              "request: with new tokens, what each cached credential holds while the cache is not full)")
 
 
 if __name__ == "__main__":
@@ -221,8 +281,11 @@ if __name__ == "__main__":
     shape.add_argument("--jwt-new", action="store_true", help="a new ES256 token each request (cache misses)")
     shape.add_argument("--limit", action="store_true")
     shape.add_argument("--chain", action="store_true", help="cached JWT + scope + rate limit (Envoy's chain)")
+    shape.add_argument("--chain-new", action="store_true", help="the --chain route with a new token each request")
     shape.add_argument("--pool", action="store_true", help="a route whose upstream is a pool of two targets")
     parser.add_argument("--warmup", type=int, default=2000, help="requests before the measured ones (fewer: "
                         "shorter callgrind runs; per-request instructions are the difference of two --n)")
+    parser.add_argument("--tokens-dir", help="keep the key and minted tokens here and reuse them (callgrind runs)")
+    parser.add_argument("--gc", action="store_true", help="count GC collections over the measured requests")
     parser.add_argument("--profile", action="store_true")
     uvloop.run(main(parser.parse_args()))

@@ -71,3 +71,23 @@ def test_a_control_record_is_a_value() -> None:
         "ControlRecord(control='authz', outcome='deny', policy_id='p', reason='scope_missing', exception_id=None)")
     with pytest.raises(AttributeError):
         record.surprise = "x"  # type: ignore[attr-defined]
+
+
+def test_an_identity_is_a_value() -> None:
+    alice = Identity("jwt", subject="alice", issuer="https://idp.test", claims={"sub": "alice"},
+                     scopes=frozenset({"read"}), credential_id="j1")
+    assert alice == Identity("jwt", "alice", None, "https://idp.test", {"sub": "alice"}, frozenset({"read"}),
+                             frozenset(), "j1")
+    assert alice != Identity("jwt", subject="alice", issuer="https://idp.test", claims={"sub": "alice"},
+                             scopes=frozenset({"read"}), credential_id="j2")
+    assert alice != ("jwt", "alice")  # not a tuple
+    anonymous, other = Identity("anonymous"), Identity("anonymous")
+    assert anonymous.claims == {} and anonymous.claims is not other.claims  # each its own, as default_factory
+    assert (anonymous.scopes, anonymous.roles, anonymous.subject) == (frozenset(), frozenset(), None)
+    assert repr(Identity("mtls", subject="cn=a")) == (
+        "Identity(method='mtls', subject='cn=a', consumer=None, issuer=None, claims={}, scopes=frozenset(), "
+        "roles=frozenset(), credential_id=None)")
+    with pytest.raises(TypeError):  # claims is a dict: unhashable, as the frozen dataclass was
+        hash(alice)
+    with pytest.raises(AttributeError):
+        alice.surprise = "x"  # type: ignore[attr-defined]

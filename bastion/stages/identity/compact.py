@@ -79,12 +79,18 @@ def b64decode(segment: str) -> bytes:
     """Strict base64url (RFC 7515 §2, no padding). Raises ValueError."""
     if "+" in segment or "/" in segment or "=" in segment:
         raise ValueError("not base64url")
+    return _standard_decode(segment.encode("ascii").translate(_TO_STANDARD), segment)
+
+
+def _standard_decode(standard: bytes, segment: str) -> bytes:
+    """`segment` (base64url without `+`, `/` or `=`) decoded from `standard`, its bytes already translated to the
+    standard alphabet. Raises ValueError."""
     pad = -len(segment) % 4
     if pad == 3:
         raise ValueError("base64url length of 4n+1")
     if pad and segment[-1] not in _CANONICAL_END[pad - 1]:
         raise ValueError("non-canonical base64url")
-    return binascii.a2b_base64(segment.encode("ascii").translate(_TO_STANDARD) + b"=" * pad, strict_mode=True)
+    return binascii.a2b_base64(standard + b"=" * pad if pad else standard, strict_mode=True)
 
 
 def json_object(data: bytes, what: str) -> dict[str, Any]:
@@ -109,7 +115,7 @@ class Compact:
     """A compact JWS split and decoded: the segments as sent, the header, and the claims when the payload is
     base64url JSON (`claims` is None for an RFC 7797 unencoded payload, which `jose.check_header` refuses)."""
 
-    __slots__ = ("claims", "header", "payload", "segments", "signature", "signing_input")
+    __slots__ = ("_standard", "claims", "header", "payload", "segments", "signature", "signing_input")
 
     def __init__(self, token: str) -> None:
         """`token` must already match the compact syntax (three dot-separated base64url alphabet segments)."""
@@ -118,8 +124,16 @@ class Compact:
             raise Malformed(f"header of {len(head)} characters (at most {MAX_HEADER})")
         if len(signature) > MAX_SIGNATURE:
             raise Malformed(f"signature of {len(signature)} characters (at most {MAX_SIGNATURE})")
+        # the standard alphabet and padding are not base64url (searched in the str: `b"+" in raw` would first try
+        # the needle as an integer and format a TypeError)
+        if "+" in token or "/" in token or "=" in token or not token.isascii():
+            raise Malformed("not base64url")
+        raw = token.encode("ascii")
+        # one encode and one translation for the three segments, each decoded from its slice
+        standard = raw.translate(_TO_STANDARD)
+        signed = len(head) + 1 + len(body)
         try:
-            header = json_object(b64decode(head), "header")
+            header = json_object(_standard_decode(standard[:len(head)], head), "header")
         except Malformed:
             raise
         except ValueError as exc:
@@ -129,7 +143,8 @@ class Compact:
         self.header = header
         self.segments = (head, body, signature)
         self.signature = signature
-        self.signing_input = token[:len(head) + 1 + len(body)].encode("ascii")  # RFC 7515 §5.2 step 8
+        self._standard = standard[signed + 1:]  # the signature's, decoded by `signature_bytes`
+        self.signing_input = raw[:signed]  # RFC 7515 §5.2 step 8
         b64 = header.get("b64", True)
         if b64 is not True:  # RFC 7797 §6: only with `crit: ["b64"]`
             crit = header.get("crit")
@@ -139,10 +154,15 @@ class Compact:
             self.claims: dict[str, Any] | None = None
             return
         try:
-            self.payload = b64decode(body)
+            self.payload = _standard_decode(standard[len(head) + 1:signed], body)
         except ValueError as exc:
             raise Malformed(f"payload: {exc}") from exc
         self.claims = None  # parsed by `parse_claims`, once the header rules passed (the order joserfc had)
+
+    def signature_bytes(self) -> bytes:
+        """The signature segment decoded (`b64decode(self.signature)`, without a second translation). Raises
+        ValueError."""
+        return _standard_decode(self._standard, self.signature)
 
     def parse_claims(self) -> dict[str, Any]:
         """The payload as a JSON object (RFC 7519 §7.2 step 10). Raises Malformed."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from joserfc.jws import JWSRegistry
 
+from bastion.cache import BoundedCache
 from bastion.stages.identity.compact import Compact, Malformed, is_compact_jws
 from bastion.stages.identity.config import JwtProviderConfig
 from bastion.stages.identity.jose import FORBIDDEN_HEADERS, HeaderFault, check_header, check_typ, normalize_typ
@@ -71,6 +72,7 @@ class VerifiedToken:
                              self.headers, self.method)
 
 
+_NO_NAMES: frozenset[str] = frozenset()
 # A refused JOSE header (jose.check_header / check_typ) -> the public reason code of an access token.
 _HEADER_REASONS = {"alg_missing": "jwt_alg_not_allowed", "alg_none": "jwt_alg_not_allowed",
                    "crit": "jwt_crit_unsupported", "b64": "jwt_crit_unsupported",
@@ -106,6 +108,38 @@ def string_set(value: Any, *, split: bool) -> frozenset[str]:
     return frozenset()
 
 
+class NameSets:
+    """The set of names (scopes or roles) a claim value carries, made once per distinct value and shared.
+
+    Most tokens of a deployment carry one of a few scope strings and role lists, and a verified token's sets stay
+    in the token cache with it: one shared frozenset per value, instead of one per token, is fewer objects for the
+    cyclic collector to walk (a set is always tracked) and no split or set to build for a value seen before. The
+    table is bounded (a signed token can carry any value); a value that is neither a string nor a list of strings
+    is read by `string_set` each time.
+    """
+
+    __slots__ = ("_made", "_split")
+
+    def __init__(self, *, split: bool, max_entries: int = 1024) -> None:
+        self._split = split
+        self._made: BoundedCache[str | tuple[str, ...], frozenset[str]] = BoundedCache(max_entries)
+
+    def of(self, value: Any) -> frozenset[str]:
+        """`string_set(value, split=...)`, the same set object for the same value."""
+        key: str | tuple[str, ...]
+        if isinstance(value, str):
+            key = value
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            key = tuple(value)  # never equal to a string key
+        else:
+            return string_set(value, split=self._split)
+        made = self._made.get(key, 0.0)
+        if made is None:
+            made = string_set(value, split=self._split)
+            self._made.put(key, made, 0.0)
+        return made
+
+
 def header_value(value: Any) -> str | None:
     """A claim rendered for an upstream header, or None if it cannot be sent safely."""
     if isinstance(value, str):
@@ -132,6 +166,8 @@ class ProviderVerifier:
         self._typ = frozenset(normalize_typ(t) for t in config.typ)
         self._audiences = frozenset(config.audiences)
         self._required = tuple(config.required_claims)
+        self._scopes = NameSets(split=True)  # RFC 8693 §4.2: a space-separated string
+        self._roles = NameSets(split=False)
 
     async def verify(self, token: str, jws: Compact, header: dict[str, Any],
                      claims: dict[str, Any], now: float) -> VerifiedToken:
@@ -200,8 +236,8 @@ class ProviderVerifier:
                 headers.append((item.header, value))
         return VerifiedToken(
             provider=cfg.name, issuer=cfg.issuer, claims=claims, subject=sub,
-            scopes=string_set(claims.get(cfg.scope_claim), split=True),
-            roles=string_set(claims.get(cfg.roles_claim), split=False) if cfg.roles_claim else frozenset(),
+            scopes=self._scopes.of(claims.get(cfg.scope_claim)),
+            roles=self._roles.of(claims.get(cfg.roles_claim)) if cfg.roles_claim else _NO_NAMES,
             expires=exp, jti=jti, issued_at=iat,
             client_id=client if isinstance(client, str) else None, cnf_x5t=x5t, headers=tuple(headers),
         )

@@ -88,7 +88,7 @@ class SignatureCheck:
             except JoseError:
                 return False
         try:
-            sig = b64decode(signature)
+            sig = token.signature_bytes() if isinstance(token, Compact) else b64decode(signature)
         except ValueError:
             return False
         length = prepared.length

@@ -173,6 +173,30 @@ def test_the_parts_it_keeps() -> None:
     assert parsed.signing_input == f"{head}.{body}".encode()
     assert parsed.header == HEADER and parsed.payload == json.dumps(CLAIMS).encode()
     assert parsed.claims is None and parsed.parse_claims() == CLAIMS and parsed.claims == CLAIMS
+    assert parsed.signature_bytes() == b64decode(sig) == b"\x00" * 64
+
+
+@pytest.mark.parametrize(("sig", "result"), [
+    ("QUJD", b"ABC"), ("-_-_", b"\xfb\xff\xbf"), ("", b""), ("QR", None), ("QUJDR", None), ("Q", None),
+])
+def test_the_signature_decodes_as_b64decode_does(sig: str, result: bytes | None) -> None:
+    parsed = Compact(token(sig=sig))
+    if result is None:
+        with pytest.raises(ValueError):
+            b64decode(sig)
+        with pytest.raises(ValueError):
+            parsed.signature_bytes()
+    else:
+        assert parsed.signature_bytes() == b64decode(sig) == result
+
+
+@pytest.mark.parametrize("char", ["+", "/", "=", "é"])
+@pytest.mark.parametrize("segment", [0, 1, 2])
+def test_outside_the_base64url_alphabet_is_malformed_in_any_segment(char: str, segment: int) -> None:
+    parts = token().split(".")
+    parts[segment] = parts[segment][:4] + char + parts[segment][5:]  # one character replaced, the length kept
+    with pytest.raises(Malformed):
+        Compact(".".join(parts))
 
 
 @pytest.mark.parametrize(("segment", "result"), [

@@ -17,7 +17,14 @@ from bastion.context import Continue, Deny
 from bastion.stages.base import RouteInfo, Services
 from bastion.stages.identity import IdentityPolicy, IdentityShared, build
 from bastion.stages.identity.config import JwtProviderConfig, ProvidersConfig
-from bastion.stages.identity.jwt import JwtVerifier, ProviderVerifier, TokenRejected, header_value, string_set
+from bastion.stages.identity.jwt import (
+    JwtVerifier,
+    NameSets,
+    ProviderVerifier,
+    TokenRejected,
+    header_value,
+    string_set,
+)
 
 
 def provider(url: str, **overrides: Any) -> JwtProviderConfig:
@@ -300,6 +307,27 @@ def test_header_value(value: Any, text: str | None) -> None:
 ])
 def test_string_set(value: Any, split: bool, result: set[str]) -> None:
     assert string_set(value, split=split) == frozenset(result)
+
+
+@pytest.mark.parametrize("split", [True, False])
+@pytest.mark.parametrize("value", ["a b", "a", "", ["a", "b c"], ["a b"], [], ["a", 1], [["a"]], 7, None, {"a": 1}])
+def test_name_sets_read_as_string_set_does(value: Any, split: bool) -> None:
+    sets = NameSets(split=split)
+    first, again = sets.of(value), sets.of(json.loads(json.dumps(value)))  # an equal value, another object
+    assert first == again == string_set(value, split=split)
+    assert isinstance(first, frozenset)
+
+
+def test_name_sets_share_one_set_per_value_and_stay_bounded() -> None:
+    sets = NameSets(split=True, max_entries=2)
+    read = sets.of("a b")
+    assert sets.of("a b") is read  # shared: one set per value, not one per token
+    assert sets.of(["a b"]) == {"a b"} and sets.of("a b") is read  # a list is never the string's entry
+    assert sets.of(["a", 1]) is not sets.of(["a", 1])  # not a list of strings: read each time
+    sets.of("c")
+    sets.of("d")  # past max_entries: the least recently used entry ("a b"'s list) went first
+    assert len(sets._made) == 2
+    assert sets.of("a b") == read
 
 
 def test_token_rejected_keeps_its_detail_apart_from_its_reason() -> None:
