@@ -34,6 +34,9 @@ class Gateway:
         self.proc = subprocess.Popen([*BASTION, "serve", "-c", str(self.path), "--workers", str(self.workers)],
                                      cwd=self.tmp_path)
         wait_http(f"http://127.0.0.1:{self.admin_port}/readyz", timeout=30)
+        # the answer must come from this supervisor, not from anything else that holds the port
+        status, doc = self.admin("/config")
+        assert isinstance(doc, dict) and doc.get("pid") == self.proc.pid, (status, doc, self.proc.poll())
 
     def stop(self) -> None:
         for proc in (self.proc, self.upstream_proc):
@@ -63,7 +66,14 @@ class Gateway:
             return exc.code, json.loads(exc.read() or b"null")
 
     def workers_info(self) -> list[dict[str, Any]]:
-        return list(self.admin("/config")[1]["workers"])
+        status, doc = self.admin("/config")
+        # CI once read a JSON document without "workers" here, from a process we could not name: say what answered
+        assert isinstance(doc, dict) and "workers" in doc and doc.get("pid") == self.proc_pid, (status, doc)
+        return list(doc["workers"])
+
+    @property
+    def proc_pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
 
     def wait_linked(self, timeout: float = 10.0, exclude: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
         """Wait until every slot runs a linked worker whose pid is not in `exclude`."""
