@@ -323,6 +323,42 @@ def test_a_killed_fork_server_leaves_no_orphan_workers(tmp_path):
         assert gw.get("/items") == 200
 
 
+def test_a_killed_supervisor_leaves_no_process_and_no_listener(tmp_path):
+    """SIGKILL gives the supervisor no chance to stop anything: its workers (their link closes), the fork server
+    and the resource tracker (their pipes from it close) must end by themselves, and nothing keeps the ports."""
+    with gateway(tmp_path) as gw:
+        workers = {w["pid"] for w in gw.wait_linked()}
+        supervisor = gw.proc.pid
+        helpers = {pid for pid in (int(p) for p in os.listdir("/proc") if p.isdigit())
+                   if _parent(pid) == supervisor}
+        assert workers and len(helpers) >= 2  # the fork server and the resource tracker
+        os.kill(supervisor, signal.SIGKILL)
+        gw.proc.wait(5)
+        left = workers | helpers
+        deadline = time.monotonic() + 20  # a worker drains for at most drain_timeout, then exits
+        while any(_running(pid) for pid in left) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in left if _running(pid)]
+        for port in (gw.port, gw.admin_port):
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        return None
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` runs (a zombie, exited and not yet reaped by init, does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_enumeration_and_usage_anomaly_hold_their_thresholds_across_workers(tmp_path):
     from tests.server.workers import DETECTIONS, detections_hold_at_their_threshold, not_found_upstream, vault_api
 
