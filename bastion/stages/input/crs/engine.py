@@ -337,7 +337,6 @@ class Transaction:
                 current = [transform(t) for t in current]
                 stages.append(current)
         tried = list(texts)
-        owners: list[int] = []  # the value of each text after the values themselves
         previous = texts
         for stage in stages:  # each value's text after a stage that changed it (as `_match_stages` tries them)
             index = -1
@@ -346,13 +345,21 @@ class Transaction:
                 before = previous[index]
                 if text is not before and text != before:
                     tried.append(text)
-                    owners.append(index)
             previous = stage
         found = hits(tried)
-        if found is None:
-            return None
-        count = len(texts)
-        return {i if i < count else owners[i - count] for i in found}
+        if not found:
+            return None if found is None else set()
+        owners = list(range(len(texts)))  # the value each tried text belongs to, in the same walk (hits only)
+        previous = texts
+        for stage in stages:
+            index = -1
+            for text in stage:
+                index += 1
+                before = previous[index]
+                if text is not before and text != before:
+                    owners.append(index)
+            previous = stage
+        return {owners[i] for i in found}
 
     def _any_stage(self, rule: Rule, values: list[tuple[str, str]]) -> bool:
         """multiMatch: whether the operator matches any value at any transformation stage, trying each stage
