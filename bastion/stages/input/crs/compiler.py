@@ -113,7 +113,7 @@ def compile_rule(spec: RuleSpec, operators: Operators, parent: Rule | None = Non
         rule.separator = "\x00"
     rule.joinable_stages = joins and rule.multi_match
     if not spec.operator.negated:  # libinjection over all the rule's texts in one C call (None: not built)
-        rule.first_hit = {"detectSQLi": injection.first_sqli, "detectXSS": injection.first_xss}.get(
+        rule.injection_hits = {"detectSQLi": injection.hits_sqli, "detectXSS": injection.hits_xss}.get(
             spec.operator.name)
     rule.chained = tuple(compile_rule(c, operators, rule) for c in spec.chained)
     return rule

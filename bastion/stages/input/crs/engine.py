@@ -11,23 +11,48 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Final
 
+from bastion.immutable import freeze_pure
 from bastion.stages.input.crs.program import MACRO, MAX_MATCHES, SCALARS, Ctl, Program, Rule, Setvar
 from bastion.stages.input.crs.request import CrsRequest
 from bastion.stages.input.crs.seclang import Marker, VarSpec, parse_variables
 from bastion.stages.input.crs.transforms import SEPARATOR, Transform
 
 
-@dataclass(frozen=True, slots=True)
 class Hit:
-    """One rule that matched: its id, where (e.g. `ARGS:json.user.name`), the matched text and metadata."""
+    """One rule that matched: its id, where (e.g. `ARGS:json.user.name`), the matched text and metadata.
+    Immutable, compared by value. Not a frozen dataclass: its generated `__init__` runs `object.__setattr__` per
+    field even in the compiled build (~6 K instructions a hit; `bastion.immutable`)."""
 
-    rule_id: str
-    variable: str
-    value: str
-    tags: tuple[str, ...]
-    severity: int | None
-    paranoia: int
+    __slots__ = ("paranoia", "rule_id", "severity", "tags", "value", "variable")
+
+    def __init__(self, rule_id: str, variable: str, value: str, tags: tuple[str, ...], severity: int | None,
+                 paranoia: int) -> None:
+        self.rule_id: Final = rule_id
+        self.variable: Final = variable
+        self.value: Final = value
+        self.tags: Final = tags
+        self.severity: Final = severity
+        self.paranoia: Final = paranoia
+
+    def _values(self) -> tuple[str, str, str, tuple[str, ...], int | None, int]:
+        return self.rule_id, self.variable, self.value, self.tags, self.severity, self.paranoia
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Hit):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return (f"Hit(rule_id={self.rule_id!r}, variable={self.variable!r}, value={self.value!r}, "
+                f"tags={self.tags!r}, severity={self.severity!r}, paranoia={self.paranoia!r})")
+
+
+freeze_pure(Hit)  # the pure build refuses what the compiled class cannot do
 
 
 @dataclass(slots=True)
@@ -62,6 +87,8 @@ class Transaction:
         self.matched_vars: list[tuple[str, str]] = []
         self._transformed: dict[tuple[tuple[str, ...], str], str] = {}
         self._set_hits: dict[tuple[tuple[tuple[str, ...], str], str], frozenset[int]] = {}
+        self._set_rows_cache: dict[tuple[int, tuple[tuple[str, ...], str]],
+                                   tuple[list[tuple[str, str]], list[str], list[frozenset[int]]]] = {}
         # keyed by the VarSpec's id: the entry holds the VarSpec, so the id is not reused while it is cached
         self._selected: dict[int, tuple[VarSpec, list[tuple[str, str]]]] = {}
         self._texts: dict[int, tuple[VarSpec, list[str]]] = {}
@@ -201,15 +228,29 @@ class Transaction:
         # multiMatch over several values: each transformation once over all of them (942100, 941100)
         stages = self._stage_texts(rule, [v for _, v in values]) \
             if rule.multi_match and rule.transforms and len(values) > 1 else None
-        if rule.first_hit is not None and self._no_injection(rule, values, stages):
-            self.matched_vars = []
+        if rule.set_index >= 0 and len(values) > 1:
+            self._match_set_rule(rule, values, found)
             return found
+        injected: set[int] | None = None
+        if rule.injection_hits is not None:
+            injected = self._injected(rule, values, stages)
+            if injected is not None and not injected:
+                self.matched_vars = []
+                return found
         self.matched_vars = []
         index = -1
         for name, value in values:
             index += 1
-            groups = self._match_value(rule, value) if stages is None \
-                else self._match_stages(rule, value, stages, index)
+            if injected is not None and not rule.capture:
+                # libinjection called one of this value's texts injection (or none): the loop's answer
+                if index not in injected:
+                    continue
+                groups: tuple[str, ...] | None = _NO_GROUPS
+            elif injected is not None and index not in injected:
+                continue
+            else:
+                groups = self._match_value(rule, value) if stages is None \
+                    else self._match_stages(rule, value, stages, index)
             if groups is None:
                 continue
             found.append((name, value))
@@ -225,16 +266,70 @@ class Transaction:
                 self._setvar(sv)
         return found
 
-    def _no_injection(self, rule: Rule, values: list[tuple[str, str]], stages: list[list[str]] | None) -> bool:
-        """@detectSQLi/@detectXSS: whether libinjection calls none of the texts the value loop below would
-        try injection, in one C call. The loop tries each value and (multiMatch) each stage that changed it;
-        here every value and every stage's text: the texts not tried there equal one that is, so the answer
-        is the same. False (check value by value) when one is, or when a text has no UTF-8 form."""
-        first_hit = rule.first_hit
-        assert first_hit is not None
+    def _match_set_rule(self, rule: Rule, values: list[tuple[str, str]], found: list[tuple[str, str]]) -> None:
+        """The value loop of `_match_rule` for a rule whose pattern is in a Set, over several values: each
+        value's Set answer from `_set_rows` (computed once for all the rules reading these values through this
+        Set), then the rule's own regex only on the values whose answer holds its pattern, for the captures."""
+        texts, rows = self._set_rows(rule, values)
+        self.matched_vars = []
+        index = -1
+        wanted = rule.set_index
+        for name, value in values:
+            index += 1
+            if wanted not in rows[index]:
+                continue
+            groups = rule.match(texts[index], self.expand) if rule.capture else _NO_GROUPS
+            if groups is None:  # as `_match_value`: the Set's answer, then the rule's own regex for the groups
+                continue
+            found.append((name, value))
+            self.matched_var, self.matched_var_name = value, name
+            self.matched_vars.append((name, value))
+            if rule.capture:
+                for i, key in enumerate(_CAPTURES):
+                    if i < len(groups):
+                        self.tx[key] = groups[i]
+                    else:
+                        self.tx.pop(key, None)
+            for sv in rule.setvars:
+                self._setvar(sv)
+
+    def _set_rows(self, rule: Rule, values: list[tuple[str, str]]) -> tuple[list[str], list[frozenset[int]]]:
+        """Per value, its text after the rule's transformations and the Set's indices that match it (what
+        `_match_value` finds value by value), once per (values list, Set) and transaction: 942190, 942270 and
+        942360 read the same values through the same Set. The texts come from `_stage_texts` (joined where
+        exact); a value's Set answer is shared with `_match_value` through `_set_hits`."""
+        key = (id(values), rule.set_key)
+        entry = self._set_rows_cache.get(key)
+        if entry is not None:
+            return entry[1], entry[2]
+        raw = [v for _, v in values]
+        texts = self._stage_texts(rule, raw)[-1] if rule.transforms else raw
+        match = self.program.sets[rule.set_key]
+        rows: list[frozenset[int]] = []
+        index = -1
+        for value in raw:
+            index += 1
+            set_key = (rule.set_key, value)
+            hits = self._set_hits.get(set_key)
+            if hits is None:
+                hits = self._set_hits[set_key] = frozenset(match(texts[index].encode()))
+            rows.append(hits)
+        self._set_rows_cache[key] = (values, texts, rows)  # holds the list: its id is not reused meanwhile
+        return texts, rows
+
+    def _injected(self, rule: Rule, values: list[tuple[str, str]],
+                  stages: list[list[str]] | None) -> set[int] | None:
+        """@detectSQLi/@detectXSS: the indices of the values with a text libinjection calls injection, over
+        every text the value loop below would try, in one C call (empty: no value matches). The loop tries each
+        value and (multiMatch) each stage that changed it; here every value and every stage's text: a text not
+        tried there equals one of the same value that is, so a value has a hit here exactly when the loop's
+        operator matches it. None (check value by value) when a text has no UTF-8 form."""
+        hits = rule.injection_hits
+        assert hits is not None
         texts = [v for _, v in values]
         if not rule.multi_match:  # the chain's result per value (`_stage_texts`: joined where exact)
-            return first_hit(self._stage_texts(rule, texts)[-1] if rule.transforms else texts) == -1
+            found = hits(self._stage_texts(rule, texts)[-1] if rule.transforms else texts)
+            return None if found is None else set(found)
         if stages is None:  # one value, or no transformation
             stages = []
             current = texts
@@ -251,7 +346,20 @@ class Transaction:
                 if text is not before and text != before:
                     tried.append(text)
             previous = stage
-        return first_hit(tried) == -1
+        found = hits(tried)
+        if not found:
+            return None if found is None else set()
+        owners = list(range(len(texts)))  # the value each tried text belongs to, in the same walk (hits only)
+        previous = texts
+        for stage in stages:
+            index = -1
+            for text in stage:
+                index += 1
+                before = previous[index]
+                if text is not before and text != before:
+                    owners.append(index)
+            previous = stage
+        return {owners[i] for i in found}
 
     def _any_stage(self, rule: Rule, values: list[tuple[str, str]]) -> bool:
         """multiMatch: whether the operator matches any value at any transformation stage, trying each stage
@@ -506,6 +614,7 @@ class Transaction:
 
 
 _CAPTURES = tuple(str(i) for i in range(10))  # TX:0-9
+_NO_GROUPS: tuple[str, ...] = ("",)  # a match whose groups no one reads (the rule has no `capture`)
 _STATEFUL = frozenset({"TX", "MATCHED_VARS", "MATCHED_VARS_NAMES"})  # selected anew on every call (`_select`)
 
 

@@ -11,9 +11,10 @@ five C calls from Cython cost less (~4.8 k) than one call through ctypes (~7.8 k
 entry point, for the test that both agree (tests/stages/input/crs/test_injection.py).
 
 `first_sqli` / `first_xss` run libinjection over a whole list of texts in one C call (`_injection_any.c`, built
-with the mypyc modules by `make install`): the engine asks them first for a rule's every value and stage, and
-walks the values one by one only when one of them is injection. None when that module is not built (the pure
-build) or the wheel does not export the C API: the engine then calls the checks above value by value.
+with the mypyc modules by `make install`); `hits_sqli` / `hits_xss` likewise give every hit's index: the engine
+asks them for a rule's every value and stage, and visits only the values whose texts are injection. All four
+are None when that module is not built (the pure build) or the wheel does not export the C API: the engine then
+calls the checks above value by value.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ XssCheck = Callable[[bytes], bool]
 FirstHit = Callable[[list[str]], int]
 """Texts -> the index of the first one libinjection calls injection, -1 when none is, -2 when a text has no UTF-8
 form (a lone surrogate: the caller then checks value by value, as without it)."""
+AllHits = Callable[[list[str]], list[int] | None]
+"""Texts -> the indices of every one libinjection calls injection (empty when none is), or None when a text has no
+UTF-8 form (the caller then checks value by value)."""
 FINGERPRINT_SIZE = 8  # LIBINJECTION_SQLI_MAX_TOKENS (5) + 1, rounded up as libinjection declares it
 
 
@@ -79,8 +83,8 @@ detect_sqli: SqliCheck = _API[0] if _API is not None else wheel_sqli
 detect_xss: XssCheck = _API[1] if _API is not None else wheel_xss
 
 
-def _first_hit() -> tuple[FirstHit, FirstHit] | None:
-    """The C helper's two functions, bound to the wheel's C entry points; None when either is missing."""
+def _first_hit() -> tuple[FirstHit, FirstHit, AllHits, AllHits] | None:
+    """The C helper's functions, bound to the wheel's C entry points; None when either is missing."""
     if not NATIVE:
         return None
     try:
@@ -90,9 +94,11 @@ def _first_hit() -> tuple[FirstHit, FirstHit] | None:
     lib = ctypes.PyDLL(libinjection.__file__)
     helper.bind(ctypes.cast(lib.libinjection_sqli, ctypes.c_void_p).value,
                 ctypes.cast(lib.libinjection_xss, ctypes.c_void_p).value)
-    return helper.first_sqli, helper.first_xss
+    return helper.first_sqli, helper.first_xss, helper.hits_sqli, helper.hits_xss
 
 
 _FIRST = _first_hit()
 first_sqli: FirstHit | None = _FIRST[0] if _FIRST is not None else None
 first_xss: FirstHit | None = _FIRST[1] if _FIRST is not None else None
+hits_sqli: AllHits | None = _FIRST[2] if _FIRST is not None else None
+hits_xss: AllHits | None = _FIRST[3] if _FIRST is not None else None

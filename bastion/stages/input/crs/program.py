@@ -74,9 +74,9 @@ class Rule:
     """Per transformation, its `transforms.JOINED` form (one call on values joined by SEPARATOR) or None."""
     separator: str = "\n"        # joins its values for that: NUL unless the pattern has line anchors
     values_key: int = -1         # the same number for rules reading the same targets (their values are shared)
-    first_hit: Callable[[list[str]], int] | None = None
+    injection_hits: Callable[[list[str]], list[int] | None] | None = None
     """@detectSQLi/@detectXSS (not negated) with the C helper built: libinjection over a list of texts in one
-    call (`injection.first_sqli`): -1 when none of them is injection."""
+    call (`injection.hits_sqli`): the indices of the texts that are injection, None when one has no UTF-8 form."""
     prefilter: tuple[tuple[tuple[tuple[str, ...], str], int], ...] = ()
     """(Set, index) pairs: when none of them matched this request's values, the rule cannot match (one pair for
     the rule's chain; multiMatch rules have one per transformation stage)."""

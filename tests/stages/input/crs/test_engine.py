@@ -17,7 +17,7 @@ from bastion.stages.input.crs.engine import Outcome, Transaction
 from bastion.stages.input.crs.operators import Operators
 from bastion.stages.input.crs.program import Program, Rule
 from bastion.stages.input.crs.request import CrsRequest, Part, flatten_json, from_parts
-from bastion.stages.input.crs.ruleset import DEFAULT_RULES_DIR, crs_engine
+from bastion.stages.input.crs.ruleset import DEFAULT_RULES_DIR, CrsEngine, crs_engine, load_ruleset
 from bastion.stages.input.crs.seclang import VarSpec, parse_file
 from bench.crs_corpus import attack_corpus
 from bench.crs_reference import crs_request
@@ -188,16 +188,32 @@ def test_a_literal_prefix_selector_selects_as_its_case_insensitive_search(select
     assert [k for k, _ in chosen] == [k for k in keys if search(k) is not None]
 
 
-def _per_value(program: Program) -> Program:
-    """The same program with libinjection called value by value (no one-call check on any rule)."""
-    def clear(rule: Rule) -> None:
-        rule.first_hit = None
-        for child in rule.chained:
-            clear(child)
+def _fresh(paranoia: int) -> Program:
+    """A program of its own (`crs_engine` is cached: changing its rules would change every other test's)."""
+    return CrsEngine(load_ruleset(str(DEFAULT_RULES_DIR)), paranoia, 5).program
+
+
+def _rules(program: Program) -> list[Rule]:
+    out: list[Rule] = []
     for items in program.phases.values():
         for item in items:
             if isinstance(item, Rule):
-                clear(item)
+                out += [item, *item.chained]
+    return out
+
+
+def _per_value(program: Program) -> Program:
+    """The same program with libinjection called value by value (no one-call check on any rule)."""
+    for rule in _rules(program):
+        rule.injection_hits = None
+    return program
+
+
+def _without_set_answers(program: Program) -> Program:
+    """The same program with every rule matching each value with its own regex: no rule reads a Set's answer
+    per value (the Sets still choose which rules run)."""
+    for rule in _rules(program):
+        rule.set_index = -1
     return program
 
 
@@ -205,13 +221,15 @@ def _per_value(program: Program) -> Program:
 def test_the_one_call_libinjection_check_decides_as_value_by_value() -> None:
     program = crs_engine(str(DEFAULT_RULES_DIR), 1, 5).program
     rules = [item for items in program.phases.values() for item in items if isinstance(item, Rule)]
-    batched = {r.id for r in rules if r.first_hit is not None}
+    batched = {r.id for r in rules if r.injection_hits is not None}
     if injection.first_sqli is None:  # the pure build: no rule may be wired to the missing helper
         assert os.environ.get("BASTION_EXPECT_COMPILED") != "1"
         assert batched == set()
         return
     assert {"942100", "941100"} <= batched
-    reference = _per_value(crs_engine(str(DEFAULT_RULES_DIR), 1, 5).program)
+    reference = _per_value(_fresh(1))
+    assert all(r.injection_hits is None for r in _rules(reference))
+    assert program is not reference and any(r.injection_hits is not None for r in _rules(program))
     rng = random.Random(41)
     requests = [_random_request(rng) for _ in range(250)] + [crs_request(r) for r in attack_corpus()[::25]]
     found = set()
@@ -220,3 +238,47 @@ def test_the_one_call_libinjection_check_decides_as_value_by_value() -> None:
         assert _decision(outcome) == _decision(Transaction(reference, request, program.initial_tx).run())
         found.update(h.rule_id for h in outcome.hits if h.rule_id in batched)
     assert {"942100", "941100"} <= found  # both libinjection rules matched somewhere: not a vacuous comparison
+
+
+@requires_crs
+@pytest.mark.parametrize("paranoia", [1, 4])
+def test_the_set_answer_per_value_decides_as_each_rules_own_regex(paranoia: int) -> None:
+    """`_match_set_rule` (each value's Set answer, computed once for the rules that read the same values, and
+    the rule's regex only for the captures of a matching value) against every rule's own regex on every value."""
+    program = crs_engine(str(DEFAULT_RULES_DIR), paranoia, 5).program
+    reference = _without_set_answers(_fresh(paranoia))
+    in_sets = {r.id for r in _rules(program) if r.set_index >= 0}
+    assert len(in_sets) > 50 and all(r.set_index == -1 for r in _rules(reference))
+    rng = random.Random(1414)
+    requests = [_random_request(rng) for _ in range(250)] + [crs_request(r) for r in attack_corpus()[::20]]
+    several = 0
+    for request in requests:
+        fast = Transaction(program, request, program.initial_tx)
+        assert _decision(fast.run()) == _decision(Transaction(reference, request, program.initial_tx).run())
+        several += sum(len(rows) > 1 for _, _, rows in fast._set_rows_cache.values())
+    assert several > 100  # the Set rows path ran on several values (not a vacuous comparison)
+
+
+@pytest.mark.parametrize("actions", ["capture,t:none,t:urlDecodeUni,multiMatch", "t:none,t:urlDecodeUni,multiMatch",
+                                     "capture,t:none,t:urlDecodeUni", "t:none"])
+@pytest.mark.parametrize("operator", ["@detectSQLi", "@detectXSS"])
+def test_libinjection_on_several_values_decides_as_value_by_value(tmp_path: Path, operator: str,
+                                                                  actions: str) -> None:
+    """Every value libinjection calls injection (directly or after a transformation) matches, with its own
+    captures and setvars, whether the one C call chose the values or each was checked on its own."""
+    rules = (f'SecRule ARGS "{operator}" "id:1,phase:2,pass,{actions},setvar:tx.score=+1,'
+             'setvar:tx.last=%{MATCHED_VAR_NAME},setvar:tx.fp=%{TX.0}"\n')
+    args = {"a": "plain", "b": "1' or '1'='1", "c": "<script>alert(1)</script>", "d": "1%27%20or%20%271%27%3D%271",
+            "e": "%3Cscript%3Ealert(1)%3C%2Fscript%3E", "f": "", "g": "x' union select 1--",
+            "h": "<img src=x onerror=alert(1)>"}
+    req = from_parts("POST", "/", "1.1", [], processor="JSON", body_args=flatten_json(args))
+    path = tmp_path / "REQUEST-950-T.conf"
+    path.write_text(rules)
+    outcomes = []
+    for one_call in (True, False):
+        program = build_program(list(parse_file(path).items), Operators(tmp_path), 4)
+        if not one_call:
+            _per_value(program)
+        outcomes.append(Transaction(program, req, {}).run())
+    assert _decision(outcomes[0]) == _decision(outcomes[1])
+    assert int(outcomes[0].tx["score"]) >= 2  # several values matched

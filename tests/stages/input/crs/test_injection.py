@@ -66,6 +66,29 @@ def _first(check: injection.SqliCheck | injection.XssCheck, texts: list[str], em
     return next((i for i, t in enumerate(texts) if (t or empty_too) and check(t.encode())), -1)
 
 
+def test_one_call_over_many_texts_finds_every_hit_as_value_by_value() -> None:
+    if injection.hits_sqli is None or injection.hits_xss is None:
+        assert os.environ.get("BASTION_EXPECT_COMPILED") != "1"
+        assert injection.hits_sqli is None and injection.hits_xss is None and injection.first_sqli is None
+        return
+    corpus = _corpus()
+    r = random.Random(6)
+    counts: set[int] = set()
+    for _ in range(1500):
+        texts = [r.choice(corpus) for _ in range(r.randint(0, 12))]
+        sqli, xss = injection.hits_sqli(texts), injection.hits_xss(texts)
+        assert sqli == [i for i, t in enumerate(texts) if injection.detect_sqli(t.encode())], texts
+        assert xss == [i for i, t in enumerate(texts) if t and injection.detect_xss(t.encode())], texts
+        counts.add(min(len(sqli or ()), 2))
+    assert counts == {0, 1, 2}  # no hit, one, several: all exercised
+    # a text without a UTF-8 form (a lone surrogate) is left to the per-value path, even after a hit
+    assert injection.hits_sqli(["1' or '1'='1", "\ud800"]) is None
+    assert injection.hits_xss(["<script>alert(1)</script>", "\udfff"]) is None
+    assert injection.hits_sqli([]) == injection.hits_xss([""]) == []
+    with pytest.raises(TypeError):
+        injection.hits_xss([b"bytes"])  # type: ignore[list-item]
+
+
 def test_one_call_over_many_texts_finds_the_first_hit_as_value_by_value() -> None:
     if injection.first_sqli is None or injection.first_xss is None:
         # built by `make install` with the mypyc modules; the pure build has neither (and must not have half):
