@@ -107,6 +107,6 @@ async def test_a_probed_gateway_reports_every_request(tmp_path):
     assert names["UpstreamConnection.data_received"] >= 20
     assert names["Http1Connection.data_received"] >= 21  # the 20 requests and the readiness check
     # nothing on the request path sleeps in the kernel: a blocking call there would show on most of the 20 requests;
-    # on a loaded machine one callback may wait for the GIL (the audit thread) or a page, which counts as a sleep too
+    # on a loaded machine one callback may be descheduled waiting for a page or a lock in the allocator, which counts as a sleep too
     blocked = sum(row["count"] for row in summary["blocking_callbacks"].values())
     assert blocked <= 2, summary["blocking_callbacks"]
