@@ -161,7 +161,7 @@ def detections_hold_at_their_threshold(ports: list[int], audit_files: list[Path]
     time.sleep(0.5)
     assert total("enumeration") == 0  # 9 distinct objects: below 10
     assert get(0, "/vault/objects/9") == 404
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 10  # waiting longer for a finding weakens nothing (a loaded machine)
     while time.monotonic() < deadline and total("enumeration") == 0:
         time.sleep(0.1)
     time.sleep(0.3)
@@ -176,7 +176,7 @@ def detections_hold_at_their_threshold(ports: list[int], audit_files: list[Path]
     for n in range(10):
         assert get(n, "/items") == 200
         time.sleep(0.05)
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline and total("usage_anomaly") == 0:
         time.sleep(0.1)
     time.sleep(0.3)
