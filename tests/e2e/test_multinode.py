@@ -136,7 +136,7 @@ def test_two_nodes_share_enumeration_and_usage_anomaly_windows(tmp_path: Path, r
                 audit_files.append(node / "audit.jsonl")
                 admins.append(admin)
             for admin in admins:
-                wait_http(f"http://127.0.0.1:{admin}/readyz", timeout=30)
+                wait_http(f"http://127.0.0.1:{admin}/readyz")
             detections_hold_at_their_threshold(ports, audit_files)
     finally:
         stop_processes(procs)

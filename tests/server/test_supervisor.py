@@ -49,7 +49,7 @@ def test_a_killed_worker_is_replaced_within_a_second_and_only_its_requests_fail(
         victim = before[0]["pid"]
         os.kill(victim, signal.SIGKILL)
         killed = time.clock_gettime(time.CLOCK_BOOTTIME)
-        after = gw.wait_linked(timeout=10, exclude=frozenset({victim}))
+        after = gw.wait_linked(timeout=60, exclude=frozenset({victim}))
         # the supervisor's part (notice the exit, start the replacement) is judged by the replacement's start
         # time: its own start-up (compile the config, link) takes CPU, which a loaded CI machine hands out late
         replaced = _started(after[0]["pid"]) - killed
@@ -77,7 +77,7 @@ def test_a_crash_looping_worker_makes_readyz_not_ready_and_raises_an_alert(tmp_p
         for _ in range(5):
             victim = gw.wait_linked()[0]["pid"]
             os.kill(victim, signal.SIGKILL)
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 30
             while gw.workers_info()[0]["pid"] == victim and time.monotonic() < deadline:
                 time.sleep(0.01)
         status, doc = gw.admin("/readyz")
@@ -309,8 +309,8 @@ def test_readyz_reports_each_workers_missing_jwks(tmp_path):
     try:
         gw.upstream_proc = subprocess.Popen([sys.executable, "-m", "bastion.demo.upstream", str(gw.upstream)])
         gw.proc = subprocess.Popen([*BASTION, "serve", "-c", str(gw.path), "--workers", "2"], cwd=tmp_path)
-        wait_http(f"http://127.0.0.1:{gw.admin_port}/healthz", timeout=30)  # alive, though not ready
-        gw.wait_linked(timeout=30)
+        wait_http(f"http://127.0.0.1:{gw.admin_port}/healthz")  # alive, though not ready
+        gw.wait_linked(timeout=90)
         status, doc = gw.admin("/readyz")
         assert status == 503
         assert sorted(r.split(":")[1].strip() for r in doc["reasons"] if r.startswith("jwks_missing")) == \
@@ -334,7 +334,7 @@ def test_a_killed_fork_server_leaves_no_orphan_workers(tmp_path):
             if b"forkserver" in cmdline and parent == supervisor:
                 os.kill(pid, signal.SIGKILL)
         old = frozenset(w["pid"] for w in before)
-        gw.wait_linked(timeout=20, exclude=old)
+        gw.wait_linked(timeout=60, exclude=old)
         deadline = time.monotonic() + 15
         while any(os.path.exists(f"/proc/{pid}") for pid in old) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -33,7 +33,7 @@ class Gateway:
         self.upstream_proc = subprocess.Popen([sys.executable, "-m", "bastion.demo.upstream", str(self.upstream)])
         self.proc = subprocess.Popen([*BASTION, "serve", "-c", str(self.path), "--workers", str(self.workers)],
                                      cwd=self.tmp_path)
-        wait_http(f"http://127.0.0.1:{self.admin_port}/readyz", timeout=30)
+        wait_http(f"http://127.0.0.1:{self.admin_port}/readyz")
         # the answer must come from this supervisor, not from anything else that holds the port
         status, doc = self.admin("/config")
         assert isinstance(doc, dict) and doc.get("pid") == self.proc.pid, (status, doc, self.proc.poll())
@@ -75,7 +75,7 @@ class Gateway:
     def proc_pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
-    def wait_linked(self, timeout: float = 10.0, exclude: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
+    def wait_linked(self, timeout: float = 60.0, exclude: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
         """Wait until every slot runs a linked worker whose pid is not in `exclude`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
