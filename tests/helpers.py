@@ -18,11 +18,55 @@ from bastion.demo.upstream import start_upstream
 from bastion.server.app import Runtime
 from bastion.stages.base import Services
 
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing is bound to now, and never handed out before in this test session.
+
+    The port is free only until someone binds it, and the kernel may pick the same one again for the next ask
+    (~1 in 14,000 here): `Gateway` asks three times before starting anything. With its upstream's port as admin
+    port, the demo upstream's echo answers `/readyz` 200 and `/config` with JSON without "workers": the symptom
+    of a CI failure. A port is handed out once, so the processes of one test, and a late one of an earlier test,
+    never share one.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if claim_port(port):
+            return port
+
+
+def connections_to(port: int) -> int:
+    """Established loopback TCP connections whose far end is `port` (e.g. a gateway's connections to its upstream:
+    a request forwarded is in flight for sure, one merely sent may still wait in the kernel's accept queue)."""
+    count = 0
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port:  # 01: ESTABLISHED
+                count += 1
+    return count
+
+
+def early_in_a_window(period: float = 60.0, needed: float = 20.0) -> None:
+    """Sleep past the next wall-clock window edge when fewer than `needed` seconds are left before it.
+
+    Rate-limit windows are aligned to the wall clock (`floor(now / period)`), and past an edge the previous
+    window's count decays: a run of requests that crosses one rightly admits more than `limit` in all, so a test
+    that counts exactly (and cannot inject the clock of a gateway process) starts early in a window."""
+    left = period - time.time() % period
+    if left < needed:
+        time.sleep(left + 0.05)
+
+
+def claim_port(port: int) -> bool:
+    """Record `port` as handed out (by `free_port` or a helper that picks its own); False if it already was."""
+    if port in _HANDED_OUT:
+        return False
+    _HANDED_OUT.add(port)
+    return True
 
 
 @asynccontextmanager
@@ -134,8 +178,11 @@ apis:
 """
 
 
-def wait_http(url: str, timeout: float = 15.0) -> None:
-    """Poll `url` until it answers 200 (a process's readiness), or fail the test."""
+def wait_http(url: str, timeout: float = 90.0) -> None:
+    """Poll `url` until it answers 200 (a process's readiness), or fail the test.
+
+    The default is generous on purpose: it only lengthens a failing run, and a gateway process's start (imports,
+    config compile, on the pure build) took over 30 s on a 2-CPU machine loaded with compiles and benchmarks."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
@@ -246,7 +293,7 @@ def gateway_nodes(tmp_path: Path, count: int, config: Callable[[int, int, int], 
             procs.append(subprocess.Popen([sys.executable, "-m", "bastion", "serve", "-c", str(path)]))
             nodes.append((port, admin))
         for _, admin in nodes:
-            wait_http(f"http://127.0.0.1:{admin}/readyz", timeout=30)
+            wait_http(f"http://127.0.0.1:{admin}/readyz")
         yield nodes
     finally:
         stop_processes(procs)

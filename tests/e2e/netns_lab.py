@@ -24,6 +24,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.helpers import early_in_a_window
+
 NODES = 3
 REDIS_PORT = 6379
 PORT, ADMIN, UPSTREAM = 8080, 9901, 8081  # the same on every node: each has its own network stack
@@ -118,16 +120,19 @@ def run(directory: Path) -> dict[str, object]:
         # what a node's upstream sees: the request came over the wire from the lab side of its veth
         status, body = call(1, "/items", "203.0.113.5")
         result["upstream_saw_forwarded_for"] = json.loads(body).get("headers", {}).get("x-forwarded-for")
+        early_in_a_window()  # a minute edge within the run would rightly admit a 21st
         statuses = [call(i % NODES, "/items", "203.0.113.1")[0] for i in range(60)]
         result["limit_admitted"], result["limit_refused"] = statuses.count(200), statuses.count(429)
         result["before_block"] = call(1, "/items", "203.0.113.2")[0]  # node 1 now caches "not blocked" for 1 s
         result["block_status"] = call(0, "/blocks", "", "POST", {"kind": "ip", "key": "203.0.113.2", "seconds": 60},
                                       port=ADMIN)[0]
+        # counted to the start of the check that saw the block everywhere: the requests' own latency on a loaded
+        # machine is not the propagation under test
         start = time.monotonic()
-        while time.monotonic() - start < 5 and not all(call(i, "/items", "203.0.113.2")[0] == 403
-                                                      for i in range(1, NODES)):
+        while (began := time.monotonic() - start) < 5 and not all(call(i, "/items", "203.0.113.2")[0] == 403
+                                                                  for i in range(1, NODES)):
             time.sleep(0.02)
-        result["block_elsewhere_after"] = round(time.monotonic() - start, 3)
+        result["block_elsewhere_after"] = round(began, 3)
         return result
     finally:
         for proc in reversed(procs):

@@ -63,8 +63,12 @@ def test_collector_down_then_back_loses_nothing_and_repeats_nothing(tmp_path, mo
                 status, headers, _ = http_get(f"http://127.0.0.1:{gw.port}/items")
                 assert status == 200
                 ids.add(headers["x-request-id"])
-            time.sleep(1.2)  # the workers refresh their gauges every second
-            metrics = gw.admin("/metrics")[1].decode()
+            deadline = time.monotonic() + 10  # the workers refresh their gauges every second (later when loaded)
+            while True:
+                metrics = gw.admin("/metrics")[1].decode()
+                if _metric(metrics, "bastion_audit_spool_events") >= N or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
             assert _metric(metrics, "bastion_audit_spool_events") >= N  # the backlog is visible
             collector.start()
             deadline = time.monotonic() + 20

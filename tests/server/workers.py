@@ -33,7 +33,7 @@ class Gateway:
         self.upstream_proc = subprocess.Popen([sys.executable, "-m", "bastion.demo.upstream", str(self.upstream)])
         self.proc = subprocess.Popen([*BASTION, "serve", "-c", str(self.path), "--workers", str(self.workers)],
                                      cwd=self.tmp_path)
-        wait_http(f"http://127.0.0.1:{self.admin_port}/readyz", timeout=30)
+        wait_http(f"http://127.0.0.1:{self.admin_port}/readyz")
         # the answer must come from this supervisor, not from anything else that holds the port
         status, doc = self.admin("/config")
         assert isinstance(doc, dict) and doc.get("pid") == self.proc.pid, (status, doc, self.proc.poll())
@@ -75,7 +75,7 @@ class Gateway:
     def proc_pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
-    def wait_linked(self, timeout: float = 10.0, exclude: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
+    def wait_linked(self, timeout: float = 60.0, exclude: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
         """Wait until every slot runs a linked worker whose pid is not in `exclude`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -161,7 +161,7 @@ def detections_hold_at_their_threshold(ports: list[int], audit_files: list[Path]
     time.sleep(0.5)
     assert total("enumeration") == 0  # 9 distinct objects: below 10
     assert get(0, "/vault/objects/9") == 404
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 10  # waiting longer for a finding weakens nothing (a loaded machine)
     while time.monotonic() < deadline and total("enumeration") == 0:
         time.sleep(0.1)
     time.sleep(0.3)
@@ -176,7 +176,7 @@ def detections_hold_at_their_threshold(ports: list[int], audit_files: list[Path]
     for n in range(10):
         assert get(n, "/items") == 200
         time.sleep(0.05)
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline and total("usage_anomaly") == 0:
         time.sleep(0.1)
     time.sleep(0.3)

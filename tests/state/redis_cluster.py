@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.helpers import claim_port
+
 
 def cluster_ports(count: int) -> list[int]:
     """Distinct free ports whose cluster bus port (port + 10000) is free too."""
@@ -32,7 +34,9 @@ def cluster_ports(count: int) -> list[int]:
                 continue
             finally:
                 bus.close()
-            ports.append(port)
+            # handed out for the session: a node a test kills must get its ports back when started again
+            if claim_port(port) and claim_port(port + 10000):
+                ports.append(port)
     finally:
         for sock in held:
             sock.close()

@@ -7,11 +7,9 @@ import socket
 import subprocess
 import time
 
+from tests.helpers import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["RedisServer", "free_port"]  # the tests import free_port from here too
 
 
 class RedisServer:

@@ -78,9 +78,11 @@ async def test_blocks_and_revocations_live_in_the_supervisor(tmp_path: Path) -> 
 async def test_a_slow_or_gone_supervisor_is_state_unavailable(tmp_path: Path) -> None:
     async with supervised_state(tmp_path, delay=0.5) as (state, _):
         started = time.monotonic()
-        with pytest.raises(StateUnavailable):
+        # the backend's own timeout (0.25 s) fired, before the 0.5 s answer: its message names it (the wall clock
+        # only bounds a hang; on a loaded machine the call's own overhead may take longer than 0.15 s)
+        with pytest.raises(StateUnavailable, match=r"no answer within 0\.25s"):
             await state.hit([Hit("k", "token_bucket", limit=1, period=1)], 0.0)
-        assert time.monotonic() - started < 0.4  # the backend's timeout (0.25 s), never a hang
+        assert time.monotonic() - started < 5.0
         assert state.available is False
     async with supervised_state(tmp_path) as (state, _):
         state.available = False  # as after a failed call

@@ -120,10 +120,10 @@ def test_cost_per_evaluation_is_microseconds() -> None:
     ctx = request(caller(tenant="acme", level="3"), params={"account_id": "acme"})
     assert conditions.first_failure(ctx) is None
     runs = 2000
-    start = time.perf_counter()
+    start = time.process_time()  # this process's CPU: a loaded CI machine's other processes do not count
     for _ in range(runs):
         conditions.first_failure(ctx)
-    per_request = (time.perf_counter() - start) / runs
+    per_request = (time.process_time() - start) / runs
     assert per_request < 0.001, f"{per_request * 1e6:.1f} µs per evaluation"
 
 

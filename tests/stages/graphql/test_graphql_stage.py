@@ -154,9 +154,9 @@ async def test_fragment_doubling_is_linear_and_refused(check) -> None:
     """F60 spreads F59 twice, ...: 2^60 fields once expanded; measured once per fragment, refused by cost."""
     fragments = " ".join(f"fragment F{i} on T {{ ...F{i - 1} x{i}: a ...F{i - 1} }}" for i in range(1, 61))
     query = "{ a { ...F60 } } fragment F0 on T { a } " + fragments
-    started = time.perf_counter()
+    started = time.process_time()  # this process's CPU: a loaded CI machine's other processes do not count
     decision = await check(gql_request({"query": query}), max_aliases=100)
-    assert time.perf_counter() - started < 0.5
+    assert time.process_time() - started < 0.5
     assert isinstance(decision, Deny) and decision.reason == "graphql_cost_exceeded", decision
     assert "cost at least 1000000000000000 > max_cost 10000" in (decision.log_detail or "")
 
