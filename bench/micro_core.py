@@ -2,7 +2,7 @@
 
     python bench/micro_core.py [--n 50000]
         [--post | --jwt | --jwt-new | --limit | --chain | --chain-new | --full | --pool]
-        [--tokens-dir DIR] [--gc] [--profile]
+        [--tokens-dir DIR] [--gc] [--callgrind] [--profile]
 
 A real `Runtime` compiles a plain route (every control off), then one client connection and one pooled upstream
 connection are driven through in-memory transports: the client "sends" a request, the gateway parses, routes,
@@ -18,7 +18,10 @@ new token on every request (the "new token each request" scenario Envoy is compa
 and an audit event per request to a file sink, as bench/scenarios.py builds it). `--tokens-dir DIR` keeps
 the signing key and the minted tokens in DIR and reuses them on the next run, so that under callgrind minting
 does not enter the difference of two runs. `--gc` counts the cyclic collector's runs per generation over the
-measured requests (`gc.callbacks`), after a `gc.freeze()` as `bastion serve` makes.
+measured requests (`gc.callbacks`), after a `gc.freeze()` as `bastion serve` makes. `--callgrind`, under
+`valgrind --tool=callgrind --instr-atstart=no`, switches callgrind's instrumentation on (`callgrind_control -i on`)
+just before the measured requests and off after them: start-up and warm-up run uninstrumented (several times
+faster), and the instructions of two runs' difference are those of the extra requests alone.
 
 What it measures is everything Bastion adds on top of the kernel: the figure wrk cannot isolate, as each real
 request also pays ~20 µs of socket syscalls on this machine (see bench/RESULTS.md). Prints CPU µs per request.
@@ -30,7 +33,9 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import os
 import pstats
+import subprocess
 import sys
 import tempfile
 import time
@@ -227,6 +232,15 @@ class CollectionCount:
             self.seconds += time.process_time() - self._started
 
 
+def instrument(state: str) -> None:
+    """Switch callgrind's instrumentation of this process on or off, and wait until it has."""
+    answer = subprocess.Popen(["callgrind_control", "-i", state, str(os.getpid())], stdout=subprocess.DEVNULL)
+    while answer.poll() is None:  # callgrind answers between two of our basic blocks: keep running some
+        time.sleep(0.001)
+    if answer.returncode != 0:
+        raise RuntimeError(f"callgrind_control -i {state} failed: run under valgrind --tool=callgrind")
+
+
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bastion.yaml"
@@ -271,7 +285,11 @@ async def main(args: argparse.Namespace) -> None:
             if args.profile:
                 prof = cProfile.Profile()
                 prof.enable()
+            if args.callgrind:
+                instrument("on")
             seconds = await drive(runtime, args.n, fresh if new else request)
+            if args.callgrind:
+                instrument("off")
             if args.profile:
                 prof.disable()
                 pstats.Stats(prof).sort_stats("tottime").print_stats(40)
@@ -314,5 +332,7 @@ if __name__ == "__main__":
                         "shorter callgrind runs; per-request instructions are the difference of two --n)")
     parser.add_argument("--tokens-dir", help="keep the key and minted tokens here and reuse them (callgrind runs)")
     parser.add_argument("--gc", action="store_true", help="count GC collections over the measured requests")
+    parser.add_argument("--callgrind", action="store_true", help="under callgrind with --instr-atstart=no: "
+                        "instrument the measured requests only")
     parser.add_argument("--profile", action="store_true")
     uvloop.run(main(parser.parse_args()))
