@@ -1,7 +1,8 @@
 """Microbenchmark: the gateway's own Python work per proxied request, with no sockets at all.
 
-    python bench/micro_core.py [--n 50000] [--post | --jwt | --jwt-new | --limit | --chain | --chain-new | --pool]
-        [--tokens-dir DIR] [--gc] [--profile]
+    python bench/micro_core.py [--n 50000]
+        [--post | --jwt | --jwt-new | --limit | --chain | --chain-new | --full | --pool]
+        [--tokens-dir DIR] [--gc] [--callgrind] [--profile]
 
 A real `Runtime` compiles a plain route (every control off), then one client connection and one pooled upstream
 connection are driven through in-memory transports: the client "sends" a request, the gateway parses, routes,
@@ -12,10 +13,15 @@ a cached JWT costs on top of the plain path); `--limit` a GET on a route with on
 `--chain` the identity chain Envoy is compared on (cached JWT + a required scope + that rate limit);
 `--jwt-new` the `--jwt` route with a new ES256 token on every request (each one a verified-token cache miss:
 parse, signature, claims; the tokens are minted before the clock starts); `--chain-new` the `--chain` route with a
-new token on every request (the "new token each request" scenario Envoy is compared on). `--tokens-dir DIR` keeps
+new token on every request (the "new token each request" scenario Envoy is compared on); `--full` the bench's
+`full-chain-post-1k` (the 1 KB POST with a cached JWT, scope, rate limit, OpenAPI contract, injection inspection
+and an audit event per request to a file sink, as bench/scenarios.py builds it). `--tokens-dir DIR` keeps
 the signing key and the minted tokens in DIR and reuses them on the next run, so that under callgrind minting
 does not enter the difference of two runs. `--gc` counts the cyclic collector's runs per generation over the
-measured requests (`gc.callbacks`), after a `gc.freeze()` as `bastion serve` makes.
+measured requests (`gc.callbacks`), after a `gc.freeze()` as `bastion serve` makes. `--callgrind`, under
+`valgrind --tool=callgrind --instr-atstart=no`, switches callgrind's instrumentation on (`callgrind_control -i on`)
+just before the measured requests and off after them: start-up and warm-up run uninstrumented (several times
+faster), and the instructions of two runs' difference are those of the extra requests alone.
 
 What it measures is everything Bastion adds on top of the kernel: the figure wrk cannot isolate, as each real
 request also pays ~20 µs of socket syscalls on this machine (see bench/RESULTS.md). Prints CPU µs per request.
@@ -27,7 +33,9 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import os
 import pstats
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +49,7 @@ from bastion.server.app import Runtime
 from bastion.server.http1 import Http1Connection
 from bastion.server.settings import server_limits
 from bastion.server.upstream import UpstreamConnection, UpstreamPool
-from bench import tokens
+from bench import scenarios, tokens
 from tests.server.memory import MemoryTransport
 
 CONFIG = """\
@@ -107,6 +115,20 @@ ANSWER = b'{"ok":true,"service":"bench","items":[1,2,3]}'
 UPSTREAM_RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Tue, 24 Nov 2026 17:00:00 GMT\r\n"
                      b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n%b"
                      % (len(ANSWER), ANSWER))
+
+
+def full_chain_config(tmp: Path, keys: Path) -> str:
+    """The bench's full-chain scenario as one gateway, on an unbound port with no admin listener."""
+    scenario = next(s for s in scenarios.SCENARIOS if s.name == "full-chain-post-1k")
+    config = scenarios.bastion_config([scenario], variant=scenario.variant, tmp=tmp)
+    config["gateway"]["listeners"] = [{"address": "127.0.0.1", "port": 0}]
+    config["gateway"]["admin"] = {"enabled": False}
+    config["apis"][0]["upstream"] = config["apis"][1]["upstream"] = "http://127.0.0.1:9"
+    config["providers"]["jwt"][0]["jwks_file"] = str(keys / "jwks.json")
+    return scenarios.dump(config)
+
+
+FULL_BODY = scenarios.PAYLOAD_1K.read_bytes()
 
 
 def memory_upstream(pool: UpstreamPool) -> UpstreamConnection:
@@ -210,13 +232,25 @@ class CollectionCount:
             self.seconds += time.process_time() - self._started
 
 
+def instrument(state: str) -> None:
+    """Switch callgrind's instrumentation of this process on or off, and wait until it has."""
+    answer = subprocess.Popen(["callgrind_control", "-i", state, str(os.getpid())], stdout=subprocess.DEVNULL)
+    while answer.poll() is None:  # callgrind answers between two of our basic blocks: keep running some
+        time.sleep(0.001)
+    if answer.returncode != 0:
+        raise RuntimeError(f"callgrind_control -i {state} failed: run under valgrind --tool=callgrind")
+
+
 async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bastion.yaml"
         keys = Path(args.tokens_dir) if args.tokens_dir else Path(tmp)
         keys.mkdir(parents=True, exist_ok=True)
         token = tokens.mint(keys, "https://idp.bench.invalid", "api://bench")[0]
-        path.write_text(CONFIG.replace("apis:", AUTHN_CLASS + "apis:", 1).replace("{tmp}", str(keys)))
+        if args.full:
+            path.write_text(full_chain_config(Path(tmp), keys))
+        else:
+            path.write_text(CONFIG.replace("apis:", AUTHN_CLASS + "apis:", 1).replace("{tmp}", str(keys)))
         runtime = Runtime(path)
         await runtime.start()
         request = POST if args.post else GET
@@ -224,6 +258,10 @@ async def main(args: argparse.Namespace) -> None:
             request = GET.replace(b"/get", b"/limited")
         if args.chain:
             request = b"GET /chain HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer %b\r\n\r\n" % token.encode()
+        if args.full:
+            request = (b"POST /full/post HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer %b\r\n"
+                       b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                       % (token.encode(), len(FULL_BODY), FULL_BODY))
         if args.pool:
             request = GET.replace(b"/get", b"/pool")
         if args.jwt:
@@ -247,7 +285,11 @@ async def main(args: argparse.Namespace) -> None:
             if args.profile:
                 prof = cProfile.Profile()
                 prof.enable()
+            if args.callgrind:
+                instrument("on")
             seconds = await drive(runtime, args.n, fresh if new else request)
+            if args.callgrind:
+                instrument("off")
             if args.profile:
                 prof.disable()
                 pstats.Stats(prof).sort_stats("tottime").print_stats(40)
@@ -261,6 +303,7 @@ async def main(args: argparse.Namespace) -> None:
         "GET with a cached JWT" if args.jwt else "GET with a new JWT each request" if args.jwt_new \
         else "GET, identity chain (cached JWT + scope + rate limit)" if args.chain \
         else "GET, identity chain, a new JWT each request" if args.chain_new \
+        else "POST 1 KB, full chain (JWT + scope + rate limit + contract + inspection + audit)" if args.full \
         else "GET, rate-limited" if args.limit else "GET"
     print(f"{shape}: {seconds * 1e6 / args.n:.1f} µs CPU per request "
           f"(in-process, no sockets; n={args.n})")
@@ -282,10 +325,14 @@ if __name__ == "__main__":
     shape.add_argument("--limit", action="store_true")
     shape.add_argument("--chain", action="store_true", help="cached JWT + scope + rate limit (Envoy's chain)")
     shape.add_argument("--chain-new", action="store_true", help="the --chain route with a new token each request")
+    shape.add_argument("--full", action="store_true", help="the 1 KB POST through the full chain (+ contract, "
+                       "inspection and an audit event per request)")
     shape.add_argument("--pool", action="store_true", help="a route whose upstream is a pool of two targets")
     parser.add_argument("--warmup", type=int, default=2000, help="requests before the measured ones (fewer: "
                         "shorter callgrind runs; per-request instructions are the difference of two --n)")
     parser.add_argument("--tokens-dir", help="keep the key and minted tokens here and reuse them (callgrind runs)")
     parser.add_argument("--gc", action="store_true", help="count GC collections over the measured requests")
+    parser.add_argument("--callgrind", action="store_true", help="under callgrind with --instr-atstart=no: "
+                        "instrument the measured requests only")
     parser.add_argument("--profile", action="store_true")
     uvloop.run(main(parser.parse_args()))

@@ -114,8 +114,14 @@ class BlockList:
              now: float) -> list[tuple[str, str]]:
         """The keys whose shared-state answer is older than `shared_cache`."""
         checked = self._checked
-        return [(kind, key) for kind, key in (("ip", ip), ("subject", subject), ("consumer", consumer))
-                if key and checked.get((kind, key), now) is None]
+        due: list[tuple[str, str]] = []  # by hand, not a comprehension over a tuple of pairs: twice per request
+        if ip and checked.get(("ip", ip), now) is None:
+            due.append(("ip", ip))
+        if subject and checked.get(("subject", subject), now) is None:
+            due.append(("subject", subject))
+        if consumer and checked.get(("consumer", consumer), now) is None:
+            due.append(("consumer", consumer))
+        return due
 
     async def _shared(self, due: list[tuple[str, str]], now: float) -> Block | None:
         for kind, key in due:

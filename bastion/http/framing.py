@@ -17,6 +17,9 @@ class FramingError:
     message: str  # operator detail
 
 
+_CTL = b"\x00\r\n"  # never in a header value (RFC 9110 §5.5)
+
+
 def check_head(version: str, headers: list[tuple[bytes, bytes]]) -> FramingError | None:
     """Validate the framing headers of a request head; None when it is unambiguous."""
     if version not in ("1.1", "1.0"):
@@ -34,7 +37,9 @@ def check_head(version: str, headers: list[tuple[bytes, bytes]]) -> FramingError
             transfer_encoding.append(value)
         elif lname == b"host":
             hosts += 1
-        if b"\x00" in value or b"\r" in value or b"\n" in value:
+        # one pass in C, no copy when nothing is deleted; `b"\x00" in value` first tries the needle as an integer
+        # and formats a TypeError (~2 K instructions each, three per header)
+        if len(value.translate(None, _CTL)) != len(value):
             return FramingError(400, "bad_header_value", "NUL, CR or LF in a header value")
     if content_length > 1:  # differing ones are smuggling; identical ones are never needed
         return FramingError(400, "duplicate_content_length", "several Content-Length fields")

@@ -115,7 +115,10 @@ class Metrics:
         self._overflow_decisions = overflow.labels("bastion_decisions_total")
         self._overflow_durations = overflow.labels(_DURATION)
         self._decisions: dict[tuple[str, str, str], Any] = {}
-        self._pending: dict[tuple[str, str, str], int] = {}
+        # decisions counted since the last `flush`, by (control, outcome, reason): one dict for the life of the
+        # process (emptied by `flush`, never replaced), so the request path (the gateway's accounting, compiled) adds
+        # to it directly instead of calling `decision` per record
+        self.pending_decisions: dict[tuple[str, str, str], int] = {}
         # per label set: a count per bucket (the last one is +Inf), then the seconds observed in each bucket
         self._observed: dict[tuple[str, str, int, str, str], list[float]] = {}
 
@@ -134,7 +137,7 @@ class Metrics:
         """Count a decision. A dict increment on the request path; `flush` moves the counts to Prometheus
         (before every scrape, and every second in worker processes, whose metrics a supervisor aggregates)."""
         key = (control, outcome, reason)
-        pending = self._pending
+        pending = self.pending_decisions
         pending[key] = pending.get(key, 0) + 1
 
     def posture(self, exceptions_active: int, connections_open: int) -> None:
@@ -143,7 +146,8 @@ class Metrics:
         self.connections.set(connections_open)
 
     def flush(self) -> None:
-        pending, self._pending = self._pending, {}
+        pending = dict(self.pending_decisions)
+        self.pending_decisions.clear()
         for key, count in pending.items():
             child = self._decisions.get(key)
             if child is None:

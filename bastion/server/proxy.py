@@ -56,6 +56,7 @@ class Gateway:
     def __init__(self, compiled: CompiledGateway, services: Services, metrics: Metrics) -> None:
         self.services = services
         self.metrics = metrics
+        self.decision_counts = metrics.pending_decisions  # the same dict for the life of `metrics`
         self.audit = services.audit
         self.detector = services.detector
         self.request_ids = RequestIds()
@@ -426,9 +427,11 @@ class Gateway:
         if deny is not None:
             control = ctx.records[-1].control if ctx.records and ctx.records[-1].outcome == "deny" else "gateway"
             metrics.decision(control, "deny", deny.reason)
-        elif ctx.records:
+        elif ctx.records:  # `metrics.decision` for each record, without a call into pure Python per record
+            counts = self.decision_counts
             for record in ctx.records:
-                metrics.decision(record.control, record.outcome, record.reason)
+                key = (record.control, record.outcome, record.reason)
+                counts[key] = counts.get(key, 0) + 1
         if self.audit is not None and self.audit.enabled:
             exceptions = routed.plan.exceptions if routed is not None else ()
             if self.tracing is not None:  # the hand-off to the audit queue, as a span

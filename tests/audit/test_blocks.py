@@ -30,6 +30,24 @@ async def test_block_placed_on_one_instance_applies_on_another():
     assert await shared.is_blocked("ip", "198.51.100.9") is None
 
 
+async def test_subject_and_consumer_blocked_on_one_instance_apply_on_another():
+    clock = {"now": T0}
+    shared = MemoryState(clock=lambda: clock["now"])
+    one = BlockList(shared, clock=lambda: clock["now"], shared_cache=1.0)
+    two = BlockList(shared, clock=lambda: clock["now"], shared_cache=1.0)
+    alice = context(ip="198.51.100.9", identity=Identity(method="jwt", subject="alice", consumer="web-app"), start=T0)
+    bob = context(ip="198.51.100.10", identity=Identity(method="jwt", subject="bob", consumer="scraper"), start=T0)
+    assert await two.check(alice) is CONTINUE and await two.check(bob) is CONTINUE  # nothing in the shared state
+    await one.block("subject", "alice", 60, "operator")
+    await one.block("consumer", "scraper", 60, "operator")
+    clock["now"] += 1.5  # past the cached negative answers: every known key is asked again
+    for ctx in (alice, bob):
+        decision = await two.check(ctx)
+        assert isinstance(decision, Deny) and decision.reason == "blocked"
+    assert sorted((b["kind"], b["key"]) for b in await two.list_blocks()) == [("consumer", "scraper"),
+                                                                              ("subject", "alice")]
+
+
 async def test_subject_and_consumer_blocks_and_expiry():
     clock = {"now": T0}
     blocks = BlockList(clock=lambda: clock["now"])

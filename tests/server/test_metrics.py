@@ -59,6 +59,20 @@ def test_decisions_are_counted_at_flush() -> None:
                                                ("reason", "token_expired")))] == 3
 
 
+def test_pending_decisions_added_directly_are_counted_and_the_dict_is_kept() -> None:
+    # the request path (proxy.Gateway._account) holds this dict and adds to it: flush must empty it, not replace it
+    metrics = Metrics()
+    pending = metrics.pending_decisions
+    pending[("authz", "allow", "")] = 2
+    metrics.decision("authz", "allow", "")
+    metrics.flush()
+    assert metrics.pending_decisions is pending and pending == {}
+    pending[("authz", "allow", "")] = 1
+    metrics.flush()
+    counts = samples(metrics.registry, "bastion_decisions")
+    assert counts[("bastion_decisions_total", (("control", "authz"), ("outcome", "allow"), ("reason", "")))] == 4
+
+
 # every series README.md and the layer documents promise, that one process serving traffic must expose
 DOCUMENTED = ("http_server_request_duration_seconds_count", "bastion_decisions_total", "bastion_config_info",
               "bastion_config_reloads_total", "bastion_exceptions_active", "bastion_connections_open",
@@ -101,6 +115,9 @@ async def test_every_documented_series_is_on_metrics_after_real_traffic(tmp_path
     assert _value(text, "bastion_jwks_fetch_total") >= 1
     assert _value(text, "bastion_ssf_sets_total") == 1
     assert _value(text, "http_server_request_duration_seconds_count") >= 3
+    # each control's allow of a forwarded request is counted (Gateway._account adds them to the pending dict)
+    allowed = re.search(r'bastion_decisions_total\{control="identity",outcome="allow",reason=""\} (\S+)', text)
+    assert allowed is not None and float(allowed.group(1)) >= 2
 
 def test_label_sets_are_bounded_whatever_clients_send(monkeypatch):
     from bastion.server import metrics as module

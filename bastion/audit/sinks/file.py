@@ -42,16 +42,19 @@ class FileSink:
     def _open(self) -> BinaryIO:
         current = self._file
         if current is not None:
+            # one fstat gives the inode to compare and the size (other processes append too)
+            held = os.fstat(current.fileno())
             try:  # another process rotated the file: write to the new one
-                moved = os.stat(self.path).st_ino != os.fstat(current.fileno()).st_ino
+                moved = os.stat(self.path).st_ino != held.st_ino
             except FileNotFoundError:
                 moved = True
-            if moved:
-                current.close()
-                self._file = None
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "ab")  # noqa: SIM115 - held open, closed in close()/rotate
+            if not moved:
+                self._size = held.st_size
+                return current
+            current.close()
+            self._file = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "ab")  # noqa: SIM115 - held open, closed in close()/rotate
         self._size = os.fstat(self._file.fileno()).st_size  # other processes append too
         return self._file
 
@@ -147,7 +150,8 @@ class FileSink:
         if not chunk:
             return
         data = b"".join(chunk)
-        f = self._open()
+        # opened by `_write_all` under the same lock: no other process can have rotated or appended since
+        f = self._file if self._file is not None else self._open()
         f.write(data)
         f.flush()
         self._size += len(data)

@@ -136,3 +136,28 @@ def test_event_id_reads_every_kind_of_event_as_parsing_would():
     assert [event_id(line) for line in lines[:6]] == ["u-1", "u-2", "u-3", "u-4", "u-5", "u-6"]
     for line in lines:
         assert event_id(line) == _parsed_id(line), line
+
+
+async def test_a_delivery_to_the_open_file_checks_it_with_one_stat_and_one_fstat(tmp_path, monkeypatch):
+    import os
+
+    from bastion.audit.sinks import file as file_module
+
+    path = tmp_path / "audit.jsonl"
+    sink = FileSink("f", path, 10_000, 2)
+    await sink.deliver([_event("first")])  # opens the file
+    calls: list[str] = []
+    real_stat, real_fstat = os.stat, os.fstat
+    monkeypatch.setattr(file_module.os, "stat", lambda *a, **k: calls.append("stat") or real_stat(*a, **k))
+    monkeypatch.setattr(file_module.os, "fstat", lambda *a, **k: calls.append("fstat") or real_fstat(*a, **k))
+    # another process appends between two deliveries: its bytes count towards the rotation
+    room = 10_000 - len(_event("first")) - len(_event("second")) - len(_event("third")) - len(_event("fourth"))
+    with path.open("ab") as other:
+        other.write(b"x" * (room - 1) + b"\n")
+    await sink.deliver([_event("second"), _event("third")])
+    assert sorted(calls) == ["fstat", "stat"]
+    monkeypatch.undo()
+    await sink.deliver([_event("fourth"), _event("fifth")])  # the fourth fills the file to 10,000 bytes exactly
+    await sink.close()
+    assert path.with_name("audit.jsonl.1").stat().st_size == 10_000
+    assert path.read_bytes() == _event("fifth")
