@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+from typing import Any
 
 import grpc
 import pytest
@@ -107,16 +108,17 @@ async def test_a_busy_honest_grpc_client_is_not_mistaken_for_a_flood(tmp_path):
             call = _call(channel, "Unary")
             pending = iter(range(1500))
 
-            async def worker() -> int:
-                failures = 0
-                for _ in pending:
-                    try:
-                        await call(b"x", timeout=10)
-                    except grpc.aio.AioRpcError:
-                        failures += 1
-                return failures
+            failures: list[tuple[Any, str]] = []
 
-            assert sum(await asyncio.gather(*(worker() for _ in range(64)))) == 0
+            async def worker() -> None:
+                for _ in pending:
+                    try:  # the deadline only catches a hang: a loaded CI machine is slow, not a flood
+                        await call(b"x", timeout=60)
+                    except grpc.aio.AioRpcError as exc:
+                        failures.append((exc.code(), exc.details() or ""))
+
+            await asyncio.gather(*(worker() for _ in range(64)))
+            assert failures == []
     finally:
         await runtime.stop(drain_timeout=0.5)
         await upstream.stop(None)
