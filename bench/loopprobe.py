@@ -434,11 +434,12 @@ def main(argv: list[str] | None = None) -> int:
                         "poll, so an idle gateway spins; use only while it is saturated)")
     args = p.parse_args(argv)
     from bastion.server.app import Runtime
+    from bastion.server.settings import settle_heap
 
     async def serve() -> None:
         runtime = Runtime(args.config)
         await runtime.start()
-        gc.freeze()  # as `bastion serve`
+        settle_heap()  # as `bastion serve`
         loop = asyncio.get_running_loop()
         print(f"loopprobe: serving {runtime.bound}", file=sys.stderr, flush=True)
         stop = asyncio.Event()

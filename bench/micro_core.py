@@ -47,7 +47,7 @@ import uvloop
 
 from bastion.server.app import Runtime
 from bastion.server.http1 import Http1Connection
-from bastion.server.settings import server_limits
+from bastion.server.settings import server_limits, settle_heap
 from bastion.server.upstream import UpstreamConnection, UpstreamPool
 from bench import scenarios, tokens
 from tests.server.memory import MemoryTransport
@@ -280,7 +280,7 @@ async def main(args: argparse.Namespace) -> None:
             else:
                 await drive(runtime, args.warmup, request)  # warm-up
             if collections is not None:
-                gc.freeze()  # as `bastion serve` does after start-up
+                settle_heap()  # as `bastion serve` does after start-up
                 collections.on = True
             if args.profile:
                 prof = cProfile.Profile()

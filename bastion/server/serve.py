@@ -6,7 +6,6 @@ Kept apart from both so that neither imports the other: the supervisor's workers
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import sys
 
@@ -14,7 +13,7 @@ from bastion.compile import compile_config
 from bastion.config.loader import load_config
 from bastion.native import build_label
 from bastion.server.app import Runtime
-from bastion.server.settings import install_uvloop
+from bastion.server.settings import install_uvloop, settle_heap
 
 
 def serve(config_path: str, workers: int | None = None) -> int:
@@ -33,9 +32,7 @@ def serve(config_path: str, workers: int | None = None) -> int:
 async def _serve_one(config_path: str, *, worker: bool, serve_admin: bool) -> int:
     runtime = Runtime(config_path, worker=worker, serve_admin=serve_admin)
     await runtime.start()
-    # what start-up built (modules, config, compiled plans) lives as long as the process: out of the cyclic
-    # collector's sight, so its collections walk only what requests allocate
-    gc.freeze()
+    settle_heap()
     listening = ", ".join(f"http://{h}:{p}" for h, p in runtime.bound)
     print(f"bastion: pid {os.getpid()} serving {listening} ({build_label()})", file=sys.stderr, flush=True)
     await runtime.run_forever()

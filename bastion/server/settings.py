@@ -4,6 +4,7 @@ reload: listener limits, the admin authenticator, the audit file the admin pages
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,22 @@ def audit_file_path(gw: GatewayConfig, base: Path) -> Path | None:
         if getattr(sink, "type", "") == "file" and path is not None:
             return path if path.is_absolute() else base / path
     return None
+
+
+# Young collections once per 20,000 net container allocations instead of CPython's 700 (3.13 moved to 2,000): at
+# 700 a saturated gateway with a full token cache spent its p99 in the collector (bench: new-token chain p99 72-141
+# ms -> 33-37 ms, JWT POST chain 82-86 -> 16-17 ms, CPU per request lower too). The young generation holds at most
+# that many objects: a few MB. Older generations keep CPython's ratios (10, 10).
+YOUNG_GC_THRESHOLD = 20_000
+
+
+def settle_heap() -> None:
+    """After start-up: what it built (modules, config, compiled plans) lives as long as the process, so it goes out
+    of the cyclic collector's sight (`gc.freeze`) and collections walk only what requests allocate; young
+    collections run at `YOUNG_GC_THRESHOLD`."""
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_GC_THRESHOLD, middle, old)
 
 
 def install_uvloop() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import sys
@@ -21,7 +20,7 @@ from bastion.compile import CompiledGateway
 from bastion.config.loader import load_config
 from bastion.server.app import Runtime, default_state
 from bastion.server.link import Link, connect
-from bastion.server.settings import install_uvloop
+from bastion.server.settings import install_uvloop, settle_heap
 from bastion.server.shared_fetch import SharedFetcher
 from bastion.state.supervised import SupervisedState
 
@@ -98,7 +97,7 @@ async def run_worker(config_path: str, index: int, socket_path: str, generation:
     runtime.services.audit = AuditLog.from_config(gw.audit, runtime.config_path.parent,
                                                   registry=runtime.metrics.registry, process=f"worker-{index}")
     await runtime.start()
-    gc.freeze()  # see serve._serve_one: start-up objects out of the cyclic collector's sight
+    settle_heap()
     await link.call("hello", control.status(), timeout=5.0)
     print(f"bastion: worker {index} pid {os.getpid()} serving", file=sys.stderr, flush=True)
     loop = asyncio.get_running_loop()
