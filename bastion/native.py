@@ -67,7 +67,7 @@ MODULES: tuple[str, ...] = (
 """Dotted names of the compiled modules, one build group (scripts/build_compiled.py)."""
 
 C_EXTENSIONS: tuple[tuple[str, str], ...] = (
-    # libinjection over all of a CRS rule's values in one call (stages/input/crs/injection.py: first_sqli)
+    # libinjection over all of a CRS rule's values in one call (stages/input/crs/injection.py: hits_sqli)
     ("bastion.stages.input.crs._injection_any", "bastion/stages/input/crs/_injection_any.c"),
 )
 """Hand-written C extension modules built with the group: (dotted name, C source relative to the repository).

@@ -1,15 +1,14 @@
-/* libinjection over many texts in one call (bastion/stages/input/crs/injection.py: `any_sqli`, `any_xss`).
+/* libinjection over many texts in one call (bastion/stages/input/crs/injection.py: `hits_sqli`, `hits_xss`).
 
 A CRS rule with @detectSQLi or @detectXSS runs libinjection on every value it reads (942100 and 941100 read
 ~15 values on a clean GET); through ctypes each call costs ~5.7 k instructions besides libinjection's own
 ~2.3 k. Here one call takes the whole list of texts and calls libinjection's C entry points, whose addresses
 the Python side takes from the wheel's extension module with ctypes (`bind`): this file links against
 nothing. Each text is the UTF-8 form of a str (what `str.encode()` gives), whole length, NUL bytes included:
-exactly what `injection.detect_sqli(text.encode())` / `detect_xss` pass. Returns the index of the first text
-libinjection calls injection, -1 when none is, -2 when a text has no UTF-8 form (a lone surrogate: the caller
-then takes the per-value path, which behaves as before). `hits_sqli` / `hits_xss` go on past the first hit and
-return the indices of every text libinjection calls injection (an empty list when none is), or None when a text
-has no UTF-8 form: the engine then visits only the values those texts belong to. */
+exactly what `injection.detect_sqli(text.encode())` / `detect_xss` pass. `hits_sqli` / `hits_xss` return the
+indices of every text libinjection calls injection (an empty list when none is): the engine then visits only the
+values those texts belong to; or None when a text has no UTF-8 form (a lone surrogate: the caller then takes the
+per-value path, which behaves as before). */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -35,44 +34,8 @@ static PyObject *bind(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* kind 0: libinjection_sqli on every text; kind 1: libinjection_xss on every non-empty text */
-static PyObject *first(PyObject *texts, int kind) {
-    if (!PyList_Check(texts)) {
-        PyErr_SetString(PyExc_TypeError, "expected a list of str");
-        return NULL;
-    }
-    if (sqli_entry == NULL || xss_entry == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "libinjection entry points not bound");
-        return NULL;
-    }
-    char fingerprint[8]; /* LIBINJECTION_SQLI_MAX_TOKENS + 1, rounded up; written, never read */
-    Py_ssize_t count = PyList_GET_SIZE(texts);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *item = PyList_GET_ITEM(texts, i);
-        if (!PyUnicode_Check(item)) {
-            PyErr_SetString(PyExc_TypeError, "expected a list of str");
-            return NULL;
-        }
-        Py_ssize_t size;
-        const char *data = PyUnicode_AsUTF8AndSize(item, &size);
-        if (data == NULL) {
-            PyErr_Clear();
-            return PyLong_FromLong(-2);
-        }
-        int hit;
-        if (kind == 0) {
-            hit = sqli_entry(data, (size_t)size, fingerprint);
-        } else {
-            hit = size > 0 && xss_entry(data, (size_t)size);
-        }
-        if (hit) {
-            return PyLong_FromSsize_t(i);
-        }
-    }
-    return PyLong_FromLong(-1);
-}
-
-/* every hit's index (kind as in `first`), or None when a text has no UTF-8 form */
+/* every hit's index, or None when a text has no UTF-8 form; kind 0: libinjection_sqli on every text, kind 1:
+   libinjection_xss on every non-empty text */
 static PyObject *all(PyObject *texts, int kind) {
     if (!PyList_Check(texts)) {
         PyErr_SetString(PyExc_TypeError, "expected a list of str");
@@ -121,15 +84,11 @@ static PyObject *all(PyObject *texts, int kind) {
     return found;
 }
 
-static PyObject *first_sqli(PyObject *self, PyObject *texts) { return first(texts, 0); }
-static PyObject *first_xss(PyObject *self, PyObject *texts) { return first(texts, 1); }
 static PyObject *hits_sqli(PyObject *self, PyObject *texts) { return all(texts, 0); }
 static PyObject *hits_xss(PyObject *self, PyObject *texts) { return all(texts, 1); }
 
 static PyMethodDef methods[] = {
     {"bind", bind, METH_VARARGS, "bind(sqli_address, xss_address): libinjection's C entry points"},
-    {"first_sqli", first_sqli, METH_O, "index of the first text libinjection calls SQLi, -1, or -2"},
-    {"first_xss", first_xss, METH_O, "index of the first non-empty text libinjection calls XSS, -1, or -2"},
     {"hits_sqli", hits_sqli, METH_O, "indices of every text libinjection calls SQLi, or None"},
     {"hits_xss", hits_xss, METH_O, "indices of every non-empty text libinjection calls XSS, or None"},
     {NULL, NULL, 0, NULL},

@@ -253,17 +253,7 @@ class Transaction:
                     else self._match_stages(rule, value, stages, index)
             if groups is None:
                 continue
-            found.append((name, value))
-            self.matched_var, self.matched_var_name = value, name
-            self.matched_vars.append((name, value))
-            if rule.capture:
-                for i, key in enumerate(_CAPTURES):
-                    if i < len(groups):
-                        self.tx[key] = groups[i]
-                    else:
-                        self.tx.pop(key, None)
-            for sv in rule.setvars:
-                self._setvar(sv)
+            self._matched(rule, name, value, groups, found)
         return found
 
     def _match_set_rule(self, rule: Rule, values: list[tuple[str, str]], found: list[tuple[str, str]]) -> None:
@@ -281,17 +271,22 @@ class Transaction:
             groups = rule.match(texts[index], self.expand) if rule.capture else _NO_GROUPS
             if groups is None:  # as `_match_value`: the Set's answer, then the rule's own regex for the groups
                 continue
-            found.append((name, value))
-            self.matched_var, self.matched_var_name = value, name
-            self.matched_vars.append((name, value))
-            if rule.capture:
-                for i, key in enumerate(_CAPTURES):
-                    if i < len(groups):
-                        self.tx[key] = groups[i]
-                    else:
-                        self.tx.pop(key, None)
-            for sv in rule.setvars:
-                self._setvar(sv)
+            self._matched(rule, name, value, groups, found)
+
+    def _matched(self, rule: Rule, name: str, value: str, groups: tuple[str, ...],
+                 found: list[tuple[str, str]]) -> None:
+        """One value matched `rule`: MATCHED_VAR(S), the captures into TX:0-9, the rule's setvars."""
+        found.append((name, value))
+        self.matched_var, self.matched_var_name = value, name
+        self.matched_vars.append((name, value))
+        if rule.capture:
+            for i, key in enumerate(_CAPTURES):
+                if i < len(groups):
+                    self.tx[key] = groups[i]
+                else:
+                    self.tx.pop(key, None)
+        for sv in rule.setvars:
+            self._setvar(sv)
 
     def _set_rows(self, rule: Rule, values: list[tuple[str, str]]) -> tuple[list[str], list[frozenset[int]]]:
         """Per value, its text after the rule's transformations and the Set's indices that match it (what

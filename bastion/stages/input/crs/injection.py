@@ -10,11 +10,11 @@ export it, the wheel's function is used (same results, slower). `@detectXSS` kee
 five C calls from Cython cost less (~4.8 k) than one call through ctypes (~7.8 k); `detect_xss` here is the C
 entry point, for the test that both agree (tests/stages/input/crs/test_injection.py).
 
-`first_sqli` / `first_xss` run libinjection over a whole list of texts in one C call (`_injection_any.c`, built
-with the mypyc modules by `make install`); `hits_sqli` / `hits_xss` likewise give every hit's index: the engine
-asks them for a rule's every value and stage, and visits only the values whose texts are injection. All four
-are None when that module is not built (the pure build) or the wheel does not export the C API: the engine then
-calls the checks above value by value.
+`hits_sqli` / `hits_xss` run libinjection over a whole list of texts in one C call (`_injection_any.c`, built
+with the mypyc modules by `make install`) and give every hit's index: the engine asks them for a rule's every
+value and stage, and visits only the values whose texts are injection. Both are None when that module is not
+built (the pure build) or the wheel does not export the C API: the engine then calls the checks above value by
+value.
 """
 
 from __future__ import annotations
@@ -29,9 +29,6 @@ SqliCheck = Callable[[bytes], str | None]
 """UTF-8 text -> libinjection's SQLi fingerprint when it is SQL injection, else None."""
 XssCheck = Callable[[bytes], bool]
 """UTF-8 text -> whether libinjection calls it XSS."""
-FirstHit = Callable[[list[str]], int]
-"""Texts -> the index of the first one libinjection calls injection, -1 when none is, -2 when a text has no UTF-8
-form (a lone surrogate: the caller then checks value by value, as without it)."""
 AllHits = Callable[[list[str]], list[int] | None]
 """Texts -> the indices of every one libinjection calls injection (empty when none is), or None when a text has no
 UTF-8 form (the caller then checks value by value)."""
@@ -83,7 +80,7 @@ detect_sqli: SqliCheck = _API[0] if _API is not None else wheel_sqli
 detect_xss: XssCheck = _API[1] if _API is not None else wheel_xss
 
 
-def _first_hit() -> tuple[FirstHit, FirstHit, AllHits, AllHits] | None:
+def _hits() -> tuple[AllHits, AllHits] | None:
     """The C helper's functions, bound to the wheel's C entry points; None when either is missing."""
     if not NATIVE:
         return None
@@ -94,11 +91,9 @@ def _first_hit() -> tuple[FirstHit, FirstHit, AllHits, AllHits] | None:
     lib = ctypes.PyDLL(libinjection.__file__)
     helper.bind(ctypes.cast(lib.libinjection_sqli, ctypes.c_void_p).value,
                 ctypes.cast(lib.libinjection_xss, ctypes.c_void_p).value)
-    return helper.first_sqli, helper.first_xss, helper.hits_sqli, helper.hits_xss
+    return helper.hits_sqli, helper.hits_xss
 
 
-_FIRST = _first_hit()
-first_sqli: FirstHit | None = _FIRST[0] if _FIRST is not None else None
-first_xss: FirstHit | None = _FIRST[1] if _FIRST is not None else None
-hits_sqli: AllHits | None = _FIRST[2] if _FIRST is not None else None
-hits_xss: AllHits | None = _FIRST[3] if _FIRST is not None else None
+_HITS = _hits()
+hits_sqli: AllHits | None = _HITS[0] if _HITS is not None else None
+hits_xss: AllHits | None = _HITS[1] if _HITS is not None else None

@@ -61,15 +61,10 @@ def test_c_api_agrees_with_the_wheel_on_a_generated_corpus() -> None:
     assert 20 < xss_hits < len(corpus) - 100
 
 
-def _first(check: injection.SqliCheck | injection.XssCheck, texts: list[str], empty_too: bool) -> int:
-    """The per-value reference for `first_sqli` / `first_xss`: the index of the first hit, else -1."""
-    return next((i for i, t in enumerate(texts) if (t or empty_too) and check(t.encode())), -1)
-
-
 def test_one_call_over_many_texts_finds_every_hit_as_value_by_value() -> None:
     if injection.hits_sqli is None or injection.hits_xss is None:
         assert os.environ.get("BASTION_EXPECT_COMPILED") != "1"
-        assert injection.hits_sqli is None and injection.hits_xss is None and injection.first_sqli is None
+        assert injection.hits_sqli is None and injection.hits_xss is None
         return
     corpus = _corpus()
     r = random.Random(6)
@@ -87,28 +82,3 @@ def test_one_call_over_many_texts_finds_every_hit_as_value_by_value() -> None:
     assert injection.hits_sqli([]) == injection.hits_xss([""]) == []
     with pytest.raises(TypeError):
         injection.hits_xss([b"bytes"])  # type: ignore[list-item]
-
-
-def test_one_call_over_many_texts_finds_the_first_hit_as_value_by_value() -> None:
-    if injection.first_sqli is None or injection.first_xss is None:
-        # built by `make install` with the mypyc modules; the pure build has neither (and must not have half):
-        # there the engine calls libinjection value by value, which the other tests here cover
-        assert os.environ.get("BASTION_EXPECT_COMPILED") != "1"
-        assert injection.first_sqli is None and injection.first_xss is None
-        return
-    corpus = _corpus()
-    r = random.Random(5)
-    seen: dict[str, set[int]] = {"sqli": set(), "xss": set()}
-    for _ in range(1500):
-        texts = [r.choice(corpus) for _ in range(r.randint(0, 12))]
-        sqli, xss = injection.first_sqli(texts), injection.first_xss(texts)
-        assert sqli == _first(injection.detect_sqli, texts, empty_too=True), texts
-        assert xss == _first(injection.detect_xss, texts, empty_too=False), texts
-        seen["sqli"].add(min(sqli, 1))
-        seen["xss"].add(min(xss, 1))
-    assert seen == {"sqli": {-1, 0, 1}, "xss": {-1, 0, 1}}  # no hit, a hit first, a hit later: all exercised
-    # a text without a UTF-8 form (a lone surrogate) is left to the per-value path, which raises as before
-    assert injection.first_sqli(["dark", "\ud800"]) == injection.first_xss(["\udfff"]) == -2
-    assert injection.first_sqli(["1' or '1'='1", "\ud800"]) == 0  # a hit before it is still reported
-    with pytest.raises(TypeError):
-        injection.first_sqli([b"bytes"])  # type: ignore[list-item]
